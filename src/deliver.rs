@@ -1,0 +1,1 @@
+//! deliver (in progress)

@@ -1,0 +1,1 @@
+//! harden (in progress)

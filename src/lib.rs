@@ -1,0 +1,43 @@
+//! `ssm-cosmovisor`: runs cosmovisor with the validator's consensus key
+//! fetched from AWS SSM (or a systemd credential) and handed to the node once
+//! per start through a verified FIFO at the key path, never written to disk.
+//!
+//! Modules follow the design: [`config`], [`key`], [`source`], [`slot`] (the
+//! key path's state machine), [`deliver`] (the FIFO hand-off), [`harden`],
+//! [`supervise`], [`cli`]; all `unsafe` lives in [`sys`].
+
+#![deny(unsafe_op_in_unsafe_fn)]
+#![warn(missing_docs)]
+
+pub mod check;
+pub mod cli;
+pub mod config;
+pub mod deliver;
+pub mod harden;
+pub mod key;
+pub mod logging;
+pub mod notify;
+pub mod procfs;
+pub mod secret;
+pub mod slot;
+pub mod source;
+pub mod supervise;
+pub mod sys;
+
+/// Test-only crash injection: with the `failpoints` feature, a process whose
+/// `SSM_COSMOVISOR_FAILPOINT` equals the name kills itself with SIGKILL at
+/// that point, exactly like an external `kill -9` would.
+#[macro_export]
+macro_rules! failpoint {
+    ($name:literal) => {
+        #[cfg(feature = "failpoints")]
+        {
+            if std::env::var("SSM_COSMOVISOR_FAILPOINT").as_deref() == Ok($name) {
+                let _ = rustix::process::kill_process(
+                    rustix::process::getpid(),
+                    rustix::process::Signal::KILL,
+                );
+            }
+        }
+    };
+}

@@ -1,0 +1,1 @@
+//! procfs (in progress)

@@ -1,0 +1,227 @@
+//! Secret memory: the one buffer type that may hold key bytes, and a global
+//! allocator that wipes every heap block when it is freed.
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::fmt;
+use std::io;
+
+use secrecy::{ExposeSecret, ExposeSecretMut};
+use zeroize::{Zeroize, ZeroizeOnDrop};
+
+use crate::sys::{SecretMapping, SecretMemFallback, SecretMemKind};
+
+/// Largest value we accept: SSM's advanced tier stores at most 8 KiB.
+pub const MAX_SECRET_LEN: usize = 8192;
+
+/// A fixed-capacity byte buffer in secret memory (see [`SecretMemKind`]).
+///
+/// It cannot be printed (`Debug` is redacted, no `Display`), cannot be cloned,
+/// and is zeroed before its pages are unmapped. Reading it takes an explicit
+/// [`ExposeSecret::expose_secret`], which makes every use easy to audit.
+pub struct SecretBuf {
+    map: SecretMapping,
+    len: usize,
+}
+
+/// Raised when a secret does not fit or secret memory cannot be had.
+#[derive(Debug, thiserror::Error)]
+pub enum SecretError {
+    /// More bytes than the buffer was created for.
+    #[error("secret is larger than {cap} bytes")]
+    TooLarge {
+        /// The buffer's capacity.
+        cap: usize,
+    },
+    /// Neither memfd_secret nor locked memory could be mapped.
+    #[error("cannot allocate secret memory: {0}")]
+    Alloc(#[source] io::Error),
+}
+
+impl SecretBuf {
+    /// An empty buffer able to hold `cap` bytes.
+    pub fn with_capacity(cap: usize) -> Result<Self, SecretError> {
+        let (map, fallback) = SecretMapping::new(cap).map_err(SecretError::Alloc)?;
+        if let Some(SecretMemFallback { step, error }) = fallback {
+            tracing::warn!(
+                step,
+                error = %error,
+                "memfd_secret unavailable; key kept in mlocked memory excluded from core dumps"
+            );
+        }
+        Ok(SecretBuf { map, len: 0 })
+    }
+
+    /// Copies `bytes` into a new buffer.
+    pub fn from_slice(bytes: &[u8]) -> Result<Self, SecretError> {
+        let mut b = Self::with_capacity(bytes.len())?;
+        b.extend_from_slice(bytes)?;
+        Ok(b)
+    }
+
+    /// Appends bytes.
+    pub fn extend_from_slice(&mut self, bytes: &[u8]) -> Result<(), SecretError> {
+        let end = self.len + bytes.len();
+        if end > self.map.len() {
+            return Err(SecretError::TooLarge { cap: self.map.len() });
+        }
+        self.map.as_mut_slice()[self.len..end].copy_from_slice(bytes);
+        self.len = end;
+        Ok(())
+    }
+
+    /// Lets `f` write into the unused capacity and returns how much it wrote,
+    /// so encoders can produce output directly in secret memory.
+    pub fn append_with<E>(
+        &mut self,
+        f: impl FnOnce(&mut [u8]) -> Result<usize, E>,
+    ) -> Result<usize, E> {
+        let spare = &mut self.map.as_mut_slice()[self.len..];
+        let n = f(spare)?;
+        assert!(n <= spare.len(), "append_with writer claimed more than it had");
+        self.len += n;
+        Ok(n)
+    }
+
+    /// Number of bytes held.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether no bytes are held.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Kind of memory behind the buffer.
+    pub fn mem_kind(&self) -> SecretMemKind {
+        self.map.kind()
+    }
+
+    /// Address of the mapping (for `/proc/<pid>/maps` checks in tests).
+    pub fn mapping_addr(&self) -> usize {
+        self.map.addr()
+    }
+}
+
+impl ExposeSecret<[u8]> for SecretBuf {
+    fn expose_secret(&self) -> &[u8] {
+        &self.map.as_slice()[..self.len]
+    }
+}
+
+impl ExposeSecretMut<[u8]> for SecretBuf {
+    fn expose_secret_mut(&mut self) -> &mut [u8] {
+        &mut self.map.as_mut_slice()[..self.len]
+    }
+}
+
+impl Zeroize for SecretBuf {
+    fn zeroize(&mut self) {
+        self.map.as_mut_slice().zeroize();
+        self.len = 0;
+    }
+}
+
+// The mapping zeroes itself in its own Drop.
+impl ZeroizeOnDrop for SecretBuf {}
+
+impl fmt::Debug for SecretBuf {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "SecretBuf([REDACTED {} bytes, {}])", self.len, self.map.kind())
+    }
+}
+
+/// A global allocator that zeroes every block before handing it back to the
+/// system allocator.
+///
+/// The AWS SDK copies the parameter value through HTTP, TLS and JSON buffers
+/// we never see; wiping on free means those copies are gone once the SDK
+/// drops them, instead of lingering in freed heap until reused. `realloc`
+/// is left to the default (allocate, copy, free), so moved blocks are wiped too.
+pub struct ZeroizingAlloc;
+
+// SAFETY: every method forwards to `System` with the caller's layout; the only
+// addition is writing zeroes over a block the caller is giving up, which is
+// still owned by us until `System.dealloc` returns.
+unsafe impl GlobalAlloc for ZeroizingAlloc {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        // SAFETY: forwarded unchanged; the caller upholds `alloc`'s contract.
+        unsafe { System.alloc(layout) }
+    }
+
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        // SAFETY: forwarded unchanged.
+        unsafe { System.alloc_zeroed(layout) }
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        // SAFETY: `ptr` is a live block of `layout.size()` bytes that the
+        // caller is releasing, so nothing else reads it concurrently.
+        unsafe {
+            let block = std::slice::from_raw_parts_mut(ptr, layout.size());
+            block.zeroize();
+            System.dealloc(ptr, layout)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debug_is_redacted() {
+        let b = SecretBuf::from_slice(b"super secret bytes").unwrap();
+        let s = format!("{b:?}");
+        assert!(!s.contains("super"), "{s}");
+        assert!(s.contains("REDACTED 18 bytes"), "{s}");
+    }
+
+    #[test]
+    fn capacity_is_enforced_and_append_works() {
+        let mut b = SecretBuf::with_capacity(10).unwrap();
+        // Capacity is rounded up to a page; filling past it must fail.
+        let page = rustix::param::page_size();
+        b.extend_from_slice(&vec![1u8; page]).unwrap();
+        assert!(matches!(
+            b.extend_from_slice(&[1]),
+            Err(SecretError::TooLarge { .. })
+        ));
+        let mut c = SecretBuf::with_capacity(16).unwrap();
+        let n = c
+            .append_with(|spare| -> Result<usize, ()> {
+                spare[..3].copy_from_slice(b"abc");
+                Ok(3)
+            })
+            .unwrap();
+        assert_eq!(n, 3);
+        assert_eq!(c.expose_secret(), b"abc");
+    }
+
+    #[test]
+    fn buffer_lives_in_secret_or_locked_memory() {
+        let b = SecretBuf::from_slice(b"x").unwrap();
+        let maps = std::fs::read_to_string("/proc/self/maps").unwrap();
+        let addr = format!("{:x}-", b.mapping_addr());
+        let line = maps
+            .lines()
+            .find(|l| l.starts_with(&addr))
+            .expect("mapping listed in /proc/self/maps");
+        match b.mem_kind() {
+            SecretMemKind::MemfdSecret => assert!(line.contains("secretmem"), "{line}"),
+            SecretMemKind::LockedAnonymous => {
+                let smaps = std::fs::read_to_string("/proc/self/smaps").unwrap();
+                let block: String = smaps
+                    .split_inclusive('\n')
+                    .skip_while(|l| !l.starts_with(&addr))
+                    .take(30)
+                    .collect();
+                let locked = block
+                    .lines()
+                    .find(|l| l.starts_with("Locked:"))
+                    .unwrap();
+                assert!(!locked.contains(" 0 kB"), "{locked}");
+            }
+        }
+    }
+}

@@ -1,0 +1,103 @@
+//! Where the consensus key comes from: AWS SSM Parameter Store, or a systemd
+//! credential. Every source returns a validated [`ValidatorKey`] plus a
+//! description of its origin for the audit log; none keeps a copy.
+
+pub mod credential;
+pub mod ssm;
+
+use secrecy::ExposeSecret;
+
+use crate::config::SourceSpec;
+use crate::key::{KeyError, ValidatorKey};
+
+/// Where a fetched key came from (logged, never secret).
+#[derive(Debug, Clone)]
+pub enum Origin {
+    /// An SSM parameter.
+    Ssm(ssm::ParameterInfo),
+    /// A systemd credential.
+    Credential {
+        /// Credential name.
+        name: String,
+    },
+}
+
+/// A validated key and where it came from.
+#[derive(Debug)]
+pub struct Fetched {
+    /// The key.
+    pub key: ValidatorKey,
+    /// Its origin.
+    pub origin: Origin,
+}
+
+/// Why the key could not be obtained.
+#[derive(Debug, thiserror::Error)]
+pub enum SourceError {
+    /// SSM failed.
+    #[error(transparent)]
+    Ssm(#[from] ssm::SsmError),
+    /// The credential file failed.
+    #[error(transparent)]
+    Credential(#[from] credential::CredentialError),
+    /// The value is not a valid key.
+    #[error("{origin}: {source}")]
+    Invalid {
+        /// Which parameter or credential.
+        origin: String,
+        /// What is wrong.
+        source: KeyError,
+    },
+    /// The key is valid but not the one the operator expects.
+    #[error("{origin} holds the key for address {found}, but the expected address is {expected} (SSM_COSMOVISOR_EXPECTED_ADDRESS / --expected-address); refusing to hand a different validator's key to this node")]
+    UnexpectedAddress {
+        /// Which parameter or credential.
+        origin: String,
+        /// Address of the key found.
+        found: String,
+        /// Address configured.
+        expected: String,
+    },
+}
+
+/// Fetches and validates the key from the configured source.
+pub fn fetch(spec: &SourceSpec, expected_address: Option<&str>) -> Result<Fetched, SourceError> {
+    let fetched = match spec {
+        SourceSpec::Ssm {
+            parameter,
+            allow_plain_string,
+        } => {
+            let (info, value) = ssm::fetch(parameter, *allow_plain_string)?;
+            let key = ValidatorKey::parse(value.expose_secret()).map_err(|source| SourceError::Invalid {
+                origin: format!("SSM parameter {parameter} (version {})", info.version),
+                source,
+            })?;
+            Fetched {
+                key,
+                origin: Origin::Ssm(info),
+            }
+        }
+        SourceSpec::Credential { name, dir } => {
+            let value = credential::read(dir, name)?;
+            let key = ValidatorKey::parse(value.expose_secret()).map_err(|source| SourceError::Invalid {
+                origin: format!("systemd credential {name}"),
+                source,
+            })?;
+            Fetched {
+                key,
+                origin: Origin::Credential { name: name.clone() },
+            }
+        }
+    };
+    if let Some(expected) = expected_address {
+        let found = fetched.key.identity().address_hex();
+        if found != expected {
+            return Err(SourceError::UnexpectedAddress {
+                origin: spec.describe(),
+                found,
+                expected: expected.to_string(),
+            });
+        }
+    }
+    Ok(fetched)
+}

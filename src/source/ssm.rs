@@ -1,0 +1,348 @@
+//! AWS SSM Parameter Store: fetch (`GetParameter` with decryption), describe
+//! (KMS key id, for `check`) and store (`PutParameter`, for `import`).
+//!
+//! Each call builds its own single-threaded runtime and client and drops both
+//! before returning, so the long-running supervisor holds no network client,
+//! connection pool or credentials cache once the key is fetched.
+
+use std::time::Duration;
+
+use aws_config::retry::RetryConfig;
+use aws_config::timeout::TimeoutConfig;
+use aws_config::BehaviorVersion;
+use aws_sdk_ssm::error::{ProvideErrorMetadata, SdkError};
+use aws_sdk_ssm::types::ParameterType;
+use zeroize::Zeroize;
+
+use crate::secret::SecretBuf;
+
+/// Attempts per request (the SDK backs off exponentially with jitter between
+/// them, and retries throttling and transient network errors only).
+pub const MAX_ATTEMPTS: u32 = 5;
+
+/// What the parameter is, as SSM reports it (no secret).
+#[derive(Debug, Clone)]
+pub struct ParameterInfo {
+    /// Parameter name.
+    pub name: String,
+    /// Version number.
+    pub version: i64,
+    /// `SecureString`, `String`, …
+    pub kind: String,
+    /// ARN, if returned.
+    pub arn: Option<String>,
+}
+
+/// Classified SSM failure. Each message says what to check.
+#[derive(Debug, thiserror::Error)]
+pub enum SsmError {
+    /// No region configured.
+    #[error("no AWS region configured: set AWS_REGION (e.g. us-east-1)")]
+    NoRegion,
+    /// The parameter does not exist.
+    #[error("SSM parameter {name} not found in region {region}: check AWS_PARAMETER and AWS_REGION, or create it with `ssm-cosmovisor import`")]
+    NotFound {
+        /// Parameter.
+        name: String,
+        /// Region asked.
+        region: String,
+    },
+    /// IAM refused.
+    #[error("access denied reading SSM parameter {name}: the role needs ssm:GetParameter on it (and kms:Decrypt on its KMS key); AWS said: {message}")]
+    AccessDenied {
+        /// Parameter.
+        name: String,
+        /// AWS's message.
+        message: String,
+    },
+    /// KMS could not decrypt.
+    #[error("KMS could not decrypt SSM parameter {name} ({code}): check the KMS key's policy allows kms:Decrypt for this role; AWS said: {message}")]
+    Kms {
+        /// Parameter.
+        name: String,
+        /// Error code.
+        code: String,
+        /// AWS's message.
+        message: String,
+    },
+    /// The credentials were rejected or absent.
+    #[error("AWS credentials problem for SSM parameter {name} ({code}): {message}; check the instance role, AWS_PROFILE or AWS_ACCESS_KEY_ID")]
+    Credentials {
+        /// Parameter.
+        name: String,
+        /// Error code.
+        code: String,
+        /// AWS's message.
+        message: String,
+    },
+    /// Parameter is not a SecureString.
+    #[error("SSM parameter {name} is of type {kind}, not SecureString: the key would be stored unencrypted. Re-create it as SecureString (`ssm-cosmovisor import --overwrite`), or pass --allow-plain-string to accept it knowingly")]
+    NotSecure {
+        /// Parameter.
+        name: String,
+        /// Actual type.
+        kind: String,
+    },
+    /// The parameter already exists (import without --overwrite).
+    #[error("SSM parameter {name} already exists (version {version}); pass --overwrite to replace it")]
+    Exists {
+        /// Parameter.
+        name: String,
+        /// Its current version.
+        version: i64,
+    },
+    /// Network, timeout or throttling persisted through all retries.
+    #[error("cannot reach SSM for parameter {name} after {MAX_ATTEMPTS} attempts: {detail}; check network access to the SSM endpoint (and AWS_ENDPOINT_URL if set)")]
+    Unreachable {
+        /// Parameter.
+        name: String,
+        /// Transport error.
+        detail: String,
+    },
+    /// Anything else AWS returned.
+    #[error("SSM {op} of {name} failed ({code}): {message}")]
+    Other {
+        /// Operation.
+        op: &'static str,
+        /// Parameter.
+        name: String,
+        /// Error code.
+        code: String,
+        /// AWS's message.
+        message: String,
+    },
+    /// The response had no value.
+    #[error("SSM returned parameter {name} without a value")]
+    NoValue {
+        /// Parameter.
+        name: String,
+    },
+    /// Secret memory failure.
+    #[error(transparent)]
+    Secret(#[from] crate::secret::SecretError),
+    /// The async runtime could not start.
+    #[error("cannot start the async runtime: {0}")]
+    Runtime(#[source] std::io::Error),
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime, SsmError> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(SsmError::Runtime)
+}
+
+async fn client() -> Result<(aws_sdk_ssm::Client, String), SsmError> {
+    let conf = aws_config::defaults(BehaviorVersion::latest())
+        .retry_config(RetryConfig::standard().with_max_attempts(MAX_ATTEMPTS))
+        .timeout_config(
+            TimeoutConfig::builder()
+                .connect_timeout(Duration::from_secs(5))
+                .operation_attempt_timeout(Duration::from_secs(20))
+                .operation_timeout(Duration::from_secs(90))
+                .build(),
+        )
+        .load()
+        .await;
+    let region = conf.region().ok_or(SsmError::NoRegion)?.to_string();
+    Ok((aws_sdk_ssm::Client::new(&conf), region))
+}
+
+fn classify<E, R>(op: &'static str, name: &str, region: &str, e: SdkError<E, R>) -> SsmError
+where
+    E: ProvideErrorMetadata + std::error::Error + 'static,
+    R: std::fmt::Debug,
+{
+    match &e {
+        SdkError::DispatchFailure(_) | SdkError::TimeoutError(_) => {
+            return SsmError::Unreachable {
+                name: name.into(),
+                detail: aws_smithy_types::error::display::DisplayErrorContext(&e).to_string(),
+            }
+        }
+        SdkError::ServiceError(_) => {}
+        _ => {
+            return SsmError::Other {
+                op,
+                name: name.into(),
+                code: "Unknown".into(),
+                message: aws_smithy_types::error::display::DisplayErrorContext(&e).to_string(),
+            }
+        }
+    }
+    let code = e.code().unwrap_or("Unknown").to_string();
+    let message = e.message().unwrap_or("").to_string();
+    let lower = message.to_ascii_lowercase();
+    match code.as_str() {
+        "ParameterNotFound" => SsmError::NotFound {
+            name: name.into(),
+            region: region.into(),
+        },
+        "AccessDeniedException" | "AccessDenied" if lower.contains("kms") => SsmError::Kms {
+            name: name.into(),
+            code,
+            message,
+        },
+        "AccessDeniedException" | "AccessDenied" => SsmError::AccessDenied {
+            name: name.into(),
+            message,
+        },
+        c if c.starts_with("KMS") || c == "InvalidKeyId" => SsmError::Kms {
+            name: name.into(),
+            code,
+            message,
+        },
+        "UnrecognizedClientException"
+        | "InvalidClientTokenId"
+        | "InvalidSignatureException"
+        | "SignatureDoesNotMatch"
+        | "ExpiredTokenException"
+        | "MissingAuthenticationToken" => SsmError::Credentials {
+            name: name.into(),
+            code,
+            message,
+        },
+        _ => SsmError::Other {
+            op,
+            name: name.into(),
+            code,
+            message,
+        },
+    }
+}
+
+/// Fetches a parameter with decryption. The value is moved into secret
+/// memory and the SDK's `String` is wiped before it is freed.
+pub fn fetch(name: &str, allow_plain_string: bool) -> Result<(ParameterInfo, SecretBuf), SsmError> {
+    runtime()?.block_on(async {
+        let (client, region) = client().await?;
+        let out = client
+            .get_parameter()
+            .name(name)
+            .with_decryption(true)
+            .send()
+            .await
+            .map_err(|e| classify("GetParameter", name, &region, e))?;
+        let mut param = out.parameter.ok_or_else(|| SsmError::NoValue { name: name.into() })?;
+        // Take the value out first so every early return below still wipes it.
+        let mut value = param.value.take().unwrap_or_default();
+        let result = (|| {
+            let kind = param
+                .r#type
+                .as_ref()
+                .map(|t| t.as_str().to_string())
+                .unwrap_or_else(|| "unknown".into());
+            if param.r#type != Some(ParameterType::SecureString) {
+                if !allow_plain_string {
+                    return Err(SsmError::NotSecure {
+                        name: name.into(),
+                        kind,
+                    });
+                }
+                tracing::warn!(
+                    parameter = name,
+                    kind = %kind,
+                    "parameter is not a SecureString: the key is stored unencrypted in SSM (accepted because of --allow-plain-string)"
+                );
+            }
+            let info = ParameterInfo {
+                name: param.name.clone().unwrap_or_else(|| name.to_string()),
+                version: param.version,
+                kind,
+                arn: param.arn.clone(),
+            };
+            let buf = SecretBuf::from_slice(value.as_bytes())?;
+            Ok((info, buf))
+        })();
+        value.zeroize();
+        result
+    })
+}
+
+/// Metadata for `check`: the KMS key id, tier and last modification.
+#[derive(Debug, Clone, Default)]
+pub struct ParameterMeta {
+    /// KMS key id or alias (`alias/aws/ssm` when the default key is used).
+    pub kms_key_id: Option<String>,
+    /// Standard / Advanced / Intelligent-Tiering.
+    pub tier: Option<String>,
+    /// Last modified by (IAM principal).
+    pub last_modified_user: Option<String>,
+}
+
+/// Reads the parameter's metadata with `DescribeParameters` (needs
+/// `ssm:DescribeParameters`; `check` reports a denial as a warning).
+pub fn describe(name: &str) -> Result<ParameterMeta, SsmError> {
+    use aws_sdk_ssm::types::ParameterStringFilter;
+    runtime()?.block_on(async {
+        let (client, region) = client().await?;
+        let filter = ParameterStringFilter::builder()
+            .key("Name")
+            .option("Equals")
+            .values(name)
+            .build()
+            .map_err(|e| SsmError::Other {
+                op: "DescribeParameters",
+                name: name.into(),
+                code: "BuildError".into(),
+                message: e.to_string(),
+            })?;
+        let out = client
+            .describe_parameters()
+            .parameter_filters(filter)
+            .send()
+            .await
+            .map_err(|e| classify("DescribeParameters", name, &region, e))?;
+        let meta = out
+            .parameters
+            .unwrap_or_default()
+            .into_iter()
+            .next()
+            .map(|p| ParameterMeta {
+                kms_key_id: p.key_id,
+                tier: p.tier.map(|t| t.as_str().to_string()),
+                last_modified_user: p.last_modified_user,
+            })
+            .unwrap_or_default();
+        Ok(meta)
+    })
+}
+
+/// Stores `value` as a SecureString. Returns the new version.
+pub fn put(name: &str, value: &SecretBuf, kms_key_id: Option<&str>, overwrite: bool) -> Result<i64, SsmError> {
+    use secrecy::ExposeSecret;
+    runtime()?.block_on(async {
+        let (client, region) = client().await?;
+        // The SDK needs an owned String. It is moved in (no copy of ours
+        // remains) and wiped on free by the binary's zeroizing allocator,
+        // which also covers the SDK's request buffers.
+        let text = String::from_utf8_lossy(value.expose_secret()).into_owned();
+        let mut req = client
+            .put_parameter()
+            .name(name)
+            .value(text)
+            .r#type(ParameterType::SecureString)
+            .overwrite(overwrite);
+        if let Some(k) = kms_key_id {
+            req = req.key_id(k);
+        }
+        match req.send().await {
+            Ok(out) => Ok(out.version),
+            Err(e) if e.code() == Some("ParameterAlreadyExists") => {
+                let version = client
+                    .get_parameter()
+                    .name(name)
+                    .send()
+                    .await
+                    .ok()
+                    .and_then(|o| o.parameter.map(|p| p.version))
+                    .unwrap_or(0);
+                Err(SsmError::Exists {
+                    name: name.into(),
+                    version,
+                })
+            }
+            Err(e) => Err(classify("PutParameter", name, &region, e)),
+        }
+    })
+}

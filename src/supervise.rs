@@ -1,0 +1,1 @@
+//! supervise (in progress)

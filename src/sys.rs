@@ -1,0 +1,339 @@
+//! The only place with `unsafe` and raw syscalls. Everything here is wrapped in
+//! a safe function whose preconditions are stated next to the `unsafe` block.
+//!
+//! `rustix` covers most syscalls safely; what remains here is what it does not
+//! offer (`memfd_secret`, raw capability and credential syscalls for the child
+//! after `fork`) and the memory mapping behind the secret buffer.
+
+use std::io;
+use std::ptr::NonNull;
+
+/// Turns a C-style return value (-1 with `errno` set) into an `io::Result`.
+pub fn cvt<T: Into<i64> + Copy>(ret: T) -> io::Result<T> {
+    if ret.into() == -1 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(ret)
+    }
+}
+
+/// Which kind of memory backs a secret mapping.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SecretMemKind {
+    /// `memfd_secret(2)`: pages removed from the kernel's direct map, unreadable
+    /// through `/proc/<pid>/mem` and `ptrace`, never swapped.
+    MemfdSecret,
+    /// Anonymous mapping, `mlock`ed, excluded from core dumps, wiped in forks.
+    LockedAnonymous,
+}
+
+impl std::fmt::Display for SecretMemKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            SecretMemKind::MemfdSecret => "memfd_secret",
+            SecretMemKind::LockedAnonymous => "mlock+MADV_DONTDUMP",
+        })
+    }
+}
+
+/// A page-aligned, read-write mapping for secret bytes. Zeroed and unmapped on drop.
+pub struct SecretMapping {
+    ptr: NonNull<u8>,
+    len: usize,
+    kind: SecretMemKind,
+}
+
+// SAFETY: the mapping is owned exclusively by this value (no aliasing pointers
+// escape except through `&self`/`&mut self` borrows), so moving it to another
+// thread or sharing `&` references is as safe as for a `Box<[u8]>`.
+unsafe impl Send for SecretMapping {}
+// SAFETY: see `Send`; shared access only hands out `&[u8]`.
+unsafe impl Sync for SecretMapping {}
+
+/// Why `memfd_secret` could not be used (kept so `check` can report it).
+#[derive(Debug, Clone)]
+pub struct SecretMemFallback {
+    /// The step that failed (`memfd_secret`, `ftruncate`, `mmap`).
+    pub step: &'static str,
+    /// The kernel's answer.
+    pub error: String,
+}
+
+fn page_size() -> usize {
+    rustix::param::page_size()
+}
+
+fn memfd_secret() -> io::Result<std::os::fd::OwnedFd> {
+    use std::os::fd::FromRawFd;
+    // SAFETY: memfd_secret takes one integer flags argument and returns a new fd
+    // or -1; no memory is passed to the kernel.
+    let fd = cvt(unsafe { libc::syscall(libc::SYS_memfd_secret, libc::O_CLOEXEC) })?;
+    // SAFETY: the syscall succeeded, so `fd` is a fresh descriptor that nothing
+    // else owns.
+    Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd as i32) })
+}
+
+impl SecretMapping {
+    /// Maps at least `min_len` bytes of secret memory: `memfd_secret` when the
+    /// kernel allows it, otherwise locked anonymous memory.
+    pub fn new(min_len: usize) -> io::Result<(Self, Option<SecretMemFallback>)> {
+        let ps = page_size();
+        let len = min_len.max(1).div_ceil(ps) * ps;
+        match Self::new_memfd_secret(len) {
+            Ok(m) => Ok((m, None)),
+            Err(fallback) => {
+                let m = Self::new_locked_anonymous(len)?;
+                Ok((m, Some(fallback)))
+            }
+        }
+    }
+
+    fn new_memfd_secret(len: usize) -> Result<Self, SecretMemFallback> {
+        let fail = |step, e: io::Error| SecretMemFallback {
+            step,
+            error: e.to_string(),
+        };
+        let fd = memfd_secret().map_err(|e| fail("memfd_secret", e))?;
+        rustix::fs::ftruncate(&fd, len as u64).map_err(|e| fail("ftruncate", e.into()))?;
+        // SAFETY: a fresh shared mapping of a file we just sized to `len`; the
+        // kernel chooses the address, so it aliases nothing of ours.
+        let ptr = unsafe {
+            rustix::mm::mmap(
+                std::ptr::null_mut(),
+                len,
+                rustix::mm::ProtFlags::READ | rustix::mm::ProtFlags::WRITE,
+                rustix::mm::MapFlags::SHARED,
+                &fd,
+                0,
+            )
+        }
+        .map_err(|e| fail("mmap", e.into()))?;
+        // The mapping keeps the memory alive; the fd is closed here so no child
+        // can inherit it (it is O_CLOEXEC as well).
+        drop(fd);
+        let mapping = SecretMapping {
+            ptr: NonNull::new(ptr.cast()).expect("mmap returned NULL on success"),
+            len,
+            kind: SecretMemKind::MemfdSecret,
+        };
+        // secretmem pages are never swapped and cannot be mlocked (ENOMEM);
+        // WIPEONFORK is EINVAL on a shared mapping, so DONTFORK keeps it out of
+        // any fork (the child process is spawned with fork/exec).
+        // SAFETY: advising on exactly the range we mapped above.
+        unsafe {
+            rustix::mm::madvise(mapping.ptr.as_ptr().cast(), len, rustix::mm::Advice::LinuxDontFork)
+        }
+        .map_err(|e| fail("madvise(MADV_DONTFORK)", e.into()))?;
+        // Touch the pages now: secretmem faults can fail (RLIMIT_MEMLOCK) and a
+        // SIGBUS later, while the key is being copied in, would be worse.
+        // SAFETY: the range is mapped read-write and owned by us.
+        unsafe { std::ptr::write_bytes(mapping.ptr.as_ptr(), 0, len) };
+        Ok(mapping)
+    }
+
+    fn new_locked_anonymous(len: usize) -> io::Result<Self> {
+        // SAFETY: anonymous private mapping at a kernel-chosen address.
+        let ptr = unsafe {
+            rustix::mm::mmap_anonymous(
+                std::ptr::null_mut(),
+                len,
+                rustix::mm::ProtFlags::READ | rustix::mm::ProtFlags::WRITE,
+                rustix::mm::MapFlags::PRIVATE,
+            )
+        }?;
+        let mapping = SecretMapping {
+            ptr: NonNull::new(ptr.cast()).expect("mmap returned NULL on success"),
+            len,
+            kind: SecretMemKind::LockedAnonymous,
+        };
+        // SAFETY (all three): operating on exactly the range mapped above; on
+        // error `mapping` is dropped, which unmaps it.
+        unsafe { rustix::mm::mlock(mapping.ptr.as_ptr().cast(), len) }.map_err(|e| {
+            io::Error::new(
+                e.kind(),
+                format!("mlock of {len} bytes failed ({e}); raise RLIMIT_MEMLOCK (systemd: LimitMEMLOCK=) to at least 64K"),
+            )
+        })?;
+        unsafe {
+            rustix::mm::madvise(mapping.ptr.as_ptr().cast(), len, rustix::mm::Advice::LinuxDontDump)
+        }?;
+        unsafe {
+            rustix::mm::madvise(mapping.ptr.as_ptr().cast(), len, rustix::mm::Advice::LinuxWipeOnFork)
+        }?;
+        Ok(mapping)
+    }
+
+    /// The kind of memory behind this mapping.
+    pub fn kind(&self) -> SecretMemKind {
+        self.kind
+    }
+
+    /// Size of the mapping in bytes (a whole number of pages).
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Always false: a mapping has at least one page.
+    pub fn is_empty(&self) -> bool {
+        false
+    }
+
+    /// Start address, for tests that look the mapping up in `/proc/self/maps`.
+    pub fn addr(&self) -> usize {
+        self.ptr.as_ptr() as usize
+    }
+
+    /// The whole mapping.
+    pub fn as_slice(&self) -> &[u8] {
+        // SAFETY: `ptr` points to `len` initialised (zeroed at creation), mapped
+        // bytes that live as long as `self`.
+        unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.len) }
+    }
+
+    /// The whole mapping, writable.
+    pub fn as_mut_slice(&mut self) -> &mut [u8] {
+        // SAFETY: as `as_slice`, and `&mut self` guarantees exclusivity.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr(), self.len) }
+    }
+}
+
+impl Drop for SecretMapping {
+    fn drop(&mut self) {
+        zeroize::Zeroize::zeroize(self.as_mut_slice());
+        // SAFETY: unmapping exactly the range we mapped; no borrow outlives self.
+        let _ = unsafe { rustix::mm::munmap(self.ptr.as_ptr().cast(), self.len) };
+    }
+}
+
+/// Everything the child needs after `fork`, computed beforehand so that the
+/// `pre_exec` hook allocates nothing and takes no lock.
+#[derive(Debug, Clone)]
+pub struct ChildCreds {
+    /// Capabilities to drop from the bounding set (those present before spawn).
+    pub bounding_to_drop: Vec<u32>,
+    /// Switch to this uid/gid/supplementary groups, if a node user is set.
+    pub switch_to: Option<(u32, u32, Vec<u32>)>,
+    /// Whether `capset` to all-zero should run (false when unprivileged and
+    /// the sets are already empty, where it would still succeed; kept for clarity).
+    pub clear_caps: bool,
+}
+
+/// Hardens the freshly forked child before `exec`. Call only from `pre_exec`.
+///
+/// Only raw syscalls run here: no allocation (the `Vec`s in `creds` were
+/// allocated before `fork` and are only read), no locks, no formatting.
+/// Order matters and was measured: bounding set, ambient set, credentials,
+/// then `capset` to zero (the inheritable set survives `setuid`), then
+/// `no_new_privs`, core limit, and close-on-exec for every fd above 2.
+///
+/// # Safety
+/// Must only be called in the child between `fork` and `exec`.
+pub unsafe fn harden_child_after_fork(creds: &ChildCreds) -> io::Result<()> {
+    for &cap in &creds.bounding_to_drop {
+        // SAFETY: prctl with integer arguments only.
+        cvt(unsafe { libc::prctl(libc::PR_CAPBSET_DROP, cap as libc::c_ulong, 0, 0, 0) })?;
+    }
+    // SAFETY: prctl with integer arguments only. EINVAL means a kernel without
+    // ambient capabilities (pre-4.3): nothing to clear.
+    let r = unsafe {
+        libc::prctl(
+            libc::PR_CAP_AMBIENT,
+            libc::PR_CAP_AMBIENT_CLEAR_ALL as libc::c_ulong,
+            0,
+            0,
+            0,
+        )
+    };
+    if r == -1 && io::Error::last_os_error().raw_os_error() != Some(libc::EINVAL) {
+        return Err(io::Error::last_os_error());
+    }
+    if let Some((uid, gid, groups)) = &creds.switch_to {
+        // Raw syscalls, not the libc wrappers: glibc's setuid/setgid broadcast
+        // to all threads with signals (setxid), which is not what we want in a
+        // forked child and is not async-signal-safe in every libc.
+        // SAFETY: `groups` is a live, initialised slice of gid_t-sized values.
+        cvt(unsafe {
+            libc::syscall(libc::SYS_setgroups, groups.len(), groups.as_ptr())
+        })?;
+        // SAFETY: integer arguments only.
+        cvt(unsafe { libc::syscall(libc::SYS_setresgid, *gid, *gid, *gid) })?;
+        // SAFETY: integer arguments only.
+        cvt(unsafe { libc::syscall(libc::SYS_setresuid, *uid, *uid, *uid) })?;
+    }
+    if creds.clear_caps {
+        let mut header = libc_cap_header();
+        let data = [CapData::default(); 2];
+        // SAFETY: header and data point to live structs of the layout the
+        // kernel expects for _LINUX_CAPABILITY_VERSION_3 (two data elements).
+        cvt(unsafe {
+            libc::syscall(
+                libc::SYS_capset,
+                &mut header as *mut CapHeader,
+                data.as_ptr(),
+            )
+        })?;
+    }
+    // SAFETY: prctl with integer arguments only.
+    cvt(unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) })?;
+    let zero = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: `zero` is a live rlimit struct.
+    cvt(unsafe { libc::setrlimit(libc::RLIMIT_CORE, &zero) })?;
+    // Mark, do not close: std's exec-error pipe must stay open until exec.
+    // SAFETY: integer arguments only.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_close_range,
+            3u32,
+            u32::MAX,
+            libc::CLOSE_RANGE_CLOEXEC,
+        )
+    };
+    if r == -1 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+#[repr(C)]
+struct CapHeader {
+    version: u32,
+    pid: i32,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Default)]
+struct CapData {
+    effective: u32,
+    permitted: u32,
+    inheritable: u32,
+}
+
+fn libc_cap_header() -> CapHeader {
+    CapHeader {
+        version: 0x2008_0522, // _LINUX_CAPABILITY_VERSION_3
+        pid: 0,
+    }
+}
+
+/// Forks nothing, reads nothing secret: sets this process non-dumpable and its
+/// core limit to zero, so neither a crash nor `gcore`-style reads by the same
+/// uid (without CAP_SYS_PTRACE) can capture the key.
+pub fn harden_self() -> io::Result<()> {
+    rustix::process::set_dumpable_behavior(rustix::process::DumpableBehavior::NotDumpable)?;
+    rustix::process::setrlimit(
+        rustix::process::Resource::Core,
+        rustix::process::Rlimit {
+            current: Some(0),
+            maximum: Some(0),
+        },
+    )?;
+    Ok(())
+}
+
+/// Whether `memfd_secret` works here (for `check`): tries it and closes the fd.
+pub fn memfd_secret_available() -> io::Result<()> {
+    memfd_secret().map(drop)
+}

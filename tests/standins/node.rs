@@ -1,0 +1,412 @@
+//! CometBFT node stand-in for the end-to-end tests (cargo example `node-standin`).
+//!
+//! It reads the validator key exactly the way CometBFT's `privval.LoadFilePV` does, so the
+//! tests exercise the real consumer behaviour without needing a chain binary:
+//!
+//! 1. `os.Stat(path)`: if the path is missing CometBFT would *generate and save a new key*.
+//!    We never do that: we report `"missing"` and exit 3 so a test can flag it.
+//! 2. `os.ReadFile(path)`: open + read to EOF. On a FIFO this blocks until a writer appears.
+//! 3. JSON-decode `{address, pub_key, priv_key}`, then CometBFT *overwrites* the public key
+//!    and address with ones computed from `priv_key` (`pvKey.PubKey = pvKey.PrivKey.PubKey()`):
+//!    - ed25519: the public key is bytes 32..64 of the private key value; a shorter value
+//!      panics on the slice (a stripped key crashes the node).
+//!    - secp256k1: the public key is derived from the 32-byte scalar; a stripped (empty)
+//!      value gives a bogus identity in a real node; we flag it as `"stripped"`.
+//!
+//! It deliberately does not use the `ssm_cosmovisor` library: it is an independent reader.
+//!
+//! Environment (all optional):
+//! - `DAEMON_HOME` home directory unless `--home <dir>` / `--home=<dir>` is given.
+//! - `NODE_KEY_FILE` key path override (else `config.toml`'s `priv_validator_key_file`,
+//!   else `<home>/config/priv_validator_key.json`).
+//! - `NODE_REPORT` file to append one JSON line per start to.
+//! - `NODE_READ_DELAY_MS` sleep before stat/open.
+//! - `NODE_HOLD_FDS` open this many extra fds (`/dev/null`) before reading the key.
+//! - `NODE_UPGRADE_AFTER_MS` after an ok read, sleep, write `data/upgrade-info.json` in
+//!   place and exit 1; only for starts `n <= NODE_UPGRADES` (default 1).
+//! - `NODE_EXIT_AFTER_MS` after an ok read, sleep then exit 0 without a marker; only for
+//!   starts `n <= NODE_EXITS` (default 1). Checked after the upgrade rule.
+//!
+//! Exit codes: 0 ok (signal or planned exit), 1 upgrade needed, 2 stripped key (CometBFT
+//! panic / bogus identity), 3 key path missing (CometBFT would generate a key), 4 invalid key
+//! file or read error (CometBFT panic), 5 empty read (EOF without data), 6 usage/env error.
+
+use std::ffi::OsString;
+use std::fs::{self, File, OpenOptions};
+use std::io::{ErrorKind, Read, Write};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::process;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use base64::engine::general_purpose::STANDARD as B64;
+use base64::Engine as _;
+use nix::sys::signal::{SigSet, Signal};
+use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
+
+const ED25519_PRIV: &str = "tendermint/PrivKeyEd25519";
+const SECP256K1_PRIV: &str = "tendermint/PrivKeySecp256k1";
+
+const EXIT_UPGRADE: i32 = 1;
+const EXIT_STRIPPED: i32 = 2;
+const EXIT_MISSING: i32 = 3;
+const EXIT_INVALID: i32 = 4;
+const EXIT_EMPTY: i32 = 5;
+const EXIT_USAGE: i32 = 6;
+
+/// What the read produced; becomes one report line.
+struct Report {
+    outcome: &'static str,
+    key_type: Option<String>,
+    pub_key: Option<String>,
+    address: Option<String>,
+    file_address: Option<String>,
+    derived_ok: Option<bool>,
+    bytes_read: usize,
+    elapsed_read_us: u128,
+    detail: Option<String>,
+}
+
+impl Report {
+    fn new(outcome: &'static str) -> Self {
+        Report {
+            outcome,
+            key_type: None,
+            pub_key: None,
+            address: None,
+            file_address: None,
+            derived_ok: None,
+            bytes_read: 0,
+            elapsed_read_us: 0,
+            detail: None,
+        }
+    }
+}
+
+fn main() {
+    // Block TERM/INT before any other thread exists so every thread inherits the mask and
+    // the dedicated waiter below is the only place they are delivered. This keeps the
+    // handling free of async-signal-safety concerns (and of `unsafe`).
+    let mut term = SigSet::empty();
+    term.add(Signal::SIGTERM);
+    term.add(Signal::SIGINT);
+    if let Err(e) = term.thread_block() {
+        fatal_usage(&format!("cannot block signals: {e}"));
+    }
+    thread::spawn(move || {
+        if let Ok(sig) = term.wait() {
+            println!("node-standin: got {}", sig.as_str());
+            let _ = std::io::stdout().flush();
+            process::exit(0);
+        }
+    });
+
+    let home = home_dir();
+    let key_path = key_path(home.as_deref());
+
+    if let Some(ms) = env_u64("NODE_READ_DELAY_MS") {
+        thread::sleep(Duration::from_millis(ms));
+    }
+
+    // Keep the extra fds open for the whole life of the process.
+    let _held: Vec<File> = (0..env_u64("NODE_HOLD_FDS").unwrap_or(0))
+        .map(|_| File::open("/dev/null").unwrap_or_else(|e| fatal_usage(&format!("open /dev/null: {e}"))))
+        .collect();
+
+    let (report, exit_code) = load_file_pv(&key_path);
+    let start_index = write_report(&report, home.as_deref(), &key_path);
+
+    if let Some(code) = exit_code {
+        process::exit(code);
+    }
+    println!(
+        "node-standin: pid={} read key {}",
+        process::id(),
+        report.address.as_deref().unwrap_or("")
+    );
+    let _ = std::io::stdout().flush();
+
+    let start_no = start_index + 1;
+    if let Some(ms) = env_u64("NODE_UPGRADE_AFTER_MS") {
+        if start_no <= env_u64("NODE_UPGRADES").unwrap_or(1) {
+            thread::sleep(Duration::from_millis(ms));
+            let home = home.unwrap_or_else(|| fatal_usage("NODE_UPGRADE_AFTER_MS needs a home (--home or DAEMON_HOME)"));
+            let name = format!("upgrade-{start_no}");
+            write_upgrade_info(&home, &name, 100 + start_index);
+            println!("UPGRADE \"{name}\" NEEDED at height: {}", 100 + start_index);
+            let _ = std::io::stdout().flush();
+            process::exit(EXIT_UPGRADE);
+        }
+    }
+    if let Some(ms) = env_u64("NODE_EXIT_AFTER_MS") {
+        if start_no <= env_u64("NODE_EXITS").unwrap_or(1) {
+            thread::sleep(Duration::from_millis(ms));
+            println!("node-standin: planned exit without upgrade marker");
+            let _ = std::io::stdout().flush();
+            process::exit(0);
+        }
+    }
+
+    // Run "forever"; the signal thread ends the process.
+    loop {
+        thread::park();
+    }
+}
+
+/// `--home <dir>` / `--home=<dir>` anywhere in argv (CometBFT's persistent flag), else
+/// `$DAEMON_HOME`.
+fn home_dir() -> Option<PathBuf> {
+    let args: Vec<OsString> = std::env::args_os().skip(1).collect();
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        if a == "--home" {
+            if let Some(v) = it.next() {
+                return Some(PathBuf::from(v));
+            }
+        } else if let Some(v) = a.to_str().and_then(|s| s.strip_prefix("--home=")) {
+            return Some(PathBuf::from(v));
+        }
+    }
+    std::env::var_os("DAEMON_HOME").map(PathBuf::from)
+}
+
+/// The path CometBFT would load: `$NODE_KEY_FILE`, else `priv_validator_key_file` from
+/// `config/config.toml` (rootified against the home like CometBFT's `rootify`), else the
+/// default `config/priv_validator_key.json`.
+fn key_path(home: Option<&Path>) -> PathBuf {
+    if let Some(p) = std::env::var_os("NODE_KEY_FILE") {
+        return PathBuf::from(p);
+    }
+    let home = home.unwrap_or_else(|| fatal_usage("no home: pass --home or set DAEMON_HOME (or NODE_KEY_FILE)"));
+    let configured = fs::read_to_string(home.join("config/config.toml"))
+        .ok()
+        .and_then(|toml| configured_key_file(&toml))
+        .unwrap_or_else(|| "config/priv_validator_key.json".to_string());
+    let p = PathBuf::from(configured);
+    if p.is_absolute() {
+        p
+    } else {
+        home.join(p)
+    }
+}
+
+/// Minimal line parser for `priv_validator_key_file = "..."` (top-level key in CometBFT's
+/// config.toml). Good enough for test homes; not a TOML parser.
+fn configured_key_file(toml: &str) -> Option<String> {
+    toml.lines().find_map(|line| {
+        let rest = line.trim().strip_prefix("priv_validator_key_file")?;
+        let rest = rest.trim_start().strip_prefix('=')?.trim();
+        let rest = rest.strip_prefix('"')?;
+        let end = rest.find('"')?;
+        Some(rest[..end].to_string())
+    })
+}
+
+/// The CometBFT `LoadFilePV` steps. Returns the report and, unless the key is usable, the
+/// exit code.
+fn load_file_pv(path: &Path) -> (Report, Option<i32>) {
+    // cmtos.FileExists: only "does not exist" counts as missing; other stat errors fall
+    // through to the read, which then fails.
+    if let Err(e) = fs::metadata(path) {
+        if e.kind() == ErrorKind::NotFound {
+            eprintln!(
+                "NODE-FATAL: key path {} missing: CometBFT would generate a NEW key here",
+                path.display()
+            );
+            return (Report::new("missing"), Some(EXIT_MISSING));
+        }
+    }
+
+    let started = Instant::now();
+    let mut buf = Vec::new();
+    let read = File::open(path).and_then(|mut f| f.read_to_end(&mut buf));
+    let elapsed_read_us = started.elapsed().as_micros();
+    if let Err(e) = read {
+        eprintln!("NODE-PANIC: error reading PrivValidator key from {}: {e}", path.display());
+        let mut r = Report::new("invalid");
+        r.elapsed_read_us = elapsed_read_us;
+        r.detail = Some(format!("read error: {e}"));
+        return (r, Some(EXIT_INVALID));
+    }
+
+    let (mut report, code) = parse_key(&buf);
+    report.bytes_read = buf.len();
+    report.elapsed_read_us = elapsed_read_us;
+    (report, code)
+}
+
+fn parse_key(buf: &[u8]) -> (Report, Option<i32>) {
+    if buf.is_empty() {
+        // A refused reader gets EOF without data; CometBFT would panic on the JSON decode.
+        eprintln!("NODE-PANIC: empty PrivValidator key file (EOF without data)");
+        return (Report::new("empty"), Some(EXIT_EMPTY));
+    }
+    let invalid = |why: String| {
+        eprintln!("NODE-PANIC: error reading PrivValidator key: {why}");
+        let mut r = Report::new("invalid");
+        r.detail = Some(why);
+        (r, Some(EXIT_INVALID))
+    };
+    let v: Value = match serde_json::from_slice(buf) {
+        Ok(v) => v,
+        Err(e) => return invalid(format!("json: {e}")),
+    };
+    let file_address = v.get("address").and_then(Value::as_str).map(str::to_string);
+    let Some(key_type) = v.pointer("/priv_key/type").and_then(Value::as_str) else {
+        return invalid("priv_key.type missing".into());
+    };
+    let Some(value_b64) = v.pointer("/priv_key/value").and_then(Value::as_str) else {
+        return invalid("priv_key.value missing".into());
+    };
+    let value = match B64.decode(value_b64) {
+        Ok(b) => b,
+        Err(e) => return invalid(format!("priv_key.value base64: {e}")),
+    };
+
+    let mut report = Report::new("ok");
+    report.key_type = Some(key_type.to_string());
+    report.file_address = file_address;
+
+    match key_type {
+        ED25519_PRIV => {
+            // ed25519.PrivKey.PubKey() slices privKey[32:]: a stripped or short value panics
+            // (we treat every value shorter than 64 bytes as the stripped crash).
+            if value.len() < 64 {
+                eprintln!("NODE-PANIC: stripped or short ed25519 priv_key (len {})", value.len());
+                report.outcome = "stripped";
+                return (report, Some(EXIT_STRIPPED));
+            }
+            if value.len() > 64 {
+                return invalid(format!("ed25519 priv_key too long (len {})", value.len()));
+            }
+            let embedded: [u8; 32] = value[32..64].try_into().expect("32-byte slice");
+            if embedded.iter().all(|&b| b == 0) {
+                // CometBFT: "Expected ed25519 PrivKey to include concatenated pubkey bytes".
+                eprintln!("NODE-PANIC: ed25519 priv_key has no concatenated public key");
+                report.outcome = "stripped";
+                return (report, Some(EXIT_STRIPPED));
+            }
+            let seed: [u8; 32] = value[..32].try_into().expect("32-byte slice");
+            let derived = ed25519_dalek::SigningKey::from_bytes(&seed).verifying_key().to_bytes();
+            report.derived_ok = Some(derived == embedded);
+            report.pub_key = Some(B64.encode(embedded));
+            report.address = Some(hex_upper(&Sha256::digest(embedded)[..20]));
+        }
+        SECP256K1_PRIV => {
+            if value.len() < 32 {
+                eprintln!(
+                    "NODE-PANIC: stripped or short secp256k1 priv_key (len {}): a real node would run with a bogus identity",
+                    value.len()
+                );
+                report.outcome = "stripped";
+                return (report, Some(EXIT_STRIPPED));
+            }
+            if value.len() > 32 {
+                return invalid(format!("secp256k1 priv_key too long (len {})", value.len()));
+            }
+            let sk = match k256::SecretKey::from_slice(&value) {
+                Ok(sk) => sk,
+                Err(_) => return invalid("secp256k1 scalar out of range".into()),
+            };
+            let point = compressed_sec1(&sk.public_key());
+            report.derived_ok = Some(true);
+            report.pub_key = Some(B64.encode(&point));
+            let sha = Sha256::digest(&point);
+            report.address = Some(hex_upper(&ripemd::Ripemd160::digest(sha)));
+        }
+        other => return invalid(format!("unsupported key type {other}")),
+    }
+    (report, None)
+}
+
+/// CometBFT uses the 33-byte compressed SEC1 point; be explicit about compression.
+fn compressed_sec1(pk: &k256::PublicKey) -> Vec<u8> {
+    use k256::elliptic_curve::sec1::ToEncodedPoint;
+    pk.to_encoded_point(true).as_bytes().to_vec()
+}
+
+/// Appends the report line (one `write` on an `O_APPEND` fd so concurrent starts never
+/// interleave) and returns how many lines were already there.
+fn write_report(r: &Report, home: Option<&Path>, key_path: &Path) -> u64 {
+    let Some(report_path) = std::env::var_os("NODE_REPORT") else {
+        return 0;
+    };
+    let start_index = fs::read(&report_path)
+        .map(|b| b.iter().filter(|&&c| c == b'\n').count() as u64)
+        .unwrap_or(0);
+    let line = json!({
+        "pid": process::id(),
+        "ppid": nix::unistd::getppid().as_raw(),
+        "uid": nix::unistd::getuid().as_raw(),
+        "gid": nix::unistd::getgid().as_raw(),
+        "outcome": r.outcome,
+        "key_type": r.key_type,
+        "pub_key": r.pub_key,
+        "address": r.address,
+        "file_address": r.file_address,
+        "derived_ok": r.derived_ok,
+        "bytes_read": r.bytes_read,
+        "start_index": start_index,
+        "elapsed_read_us": r.elapsed_read_us as u64,
+        "key_path": key_path.display().to_string(),
+        "home": home.map(|h| h.display().to_string()),
+        // Lets tests check that arguments reach the node untouched through the supervisors.
+        "argv": std::env::args_os().skip(1).map(|a| a.to_string_lossy().into_owned()).collect::<Vec<_>>(),
+        "detail": r.detail,
+    });
+    let mut text = line.to_string();
+    text.push('\n');
+    let mut f = OpenOptions::new()
+        .append(true)
+        .create(true)
+        .mode(0o600)
+        .open(&report_path)
+        .unwrap_or_else(|e| fatal_usage(&format!("open NODE_REPORT: {e}")));
+    match f.write(text.as_bytes()) {
+        Ok(n) if n == text.len() => {}
+        Ok(n) => fatal_usage(&format!("short write to NODE_REPORT ({n} of {})", text.len())),
+        Err(e) => fatal_usage(&format!("write NODE_REPORT: {e}")),
+    }
+    start_index
+}
+
+/// Writes `data/upgrade-info.json` the way the Cosmos SDK x/upgrade keeper does: truncate
+/// and rewrite the existing file in place (so a watcher sees no create event after the
+/// first upgrade), then close.
+fn write_upgrade_info(home: &Path, name: &str, height: u64) {
+    let data = home.join("data");
+    if let Err(e) = fs::create_dir_all(&data) {
+        fatal_usage(&format!("create {}: {e}", data.display()));
+    }
+    let body = json!({ "name": name, "height": height }).to_string();
+    let path = data.join("upgrade-info.json");
+    let res = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&path)
+        .and_then(|mut f| f.write_all(body.as_bytes()));
+    if let Err(e) = res {
+        fatal_usage(&format!("write {}: {e}", path.display()));
+    }
+}
+
+fn env_u64(name: &str) -> Option<u64> {
+    let v = std::env::var(name).ok()?;
+    match v.trim().parse() {
+        Ok(n) => Some(n),
+        Err(_) => fatal_usage(&format!("{name}={v:?} is not a non-negative integer")),
+    }
+}
+
+fn hex_upper(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02X}")).collect()
+}
+
+fn fatal_usage(msg: &str) -> ! {
+    eprintln!("node-standin: {msg}");
+    process::exit(EXIT_USAGE);
+}
