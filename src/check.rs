@@ -1,1 +1,197 @@
-//! check (in progress)
+//! `check`: the preflight an operator or auditor runs before `run`. It
+//! changes nothing, prints no secret, and exits 0 only if `run` can work.
+
+use std::path::Path;
+
+use crate::cli::CliError;
+use crate::config::{Config, Overrides, ProcessEnv, SourceSpec};
+use crate::slot::KeySlot;
+use crate::source::{self, Origin};
+use crate::supervise::exit;
+
+#[derive(Default)]
+struct Report {
+    failures: usize,
+}
+
+impl Report {
+    fn pass(&mut self, item: &str, detail: impl std::fmt::Display) {
+        println!("PASS  {item}: {detail}");
+    }
+    fn warn(&mut self, item: &str, detail: impl std::fmt::Display) {
+        println!("WARN  {item}: {detail}");
+    }
+    fn fail(&mut self, item: &str, detail: impl std::fmt::Display) {
+        self.failures += 1;
+        println!("FAIL  {item}: {detail}");
+    }
+    fn info(&mut self, item: &str, detail: impl std::fmt::Display) {
+        println!("INFO  {item}: {detail}");
+    }
+}
+
+fn find_on_path(program: &std::ffi::OsStr) -> Option<std::path::PathBuf> {
+    let p = Path::new(program);
+    if p.components().count() > 1 {
+        return p.is_file().then(|| p.to_path_buf());
+    }
+    std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|d| d.join(p))
+            .find(|c| c.is_file())
+    })
+}
+
+fn kernel_checks(r: &mut Report) {
+    let memlock = rustix::process::getrlimit(rustix::process::Resource::Memlock);
+    let cur = memlock.current;
+    match cur {
+        Some(b) if b < 16 * 1024 => r.fail(
+            "RLIMIT_MEMLOCK",
+            format!("{b} bytes: too low for secret memory (memfd_secret and mlock both count against it); set LimitMEMLOCK=64K or more"),
+        ),
+        Some(b) => r.pass("RLIMIT_MEMLOCK", format!("{} KiB", b / 1024)),
+        None => r.pass("RLIMIT_MEMLOCK", "unlimited"),
+    }
+    match crate::sys::memfd_secret_available() {
+        Ok(()) => r.pass("memfd_secret", "available: the key is kept out of the kernel's direct map"),
+        Err(e) => r.warn(
+            "memfd_secret",
+            format!("unavailable ({e}); falling back to mlock+MADV_DONTDUMP (if under a seccomp filter, allow memfd_secret by name)"),
+        ),
+    }
+    match std::fs::read_to_string("/proc/sys/kernel/yama/ptrace_scope") {
+        Ok(s) => {
+            let v = s.trim();
+            let meaning = match v {
+                "0" => "classic: same-uid processes may ptrace each other (the node's uid could read the node's memory)",
+                "1" => "restricted: only ancestors may ptrace",
+                "2" => "admin-only ptrace",
+                "3" => "no ptrace",
+                _ => "unknown",
+            };
+            if v == "0" {
+                r.warn("Yama ptrace_scope", format!("{v} ({meaning})"));
+            } else {
+                r.pass("Yama ptrace_scope", format!("{v} ({meaning})"));
+            }
+        }
+        Err(_) => r.warn("Yama ptrace_scope", "Yama not present: same-uid ptrace is governed by dumpable only"),
+    }
+}
+
+/// Runs the preflight. Exit 0 when every check passes (warnings allowed).
+pub fn run(ov: &Overrides) -> Result<u8, CliError> {
+    let mut r = Report::default();
+    let cfg = match Config::resolve(ov, &ProcessEnv, &[]) {
+        Ok(c) => c,
+        Err(e) => {
+            r.fail("configuration", &e);
+            return Ok(exit::CONFIG);
+        }
+    };
+    r.pass("USE_SSM_KEY", if cfg.use_ssm_key { "true (active signer)" } else { "false (standby: no key is fetched by run)" });
+    r.pass("node home", cfg.home.display());
+    r.pass("key path", cfg.key_path.display());
+    r.info("key read timeout", format!("{:?}", cfg.key_timeout));
+    match find_on_path(&cfg.cosmovisor_bin) {
+        Some(p) => r.pass("cosmovisor", p.display()),
+        None => r.warn(
+            "cosmovisor",
+            format!("{:?} not found (set COSMOVISOR_BIN); needed by run, not by exec", cfg.cosmovisor_bin),
+        ),
+    }
+    if let Some(u) = &cfg.node_user {
+        if rustix::process::geteuid().is_root() {
+            r.pass("node user", format!("{} (uid {}, gid {})", u.name, u.uid, u.gid));
+        } else {
+            r.fail("node user", "switching the child to another user needs root (split-trust mode)");
+        }
+    }
+    kernel_checks(&mut r);
+    let state_file = cfg.home.join("data/priv_validator_state.json");
+    if state_file.is_file() {
+        r.pass("priv_validator_state.json", state_file.display());
+    } else {
+        r.warn(
+            "priv_validator_state.json",
+            format!("{} missing: CometBFT needs it to start (and to avoid double-signing)", state_file.display()),
+        );
+    }
+
+    let (uid, gid) = match &cfg.node_user {
+        Some(u) => (u.uid, u.gid),
+        None => (rustix::process::geteuid().as_raw(), rustix::process::getegid().as_raw()),
+    };
+    let safe = match KeySlot::open(&cfg.key_path, uid, gid).and_then(|s| s.diagnose()) {
+        Ok((rep, safe)) => {
+            r.pass(
+                "key slot",
+                format!(
+                    "{}; {}; safe key {} {}",
+                    rep.found,
+                    rep.action.unwrap_or("nothing to repair"),
+                    safe.key_type(),
+                    safe.address_hex()
+                ),
+            );
+            Some(safe)
+        }
+        Err(e) => {
+            r.fail("key slot", e);
+            None
+        }
+    };
+
+    match &cfg.source {
+        None => r.info("key source", "none configured (AWS_PARAMETER unset)"),
+        Some(spec) => {
+            crate::harden::harden_self().ok();
+            match source::fetch(spec, cfg.expected_address.as_deref()) {
+                Ok(f) => {
+                    let id = f.key.identity();
+                    match &f.origin {
+                        Origin::Ssm(p) => {
+                            r.pass(
+                                "parameter",
+                                format!("{} version {} type {}{}", p.name, p.version, p.kind, p.arn.as_deref().map(|a| format!(" ({a})")).unwrap_or_default()),
+                            );
+                            if let SourceSpec::Ssm { parameter, .. } = spec {
+                                match source::ssm::describe(parameter) {
+                                    Ok(m) => r.pass(
+                                        "KMS key",
+                                        format!(
+                                            "{} (tier {})",
+                                            m.kms_key_id.as_deref().unwrap_or("unknown"),
+                                            m.tier.as_deref().unwrap_or("unknown")
+                                        ),
+                                    ),
+                                    Err(e) => r.warn("KMS key", format!("cannot describe the parameter: {e}")),
+                                }
+                            }
+                        }
+                        Origin::Credential { name } => r.pass("credential", name),
+                    }
+                    r.pass("key", format!("valid {} key (public key and address derived from the private key)", id.key_type()));
+                    r.pass("address", id.address_hex());
+                    r.pass("pub_key", id.pub_key_b64());
+                    if let Some(safe) = &safe {
+                        if safe.pub_key() == id.pub_key() {
+                            r.fail("safe key", "the key at the key path IS the consensus key: replace it with a throwaway key");
+                        } else {
+                            r.pass("safe key", "differs from the consensus key");
+                        }
+                    }
+                }
+                Err(e) => r.fail("key source", e),
+            }
+        }
+    }
+    if r.failures == 0 {
+        println!("check passed");
+        Ok(0)
+    } else {
+        println!("check FAILED: {} problem(s)", r.failures);
+        Ok(1)
+    }
+}

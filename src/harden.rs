@@ -1,1 +1,97 @@
-//! harden (in progress)
+//! Process hardening: our own process (not dumpable, no core files) and the
+//! child's (no capabilities, no new privileges, optional uid switch, scrubbed
+//! environment, no inherited descriptors).
+
+use std::os::unix::process::CommandExt;
+use std::process::Command;
+
+use crate::config::NodeUser;
+use crate::sys::{self, ChildCreds};
+
+/// Applies `PR_SET_DUMPABLE 0` and `RLIMIT_CORE 0` to this process; call
+/// before any secret is fetched.
+pub fn harden_self() -> std::io::Result<()> {
+    sys::harden_self()
+}
+
+/// Environment variables never passed to the child: AWS credentials and
+/// settings (the node needs none), our own settings, systemd's notify socket
+/// and credentials directory (meant for us only).
+pub fn is_scrubbed(name: &str) -> bool {
+    name.starts_with("AWS_")
+        || name.starts_with("SSM_COSMOVISOR_")
+        || matches!(
+            name,
+            "USE_SSM_KEY"
+                | "KEY_SOURCE"
+                | "COSMOVISOR_BIN"
+                | "CREDENTIALS_DIRECTORY"
+                | "NOTIFY_SOCKET"
+                | "WATCHDOG_USEC"
+                | "WATCHDOG_PID"
+        )
+}
+
+/// Computes the child's credentials before `fork`, so that `pre_exec` only
+/// issues syscalls.
+pub fn child_creds(node_user: Option<&NodeUser>) -> ChildCreds {
+    // Dropping from the bounding set needs CAP_SETPCAP; without it even an
+    // absent capability gives EPERM. An unprivileged parent cannot drop it,
+    // and `no_new_privs` already stops the child from gaining anything.
+    let can_setpcap = caps::has_cap(None, caps::CapSet::Effective, caps::Capability::CAP_SETPCAP).unwrap_or(false);
+    let bounding_to_drop = if can_setpcap {
+        caps::read(None, caps::CapSet::Bounding)
+            .map(|set| set.into_iter().map(|c| c.index() as u32).collect())
+            .unwrap_or_default()
+    } else {
+        Vec::new()
+    };
+    ChildCreds {
+        bounding_to_drop,
+        switch_to: node_user.map(|u| (u.uid, u.gid, u.groups.clone())),
+        clear_caps: true,
+        parent_death_signal: Some(libc::SIGTERM),
+        parent: std::process::id() as i32,
+    }
+}
+
+/// Configures `cmd` to start hardened: environment scrubbed, and the
+/// `pre_exec` hook applying `creds`.
+pub fn prepare(cmd: &mut Command, creds: ChildCreds) {
+    for (k, _) in std::env::vars_os() {
+        if is_scrubbed(&k.to_string_lossy()) {
+            cmd.env_remove(&k);
+        }
+    }
+    // SAFETY: the hook only runs `harden_child_after_fork`, which issues raw
+    // syscalls on data computed before fork (`creds` is moved in and only
+    // read); it allocates nothing and takes no lock.
+    unsafe {
+        cmd.pre_exec(move || sys::harden_child_after_fork(&creds));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scrub_list() {
+        for v in [
+            "AWS_ACCESS_KEY_ID",
+            "AWS_SECRET_ACCESS_KEY",
+            "AWS_SESSION_TOKEN",
+            "AWS_CONTAINER_CREDENTIALS_FULL_URI",
+            "AWS_WEB_IDENTITY_TOKEN_FILE",
+            "AWS_PARAMETER",
+            "USE_SSM_KEY",
+            "SSM_COSMOVISOR_NODE_USER",
+            "NOTIFY_SOCKET",
+        ] {
+            assert!(is_scrubbed(v), "{v}");
+        }
+        for v in ["DAEMON_HOME", "DAEMON_NAME", "PATH", "HOME", "DAEMON_RESTART_AFTER_UPGRADE"] {
+            assert!(!is_scrubbed(v), "{v}");
+        }
+    }
+}

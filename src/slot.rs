@@ -474,6 +474,12 @@ impl KeySlot {
         Ok(buf)
     }
 
+    fn has_leftover_temps(&self) -> bool {
+        [&self.fifo_tmp, &self.stripped_tmp]
+            .iter()
+            .any(|t| rustix::fs::statat(&self.dir, t.as_os_str(), AtFlags::SYMLINK_NOFOLLOW).is_ok())
+    }
+
     fn remove_leftover_temps(&self) -> Result<bool, SlotError> {
         let mut removed = false;
         for tmp in [&self.fifo_tmp, &self.stripped_tmp] {
@@ -493,13 +499,29 @@ impl KeySlot {
     /// slot back to idle, or explains why an operator must decide.
     /// Returns the safe key's identity on success.
     pub fn repair(&self) -> Result<(Repair, PublicIdentity), SlotError> {
-        let temps = self.remove_leftover_temps()?;
+        self.repair_inner(true)
+    }
+
+    /// What [`KeySlot::repair`] would find and do, without changing anything.
+    pub fn diagnose(&self) -> Result<(Repair, PublicIdentity), SlotError> {
+        self.repair_inner(false)
+    }
+
+    fn repair_inner(&self, apply: bool) -> Result<(Repair, PublicIdentity), SlotError> {
+        let temps = if apply { self.remove_leftover_temps()? } else { self.has_leftover_temps() };
         let p = self.inspect(&self.name)?;
         let o = self.inspect(&self.orig)?;
         let path = self.path.clone();
         // A usable backup: a complete key owned by a trusted user.
         let restore_from_orig = |found: &'static str| -> Result<(Repair, PublicIdentity), SlotError> {
             match &o {
+                Entry::Complete(_, id, _) if !apply => Ok((
+                    Repair {
+                        found,
+                        action: Some("would rename .orig over the key path"),
+                    },
+                    (**id).clone(),
+                )),
                 Entry::Complete(_, id, _) => {
                     crate::failpoint!("before-restore-rename");
                     rustix::fs::renameat(&self.dir, &self.orig, &self.dir, &self.name)
@@ -536,12 +558,24 @@ impl KeySlot {
             (Entry::Complete(_, id, _), Entry::Absent) => Ok((
                 Repair {
                     found: if temps { "idle with leftovers" } else { "idle" },
-                    action: temps.then_some("removed leftover temporary files"),
+                    action: temps.then_some(if apply {
+                        "removed leftover temporary files"
+                    } else {
+                        "would remove leftover temporary files"
+                    }),
                 },
                 (**id).clone(),
             )),
             (Entry::Complete(pst, id, pbytes), Entry::Complete(ost, _, obytes)) => {
-                if same_inode(pst, ost) || pbytes == obytes {
+                if (same_inode(pst, ost) || pbytes == obytes) && !apply {
+                    Ok((
+                        Repair {
+                            found: "backed-up",
+                            action: Some("would remove the redundant .orig link"),
+                        },
+                        (**id).clone(),
+                    ))
+                } else if same_inode(pst, ost) || pbytes == obytes {
                     // Backed-up (two links to one inode), or the Go tool's
                     // finished copy. rename() between two links of one inode
                     // is a no-op, so unlink the backup name instead.

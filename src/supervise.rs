@@ -1,1 +1,549 @@
-//! supervise (in progress)
+//! Supervision: run the child (cosmovisor, or any node command), deliver the
+//! key each time the node starts, forward signals, adopt orphans, and put the
+//! safe key back on every exit path we control.
+//!
+//! Threads, not an async runtime: one waits for signals (`sigwait`), one
+//! waits for the child, one blocks in the FIFO's writer open, one reads
+//! inotify for the upgrade marker, one waits on the node's pidfd. All report
+//! to the main thread over one channel; the main thread alone moves the slot.
+
+use std::ffi::OsString;
+use std::os::fd::AsFd;
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitStatus};
+use std::sync::mpsc::{self, RecvTimeoutError, Sender};
+use std::sync::Arc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use crate::config::Config;
+use crate::deliver::{Canceller, DeliverError, Next, Outcome, Pending, ReaderPolicy};
+use crate::harden;
+use crate::key::ValidatorKey;
+use crate::notify::Notifier;
+use crate::procfs::{self, Pid};
+use crate::slot::{KeySlot, SlotError};
+
+/// Signals forwarded to the child.
+pub const FORWARDED: [i32; 4] = [libc::SIGINT, libc::SIGTERM, libc::SIGHUP, libc::SIGQUIT];
+
+/// Grace period between SIGTERM and SIGKILL for orphaned nodes.
+pub const ORPHAN_GRACE: Duration = Duration::from_secs(10);
+
+/// Documented exit codes of our own (the child's status is passed through otherwise).
+pub mod exit {
+    /// Usage or configuration error.
+    pub const CONFIG: u8 = 2;
+    /// The key source failed or held an invalid key.
+    pub const SOURCE: u8 = 3;
+    /// The key slot needs an operator.
+    pub const SLOT: u8 = 4;
+    /// The node never read the key (timeout) or delivery failed.
+    pub const DELIVERY: u8 = 5;
+    /// A stranger held the pipe after the key was written: rotate the key.
+    pub const EXPOSED: u8 = 6;
+    /// The child could not be started.
+    pub const SPAWN: u8 = 7;
+}
+
+/// A fatal supervision error, with the exit code it maps to.
+#[derive(Debug, thiserror::Error)]
+pub enum SuperviseError {
+    /// The slot failed.
+    #[error(transparent)]
+    Slot(#[from] SlotError),
+    /// The child could not be started.
+    #[error("cannot start {program:?}: {source}; set COSMOVISOR_BIN or put cosmovisor on PATH")]
+    Spawn {
+        /// The program.
+        program: OsString,
+        /// Cause.
+        source: std::io::Error,
+    },
+    /// Delivery failed.
+    #[error("key delivery failed: {0}")]
+    Deliver(#[from] DeliverError),
+    /// The node did not read the key in time.
+    #[error("the node did not read the key within {0:?} (SSM_COSMOVISOR_KEY_TIMEOUT); stopped the node and restored the safe key. Check that the node starts and that priv_validator_key_file points at {1:?}")]
+    Timeout(Duration, PathBuf),
+    /// Key possibly exposed.
+    #[error("KEY MAY BE EXPOSED: {0}. The node was stopped and the safe key restored. Rotate the consensus key")]
+    Exposed(String),
+    /// Internal failure (threads, signals).
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl SuperviseError {
+    /// The process exit code for this error.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            SuperviseError::Slot(_) => exit::SLOT,
+            SuperviseError::Spawn { .. } => exit::SPAWN,
+            SuperviseError::Deliver(_) | SuperviseError::Timeout(..) => exit::DELIVERY,
+            SuperviseError::Exposed(_) => exit::EXPOSED,
+            SuperviseError::Internal(_) => 1,
+        }
+    }
+}
+
+enum Event {
+    Signal(i32),
+    ChildExited(std::io::Result<ExitStatus>),
+    Delivery(Result<Outcome, DeliverError>),
+    Marker,
+    ReaderExited(Pid),
+}
+
+/// What the key handling needs; `None` runs the child like plain cosmovisor.
+pub struct KeyJob {
+    /// The slot, already repaired and backed up.
+    pub slot: Arc<KeySlot>,
+    /// The validated consensus key.
+    pub key: Arc<ValidatorKey>,
+}
+
+/// Maps a child's status to our exit code (128+N for a signal death).
+pub fn status_code(st: &ExitStatus) -> u8 {
+    use std::os::unix::process::ExitStatusExt;
+    match (st.code(), st.signal()) {
+        (Some(c), _) => c as u8,
+        (None, Some(sig)) => 128u8.wrapping_add(sig as u8),
+        _ => 1,
+    }
+}
+
+fn spawn_signal_thread(tx: Sender<Event>) -> Result<(), SuperviseError> {
+    let mut sigs = FORWARDED.to_vec();
+    sigs.push(libc::SIGCHLD);
+    crate::sys::block_signals(&sigs).map_err(|e| SuperviseError::Internal(format!("blocking signals: {e}")))?;
+    thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || loop {
+            match crate::sys::wait_signal(&sigs) {
+                Ok(libc::SIGCHLD) => {
+                    // Orphans adopted as subreaper are reaped by the main loop.
+                    if tx.send(Event::Signal(libc::SIGCHLD)).is_err() {
+                        return;
+                    }
+                }
+                Ok(sig) => {
+                    if tx.send(Event::Signal(sig)).is_err() {
+                        return;
+                    }
+                }
+                Err(_) => return,
+            }
+        })
+        .map_err(|e| SuperviseError::Internal(format!("signal thread: {e}")))?;
+    Ok(())
+}
+
+/// Watches `<home>/data/` for the upgrade marker. The SDK rewrites
+/// `upgrade-info.json` in place, so close-after-write matters as much as create.
+fn spawn_marker_thread(data_dir: &Path, tx: Sender<Event>) {
+    use rustix::fs::inotify;
+    let Ok(fd) = inotify::init(inotify::CreateFlags::CLOEXEC) else {
+        tracing::warn!("inotify unavailable: re-arming only when the node exits");
+        return;
+    };
+    if let Err(e) = inotify::add_watch(
+        &fd,
+        data_dir,
+        inotify::WatchFlags::CLOSE_WRITE | inotify::WatchFlags::MOVED_TO | inotify::WatchFlags::CREATE,
+    ) {
+        tracing::warn!(dir = %data_dir.display(), error = %e, "cannot watch for the upgrade marker: re-arming only when the node exits");
+        return;
+    }
+    let _ = thread::Builder::new().name("upgrade-marker".into()).spawn(move || {
+        let mut buf = [std::mem::MaybeUninit::<u8>::uninit(); 4096];
+        let mut reader = inotify::Reader::new(&fd, &mut buf);
+        loop {
+            match reader.next() {
+                Ok(ev) => {
+                    let is_marker = ev.file_name().map(|n| n.to_bytes() == b"upgrade-info.json").unwrap_or(false);
+                    if is_marker && tx.send(Event::Marker).is_err() {
+                        return;
+                    }
+                }
+                Err(rustix::io::Errno::INTR) => continue,
+                Err(_) => return,
+            }
+        }
+    });
+}
+
+fn spawn_reader_exit_thread(pid: Pid, tx: Sender<Event>) {
+    let Ok(pidfd) = rustix::process::pidfd_open(
+        rustix::process::Pid::from_raw(pid.0).expect("positive pid"),
+        rustix::process::PidfdFlags::empty(),
+    ) else {
+        // Already gone.
+        let _ = tx.send(Event::ReaderExited(pid));
+        return;
+    };
+    let _ = thread::Builder::new().name("node-exit".into()).spawn(move || {
+        let mut fds = [rustix::event::PollFd::new(&pidfd, rustix::event::PollFlags::IN)];
+        while let Err(rustix::io::Errno::INTR) = rustix::event::poll(&mut fds, None) {}
+        let _ = tx.send(Event::ReaderExited(pid));
+    });
+}
+
+struct Delivering {
+    canceller: Canceller,
+    inode: u64,
+    since: Instant,
+}
+
+fn start_delivery(job: &KeyJob, pending: Pending, policy: &ReaderPolicy, next: Next, tx: &Sender<Event>) -> Delivering {
+    let d = Delivering {
+        canceller: pending.canceller(),
+        inode: pending.inode(),
+        since: Instant::now(),
+    };
+    let (slot, key, policy, tx) = (job.slot.clone(), job.key.clone(), policy.clone(), tx.clone());
+    thread::Builder::new()
+        .name("deliver".into())
+        .spawn(move || {
+            let r = pending.run(&slot, &key, &policy, next);
+            let _ = tx.send(Event::Delivery(r));
+        })
+        .expect("spawn delivery thread");
+    d
+}
+
+fn holders_text(h: &[procfs::Holder]) -> String {
+    h.iter()
+        .map(|h| {
+            format!(
+                "pid {} uid {} exe {}",
+                h.pid,
+                h.euid(),
+                h.exe.as_deref().map(|p| p.display().to_string()).unwrap_or_else(|| "?".into())
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Stops every process we adopted (orphans of the child): TERM, then KILL
+/// after the grace period. Returns once none is left.
+fn stop_orphans(me: Pid) {
+    let mut orphans = procfs::children_of(me);
+    if orphans.is_empty() {
+        return;
+    }
+    for p in &orphans {
+        tracing::warn!(event = "orphan", pid = p.0, exe = ?procfs::exe_of(*p), "stopping a process left behind by the child (no node may sign unsupervised)");
+        let _ = rustix::process::kill_process(rustix::process::Pid::from_raw(p.0).unwrap(), rustix::process::Signal::TERM);
+    }
+    let deadline = Instant::now() + ORPHAN_GRACE;
+    while !orphans.is_empty() {
+        reap_others(None);
+        orphans = procfs::children_of(me);
+        if Instant::now() >= deadline {
+            for p in &orphans {
+                let _ = rustix::process::kill_process(rustix::process::Pid::from_raw(p.0).unwrap(), rustix::process::Signal::KILL);
+            }
+            thread::sleep(Duration::from_millis(20));
+            reap_others(None);
+            orphans = procfs::children_of(me);
+            if Instant::now() >= deadline + Duration::from_secs(5) {
+                break;
+            }
+        }
+        thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Reaps exited children other than `keep` (our own child is reaped by its
+/// waiter thread, so its exit status is not stolen).
+fn reap_others(keep: Option<Pid>) {
+    let me = Pid(std::process::id() as i32);
+    for p in procfs::children_of(me) {
+        if Some(p) == keep {
+            continue;
+        }
+        if let Some(pid) = rustix::process::Pid::from_raw(p.0) {
+            let _ = rustix::process::waitpid(Some(pid), rustix::process::WaitOptions::NOHANG);
+        }
+    }
+}
+
+/// Runs `program args` as our child and supervises it to the end. Returns
+/// the exit code for our process.
+pub fn run(cfg: &Config, program: &OsString, args: &[OsString], job: Option<KeyJob>) -> Result<u8, SuperviseError> {
+    let notifier = Notifier::from_env();
+    let (tx, rx) = mpsc::channel::<Event>();
+    spawn_signal_thread(tx.clone())?;
+    // Orphaned descendants (a node whose cosmovisor died) are reparented to
+    // us instead of init, so we can stop them.
+    rustix::process::set_child_subreaper(Some(rustix::process::getpid()))
+        .map_err(|e| SuperviseError::Internal(format!("PR_SET_CHILD_SUBREAPER: {e}")))?;
+    let me = Pid(std::process::id() as i32);
+
+    // Arm before the child exists: the node may look for its key at once.
+    let mut armed = match &job {
+        Some(j) => {
+            let a = j.slot.arm()?;
+            tracing::info!(event = "armed", path = %j.slot.path().display(), inode = a.ino, "key FIFO armed");
+            Some(a)
+        }
+        None => None,
+    };
+
+    let creds = harden::child_creds(cfg.node_user.as_ref());
+    let mut cmd = Command::new(program);
+    cmd.args(args);
+    harden::prepare(&mut cmd, creds);
+    // Spawned from the main thread, which lives as long as we do: the
+    // child's parent-death signal fires when the *spawning thread* exits.
+    let child = match cmd.spawn() {
+        Ok(c) => c,
+        Err(source) => {
+            if let Some(j) = &job {
+                let _ = j.slot.restore();
+            }
+            return Err(SuperviseError::Spawn {
+                program: program.clone(),
+                source,
+            });
+        }
+    };
+    let child_pid = Pid(child.id() as i32);
+    let child_pidfd = rustix::process::pidfd_open(
+        rustix::process::Pid::from_raw(child_pid.0).expect("positive pid"),
+        rustix::process::PidfdFlags::empty(),
+    )
+    .ok();
+    tracing::info!(event = "child_started", pid = child_pid.0, program = %Path::new(program).display(), "started child");
+    {
+        let tx = tx.clone();
+        let mut child = child;
+        thread::Builder::new()
+            .name("child-wait".into())
+            .spawn(move || {
+                let _ = tx.send(Event::ChildExited(child.wait()));
+            })
+            .map_err(|e| SuperviseError::Internal(format!("child wait thread: {e}")))?;
+    }
+
+    let policy = ReaderPolicy {
+        root: child_pid,
+        uid: cfg.node_user.as_ref().map(|u| u.uid).unwrap_or_else(|| rustix::process::geteuid().as_raw()),
+        me,
+    };
+    let mut delivering: Option<Delivering> = None;
+    let mut delivered_once = false;
+    if let Some(j) = &job {
+        spawn_marker_thread(&cfg.home.join("data"), tx.clone());
+        let a = armed.take().expect("armed above");
+        delivering = Some(start_delivery(j, Pending::new(a), &policy, next_mode(cfg), &tx));
+        notifier.ready("waiting for the node to read the key");
+    } else {
+        notifier.ready("running without the SSM key (USE_SSM_KEY=false)");
+    }
+
+    let forward = |sig: i32| {
+        let s = rustix::process::Signal::from_named_raw(sig).unwrap_or(rustix::process::Signal::TERM);
+        let r = match &child_pidfd {
+            Some(fd) => rustix::process::pidfd_send_signal(fd.as_fd(), s),
+            None => rustix::process::kill_process(rustix::process::Pid::from_raw(child_pid.0).unwrap(), s),
+        };
+        tracing::info!(event = "signal_forwarded", signal = sig, pid = child_pid.0, ok = r.is_ok(), "forwarded signal to child");
+    };
+    // Fatal conditions stop the child, then fall through to the common exit.
+    let mut fatal: Option<SuperviseError> = None;
+    let mut stopping = false;
+    // When we stop the child ourselves (fatal error), escalate to SIGKILL
+    // after the grace period; a stop requested by systemd is escalated by systemd.
+    let mut kill_at: Option<Instant> = None;
+    let mut last_ping = Instant::now();
+    let status: std::io::Result<ExitStatus> = loop {
+        let mut wait = Duration::from_secs(3600);
+        if let Some(d) = &delivering {
+            wait = wait.min(cfg.key_timeout.saturating_sub(d.since.elapsed()));
+        }
+        if let Some(iv) = notifier.watchdog_interval() {
+            wait = wait.min(iv.saturating_sub(last_ping.elapsed()));
+        }
+        if fatal.is_some() && kill_at.is_none() {
+            kill_at = Some(Instant::now() + ORPHAN_GRACE);
+        }
+        if let Some(k) = kill_at {
+            if Instant::now() >= k {
+                forward(libc::SIGKILL);
+                kill_at = Some(Instant::now() + Duration::from_secs(3600));
+            }
+            wait = wait.min(k.saturating_duration_since(Instant::now()));
+        }
+        let ev = match rx.recv_timeout(wait) {
+            Ok(ev) => Some(ev),
+            Err(RecvTimeoutError::Timeout) => None,
+            Err(RecvTimeoutError::Disconnected) => break Err(std::io::Error::other("event channel closed")),
+        };
+        if let Some(iv) = notifier.watchdog_interval() {
+            if last_ping.elapsed() >= iv {
+                notifier.ping();
+                last_ping = Instant::now();
+            }
+        }
+        let Some(ev) = ev else {
+            if let (Some(d), Some(j)) = (&delivering, &job) {
+                if d.since.elapsed() >= cfg.key_timeout && fatal.is_none() {
+                    fatal = Some(SuperviseError::Timeout(cfg.key_timeout, j.slot.path().to_path_buf()));
+                    d.canceller.cancel();
+                    forward(libc::SIGTERM);
+                    stopping = true;
+                }
+            }
+            continue;
+        };
+        match ev {
+            Event::Signal(libc::SIGCHLD) => reap_others(Some(child_pid)),
+            Event::Signal(sig) => {
+                stopping = true;
+                notifier.stopping();
+                forward(sig);
+            }
+            Event::ChildExited(st) => break st,
+            Event::Delivery(r) => {
+                delivering = None;
+                let Some(j) = &job else { continue };
+                match r {
+                    Ok(Outcome::Delivered { reader, latency, next }) => {
+                        delivered_once = true;
+                        tracing::info!(
+                            event = "delivered",
+                            pid = reader.pid.0,
+                            uid = reader.euid(),
+                            exe = %reader.exe.as_deref().map(|p| p.display().to_string()).unwrap_or_default(),
+                            latency_us = latency.as_micros() as u64,
+                            "key was read from named pipe by the node"
+                        );
+                        notifier.status(&format!("key delivered to pid {}", reader.pid));
+                        match next {
+                            Some(a) => {
+                                tracing::info!(event = "re_armed", inode = a.ino, reason = "always-armed", "key FIFO re-armed");
+                                delivering = Some(start_delivery(j, Pending::new(a), &policy, Next::Fifo, &tx));
+                            }
+                            None => spawn_reader_exit_thread(reader.pid, tx.clone()),
+                        }
+                    }
+                    Ok(Outcome::Refused { holders, reason, next }) => {
+                        tracing::error!(event = "refused_reader", holders = %holders_text(&holders), reason = %reason, "refused to hand the key over: nothing was written");
+                        if !stopping {
+                            match next.map(Ok).unwrap_or_else(|| j.slot.arm()) {
+                                Ok(a) => {
+                                    tracing::info!(event = "re_armed", inode = a.ino, reason = "after refusal", "key FIFO re-armed");
+                                    delivering = Some(start_delivery(j, Pending::new(a), &policy, next_mode(cfg), &tx));
+                                }
+                                Err(e) => {
+                                    fatal.get_or_insert(e.into());
+                                    forward(libc::SIGTERM);
+                                    stopping = true;
+                                }
+                            }
+                        }
+                    }
+                    Ok(Outcome::NotRead { reader, reason, next }) => {
+                        tracing::warn!(event = "not_read", pid = reader.pid.0, reason, "the node did not take the key; re-arming");
+                        if !stopping {
+                            match next.map(Ok).unwrap_or_else(|| j.slot.arm()) {
+                                Ok(a) => {
+                                    tracing::info!(event = "re_armed", inode = a.ino, reason = "not read", "key FIFO re-armed");
+                                    delivering = Some(start_delivery(j, Pending::new(a), &policy, next_mode(cfg), &tx));
+                                }
+                                Err(e) => {
+                                    fatal.get_or_insert(e.into());
+                                    forward(libc::SIGTERM);
+                                    stopping = true;
+                                }
+                            }
+                        }
+                    }
+                    Ok(Outcome::Exposed { reader, strangers }) => {
+                        let text = format!(
+                            "after the key was written to pid {}, the pipe was also held by {}",
+                            reader.pid,
+                            holders_text(&strangers)
+                        );
+                        tracing::error!(event = "key_exposed", detail = %text, "KEY MAY BE EXPOSED: rotate the consensus key");
+                        fatal.get_or_insert(SuperviseError::Exposed(text));
+                        forward(libc::SIGTERM);
+                        stopping = true;
+                    }
+                    Ok(Outcome::Cancelled) => {}
+                    Err(e) => {
+                        tracing::error!(event = "delivery_failed", error = %e, "key delivery failed");
+                        fatal.get_or_insert(e.into());
+                        forward(libc::SIGTERM);
+                        stopping = true;
+                    }
+                }
+            }
+            Event::Marker | Event::ReaderExited(_) => {
+                let Some(j) = &job else { continue };
+                if delivering.is_some() || stopping || !delivered_once {
+                    continue;
+                }
+                let reason = if matches!(ev, Event::Marker) { "upgrade marker written" } else { "node exited" };
+                match j.slot.arm() {
+                    Ok(a) => {
+                        tracing::info!(event = "re_armed", inode = a.ino, reason, "key FIFO re-armed");
+                        notifier.status("waiting for the node to read the key");
+                        delivering = Some(start_delivery(j, Pending::new(a), &policy, next_mode(cfg), &tx));
+                    }
+                    Err(e) => {
+                        fatal.get_or_insert(e.into());
+                        forward(libc::SIGTERM);
+                        stopping = true;
+                    }
+                }
+            }
+        }
+    };
+
+    notifier.stopping();
+    if let Some(d) = &delivering {
+        d.canceller.cancel();
+        // Let the delivery thread stand down before the slot is restored.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            match rx.recv_timeout(Duration::from_millis(50)) {
+                Ok(Event::Delivery(_)) => break,
+                Ok(_) => {}
+                Err(_) => {}
+            }
+        }
+        tracing::debug!(inode = d.inode, "pending delivery cancelled");
+    }
+    stop_orphans(me);
+    let code = match &status {
+        Ok(st) => {
+            tracing::info!(event = "child_exited", status = %st, "child exited");
+            status_code(st)
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "lost track of the child");
+            1
+        }
+    };
+    if let Some(j) = &job {
+        let r = j.slot.restore()?;
+        tracing::info!(event = "restore_done", found = r.found, "key slot back to idle");
+        notifier.status("safe key restored");
+    }
+    match fatal {
+        Some(e) => Err(e),
+        None => Ok(code),
+    }
+}
+
+fn next_mode(cfg: &Config) -> Next {
+    if cfg.always_armed {
+        Next::Fifo
+    } else {
+        Next::Stripped
+    }
+}

@@ -213,9 +213,12 @@ pub struct ChildCreds {
     pub bounding_to_drop: Vec<u32>,
     /// Switch to this uid/gid/supplementary groups, if a node user is set.
     pub switch_to: Option<(u32, u32, Vec<u32>)>,
-    /// Whether `capset` to all-zero should run (false when unprivileged and
-    /// the sets are already empty, where it would still succeed; kept for clarity).
+    /// Whether `capset` to all-zero should run.
     pub clear_caps: bool,
+    /// Signal the child gets if we die (set after the uid switch, which clears it).
+    pub parent_death_signal: Option<i32>,
+    /// Our pid, to detect that we died before the death signal was armed.
+    pub parent: i32,
 }
 
 /// Hardens the freshly forked child before `exec`. Call only from `pre_exec`.
@@ -275,6 +278,27 @@ pub unsafe fn harden_child_after_fork(creds: &ChildCreds) -> io::Result<()> {
     }
     // SAFETY: prctl with integer arguments only.
     cvt(unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) })?;
+    if let Some(sig) = creds.parent_death_signal {
+        // SAFETY: prctl with integer arguments only.
+        cvt(unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, sig as libc::c_ulong, 0, 0, 0) })?;
+        // SAFETY: getppid has no arguments. If we already died, the signal
+        // was never armed: behave as if it had fired.
+        if unsafe { libc::getppid() } != creds.parent {
+            // SAFETY: raising a signal in our own (child) process.
+            unsafe { libc::raise(sig) };
+        }
+    }
+    // The supervisor blocks the signals it waits for; the child must start
+    // with an empty mask or it would ignore SIGTERM.
+    // SAFETY: `set` is a local sigset_t initialised by sigemptyset.
+    let rc = unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::pthread_sigmask(libc::SIG_SETMASK, &set, std::ptr::null_mut())
+    };
+    if rc != 0 {
+        return Err(io::Error::from_raw_os_error(rc));
+    }
     let zero = libc::rlimit {
         rlim_cur: 0,
         rlim_max: 0,
@@ -336,4 +360,40 @@ pub fn harden_self() -> io::Result<()> {
 /// Whether `memfd_secret` works here (for `check`): tries it and closes the fd.
 pub fn memfd_secret_available() -> io::Result<()> {
     memfd_secret().map(drop)
+}
+
+/// Blocks `signals` in the calling thread (and so in every thread spawned
+/// after it), so they can be received synchronously with [`wait_signal`].
+pub fn block_signals(signals: &[i32]) -> io::Result<()> {
+    // SAFETY: `set` is a local sigset_t initialised by sigemptyset before use.
+    let rc = unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        for &s in signals {
+            libc::sigaddset(&mut set, s);
+        }
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut())
+    };
+    if rc != 0 {
+        return Err(io::Error::from_raw_os_error(rc));
+    }
+    Ok(())
+}
+
+/// Waits for one of `signals` (which must be blocked) and returns it.
+pub fn wait_signal(signals: &[i32]) -> io::Result<i32> {
+    // SAFETY: `set` is initialised by sigemptyset; `sig` is a live i32.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        for &s in signals {
+            libc::sigaddset(&mut set, s);
+        }
+        let mut sig: libc::c_int = 0;
+        let rc = libc::sigwait(&set, &mut sig);
+        if rc != 0 {
+            return Err(io::Error::from_raw_os_error(rc));
+        }
+        Ok(sig)
+    }
 }

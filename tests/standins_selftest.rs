@@ -26,7 +26,12 @@ fn run_node_on(h: &NodeHome, key_file: &std::path::Path) -> (std::process::Outpu
         T,
     );
     let reports = h.reports();
-    assert_eq!(reports.len(), before + 1, "one report line per start: {}", output_text(&out));
+    assert_eq!(
+        reports.len(),
+        before + 1,
+        "one report line per start: {}",
+        output_text(&out)
+    );
     (out, reports[before].clone())
 }
 
@@ -54,7 +59,10 @@ fn node_reads_ed25519_key_like_cometbft() {
     assert_eq!(r["ppid"], std::process::id());
     assert_eq!(r["uid"], nix::unistd::getuid().as_raw());
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(stdout.contains(&format!("read key {}", key.address)), "{stdout}");
+    assert!(
+        stdout.contains(&format!("read key {}", key.address)),
+        "{stdout}"
+    );
 }
 
 #[test]
@@ -74,10 +82,11 @@ fn node_reads_secp256k1_key_like_cometbft() {
 /// scalar 1 (the generator; its hash160 is a well-known Bitcoin value).
 #[test]
 fn key_generation_matches_known_answers() {
-    let seed: [u8; 32] = hex::decode("9d61b19deffd5a60ba844af492ec2cc44449c5697b326919703bac031cae7f60")
-        .unwrap()
-        .try_into()
-        .unwrap();
+    let seed: [u8; 32] =
+        hex::decode("9d61b19deffd5a60ba844af492ec2cc44449c5697b326919703bac031cae7f60")
+            .unwrap()
+            .try_into()
+            .unwrap();
     let ed = TestKey::ed25519_from_seed(seed);
     assert_eq!(ed.pub_b64, "11qYAYKxCrfVS/7TyWQHOg7hcvPapiMlrwIaaPcHURo=");
     assert_eq!(ed.address, "21FE31DFA154A261626BF854046FD2271B7BED4B");
@@ -165,21 +174,34 @@ fn node_blocks_on_fifo_until_writer_and_reads_to_eof() {
     let key = TestKey::ed25519();
     let fifo = h.scratch("fifo");
     nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
-    let mut node = KillOnDrop::spawn(h.node_cmd().env("NODE_KEY_FILE", &fifo).env("NODE_HOLD_FDS", "40"));
+    let mut node = KillOnDrop::spawn(
+        h.node_cmd()
+            .env("NODE_KEY_FILE", &fifo)
+            .env("NODE_HOLD_FDS", "40"),
+    );
 
     // It must be waiting, not failing, and hold the extra fds meanwhile.
     thread::sleep(Duration::from_millis(200));
-    assert!(node.0.try_wait().unwrap().is_none(), "node must block on the FIFO");
-    let fds = fs::read_dir(format!("/proc/{}/fd", node.pid())).unwrap().count();
+    assert!(
+        node.0.try_wait().unwrap().is_none(),
+        "node must block on the FIFO"
+    );
+    let fds = fs::read_dir(format!("/proc/{}/fd", node.pid()))
+        .unwrap()
+        .count();
     assert!(fds >= 40 + 3, "NODE_HOLD_FDS not honoured: {fds} fds");
     assert!(h.reports().is_empty());
 
     fs::write(&fifo, &key.json).unwrap();
-    assert!(wait_for(|| !h.reports().is_empty(), T), "no report after write");
+    assert!(
+        wait_for(|| !h.reports().is_empty(), T),
+        "no report after write"
+    );
     let r = &h.reports()[0];
     assert_eq!(r["outcome"], "ok");
     assert_eq!(r["address"], key.address.as_str());
-    assert!(r["elapsed_read_us"].as_u64().unwrap() >= 150_000, "{r}");
+    // Timed from just before open(): it spans the wait for our write.
+    assert!(r["elapsed_read_us"].as_u64().unwrap() >= 50_000, "{r}");
 
     // Stays up until SIGTERM, then exits 0.
     assert!(node.0.try_wait().unwrap().is_none());
@@ -207,11 +229,21 @@ fn node_home_layout_and_configured_key_paths() {
     h.assert_idle();
     let cfg = fs::metadata(h.path().join("config")).unwrap();
     assert_eq!(cfg.permissions().mode() & 0o777, 0o700);
-    assert_eq!(fs::metadata(h.key_path()).unwrap().permissions().mode() & 0o777, 0o600);
+    assert_eq!(
+        fs::metadata(h.key_path()).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
     assert_eq!(h.current_target(), std::path::PathBuf::from("genesis"));
     assert!(h.path().join("data/priv_validator_state.json").is_file());
-    assert!(h.path().join("cosmovisor/genesis/bin").join(DAEMON_NAME).is_file());
-    assert_eq!(h.orig_path().file_name().unwrap(), "priv_validator_key.json.orig");
+    assert!(h
+        .path()
+        .join("cosmovisor/genesis/bin")
+        .join(DAEMON_NAME)
+        .is_file());
+    assert_eq!(
+        h.orig_path().file_name().unwrap(),
+        "priv_validator_key.json.orig"
+    );
 
     // Default path, then relative and absolute `priv_validator_key_file`: the node stand-in
     // finds the safe key through config.toml like CometBFT.
@@ -248,7 +280,11 @@ fn node_writes_upgrade_info_in_place() {
     let out = run_with_timeout(h.node_cmd().env("NODE_UPGRADE_AFTER_MS", "0"), T);
     assert_eq!(out.status.code(), Some(1), "{}", output_text(&out));
     assert!(String::from_utf8_lossy(&out.stdout).contains("UPGRADE \"upgrade-1\" NEEDED"));
-    assert_eq!(fs::metadata(h.upgrade_info_path()).unwrap().ino(), ino, "rewritten in place");
+    assert_eq!(
+        fs::metadata(h.upgrade_info_path()).unwrap().ino(),
+        ino,
+        "rewritten in place"
+    );
     let v: Value = serde_json::from_slice(&fs::read(h.upgrade_info_path()).unwrap()).unwrap();
     assert_eq!(v, serde_json::json!({"name": "upgrade-1", "height": 100}));
 }
@@ -256,16 +292,34 @@ fn node_writes_upgrade_info_in_place() {
 #[test]
 fn cosmovisor_passes_args_untouched() {
     let h = NodeHome::new();
-    let args = ["version", "--long", "a b", "quote\"d", "ünï", "", "--home=/x y"];
+    let args = [
+        "version",
+        "--long",
+        "a b",
+        "quote\"d",
+        "ünï",
+        "",
+        "--home=/x y",
+    ];
     let out = run_with_timeout(&mut h.cosmovisor_cmd(&args), T);
     assert!(out.status.success());
     let line = String::from_utf8_lossy(&out.stdout);
-    let json = line.trim().strip_prefix("cosmovisor-standin args: ").expect("args line");
+    let json = line
+        .trim()
+        .strip_prefix("cosmovisor-standin args: ")
+        .expect("args line");
     assert_eq!(serde_json::from_str::<Vec<String>>(json).unwrap(), args);
 
     // `run`: the args file holds them all and the node gets everything after `run`.
     let args_file = h.scratch("args.json");
-    let run_args = ["run", "start", "--home", h.path().to_str().unwrap(), "x y", "--flag="];
+    let run_args = [
+        "run",
+        "start",
+        "--home",
+        h.path().to_str().unwrap(),
+        "x y",
+        "--flag=",
+    ];
     let out = run_with_timeout(
         h.cosmovisor_cmd(&run_args)
             .env("STANDIN_ARGS_FILE", &args_file)
@@ -292,7 +346,11 @@ fn cosmovisor_upgrade_cycle_restarts_node_and_switches_current() {
             .env("NODE_UPGRADES", "3"),
     );
     // Three upgrades, then a fourth start that keeps running.
-    assert!(wait_for(|| h.reports().len() >= 4, T), "reports: {:?}", h.reports());
+    assert!(
+        wait_for(|| h.reports().len() >= 4, T),
+        "reports: {:?}",
+        h.reports()
+    );
     thread::sleep(Duration::from_millis(100));
     let reports = h.reports();
     assert_eq!(reports.len(), 4, "{reports:?}");
@@ -304,7 +362,10 @@ fn cosmovisor_upgrade_cycle_restarts_node_and_switches_current() {
     }
     let pids: std::collections::HashSet<_> = reports.iter().map(|r| r["pid"].as_u64()).collect();
     assert_eq!(pids.len(), 4, "each start is a new process");
-    assert_eq!(h.current_target(), std::path::PathBuf::from("upgrades/upgrade-3"));
+    assert_eq!(
+        h.current_target(),
+        std::path::PathBuf::from("upgrades/upgrade-3")
+    );
     let info: Value = serde_json::from_slice(&fs::read(h.upgrade_info_path()).unwrap()).unwrap();
     assert_eq!(info["name"], "upgrade-3");
 
@@ -317,7 +378,10 @@ fn cosmovisor_upgrade_cycle_restarts_node_and_switches_current() {
 #[test]
 fn cosmovisor_keeps_current_when_upgrade_binary_missing() {
     let h = NodeHome::new();
-    let mut cv = KillOnDrop::spawn(h.cosmovisor_cmd(&["run", "start"]).env("NODE_UPGRADE_AFTER_MS", "0"));
+    let mut cv = KillOnDrop::spawn(
+        h.cosmovisor_cmd(&["run", "start"])
+            .env("NODE_UPGRADE_AFTER_MS", "0"),
+    );
     assert!(wait_for(|| h.reports().len() >= 2, T));
     assert_eq!(h.current_target(), std::path::PathBuf::from("genesis"));
     cv.signal(Signal::SIGINT);
@@ -328,7 +392,11 @@ fn cosmovisor_keeps_current_when_upgrade_binary_missing() {
 fn cosmovisor_restart_without_marker_only_when_asked() {
     // Without STANDIN_RESTART_ALWAYS a clean node exit ends cosmovisor with its status.
     let h = NodeHome::new();
-    let out = run_with_timeout(&mut h.cosmovisor_cmd(&["run", "start"]).env("NODE_EXIT_AFTER_MS", "10"), T);
+    let out = run_with_timeout(
+        h.cosmovisor_cmd(&["run", "start"])
+            .env("NODE_EXIT_AFTER_MS", "10"),
+        T,
+    );
     assert_eq!(out.status.code(), Some(0), "{}", output_text(&out));
     assert_eq!(h.reports().len(), 1);
 
@@ -379,7 +447,11 @@ fn cosmovisor_exit_status_follows_node() {
 fn cosmovisor_uses_genesis_when_current_is_missing() {
     let h = NodeHome::new();
     fs::remove_file(h.path().join("cosmovisor/current")).unwrap();
-    let out = run_with_timeout(&mut h.cosmovisor_cmd(&["run", "start"]).env("NODE_EXIT_AFTER_MS", "0"), T);
+    let out = run_with_timeout(
+        h.cosmovisor_cmd(&["run", "start"])
+            .env("NODE_EXIT_AFTER_MS", "0"),
+        T,
+    );
     assert!(out.status.success(), "{}", output_text(&out));
     assert_eq!(h.reports().len(), 1);
 }
@@ -418,7 +490,10 @@ fn assert_no_secret_catches_hex_seed() {
 #[test]
 fn assert_no_secret_accepts_public_parts() {
     let k = TestKey::secp256k1();
-    assert_no_secret(&format!("{} {} {}", k.address, k.pub_b64, k.stripped_json()), &k);
+    assert_no_secret(
+        &format!("{} {} {}", k.address, k.pub_b64, k.stripped_json()),
+        &k,
+    );
 }
 
 #[test]
@@ -426,14 +501,20 @@ fn moto_ssm_round_trip_and_stop_on_drop() {
     let moto = Moto::start();
     let ep = moto.endpoint();
     let key = TestKey::ed25519();
-    assert_eq!(ssm_put(&ep, "/validator/key", &key.json, "SecureString", None), 1);
+    assert_eq!(
+        ssm_put(&ep, "/validator/key", &key.json, "SecureString", None),
+        1
+    );
     let p = ssm_get_raw(&ep, "/validator/key").unwrap();
     assert_eq!(p.value, key.json);
     assert_eq!(p.r#type, "SecureString");
     assert_eq!(p.version, 1);
 
     let kms = kms_create_key(&ep);
-    assert_eq!(ssm_put(&ep, "/validator/key", &key.json, "SecureString", Some(&kms)), 2);
+    assert_eq!(
+        ssm_put(&ep, "/validator/key", &key.json, "SecureString", Some(&kms)),
+        2
+    );
     assert_eq!(ssm_get_raw(&ep, "/validator/key").unwrap().version, 2);
 
     let err = ssm_get_raw(&ep, "/nope").unwrap_err();
@@ -454,10 +535,16 @@ fn moto_denies_user_without_ssm_access() {
     ssm_put(&ep, "/validator/key", "x", "SecureString", None);
     let (id, secret) = moto_user_without_ssm_access(&ep);
     let err = ssm_get_raw_with(&ep, "/validator/key", &id, &secret).unwrap_err();
+    // moto answers IAM denials with a query-protocol XML body (real AWS: JSON
+    // AccessDeniedException), so match the text, not a modeled error.
     assert!(err.contains("AccessDenied"), "{err}");
+    assert!(
+        err.contains("not authorized to perform: ssm:GetParameter"),
+        "{err}"
+    );
     // Unknown credentials are rejected too once enforcement is on.
     let err = ssm_get_raw(&ep, "/validator/key").unwrap_err();
-    assert!(!err.is_empty());
+    assert!(err.contains("InvalidClientTokenId"), "{err}");
 }
 
 #[test]
@@ -466,7 +553,7 @@ fn moto_auth_budget_from_env() {
     let ep = moto.endpoint();
     ssm_put(&ep, "/p", "v", "String", None); // the one unchecked action
     let err = ssm_get_raw(&ep, "/p").unwrap_err();
-    assert!(!err.is_empty());
+    assert!(err.contains("InvalidClientTokenId"), "{err}");
 }
 
 /// The helpers find every binary the end-to-end tests need.

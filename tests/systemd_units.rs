@@ -53,6 +53,7 @@ const NEEDED_ALWAYS: &[&str] = &[
     "capget",
     "capset",
     "prlimit64",
+    "rt_sigprocmask",
     "close_range",
     // the key slot
     "openat2",
@@ -79,12 +80,15 @@ const NEEDED_ALWAYS: &[&str] = &[
     "sigaltstack",
 ];
 
-/// Additionally needed by the split-trust unit: the child's switch to the node user, chown of
-/// the FIFO and the stripped key, looking at the node with the node's file-system uid.
+/// Additionally needed by the split-trust unit: the child's switch to the node user (the
+/// `pre_exec` hook issues raw setgroups, setresgid, setresuid), chown of the FIFO and the
+/// stripped key, looking at the node with the node's file-system uid.
 const NEEDED_SPLIT: &[&str] = &[
+    "setgroups",
+    "setresgid",
+    "setresuid",
     "setuid",
     "setgid",
-    "setgroups",
     "fchown",
     "fchownat",
     "setfsuid",

@@ -10,6 +10,7 @@ use std::time::Duration;
 use aws_config::retry::RetryConfig;
 use aws_config::timeout::TimeoutConfig;
 use aws_config::BehaviorVersion;
+use aws_sdk_ssm::config::http::HttpResponse;
 use aws_sdk_ssm::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_ssm::types::ParameterType;
 use zeroize::Zeroize;
@@ -148,11 +149,40 @@ async fn client() -> Result<(aws_sdk_ssm::Client, String), SsmError> {
     Ok((aws_sdk_ssm::Client::new(&conf), region))
 }
 
-fn classify<E, R>(op: &'static str, name: &str, region: &str, e: SdkError<E, R>) -> SsmError
+fn classify<E>(op: &'static str, name: &str, region: &str, e: SdkError<E, HttpResponse>) -> SsmError
 where
     E: ProvideErrorMetadata + std::error::Error + 'static,
-    R: std::fmt::Debug,
 {
+    // Some endpoints (and emulators) answer IAM failures with a body the
+    // JSON protocol cannot parse; the HTTP status still says what happened.
+    let status = e.raw_response().map(|r| r.status().as_u16());
+    if e.code().is_none() && matches!(status, Some(401 | 403)) {
+        let body = e
+            .raw_response()
+            .and_then(|r| r.body().bytes())
+            .map(|b| String::from_utf8_lossy(b).into_owned())
+            .unwrap_or_default();
+        let message = extract_xml_message(&body).unwrap_or_else(|| format!("HTTP {}", status.unwrap_or(0)));
+        let lower = body.to_ascii_lowercase();
+        return if lower.contains("invalidclienttokenid") || lower.contains("signaturedoesnotmatch") {
+            SsmError::Credentials {
+                name: name.into(),
+                code: "InvalidClientTokenId".into(),
+                message,
+            }
+        } else if lower.contains("kms") {
+            SsmError::Kms {
+                name: name.into(),
+                code: "AccessDenied".into(),
+                message,
+            }
+        } else {
+            SsmError::AccessDenied {
+                name: name.into(),
+                message,
+            }
+        };
+    }
     match &e {
         SdkError::DispatchFailure(_) | SdkError::TimeoutError(_) => {
             return SsmError::Unreachable {
@@ -209,6 +239,12 @@ where
             message,
         },
     }
+}
+
+fn extract_xml_message(body: &str) -> Option<String> {
+    let start = body.find("<Message>")? + "<Message>".len();
+    let end = body[start..].find("</Message>")? + start;
+    Some(body[start..end].to_string())
 }
 
 /// Fetches a parameter with decryption. The value is moved into secret

@@ -35,7 +35,12 @@ use nix::sys::wait::{waitid, Id, WaitPidFlag};
 use nix::unistd::Pid;
 use std::os::unix::process::ExitStatusExt;
 
-const FORWARDED: [Signal; 4] = [Signal::SIGINT, Signal::SIGTERM, Signal::SIGHUP, Signal::SIGQUIT];
+const FORWARDED: [Signal; 4] = [
+    Signal::SIGINT,
+    Signal::SIGTERM,
+    Signal::SIGHUP,
+    Signal::SIGQUIT,
+];
 
 /// Write end of the self-pipe; the signal handler only reads this (an atomic load once set).
 static SIGNAL_PIPE: OnceLock<OwnedFd> = OnceLock::new();
@@ -67,15 +72,22 @@ fn main() {
     }
     if let Some(path) = std::env::var_os("STANDIN_ARGS_FILE") {
         if let Err(e) = fs::write(&path, &args_json) {
-            die(&format!("write STANDIN_ARGS_FILE {}: {e}", PathBuf::from(path).display()));
+            die(&format!(
+                "write STANDIN_ARGS_FILE {}: {e}",
+                PathBuf::from(path).display()
+            ));
         }
     }
 
-    let home = PathBuf::from(std::env::var_os("DAEMON_HOME").unwrap_or_else(|| die("DAEMON_HOME is not set")));
+    let home = PathBuf::from(
+        std::env::var_os("DAEMON_HOME").unwrap_or_else(|| die("DAEMON_HOME is not set")),
+    );
     let name = std::env::var("DAEMON_NAME").unwrap_or_else(|_| die("DAEMON_NAME is not set"));
     let restart_always = std::env::var("STANDIN_RESTART_ALWAYS").is_ok_and(|v| v == "1");
     let max_starts: u64 = match std::env::var("STANDIN_MAX_STARTS") {
-        Ok(v) => v.parse().unwrap_or_else(|_| die(&format!("STANDIN_MAX_STARTS={v:?} is not a number"))),
+        Ok(v) => v
+            .parse()
+            .unwrap_or_else(|_| die(&format!("STANDIN_MAX_STARTS={v:?} is not a number"))),
         Err(_) => 1000,
     };
 
@@ -105,7 +117,9 @@ fn main() {
             exit_with(status);
         }
         if starts >= max_starts {
-            eprintln!("cosmovisor-standin: STANDIN_MAX_STARTS={max_starts} reached; not restarting");
+            eprintln!(
+                "cosmovisor-standin: STANDIN_MAX_STARTS={max_starts} reached; not restarting"
+            );
             exit_with(status);
         }
     }
@@ -152,7 +166,11 @@ fn install_signal_forwarding() {
         .unwrap_or_else(|e| die(&format!("pipe: {e}")));
     SIGNAL_PIPE.set(wr).expect("signal pipe set once");
 
-    let action = SigAction::new(SigHandler::Handler(on_signal), SaFlags::SA_RESTART, SigSet::empty());
+    let action = SigAction::new(
+        SigHandler::Handler(on_signal),
+        SaFlags::SA_RESTART,
+        SigSet::empty(),
+    );
     for sig in FORWARDED {
         // SAFETY: `on_signal` is async-signal-safe (atomic read of an initialised OnceLock,
         // one write(2) syscall, no allocation or locking). Handled dispositions reset to
@@ -204,7 +222,10 @@ fn upgrade_marker(home: &Path) -> Option<String> {
     match serde_json::from_str::<serde_json::Value>(&text) {
         Ok(v) => v.get("name").and_then(|n| n.as_str()).map(str::to_string),
         Err(e) => {
-            eprintln!("cosmovisor-standin: ignoring unparsable {}: {e}", path.display());
+            eprintln!(
+                "cosmovisor-standin: ignoring unparsable {}: {e}",
+                path.display()
+            );
             None
         }
     }

@@ -112,7 +112,9 @@ fn main() {
 
     // Keep the extra fds open for the whole life of the process.
     let _held: Vec<File> = (0..env_u64("NODE_HOLD_FDS").unwrap_or(0))
-        .map(|_| File::open("/dev/null").unwrap_or_else(|e| fatal_usage(&format!("open /dev/null: {e}"))))
+        .map(|_| {
+            File::open("/dev/null").unwrap_or_else(|e| fatal_usage(&format!("open /dev/null: {e}")))
+        })
         .collect();
 
     let (report, exit_code) = load_file_pv(&key_path);
@@ -132,7 +134,9 @@ fn main() {
     if let Some(ms) = env_u64("NODE_UPGRADE_AFTER_MS") {
         if start_no <= env_u64("NODE_UPGRADES").unwrap_or(1) {
             thread::sleep(Duration::from_millis(ms));
-            let home = home.unwrap_or_else(|| fatal_usage("NODE_UPGRADE_AFTER_MS needs a home (--home or DAEMON_HOME)"));
+            let home = home.unwrap_or_else(|| {
+                fatal_usage("NODE_UPGRADE_AFTER_MS needs a home (--home or DAEMON_HOME)")
+            });
             let name = format!("upgrade-{start_no}");
             write_upgrade_info(&home, &name, 100 + start_index);
             println!("UPGRADE \"{name}\" NEEDED at height: {}", 100 + start_index);
@@ -179,7 +183,9 @@ fn key_path(home: Option<&Path>) -> PathBuf {
     if let Some(p) = std::env::var_os("NODE_KEY_FILE") {
         return PathBuf::from(p);
     }
-    let home = home.unwrap_or_else(|| fatal_usage("no home: pass --home or set DAEMON_HOME (or NODE_KEY_FILE)"));
+    let home = home.unwrap_or_else(|| {
+        fatal_usage("no home: pass --home or set DAEMON_HOME (or NODE_KEY_FILE)")
+    });
     let configured = fs::read_to_string(home.join("config/config.toml"))
         .ok()
         .and_then(|toml| configured_key_file(&toml))
@@ -224,7 +230,10 @@ fn load_file_pv(path: &Path) -> (Report, Option<i32>) {
     let read = File::open(path).and_then(|mut f| f.read_to_end(&mut buf));
     let elapsed_read_us = started.elapsed().as_micros();
     if let Err(e) = read {
-        eprintln!("NODE-PANIC: error reading PrivValidator key from {}: {e}", path.display());
+        eprintln!(
+            "NODE-PANIC: error reading PrivValidator key from {}: {e}",
+            path.display()
+        );
         let mut r = Report::new("invalid");
         r.elapsed_read_us = elapsed_read_us;
         r.detail = Some(format!("read error: {e}"));
@@ -274,7 +283,10 @@ fn parse_key(buf: &[u8]) -> (Report, Option<i32>) {
             // ed25519.PrivKey.PubKey() slices privKey[32:]: a stripped or short value panics
             // (we treat every value shorter than 64 bytes as the stripped crash).
             if value.len() < 64 {
-                eprintln!("NODE-PANIC: stripped or short ed25519 priv_key (len {})", value.len());
+                eprintln!(
+                    "NODE-PANIC: stripped or short ed25519 priv_key (len {})",
+                    value.len()
+                );
                 report.outcome = "stripped";
                 return (report, Some(EXIT_STRIPPED));
             }
@@ -289,7 +301,9 @@ fn parse_key(buf: &[u8]) -> (Report, Option<i32>) {
                 return (report, Some(EXIT_STRIPPED));
             }
             let seed: [u8; 32] = value[..32].try_into().expect("32-byte slice");
-            let derived = ed25519_dalek::SigningKey::from_bytes(&seed).verifying_key().to_bytes();
+            let derived = ed25519_dalek::SigningKey::from_bytes(&seed)
+                .verifying_key()
+                .to_bytes();
             report.derived_ok = Some(derived == embedded);
             report.pub_key = Some(B64.encode(embedded));
             report.address = Some(hex_upper(&Sha256::digest(embedded)[..20]));
@@ -366,7 +380,10 @@ fn write_report(r: &Report, home: Option<&Path>, key_path: &Path) -> u64 {
         .unwrap_or_else(|e| fatal_usage(&format!("open NODE_REPORT: {e}")));
     match f.write(text.as_bytes()) {
         Ok(n) if n == text.len() => {}
-        Ok(n) => fatal_usage(&format!("short write to NODE_REPORT ({n} of {})", text.len())),
+        Ok(n) => fatal_usage(&format!(
+            "short write to NODE_REPORT ({n} of {})",
+            text.len()
+        )),
         Err(e) => fatal_usage(&format!("write NODE_REPORT: {e}")),
     }
     start_index

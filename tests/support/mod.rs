@@ -245,7 +245,8 @@ fn port_of(endpoint: &str) -> u16 {
 /// Minimal HTTP/1.0 client for moto's control API (no HTTP client crate is a dependency).
 fn http_request(port: u16, method: &str, path: &str, body: &str) -> Result<(u16, String), String> {
     let mut s = TcpStream::connect(("127.0.0.1", port)).map_err(|e| e.to_string())?;
-    s.set_read_timeout(Some(Duration::from_secs(5))).map_err(|e| e.to_string())?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))
+        .map_err(|e| e.to_string())?;
     let req = format!(
         "{method} {path} HTTP/1.0\r\nHost: 127.0.0.1:{port}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
@@ -259,7 +260,10 @@ fn http_request(port: u16, method: &str, path: &str, body: &str) -> Result<(u16,
         .nth(1)
         .and_then(|c| c.parse().ok())
         .ok_or_else(|| format!("bad HTTP response: {resp:.200}"))?;
-    let body = resp.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    let body = resp
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
     Ok((status, body))
 }
 
@@ -282,7 +286,10 @@ pub fn aws_env_with(endpoint: &str, access_key_id: &str, secret: &str) -> Vec<(S
         ("AWS_SECRET_ACCESS_KEY", secret),
         ("AWS_EC2_METADATA_DISABLED", "true"),
         ("AWS_CONFIG_FILE", "/nonexistent/aws-config"),
-        ("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent/aws-credentials"),
+        (
+            "AWS_SHARED_CREDENTIALS_FILE",
+            "/nonexistent/aws-credentials",
+        ),
     ]
     .into_iter()
     .map(|(k, v)| (k.to_string(), v.to_string()))
@@ -353,12 +360,21 @@ pub fn ssm_get_raw_with(
     secret: &str,
 ) -> Result<SsmParam, String> {
     let client = ssm_client(endpoint, access_key_id, secret);
-    let out = block_on(client.get_parameter().name(name).with_decryption(true).send())
-        .map_err(|e| aws_sdk_ssm::error::DisplayErrorContext(&e).to_string())?;
+    let out = block_on(
+        client
+            .get_parameter()
+            .name(name)
+            .with_decryption(true)
+            .send(),
+    )
+    .map_err(|e| aws_sdk_ssm::error::DisplayErrorContext(&e).to_string())?;
     let p = out.parameter().ok_or("no parameter in response")?;
     Ok(SsmParam {
         value: p.value().unwrap_or_default().to_string(),
-        r#type: p.r#type().map(|t| t.as_str().to_string()).unwrap_or_default(),
+        r#type: p
+            .r#type()
+            .map(|t| t.as_str().to_string())
+            .unwrap_or_default(),
         version: p.version(),
     })
 }
@@ -372,10 +388,18 @@ pub fn boto3(endpoint: &str, script: &str) -> String {
         .arg("-c")
         .arg(script)
         .envs(aws_env(endpoint))
+        // botocore reads AWS_DEFAULT_REGION, not AWS_REGION; set it only here so tests of our
+        // binary's region handling are not masked.
+        .env("AWS_DEFAULT_REGION", TEST_REGION)
         .env("MOTO_ENDPOINT", endpoint)
         .stdin(Stdio::null())
         .output()
-        .unwrap_or_else(|e| panic!("cannot run {}: {e} (run scripts/test to create .venv)", py.display()));
+        .unwrap_or_else(|e| {
+            panic!(
+                "cannot run {}: {e} (run scripts/test to create .venv)",
+                py.display()
+            )
+        });
     assert!(
         out.status.success(),
         "boto3 script failed ({}):\n{}\n--- stderr ---\n{}",
@@ -491,11 +515,19 @@ impl TestKey {
 
     /// Deterministic ed25519 key (for known-answer vectors).
     pub fn ed25519_from_seed(seed: [u8; 32]) -> TestKey {
-        let public = ed25519_dalek::SigningKey::from_bytes(&seed).verifying_key().to_bytes();
+        let public = ed25519_dalek::SigningKey::from_bytes(&seed)
+            .verifying_key()
+            .to_bytes();
         let mut keypair = seed.to_vec();
         keypair.extend_from_slice(&public);
         let address = hex::encode_upper(&Sha256::digest(public)[..20]);
-        Self::assemble(KeyType::Ed25519, address, B64.encode(public), seed.to_vec(), B64.encode(&keypair))
+        Self::assemble(
+            KeyType::Ed25519,
+            address,
+            B64.encode(public),
+            seed.to_vec(),
+            B64.encode(&keypair),
+        )
     }
 
     /// Deterministic secp256k1 key (for known-answer vectors). Panics on an invalid scalar.
@@ -505,10 +537,22 @@ impl TestKey {
         let point = sk.public_key().to_encoded_point(true);
         let public = point.as_bytes();
         let address = hex::encode_upper(ripemd::Ripemd160::digest(Sha256::digest(public)));
-        Self::assemble(KeyType::Secp256k1, address, B64.encode(public), scalar.to_vec(), B64.encode(scalar))
+        Self::assemble(
+            KeyType::Secp256k1,
+            address,
+            B64.encode(public),
+            scalar.to_vec(),
+            B64.encode(scalar),
+        )
     }
 
-    fn assemble(key_type: KeyType, address: String, pub_b64: String, seed: Vec<u8>, priv_b64: String) -> TestKey {
+    fn assemble(
+        key_type: KeyType,
+        address: String,
+        pub_b64: String,
+        seed: Vec<u8>,
+        priv_b64: String,
+    ) -> TestKey {
         let json = cometbft_json(key_type, &address, &pub_b64, &priv_b64);
         TestKey {
             key_type,
@@ -539,9 +583,21 @@ impl TestKey {
         }
         let parsed = tendermint_config::PrivValidatorKey::parse_json(&self.json)
             .unwrap_or_else(|e| panic!("tendermint-rs rejects generated key: {e}"));
-        assert_eq!(parsed.address.to_string(), self.address, "address (tendermint-rs)");
-        assert_eq!(B64.encode(parsed.pub_key.to_bytes()), self.pub_b64, "pub_key (tendermint-rs)");
-        assert_eq!(parsed.priv_key.public_key(), parsed.pub_key, "pub from priv (tendermint-rs)");
+        assert_eq!(
+            parsed.address.to_string(),
+            self.address,
+            "address (tendermint-rs)"
+        );
+        assert_eq!(
+            B64.encode(parsed.pub_key.to_bytes()),
+            self.pub_b64,
+            "pub_key (tendermint-rs)"
+        );
+        assert_eq!(
+            parsed.priv_key.public_key(),
+            parsed.pub_key,
+            "pub from priv (tendermint-rs)"
+        );
         let derived = same_type(&parsed.address, parsed.pub_key.into());
         assert_eq!(derived, parsed.address, "address from pub (tendermint-rs)");
     }
@@ -649,7 +705,11 @@ impl NodeHome {
         };
         config.push_str("priv_validator_state_file = \"data/priv_validator_state.json\"\n");
         fs::write(home.join("config/config.toml"), config).expect("write config.toml");
-        fs::write(home.join("data/priv_validator_state.json"), PRIV_VALIDATOR_STATE).expect("write state");
+        fs::write(
+            home.join("data/priv_validator_state.json"),
+            PRIV_VALIDATOR_STATE,
+        )
+        .expect("write state");
 
         let safe_key = TestKey::ed25519();
         let parent = key_path.parent().expect("key path has a parent");
@@ -667,7 +727,8 @@ impl NodeHome {
             key_path,
         };
         h.install_node(&h.home.join("cosmovisor/genesis/bin"));
-        std::os::unix::fs::symlink("genesis", h.home.join("cosmovisor/current")).expect("current symlink");
+        std::os::unix::fs::symlink("genesis", h.home.join("cosmovisor/current"))
+            .expect("current symlink");
         h.add_upgrades(opts.upgrades);
         h
     }
@@ -687,7 +748,11 @@ impl NodeHome {
     /// Creates `cosmovisor/upgrades/upgrade-1..=n/bin/<DAEMON_NAME>`.
     pub fn add_upgrades(&self, n: usize) {
         for i in 1..=n {
-            self.install_node(&self.home.join(format!("cosmovisor/upgrades/upgrade-{i}/bin")));
+            self.install_node(
+                &self
+                    .home
+                    .join(format!("cosmovisor/upgrades/upgrade-{i}/bin")),
+            );
         }
     }
 
@@ -736,7 +801,10 @@ impl NodeHome {
             ("DAEMON_HOME".into(), self.home.display().to_string()),
             ("DAEMON_NAME".into(), DAEMON_NAME.into()),
             ("DAEMON_RESTART_AFTER_UPGRADE".into(), "true".into()),
-            ("NODE_REPORT".into(), self.report_path().display().to_string()),
+            (
+                "NODE_REPORT".into(),
+                self.report_path().display().to_string(),
+            ),
         ]
     }
 
@@ -750,7 +818,10 @@ impl NodeHome {
     /// `node-standin --home <home>` with [`NodeHome::env`].
     pub fn node_cmd(&self) -> Command {
         let mut c = Command::new(node_standin_bin());
-        c.arg("--home").arg(&self.home).envs(self.env()).stdin(Stdio::null());
+        c.arg("--home")
+            .arg(&self.home)
+            .envs(self.env())
+            .stdin(Stdio::null());
         c
     }
 
@@ -759,9 +830,16 @@ impl NodeHome {
     pub fn assert_idle(&self) {
         let md = fs::symlink_metadata(&self.key_path)
             .unwrap_or_else(|e| panic!("key path {} missing: {e}", self.key_path.display()));
-        assert!(md.file_type().is_file(), "key path is not a regular file: {:?}", md.file_type());
+        assert!(
+            md.file_type().is_file(),
+            "key path is not a regular file: {:?}",
+            md.file_type()
+        );
         let bytes = fs::read(&self.key_path).expect("read key path");
-        assert!(bytes == self.safe_bytes, "key path does not hold the safe key byte for byte");
+        assert!(
+            bytes == self.safe_bytes,
+            "key path does not hold the safe key byte for byte"
+        );
         assert!(
             fs::symlink_metadata(self.orig_path()).is_err(),
             "{} still exists",
@@ -808,7 +886,9 @@ pub fn read_report(path: &Path) -> Vec<Value> {
         Ok(text) => text
             .lines()
             .filter(|l| !l.trim().is_empty())
-            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad report line {l:?}: {e}")))
+            .map(|l| {
+                serde_json::from_str(l).unwrap_or_else(|e| panic!("bad report line {l:?}: {e}"))
+            })
             .collect(),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
         Err(e) => panic!("read {}: {e}", path.display()),
@@ -900,7 +980,11 @@ pub fn run_with_timeout(cmd: &mut Command, timeout: Duration) -> Output {
     let stdout = out_t.join().expect("stdout reader");
     let stderr = err_t.join().expect("stderr reader");
     match status {
-        Some(status) => Output { status, stdout, stderr },
+        Some(status) => Output {
+            status,
+            stdout,
+            stderr,
+        },
         None => panic!(
             "{cmd:?} did not finish within {timeout:?}\n--- stdout ---\n{}\n--- stderr ---\n{}",
             String::from_utf8_lossy(&stdout),
@@ -992,7 +1076,11 @@ impl Drop for LstatWatcher {
 pub fn read_opt(path: &Path) -> Option<Vec<u8>> {
     match fs::symlink_metadata(path) {
         Ok(md) if md.file_type().is_file() => {}
-        Ok(md) => panic!("{} is not a regular file: {:?}", path.display(), md.file_type()),
+        Ok(md) => panic!(
+            "{} is not a regular file: {:?}",
+            path.display(),
+            md.file_type()
+        ),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return None,
         Err(e) => panic!("lstat {}: {e}", path.display()),
     }
