@@ -1090,3 +1090,78 @@ pub fn read_opt(path: &Path) -> Option<Vec<u8>> {
         .unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
     Some(v)
 }
+
+// ---------------------------------------------------------------------------------------
+// Running ssm-cosmovisor itself
+// ---------------------------------------------------------------------------------------
+
+/// A command for our binary with a clean environment: the node home's
+/// variables, the cosmovisor stand-in as `COSMOVISOR_BIN`, and (if given) the
+/// emulator's endpoint and test credentials. Nothing leaks in from the test
+/// runner's own environment except `PATH`.
+pub fn tool_cmd(home: &NodeHome, endpoint: Option<&str>) -> Command {
+    let mut c = Command::new(ssm_cosmovisor_bin());
+    c.env_clear();
+    c.env("PATH", std::env::var_os("PATH").unwrap_or_default());
+    c.envs(home.env());
+    c.env("COSMOVISOR_BIN", cosmovisor_standin_bin());
+    if let Some(e) = endpoint {
+        c.envs(aws_env(e));
+    }
+    c.stdin(Stdio::null());
+    c
+}
+
+/// Our binary running in the background, its stdout+stderr going to a file.
+pub struct Tool {
+    pub child: KillOnDrop,
+    pub log: PathBuf,
+}
+
+impl Tool {
+    /// Spawns `cmd` with output to `log`.
+    pub fn spawn(cmd: &mut Command, log: PathBuf) -> Tool {
+        let f = File::create(&log).expect("create log");
+        cmd.stdout(f.try_clone().expect("dup")).stderr(f);
+        Tool {
+            child: KillOnDrop::spawn(cmd),
+            log,
+        }
+    }
+
+    /// Everything it printed so far.
+    pub fn log_text(&self) -> String {
+        fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Waits until its output contains `needle`.
+    pub fn wait_log(&self, needle: &str, timeout: Duration) -> bool {
+        wait_for(|| self.log_text().contains(needle), timeout)
+    }
+
+    /// Sends a signal and waits for the exit status (panics after 30 s).
+    pub fn stop(&mut self, sig: nix::sys::signal::Signal) -> ExitStatus {
+        self.child.signal(sig);
+        self.child
+            .wait_timeout(Duration::from_secs(30))
+            .unwrap_or_else(|| panic!("did not exit after {sig:?}; log:\n{}", self.log_text()))
+    }
+
+    /// Waits for it to exit by itself (panics after `timeout`).
+    pub fn wait(&mut self, timeout: Duration) -> ExitStatus {
+        self.child
+            .wait_timeout(timeout)
+            .unwrap_or_else(|| panic!("still running after {timeout:?}; log:\n{}", self.log_text()))
+    }
+}
+
+/// Whether `path` is currently a FIFO (lstat, never opens it).
+pub fn is_fifo(path: &Path) -> bool {
+    use std::os::unix::fs::FileTypeExt;
+    fs::symlink_metadata(path).map(|m| m.file_type().is_fifo()).unwrap_or(false)
+}
+
+/// Stores `key` in the emulator under `name` as a SecureString.
+pub fn put_key(endpoint: &str, name: &str, key: &TestKey) -> i64 {
+    ssm_put(endpoint, name, &key.json, "SecureString", None)
+}
