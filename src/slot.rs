@@ -699,11 +699,14 @@ impl KeySlot {
     fn chown_to_node<Fd: AsFd>(&self, fd: Fd, name: &OsStr) -> Result<(), SlotError> {
         let me = rustix::process::geteuid().as_raw();
         if me == 0 && self.node_uid != 0 {
-            // SAFETY-free: rustix's fchown is safe; the ids come from the user database.
-            rustix::fs::fchown(
+            // AT_EMPTY_PATH on the fd itself: works for O_PATH fds (where
+            // fchown gives EBADF) and never re-resolves the name.
+            rustix::fs::chownat(
                 fd,
+                "",
                 Some(rustix::fs::Uid::from_raw(self.node_uid)),
                 Some(rustix::fs::Gid::from_raw(self.node_gid)),
+                AtFlags::EMPTY_PATH,
             )
             .map_err(self.io("chown", name))?;
         }

@@ -1165,3 +1165,20 @@ pub fn is_fifo(path: &Path) -> bool {
 pub fn put_key(endpoint: &str, name: &str, key: &TestKey) -> i64 {
     ssm_put(endpoint, name, &key.json, "SecureString", None)
 }
+
+/// As [`ssm_put`] but returns the emulator's refusal instead of panicking (for values SSM
+/// may refuse: empty, oversize). `ty` is `"SecureString"` or `"String"`.
+pub fn ssm_try_put(endpoint: &str, name: &str, value: &str, ty: &str) -> Result<i64, String> {
+    let client = ssm_client(endpoint, TEST_ACCESS_KEY_ID, TEST_SECRET_ACCESS_KEY);
+    block_on(
+        client
+            .put_parameter()
+            .name(name)
+            .value(value)
+            .r#type(aws_sdk_ssm::types::ParameterType::from(ty))
+            .overwrite(true)
+            .send(),
+    )
+    .map(|out| out.version())
+    .map_err(|e| aws_sdk_ssm::error::DisplayErrorContext(&e).to_string())
+}

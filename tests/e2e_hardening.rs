@@ -1,0 +1,324 @@
+//! Process hardening and supervision, observed from outside through /proc.
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::io::{Read, Seek, SeekFrom};
+use std::os::unix::fs::MetadataExt;
+use std::os::unix::process::CommandExt;
+use std::path::Path;
+use std::time::Duration;
+
+use base64::Engine as _;
+use nix::sys::signal::Signal;
+use support::*;
+
+const PARAM: &str = "/validators/hardening/key";
+
+fn is_root() -> bool {
+    nix::unistd::geteuid().is_root()
+}
+
+fn status_fields(pid: i32) -> BTreeMap<String, String> {
+    fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.to_string(), v.trim().to_string()))
+        .collect()
+}
+
+fn children(pid: i32) -> Vec<i32> {
+    let mut out = vec![];
+    for e in fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(p) = e.file_name().to_string_lossy().parse::<i32>() else { continue };
+        let Ok(stat) = fs::read_to_string(format!("/proc/{p}/stat")) else { continue };
+        let after = &stat[stat.rfind(')').unwrap() + 2..];
+        let ppid: i32 = after.split(' ').nth(1).unwrap().parse().unwrap();
+        if ppid == pid {
+            out.push(p);
+        }
+    }
+    out
+}
+
+/// Starts the main job and waits until the node has the key. Returns the tool,
+/// the cosmovisor pid and the node pid.
+fn start_delivered(home: &NodeHome, moto: &Moto, key: &TestKey, extra: &[(&str, &str)]) -> (Tool, i32, i32) {
+    put_key(&moto.endpoint(), PARAM, key);
+    let mut cmd = tool_cmd(home, Some(&moto.endpoint()));
+    cmd.env("USE_SSM_KEY", "true").env("AWS_PARAMETER", PARAM);
+    for (k, v) in extra {
+        cmd.env(k, v);
+    }
+    cmd.args(["run", "start"]);
+    let tool = Tool::spawn(&mut cmd, home.scratch("tool.log"));
+    assert!(
+        tool.wait_log("event=\"delivered\"", Duration::from_secs(30)),
+        "no delivery; log:\n{}",
+        tool.log_text()
+    );
+    assert!(wait_for(|| !home.reports().is_empty(), Duration::from_secs(10)), "node did not report");
+    let node = home.reports()[0]["pid"].as_i64().unwrap() as i32;
+    let cosmovisor = children(tool.child.pid())[0];
+    (tool, cosmovisor, node)
+}
+
+#[test]
+fn child_has_no_capabilities_no_new_privs_and_no_aws_credentials() {
+    if !is_root() {
+        eprintln!("SKIP: needs root to observe capability dropping");
+        return;
+    }
+    let moto = Moto::start();
+    let key = TestKey::ed25519();
+    let home = NodeHome::new();
+    let creds = [
+        ("AWS_SESSION_TOKEN", "session-token-should-not-leak"),
+        ("AWS_CONTAINER_CREDENTIALS_FULL_URI", "http://127.0.0.1:1/creds"),
+        ("AWS_CONTAINER_AUTHORIZATION_TOKEN", "container-token"),
+        ("AWS_WEB_IDENTITY_TOKEN_FILE", "/nonexistent/token"),
+        ("AWS_ROLE_ARN", "arn:aws:iam::123456789012:role/x"),
+        ("DAEMON_ALLOW_DOWNLOAD_BINARIES", "false"),
+    ];
+    let (mut tool, cosmovisor, node) = start_delivered(&home, &moto, &key, &creds);
+    for pid in [cosmovisor, node] {
+        let st = status_fields(pid);
+        for f in ["CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb"] {
+            assert_eq!(st[f], "0000000000000000", "{f} of pid {pid}: {st:?}");
+        }
+        assert_eq!(st["NoNewPrivs"], "1", "pid {pid}");
+        let environ = fs::read(format!("/proc/{pid}/environ")).unwrap();
+        let vars: Vec<String> = environ
+            .split(|&b| b == 0)
+            .map(|v| String::from_utf8_lossy(v).into_owned())
+            .collect();
+        assert!(
+            !vars.iter().any(|v| v.starts_with("AWS_") || v.starts_with("USE_SSM_KEY=")),
+            "AWS/ours leaked into pid {pid}: {vars:?}"
+        );
+        for keep in ["DAEMON_HOME=", "DAEMON_NAME=", "DAEMON_ALLOW_DOWNLOAD_BINARIES=false"] {
+            assert!(vars.iter().any(|v| v.starts_with(keep)), "{keep} missing in pid {pid}");
+        }
+        let limits = fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
+        let core = limits.lines().find(|l| l.starts_with("Max core file size")).unwrap();
+        assert!(core.split_whitespace().nth(4) == Some("0"), "{core}");
+        // No secret mapping and no inherited fd beyond stdio (+ the node's own).
+        let maps = fs::read_to_string(format!("/proc/{pid}/maps")).unwrap();
+        assert!(!maps.contains("secretmem"), "child pid {pid} has the secret mapping");
+    }
+    // Our own process: core limit 0, and the key in a secretmem mapping.
+    let tpid = tool.child.pid();
+    let limits = fs::read_to_string(format!("/proc/{tpid}/limits")).unwrap();
+    let core = limits.lines().find(|l| l.starts_with("Max core file size")).unwrap();
+    assert!(core.split_whitespace().nth(4) == Some("0"), "{core}");
+    let maps = fs::read_to_string(format!("/proc/{tpid}/maps")).unwrap();
+    assert!(maps.contains("secretmem"), "no secretmem mapping in the tool:\n{maps}");
+    assert_eq!(tool.stop(Signal::SIGTERM).code(), Some(0));
+    home.assert_idle();
+}
+
+/// Every readable byte of `pid`'s memory, region by region (secretmem reads fail with EIO).
+fn scan_memory(pid: i32, needles: &[(&str, Vec<u8>)]) -> (BTreeMap<String, usize>, usize, usize) {
+    let maps = fs::read_to_string(format!("/proc/{pid}/maps")).unwrap();
+    let mut mem = fs::File::open(format!("/proc/{pid}/mem")).unwrap();
+    let mut counts: BTreeMap<String, usize> = needles.iter().map(|(n, _)| (n.to_string(), 0)).collect();
+    let (mut scanned, mut unreadable) = (0usize, 0usize);
+    for line in maps.lines() {
+        let mut it = line.split_whitespace();
+        let range = it.next().unwrap();
+        let perms = it.next().unwrap();
+        if !perms.starts_with('r') || line.ends_with("[vvar]") || line.ends_with("[vsyscall]") {
+            continue;
+        }
+        let (a, b) = range.split_once('-').unwrap();
+        let (a, b) = (u64::from_str_radix(a, 16).unwrap(), u64::from_str_radix(b, 16).unwrap());
+        let mut buf = vec![0u8; (b - a) as usize];
+        if mem.seek(SeekFrom::Start(a)).is_err() || mem.read_exact(&mut buf).is_err() {
+            unreadable += 1;
+            continue;
+        }
+        scanned += buf.len();
+        for (name, needle) in needles {
+            *counts.get_mut(*name).unwrap() += buf.windows(needle.len()).filter(|w| w == needle).count();
+        }
+    }
+    (counts, scanned, unreadable)
+}
+
+#[test]
+fn no_copy_of_the_key_in_readable_memory_after_delivery() {
+    if !is_root() {
+        eprintln!("SKIP: needs root to read /proc/<pid>/mem of a non-dumpable process");
+        return;
+    }
+    let moto = Moto::start();
+    let key = TestKey::ed25519();
+    let home = NodeHome::new();
+    let (mut tool, _cv, _node) = start_delivered(&home, &moto, &key, &[]);
+    let b64_seed = base64::engine::general_purpose::STANDARD.encode(&key.seed);
+    let needles = vec![
+        ("raw seed", key.seed.clone()),
+        ("hex seed", hex::encode(&key.seed).into_bytes()),
+        ("HEX seed", hex::encode_upper(&key.seed).into_bytes()),
+        ("base64 priv_key value", key.priv_b64.clone().into_bytes()),
+        // The first 40 base64 characters encode the first 30 seed bytes only,
+        // so this also finds a base64 copy embedded in any larger text.
+        ("base64 seed prefix", b64_seed.as_bytes()[..40].to_vec()),
+    ];
+    let (counts, scanned, unreadable) = scan_memory(tool.child.pid(), &needles);
+    eprintln!("memory scan of the tool after delivery: {scanned} bytes readable, {unreadable} regions unreadable (secretmem), hits: {counts:?}");
+    assert!(scanned > 1_000_000, "scan read too little ({scanned} bytes)");
+    for (name, n) in &counts {
+        assert_eq!(*n, 0, "found {n} copies of the key as {name} in the tool's readable memory");
+    }
+    assert_eq!(tool.stop(Signal::SIGTERM).code(), Some(0));
+}
+
+#[test]
+fn each_forwarded_signal_reaches_cosmovisor_and_sets_the_exit_status() {
+    // The node stand-in exits 0 on TERM/INT; HUP and QUIT kill it, and the
+    // cosmovisor stand-in then exits 128+N, which we pass on.
+    for (sig, expect) in [
+        (Signal::SIGTERM, 0),
+        (Signal::SIGINT, 0),
+        (Signal::SIGHUP, 128 + 1),
+        (Signal::SIGQUIT, 128 + 3),
+    ] {
+        let moto = Moto::start();
+        let key = TestKey::ed25519();
+        let home = NodeHome::new();
+        let (mut tool, _cv, _node) = start_delivered(&home, &moto, &key, &[]);
+        let st = tool.stop(sig);
+        assert_eq!(st.code(), Some(expect), "{sig:?}; log:\n{}", tool.log_text());
+        assert!(
+            tool.log_text().contains(&format!("signal={}", sig as i32)),
+            "forwarding of {sig:?} not logged:\n{}",
+            tool.log_text()
+        );
+        home.assert_idle();
+    }
+}
+
+#[test]
+fn kill_9_of_cosmovisor_leaves_no_node_running_and_restores_the_slot() {
+    let moto = Moto::start();
+    let key = TestKey::ed25519();
+    let home = NodeHome::new();
+    let (mut tool, cosmovisor, node) = start_delivered(&home, &moto, &key, &[]);
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(cosmovisor), Signal::SIGKILL).unwrap();
+    let st = tool.wait(Duration::from_secs(30));
+    assert_eq!(st.code(), Some(128 + 9), "log:\n{}", tool.log_text());
+    assert!(!Path::new(&format!("/proc/{node}")).exists(), "node {node} still running");
+    assert!(tool.log_text().contains("event=\"orphan\""), "{}", tool.log_text());
+    home.assert_idle();
+}
+
+#[test]
+fn notify_socket_gets_ready_status_and_stopping_in_order() {
+    let moto = Moto::start();
+    let key = TestKey::ed25519();
+    let home = NodeHome::new();
+    let sock_path = home.scratch("notify.sock");
+    let sock = std::os::unix::net::UnixDatagram::bind(&sock_path).unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let sp = sock_path.display().to_string();
+    let (mut tool, _cv, node) = start_delivered(&home, &moto, &key, &[("NOTIFY_SOCKET", sp.as_str())]);
+    assert_eq!(tool.stop(Signal::SIGTERM).code(), Some(0));
+    let mut msgs = vec![];
+    sock.set_read_timeout(Some(Duration::from_millis(500))).unwrap();
+    let mut buf = [0u8; 4096];
+    while let Ok(n) = sock.recv(&mut buf) {
+        msgs.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+    }
+    let pos = |needle: &str| {
+        msgs.iter()
+            .position(|m| m.contains(needle))
+            .unwrap_or_else(|| panic!("{needle:?} not among {msgs:?}"))
+    };
+    let ready = pos("READY=1");
+    let delivered = pos(&format!("STATUS=key delivered to pid {node}"));
+    let stopping = pos("STOPPING=1");
+    let restored = pos("STATUS=safe key restored");
+    assert!(ready < delivered && delivered < stopping && stopping < restored, "{msgs:?}");
+    // The child must not be able to talk to systemd as us.
+    home.assert_idle();
+}
+
+#[test]
+fn unprivileged_tool_is_not_dumpable_and_node_user_switch_works() {
+    if !is_root() {
+        eprintln!("SKIP: needs root to create a node owned by another uid");
+        return;
+    }
+    let moto = Moto::start();
+    let key = TestKey::ed25519();
+    put_key(&moto.endpoint(), PARAM, &key);
+    let home = NodeHome::new();
+    let nobody = nix::unistd::User::from_name("nobody").unwrap().unwrap();
+    // Let the node user reach its home: the whole tree becomes its own.
+    let chown_r = |p: &Path| {
+        std::process::Command::new("chown")
+            .arg("-R")
+            .arg(format!("{}:{}", nobody.uid, nobody.gid))
+            .arg(p)
+            .status()
+            .unwrap()
+    };
+    assert!(chown_r(home.root.path()).success());
+    let mut cmd = tool_cmd(&home, Some(&moto.endpoint()));
+    cmd.env("USE_SSM_KEY", "true").env("AWS_PARAMETER", PARAM).args(["run", "start"]);
+    cmd.uid(nobody.uid.as_raw()).gid(nobody.gid.as_raw());
+    let log = std::env::temp_dir().join(format!("ssmcv-unpriv-{}.log", std::process::id()));
+    let mut tool = Tool::spawn(&mut cmd, log.clone());
+    assert!(
+        tool.wait_log("event=\"delivered\"", Duration::from_secs(30)),
+        "{}",
+        tool.log_text()
+    );
+    assert!(wait_for(|| !home.reports().is_empty(), Duration::from_secs(10)), "node did not report");
+    let tpid = tool.child.pid();
+    // A non-dumpable process's /proc files belong to root, not to its uid.
+    let owner = fs::metadata(format!("/proc/{tpid}/status")).unwrap().uid();
+    assert_eq!(owner, 0, "tool is dumpable (its /proc entries belong to uid {owner})");
+    let node = home.reports()[0]["pid"].as_i64().unwrap() as i32;
+    let st = status_fields(node);
+    assert!(st["Uid"].starts_with(&format!("{}\t", nobody.uid)), "{st:?}");
+    assert_eq!(st["NoNewPrivs"], "1");
+    assert_eq!(tool.stop(Signal::SIGTERM).code(), Some(0), "{}", tool.log_text());
+    home.assert_idle();
+    let _ = fs::remove_file(log);
+}
+
+#[test]
+fn split_trust_child_runs_as_node_user_with_no_capabilities() {
+    use std::os::unix::fs::PermissionsExt;
+    if !is_root() {
+        eprintln!("SKIP: the uid switch needs root");
+        return;
+    }
+    let moto = Moto::start();
+    let key = TestKey::ed25519();
+    let home = NodeHome::new();
+    let nobody = nix::unistd::User::from_name("nobody").unwrap().unwrap();
+    // Root keeps the key directory; the node user may only traverse to it.
+    for d in [home.root.path(), home.path(), &home.path().join("config"), &home.path().join("data")] {
+        fs::set_permissions(d, fs::Permissions::from_mode(0o711)).unwrap();
+    }
+    fs::write(home.report_path(), b"").unwrap();
+    nix::unistd::chown(&home.report_path(), Some(nobody.uid), Some(nobody.gid)).unwrap();
+    let (mut tool, cosmovisor, node) = start_delivered(&home, &moto, &key, &[("SSM_COSMOVISOR_NODE_USER", "nobody")]);
+    for pid in [cosmovisor, node] {
+        let st = status_fields(pid);
+        assert!(st["Uid"].split_whitespace().all(|u| u == nobody.uid.to_string()), "{st:?}");
+        assert!(st["Gid"].split_whitespace().all(|g| g == nobody.gid.to_string()), "{st:?}");
+        assert_eq!(st["Groups"], nobody.gid.to_string(), "{st:?}");
+        for f in ["CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb"] {
+            assert_eq!(st[f], "0000000000000000", "{f} of pid {pid}");
+        }
+    }
+    assert_eq!(home.reports()[0]["pub_key"], key.pub_b64.as_str());
+    assert_eq!(tool.stop(Signal::SIGTERM).code(), Some(0), "{}", tool.log_text());
+    home.assert_idle();
+}
