@@ -303,8 +303,14 @@ pub unsafe fn harden_child_after_fork(creds: &ChildCreds) -> io::Result<()> {
         rlim_cur: 0,
         rlim_max: 0,
     };
-    // SAFETY: `zero` is a live rlimit struct.
-    cvt(unsafe { libc::setrlimit(libc::RLIMIT_CORE, &zero) })?;
+    // SAFETY: `zero` is a live rlimit struct. EPERM (a seccomp filter
+    // denying @resources) is harmless: the parent made sure its own limit is
+    // 0 before spawning, and the child inherits it.
+    if unsafe { libc::setrlimit(libc::RLIMIT_CORE, &zero) } == -1
+        && io::Error::last_os_error().raw_os_error() != Some(libc::EPERM)
+    {
+        return Err(io::Error::last_os_error());
+    }
     // Mark, do not close: std's exec-error pipe must stay open until exec.
     // SAFETY: integer arguments only.
     let r = unsafe {
@@ -347,14 +353,39 @@ fn libc_cap_header() -> CapHeader {
 /// uid (without CAP_SYS_PTRACE) can capture the key.
 pub fn harden_self() -> io::Result<()> {
     rustix::process::set_dumpable_behavior(rustix::process::DumpableBehavior::NotDumpable)?;
-    rustix::process::setrlimit(
+    if let Err(e) = rustix::process::setrlimit(
         rustix::process::Resource::Core,
         rustix::process::Rlimit {
             current: Some(0),
             maximum: Some(0),
         },
-    )?;
+    ) {
+        // Under a systemd filter denying @resources, setrlimit fails with
+        // EPERM; the unit's LimitCORE=0 has then already done the job, which
+        // /proc (no syscall filter involved) can confirm.
+        if !core_limit_is_zero() {
+            return Err(io::Error::new(
+                io::ErrorKind::PermissionDenied,
+                format!("cannot set RLIMIT_CORE to 0 ({e}) and it is not 0 already; set LimitCORE=0 in the unit"),
+            ));
+        }
+    }
     Ok(())
+}
+
+/// Reads our core-file limit from `/proc/self/limits` (soft and hard both 0).
+pub fn core_limit_is_zero() -> bool {
+    std::fs::read_to_string("/proc/self/limits")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("Max core file size"))
+                .map(|l| {
+                    let f: Vec<&str> = l.split_whitespace().collect();
+                    f.len() >= 6 && f[4] == "0" && f[5] == "0"
+                })
+        })
+        .unwrap_or(false)
 }
 
 /// Whether `memfd_secret` works here (for `check`): tries it and closes the fd.

@@ -1182,3 +1182,186 @@ pub fn ssm_try_put(endpoint: &str, name: &str, value: &str, ty: &str) -> Result<
     .map(|out| out.version())
     .map_err(|e| aws_sdk_ssm::error::DisplayErrorContext(&e).to_string())
 }
+
+// ---------------------------------------------------------------------------------------
+// Slot and delivery tests (e2e_slot, e2e_delivery): leftovers, stray processes, stats
+// ---------------------------------------------------------------------------------------
+
+/// Names in the key's directory that must not outlive a run: `P.orig`, our temporary
+/// names (`.<name>.ssm-cosmovisor-*.tmp`), and any FIFO. Empty when the slot is clean.
+pub fn slot_leftovers(home: &NodeHome) -> Vec<String> {
+    use std::os::unix::fs::FileTypeExt;
+    let dir = home.key_path().parent().expect("key dir");
+    let key_name = home
+        .key_path()
+        .file_name()
+        .expect("key file name")
+        .to_string_lossy()
+        .into_owned();
+    let mut out = Vec::new();
+    for e in fs::read_dir(dir).unwrap_or_else(|e| panic!("read_dir {}: {e}", dir.display())) {
+        let e = e.expect("dir entry");
+        let name = e.file_name().to_string_lossy().into_owned();
+        let ft = e.file_type().expect("file type");
+        if name == format!("{key_name}.orig") {
+            out.push(name);
+        } else if name.starts_with(&format!(".{key_name}.ssm-cosmovisor-")) && name.ends_with(".tmp") {
+            out.push(name);
+        } else if name.contains("ssm-cosmovisor") {
+            out.push(name);
+        } else if ft.is_fifo() {
+            out.push(format!("{name} (FIFO)"));
+        }
+    }
+    out.sort();
+    out
+}
+
+/// Asserts the idle state ([`NodeHome::assert_idle`]) and that nothing else was left in the
+/// key's directory ([`slot_leftovers`]).
+pub fn assert_clean_idle(home: &NodeHome) {
+    home.assert_idle();
+    let left = slot_leftovers(home);
+    assert!(left.is_empty(), "left behind in the key directory: {left:?}");
+}
+
+/// A directory listing precise enough to prove a refusal changed nothing: name → (file
+/// type, inode, mode, uid, content of regular files).
+pub fn dir_snapshot(dir: &Path) -> std::collections::BTreeMap<String, (String, u64, u32, u32, Vec<u8>)> {
+    use std::os::unix::fs::MetadataExt;
+    let mut m = std::collections::BTreeMap::new();
+    for e in fs::read_dir(dir).unwrap_or_else(|e| panic!("read_dir {}: {e}", dir.display())) {
+        let e = e.expect("dir entry");
+        let md = fs::symlink_metadata(e.path()).expect("lstat");
+        let bytes = if md.file_type().is_file() {
+            fs::read(e.path()).expect("read regular file")
+        } else {
+            Vec::new()
+        };
+        m.insert(
+            e.file_name().to_string_lossy().into_owned(),
+            (format!("{:?}", md.file_type()), md.ino(), md.mode(), md.uid(), bytes),
+        );
+    }
+    m
+}
+
+/// Pids of live (non-zombie) processes other than this one whose command line contains
+/// `needle`. With a test's temporary directory as the needle this finds exactly the
+/// stand-ins that test started, never another test's.
+pub fn pids_mentioning(needle: &Path) -> Vec<i32> {
+    let needle = needle.as_os_str().as_encoded_bytes();
+    let me = std::process::id() as i32;
+    let mut out = Vec::new();
+    let Ok(rd) = fs::read_dir("/proc") else {
+        return out;
+    };
+    for e in rd.flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
+            continue;
+        };
+        if pid == me {
+            continue;
+        }
+        let Ok(cmdline) = fs::read(format!("/proc/{pid}/cmdline")) else {
+            continue;
+        };
+        if cmdline.windows(needle.len()).any(|w| w == needle) && pid_alive(pid) {
+            out.push(pid);
+        }
+    }
+    out.sort();
+    out
+}
+
+/// Whether `pid` exists and is not a zombie.
+pub fn pid_alive(pid: i32) -> bool {
+    match fs::read(format!("/proc/{pid}/stat")) {
+        Ok(s) => {
+            let Some(close) = s.iter().rposition(|&b| b == b')') else {
+                return false;
+            };
+            let state = s.get(close + 2).copied().unwrap_or(b'?');
+            state != b'Z' && state != b'X'
+        }
+        Err(_) => false,
+    }
+}
+
+/// The one-letter state of `pid` from `/proc/<pid>/stat` (`R`, `S`, `T`, `Z`, …).
+pub fn pid_state(pid: i32) -> Option<char> {
+    let s = fs::read(format!("/proc/{pid}/stat")).ok()?;
+    let close = s.iter().rposition(|&b| b == b')')?;
+    s.get(close + 2).map(|&b| b as char)
+}
+
+/// Waits up to `grace` for every process mentioning `needle` to go away by itself, then
+/// SIGKILLs what is left. Returns the pids that had to be killed.
+pub fn reap_strays(needle: &Path, grace: Duration) -> Vec<i32> {
+    if wait_for(|| pids_mentioning(needle).is_empty(), grace) {
+        return Vec::new();
+    }
+    let left = pids_mentioning(needle);
+    for &p in &left {
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(p), nix::sys::signal::Signal::SIGKILL);
+    }
+    wait_for(|| pids_mentioning(needle).is_empty(), Duration::from_secs(5));
+    left
+}
+
+/// Kills (SIGKILL, by pid) every process still mentioning its path when dropped, so a
+/// failing test leaves no stand-in running.
+pub struct StrayReaper(pub PathBuf);
+
+impl Drop for StrayReaper {
+    fn drop(&mut self) {
+        reap_strays(&self.0, Duration::ZERO);
+    }
+}
+
+/// Whether process `pid` has an fd open on inode (`dev`, `ino`).
+pub fn pid_holds_inode(pid: i32, dev: u64, ino: u64) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(rd) = fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return false;
+    };
+    rd.flatten().any(|e| {
+        fs::metadata(e.path())
+            .map(|m| m.dev() == dev && m.ino() == ino)
+            .unwrap_or(false)
+    })
+}
+
+/// The JSON log lines (`SSM_COSMOVISOR_LOG_FORMAT=json`) whose `event` is `event`; other
+/// lines (the stand-ins' output) are skipped.
+pub fn log_events(log: &str, event: &str) -> Vec<Value> {
+    log.lines()
+        .filter(|l| l.starts_with('{'))
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|v| v["event"] == event)
+        .collect()
+}
+
+/// Pids the cosmovisor stand-in announced (`starting node pid=N`), in order.
+pub fn node_pids_from_log(log: &str) -> Vec<i32> {
+    log.lines()
+        .filter_map(|l| l.split("starting node pid=").nth(1))
+        .filter_map(|r| r.split_whitespace().next()?.parse().ok())
+        .collect()
+}
+
+/// Median and maximum (0, 0 for an empty set).
+pub fn median_max(values: &[u64]) -> (u64, u64) {
+    if values.is_empty() {
+        return (0, 0);
+    }
+    let mut v = values.to_vec();
+    v.sort_unstable();
+    (v[v.len() / 2], v[v.len() - 1])
+}
+
+/// Writes an executable shell script (closed before it is run).
+pub fn write_script(path: &Path, body: &str) {
+    fs::write(path, body).unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
+    fs::set_permissions(path, fs::Permissions::from_mode(0o755)).expect("chmod script");
+}

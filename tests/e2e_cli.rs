@@ -1,0 +1,1185 @@
+//! End to end, the command line: every bad input of issue 3 against the real binary (moto
+//! as AWS, the cosmovisor/node stand-ins as the child), `check`, `import`, the standby
+//! pass-through, `--help`/`--version`, flag-over-environment precedence and the systemd
+//! credential key source.
+//!
+//! Every refusal asserts four things: the documented exit code, a message naming the fault
+//! (parameter, variable, field, path), nothing changed on disk (the node home is byte-for-
+//! byte as before, the key path holds the safe key, no `.orig`, neither cosmovisor nor the
+//! node was started), and no secret in the output.
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::io::Write;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
+
+use base64::engine::general_purpose::STANDARD as B64;
+use base64::Engine as _;
+use nix::sys::signal::Signal;
+use serde_json::Value;
+use support::*;
+
+const PARAM: &str = "/validators/test/priv_validator_key";
+const TIMEOUT: Duration = Duration::from_secs(120);
+
+/// Exit codes documented in `--help` and DESIGN section 2.
+const EXIT_CONFIG: i32 = 2;
+const EXIT_SOURCE: i32 = 3;
+
+// ---------------------------------------------------------------------------------------
+// Helpers
+// ---------------------------------------------------------------------------------------
+
+/// Everything under the node home: type, mode, size and (for small files) the bytes, so a
+/// refused run can be shown to have changed nothing (no `.orig`, no temporary file, no
+/// FIFO, no rewritten key).
+#[derive(Debug, PartialEq, Eq)]
+struct Snapshot(BTreeMap<PathBuf, (String, u32, u64, Option<Vec<u8>>)>);
+
+impl Snapshot {
+    fn of(home: &NodeHome) -> Snapshot {
+        let mut m = BTreeMap::new();
+        walk(home.path(), home.path(), &mut m);
+        Snapshot(m)
+    }
+}
+
+fn walk(root: &Path, dir: &Path, m: &mut BTreeMap<PathBuf, (String, u32, u64, Option<Vec<u8>>)>) {
+    for e in fs::read_dir(dir).unwrap_or_else(|e| panic!("read_dir {}: {e}", dir.display())) {
+        let e = e.expect("dir entry");
+        let p = e.path();
+        let md = fs::symlink_metadata(&p).expect("lstat");
+        let ft = md.file_type();
+        let kind = format!("{ft:?}");
+        let bytes = if ft.is_file() && md.len() <= 64 * 1024 {
+            Some(fs::read(&p).expect("read"))
+        } else if ft.is_symlink() {
+            Some(
+                fs::read_link(&p)
+                    .expect("readlink")
+                    .into_os_string()
+                    .into_encoded_bytes(),
+            )
+        } else {
+            None
+        };
+        m.insert(
+            p.strip_prefix(root).unwrap().to_path_buf(),
+            (kind, md.mode(), md.len(), bytes),
+        );
+        if ft.is_dir() {
+            walk(root, &p, m);
+        }
+    }
+}
+
+fn args_file(home: &NodeHome) -> PathBuf {
+    home.scratch("standin-args.json")
+}
+
+/// `ssm-cosmovisor <flags> run start` for `home` (the cosmovisor stand-in records its
+/// arguments in [`args_file`]).
+fn run_start(home: &NodeHome, endpoint: Option<&str>, flags: &[&str]) -> Command {
+    let mut c = tool_cmd(home, endpoint);
+    c.env("STANDIN_ARGS_FILE", args_file(home));
+    c.args(flags).args(["run", "start"]);
+    c
+}
+
+/// `run start` as the active signer for [`PARAM`] on moto.
+fn active_run(home: &NodeHome, endpoint: &str, flags: &[&str]) -> Command {
+    let mut c = run_start(home, Some(endpoint), flags);
+    c.env("USE_SSM_KEY", "true").env("AWS_PARAMETER", PARAM);
+    c
+}
+
+fn run(cmd: &mut Command) -> Output {
+    run_with_timeout(cmd, TIMEOUT)
+}
+
+/// Asserts a refusal: exit `code`, every needle in the output, nothing changed on disk,
+/// neither cosmovisor nor the node started, no secret of `keys` (nor of the safe key) in
+/// the output.
+fn assert_refused(
+    home: &NodeHome,
+    before: &Snapshot,
+    out: &Output,
+    code: i32,
+    needles: &[&str],
+    keys: &[&TestKey],
+) {
+    let text = output_text(out);
+    assert_eq!(
+        out.status.code(),
+        Some(code),
+        "expected exit {code}, got {:?}\n--- output ---\n{text}",
+        out.status
+    );
+    for n in needles {
+        assert!(
+            text.contains(n),
+            "message does not name {n:?}\n--- output ---\n{text}"
+        );
+    }
+    home.assert_idle();
+    assert!(
+        Snapshot::of(home) == *before,
+        "the node home changed\n--- output ---\n{text}"
+    );
+    assert!(
+        home.reports().is_empty(),
+        "the node was started: {:?}\n--- output ---\n{text}",
+        home.reports()
+    );
+    assert!(
+        !args_file(home).exists(),
+        "cosmovisor was started\n--- output ---\n{text}"
+    );
+    for k in keys {
+        assert_no_secret(&text, k);
+    }
+    assert_no_secret(&text, &home.safe_key);
+}
+
+/// Stores `value` (SecureString) in a fresh moto, runs `run start` as the active signer and
+/// asserts the refusal (exit 3) naming the parameter and every needle.
+fn refuses_parameter_value(value: &str, needles: &[&str], keys: &[&TestKey]) -> Output {
+    let moto = Moto::start();
+    ssm_put(&moto.endpoint(), PARAM, value, "SecureString", None);
+    let home = NodeHome::new();
+    let before = Snapshot::of(&home);
+    let out = run(&mut active_run(&home, &moto.endpoint(), &[]));
+    let mut all = vec![PARAM];
+    all.extend_from_slice(needles);
+    assert_refused(&home, &before, &out, EXIT_SOURCE, &all, keys);
+    out
+}
+
+/// `key`'s JSON with `edit` applied.
+fn edited(key: &TestKey, edit: impl FnOnce(&mut Value)) -> String {
+    let mut v = key.json_value();
+    edit(&mut v);
+    serde_json::to_string_pretty(&v).unwrap()
+}
+
+/// A pipe holding `bytes`, closed for writing, as a child's stdin.
+fn stdin_with(bytes: &[u8]) -> Stdio {
+    let (r, w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).expect("pipe");
+    let mut w = fs::File::from(w);
+    w.write_all(bytes).expect("write pipe");
+    drop(w);
+    Stdio::from(r)
+}
+
+/// Writes a 0600 file in the home's scratch area.
+fn scratch_file(home: &NodeHome, name: &str, bytes: &[u8]) -> PathBuf {
+    let p = home.scratch(name);
+    let mut f = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&p)
+        .expect("create scratch file");
+    f.write_all(bytes).expect("write scratch file");
+    p
+}
+
+fn import_cmd(home: &NodeHome, endpoint: &str, args: &[&str]) -> Command {
+    let mut c = tool_cmd(home, Some(endpoint));
+    c.env("AWS_PARAMETER", PARAM).arg("import").args(args);
+    c
+}
+
+fn check_cmd(home: &NodeHome, endpoint: &str) -> Command {
+    let mut c = tool_cmd(home, Some(endpoint));
+    c.env("USE_SSM_KEY", "true")
+        .env("AWS_PARAMETER", PARAM)
+        .arg("check");
+    c
+}
+
+fn assert_absent(endpoint: &str) {
+    match ssm_get_raw(endpoint, PARAM) {
+        Err(e) => assert!(e.contains("ParameterNotFound"), "{e}"),
+        Ok(p) => panic!("parameter was stored: version {} type {}", p.version, p.r#type),
+    }
+}
+
+fn assert_ok(out: &Output) -> String {
+    let text = output_text(out);
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    text
+}
+
+// ---------------------------------------------------------------------------------------
+// Bad input: the parameter
+// ---------------------------------------------------------------------------------------
+
+#[test]
+fn parameter_missing() {
+    let moto = Moto::start();
+    let home = NodeHome::new();
+    let before = Snapshot::of(&home);
+    let out = run(&mut active_run(&home, &moto.endpoint(), &[]));
+    assert_refused(
+        &home,
+        &before,
+        &out,
+        EXIT_SOURCE,
+        &[PARAM, "not found", TEST_REGION, "AWS_PARAMETER"],
+        &[],
+    );
+}
+
+#[test]
+fn access_denied() {
+    let moto = Moto::start();
+    let key = TestKey::ed25519();
+    put_key(&moto.endpoint(), PARAM, &key);
+    let (id, secret) = moto_user_without_ssm_access(&moto.endpoint());
+    let home = NodeHome::new();
+    let before = Snapshot::of(&home);
+    let mut cmd = run_start(&home, None, &[]);
+    cmd.envs(aws_env_with(&moto.endpoint(), &id, &secret))
+        .env("USE_SSM_KEY", "true")
+        .env("AWS_PARAMETER", PARAM);
+    let out = run(&mut cmd);
+    assert_refused(
+        &home,
+        &before,
+        &out,
+        EXIT_SOURCE,
+        &[PARAM, "access denied", "ssm:GetParameter"],
+        &[&key],
+    );
+}
+
+#[test]
+fn plain_string_parameter_refused() {
+    let key = TestKey::ed25519();
+    let moto = Moto::start();
+    ssm_put(&moto.endpoint(), PARAM, &key.json, "String", None);
+    let home = NodeHome::new();
+    let before = Snapshot::of(&home);
+    let out = run(&mut active_run(&home, &moto.endpoint(), &[]));
+    assert_refused(
+        &home,
+        &before,
+        &out,
+        EXIT_SOURCE,
+        &[PARAM, "String", "not SecureString", "--allow-plain-string"],
+        &[&key],
+    );
+}
+
+#[test]
+fn plain_string_parameter_accepted_with_override_and_warning() {
+    let key = TestKey::ed25519();
+    let moto = Moto::start();
+    ssm_put(&moto.endpoint(), PARAM, &key.json, "String", None);
+    let home = NodeHome::new();
+    let mut cmd = active_run(&home, &moto.endpoint(), &["--allow-plain-string"]);
+    let mut tool = Tool::spawn(&mut cmd, home.scratch("tool.log"));
+    assert!(
+        wait_for(|| !home.reports().is_empty(), Duration::from_secs(60)),
+        "node never reported; log:\n{}",
+        tool.log_text()
+    );
+    let r = &home.reports()[0];
+    assert_eq!(r["outcome"], "ok", "{r}");
+    assert_eq!(r["pub_key"], key.pub_b64.as_str(), "{r}");
+    let st = tool.stop(Signal::SIGTERM);
+    let log = tool.log_text();
+    assert_eq!(st.code(), Some(0), "{log}");
+    home.assert_idle();
+    assert!(
+        log.contains("WARN") && log.contains("not a SecureString") && log.contains(PARAM),
+        "no warning naming the parameter:\n{log}"
+    );
+    assert_no_secret(&log, &key);
+}
+
+#[test]
+fn value_not_json() {
+    refuses_parameter_value(
+        "this is not a key, just some text",
+        &["not a valid JSON key document", "line 1"],
+        &[],
+    );
+}
+
+#[test]
+fn json_without_priv_key() {
+    let key = TestKey::ed25519();
+    let v = edited(&key, |v| {
+        v.as_object_mut().unwrap().remove("priv_key");
+    });
+    refuses_parameter_value(&v, &["`priv_key` is missing"], &[&key]);
+}
+
+#[test]
+fn unknown_key_type() {
+    let key = TestKey::ed25519();
+    let v = edited(&key, |v| {
+        v["priv_key"]["type"] = "tendermint/PrivKeySr25519".into()
+    });
+    refuses_parameter_value(
+        &v,
+        &["unknown key type", "tendermint/PrivKeySr25519", "priv_key.type"],
+        &[&key],
+    );
+}
+
+#[test]
+fn base64_invalid() {
+    let key = TestKey::ed25519();
+    // The real private value with one character replaced: the message must not echo it.
+    let mut bad = key.priv_b64.clone();
+    bad.replace_range(10..11, "*");
+    let v = edited(&key, |v| v["priv_key"]["value"] = bad.clone().into());
+    let out = refuses_parameter_value(&v, &["priv_key.value", "not valid base64"], &[&key]);
+    let text = output_text(&out);
+    assert!(!text.contains(&bad[..20]), "message echoes the value:\n{text}");
+}
+
+#[test]
+fn wrong_private_key_length() {
+    let key = TestKey::ed25519();
+    // The 32-byte seed alone, without the public half CometBFT stores after it.
+    let v = edited(&key, |v| v["priv_key"]["value"] = B64.encode(&key.seed).into());
+    refuses_parameter_value(
+        &v,
+        &["priv_key.value", "32 bytes", "64"],
+        &[&key],
+    );
+}
+
+#[test]
+fn pub_key_not_derived_from_priv_key() {
+    let key = TestKey::ed25519();
+    let other = TestKey::ed25519();
+    let v = edited(&key, |v| {
+        v["pub_key"]["value"] = other.pub_b64.clone().into();
+        v["address"] = other.address.clone().into();
+    });
+    refuses_parameter_value(
+        &v,
+        &["pub_key.value is not the public key of priv_key"],
+        &[&key, &other],
+    );
+}
+
+#[test]
+fn address_not_derived_from_pub_key() {
+    let key = TestKey::ed25519();
+    let other = TestKey::ed25519();
+    let v = edited(&key, |v| v["address"] = other.address.clone().into());
+    refuses_parameter_value(
+        &v,
+        &["address", &other.address, "not derived from pub_key", &key.address],
+        &[&key],
+    );
+}
+
+#[test]
+fn secp256k1_pub_key_not_derived_from_priv_key() {
+    let key = TestKey::secp256k1();
+    let other = TestKey::secp256k1();
+    let v = edited(&key, |v| {
+        v["pub_key"]["value"] = other.pub_b64.clone().into();
+        v["address"] = other.address.clone().into();
+    });
+    refuses_parameter_value(
+        &v,
+        &["pub_key.value is not the public key of priv_key"],
+        &[&key, &other],
+    );
+}
+
+#[test]
+fn value_over_8_kib() {
+    let key = TestKey::ed25519();
+    // A valid key padded with whitespace past SSM's 8 KiB (advanced tier) limit.
+    let mut big = key.json.clone();
+    big.push_str(&" ".repeat(9000 - big.len()));
+    let moto = Moto::start();
+    match ssm_try_put(&moto.endpoint(), PARAM, &big, "SecureString") {
+        Ok(_) => {
+            // moto stores it (real SSM would not): the parser must refuse it.
+            let home = NodeHome::new();
+            let before = Snapshot::of(&home);
+            let out = run(&mut active_run(&home, &moto.endpoint(), &[]));
+            assert_refused(
+                &home,
+                &before,
+                &out,
+                EXIT_SOURCE,
+                &[PARAM, "9000 bytes", "larger than the 8192-byte maximum"],
+                &[&key],
+            );
+        }
+        Err(e) => eprintln!("moto refuses a 9000-byte value ({e}); tested through import only"),
+    }
+    // The same through `import -f`: refused before any AWS call, nothing stored.
+    let home = NodeHome::new();
+    let before = Snapshot::of(&home);
+    let f = scratch_file(&home, "big.json", big.as_bytes());
+    let out = run(&mut import_cmd(&home, &moto.endpoint(), &["-f", f.to_str().unwrap()]));
+    assert_refused(
+        &home,
+        &before,
+        &out,
+        EXIT_SOURCE,
+        &[f.to_str().unwrap(), "larger than the 8192-byte maximum", "nothing stored"],
+        &[&key],
+    );
+    assert_absent(&moto.endpoint());
+}
+
+#[test]
+fn value_with_nul_bytes() {
+    let key = TestKey::ed25519();
+    let mut v = key.json.clone();
+    v.insert(1, '\0');
+    let moto = Moto::start();
+    match ssm_try_put(&moto.endpoint(), PARAM, &v, "SecureString") {
+        Ok(_) => {
+            let home = NodeHome::new();
+            let before = Snapshot::of(&home);
+            let out = run(&mut active_run(&home, &moto.endpoint(), &[]));
+            assert_refused(
+                &home,
+                &before,
+                &out,
+                EXIT_SOURCE,
+                &[PARAM, "NUL bytes", "offset 1"],
+                &[&key],
+            );
+        }
+        Err(e) => eprintln!("moto refuses a value with NUL ({e}); tested through import only"),
+    }
+    let home = NodeHome::new();
+    let before = Snapshot::of(&home);
+    let f = scratch_file(&home, "nul.json", v.as_bytes());
+    let out = run(&mut import_cmd(&home, &moto.endpoint(), &["-f", f.to_str().unwrap()]));
+    assert_refused(
+        &home,
+        &before,
+        &out,
+        EXIT_SOURCE,
+        &[f.to_str().unwrap(), "NUL bytes", "nothing stored"],
+        &[&key],
+    );
+    assert_absent(&moto.endpoint());
+}
+
+#[test]
+fn empty_value() {
+    let moto = Moto::start();
+    match ssm_try_put(&moto.endpoint(), PARAM, "", "SecureString") {
+        Ok(_) => {
+            let home = NodeHome::new();
+            let before = Snapshot::of(&home);
+            let out = run(&mut active_run(&home, &moto.endpoint(), &[]));
+            assert_refused(&home, &before, &out, EXIT_SOURCE, &[PARAM, "empty"], &[]);
+        }
+        Err(e) => {
+            // As real SSM: a value has at least one character.
+            assert!(e.contains("ValidationException") || e.contains("length"), "{e}");
+            eprintln!("moto refuses an empty value; testing a blank one and an empty import");
+        }
+    }
+    // What SSM can hold: whitespace only.
+    refuses_parameter_value(" \n", &["the value is empty"], &[]);
+    // An empty file through import.
+    let home = NodeHome::new();
+    let before = Snapshot::of(&home);
+    let f = scratch_file(&home, "empty.json", b"");
+    let out = run(&mut import_cmd(&home, &moto.endpoint(), &["-f", f.to_str().unwrap()]));
+    assert_refused(
+        &home,
+        &before,
+        &out,
+        EXIT_SOURCE,
+        &[f.to_str().unwrap(), "the value is empty", "nothing stored"],
+        &[],
+    );
+    assert_absent(&moto.endpoint());
+}
+
+#[test]
+fn expected_address_not_matching() {
+    let key = TestKey::ed25519();
+    let other = TestKey::ed25519();
+    let moto = Moto::start();
+    put_key(&moto.endpoint(), PARAM, &key);
+    let home = NodeHome::new();
+    let before = Snapshot::of(&home);
+    let out = run(&mut active_run(
+        &home,
+        &moto.endpoint(),
+        &["--expected-address", &other.address.to_ascii_lowercase()],
+    ));
+    assert_refused(
+        &home,
+        &before,
+        &out,
+        EXIT_SOURCE,
+        &[PARAM, &key.address, &other.address, "--expected-address"],
+        &[&key],
+    );
+
+    // The environment variable does the same, and a malformed address is a config error.
+    let home = NodeHome::new();
+    let before = Snapshot::of(&home);
+    let mut cmd = active_run(&home, &moto.endpoint(), &[]);
+    cmd.env("SSM_COSMOVISOR_EXPECTED_ADDRESS", "ABCDEF");
+    let out = run(&mut cmd);
+    assert_refused(
+        &home,
+        &before,
+        &out,
+        EXIT_CONFIG,
+        &["SSM_COSMOVISOR_EXPECTED_ADDRESS", "ABCDEF", "40 hex digits"],
+        &[&key],
+    );
+
+    // The matching address is accepted (check, so nothing runs).
+    let out = run(check_cmd(&home, &moto.endpoint()).args(["--expected-address", &key.address]));
+    let text = assert_ok(&out);
+    assert_no_secret(&text, &key);
+}
+
+// ---------------------------------------------------------------------------------------
+// Bad input: the environment and the node home
+// ---------------------------------------------------------------------------------------
+
+#[test]
+fn aws_parameter_unset_while_active() {
+    let home = NodeHome::new();
+    let before = Snapshot::of(&home);
+    let mut cmd = run_start(&home, Some("http://127.0.0.1:1"), &[]);
+    cmd.env("USE_SSM_KEY", "true");
+    let out = run(&mut cmd);
+    assert_refused(
+        &home,
+        &before,
+        &out,
+        EXIT_CONFIG,
+        &["AWS_PARAMETER is not set", "USE_SSM_KEY=true"],
+        &[],
+    );
+}
+
+#[test]
+fn use_ssm_key_typo() {
+    let home = NodeHome::new();
+    let before = Snapshot::of(&home);
+    let mut cmd = run_start(&home, Some("http://127.0.0.1:1"), &[]);
+    cmd.env("USE_SSM_KEY", "treu").env("AWS_PARAMETER", PARAM);
+    let out = run(&mut cmd);
+    assert_refused(
+        &home,
+        &before,
+        &out,
+        EXIT_CONFIG,
+        &["USE_SSM_KEY", "\"treu\"", "not a boolean"],
+        &[],
+    );
+    // The flag is as strict, and names itself.
+    let out = run(&mut run_start(&home, None, &["--use-ssm-key", "ja"]));
+    assert_refused(
+        &home,
+        &before,
+        &out,
+        EXIT_CONFIG,
+        &["--use-ssm-key", "\"ja\"", "not a boolean"],
+        &[],
+    );
+}
+
+#[test]
+fn daemon_home_unset() {
+    let home = NodeHome::new();
+    let before = Snapshot::of(&home);
+    let mut cmd = run_start(&home, Some("http://127.0.0.1:1"), &[]);
+    cmd.env_remove("DAEMON_HOME")
+        .env("USE_SSM_KEY", "true")
+        .env("AWS_PARAMETER", PARAM);
+    let out = run(&mut cmd);
+    assert_refused(
+        &home,
+        &before,
+        &out,
+        EXIT_CONFIG,
+        &["DAEMON_HOME is not set", "--daemon-home"],
+        &[],
+    );
+}
+
+#[test]
+fn daemon_home_missing_directory() {
+    let home = NodeHome::new();
+    let before = Snapshot::of(&home);
+    let missing = home.scratch("no-such-home");
+    let mut cmd = run_start(&home, Some("http://127.0.0.1:1"), &[]);
+    cmd.env("DAEMON_HOME", &missing)
+        .env("USE_SSM_KEY", "true")
+        .env("AWS_PARAMETER", PARAM);
+    let out = run(&mut cmd);
+    assert_refused(
+        &home,
+        &before,
+        &out,
+        EXIT_CONFIG,
+        &["DAEMON_HOME", missing.to_str().unwrap(), "not a directory"],
+        &[],
+    );
+    assert!(!missing.exists(), "the missing home was created");
+}
+
+#[test]
+fn config_toml_unparsable() {
+    let home = NodeHome::new();
+    let cfg = home.path().join("config/config.toml");
+    fs::write(&cfg, "moniker = \"standin\"\npriv_validator_key_file = [unterminated\n").unwrap();
+    let before = Snapshot::of(&home);
+    for active in ["true", "false"] {
+        let mut cmd = run_start(&home, Some("http://127.0.0.1:1"), &[]);
+        cmd.env("USE_SSM_KEY", active).env("AWS_PARAMETER", PARAM);
+        let out = run(&mut cmd);
+        assert_refused(
+            &home,
+            &before,
+            &out,
+            EXIT_CONFIG,
+            &["cannot parse", cfg.to_str().unwrap(), "line 2"],
+            &[],
+        );
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Must show 2: check
+// ---------------------------------------------------------------------------------------
+
+#[test]
+fn check_prints_identity_and_version_never_the_secret() {
+    let moto = Moto::start();
+    let key = TestKey::ed25519();
+    put_key(&moto.endpoint(), PARAM, &TestKey::ed25519());
+    let version = put_key(&moto.endpoint(), PARAM, &key);
+    assert_eq!(version, 2);
+    let home = NodeHome::new();
+    let before = Snapshot::of(&home);
+
+    let variants: [&[(&str, &str)]; 3] = [
+        &[],
+        &[("SSM_COSMOVISOR_LOG_FORMAT", "json")],
+        // Everything the SDK and its HTTP stack can log.
+        &[("SSM_COSMOVISOR_LOG", "trace")],
+    ];
+    for env in variants {
+        let mut cmd = check_cmd(&home, &moto.endpoint());
+        cmd.envs(env.iter().copied());
+        let out = run(&mut cmd);
+        let text = output_text(&out);
+        assert_eq!(out.status.code(), Some(0), "check failed ({env:?}):\n{text}");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        for needle in [
+            format!("address: {}", key.address),
+            format!("pub_key: {}", key.pub_b64),
+            format!("{PARAM} version {version} type SecureString"),
+            "check passed".to_string(),
+        ] {
+            assert!(stdout.contains(&needle), "missing {needle:?} ({env:?}):\n{text}");
+        }
+        assert_no_secret(&text, &key);
+        assert_no_secret(&text, &home.safe_key);
+        if env == [("SSM_COSMOVISOR_LOG_FORMAT", "json")] {
+            for line in String::from_utf8_lossy(&out.stderr).lines() {
+                if !line.trim().is_empty() {
+                    serde_json::from_str::<Value>(line)
+                        .unwrap_or_else(|e| panic!("log line is not JSON ({e}): {line}"));
+                }
+            }
+        }
+    }
+    // check changes nothing.
+    home.assert_idle();
+    assert!(Snapshot::of(&home) == before, "check changed the node home");
+    assert!(home.reports().is_empty());
+}
+
+#[test]
+fn check_fails_on_bad_parameter() {
+    let moto = Moto::start();
+    let home = NodeHome::new();
+    let out = run(&mut check_cmd(&home, &moto.endpoint()));
+    let text = output_text(&out);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(text.contains("FAIL") && text.contains(PARAM) && text.contains("not found"), "{text}");
+    home.assert_idle();
+}
+
+// ---------------------------------------------------------------------------------------
+// Must show 3: import
+// ---------------------------------------------------------------------------------------
+
+#[test]
+fn import_then_check_round_trip_and_no_overwrite() {
+    let moto = Moto::start();
+    let ep = moto.endpoint();
+    let home = NodeHome::new();
+    let key = TestKey::ed25519();
+    let f = scratch_file(&home, "key.json", key.json.as_bytes());
+
+    let out = run(&mut import_cmd(&home, &ep, &["-f", f.to_str().unwrap()]));
+    let text = assert_ok(&out);
+    assert!(text.contains(&format!("stored {PARAM} version 1")), "{text}");
+    assert!(text.contains(&key.address) && text.contains(&key.pub_b64), "{text}");
+    assert_no_secret(&text, &key);
+    let stored = ssm_get_raw(&ep, PARAM).unwrap();
+    assert_eq!(stored.r#type, "SecureString");
+    assert_eq!(stored.version, 1);
+    let sv: Value = serde_json::from_str(&stored.value).unwrap();
+    assert_eq!(sv, key.json_value(), "stored value is not the key");
+
+    let out = run(&mut check_cmd(&home, &ep));
+    let text = assert_ok(&out);
+    assert!(text.contains(&format!("address: {}", key.address)), "{text}");
+    assert!(text.contains(&format!("{PARAM} version 1")), "{text}");
+    assert_no_secret(&text, &key);
+
+    // A second import without --overwrite is refused and changes nothing.
+    let other = TestKey::ed25519();
+    let g = scratch_file(&home, "other.json", other.json.as_bytes());
+    let out = run(&mut import_cmd(&home, &ep, &["-f", g.to_str().unwrap()]));
+    let text = output_text(&out);
+    assert_eq!(out.status.code(), Some(EXIT_SOURCE), "{text}");
+    assert!(
+        text.contains(PARAM) && text.contains("already exists") && text.contains("--overwrite"),
+        "{text}"
+    );
+    assert_no_secret(&text, &other);
+    let now = ssm_get_raw(&ep, PARAM).unwrap();
+    assert_eq!((now.version, now.value), (1, stored.value.clone()));
+
+    // With --overwrite it replaces it, and check shows the new key.
+    let out = run(&mut import_cmd(&home, &ep, &["-f", g.to_str().unwrap(), "--overwrite"]));
+    let text = assert_ok(&out);
+    assert!(text.contains(&format!("stored {PARAM} version 2")), "{text}");
+    let out = run(&mut check_cmd(&home, &ep));
+    let text = assert_ok(&out);
+    assert!(text.contains(&format!("address: {}", other.address)), "{text}");
+    assert_no_secret(&text, &other);
+    home.assert_idle();
+}
+
+#[test]
+fn import_from_stdin() {
+    let moto = Moto::start();
+    let ep = moto.endpoint();
+    let home = NodeHome::new();
+    let key = TestKey::ed25519();
+    // No -f: standard input.
+    let mut cmd = import_cmd(&home, &ep, &[]);
+    cmd.stdin(stdin_with(key.json.as_bytes()));
+    let text = assert_ok(&run(&mut cmd));
+    assert!(text.contains(&key.address), "{text}");
+    assert_no_secret(&text, &key);
+    assert_eq!(
+        serde_json::from_str::<Value>(&ssm_get_raw(&ep, PARAM).unwrap().value).unwrap(),
+        key.json_value()
+    );
+    // `-f -`: standard input too.
+    let other = TestKey::secp256k1();
+    let mut cmd = import_cmd(&home, &ep, &["-f", "-", "--overwrite"]);
+    cmd.stdin(stdin_with(other.json.as_bytes()));
+    let text = assert_ok(&run(&mut cmd));
+    assert!(text.contains(&other.address) && text.contains("version 2"), "{text}");
+    assert_no_secret(&text, &other);
+    let text = assert_ok(&run(&mut check_cmd(&home, &ep)));
+    assert!(text.contains(&format!("address: {}", other.address)), "{text}");
+    // An invalid document on stdin stores nothing.
+    let mut cmd = import_cmd(&home, &ep, &["--overwrite"]);
+    cmd.stdin(stdin_with(b"{\"address\": \"00\"}"));
+    let out = run(&mut cmd);
+    let text = output_text(&out);
+    assert_eq!(out.status.code(), Some(EXIT_SOURCE), "{text}");
+    assert!(text.contains("standard input") && text.contains("nothing stored"), "{text}");
+    assert_eq!(ssm_get_raw(&ep, PARAM).unwrap().version, 2);
+}
+
+#[test]
+fn import_invalid_key_stores_nothing() {
+    let moto = Moto::start();
+    let ep = moto.endpoint();
+    let home = NodeHome::new();
+    let key = TestKey::ed25519();
+    let other = TestKey::ed25519();
+    let cases: Vec<(&str, String, &str)> = vec![
+        ("not-json", "hello".into(), "not a valid JSON key document"),
+        (
+            "no-priv",
+            edited(&key, |v| {
+                v.as_object_mut().unwrap().remove("priv_key");
+            }),
+            "`priv_key` is missing",
+        ),
+        (
+            "pub-mismatch",
+            edited(&key, |v| v["pub_key"]["value"] = other.pub_b64.clone().into()),
+            "pub_key.value is not the public key",
+        ),
+        (
+            "addr-mismatch",
+            edited(&key, |v| v["address"] = other.address.clone().into()),
+            "not derived from pub_key",
+        ),
+        ("stripped", key.stripped_json(), "stripped"),
+    ];
+    for (name, body, needle) in &cases {
+        let f = scratch_file(&home, &format!("{name}.json"), body.as_bytes());
+        let out = run(&mut import_cmd(&home, &ep, &["-f", f.to_str().unwrap()]));
+        let text = output_text(&out);
+        assert_eq!(out.status.code(), Some(EXIT_SOURCE), "{name}: {text}");
+        for n in [f.to_str().unwrap(), "nothing stored", needle] {
+            assert!(text.contains(n), "{name}: missing {n:?} in {text}");
+        }
+        assert_no_secret(&text, &key);
+        assert_absent(&ep);
+    }
+    // A missing file is named.
+    let out = run(&mut import_cmd(&home, &ep, &["-f", "/nonexistent/key.json"]));
+    let text = output_text(&out);
+    assert_ne!(out.status.code(), Some(0), "{text}");
+    assert!(text.contains("/nonexistent/key.json"), "{text}");
+    assert_absent(&ep);
+
+    // Over an existing parameter, even with --overwrite, an invalid key changes nothing.
+    put_key(&ep, PARAM, &key);
+    let f = home.scratch("no-priv.json");
+    let out = run(&mut import_cmd(&home, &ep, &["-f", f.to_str().unwrap(), "--overwrite"]));
+    assert_eq!(out.status.code(), Some(EXIT_SOURCE), "{}", output_text(&out));
+    let p = ssm_get_raw(&ep, PARAM).unwrap();
+    assert_eq!((p.version, p.value.as_str()), (1, key.json.as_str()));
+    home.assert_idle();
+}
+
+#[test]
+fn import_without_parameter_name() {
+    let moto = Moto::start();
+    let home = NodeHome::new();
+    let key = TestKey::ed25519();
+    let f = scratch_file(&home, "key.json", key.json.as_bytes());
+    let mut cmd = tool_cmd(&home, Some(&moto.endpoint()));
+    cmd.args(["import", "-f", f.to_str().unwrap()]);
+    let out = run(&mut cmd);
+    let text = output_text(&out);
+    assert_eq!(out.status.code(), Some(EXIT_CONFIG), "{text}");
+    assert!(text.contains("AWS_PARAMETER") && text.contains("--parameter"), "{text}");
+    assert_no_secret(&text, &key);
+    // --parameter names it instead.
+    let mut cmd = tool_cmd(&home, Some(&moto.endpoint()));
+    cmd.args(["--parameter", "/other/name", "import", "-f", f.to_str().unwrap()]);
+    let text = assert_ok(&run(&mut cmd));
+    assert!(text.contains("stored /other/name version 1"), "{text}");
+}
+
+#[test]
+fn import_and_check_secp256k1() {
+    let moto = Moto::start();
+    let ep = moto.endpoint();
+    let home = NodeHome::new();
+    let key = TestKey::secp256k1();
+    let f = scratch_file(&home, "secp.json", key.json.as_bytes());
+    let text = assert_ok(&run(&mut import_cmd(&home, &ep, &["-f", f.to_str().unwrap()])));
+    assert!(text.contains("secp256k1") && text.contains(&key.address), "{text}");
+    assert_no_secret(&text, &key);
+    let text = assert_ok(&run(&mut check_cmd(&home, &ep)));
+    assert!(text.contains(&format!("address: {}", key.address)), "{text}");
+    assert!(text.contains(&format!("pub_key: {}", key.pub_b64)), "{text}");
+    assert!(text.contains("valid secp256k1 key"), "{text}");
+    assert_no_secret(&text, &key);
+}
+
+#[test]
+fn import_with_kms_key_id() {
+    let moto = Moto::start();
+    let ep = moto.endpoint();
+    let kms = kms_create_key(&ep);
+    let home = NodeHome::new();
+    let key = TestKey::ed25519();
+    let f = scratch_file(&home, "key.json", key.json.as_bytes());
+    assert_ok(&run(&mut import_cmd(
+        &home,
+        &ep,
+        &["-f", f.to_str().unwrap(), "--kms-key-id", &kms],
+    )));
+    let text = assert_ok(&run(&mut check_cmd(&home, &ep)));
+    assert!(text.contains(&format!("KMS key: {kms}")), "{text}");
+    assert!(text.contains(&key.address), "{text}");
+    assert_no_secret(&text, &key);
+}
+
+// ---------------------------------------------------------------------------------------
+// Must show 5: standby is plain cosmovisor
+// ---------------------------------------------------------------------------------------
+
+/// `run start --x y` as a standby: the arguments reach cosmovisor untouched, the node
+/// reads the safe key, and it all works with AWS unreachable.
+fn standby_run(home: &NodeHome, endpoint: &str, use_ssm_key: Option<&str>, flags: &[&str]) -> Output {
+    let mut cmd = tool_cmd(home, None);
+    cmd.envs(aws_env(endpoint))
+        .env("AWS_PARAMETER", PARAM)
+        .env("STANDIN_ARGS_FILE", args_file(home))
+        .env("NODE_EXIT_AFTER_MS", "100")
+        .args(flags)
+        .args(["run", "start", "--x", "y"]);
+    if let Some(v) = use_ssm_key {
+        cmd.env("USE_SSM_KEY", v);
+    }
+    let out = run(&mut cmd);
+    let text = output_text(&out);
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    let args: Vec<String> =
+        serde_json::from_slice(&fs::read(args_file(home)).expect("cosmovisor was not started"))
+            .unwrap();
+    assert_eq!(args, ["run", "start", "--x", "y"]);
+    let reports = home.reports();
+    assert_eq!(reports.len(), 1, "{reports:?}");
+    assert_eq!(reports[0]["outcome"], "ok", "{}", reports[0]);
+    assert_eq!(reports[0]["pub_key"], home.safe_key.pub_b64.as_str());
+    home.assert_idle();
+    out
+}
+
+#[test]
+fn standby_runs_cosmovisor_with_args_untouched_aws_unreachable() {
+    let home = NodeHome::new();
+    let out = standby_run(&home, "http://127.0.0.1:1", Some("false"), &[]);
+    let text = output_text(&out);
+    assert!(text.contains("USE_SSM_KEY is false"), "{text}");
+    assert!(!text.contains("attempting to fetch"), "{text}");
+}
+
+#[test]
+fn standby_makes_no_aws_connection() {
+    // An endpoint that records every connection attempt (the kernel completes the
+    // handshake into the backlog even if nobody calls accept).
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let endpoint = format!("http://{}", listener.local_addr().unwrap());
+    for use_ssm_key in [Some("false"), Some("NO"), Some("0"), None] {
+        let home = NodeHome::new();
+        standby_run(&home, &endpoint, use_ssm_key, &[]);
+        match listener.accept() {
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Ok((_, peer)) => panic!("USE_SSM_KEY={use_ssm_key:?}: an AWS connection was made from {peer}"),
+            Err(e) => panic!("accept: {e}"),
+        }
+    }
+}
+
+#[test]
+fn use_ssm_key_flag_overrides_environment() {
+    // USE_SSM_KEY=true in the environment, --use-ssm-key false on the command line: a
+    // standby, no AWS needed.
+    let home = NodeHome::new();
+    let mut cmd = tool_cmd(&home, None);
+    cmd.envs(aws_env("http://127.0.0.1:1"))
+        .env("USE_SSM_KEY", "true")
+        .env("AWS_PARAMETER", PARAM)
+        .env("STANDIN_ARGS_FILE", args_file(&home))
+        .env("NODE_EXIT_AFTER_MS", "100")
+        .args(["--use-ssm-key", "false", "run", "start"]);
+    let out = run(&mut cmd);
+    let text = output_text(&out);
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    assert!(text.contains("USE_SSM_KEY is false"), "{text}");
+    assert_eq!(home.reports().len(), 1);
+    assert_eq!(home.reports()[0]["pub_key"], home.safe_key.pub_b64.as_str());
+    home.assert_idle();
+
+    // And the reverse: --use-ssm-key true over USE_SSM_KEY=false needs a parameter.
+    let home = NodeHome::new();
+    let before = Snapshot::of(&home);
+    let mut cmd = run_start(&home, Some("http://127.0.0.1:1"), &["--use-ssm-key", "true"]);
+    cmd.env("USE_SSM_KEY", "false");
+    let out = run(&mut cmd);
+    assert_refused(&home, &before, &out, EXIT_CONFIG, &["AWS_PARAMETER is not set"], &[]);
+
+    // --parameter overrides AWS_PARAMETER.
+    let moto = Moto::start();
+    let key = TestKey::ed25519();
+    ssm_put(&moto.endpoint(), "/flag/param", &key.json, "SecureString", None);
+    let out = run(check_cmd(&home, &moto.endpoint()).args(["--parameter", "/flag/param"]));
+    let text = assert_ok(&out);
+    assert!(text.contains("/flag/param version 1") && text.contains(&key.address), "{text}");
+}
+
+#[test]
+fn unknown_subcommand_passed_to_cosmovisor_unchanged() {
+    let home = NodeHome::new();
+    let mut cmd = tool_cmd(&home, Some("http://127.0.0.1:1"));
+    cmd.env("USE_SSM_KEY", "true").args(["version", "--long"]);
+    let out = run(&mut cmd);
+    let text = assert_ok(&out);
+    assert!(
+        String::from_utf8_lossy(&out.stdout)
+            .contains(r#"cosmovisor-standin args: ["version","--long"]"#),
+        "{text}"
+    );
+    let mut cmd = tool_cmd(&home, None);
+    cmd.args(["add-upgrade", "v2", "/tmp/x", "--force"]);
+    let out = run(&mut cmd);
+    assert!(
+        String::from_utf8_lossy(&out.stdout)
+            .contains(r#"cosmovisor-standin args: ["add-upgrade","v2","/tmp/x","--force"]"#),
+        "{}",
+        output_text(&out)
+    );
+    home.assert_idle();
+}
+
+#[test]
+fn help_and_version() {
+    let home = NodeHome::new();
+    let out = run(tool_cmd(&home, None).arg("--help"));
+    let text = assert_ok(&out);
+    for n in ["Usage", "run", "exec", "check", "restore", "import", "--use-ssm-key", "Exit status"] {
+        assert!(text.contains(n), "--help lacks {n:?}:\n{text}");
+    }
+    let out = run(tool_cmd(&home, None).arg("--version"));
+    let text = assert_ok(&out);
+    assert!(
+        text.contains(&format!("ssm-cosmovisor {}", env!("CARGO_PKG_VERSION"))),
+        "{text}"
+    );
+    // Subcommand help too.
+    let text = assert_ok(&run(tool_cmd(&home, None).args(["import", "--help"])));
+    assert!(text.contains("--overwrite") && text.contains("--kms-key-id"), "{text}");
+    home.assert_idle();
+}
+
+// ---------------------------------------------------------------------------------------
+// KEY_SOURCE=credential:NAME
+// ---------------------------------------------------------------------------------------
+
+/// A `$CREDENTIALS_DIRECTORY` as systemd makes it; made writable again on drop so the
+/// temporary directory can be removed.
+struct CredDir(PathBuf);
+
+impl CredDir {
+    fn new(home: &NodeHome, dir_mode: u32, name: &str, file_mode: u32, bytes: &[u8]) -> CredDir {
+        let d = home.scratch("credentials");
+        fs::create_dir(&d).unwrap();
+        fs::set_permissions(&d, fs::Permissions::from_mode(0o700)).unwrap();
+        let f = d.join(name);
+        fs::write(&f, bytes).unwrap();
+        fs::set_permissions(&f, fs::Permissions::from_mode(file_mode)).unwrap();
+        fs::set_permissions(&d, fs::Permissions::from_mode(dir_mode)).unwrap();
+        CredDir(d)
+    }
+}
+
+impl Drop for CredDir {
+    fn drop(&mut self) {
+        let _ = fs::set_permissions(&self.0, fs::Permissions::from_mode(0o700));
+    }
+}
+
+#[test]
+fn credential_source_delivers_key() {
+    for dir_mode in [0o500, 0o700] {
+        let home = NodeHome::new();
+        let key = TestKey::ed25519();
+        let creds = CredDir::new(&home, dir_mode, "validator_key", 0o400, key.json.as_bytes());
+        let mut cmd = run_start(&home, None, &[]);
+        cmd.env("USE_SSM_KEY", "true")
+            .env("KEY_SOURCE", "credential:validator_key")
+            .env("CREDENTIALS_DIRECTORY", &creds.0);
+        let mut tool = Tool::spawn(&mut cmd, home.scratch("tool.log"));
+        assert!(
+            wait_for(|| !home.reports().is_empty(), Duration::from_secs(60)),
+            "node never reported; log:\n{}",
+            tool.log_text()
+        );
+        let r = &home.reports()[0];
+        assert_eq!(r["outcome"], "ok", "{r}");
+        assert_eq!(r["pub_key"], key.pub_b64.as_str(), "{r}");
+        assert_eq!(r["address"], key.address.as_str(), "{r}");
+        let st = tool.stop(Signal::SIGTERM);
+        let log = tool.log_text();
+        assert_eq!(st.code(), Some(0), "{log}");
+        home.assert_idle();
+        assert!(log.contains("validator_key") && log.contains(&key.address), "{log}");
+        assert_no_secret(&log, &key);
+        // The credential is left as systemd made it.
+        assert_eq!(fs::read(creds.0.join("validator_key")).unwrap(), key.json.as_bytes());
+    }
+}
+
+#[test]
+fn credential_source_refuses_readable_file() {
+    let home = NodeHome::new();
+    let key = TestKey::ed25519();
+    let creds = CredDir::new(&home, 0o700, "validator_key", 0o644, key.json.as_bytes());
+    let path = creds.0.join("validator_key");
+    let before = Snapshot::of(&home);
+    let mut cmd = run_start(&home, None, &[]);
+    cmd.env("USE_SSM_KEY", "true")
+        .env("KEY_SOURCE", "credential:validator_key")
+        .env("CREDENTIALS_DIRECTORY", &creds.0);
+    let out = run(&mut cmd);
+    assert_refused(
+        &home,
+        &before,
+        &out,
+        EXIT_SOURCE,
+        &[path.to_str().unwrap(), "0644"],
+        &[&key],
+    );
+
+    // A group/world-readable directory is refused too, and names the directory.
+    drop(creds);
+    let home = NodeHome::new();
+    let creds = CredDir::new(&home, 0o755, "validator_key", 0o400, key.json.as_bytes());
+    let before = Snapshot::of(&home);
+    let mut cmd = run_start(&home, None, &[]);
+    cmd.env("USE_SSM_KEY", "true")
+        .env("KEY_SOURCE", "credential:validator_key")
+        .env("CREDENTIALS_DIRECTORY", &creds.0);
+    let out = run(&mut cmd);
+    assert_refused(
+        &home,
+        &before,
+        &out,
+        EXIT_SOURCE,
+        &[creds.0.to_str().unwrap(), "0755"],
+        &[&key],
+    );
+
+    // A missing credential names its path; an invalid one names the credential.
+    let home = NodeHome::new();
+    let bad = edited(&key, |v| v["address"] = TestKey::ed25519().address.into());
+    let creds = CredDir::new(&home, 0o500, "validator_key", 0o400, bad.as_bytes());
+    let before = Snapshot::of(&home);
+    for (name, needles) in [
+        ("other_key", vec!["other_key", "cannot read credential"]),
+        ("validator_key", vec!["validator_key", "not derived from pub_key"]),
+    ] {
+        let mut cmd = run_start(&home, None, &[]);
+        cmd.env("USE_SSM_KEY", "true")
+            .env("KEY_SOURCE", format!("credential:{name}"))
+            .env("CREDENTIALS_DIRECTORY", &creds.0);
+        let out = run(&mut cmd);
+        assert_refused(&home, &before, &out, EXIT_SOURCE, &needles, &[&key]);
+    }
+}
