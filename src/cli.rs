@@ -276,7 +276,7 @@ fn import(ov: &Overrides, file: Option<PathBuf>, kms: Option<&str>, overwrite: b
     loop {
         let n = buf
             .append_with(|spare| {
-                let n = spare.len().min(MAX_SECRET_LEN + 1 - 0);
+                let n = spare.len().min(MAX_SECRET_LEN + 1);
                 reader.read(&mut spare[..n])
             })
             .map_err(|e| CliError::new(exit::CONFIG, format!("reading {what}: {e}")))?;

@@ -404,6 +404,9 @@ impl Config {
             }
         }
 
+        let node_user = pick(ov.node_user.clone(), env, "SSM_COSMOVISOR_NODE_USER")
+            .map(|u| NodeUser::resolve(&u))
+            .transpose()?;
         let key_path = match ov
             .key_file
             .clone()
@@ -411,16 +414,22 @@ impl Config {
         {
             Some(p) if p.is_absolute() => p,
             Some(p) => home.join(p),
-            None => key_path_for_home(&home)?,
+            // In split-trust mode root may lack CAP_DAC_READ_SEARCH for the
+            // node's private home: read config.toml as the node would.
+            None => match (&node_user, key_path_for_home(&home)) {
+                (Some(u), Err(ConfigError::ConfigToml { reason, .. }))
+                    if reason.contains("ermission denied") && rustix::process::geteuid().is_root() =>
+                {
+                    crate::sys::with_fs_ids(u.uid, u.gid, || key_path_for_home(&home))?
+                }
+                (_, r) => r?,
+            },
         };
 
         let key_timeout = match pick(ov.key_timeout.clone(), env, "SSM_COSMOVISOR_KEY_TIMEOUT") {
             Some(v) => parse_duration("SSM_COSMOVISOR_KEY_TIMEOUT", &v)?,
             None => DEFAULT_KEY_TIMEOUT,
         };
-        let node_user = pick(ov.node_user.clone(), env, "SSM_COSMOVISOR_NODE_USER")
-            .map(|u| NodeUser::resolve(&u))
-            .transpose()?;
         let log_format = match pick(ov.log_format.clone(), env, "SSM_COSMOVISOR_LOG_FORMAT") {
             Some(v) => LogFormat::parse("SSM_COSMOVISOR_LOG_FORMAT", &v)?,
             None => LogFormat::Text,

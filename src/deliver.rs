@@ -41,6 +41,8 @@ pub struct ReaderPolicy {
     pub root: Pid,
     /// The node's uid.
     pub uid: u32,
+    /// The node's primary gid (to inspect its /proc entries as the node).
+    pub gid: u32,
     /// Ourselves (our own fds are ignored).
     pub me: Pid,
 }
@@ -52,17 +54,11 @@ impl ReaderPolicy {
         h.euid() == self.uid && procfs::is_descendant_of(h.pid, self.root)
     }
 
-    /// uids whose processes could open a 0600 FIFO owned by the node: the
-    /// node's and root's. Unreadable fd tables of these fail the scan closed.
-    fn could_open(&self) -> Vec<u32> {
-        let me = rustix::process::geteuid().as_raw();
-        let mut v = vec![self.uid];
-        // Root's processes are only inspectable (and only a concern we can act
-        // on) when we are root ourselves.
-        if me == 0 && self.uid != 0 {
-            v.push(0);
+    fn node_ids(&self) -> procfs::NodeIds {
+        procfs::NodeIds {
+            uid: self.uid,
+            gid: self.gid,
         }
-        v
     }
 }
 
@@ -159,6 +155,7 @@ fn io_err(op: &'static str) -> impl FnOnce(rustix::io::Errno) -> DeliverError {
 pub struct Canceller {
     flag: Arc<AtomicBool>,
     path_fd: Arc<OwnedFd>,
+    as_node: Option<(u32, u32)>,
 }
 
 impl Canceller {
@@ -168,12 +165,22 @@ impl Canceller {
         self.flag.store(true, Ordering::SeqCst);
         // The open of a FIFO for writing waits for the reader counter to
         // change, so closing our reader right away still wakes it.
-        let _ = proc_self_reopen(&self.path_fd, OFlags::RDONLY | OFlags::NONBLOCK);
+        let _ = reopen_as(&self.path_fd, OFlags::RDONLY | OFlags::NONBLOCK, self.as_node);
     }
 
     /// Whether cancel was called.
     pub fn is_cancelled(&self) -> bool {
         self.flag.load(Ordering::SeqCst)
+    }
+}
+
+/// Reopens the FIFO; as the node's fs ids when we are root and the FIFO is
+/// the node's (0600): root without CAP_DAC_OVERRIDE (the split-trust unit)
+/// could not open it otherwise.
+fn reopen_as(fd: &OwnedFd, flags: OFlags, as_node: Option<(u32, u32)>) -> rustix::io::Result<OwnedFd> {
+    match as_node {
+        Some((uid, gid)) => crate::sys::with_fs_ids(uid, gid, || proc_self_reopen(fd, flags)),
+        None => proc_self_reopen(fd, flags),
     }
 }
 
@@ -192,14 +199,16 @@ pub struct Pending {
 }
 
 impl Pending {
-    /// Wraps an armed FIFO.
-    pub fn new(armed: ArmedFifo) -> Self {
+    /// Wraps an armed FIFO for delivery to the node of `policy`.
+    pub fn new(armed: ArmedFifo, policy: &ReaderPolicy) -> Self {
         let path_fd = Arc::new(armed.path_fd.try_clone().expect("dup of O_PATH fd"));
+        let as_node = (rustix::process::geteuid().is_root() && policy.uid != 0).then_some((policy.uid, policy.gid));
         Pending {
             armed,
             canceller: Canceller {
                 flag: Arc::new(AtomicBool::new(false)),
                 path_fd,
+                as_node,
             },
         }
     }
@@ -222,7 +231,7 @@ impl Pending {
         policy: &ReaderPolicy,
         next: Next,
     ) -> Result<Outcome, DeliverError> {
-        let writer = match proc_self_reopen(&self.armed.path_fd, OFlags::WRONLY) {
+        let writer = match reopen_as(&self.armed.path_fd, OFlags::WRONLY, self.canceller.as_node) {
             Ok(w) => w,
             Err(e) if self.canceller.is_cancelled() => {
                 let _ = e;
@@ -326,7 +335,7 @@ impl Pending {
         let latency = attached.elapsed();
         drop(writer);
         // 5. Anyone else on the pipe now could have read along.
-        let after = procfs::holders(self.armed.dev, self.armed.ino, policy.me, &policy.could_open())?;
+        let after = procfs::holders(self.armed.dev, self.armed.ino, policy.me, policy.node_ids())?;
         let strangers: Vec<_> = after.into_iter().filter(|h| !policy.allows(h)).collect();
         if !strangers.is_empty() {
             return Ok(Outcome::Exposed { reader, strangers });
@@ -343,11 +352,10 @@ impl Pending {
 /// `Ok(Err(reason))` means undecidable within the bound: refuse.
 fn settle_holders(armed: &ArmedFifo, policy: &ReaderPolicy) -> Result<Result<Vec<Holder>, String>, ProcError> {
     let deadline = Instant::now() + SETTLE_BOUND;
-    let could_open = policy.could_open();
     let mut prev: Option<Vec<Holder>> = None;
     let mut backoff = Duration::from_micros(100);
     loop {
-        let cur = procfs::holders(armed.dev, armed.ino, policy.me, &could_open)?;
+        let cur = procfs::holders(armed.dev, armed.ino, policy.me, policy.node_ids())?;
         if !cur.is_empty() && prev.as_ref() == Some(&cur) {
             return Ok(Ok(cur));
         }

@@ -125,73 +125,92 @@ pub fn children_of(parent: Pid) -> Vec<Pid> {
         .collect()
 }
 
+/// The node's identity, whose processes must be inspectable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NodeIds {
+    /// uid.
+    pub uid: u32,
+    /// Primary gid.
+    pub gid: u32,
+}
+
+/// Whether `pid` has an fd on inode (`dev`, `ino`). `Ok(None)` if it vanished.
+fn scan_pid(pid: Pid, dev: u64, ino: u64) -> Result<Option<bool>, rustix::io::Errno> {
+    let fd_dir = match rustix::fs::open(
+        format!("/proc/{}/fd", pid.0).as_str(),
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+    ) {
+        Ok(d) => d,
+        Err(rustix::io::Errno::NOENT | rustix::io::Errno::SRCH) => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    let dir = match rustix::fs::Dir::read_from(&fd_dir) {
+        Ok(d) => d,
+        Err(rustix::io::Errno::NOENT | rustix::io::Errno::SRCH) => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    for ent in dir {
+        let Ok(ent) = ent else { break };
+        let name = ent.file_name();
+        if name.to_bytes().first() == Some(&b'.') {
+            continue;
+        }
+        // stat follows the magic link to the open file itself.
+        match rustix::fs::statat(&fd_dir, name, AtFlags::empty()) {
+            Ok(st) if st.st_dev == dev && st.st_ino == ino => return Ok(Some(true)),
+            Ok(_) | Err(rustix::io::Errno::NOENT) => {}
+            // An fd we may not inspect must not be assumed harmless.
+            Err(e @ (rustix::io::Errno::ACCESS | rustix::io::Errno::PERM)) => return Err(e),
+            Err(_) => {}
+        }
+    }
+    Ok(Some(false))
+}
+
 /// Finds every process (other than `exclude`) holding an fd to inode
 /// (`dev`, `ino`).
 ///
-/// Processes whose fd table we cannot read are skipped only if none of their
-/// uids is one that could open the FIFO (`could_open`); otherwise the scan
-/// fails closed. Processes that vanish mid-scan are ignored.
-pub fn holders(dev: u64, ino: u64, exclude: Pid, could_open: &[u32]) -> Result<Vec<Holder>, ProcError> {
+/// Only processes running with the node's uid can open the FIFO (mode 0600,
+/// owned by the node) without root privileges, and root is outside the trust
+/// boundary; so a process whose fd table we cannot read is skipped unless one
+/// of its uids is the node's, in which case the scan fails closed. When we are
+/// root without `CAP_SYS_PTRACE` (split-trust unit), node processes are
+/// inspected with the node's filesystem ids instead (see [`crate::sys::with_fs_ids`]).
+pub fn holders(dev: u64, ino: u64, exclude: Pid, node: NodeIds) -> Result<Vec<Holder>, ProcError> {
+    let am_root = rustix::process::geteuid().is_root();
     let mut found = Vec::new();
     for pid in all_pids()? {
         if pid == exclude {
             continue;
         }
-        let fd_dir = match rustix::fs::open(
-            format!("/proc/{}/fd", pid.0).as_str(),
-            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
-            Mode::empty(),
-        ) {
-            Ok(d) => d,
-            Err(rustix::io::Errno::NOENT | rustix::io::Errno::SRCH) => continue,
-            Err(e) => {
-                let Some(uids) = uids_of(pid) else { continue };
-                match uids.iter().find(|u| could_open.contains(u)) {
-                    Some(&uid) => {
-                        return Err(ProcError::Unreadable {
-                            pid,
-                            uid,
-                            source: e.into(),
-                        })
-                    }
-                    None => continue,
-                }
+        let Some(uids) = uids_of(pid) else { continue };
+        let relevant = uids.contains(&node.uid);
+        let as_node = am_root && node.uid != 0 && relevant;
+        let res = match scan_pid(pid, dev, ino) {
+            Err(rustix::io::Errno::ACCESS | rustix::io::Errno::PERM) if as_node => {
+                crate::sys::with_fs_ids(node.uid, node.gid, || scan_pid(pid, dev, ino))
             }
+            r => r,
         };
-        let dir = match rustix::fs::Dir::read_from(&fd_dir) {
-            Ok(d) => d,
-            Err(rustix::io::Errno::NOENT | rustix::io::Errno::SRCH) => continue,
-            Err(e) => {
+        match res {
+            Ok(Some(true)) => {
+                let exe = exe_of(pid).or_else(|| {
+                    as_node
+                        .then(|| crate::sys::with_fs_ids(node.uid, node.gid, || exe_of(pid)))
+                        .flatten()
+                });
+                found.push(Holder { pid, uids, exe });
+            }
+            Ok(_) => {}
+            Err(e) if relevant => {
                 return Err(ProcError::Unreadable {
                     pid,
-                    uid: uids_of(pid).map(|u| u[1]).unwrap_or(u32::MAX),
+                    uid: node.uid,
                     source: e.into(),
                 })
             }
-        };
-        let mut holds = false;
-        for ent in dir {
-            let Ok(ent) = ent else { break };
-            let name = ent.file_name();
-            if name.to_bytes().first() == Some(&b'.') {
-                continue;
-            }
-            // stat follows the magic link to the open file itself.
-            if let Ok(st) = rustix::fs::statat(&fd_dir, name, AtFlags::empty()) {
-                if st.st_dev == dev && st.st_ino == ino {
-                    holds = true;
-                    break;
-                }
-            }
-        }
-        if holds {
-            if let Some(uids) = uids_of(pid) {
-                found.push(Holder {
-                    pid,
-                    uids,
-                    exe: exe_of(pid),
-                });
-            }
+            Err(_) => {}
         }
     }
     found.sort();
@@ -230,7 +249,7 @@ mod tests {
         let me = Pid(std::process::id() as i32);
         let mut seen = Vec::new();
         for _ in 0..200 {
-            seen = holders(m.dev(), m.ino(), me, &[]).unwrap();
+            seen = holders(m.dev(), m.ino(), me, NodeIds { uid: 0, gid: 0 }).unwrap();
             if !seen.is_empty() {
                 break;
             }

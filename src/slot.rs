@@ -244,7 +244,15 @@ fn open_dir_secure(dir: &Path, node_uid: u32) -> Result<OwnedFd, SlotError> {
             },
         })?;
         let st = rustix::fs::fstat(&next).map_err(|e| io("fstat", e.into()))?;
-        if walked != dir && group_or_world_writable(&st) && !sticky(&st) && st.st_uid != 0 {
+        // Whoever may write to an ancestor (without the sticky bit) can rename
+        // the directories below it and put their own in place, whoever owns
+        // it: a world-writable one is refused even when root owns it (only a
+        // root-owned group-writable one is tolerated, its group trusted like root).
+        let others_write = st.st_mode & 0o002 != 0;
+        if walked != dir
+            && !sticky(&st)
+            && (others_write || (group_or_world_writable(&st) && st.st_uid != 0))
+        {
             return Err(SlotError::UnsafeDir {
                 path: walked.clone(),
                 why: format!("an ancestor directory is writable by group/others (mode {:04o})", st.st_mode & 0o7777),
@@ -442,12 +450,24 @@ impl KeySlot {
     /// inode we looked at and that it belongs to a trusted owner.
     fn read_regular(&self, name: &OsStr, expect: &Stat) -> Result<Vec<u8>, SlotError> {
         use std::io::Read;
-        let fd = rustix::fs::openat(
-            &self.dir,
-            name,
-            OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC | OFlags::NOCTTY,
-            Mode::empty(),
-        )
+        let open = || {
+            rustix::fs::openat(
+                &self.dir,
+                name,
+                OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC | OFlags::NOCTTY,
+                Mode::empty(),
+            )
+        };
+        let fd = match open() {
+            // Split-trust: the stripped file is the node's (0600) and root may
+            // lack CAP_DAC_OVERRIDE; read it as its owner.
+            Err(rustix::io::Errno::ACCESS)
+                if expect.st_uid == self.node_uid && rustix::process::geteuid().is_root() =>
+            {
+                crate::sys::with_fs_ids(self.node_uid, self.node_gid, open)
+            }
+            r => r,
+        }
         .map_err(self.io("open", name))?;
         let st = rustix::fs::fstat(&fd).map_err(self.io("fstat", name))?;
         if kind_of(&st) != FileType::RegularFile || !same_inode(&st, expect) {

@@ -141,17 +141,23 @@ fn spawn_signal_thread(tx: Sender<Event>) -> Result<(), SuperviseError> {
 
 /// Watches `<home>/data/` for the upgrade marker. The SDK rewrites
 /// `upgrade-info.json` in place, so close-after-write matters as much as create.
-fn spawn_marker_thread(data_dir: &Path, tx: Sender<Event>) {
+fn spawn_marker_thread(data_dir: &Path, node: Option<(u32, u32)>, tx: Sender<Event>) {
     use rustix::fs::inotify;
     let Ok(fd) = inotify::init(inotify::CreateFlags::CLOEXEC) else {
         tracing::warn!("inotify unavailable: re-arming only when the node exits");
         return;
     };
-    if let Err(e) = inotify::add_watch(
-        &fd,
-        data_dir,
-        inotify::WatchFlags::CLOSE_WRITE | inotify::WatchFlags::MOVED_TO | inotify::WatchFlags::CREATE,
-    ) {
+    let flags = inotify::WatchFlags::CLOSE_WRITE | inotify::WatchFlags::MOVED_TO | inotify::WatchFlags::CREATE;
+    let watched = match inotify::add_watch(&fd, data_dir, flags) {
+        // Split-trust: the node's data/ may be closed to root without
+        // CAP_DAC_READ_SEARCH; the watch only needs read access, as the node.
+        Err(rustix::io::Errno::ACCESS) if node.is_some() => {
+            let (uid, gid) = node.expect("checked");
+            crate::sys::with_fs_ids(uid, gid, || inotify::add_watch(&fd, data_dir, flags))
+        }
+        r => r,
+    };
+    if let Err(e) = watched {
         tracing::warn!(dir = %data_dir.display(), error = %e, "cannot watch for the upgrade marker: re-arming only when the node exits");
         return;
     }
@@ -331,14 +337,19 @@ pub fn run(cfg: &Config, program: &OsString, args: &[OsString], job: Option<KeyJ
     let policy = ReaderPolicy {
         root: child_pid,
         uid: cfg.node_user.as_ref().map(|u| u.uid).unwrap_or_else(|| rustix::process::geteuid().as_raw()),
+        gid: cfg.node_user.as_ref().map(|u| u.gid).unwrap_or_else(|| rustix::process::getegid().as_raw()),
         me,
     };
     let mut delivering: Option<Delivering> = None;
     let mut delivered_once = false;
     if let Some(j) = &job {
-        spawn_marker_thread(&cfg.home.join("data"), tx.clone());
+        spawn_marker_thread(
+            &cfg.home.join("data"),
+            cfg.node_user.as_ref().filter(|_| rustix::process::geteuid().is_root()).map(|u| (u.uid, u.gid)),
+            tx.clone(),
+        );
         let a = armed.take().expect("armed above");
-        delivering = Some(start_delivery(j, Pending::new(a), &policy, next_mode(cfg), &tx));
+        delivering = Some(start_delivery(j, Pending::new(a, &policy), &policy, next_mode(cfg), &tx));
         notifier.ready("waiting for the node to read the key");
     } else {
         notifier.ready("running without the SSM key (USE_SSM_KEY=false)");
@@ -425,7 +436,7 @@ pub fn run(cfg: &Config, program: &OsString, args: &[OsString], job: Option<KeyJ
                         match next {
                             Some(a) => {
                                 tracing::info!(event = "re_armed", inode = a.ino, reason = "always-armed", "key FIFO re-armed");
-                                delivering = Some(start_delivery(j, Pending::new(a), &policy, Next::Fifo, &tx));
+                                delivering = Some(start_delivery(j, Pending::new(a, &policy), &policy, Next::Fifo, &tx));
                             }
                             None => spawn_reader_exit_thread(reader.pid, tx.clone()),
                         }
@@ -436,7 +447,7 @@ pub fn run(cfg: &Config, program: &OsString, args: &[OsString], job: Option<KeyJ
                             match next.map(Ok).unwrap_or_else(|| j.slot.arm()) {
                                 Ok(a) => {
                                     tracing::info!(event = "re_armed", inode = a.ino, reason = "after refusal", "key FIFO re-armed");
-                                    delivering = Some(start_delivery(j, Pending::new(a), &policy, next_mode(cfg), &tx));
+                                    delivering = Some(start_delivery(j, Pending::new(a, &policy), &policy, next_mode(cfg), &tx));
                                 }
                                 Err(e) => {
                                     fatal.get_or_insert(e.into());
@@ -452,7 +463,7 @@ pub fn run(cfg: &Config, program: &OsString, args: &[OsString], job: Option<KeyJ
                             match next.map(Ok).unwrap_or_else(|| j.slot.arm()) {
                                 Ok(a) => {
                                     tracing::info!(event = "re_armed", inode = a.ino, reason = "not read", "key FIFO re-armed");
-                                    delivering = Some(start_delivery(j, Pending::new(a), &policy, next_mode(cfg), &tx));
+                                    delivering = Some(start_delivery(j, Pending::new(a, &policy), &policy, next_mode(cfg), &tx));
                                 }
                                 Err(e) => {
                                     fatal.get_or_insert(e.into());
@@ -487,12 +498,18 @@ pub fn run(cfg: &Config, program: &OsString, args: &[OsString], job: Option<KeyJ
                 if delivering.is_some() || stopping || !delivered_once {
                     continue;
                 }
-                let reason = if matches!(ev, Event::Marker) { "upgrade marker written" } else { "node exited" };
+                let reason = match ev {
+                    Event::ReaderExited(pid) => {
+                        tracing::info!(event = "node_exited", pid = pid.0, "the node that read the key exited");
+                        "node exited"
+                    }
+                    _ => "upgrade marker written",
+                };
                 match j.slot.arm() {
                     Ok(a) => {
                         tracing::info!(event = "re_armed", inode = a.ino, reason, "key FIFO re-armed");
                         notifier.status("waiting for the node to read the key");
-                        delivering = Some(start_delivery(j, Pending::new(a), &policy, next_mode(cfg), &tx));
+                        delivering = Some(start_delivery(j, Pending::new(a, &policy), &policy, next_mode(cfg), &tx));
                     }
                     Err(e) => {
                         fatal.get_or_insert(e.into());

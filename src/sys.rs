@@ -428,3 +428,23 @@ pub fn wait_signal(signals: &[i32]) -> io::Result<i32> {
         Ok(sig)
     }
 }
+
+/// Runs `f` with this thread's filesystem uid/gid switched to `uid`/`gid`,
+/// then switches back.
+///
+/// `/proc/<pid>/fd` and `/proc/<pid>/exe` are guarded by a ptrace access check
+/// on the filesystem credentials. In split-trust mode we are root without
+/// `CAP_SYS_PTRACE`, so the node's entries are closed to us as root but open
+/// to the node's own uid. fsuid/fsgid are per-thread in the kernel and the
+/// raw syscalls (unlike glibc's set*id wrappers) are not broadcast to other
+/// threads, so nothing else in the process runs with the node's identity.
+pub fn with_fs_ids<T>(uid: u32, gid: u32, f: impl FnOnce() -> T) -> T {
+    // SAFETY (all four): integer arguments only; setfsuid/setfsgid return
+    // the previous value and cannot fail in a way that leaves memory unsafe.
+    let old_gid = unsafe { libc::syscall(libc::SYS_setfsgid, gid) } as u32;
+    let old_uid = unsafe { libc::syscall(libc::SYS_setfsuid, uid) } as u32;
+    let out = f();
+    unsafe { libc::syscall(libc::SYS_setfsuid, old_uid) };
+    unsafe { libc::syscall(libc::SYS_setfsgid, old_gid) };
+    out
+}

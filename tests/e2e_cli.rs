@@ -114,6 +114,7 @@ fn assert_refused(
     keys: &[&TestKey],
 ) {
     let text = output_text(out);
+    eprintln!("REFUSAL[{code}] {}", text.trim_end().replace('\n', "\n    "));
     assert_eq!(
         out.status.code(),
         Some(code),
@@ -291,7 +292,7 @@ fn plain_string_parameter_accepted_with_override_and_warning() {
         tool.log_text()
     );
     let r = &home.reports()[0];
-    assert_eq!(r["outcome"], "ok", "{r}");
+    assert_eq!(r["outcome"], "ok", "{r}\nlog:\n{}", tool.log_text());
     assert_eq!(r["pub_key"], key.pub_b64.as_str(), "{r}");
     let st = tool.stop(Signal::SIGTERM);
     let log = tool.log_text();
@@ -425,7 +426,10 @@ fn value_over_8_kib() {
         }
         Err(e) => eprintln!("moto refuses a 9000-byte value ({e}); tested through import only"),
     }
-    // The same through `import -f`: refused before any AWS call, nothing stored.
+    // The same through `import -f` (a fresh emulator, so "nothing stored" is checkable):
+    // refused before any AWS call.
+    drop(moto);
+    let moto = Moto::start();
     let home = NodeHome::new();
     let before = Snapshot::of(&home);
     let f = scratch_file(&home, "big.json", big.as_bytes());
@@ -463,6 +467,8 @@ fn value_with_nul_bytes() {
         }
         Err(e) => eprintln!("moto refuses a value with NUL ({e}); tested through import only"),
     }
+    drop(moto);
+    let moto = Moto::start();
     let home = NodeHome::new();
     let before = Snapshot::of(&home);
     let f = scratch_file(&home, "nul.json", v.as_bytes());
@@ -976,6 +982,9 @@ fn standby_makes_no_aws_connection() {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     listener.set_nonblocking(true).unwrap();
     let endpoint = format!("http://{}", listener.local_addr().unwrap());
+    // Control: a connection is seen without anyone accepting it in time.
+    drop(std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap());
+    assert!(listener.accept().is_ok(), "the listener does not see connections");
     for use_ssm_key in [Some("false"), Some("NO"), Some("0"), None] {
         let home = NodeHome::new();
         standby_run(&home, &endpoint, use_ssm_key, &[]);
@@ -1112,7 +1121,7 @@ fn credential_source_delivers_key() {
             tool.log_text()
         );
         let r = &home.reports()[0];
-        assert_eq!(r["outcome"], "ok", "{r}");
+        assert_eq!(r["outcome"], "ok", "{r}\nlog:\n{}", tool.log_text());
         assert_eq!(r["pub_key"], key.pub_b64.as_str(), "{r}");
         assert_eq!(r["address"], key.address.as_str(), "{r}");
         let st = tool.stop(Signal::SIGTERM);

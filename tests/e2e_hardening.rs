@@ -322,3 +322,81 @@ fn split_trust_child_runs_as_node_user_with_no_capabilities() {
     assert_eq!(tool.stop(Signal::SIGTERM).code(), Some(0), "{}", tool.log_text());
     home.assert_idle();
 }
+
+/// The split-trust deployment as the systemd unit runs it: root with only
+/// CAP_SETUID/SETGID/CHOWN/KILL (no CAP_SYS_PTRACE, no CAP_DAC_*), the node
+/// user's home private to it, the key path relocated to a root-owned
+/// directory. The reader must still be verified (via the node's fs ids).
+#[test]
+fn split_trust_with_bounded_root_capabilities_delivers() {
+    use std::os::unix::fs::PermissionsExt;
+    if !is_root() || which("setpriv").is_none() {
+        eprintln!("SKIP: needs root and setpriv (util-linux) to bound root's capabilities");
+        return;
+    }
+    let moto = Moto::start();
+    let key = TestKey::ed25519();
+    put_key(&moto.endpoint(), PARAM, &key);
+    // The relocated slot directory lives outside the node's home, root-owned.
+    let outer = tempfile::Builder::new().prefix("ssmcv-split-").tempdir().unwrap();
+    let slot_dir = outer.path().join("run");
+    fs::create_dir(&slot_dir).unwrap();
+    fs::set_permissions(&slot_dir, fs::Permissions::from_mode(0o711)).unwrap();
+    fs::set_permissions(outer.path(), fs::Permissions::from_mode(0o711)).unwrap();
+    let key_file = slot_dir.join("priv_validator_key.json");
+    let home = NodeHome::with_options(NodeHomeOptions {
+        key_file: Some(key_file.display().to_string()),
+        upgrades: 0,
+    });
+    let nobody = nix::unistd::User::from_name("nobody").unwrap().unwrap();
+    assert!(std::process::Command::new("chown")
+        .arg("-R")
+        .arg(format!("{}:{}", nobody.uid, nobody.gid))
+        .arg(home.path())
+        .status()
+        .unwrap()
+        .success());
+    fs::set_permissions(home.path(), fs::Permissions::from_mode(0o700)).unwrap();
+    fs::set_permissions(home.root.path(), fs::Permissions::from_mode(0o711)).unwrap();
+    fs::write(home.report_path(), b"").unwrap();
+    nix::unistd::chown(&home.report_path(), Some(nobody.uid), Some(nobody.gid)).unwrap();
+
+    let tool_bin = ssm_cosmovisor_bin();
+    let mut cmd = tool_cmd(&home, Some(&moto.endpoint()));
+    cmd.env("USE_SSM_KEY", "true")
+        .env("AWS_PARAMETER", PARAM)
+        .env("SSM_COSMOVISOR_NODE_USER", "nobody")
+        .env("SSM_COSMOVISOR_LOG", "info");
+    // Re-exec through setpriv with the unit's capability bounding set.
+    let mut wrapped = std::process::Command::new("setpriv");
+    wrapped
+        .args(["--bounding-set=-all,+setuid,+setgid,+chown,+kill", "--inh-caps=-all", "--"])
+        .arg(&tool_bin)
+        .args(["run", "start"]);
+    wrapped.env_clear();
+    for (k, v) in cmd.get_envs() {
+        if let Some(v) = v {
+            wrapped.env(k, v);
+        }
+    }
+    let mut tool = Tool::spawn(&mut wrapped, home.scratch("tool.log"));
+    assert!(
+        tool.wait_log("event=\"delivered\"", Duration::from_secs(30)),
+        "no delivery under bounded capabilities; log:\n{}",
+        tool.log_text()
+    );
+    let st = status_fields(tool.child.pid());
+    assert_eq!(st["CapBnd"], "00000000000000e1", "tool's bounding set: {st:?}");
+    assert!(wait_for(|| !home.reports().is_empty(), Duration::from_secs(10)));
+    let r = &home.reports()[0];
+    assert_eq!(r["outcome"], "ok");
+    assert_eq!(r["pub_key"], key.pub_b64.as_str());
+    assert_eq!(r["uid"], nobody.uid.as_raw());
+    assert_eq!(tool.stop(Signal::SIGTERM).code(), Some(0), "{}", tool.log_text());
+    assert_eq!(fs::read(&key_file).unwrap(), home.safe_bytes);
+    assert!(!slot_dir.join("priv_validator_key.json.orig").exists());
+}
+
+fn which(prog: &str) -> Option<std::path::PathBuf> {
+    std::env::split_paths(&std::env::var_os("PATH")?).map(|d| d.join(prog)).find(|p| p.is_file())
+}

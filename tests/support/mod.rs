@@ -1158,7 +1158,9 @@ impl Tool {
 /// Whether `path` is currently a FIFO (lstat, never opens it).
 pub fn is_fifo(path: &Path) -> bool {
     use std::os::unix::fs::FileTypeExt;
-    fs::symlink_metadata(path).map(|m| m.file_type().is_fifo()).unwrap_or(false)
+    fs::symlink_metadata(path)
+        .map(|m| m.file_type().is_fifo())
+        .unwrap_or(false)
 }
 
 /// Stores `key` in the emulator under `name` as a SecureString.
@@ -1205,7 +1207,9 @@ pub fn slot_leftovers(home: &NodeHome) -> Vec<String> {
         let ft = e.file_type().expect("file type");
         if name == format!("{key_name}.orig") {
             out.push(name);
-        } else if name.starts_with(&format!(".{key_name}.ssm-cosmovisor-")) && name.ends_with(".tmp") {
+        } else if name.starts_with(&format!(".{key_name}.ssm-cosmovisor-"))
+            && name.ends_with(".tmp")
+        {
             out.push(name);
         } else if name.contains("ssm-cosmovisor") {
             out.push(name);
@@ -1222,12 +1226,17 @@ pub fn slot_leftovers(home: &NodeHome) -> Vec<String> {
 pub fn assert_clean_idle(home: &NodeHome) {
     home.assert_idle();
     let left = slot_leftovers(home);
-    assert!(left.is_empty(), "left behind in the key directory: {left:?}");
+    assert!(
+        left.is_empty(),
+        "left behind in the key directory: {left:?}"
+    );
 }
 
 /// A directory listing precise enough to prove a refusal changed nothing: name → (file
 /// type, inode, mode, uid, content of regular files).
-pub fn dir_snapshot(dir: &Path) -> std::collections::BTreeMap<String, (String, u64, u32, u32, Vec<u8>)> {
+pub fn dir_snapshot(
+    dir: &Path,
+) -> std::collections::BTreeMap<String, (String, u64, u32, u32, Vec<u8>)> {
     use std::os::unix::fs::MetadataExt;
     let mut m = std::collections::BTreeMap::new();
     for e in fs::read_dir(dir).unwrap_or_else(|e| panic!("read_dir {}: {e}", dir.display())) {
@@ -1240,7 +1249,13 @@ pub fn dir_snapshot(dir: &Path) -> std::collections::BTreeMap<String, (String, u
         };
         m.insert(
             e.file_name().to_string_lossy().into_owned(),
-            (format!("{:?}", md.file_type()), md.ino(), md.mode(), md.uid(), bytes),
+            (
+                format!("{:?}", md.file_type()),
+                md.ino(),
+                md.mode(),
+                md.uid(),
+                bytes,
+            ),
         );
     }
     m
@@ -1303,9 +1318,15 @@ pub fn reap_strays(needle: &Path, grace: Duration) -> Vec<i32> {
     }
     let left = pids_mentioning(needle);
     for &p in &left {
-        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(p), nix::sys::signal::Signal::SIGKILL);
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(p),
+            nix::sys::signal::Signal::SIGKILL,
+        );
     }
-    wait_for(|| pids_mentioning(needle).is_empty(), Duration::from_secs(5));
+    wait_for(
+        || pids_mentioning(needle).is_empty(),
+        Duration::from_secs(5),
+    );
     left
 }
 
