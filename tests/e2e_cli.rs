@@ -114,7 +114,6 @@ fn assert_refused(
     keys: &[&TestKey],
 ) {
     let text = output_text(out);
-    eprintln!("REFUSAL[{code}] {}", text.trim_end().replace('\n', "\n    "));
     assert_eq!(
         out.status.code(),
         Some(code),
@@ -207,7 +206,10 @@ fn check_cmd(home: &NodeHome, endpoint: &str) -> Command {
 fn assert_absent(endpoint: &str) {
     match ssm_get_raw(endpoint, PARAM) {
         Err(e) => assert!(e.contains("ParameterNotFound"), "{e}"),
-        Ok(p) => panic!("parameter was stored: version {} type {}", p.version, p.r#type),
+        Ok(p) => panic!(
+            "parameter was stored: version {} type {}",
+            p.version, p.r#type
+        ),
     }
 }
 
@@ -234,6 +236,26 @@ fn parameter_missing() {
         EXIT_SOURCE,
         &[PARAM, "not found", TEST_REGION, "AWS_PARAMETER"],
         &[],
+    );
+}
+
+#[test]
+fn aws_region_unset() {
+    let moto = Moto::start();
+    let key = TestKey::ed25519();
+    put_key(&moto.endpoint(), PARAM, &key);
+    let home = NodeHome::new();
+    let before = Snapshot::of(&home);
+    let mut cmd = active_run(&home, &moto.endpoint(), &[]);
+    cmd.env_remove("AWS_REGION");
+    let out = run(&mut cmd);
+    assert_refused(
+        &home,
+        &before,
+        &out,
+        EXIT_SOURCE,
+        &["no AWS region", "AWS_REGION"],
+        &[&key],
     );
 }
 
@@ -331,7 +353,11 @@ fn unknown_key_type() {
     });
     refuses_parameter_value(
         &v,
-        &["unknown key type", "tendermint/PrivKeySr25519", "priv_key.type"],
+        &[
+            "unknown key type",
+            "tendermint/PrivKeySr25519",
+            "priv_key.type",
+        ],
         &[&key],
     );
 }
@@ -345,19 +371,20 @@ fn base64_invalid() {
     let v = edited(&key, |v| v["priv_key"]["value"] = bad.clone().into());
     let out = refuses_parameter_value(&v, &["priv_key.value", "not valid base64"], &[&key]);
     let text = output_text(&out);
-    assert!(!text.contains(&bad[..20]), "message echoes the value:\n{text}");
+    assert!(
+        !text.contains(&bad[..20]),
+        "message echoes the value:\n{text}"
+    );
 }
 
 #[test]
 fn wrong_private_key_length() {
     let key = TestKey::ed25519();
     // The 32-byte seed alone, without the public half CometBFT stores after it.
-    let v = edited(&key, |v| v["priv_key"]["value"] = B64.encode(&key.seed).into());
-    refuses_parameter_value(
-        &v,
-        &["priv_key.value", "32 bytes", "64"],
-        &[&key],
-    );
+    let v = edited(&key, |v| {
+        v["priv_key"]["value"] = B64.encode(&key.seed).into()
+    });
+    refuses_parameter_value(&v, &["priv_key.value", "32 bytes", "64"], &[&key]);
 }
 
 #[test]
@@ -382,7 +409,12 @@ fn address_not_derived_from_pub_key() {
     let v = edited(&key, |v| v["address"] = other.address.clone().into());
     refuses_parameter_value(
         &v,
-        &["address", &other.address, "not derived from pub_key", &key.address],
+        &[
+            "address",
+            &other.address,
+            "not derived from pub_key",
+            &key.address,
+        ],
         &[&key],
     );
 }
@@ -433,13 +465,21 @@ fn value_over_8_kib() {
     let home = NodeHome::new();
     let before = Snapshot::of(&home);
     let f = scratch_file(&home, "big.json", big.as_bytes());
-    let out = run(&mut import_cmd(&home, &moto.endpoint(), &["-f", f.to_str().unwrap()]));
+    let out = run(&mut import_cmd(
+        &home,
+        &moto.endpoint(),
+        &["-f", f.to_str().unwrap()],
+    ));
     assert_refused(
         &home,
         &before,
         &out,
         EXIT_SOURCE,
-        &[f.to_str().unwrap(), "larger than the 8192-byte maximum", "nothing stored"],
+        &[
+            f.to_str().unwrap(),
+            "larger than the 8192-byte maximum",
+            "nothing stored",
+        ],
         &[&key],
     );
     assert_absent(&moto.endpoint());
@@ -472,7 +512,11 @@ fn value_with_nul_bytes() {
     let home = NodeHome::new();
     let before = Snapshot::of(&home);
     let f = scratch_file(&home, "nul.json", v.as_bytes());
-    let out = run(&mut import_cmd(&home, &moto.endpoint(), &["-f", f.to_str().unwrap()]));
+    let out = run(&mut import_cmd(
+        &home,
+        &moto.endpoint(),
+        &["-f", f.to_str().unwrap()],
+    ));
     assert_refused(
         &home,
         &before,
@@ -496,7 +540,10 @@ fn empty_value() {
         }
         Err(e) => {
             // As real SSM: a value has at least one character.
-            assert!(e.contains("ValidationException") || e.contains("length"), "{e}");
+            assert!(
+                e.contains("ValidationException") || e.contains("length"),
+                "{e}"
+            );
             eprintln!("moto refuses an empty value; testing a blank one and an empty import");
         }
     }
@@ -506,7 +553,11 @@ fn empty_value() {
     let home = NodeHome::new();
     let before = Snapshot::of(&home);
     let f = scratch_file(&home, "empty.json", b"");
-    let out = run(&mut import_cmd(&home, &moto.endpoint(), &["-f", f.to_str().unwrap()]));
+    let out = run(&mut import_cmd(
+        &home,
+        &moto.endpoint(),
+        &["-f", f.to_str().unwrap()],
+    ));
     assert_refused(
         &home,
         &before,
@@ -653,7 +704,11 @@ fn daemon_home_missing_directory() {
 fn config_toml_unparsable() {
     let home = NodeHome::new();
     let cfg = home.path().join("config/config.toml");
-    fs::write(&cfg, "moniker = \"standin\"\npriv_validator_key_file = [unterminated\n").unwrap();
+    fs::write(
+        &cfg,
+        "moniker = \"standin\"\npriv_validator_key_file = [unterminated\n",
+    )
+    .unwrap();
     let before = Snapshot::of(&home);
     for active in ["true", "false"] {
         let mut cmd = run_start(&home, Some("http://127.0.0.1:1"), &[]);
@@ -695,7 +750,11 @@ fn check_prints_identity_and_version_never_the_secret() {
         cmd.envs(env.iter().copied());
         let out = run(&mut cmd);
         let text = output_text(&out);
-        assert_eq!(out.status.code(), Some(0), "check failed ({env:?}):\n{text}");
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "check failed ({env:?}):\n{text}"
+        );
         let stdout = String::from_utf8_lossy(&out.stdout);
         for needle in [
             format!("address: {}", key.address),
@@ -703,7 +762,10 @@ fn check_prints_identity_and_version_never_the_secret() {
             format!("{PARAM} version {version} type SecureString"),
             "check passed".to_string(),
         ] {
-            assert!(stdout.contains(&needle), "missing {needle:?} ({env:?}):\n{text}");
+            assert!(
+                stdout.contains(&needle),
+                "missing {needle:?} ({env:?}):\n{text}"
+            );
         }
         assert_no_secret(&text, &key);
         assert_no_secret(&text, &home.safe_key);
@@ -729,7 +791,10 @@ fn check_fails_on_bad_parameter() {
     let out = run(&mut check_cmd(&home, &moto.endpoint()));
     let text = output_text(&out);
     assert_eq!(out.status.code(), Some(1), "{text}");
-    assert!(text.contains("FAIL") && text.contains(PARAM) && text.contains("not found"), "{text}");
+    assert!(
+        text.contains("FAIL") && text.contains(PARAM) && text.contains("not found"),
+        "{text}"
+    );
     home.assert_idle();
 }
 
@@ -747,8 +812,14 @@ fn import_then_check_round_trip_and_no_overwrite() {
 
     let out = run(&mut import_cmd(&home, &ep, &["-f", f.to_str().unwrap()]));
     let text = assert_ok(&out);
-    assert!(text.contains(&format!("stored {PARAM} version 1")), "{text}");
-    assert!(text.contains(&key.address) && text.contains(&key.pub_b64), "{text}");
+    assert!(
+        text.contains(&format!("stored {PARAM} version 1")),
+        "{text}"
+    );
+    assert!(
+        text.contains(&key.address) && text.contains(&key.pub_b64),
+        "{text}"
+    );
     assert_no_secret(&text, &key);
     let stored = ssm_get_raw(&ep, PARAM).unwrap();
     assert_eq!(stored.r#type, "SecureString");
@@ -758,7 +829,10 @@ fn import_then_check_round_trip_and_no_overwrite() {
 
     let out = run(&mut check_cmd(&home, &ep));
     let text = assert_ok(&out);
-    assert!(text.contains(&format!("address: {}", key.address)), "{text}");
+    assert!(
+        text.contains(&format!("address: {}", key.address)),
+        "{text}"
+    );
     assert!(text.contains(&format!("{PARAM} version 1")), "{text}");
     assert_no_secret(&text, &key);
 
@@ -777,12 +851,22 @@ fn import_then_check_round_trip_and_no_overwrite() {
     assert_eq!((now.version, now.value), (1, stored.value.clone()));
 
     // With --overwrite it replaces it, and check shows the new key.
-    let out = run(&mut import_cmd(&home, &ep, &["-f", g.to_str().unwrap(), "--overwrite"]));
+    let out = run(&mut import_cmd(
+        &home,
+        &ep,
+        &["-f", g.to_str().unwrap(), "--overwrite"],
+    ));
     let text = assert_ok(&out);
-    assert!(text.contains(&format!("stored {PARAM} version 2")), "{text}");
+    assert!(
+        text.contains(&format!("stored {PARAM} version 2")),
+        "{text}"
+    );
     let out = run(&mut check_cmd(&home, &ep));
     let text = assert_ok(&out);
-    assert!(text.contains(&format!("address: {}", other.address)), "{text}");
+    assert!(
+        text.contains(&format!("address: {}", other.address)),
+        "{text}"
+    );
     assert_no_secret(&text, &other);
     home.assert_idle();
 }
@@ -808,17 +892,26 @@ fn import_from_stdin() {
     let mut cmd = import_cmd(&home, &ep, &["-f", "-", "--overwrite"]);
     cmd.stdin(stdin_with(other.json.as_bytes()));
     let text = assert_ok(&run(&mut cmd));
-    assert!(text.contains(&other.address) && text.contains("version 2"), "{text}");
+    assert!(
+        text.contains(&other.address) && text.contains("version 2"),
+        "{text}"
+    );
     assert_no_secret(&text, &other);
     let text = assert_ok(&run(&mut check_cmd(&home, &ep)));
-    assert!(text.contains(&format!("address: {}", other.address)), "{text}");
+    assert!(
+        text.contains(&format!("address: {}", other.address)),
+        "{text}"
+    );
     // An invalid document on stdin stores nothing.
     let mut cmd = import_cmd(&home, &ep, &["--overwrite"]);
     cmd.stdin(stdin_with(b"{\"address\": \"00\"}"));
     let out = run(&mut cmd);
     let text = output_text(&out);
     assert_eq!(out.status.code(), Some(EXIT_SOURCE), "{text}");
-    assert!(text.contains("standard input") && text.contains("nothing stored"), "{text}");
+    assert!(
+        text.contains("standard input") && text.contains("nothing stored"),
+        "{text}"
+    );
     assert_eq!(ssm_get_raw(&ep, PARAM).unwrap().version, 2);
 }
 
@@ -840,7 +933,9 @@ fn import_invalid_key_stores_nothing() {
         ),
         (
             "pub-mismatch",
-            edited(&key, |v| v["pub_key"]["value"] = other.pub_b64.clone().into()),
+            edited(&key, |v| {
+                v["pub_key"]["value"] = other.pub_b64.clone().into()
+            }),
             "pub_key.value is not the public key",
         ),
         (
@@ -862,7 +957,11 @@ fn import_invalid_key_stores_nothing() {
         assert_absent(&ep);
     }
     // A missing file is named.
-    let out = run(&mut import_cmd(&home, &ep, &["-f", "/nonexistent/key.json"]));
+    let out = run(&mut import_cmd(
+        &home,
+        &ep,
+        &["-f", "/nonexistent/key.json"],
+    ));
     let text = output_text(&out);
     assert_ne!(out.status.code(), Some(0), "{text}");
     assert!(text.contains("/nonexistent/key.json"), "{text}");
@@ -871,8 +970,17 @@ fn import_invalid_key_stores_nothing() {
     // Over an existing parameter, even with --overwrite, an invalid key changes nothing.
     put_key(&ep, PARAM, &key);
     let f = home.scratch("no-priv.json");
-    let out = run(&mut import_cmd(&home, &ep, &["-f", f.to_str().unwrap(), "--overwrite"]));
-    assert_eq!(out.status.code(), Some(EXIT_SOURCE), "{}", output_text(&out));
+    let out = run(&mut import_cmd(
+        &home,
+        &ep,
+        &["-f", f.to_str().unwrap(), "--overwrite"],
+    ));
+    assert_eq!(
+        out.status.code(),
+        Some(EXIT_SOURCE),
+        "{}",
+        output_text(&out)
+    );
     let p = ssm_get_raw(&ep, PARAM).unwrap();
     assert_eq!((p.version, p.value.as_str()), (1, key.json.as_str()));
     home.assert_idle();
@@ -889,11 +997,20 @@ fn import_without_parameter_name() {
     let out = run(&mut cmd);
     let text = output_text(&out);
     assert_eq!(out.status.code(), Some(EXIT_CONFIG), "{text}");
-    assert!(text.contains("AWS_PARAMETER") && text.contains("--parameter"), "{text}");
+    assert!(
+        text.contains("AWS_PARAMETER") && text.contains("--parameter"),
+        "{text}"
+    );
     assert_no_secret(&text, &key);
     // --parameter names it instead.
     let mut cmd = tool_cmd(&home, Some(&moto.endpoint()));
-    cmd.args(["--parameter", "/other/name", "import", "-f", f.to_str().unwrap()]);
+    cmd.args([
+        "--parameter",
+        "/other/name",
+        "import",
+        "-f",
+        f.to_str().unwrap(),
+    ]);
     let text = assert_ok(&run(&mut cmd));
     assert!(text.contains("stored /other/name version 1"), "{text}");
 }
@@ -905,12 +1022,25 @@ fn import_and_check_secp256k1() {
     let home = NodeHome::new();
     let key = TestKey::secp256k1();
     let f = scratch_file(&home, "secp.json", key.json.as_bytes());
-    let text = assert_ok(&run(&mut import_cmd(&home, &ep, &["-f", f.to_str().unwrap()])));
-    assert!(text.contains("secp256k1") && text.contains(&key.address), "{text}");
+    let text = assert_ok(&run(&mut import_cmd(
+        &home,
+        &ep,
+        &["-f", f.to_str().unwrap()],
+    )));
+    assert!(
+        text.contains("secp256k1") && text.contains(&key.address),
+        "{text}"
+    );
     assert_no_secret(&text, &key);
     let text = assert_ok(&run(&mut check_cmd(&home, &ep)));
-    assert!(text.contains(&format!("address: {}", key.address)), "{text}");
-    assert!(text.contains(&format!("pub_key: {}", key.pub_b64)), "{text}");
+    assert!(
+        text.contains(&format!("address: {}", key.address)),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!("pub_key: {}", key.pub_b64)),
+        "{text}"
+    );
     assert!(text.contains("valid secp256k1 key"), "{text}");
     assert_no_secret(&text, &key);
 }
@@ -940,7 +1070,12 @@ fn import_with_kms_key_id() {
 
 /// `run start --x y` as a standby: the arguments reach cosmovisor untouched, the node
 /// reads the safe key, and it all works with AWS unreachable.
-fn standby_run(home: &NodeHome, endpoint: &str, use_ssm_key: Option<&str>, flags: &[&str]) -> Output {
+fn standby_run(
+    home: &NodeHome,
+    endpoint: &str,
+    use_ssm_key: Option<&str>,
+    flags: &[&str],
+) -> Output {
     let mut cmd = tool_cmd(home, None);
     cmd.envs(aws_env(endpoint))
         .env("AWS_PARAMETER", PARAM)
@@ -984,13 +1119,18 @@ fn standby_makes_no_aws_connection() {
     let endpoint = format!("http://{}", listener.local_addr().unwrap());
     // Control: a connection is seen without anyone accepting it in time.
     drop(std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap());
-    assert!(listener.accept().is_ok(), "the listener does not see connections");
+    assert!(
+        listener.accept().is_ok(),
+        "the listener does not see connections"
+    );
     for use_ssm_key in [Some("false"), Some("NO"), Some("0"), None] {
         let home = NodeHome::new();
         standby_run(&home, &endpoint, use_ssm_key, &[]);
         match listener.accept() {
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
-            Ok((_, peer)) => panic!("USE_SSM_KEY={use_ssm_key:?}: an AWS connection was made from {peer}"),
+            Ok((_, peer)) => {
+                panic!("USE_SSM_KEY={use_ssm_key:?}: an AWS connection was made from {peer}")
+            }
             Err(e) => panic!("accept: {e}"),
         }
     }
@@ -1019,18 +1159,38 @@ fn use_ssm_key_flag_overrides_environment() {
     // And the reverse: --use-ssm-key true over USE_SSM_KEY=false needs a parameter.
     let home = NodeHome::new();
     let before = Snapshot::of(&home);
-    let mut cmd = run_start(&home, Some("http://127.0.0.1:1"), &["--use-ssm-key", "true"]);
+    let mut cmd = run_start(
+        &home,
+        Some("http://127.0.0.1:1"),
+        &["--use-ssm-key", "true"],
+    );
     cmd.env("USE_SSM_KEY", "false");
     let out = run(&mut cmd);
-    assert_refused(&home, &before, &out, EXIT_CONFIG, &["AWS_PARAMETER is not set"], &[]);
+    assert_refused(
+        &home,
+        &before,
+        &out,
+        EXIT_CONFIG,
+        &["AWS_PARAMETER is not set"],
+        &[],
+    );
 
     // --parameter overrides AWS_PARAMETER.
     let moto = Moto::start();
     let key = TestKey::ed25519();
-    ssm_put(&moto.endpoint(), "/flag/param", &key.json, "SecureString", None);
+    ssm_put(
+        &moto.endpoint(),
+        "/flag/param",
+        &key.json,
+        "SecureString",
+        None,
+    );
     let out = run(check_cmd(&home, &moto.endpoint()).args(["--parameter", "/flag/param"]));
     let text = assert_ok(&out);
-    assert!(text.contains("/flag/param version 1") && text.contains(&key.address), "{text}");
+    assert!(
+        text.contains("/flag/param version 1") && text.contains(&key.address),
+        "{text}"
+    );
 }
 
 #[test]
@@ -1062,7 +1222,16 @@ fn help_and_version() {
     let home = NodeHome::new();
     let out = run(tool_cmd(&home, None).arg("--help"));
     let text = assert_ok(&out);
-    for n in ["Usage", "run", "exec", "check", "restore", "import", "--use-ssm-key", "Exit status"] {
+    for n in [
+        "Usage",
+        "run",
+        "exec",
+        "check",
+        "restore",
+        "import",
+        "--use-ssm-key",
+        "Exit status",
+    ] {
         assert!(text.contains(n), "--help lacks {n:?}:\n{text}");
     }
     let out = run(tool_cmd(&home, None).arg("--version"));
@@ -1073,7 +1242,10 @@ fn help_and_version() {
     );
     // Subcommand help too.
     let text = assert_ok(&run(tool_cmd(&home, None).args(["import", "--help"])));
-    assert!(text.contains("--overwrite") && text.contains("--kms-key-id"), "{text}");
+    assert!(
+        text.contains("--overwrite") && text.contains("--kms-key-id"),
+        "{text}"
+    );
     home.assert_idle();
 }
 
@@ -1128,10 +1300,16 @@ fn credential_source_delivers_key() {
         let log = tool.log_text();
         assert_eq!(st.code(), Some(0), "{log}");
         home.assert_idle();
-        assert!(log.contains("validator_key") && log.contains(&key.address), "{log}");
+        assert!(
+            log.contains("validator_key") && log.contains(&key.address),
+            "{log}"
+        );
         assert_no_secret(&log, &key);
         // The credential is left as systemd made it.
-        assert_eq!(fs::read(creds.0.join("validator_key")).unwrap(), key.json.as_bytes());
+        assert_eq!(
+            fs::read(creds.0.join("validator_key")).unwrap(),
+            key.json.as_bytes()
+        );
     }
 }
 
@@ -1182,7 +1360,10 @@ fn credential_source_refuses_readable_file() {
     let before = Snapshot::of(&home);
     for (name, needles) in [
         ("other_key", vec!["other_key", "cannot read credential"]),
-        ("validator_key", vec!["validator_key", "not derived from pub_key"]),
+        (
+            "validator_key",
+            vec!["validator_key", "not derived from pub_key"],
+        ),
     ] {
         let mut cmd = run_start(&home, None, &[]);
         cmd.env("USE_SSM_KEY", "true")

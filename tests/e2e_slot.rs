@@ -649,6 +649,9 @@ fn describe_slot(home: &NodeHome) -> String {
             };
             format!("{kind} (ino {}, nlink {})", m.ino(), m.nlink())
         }
+        Ok(m) if std::os::unix::fs::FileTypeExt::is_fifo(&m.file_type()) => {
+            format!("FIFO (ino {})", m.ino())
+        }
         Ok(m) => format!("{:?} (ino {})", m.file_type(), m.ino()),
     };
     let mut s = format!("P={} orig={}", d(home.key_path()), d(&home.orig_path()));
