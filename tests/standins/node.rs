@@ -26,6 +26,13 @@
 //!   place and exit 1; only for starts `n <= NODE_UPGRADES` (default 1).
 //! - `NODE_EXIT_AFTER_MS` after an ok read, sleep then exit 0 without a marker; only for
 //!   starts `n <= NODE_EXITS` (default 1). Checked after the upgrade rule.
+//! - `NODE_MARKER_LOG` file to append one JSON line to when the upgrade marker has been
+//!   written (`{"marker_written_unix_us":…}`, after the file is closed) and right before a
+//!   planned exit (`{"exit_unix_us":…}`); `scripts/bench` pairs these with the tool's
+//!   `re_armed` log lines.
+//!
+//! Each report line also carries `read_done_unix_us`: the wall-clock time (µs since the
+//! epoch) at which the key had been read and parsed, for time-to-key measurements.
 //!
 //! Exit codes: 0 ok (signal or planned exit), 1 upgrade needed, 2 stripped key (CometBFT
 //! panic / bogus identity), 3 key path missing (CometBFT would generate a key), 4 invalid key
@@ -38,7 +45,7 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::process;
 use std::thread;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine as _;
@@ -118,7 +125,8 @@ fn main() {
         .collect();
 
     let (report, exit_code) = load_file_pv(&key_path);
-    let start_index = write_report(&report, home.as_deref(), &key_path);
+    let read_done_unix_us = unix_us();
+    let start_index = write_report(&report, home.as_deref(), &key_path, read_done_unix_us);
 
     if let Some(code) = exit_code {
         process::exit(code);
@@ -139,6 +147,7 @@ fn main() {
             });
             let name = format!("upgrade-{start_no}");
             write_upgrade_info(&home, &name, 100 + start_index);
+            marker_log("marker_written_unix_us");
             println!("UPGRADE \"{name}\" NEEDED at height: {}", 100 + start_index);
             let _ = std::io::stdout().flush();
             process::exit(EXIT_UPGRADE);
@@ -149,6 +158,7 @@ fn main() {
             thread::sleep(Duration::from_millis(ms));
             println!("node-standin: planned exit without upgrade marker");
             let _ = std::io::stdout().flush();
+            marker_log("exit_unix_us");
             process::exit(0);
         }
     }
@@ -343,7 +353,7 @@ fn compressed_sec1(pk: &k256::PublicKey) -> Vec<u8> {
 
 /// Appends the report line (one `write` on an `O_APPEND` fd so concurrent starts never
 /// interleave) and returns how many lines were already there.
-fn write_report(r: &Report, home: Option<&Path>, key_path: &Path) -> u64 {
+fn write_report(r: &Report, home: Option<&Path>, key_path: &Path, read_done_unix_us: u64) -> u64 {
     let Some(report_path) = std::env::var_os("NODE_REPORT") else {
         return 0;
     };
@@ -364,6 +374,7 @@ fn write_report(r: &Report, home: Option<&Path>, key_path: &Path) -> u64 {
         "bytes_read": r.bytes_read,
         "start_index": start_index,
         "elapsed_read_us": r.elapsed_read_us as u64,
+        "read_done_unix_us": read_done_unix_us,
         "key_path": key_path.display().to_string(),
         "home": home.map(|h| h.display().to_string()),
         // Lets tests check that arguments reach the node untouched through the supervisors.
@@ -408,6 +419,33 @@ fn write_upgrade_info(home: &Path, name: &str, height: u64) {
         .and_then(|mut f| f.write_all(body.as_bytes()));
     if let Err(e) = res {
         fatal_usage(&format!("write {}: {e}", path.display()));
+    }
+}
+
+/// Wall-clock microseconds since the Unix epoch (comparable across processes).
+fn unix_us() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_micros() as u64)
+        .unwrap_or(0)
+}
+
+/// Appends `{"<field>": <now in µs>}` to `$NODE_MARKER_LOG`, if set (one `write` on an
+/// `O_APPEND` fd, like the report).
+fn marker_log(field: &str) {
+    let Some(path) = std::env::var_os("NODE_MARKER_LOG") else {
+        return;
+    };
+    let mut line = json!({ field: unix_us(), "pid": process::id() }).to_string();
+    line.push('\n');
+    let res = OpenOptions::new()
+        .append(true)
+        .create(true)
+        .mode(0o600)
+        .open(&path)
+        .and_then(|mut f| f.write_all(line.as_bytes()));
+    if let Err(e) = res {
+        fatal_usage(&format!("write NODE_MARKER_LOG: {e}"));
     }
 }
 
