@@ -83,7 +83,7 @@ pub enum KeyError {
     #[error("the value is empty (expected a CometBFT priv_validator_key.json document)")]
     Empty,
     /// More than SSM can store.
-    #[error("the value is {len} bytes, larger than the {MAX_SECRET_LEN}-byte maximum SSM can store; it cannot be a priv_validator_key.json")]
+    #[error("the value is larger than the {MAX_SECRET_LEN}-byte maximum SSM can store ({len} bytes read); it cannot be a priv_validator_key.json")]
     TooLarge {
         /// Its size.
         len: usize,
