@@ -76,7 +76,10 @@ fn kernel_checks(r: &mut Report) {
                 r.pass("Yama ptrace_scope", format!("{v} ({meaning})"));
             }
         }
-        Err(_) => r.warn("Yama ptrace_scope", "Yama not present: same-uid ptrace is governed by dumpable only"),
+        Err(_) => r.warn(
+            "Yama ptrace_scope",
+            "Yama not present: same-uid ptrace is governed by dumpable only",
+        ),
     }
 }
 
@@ -90,7 +93,14 @@ pub fn run(ov: &Overrides) -> Result<u8, CliError> {
             return Ok(exit::CONFIG);
         }
     };
-    r.pass("USE_SSM_KEY", if cfg.use_ssm_key { "true (active signer)" } else { "false (standby: no key is fetched by run)" });
+    r.pass(
+        "USE_SSM_KEY",
+        if cfg.use_ssm_key {
+            "true (active signer)"
+        } else {
+            "false (standby: no key is fetched by run)"
+        },
+    );
     r.pass("node home", cfg.home.display());
     r.pass("key path", cfg.key_path.display());
     r.info("key read timeout", format!("{:?}", cfg.key_timeout));
@@ -98,14 +108,23 @@ pub fn run(ov: &Overrides) -> Result<u8, CliError> {
         Some(p) => r.pass("cosmovisor", p.display()),
         None => r.warn(
             "cosmovisor",
-            format!("{:?} not found (set COSMOVISOR_BIN); needed by run, not by exec", cfg.cosmovisor_bin),
+            format!(
+                "{:?} not found (set COSMOVISOR_BIN); needed by run, not by exec",
+                cfg.cosmovisor_bin
+            ),
         ),
     }
     if let Some(u) = &cfg.node_user {
         if rustix::process::geteuid().is_root() {
-            r.pass("node user", format!("{} (uid {}, gid {})", u.name, u.uid, u.gid));
+            r.pass(
+                "node user",
+                format!("{} (uid {}, gid {})", u.name, u.uid, u.gid),
+            );
         } else {
-            r.fail("node user", "switching the child to another user needs root (split-trust mode)");
+            r.fail(
+                "node user",
+                "switching the child to another user needs root (split-trust mode)",
+            );
         }
     }
     kernel_checks(&mut r);
@@ -115,13 +134,19 @@ pub fn run(ov: &Overrides) -> Result<u8, CliError> {
     } else {
         r.warn(
             "priv_validator_state.json",
-            format!("{} missing: CometBFT needs it to start (and to avoid double-signing)", state_file.display()),
+            format!(
+                "{} missing: CometBFT needs it to start (and to avoid double-signing)",
+                state_file.display()
+            ),
         );
     }
 
     let (uid, gid) = match &cfg.node_user {
         Some(u) => (u.uid, u.gid),
-        None => (rustix::process::geteuid().as_raw(), rustix::process::getegid().as_raw()),
+        None => (
+            rustix::process::geteuid().as_raw(),
+            rustix::process::getegid().as_raw(),
+        ),
     };
     let safe = match KeySlot::open(&cfg.key_path, uid, gid).and_then(|s| s.diagnose()) {
         Ok((rep, safe)) => {
@@ -154,7 +179,16 @@ pub fn run(ov: &Overrides) -> Result<u8, CliError> {
                         Origin::Ssm(p) => {
                             r.pass(
                                 "parameter",
-                                format!("{} version {} type {}{}", p.name, p.version, p.kind, p.arn.as_deref().map(|a| format!(" ({a})")).unwrap_or_default()),
+                                format!(
+                                    "{} version {} type {}{}",
+                                    p.name,
+                                    p.version,
+                                    p.kind,
+                                    p.arn
+                                        .as_deref()
+                                        .map(|a| format!(" ({a})"))
+                                        .unwrap_or_default()
+                                ),
                             );
                             if let SourceSpec::Ssm { parameter, .. } = spec {
                                 match source::ssm::describe(parameter) {
@@ -166,13 +200,22 @@ pub fn run(ov: &Overrides) -> Result<u8, CliError> {
                                             m.tier.as_deref().unwrap_or("unknown")
                                         ),
                                     ),
-                                    Err(e) => r.warn("KMS key", format!("cannot describe the parameter: {e}")),
+                                    Err(e) => r.warn(
+                                        "KMS key",
+                                        format!("cannot describe the parameter: {e}"),
+                                    ),
                                 }
                             }
                         }
                         Origin::Credential { name } => r.pass("credential", name),
                     }
-                    r.pass("key", format!("valid {} key (public key and address derived from the private key)", id.key_type()));
+                    r.pass(
+                        "key",
+                        format!(
+                            "valid {} key (public key and address derived from the private key)",
+                            id.key_type()
+                        ),
+                    );
                     r.pass("address", id.address_hex());
                     r.pass("pub_key", id.pub_key_b64());
                     if let Some(safe) = &safe {

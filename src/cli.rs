@@ -18,7 +18,9 @@ use crate::supervise::{self, exit, KeyJob};
 /// the node once, through a verified FIFO, never written to disk.
 #[derive(Debug, Parser)]
 #[command(name = "ssm-cosmovisor", version, about, long_about = None, allow_external_subcommands = true)]
-#[command(after_help = "Any other subcommand (version, add-upgrade, config, ...) is passed to cosmovisor unchanged.\n\nExit status: the child's status (128+N if killed by signal N); 2 configuration, 3 key source, 4 key slot needs an operator, 5 delivery failed or timed out, 6 key may be exposed (rotate it), 7 cannot start the child.")]
+#[command(
+    after_help = "Any other subcommand (version, add-upgrade, config, ...) is passed to cosmovisor unchanged.\n\nExit status: the child's status (128+N if killed by signal N); 2 configuration, 3 key source, 4 key slot needs an operator, 5 delivery failed or timed out, 6 key may be exposed (rotate it), 7 cannot start the child."
+)]
 pub struct Cli {
     /// Whether this host is the active signer [env: USE_SSM_KEY] (true/false, 1/0, yes/no).
     #[arg(long, global = true, value_name = "BOOL")]
@@ -151,7 +153,12 @@ impl From<supervise::SuperviseError> for CliError {
 /// Runs the parsed command line; returns the process exit code.
 pub fn main(cli: Cli) -> Result<u8, CliError> {
     let ov = cli.overrides();
-    let fmt = match ov.log_format.as_deref().map(str::to_string).or_else(|| ProcessEnv.get("SSM_COSMOVISOR_LOG_FORMAT")) {
+    let fmt = match ov
+        .log_format
+        .as_deref()
+        .map(str::to_string)
+        .or_else(|| ProcessEnv.get("SSM_COSMOVISOR_LOG_FORMAT"))
+    {
         Some(v) => LogFormat::parse("SSM_COSMOVISOR_LOG_FORMAT", &v)?,
         None => LogFormat::Text,
     };
@@ -182,14 +189,22 @@ pub fn main(cli: Cli) -> Result<u8, CliError> {
 fn node_ids(cfg: &Config) -> (u32, u32) {
     match &cfg.node_user {
         Some(u) => (u.uid, u.gid),
-        None => (rustix::process::geteuid().as_raw(), rustix::process::getegid().as_raw()),
+        None => (
+            rustix::process::geteuid().as_raw(),
+            rustix::process::getegid().as_raw(),
+        ),
     }
 }
 
 /// Opens and repairs the slot, fetches the key (when active), and supervises.
 fn run_with_key(cfg: &Config, program: &OsString, args: &[OsString]) -> Result<u8, CliError> {
     // Before any secret exists in this process.
-    crate::harden::harden_self().map_err(|e| CliError::new(1, format!("cannot harden the process (PR_SET_DUMPABLE/RLIMIT_CORE): {e}")))?;
+    crate::harden::harden_self().map_err(|e| {
+        CliError::new(
+            1,
+            format!("cannot harden the process (PR_SET_DUMPABLE/RLIMIT_CORE): {e}"),
+        )
+    })?;
     let (uid, gid) = node_ids(cfg);
     let slot = KeySlot::open(&cfg.key_path, uid, gid).map_err(|e| CliError::new(exit::SLOT, e))?;
     // Repair runs on every start, also as a standby: a FIFO left by a crash
@@ -197,9 +212,13 @@ fn run_with_key(cfg: &Config, program: &OsString, args: &[OsString]) -> Result<u
     let (repair, safe) = slot.repair().map_err(|e| CliError::new(exit::SLOT, e))?;
     tracing::info!(event = "slot_checked", path = %slot.path().display(), found = repair.found, action = repair.action.unwrap_or("none"), safe_address = %safe.address_hex(), "key slot ready");
     let job = if cfg.use_ssm_key {
-        let spec = cfg.source.as_ref().ok_or_else(|| CliError::new(exit::CONFIG, "no key source configured"))?;
+        let spec = cfg
+            .source
+            .as_ref()
+            .ok_or_else(|| CliError::new(exit::CONFIG, "no key source configured"))?;
         tracing::info!(event = "fetching", source = %spec.describe(), "attempting to fetch consensus key");
-        let fetched = source::fetch(spec, cfg.expected_address.as_deref()).map_err(|e| CliError::new(exit::SOURCE, e))?;
+        let fetched = source::fetch(spec, cfg.expected_address.as_deref())
+            .map_err(|e| CliError::new(exit::SOURCE, e))?;
         log_fetched(&fetched.origin, fetched.key.identity());
         slot.ensure_safe_differs(&safe, fetched.key.identity())
             .map_err(|e| CliError::new(exit::SLOT, e))?;
@@ -209,7 +228,10 @@ fn run_with_key(cfg: &Config, program: &OsString, args: &[OsString]) -> Result<u
             key: Arc::new(fetched.key),
         })
     } else {
-        tracing::info!(event = "standby", "USE_SSM_KEY is false: running without the consensus key");
+        tracing::info!(
+            event = "standby",
+            "USE_SSM_KEY is false: running without the consensus key"
+        );
         drop(slot);
         None
     };
@@ -254,22 +276,32 @@ fn restore(ov: &Overrides) -> Result<u8, CliError> {
     Ok(0)
 }
 
-fn import(ov: &Overrides, file: Option<PathBuf>, kms: Option<&str>, overwrite: bool) -> Result<u8, CliError> {
+fn import(
+    ov: &Overrides,
+    file: Option<PathBuf>,
+    kms: Option<&str>,
+    overwrite: bool,
+) -> Result<u8, CliError> {
     use secrecy::ExposeSecret;
     crate::harden::harden_self().map_err(|e| CliError::new(1, e))?;
     let name = ov
         .parameter
         .clone()
         .or_else(|| ProcessEnv.get("AWS_PARAMETER"))
-        .ok_or_else(|| CliError::new(exit::CONFIG, "AWS_PARAMETER is not set: name the SSM parameter to create (or --parameter)"))?;
+        .ok_or_else(|| {
+            CliError::new(
+                exit::CONFIG,
+                "AWS_PARAMETER is not set: name the SSM parameter to create (or --parameter)",
+            )
+        })?;
     let what = match &file {
         Some(p) if p.as_os_str() != "-" => p.display().to_string(),
         _ => "standard input".to_string(),
     };
     let mut reader: Box<dyn Read> = match &file {
-        Some(p) if p.as_os_str() != "-" => Box::new(
-            std::fs::File::open(p).map_err(|e| CliError::new(exit::CONFIG, format!("cannot read {}: {e}", p.display())))?,
-        ),
+        Some(p) if p.as_os_str() != "-" => Box::new(std::fs::File::open(p).map_err(|e| {
+            CliError::new(exit::CONFIG, format!("cannot read {}: {e}", p.display()))
+        })?),
         _ => Box::new(std::io::stdin()),
     };
     let mut buf = SecretBuf::with_capacity(MAX_SECRET_LEN + 1).map_err(|e| CliError::new(1, e))?;
@@ -284,14 +316,24 @@ fn import(ov: &Overrides, file: Option<PathBuf>, kms: Option<&str>, overwrite: b
             break;
         }
     }
-    let key = ValidatorKey::parse(buf.expose_secret())
-        .map_err(|e| CliError::new(exit::SOURCE, format!("{what} is not a valid key, nothing stored: {e}")))?;
+    let key = ValidatorKey::parse(buf.expose_secret()).map_err(|e| {
+        CliError::new(
+            exit::SOURCE,
+            format!("{what} is not a valid key, nothing stored: {e}"),
+        )
+    })?;
     drop(buf);
     let canonical = key.to_secret_json().map_err(|e| CliError::new(1, e))?;
-    let version = crate::source::ssm::put(&name, &canonical, kms, overwrite).map_err(|e| CliError::new(exit::SOURCE, e))?;
+    let version = crate::source::ssm::put(&name, &canonical, kms, overwrite)
+        .map_err(|e| CliError::new(exit::SOURCE, e))?;
     let id = key.identity();
     tracing::info!(event = "imported", parameter = %name, version, address = %id.address_hex(), "stored key as SecureString");
-    println!("stored {name} version {version} ({} address {} pub_key {})", id.key_type(), id.address_hex(), id.pub_key_b64());
+    println!(
+        "stored {name} version {version} ({} address {} pub_key {})",
+        id.key_type(),
+        id.address_hex(),
+        id.pub_key_b64()
+    );
     Ok(0)
 }
 
@@ -313,6 +355,9 @@ fn passthrough(ov: &Overrides, args: Vec<OsString>) -> Result<u8, CliError> {
     let e = cmd.exec();
     Err(CliError::new(
         exit::SPAWN,
-        format!("cannot run {}: {e}; set COSMOVISOR_BIN or put cosmovisor on PATH", PathBuf::from(program).display()),
+        format!(
+            "cannot run {}: {e}; set COSMOVISOR_BIN or put cosmovisor on PATH",
+            PathBuf::from(program).display()
+        ),
     ))
 }

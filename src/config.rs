@@ -58,7 +58,9 @@ pub enum ConfigError {
         reason: String,
     },
     /// The node user does not exist.
-    #[error("node user {0:?} not found in the user database (SSM_COSMOVISOR_NODE_USER / --node-user)")]
+    #[error(
+        "node user {0:?} not found in the user database (SSM_COSMOVISOR_NODE_USER / --node-user)"
+    )]
     NoSuchUser(String),
 }
 
@@ -297,10 +299,17 @@ pub fn key_path_for_home(home: &Path) -> Result<PathBuf, ConfigError> {
     let cfg = home.join("config/config.toml");
     let rel = match std::fs::read_to_string(&cfg) {
         Ok(text) => {
-            let doc: toml::Table = text.parse().map_err(|e: toml::de::Error| ConfigError::ConfigToml {
-                path: cfg.clone(),
-                reason: e.to_string().lines().next().unwrap_or("syntax error").to_string(),
-            })?;
+            let doc: toml::Table =
+                text.parse()
+                    .map_err(|e: toml::de::Error| ConfigError::ConfigToml {
+                        path: cfg.clone(),
+                        reason: e
+                            .to_string()
+                            .lines()
+                            .next()
+                            .unwrap_or("syntax error")
+                            .to_string(),
+                    })?;
             match doc.get("priv_validator_key_file") {
                 None => PathBuf::from(DEFAULT_KEY_FILE),
                 Some(toml::Value::String(s)) if !s.is_empty() => PathBuf::from(s),
@@ -320,13 +329,21 @@ pub fn key_path_for_home(home: &Path) -> Result<PathBuf, ConfigError> {
             })
         }
     };
-    Ok(if rel.is_absolute() { rel } else { home.join(rel) })
+    Ok(if rel.is_absolute() {
+        rel
+    } else {
+        home.join(rel)
+    })
 }
 
 impl Config {
     /// Resolves the configuration from flags, then environment, then defaults.
     /// `node_args` are the arguments for the node (to find its `--home`).
-    pub fn resolve(ov: &Overrides, env: &dyn Env, node_args: &[OsString]) -> Result<Config, ConfigError> {
+    pub fn resolve(
+        ov: &Overrides,
+        env: &dyn Env,
+        node_args: &[OsString],
+    ) -> Result<Config, ConfigError> {
         let use_ssm_key = match (ov.use_ssm_key.as_deref(), env.get("USE_SSM_KEY")) {
             (Some(v), _) => parse_bool("--use-ssm-key", v)?,
             (None, Some(v)) => parse_bool("USE_SSM_KEY", &v)?,
@@ -418,7 +435,8 @@ impl Config {
             // node's private home: read config.toml as the node would.
             None => match (&node_user, key_path_for_home(&home)) {
                 (Some(u), Err(ConfigError::ConfigToml { reason, .. }))
-                    if reason.contains("ermission denied") && rustix::process::geteuid().is_root() =>
+                    if reason.contains("ermission denied")
+                        && rustix::process::geteuid().is_root() =>
                 {
                     crate::sys::with_fs_ids(u.uid, u.gid, || key_path_for_home(&home))?
                 }
@@ -481,7 +499,10 @@ mod tests {
     use std::collections::HashMap;
 
     fn env(pairs: &[(&str, &str)]) -> HashMap<String, String> {
-        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
     }
 
     #[test]
@@ -498,9 +519,15 @@ mod tests {
 
     #[test]
     fn durations() {
-        assert_eq!(parse_duration("x", "15m").unwrap(), Duration::from_secs(900));
+        assert_eq!(
+            parse_duration("x", "15m").unwrap(),
+            Duration::from_secs(900)
+        );
         assert_eq!(parse_duration("x", "90").unwrap(), Duration::from_secs(90));
-        assert_eq!(parse_duration("x", "250ms").unwrap(), Duration::from_millis(250));
+        assert_eq!(
+            parse_duration("x", "250ms").unwrap(),
+            Duration::from_millis(250)
+        );
         assert!(parse_duration("x", "0").is_err());
         assert!(parse_duration("x", "fast").is_err());
         assert!(parse_duration("x", "5d").is_err());
@@ -519,13 +546,19 @@ mod tests {
             "moniker = \"x\"\npriv_validator_key_file = \"keys/pv.json\"\n",
         )
         .unwrap();
-        assert_eq!(key_path_for_home(d.path()).unwrap(), d.path().join("keys/pv.json"));
+        assert_eq!(
+            key_path_for_home(d.path()).unwrap(),
+            d.path().join("keys/pv.json")
+        );
         std::fs::write(
             d.path().join("config/config.toml"),
             "priv_validator_key_file = \"/run/x/pv.json\"\n",
         )
         .unwrap();
-        assert_eq!(key_path_for_home(d.path()).unwrap(), PathBuf::from("/run/x/pv.json"));
+        assert_eq!(
+            key_path_for_home(d.path()).unwrap(),
+            PathBuf::from("/run/x/pv.json")
+        );
         std::fs::write(d.path().join("config/config.toml"), "this is [not toml").unwrap();
         let e = key_path_for_home(d.path()).unwrap_err().to_string();
         assert!(e.contains("config.toml"), "{e}");
@@ -566,7 +599,10 @@ mod tests {
         };
         let c = Config::resolve(
             &ov,
-            &env(&[("USE_SSM_KEY", "true"), ("DAEMON_HOME", d.path().to_str().unwrap())]),
+            &env(&[
+                ("USE_SSM_KEY", "true"),
+                ("DAEMON_HOME", d.path().to_str().unwrap()),
+            ]),
             &["start".into(), "--home".into(), other.path().into()],
         )
         .unwrap();

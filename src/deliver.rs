@@ -147,7 +147,10 @@ pub enum DeliverError {
 }
 
 fn io_err(op: &'static str) -> impl FnOnce(rustix::io::Errno) -> DeliverError {
-    move |e| DeliverError::Io { op, source: e.into() }
+    move |e| DeliverError::Io {
+        op,
+        source: e.into(),
+    }
 }
 
 /// Cancels a pending hand-off from another thread.
@@ -165,7 +168,11 @@ impl Canceller {
         self.flag.store(true, Ordering::SeqCst);
         // The open of a FIFO for writing waits for the reader counter to
         // change, so closing our reader right away still wakes it.
-        let _ = reopen_as(&self.path_fd, OFlags::RDONLY | OFlags::NONBLOCK, self.as_node);
+        let _ = reopen_as(
+            &self.path_fd,
+            OFlags::RDONLY | OFlags::NONBLOCK,
+            self.as_node,
+        );
     }
 
     /// Whether cancel was called.
@@ -177,7 +184,11 @@ impl Canceller {
 /// Reopens the FIFO; as the node's fs ids when we are root and the FIFO is
 /// the node's (0600): root without CAP_DAC_OVERRIDE (the split-trust unit)
 /// could not open it otherwise.
-fn reopen_as(fd: &OwnedFd, flags: OFlags, as_node: Option<(u32, u32)>) -> rustix::io::Result<OwnedFd> {
+fn reopen_as(
+    fd: &OwnedFd,
+    flags: OFlags,
+    as_node: Option<(u32, u32)>,
+) -> rustix::io::Result<OwnedFd> {
     match as_node {
         Some((uid, gid)) => crate::sys::with_fs_ids(uid, gid, || proc_self_reopen(fd, flags)),
         None => proc_self_reopen(fd, flags),
@@ -202,7 +213,8 @@ impl Pending {
     /// Wraps an armed FIFO for delivery to the node of `policy`.
     pub fn new(armed: ArmedFifo, policy: &ReaderPolicy) -> Self {
         let path_fd = Arc::new(armed.path_fd.try_clone().expect("dup of O_PATH fd"));
-        let as_node = (rustix::process::geteuid().is_root() && policy.uid != 0).then_some((policy.uid, policy.gid));
+        let as_node = (rustix::process::geteuid().is_root() && policy.uid != 0)
+            .then_some((policy.uid, policy.gid));
         Pending {
             armed,
             canceller: Canceller {
@@ -275,12 +287,14 @@ impl Pending {
                 })
             }
         };
-        let (ok, strangers): (Vec<_>, Vec<_>) = holders.iter().cloned().partition(|h| policy.allows(h));
+        let (ok, strangers): (Vec<_>, Vec<_>) =
+            holders.iter().cloned().partition(|h| policy.allows(h));
         if !strangers.is_empty() || ok.len() != 1 {
             let reason = if strangers.is_empty() {
                 format!("{} node processes attached at once", ok.len())
             } else if ok.is_empty() {
-                "the reader is not our node (not a descendant of our child with the node's uid)".to_string()
+                "the reader is not our node (not a descendant of our child with the node's uid)"
+                    .to_string()
             } else {
                 "a stranger attached at the same time as the node".to_string()
             };
@@ -324,7 +338,11 @@ impl Pending {
                 })
             }
             Drain::Timeout => {
-                tracing::warn!(pid = reader.pid.0, "the node attached but did not read the key within {:?}; closing the pipe", DRAIN_BOUND);
+                tracing::warn!(
+                    pid = reader.pid.0,
+                    "the node attached but did not read the key within {:?}; closing the pipe",
+                    DRAIN_BOUND
+                );
                 return Ok(Outcome::NotRead {
                     reader,
                     reason: "the reader did not read the key in time",
@@ -350,7 +368,10 @@ impl Pending {
 
 /// Re-scans until the holder set is non-empty and unchanged across two scans.
 /// `Ok(Err(reason))` means undecidable within the bound: refuse.
-fn settle_holders(armed: &ArmedFifo, policy: &ReaderPolicy) -> Result<Result<Vec<Holder>, String>, ProcError> {
+fn settle_holders(
+    armed: &ArmedFifo,
+    policy: &ReaderPolicy,
+) -> Result<Result<Vec<Holder>, String>, ProcError> {
     let deadline = Instant::now() + SETTLE_BOUND;
     let mut prev: Option<Vec<Holder>> = None;
     let mut backoff = Duration::from_micros(100);
@@ -396,7 +417,11 @@ fn confirm_drained(writer: &OwnedFd) -> Result<Drain, DeliverError> {
         let n = rustix::event::poll(&mut fds, Some(&ts)).map_err(io_err("poll"))?;
         if n > 0 && fds[0].revents().intersects(PollFlags::ERR | PollFlags::HUP) {
             let pending = rustix::io::ioctl_fionread(writer.as_fd()).map_err(io_err("FIONREAD"))?;
-            return Ok(if pending == 0 { Drain::Drained } else { Drain::ReaderGone });
+            return Ok(if pending == 0 {
+                Drain::Drained
+            } else {
+                Drain::ReaderGone
+            });
         }
         if Instant::now() >= deadline {
             return Ok(Drain::Timeout);

@@ -38,7 +38,8 @@ pub fn child_creds(node_user: Option<&NodeUser>) -> ChildCreds {
     // Dropping from the bounding set needs CAP_SETPCAP; without it even an
     // absent capability gives EPERM. An unprivileged parent cannot drop it,
     // and `no_new_privs` already stops the child from gaining anything.
-    let can_setpcap = caps::has_cap(None, caps::CapSet::Effective, caps::Capability::CAP_SETPCAP).unwrap_or(false);
+    let can_setpcap = caps::has_cap(None, caps::CapSet::Effective, caps::Capability::CAP_SETPCAP)
+        .unwrap_or(false);
     let bounding_to_drop = if can_setpcap {
         caps::read(None, caps::CapSet::Bounding)
             .map(|set| set.into_iter().map(|c| c.index() as u32).collect())
@@ -90,7 +91,13 @@ mod tests {
         ] {
             assert!(is_scrubbed(v), "{v}");
         }
-        for v in ["DAEMON_HOME", "DAEMON_NAME", "PATH", "HOME", "DAEMON_RESTART_AFTER_UPGRADE"] {
+        for v in [
+            "DAEMON_HOME",
+            "DAEMON_NAME",
+            "PATH",
+            "HOME",
+            "DAEMON_RESTART_AFTER_UPGRADE",
+        ] {
             assert!(!is_scrubbed(v), "{v}");
         }
     }

@@ -122,7 +122,9 @@ pub enum KeyError {
     #[error("`{0}` is not valid base64")]
     Base64(&'static str),
     /// The private key value is empty: a stripped key file.
-    #[error("priv_key.value is empty: this is a stripped (public-only) key file, not a usable key")]
+    #[error(
+        "priv_key.value is empty: this is a stripped (public-only) key file, not a usable key"
+    )]
     Stripped,
     /// Wrong number of private key bytes.
     #[error("priv_key.value decodes to {found} bytes; a {key_type} private key has {expected}")]
@@ -151,7 +153,9 @@ pub enum KeyError {
     #[error("priv_key.value's embedded public key (bytes 32..64) is not derived from its seed (corrupt or spliced key)")]
     EmbeddedPubMismatch,
     /// `pub_key` is not derived from `priv_key`.
-    #[error("pub_key.value is not the public key of priv_key (derived {derived}, file says {found})")]
+    #[error(
+        "pub_key.value is not the public key of priv_key (derived {derived}, file says {found})"
+    )]
     PubMismatch {
         /// Base64 of the derived public key.
         derived: String,
@@ -385,8 +389,8 @@ impl KeyFile {
         }
         let pub_value = pub_key.value.ok_or(KeyError::Missing("pub_key.value"))?;
         let address = raw.address.ok_or(KeyError::Missing("address"))?;
-        let file_address =
-            parse_hex20(address).ok_or_else(|| KeyError::AddressFormat(truncate_for_message(address)))?;
+        let file_address = parse_hex20(address)
+            .ok_or_else(|| KeyError::AddressFormat(truncate_for_message(address)))?;
         let file_pub = decode_pub(key_type, pub_value)?;
 
         if priv_value.is_empty() {
@@ -534,7 +538,10 @@ mod tests {
             KeyFile::Stripped(id) => assert_eq!(&id, k.identity()),
             other => panic!("{other:?}"),
         }
-        assert_eq!(ValidatorKey::parse(&stripped).unwrap_err(), KeyError::Stripped);
+        assert_eq!(
+            ValidatorKey::parse(&stripped).unwrap_err(),
+            KeyError::Stripped
+        );
         let seed_b64 = B64.encode(ED_SEED);
         assert!(!String::from_utf8_lossy(&stripped).contains(&seed_b64[..20]));
     }
@@ -579,7 +586,11 @@ mod tests {
         );
         assert!(matches!(
             with(&|v| v["priv_key"]["value"] = B64.encode([1u8; 32]).into()),
-            KeyError::PrivLength { found: 32, expected: 64, .. }
+            KeyError::PrivLength {
+                found: 32,
+                expected: 64,
+                ..
+            }
         ));
         let other = ed_json([9u8; 32]);
         let ov: serde_json::Value = serde_json::from_str(&other).unwrap();
@@ -597,7 +608,10 @@ mod tests {
         ));
         let mut nul = good.clone().into_bytes();
         nul.push(0);
-        assert!(matches!(ValidatorKey::parse(&nul).unwrap_err(), KeyError::Nul { .. }));
+        assert!(matches!(
+            ValidatorKey::parse(&nul).unwrap_err(),
+            KeyError::Nul { .. }
+        ));
         let big = vec![b' '; MAX_SECRET_LEN + 1];
         let mut big2 = big.clone();
         big2[0] = b'{';
@@ -613,8 +627,12 @@ mod tests {
         // accept this and sign with a key that is not the one it advertises.
         let a: serde_json::Value = serde_json::from_str(&ed_json([1u8; 32])).unwrap();
         let b: serde_json::Value = serde_json::from_str(&ed_json([2u8; 32])).unwrap();
-        let pa = B64.decode(a["priv_key"]["value"].as_str().unwrap()).unwrap();
-        let pb = B64.decode(b["priv_key"]["value"].as_str().unwrap()).unwrap();
+        let pa = B64
+            .decode(a["priv_key"]["value"].as_str().unwrap())
+            .unwrap();
+        let pb = B64
+            .decode(b["priv_key"]["value"].as_str().unwrap())
+            .unwrap();
         let mut spliced = pa[..32].to_vec();
         spliced.extend_from_slice(&pb[32..]);
         let mut v = b.clone();
@@ -636,7 +654,9 @@ mod tests {
         let e = ValidatorKey::parse(bad.as_bytes()).unwrap_err().to_string();
         assert!(!e.contains("123456789"), "{e}");
         let truncated = &j[..j.len() - 10];
-        let e = ValidatorKey::parse(truncated.as_bytes()).unwrap_err().to_string();
+        let e = ValidatorKey::parse(truncated.as_bytes())
+            .unwrap_err()
+            .to_string();
         assert!(!e.contains(&priv_b64[..16]), "{e}");
     }
 }

@@ -7,7 +7,8 @@ use crate::config::LogFormat;
 /// Installs the global subscriber. `RUST_LOG` may raise or lower the level.
 pub fn init(format: LogFormat) {
     use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_env("SSM_COSMOVISOR_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    let filter =
+        EnvFilter::try_from_env("SSM_COSMOVISOR_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

@@ -87,7 +87,9 @@ pub fn is_descendant_of(pid: Pid, ancestor: Pid) -> bool {
 pub fn uids_of(pid: Pid) -> Option<[u32; 4]> {
     let s = fs::read_to_string(format!("/proc/{}/status", pid.0)).ok()?;
     let line = s.lines().find(|l| l.starts_with("Uid:"))?;
-    let mut v = line[4..].split_ascii_whitespace().map(|x| x.parse::<u32>().ok());
+    let mut v = line[4..]
+        .split_ascii_whitespace()
+        .map(|x| x.parse::<u32>().ok());
     Some([v.next()??, v.next()??, v.next()??, v.next()??])
 }
 
@@ -261,7 +263,7 @@ mod tests {
         let m = std::fs::metadata(&f).unwrap();
         let mut child = std::process::Command::new("sh")
             .arg("-c")
-            .arg("exec 7<\"$1\"; sleep 5")
+            .arg("exec 7<\"$1\"; exec sleep 5")
             .arg("sh")
             .arg(&f)
             .spawn()

@@ -62,7 +62,9 @@ impl SecretBuf {
     pub fn extend_from_slice(&mut self, bytes: &[u8]) -> Result<(), SecretError> {
         let end = self.len + bytes.len();
         if end > self.map.len() {
-            return Err(SecretError::TooLarge { cap: self.map.len() });
+            return Err(SecretError::TooLarge {
+                cap: self.map.len(),
+            });
         }
         self.map.as_mut_slice()[self.len..end].copy_from_slice(bytes);
         self.len = end;
@@ -77,7 +79,10 @@ impl SecretBuf {
     ) -> Result<usize, E> {
         let spare = &mut self.map.as_mut_slice()[self.len..];
         let n = f(spare)?;
-        assert!(n <= spare.len(), "append_with writer claimed more than it had");
+        assert!(
+            n <= spare.len(),
+            "append_with writer claimed more than it had"
+        );
         self.len += n;
         Ok(n)
     }
@@ -127,7 +132,12 @@ impl ZeroizeOnDrop for SecretBuf {}
 
 impl fmt::Debug for SecretBuf {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "SecretBuf([REDACTED {} bytes, {}])", self.len, self.map.kind())
+        write!(
+            f,
+            "SecretBuf([REDACTED {} bytes, {}])",
+            self.len,
+            self.map.kind()
+        )
     }
 }
 
@@ -216,10 +226,7 @@ mod tests {
                     .skip_while(|l| !l.starts_with(&addr))
                     .take(30)
                     .collect();
-                let locked = block
-                    .lines()
-                    .find(|l| l.starts_with("Locked:"))
-                    .unwrap();
+                let locked = block.lines().find(|l| l.starts_with("Locked:")).unwrap();
                 assert!(!locked.contains(" 0 kB"), "{locked}");
             }
         }

@@ -144,7 +144,9 @@ pub enum SlotError {
         address: String,
     },
     /// Another instance holds the slot.
-    #[error("another ssm-cosmovisor is managing {path:?} (lock held on its directory); stop it first")]
+    #[error(
+        "another ssm-cosmovisor is managing {path:?} (lock held on its directory); stop it first"
+    )]
     Locked {
         /// The directory.
         path: PathBuf,
@@ -207,18 +209,30 @@ fn open_dir_secure(dir: &Path, node_uid: u32) -> Result<OwnedFd, SlotError> {
         source,
     };
     if !dir.is_absolute() {
-        return Err(io("resolve", io::Error::other("key directory must be absolute")));
+        return Err(io(
+            "resolve",
+            io::Error::other("key directory must be absolute"),
+        ));
     }
     // Walk component by component with O_NOFOLLOW so every ancestor is checked
     // on the fd we actually traverse.
-    let mut cur = rustix::fs::open("/", OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())
-        .map_err(|e| io("open /", e.into()))?;
+    let mut cur = rustix::fs::open(
+        "/",
+        OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|e| io("open /", e.into()))?;
     let mut walked = PathBuf::from("/");
     for comp in dir.components() {
         let name = match comp {
             Component::RootDir => continue,
             Component::Normal(n) => n,
-            _ => return Err(io("resolve", io::Error::other("key path must not contain . or .."))),
+            _ => {
+                return Err(io(
+                    "resolve",
+                    io::Error::other("key path must not contain . or .."),
+                ))
+            }
         };
         walked.push(name);
         let next = rustix::fs::openat(
@@ -255,7 +269,10 @@ fn open_dir_secure(dir: &Path, node_uid: u32) -> Result<OwnedFd, SlotError> {
         {
             return Err(SlotError::UnsafeDir {
                 path: walked.clone(),
-                why: format!("an ancestor directory is writable by group/others (mode {:04o})", st.st_mode & 0o7777),
+                why: format!(
+                    "an ancestor directory is writable by group/others (mode {:04o})",
+                    st.st_mode & 0o7777
+                ),
             });
         }
         cur = next;
@@ -283,18 +300,27 @@ fn open_dir_secure(dir: &Path, node_uid: u32) -> Result<OwnedFd, SlotError> {
     let st = rustix::fs::fstat(&fd).map_err(|e| io("fstat", e.into()))?;
     let walked_st = rustix::fs::fstat(&cur).map_err(|e| io("fstat", e.into()))?;
     if !same_inode(&st, &walked_st) {
-        return Err(io("open directory", io::Error::other("directory changed while being opened")));
+        return Err(io(
+            "open directory",
+            io::Error::other("directory changed while being opened"),
+        ));
     }
     if !owner_trusted(&st, node_uid) {
         return Err(SlotError::UnsafeDir {
             path: dir.into(),
-            why: format!("owned by uid {}, not root or the node user (uid {node_uid})", st.st_uid),
+            why: format!(
+                "owned by uid {}, not root or the node user (uid {node_uid})",
+                st.st_uid
+            ),
         });
     }
     if group_or_world_writable(&st) {
         return Err(SlotError::UnsafeDir {
             path: dir.into(),
-            why: format!("writable by group or others (mode {:04o})", st.st_mode & 0o7777),
+            why: format!(
+                "writable by group or others (mode {:04o})",
+                st.st_mode & 0o7777
+            ),
         });
     }
     Ok(fd)
@@ -355,7 +381,10 @@ impl KeySlot {
     /// Opens the slot for key path `path`. `node_uid`/`node_gid` own the FIFO
     /// and stripped file (the node must be able to open them).
     pub fn open(path: &Path, node_uid: u32, node_gid: u32) -> Result<KeySlot, SlotError> {
-        let dir_path = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+        let dir_path = path
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
         let dir_path = if dir_path.is_absolute() {
             dir_path.to_path_buf()
         } else {
@@ -434,7 +463,9 @@ impl KeySlot {
             FileType::RegularFile => {
                 let bytes = self.read_regular(name, &st)?;
                 Ok(match KeyFile::parse(&bytes) {
-                    Ok(KeyFile::Complete(k)) => Entry::Complete(st, Box::new(k.identity().clone()), bytes),
+                    Ok(KeyFile::Complete(k)) => {
+                        Entry::Complete(st, Box::new(k.identity().clone()), bytes)
+                    }
                     Ok(KeyFile::Stripped(_)) => Entry::Stripped,
                     Err(e) => Entry::Invalid(e),
                 })
@@ -454,7 +485,11 @@ impl KeySlot {
             rustix::fs::openat(
                 &self.dir,
                 name,
-                OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC | OFlags::NOCTTY,
+                OFlags::RDONLY
+                    | OFlags::NOFOLLOW
+                    | OFlags::NONBLOCK
+                    | OFlags::CLOEXEC
+                    | OFlags::NOCTTY,
                 Mode::empty(),
             )
         };
@@ -495,9 +530,9 @@ impl KeySlot {
     }
 
     fn has_leftover_temps(&self) -> bool {
-        [&self.fifo_tmp, &self.stripped_tmp]
-            .iter()
-            .any(|t| rustix::fs::statat(&self.dir, t.as_os_str(), AtFlags::SYMLINK_NOFOLLOW).is_ok())
+        [&self.fifo_tmp, &self.stripped_tmp].iter().any(|t| {
+            rustix::fs::statat(&self.dir, t.as_os_str(), AtFlags::SYMLINK_NOFOLLOW).is_ok()
+        })
     }
 
     fn remove_leftover_temps(&self) -> Result<bool, SlotError> {
@@ -528,52 +563,57 @@ impl KeySlot {
     }
 
     fn repair_inner(&self, apply: bool) -> Result<(Repair, PublicIdentity), SlotError> {
-        let temps = if apply { self.remove_leftover_temps()? } else { self.has_leftover_temps() };
+        let temps = if apply {
+            self.remove_leftover_temps()?
+        } else {
+            self.has_leftover_temps()
+        };
         let p = self.inspect(&self.name)?;
         let o = self.inspect(&self.orig)?;
         let path = self.path.clone();
         // A usable backup: a complete key owned by a trusted user.
-        let restore_from_orig = |found: &'static str| -> Result<(Repair, PublicIdentity), SlotError> {
-            match &o {
-                Entry::Complete(_, id, _) if !apply => Ok((
-                    Repair {
-                        found,
-                        action: Some("would rename .orig over the key path"),
-                    },
-                    (**id).clone(),
-                )),
-                Entry::Complete(_, id, _) => {
-                    crate::failpoint!("before-restore-rename");
-                    rustix::fs::renameat(&self.dir, &self.orig, &self.dir, &self.name)
-                        .map_err(self.io("rename backup over", &self.name))?;
-                    crate::failpoint!("after-restore-rename");
-                    self.sync_dir()?;
-                    tracing::info!(event = "restored", path = %path.display(), address = %id.address_hex(), "restored original key file");
-                    Ok((
+        let restore_from_orig =
+            |found: &'static str| -> Result<(Repair, PublicIdentity), SlotError> {
+                match &o {
+                    Entry::Complete(_, id, _) if !apply => Ok((
                         Repair {
                             found,
-                            action: Some("renamed .orig over the key path"),
+                            action: Some("would rename .orig over the key path"),
                         },
                         (**id).clone(),
-                    ))
+                    )),
+                    Entry::Complete(_, id, _) => {
+                        crate::failpoint!("before-restore-rename");
+                        rustix::fs::renameat(&self.dir, &self.orig, &self.dir, &self.name)
+                            .map_err(self.io("rename backup over", &self.name))?;
+                        crate::failpoint!("after-restore-rename");
+                        self.sync_dir()?;
+                        tracing::info!(event = "restored", path = %path.display(), address = %id.address_hex(), "restored original key file");
+                        Ok((
+                            Repair {
+                                found,
+                                action: Some("renamed .orig over the key path"),
+                            },
+                            (**id).clone(),
+                        ))
+                    }
+                    Entry::Invalid(e) => Err(SlotError::BadBackup {
+                        path: path.clone(),
+                        what: found,
+                        source: e.clone(),
+                    }),
+                    Entry::Stripped => Err(SlotError::BadBackup {
+                        path: path.clone(),
+                        what: found,
+                        source: KeyError::Stripped,
+                    }),
+                    Entry::Fifo | Entry::Other(_) => Err(SlotError::WrongType {
+                        path: self.orig_path(),
+                        kind: "non-regular file",
+                    }),
+                    Entry::Absent => unreachable!("checked by caller"),
                 }
-                Entry::Invalid(e) => Err(SlotError::BadBackup {
-                    path: path.clone(),
-                    what: found,
-                    source: e.clone(),
-                }),
-                Entry::Stripped => Err(SlotError::BadBackup {
-                    path: path.clone(),
-                    what: found,
-                    source: KeyError::Stripped,
-                }),
-                Entry::Fifo | Entry::Other(_) => Err(SlotError::WrongType {
-                    path: self.orig_path(),
-                    kind: "non-regular file",
-                }),
-                Entry::Absent => unreachable!("checked by caller"),
-            }
-        };
+            };
         match (&p, &o) {
             (Entry::Complete(_, id, _), Entry::Absent) => Ok((
                 Repair {
@@ -622,7 +662,10 @@ impl KeySlot {
                     _ => KeyError::Stripped,
                 },
             }),
-            (Entry::Fifo, Entry::Absent) => Err(SlotError::Orphaned { path, what: "a FIFO" }),
+            (Entry::Fifo, Entry::Absent) => Err(SlotError::Orphaned {
+                path,
+                what: "a FIFO",
+            }),
             (Entry::Stripped, Entry::Absent) => Err(SlotError::Orphaned {
                 path,
                 what: "a stripped key",
@@ -641,7 +684,11 @@ impl KeySlot {
     }
 
     /// Refuses a safe key that is the consensus key itself.
-    pub fn ensure_safe_differs(&self, safe: &PublicIdentity, consensus: &PublicIdentity) -> Result<(), SlotError> {
+    pub fn ensure_safe_differs(
+        &self,
+        safe: &PublicIdentity,
+        consensus: &PublicIdentity,
+    ) -> Result<(), SlotError> {
         if safe.pub_key() == consensus.pub_key() {
             return Err(SlotError::SafeIsConsensus {
                 path: self.path.clone(),
@@ -653,8 +700,14 @@ impl KeySlot {
 
     /// idle → backed-up: hard-link the safe key as `P.orig`.
     pub fn backup(&self) -> Result<(), SlotError> {
-        rustix::fs::linkat(&self.dir, self.name.as_os_str(), &self.dir, self.orig.as_os_str(), AtFlags::empty())
-            .map_err(self.io("link backup", &self.orig))?;
+        rustix::fs::linkat(
+            &self.dir,
+            self.name.as_os_str(),
+            &self.dir,
+            self.orig.as_os_str(),
+            AtFlags::empty(),
+        )
+        .map_err(self.io("link backup", &self.orig))?;
         crate::failpoint!("after-backup-link");
         self.sync_dir()?;
         tracing::info!(event = "backup", path = %self.orig_path().display(), "original key saved as hard link");
@@ -666,11 +719,22 @@ impl KeySlot {
         let tmp = self.fifo_tmp.as_os_str();
         // A leftover of ours from a crash is removed first (it can only ever be a FIFO).
         let _ = rustix::fs::unlinkat(&self.dir, tmp, AtFlags::empty());
-        rustix::fs::mknodat(&self.dir, tmp, FileType::Fifo, Mode::from_raw_mode(0o600), 0)
-            .map_err(self.io("mkfifo", tmp))?;
+        rustix::fs::mknodat(
+            &self.dir,
+            tmp,
+            FileType::Fifo,
+            Mode::from_raw_mode(0o600),
+            0,
+        )
+        .map_err(self.io("mkfifo", tmp))?;
         crate::failpoint!("after-fifo-mknod");
-        let path_fd = rustix::fs::openat(&self.dir, tmp, OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC, Mode::empty())
-            .map_err(self.io("open", tmp))?;
+        let path_fd = rustix::fs::openat(
+            &self.dir,
+            tmp,
+            OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(self.io("open", tmp))?;
         let st = rustix::fs::fstat(&path_fd).map_err(self.io("fstat", tmp))?;
         if kind_of(&st) != FileType::Fifo {
             return Err(SlotError::WrongType {
@@ -679,7 +743,8 @@ impl KeySlot {
             });
         }
         self.chown_to_node(&path_fd, tmp)?;
-        rustix::fs::renameat(&self.dir, tmp, &self.dir, self.name.as_os_str()).map_err(self.io("rename FIFO over", &self.name))?;
+        rustix::fs::renameat(&self.dir, tmp, &self.dir, self.name.as_os_str())
+            .map_err(self.io("rename FIFO over", &self.name))?;
         crate::failpoint!("after-arm-rename");
         self.sync_dir()?;
         Ok(ArmedFifo {
@@ -704,7 +769,8 @@ impl KeySlot {
         self.chown_to_node(&fd, tmp)?;
         let mut written = 0;
         while written < stripped.len() {
-            written += rustix::io::write(&fd, &stripped[written..]).map_err(self.io("write", tmp))?;
+            written +=
+                rustix::io::write(&fd, &stripped[written..]).map_err(self.io("write", tmp))?;
         }
         crate::failpoint!("after-stripped-write");
         rustix::fs::fsync(&fd).map_err(self.io("fsync", tmp))?;
@@ -748,6 +814,14 @@ impl KeySlot {
     pub fn is_armed_with(&self, armed: &ArmedFifo) -> bool {
         rustix::fs::statat(&self.dir, self.name.as_os_str(), AtFlags::SYMLINK_NOFOLLOW)
             .map(|st| st.st_dev == armed.dev && st.st_ino == armed.ino)
+            .unwrap_or(false)
+    }
+
+    /// Whether `P` is, right now, a regular file: while we run, the stripped
+    /// key (a reader attached and no FIFO was armed since).
+    pub fn holds_regular_file(&self) -> bool {
+        rustix::fs::statat(&self.dir, self.name.as_os_str(), AtFlags::SYMLINK_NOFOLLOW)
+            .map(|st| kind_of(&st) == FileType::RegularFile)
             .unwrap_or(false)
     }
 }

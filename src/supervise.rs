@@ -12,7 +12,7 @@ use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus};
 use std::sync::mpsc::{self, RecvTimeoutError, Sender};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -22,7 +22,7 @@ use crate::harden;
 use crate::key::ValidatorKey;
 use crate::notify::Notifier;
 use crate::procfs::{self, Pid};
-use crate::slot::{KeySlot, SlotError};
+use crate::slot::{ArmedFifo, KeySlot, SlotError};
 
 /// Signals forwarded to the child.
 pub const FORWARDED: [i32; 4] = [libc::SIGINT, libc::SIGTERM, libc::SIGHUP, libc::SIGQUIT];
@@ -93,6 +93,84 @@ enum Event {
     Delivery(Result<Outcome, DeliverError>),
     Marker,
     ReaderExited(Pid),
+    /// A watcher thread re-armed the key path ([`FastRearm`]).
+    Rearmed,
+    /// A watcher thread failed to re-arm.
+    RearmFailed(SlotError),
+}
+
+/// Lets the watcher threads (upgrade marker, node exit) re-arm the key path
+/// themselves, the moment the reason shows, also while the main loop has not
+/// yet heard how the last hand-off ended (its verification can take tens of
+/// milliseconds under load). Going through the main loop cost wake-ups, and
+/// with the CPUs busy that lost the race with a cosmovisor restarting the
+/// node at once: the new node read the stripped file (tests/e2e_delivery.rs,
+/// 100 upgrades with two CPU hogs). The lock keeps re-arms to one thread at a
+/// time; the main loop takes a FIFO armed this way for its next hand-off.
+struct FastRearm {
+    slot: Arc<KeySlot>,
+    state: Mutex<FastState>,
+}
+
+struct FastState {
+    /// Watchers may re-arm (false once we stop).
+    enabled: bool,
+    /// A FIFO armed by a watcher, for the main loop's next hand-off.
+    armed: Option<ArmedFifo>,
+}
+
+impl FastRearm {
+    fn lock(&self) -> std::sync::MutexGuard<'_, FastState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Re-arms now if the stripped file is at the key path, and tells the
+    /// main loop. The stripped file is there only from a reader attaching to
+    /// the next re-arm: exactly when a starting node must not find it.
+    fn trigger(&self, reason: &'static str, tx: &Sender<Event>) {
+        let mut st = self.lock();
+        if !st.enabled || st.armed.is_some() || !self.slot.holds_regular_file() {
+            return;
+        }
+        let ev = match self.slot.arm() {
+            Ok(a) => {
+                tracing::info!(
+                    event = "re_armed",
+                    inode = a.ino,
+                    reason,
+                    "key FIFO re-armed"
+                );
+                st.armed = Some(a);
+                Event::Rearmed
+            }
+            Err(e) => Event::RearmFailed(e),
+        };
+        drop(st);
+        let _ = tx.send(ev);
+    }
+
+    /// The FIFO a watcher armed, if any.
+    fn take(&self) -> Option<ArmedFifo> {
+        self.lock().armed.take()
+    }
+
+    /// For the main loop's next hand-off: the FIFO a watcher armed (`false`),
+    /// else a new one (`true`).
+    fn take_or_arm(&self) -> Result<(ArmedFifo, bool), SlotError> {
+        let mut st = self.lock();
+        match st.armed.take() {
+            Some(a) => Ok((a, false)),
+            None => self.slot.arm().map(|a| (a, true)),
+        }
+    }
+
+    /// No more re-arms (shutdown); a FIFO armed meanwhile is dropped, the
+    /// restore that follows takes the slot back to idle.
+    fn disable(&self) {
+        let mut st = self.lock();
+        st.enabled = false;
+        st.armed = None;
+    }
 }
 
 /// What the key handling needs; `None` runs the child like plain cosmovisor.
@@ -116,7 +194,8 @@ pub fn status_code(st: &ExitStatus) -> u8 {
 fn spawn_signal_thread(tx: Sender<Event>) -> Result<(), SuperviseError> {
     let mut sigs = FORWARDED.to_vec();
     sigs.push(libc::SIGCHLD);
-    crate::sys::block_signals(&sigs).map_err(|e| SuperviseError::Internal(format!("blocking signals: {e}")))?;
+    crate::sys::block_signals(&sigs)
+        .map_err(|e| SuperviseError::Internal(format!("blocking signals: {e}")))?;
     thread::Builder::new()
         .name("signals".into())
         .spawn(move || loop {
@@ -141,13 +220,20 @@ fn spawn_signal_thread(tx: Sender<Event>) -> Result<(), SuperviseError> {
 
 /// Watches `<home>/data/` for the upgrade marker. The SDK rewrites
 /// `upgrade-info.json` in place, so close-after-write matters as much as create.
-fn spawn_marker_thread(data_dir: &Path, node: Option<(u32, u32)>, tx: Sender<Event>) {
+fn spawn_marker_thread(
+    data_dir: &Path,
+    node: Option<(u32, u32)>,
+    rearm: Arc<FastRearm>,
+    tx: Sender<Event>,
+) {
     use rustix::fs::inotify;
     let Ok(fd) = inotify::init(inotify::CreateFlags::CLOEXEC) else {
         tracing::warn!("inotify unavailable: re-arming only when the node exits");
         return;
     };
-    let flags = inotify::WatchFlags::CLOSE_WRITE | inotify::WatchFlags::MOVED_TO | inotify::WatchFlags::CREATE;
+    let flags = inotify::WatchFlags::CLOSE_WRITE
+        | inotify::WatchFlags::MOVED_TO
+        | inotify::WatchFlags::CREATE;
     let watched = match inotify::add_watch(&fd, data_dir, flags) {
         // Split-trust: the node's data/ may be closed to root without
         // CAP_DAC_READ_SEARCH; the watch only needs read access, as the node.
@@ -161,38 +247,58 @@ fn spawn_marker_thread(data_dir: &Path, node: Option<(u32, u32)>, tx: Sender<Eve
         tracing::warn!(dir = %data_dir.display(), error = %e, "cannot watch for the upgrade marker: re-arming only when the node exits");
         return;
     }
-    let _ = thread::Builder::new().name("upgrade-marker".into()).spawn(move || {
-        let mut buf = [std::mem::MaybeUninit::<u8>::uninit(); 4096];
-        let mut reader = inotify::Reader::new(&fd, &mut buf);
-        loop {
-            match reader.next() {
-                Ok(ev) => {
-                    let is_marker = ev.file_name().map(|n| n.to_bytes() == b"upgrade-info.json").unwrap_or(false);
-                    if is_marker && tx.send(Event::Marker).is_err() {
-                        return;
-                    }
-                }
-                Err(rustix::io::Errno::INTR) => continue,
-                Err(_) => return,
+    let _ = thread::Builder::new()
+        .name("upgrade-marker".into())
+        .spawn(move || {
+            // Best effort: the re-arm must beat cosmovisor restarting the node.
+            if let Err(e) = crate::sys::make_thread_realtime() {
+                tracing::debug!(error = %e, "re-arm watchers run at normal priority");
             }
-        }
-    });
+            let mut buf = [std::mem::MaybeUninit::<u8>::uninit(); 4096];
+            let mut reader = inotify::Reader::new(&fd, &mut buf);
+            loop {
+                match reader.next() {
+                    Ok(ev) => {
+                        let is_marker = ev
+                            .file_name()
+                            .map(|n| n.to_bytes() == b"upgrade-info.json")
+                            .unwrap_or(false);
+                        if is_marker {
+                            rearm.trigger("upgrade marker written", &tx);
+                            if tx.send(Event::Marker).is_err() {
+                                return;
+                            }
+                        }
+                    }
+                    Err(rustix::io::Errno::INTR) => continue,
+                    Err(_) => return,
+                }
+            }
+        });
 }
 
-fn spawn_reader_exit_thread(pid: Pid, tx: Sender<Event>) {
+fn spawn_reader_exit_thread(pid: Pid, rearm: Arc<FastRearm>, tx: Sender<Event>) {
     let Ok(pidfd) = rustix::process::pidfd_open(
         rustix::process::Pid::from_raw(pid.0).expect("positive pid"),
         rustix::process::PidfdFlags::empty(),
     ) else {
         // Already gone.
+        rearm.trigger("node exited", &tx);
         let _ = tx.send(Event::ReaderExited(pid));
         return;
     };
-    let _ = thread::Builder::new().name("node-exit".into()).spawn(move || {
-        let mut fds = [rustix::event::PollFd::new(&pidfd, rustix::event::PollFlags::IN)];
-        while let Err(rustix::io::Errno::INTR) = rustix::event::poll(&mut fds, None) {}
-        let _ = tx.send(Event::ReaderExited(pid));
-    });
+    let _ = thread::Builder::new()
+        .name("node-exit".into())
+        .spawn(move || {
+            let _ = crate::sys::make_thread_realtime();
+            let mut fds = [rustix::event::PollFd::new(
+                &pidfd,
+                rustix::event::PollFlags::IN,
+            )];
+            while let Err(rustix::io::Errno::INTR) = rustix::event::poll(&mut fds, None) {}
+            rearm.trigger("node exited", &tx);
+            let _ = tx.send(Event::ReaderExited(pid));
+        });
 }
 
 struct Delivering {
@@ -201,13 +307,24 @@ struct Delivering {
     since: Instant,
 }
 
-fn start_delivery(job: &KeyJob, pending: Pending, policy: &ReaderPolicy, next: Next, tx: &Sender<Event>) -> Delivering {
+fn start_delivery(
+    job: &KeyJob,
+    pending: Pending,
+    policy: &ReaderPolicy,
+    next: Next,
+    tx: &Sender<Event>,
+) -> Delivering {
     let d = Delivering {
         canceller: pending.canceller(),
         inode: pending.inode(),
         since: Instant::now(),
     };
-    let (slot, key, policy, tx) = (job.slot.clone(), job.key.clone(), policy.clone(), tx.clone());
+    let (slot, key, policy, tx) = (
+        job.slot.clone(),
+        job.key.clone(),
+        policy.clone(),
+        tx.clone(),
+    );
     thread::Builder::new()
         .name("deliver".into())
         .spawn(move || {
@@ -225,11 +342,58 @@ fn holders_text(h: &[procfs::Holder]) -> String {
                 "pid {} uid {} exe {}",
                 h.pid,
                 h.euid(),
-                h.exe.as_deref().map(|p| p.display().to_string()).unwrap_or_else(|| "?".into())
+                h.exe
+                    .as_deref()
+                    .map(|p| p.display().to_string())
+                    .unwrap_or_else(|| "?".into())
             )
         })
         .collect::<Vec<_>>()
         .join(", ")
+}
+
+/// Logs the outcome of a hand-off that finished after the child exited; no
+/// re-arm, the slot is about to be restored.
+fn report_late_outcome(r: Result<Outcome, DeliverError>, fatal: &mut Option<SuperviseError>) {
+    match r {
+        Ok(Outcome::Delivered {
+            reader, latency, ..
+        }) => tracing::info!(
+            event = "delivered",
+            pid = reader.pid.0,
+            uid = reader.euid(),
+            exe = %reader.exe.as_deref().map(|p| p.display().to_string()).unwrap_or_default(),
+            latency_us = latency.as_micros() as u64,
+            "key was read from named pipe by the node"
+        ),
+        Ok(Outcome::Refused {
+            holders, reason, ..
+        }) => {
+            tracing::error!(event = "refused_reader", holders = %holders_text(&holders), reason = %reason, "refused to hand the key over: nothing was written")
+        }
+        Ok(Outcome::NotRead { reader, reason, .. }) => {
+            tracing::warn!(
+                event = "not_read",
+                pid = reader.pid.0,
+                reason,
+                "the node did not take the key"
+            )
+        }
+        Ok(Outcome::Exposed { reader, strangers }) => {
+            let text = format!(
+                "after the key was written to pid {}, the pipe was also held by {}",
+                reader.pid,
+                holders_text(&strangers)
+            );
+            tracing::error!(event = "key_exposed", detail = %text, "KEY MAY BE EXPOSED: rotate the consensus key");
+            fatal.get_or_insert(SuperviseError::Exposed(text));
+        }
+        Ok(Outcome::Cancelled) => {}
+        Err(e) => {
+            tracing::error!(event = "delivery_failed", error = %e, "key delivery failed");
+            fatal.get_or_insert(e.into());
+        }
+    }
 }
 
 /// Stops every process we adopted (orphans of the child): TERM, then KILL
@@ -241,7 +405,10 @@ fn stop_orphans(me: Pid) {
     }
     for p in &orphans {
         tracing::warn!(event = "orphan", pid = p.0, exe = ?procfs::exe_of(*p), "stopping a process left behind by the child (no node may sign unsupervised)");
-        let _ = rustix::process::kill_process(rustix::process::Pid::from_raw(p.0).unwrap(), rustix::process::Signal::TERM);
+        let _ = rustix::process::kill_process(
+            rustix::process::Pid::from_raw(p.0).unwrap(),
+            rustix::process::Signal::TERM,
+        );
     }
     let deadline = Instant::now() + ORPHAN_GRACE;
     while !orphans.is_empty() {
@@ -249,7 +416,10 @@ fn stop_orphans(me: Pid) {
         orphans = procfs::children_of(me);
         if Instant::now() >= deadline {
             for p in &orphans {
-                let _ = rustix::process::kill_process(rustix::process::Pid::from_raw(p.0).unwrap(), rustix::process::Signal::KILL);
+                let _ = rustix::process::kill_process(
+                    rustix::process::Pid::from_raw(p.0).unwrap(),
+                    rustix::process::Signal::KILL,
+                );
             }
             thread::sleep(Duration::from_millis(20));
             reap_others(None);
@@ -278,7 +448,12 @@ fn reap_others(keep: Option<Pid>) {
 
 /// Runs `program args` as our child and supervises it to the end. Returns
 /// the exit code for our process.
-pub fn run(cfg: &Config, program: &OsString, args: &[OsString], job: Option<KeyJob>) -> Result<u8, SuperviseError> {
+pub fn run(
+    cfg: &Config,
+    program: &OsString,
+    args: &[OsString],
+    job: Option<KeyJob>,
+) -> Result<u8, SuperviseError> {
     let notifier = Notifier::from_env();
     let (tx, rx) = mpsc::channel::<Event>();
     spawn_signal_thread(tx.clone())?;
@@ -336,32 +511,68 @@ pub fn run(cfg: &Config, program: &OsString, args: &[OsString], job: Option<KeyJ
 
     let policy = ReaderPolicy {
         root: child_pid,
-        uid: cfg.node_user.as_ref().map(|u| u.uid).unwrap_or_else(|| rustix::process::geteuid().as_raw()),
-        gid: cfg.node_user.as_ref().map(|u| u.gid).unwrap_or_else(|| rustix::process::getegid().as_raw()),
+        uid: cfg
+            .node_user
+            .as_ref()
+            .map(|u| u.uid)
+            .unwrap_or_else(|| rustix::process::geteuid().as_raw()),
+        gid: cfg
+            .node_user
+            .as_ref()
+            .map(|u| u.gid)
+            .unwrap_or_else(|| rustix::process::getegid().as_raw()),
         me,
     };
     let mut delivering: Option<Delivering> = None;
-    let mut delivered_once = false;
-    if let Some(j) = &job {
+    let fast = job.as_ref().map(|j| {
+        Arc::new(FastRearm {
+            slot: j.slot.clone(),
+            state: Mutex::new(FastState {
+                enabled: true,
+                armed: None,
+            }),
+        })
+    });
+    if let (Some(j), Some(fast)) = (&job, &fast) {
         spawn_marker_thread(
             &cfg.home.join("data"),
-            cfg.node_user.as_ref().filter(|_| rustix::process::geteuid().is_root()).map(|u| (u.uid, u.gid)),
+            cfg.node_user
+                .as_ref()
+                .filter(|_| rustix::process::geteuid().is_root())
+                .map(|u| (u.uid, u.gid)),
+            fast.clone(),
             tx.clone(),
         );
         let a = armed.take().expect("armed above");
-        delivering = Some(start_delivery(j, Pending::new(a, &policy), &policy, next_mode(cfg), &tx));
+        delivering = Some(start_delivery(
+            j,
+            Pending::new(a, &policy),
+            &policy,
+            next_mode(cfg),
+            &tx,
+        ));
         notifier.ready("waiting for the node to read the key");
     } else {
         notifier.ready("running without the SSM key (USE_SSM_KEY=false)");
     }
 
     let forward = |sig: i32| {
-        let s = rustix::process::Signal::from_named_raw(sig).unwrap_or(rustix::process::Signal::TERM);
+        let s =
+            rustix::process::Signal::from_named_raw(sig).unwrap_or(rustix::process::Signal::TERM);
         let r = match &child_pidfd {
             Some(fd) => rustix::process::pidfd_send_signal(fd.as_fd(), s),
-            None => rustix::process::kill_process(rustix::process::Pid::from_raw(child_pid.0).unwrap(), s),
+            None => rustix::process::kill_process(
+                rustix::process::Pid::from_raw(child_pid.0).unwrap(),
+                s,
+            ),
         };
-        tracing::info!(event = "signal_forwarded", signal = sig, pid = child_pid.0, ok = r.is_ok(), "forwarded signal to child");
+        tracing::info!(
+            event = "signal_forwarded",
+            signal = sig,
+            pid = child_pid.0,
+            ok = r.is_ok(),
+            "forwarded signal to child"
+        );
     };
     // Fatal conditions stop the child, then fall through to the common exit.
     let mut fatal: Option<SuperviseError> = None;
@@ -391,7 +602,9 @@ pub fn run(cfg: &Config, program: &OsString, args: &[OsString], job: Option<KeyJ
         let ev = match rx.recv_timeout(wait) {
             Ok(ev) => Some(ev),
             Err(RecvTimeoutError::Timeout) => None,
-            Err(RecvTimeoutError::Disconnected) => break Err(std::io::Error::other("event channel closed")),
+            Err(RecvTimeoutError::Disconnected) => {
+                break Err(std::io::Error::other("event channel closed"))
+            }
         };
         if let Some(iv) = notifier.watchdog_interval() {
             if last_ping.elapsed() >= iv {
@@ -402,7 +615,10 @@ pub fn run(cfg: &Config, program: &OsString, args: &[OsString], job: Option<KeyJ
         let Some(ev) = ev else {
             if let (Some(d), Some(j)) = (&delivering, &job) {
                 if d.since.elapsed() >= cfg.key_timeout && fatal.is_none() {
-                    fatal = Some(SuperviseError::Timeout(cfg.key_timeout, j.slot.path().to_path_buf()));
+                    fatal = Some(SuperviseError::Timeout(
+                        cfg.key_timeout,
+                        j.slot.path().to_path_buf(),
+                    ));
                     d.canceller.cancel();
                     forward(libc::SIGTERM);
                     stopping = true;
@@ -414,16 +630,25 @@ pub fn run(cfg: &Config, program: &OsString, args: &[OsString], job: Option<KeyJ
             Event::Signal(libc::SIGCHLD) => reap_others(Some(child_pid)),
             Event::Signal(sig) => {
                 stopping = true;
+                if let Some(fast) = &fast {
+                    // The node is about to stop: no re-arm for it.
+                    fast.disable();
+                }
                 notifier.stopping();
                 forward(sig);
             }
             Event::ChildExited(st) => break st,
             Event::Delivery(r) => {
                 delivering = None;
-                let Some(j) = &job else { continue };
+                let (Some(j), Some(fast)) = (&job, &fast) else {
+                    continue;
+                };
                 match r {
-                    Ok(Outcome::Delivered { reader, latency, next }) => {
-                        delivered_once = true;
+                    Ok(Outcome::Delivered {
+                        reader,
+                        latency,
+                        next,
+                    }) => {
                         tracing::info!(
                             event = "delivered",
                             pid = reader.pid.0,
@@ -435,19 +660,68 @@ pub fn run(cfg: &Config, program: &OsString, args: &[OsString], job: Option<KeyJ
                         notifier.status(&format!("key delivered to pid {}", reader.pid));
                         match next {
                             Some(a) => {
-                                tracing::info!(event = "re_armed", inode = a.ino, reason = "always-armed", "key FIFO re-armed");
-                                delivering = Some(start_delivery(j, Pending::new(a, &policy), &policy, Next::Fifo, &tx));
+                                tracing::info!(
+                                    event = "re_armed",
+                                    inode = a.ino,
+                                    reason = "always-armed",
+                                    "key FIFO re-armed"
+                                );
+                                delivering = Some(start_delivery(
+                                    j,
+                                    Pending::new(a, &policy),
+                                    &policy,
+                                    Next::Fifo,
+                                    &tx,
+                                ));
                             }
-                            None => spawn_reader_exit_thread(reader.pid, tx.clone()),
+                            None => match fast.take() {
+                                // The node already wrote its upgrade marker
+                                // (or exited) while we were verifying.
+                                Some(a) if !stopping => {
+                                    notifier.status("waiting for the node to read the key");
+                                    delivering = Some(start_delivery(
+                                        j,
+                                        Pending::new(a, &policy),
+                                        &policy,
+                                        next_mode(cfg),
+                                        &tx,
+                                    ));
+                                }
+                                Some(_) => {}
+                                // From now on the watchers re-arm by themselves.
+                                None => {
+                                    spawn_reader_exit_thread(reader.pid, fast.clone(), tx.clone())
+                                }
+                            },
                         }
                     }
-                    Ok(Outcome::Refused { holders, reason, next }) => {
+                    Ok(Outcome::Refused {
+                        holders,
+                        reason,
+                        next,
+                    }) => {
                         tracing::error!(event = "refused_reader", holders = %holders_text(&holders), reason = %reason, "refused to hand the key over: nothing was written");
                         if !stopping {
-                            match next.map(Ok).unwrap_or_else(|| j.slot.arm()) {
-                                Ok(a) => {
-                                    tracing::info!(event = "re_armed", inode = a.ino, reason = "after refusal", "key FIFO re-armed");
-                                    delivering = Some(start_delivery(j, Pending::new(a, &policy), &policy, next_mode(cfg), &tx));
+                            match next
+                                .map(|a| Ok((a, true)))
+                                .unwrap_or_else(|| fast.take_or_arm())
+                            {
+                                Ok((a, fresh)) => {
+                                    if fresh {
+                                        tracing::info!(
+                                            event = "re_armed",
+                                            inode = a.ino,
+                                            reason = "after refusal",
+                                            "key FIFO re-armed"
+                                        );
+                                    }
+                                    delivering = Some(start_delivery(
+                                        j,
+                                        Pending::new(a, &policy),
+                                        &policy,
+                                        next_mode(cfg),
+                                        &tx,
+                                    ));
                                 }
                                 Err(e) => {
                                     fatal.get_or_insert(e.into());
@@ -457,13 +731,38 @@ pub fn run(cfg: &Config, program: &OsString, args: &[OsString], job: Option<KeyJ
                             }
                         }
                     }
-                    Ok(Outcome::NotRead { reader, reason, next }) => {
-                        tracing::warn!(event = "not_read", pid = reader.pid.0, reason, "the node did not take the key; re-arming");
+                    Ok(Outcome::NotRead {
+                        reader,
+                        reason,
+                        next,
+                    }) => {
+                        tracing::warn!(
+                            event = "not_read",
+                            pid = reader.pid.0,
+                            reason,
+                            "the node did not take the key; re-arming"
+                        );
                         if !stopping {
-                            match next.map(Ok).unwrap_or_else(|| j.slot.arm()) {
-                                Ok(a) => {
-                                    tracing::info!(event = "re_armed", inode = a.ino, reason = "not read", "key FIFO re-armed");
-                                    delivering = Some(start_delivery(j, Pending::new(a, &policy), &policy, next_mode(cfg), &tx));
+                            match next
+                                .map(|a| Ok((a, true)))
+                                .unwrap_or_else(|| fast.take_or_arm())
+                            {
+                                Ok((a, fresh)) => {
+                                    if fresh {
+                                        tracing::info!(
+                                            event = "re_armed",
+                                            inode = a.ino,
+                                            reason = "not read",
+                                            "key FIFO re-armed"
+                                        );
+                                    }
+                                    delivering = Some(start_delivery(
+                                        j,
+                                        Pending::new(a, &policy),
+                                        &policy,
+                                        next_mode(cfg),
+                                        &tx,
+                                    ));
                                 }
                                 Err(e) => {
                                     fatal.get_or_insert(e.into());
@@ -494,32 +793,46 @@ pub fn run(cfg: &Config, program: &OsString, args: &[OsString], job: Option<KeyJ
                 }
             }
             Event::Marker | Event::ReaderExited(_) => {
-                let Some(j) = &job else { continue };
-                if delivering.is_some() || stopping || !delivered_once {
+                if let Event::ReaderExited(pid) = ev {
+                    tracing::info!(
+                        event = "node_exited",
+                        pid = pid.0,
+                        "the node that read the key exited"
+                    );
+                }
+                // The re-arm itself was done by the watcher thread that sent
+                // this (FastRearm), before sending it; see Event::Rearmed.
+            }
+            Event::Rearmed => {
+                let (Some(j), Some(fast)) = (&job, &fast) else {
+                    continue;
+                };
+                if stopping || delivering.is_some() {
+                    // Stopping: the restore takes the slot back to idle. A
+                    // hand-off still being verified: its outcome takes the FIFO.
                     continue;
                 }
-                let reason = match ev {
-                    Event::ReaderExited(pid) => {
-                        tracing::info!(event = "node_exited", pid = pid.0, "the node that read the key exited");
-                        "node exited"
-                    }
-                    _ => "upgrade marker written",
-                };
-                match j.slot.arm() {
-                    Ok(a) => {
-                        tracing::info!(event = "re_armed", inode = a.ino, reason, "key FIFO re-armed");
-                        notifier.status("waiting for the node to read the key");
-                        delivering = Some(start_delivery(j, Pending::new(a, &policy), &policy, next_mode(cfg), &tx));
-                    }
-                    Err(e) => {
-                        fatal.get_or_insert(e.into());
-                        forward(libc::SIGTERM);
-                        stopping = true;
-                    }
-                }
+                let Some(a) = fast.take() else { continue };
+                notifier.status("waiting for the node to read the key");
+                delivering = Some(start_delivery(
+                    j,
+                    Pending::new(a, &policy),
+                    &policy,
+                    next_mode(cfg),
+                    &tx,
+                ));
+            }
+            Event::RearmFailed(e) => {
+                fatal.get_or_insert(e.into());
+                forward(libc::SIGTERM);
+                stopping = true;
             }
         }
     };
+    if let Some(fast) = &fast {
+        // No watcher may move the slot once we head for the restore.
+        fast.disable();
+    }
 
     notifier.stopping();
     if let Some(d) = &delivering {
@@ -528,9 +841,18 @@ pub fn run(cfg: &Config, program: &OsString, args: &[OsString], job: Option<KeyJ
         let deadline = Instant::now() + Duration::from_secs(5);
         while Instant::now() < deadline {
             match rx.recv_timeout(Duration::from_millis(50)) {
-                Ok(Event::Delivery(_)) => break,
+                Ok(Event::Delivery(r)) => {
+                    // The child may exit before the main loop saw the outcome
+                    // of a hand-off that was finishing (a refused node exits at
+                    // once): it must still reach the log, and an exposure must
+                    // still fail the run.
+                    report_late_outcome(r, &mut fatal);
+                    break;
+                }
                 Ok(_) => {}
-                Err(_) => {}
+                // A cancel that lands before the delivery thread is blocked in
+                // its writer open (it was just started) wakes nobody: poke again.
+                Err(_) => d.canceller.cancel(),
             }
         }
         tracing::debug!(inode = d.inode, "pending delivery cancelled");
@@ -548,7 +870,11 @@ pub fn run(cfg: &Config, program: &OsString, args: &[OsString], job: Option<KeyJ
     };
     if let Some(j) = &job {
         let r = j.slot.restore()?;
-        tracing::info!(event = "restore_done", found = r.found, "key slot back to idle");
+        tracing::info!(
+            event = "restore_done",
+            found = r.found,
+            "key slot back to idle"
+        );
         notifier.status("safe key restored");
     }
     match fatal {

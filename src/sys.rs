@@ -121,7 +121,11 @@ impl SecretMapping {
         // any fork (the child process is spawned with fork/exec).
         // SAFETY: advising on exactly the range we mapped above.
         unsafe {
-            rustix::mm::madvise(mapping.ptr.as_ptr().cast(), len, rustix::mm::Advice::LinuxDontFork)
+            rustix::mm::madvise(
+                mapping.ptr.as_ptr().cast(),
+                len,
+                rustix::mm::Advice::LinuxDontFork,
+            )
         }
         .map_err(|e| fail("madvise(MADV_DONTFORK)", e.into()))?;
         // Touch the pages now: secretmem faults can fail (RLIMIT_MEMLOCK) and a
@@ -155,10 +159,18 @@ impl SecretMapping {
             )
         })?;
         unsafe {
-            rustix::mm::madvise(mapping.ptr.as_ptr().cast(), len, rustix::mm::Advice::LinuxDontDump)
+            rustix::mm::madvise(
+                mapping.ptr.as_ptr().cast(),
+                len,
+                rustix::mm::Advice::LinuxDontDump,
+            )
         }?;
         unsafe {
-            rustix::mm::madvise(mapping.ptr.as_ptr().cast(), len, rustix::mm::Advice::LinuxWipeOnFork)
+            rustix::mm::madvise(
+                mapping.ptr.as_ptr().cast(),
+                len,
+                rustix::mm::Advice::LinuxWipeOnFork,
+            )
         }?;
         Ok(mapping)
     }
@@ -255,9 +267,7 @@ pub unsafe fn harden_child_after_fork(creds: &ChildCreds) -> io::Result<()> {
         // to all threads with signals (setxid), which is not what we want in a
         // forked child and is not async-signal-safe in every libc.
         // SAFETY: `groups` is a live, initialised slice of gid_t-sized values.
-        cvt(unsafe {
-            libc::syscall(libc::SYS_setgroups, groups.len(), groups.as_ptr())
-        })?;
+        cvt(unsafe { libc::syscall(libc::SYS_setgroups, groups.len(), groups.as_ptr()) })?;
         // SAFETY: integer arguments only.
         cvt(unsafe { libc::syscall(libc::SYS_setresgid, *gid, *gid, *gid) })?;
         // SAFETY: integer arguments only.
@@ -447,4 +457,25 @@ pub fn with_fs_ids<T>(uid: u32, gid: u32, f: impl FnOnce() -> T) -> T {
     unsafe { libc::syscall(libc::SYS_setfsuid, old_uid) };
     unsafe { libc::syscall(libc::SYS_setfsgid, old_gid) };
     out
+}
+
+/// Puts the calling thread in the lowest real-time class (`SCHED_FIFO` 1,
+/// reset on fork). For the threads that re-arm the key FIFO when the node
+/// halts for an upgrade or exits: at normal priority, with the CPUs busy,
+/// their wake-up lost the race with a cosmovisor that restarts the node at
+/// once (measured by tests/e2e_delivery.rs). Needs `CAP_SYS_NICE` or
+/// `RLIMIT_RTPRIO` >= 1 and is refused under systemd's `RestrictRealtime=yes`
+/// or a seccomp filter denying `@resources`; then the thread stays as it was.
+pub fn make_thread_realtime() -> io::Result<()> {
+    let param = libc::sched_param { sched_priority: 1 };
+    // SAFETY: pid 0 is the calling thread; `param` is a valid sched_param
+    // that outlives the call.
+    let rc = unsafe {
+        libc::sched_setscheduler(0, libc::SCHED_FIFO | libc::SCHED_RESET_ON_FORK, &param)
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
 }

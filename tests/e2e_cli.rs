@@ -39,7 +39,10 @@ const EXIT_SOURCE: i32 = 3;
 /// refused run can be shown to have changed nothing (no `.orig`, no temporary file, no
 /// FIFO, no rewritten key).
 #[derive(Debug, PartialEq, Eq)]
-struct Snapshot(BTreeMap<PathBuf, (String, u32, u64, Option<Vec<u8>>)>);
+struct Snapshot(BTreeMap<PathBuf, Entry>);
+
+/// File type, mode, size and (small files) content.
+type Entry = (String, u32, u64, Option<Vec<u8>>);
 
 impl Snapshot {
     fn of(home: &NodeHome) -> Snapshot {
@@ -49,7 +52,7 @@ impl Snapshot {
     }
 }
 
-fn walk(root: &Path, dir: &Path, m: &mut BTreeMap<PathBuf, (String, u32, u64, Option<Vec<u8>>)>) {
+fn walk(root: &Path, dir: &Path, m: &mut BTreeMap<PathBuf, Entry>) {
     for e in fs::read_dir(dir).unwrap_or_else(|e| panic!("read_dir {}: {e}", dir.display())) {
         let e = e.expect("dir entry");
         let p = e.path();

@@ -80,12 +80,12 @@ impl Setup {
     /// Waits for `n` node reports; panics with the log if they do not come.
     fn wait_reports(&self, tool: &Tool, n: usize, timeout: Duration) -> Vec<Value> {
         assert!(
-            wait_for(|| self.home.reports().len() >= n, timeout),
+            wait_for(|| complete_reports(&self.home).len() >= n, timeout),
             "expected {n} node reports, have {:?}; log:\n{}",
-            self.home.reports(),
+            complete_reports(&self.home),
             tool.log_text()
         );
-        self.home.reports()
+        complete_reports(&self.home)
     }
 
     /// The node got the consensus key.
@@ -221,9 +221,9 @@ fn node_that_never_reads_times_out_exit_5_slot_restored_node_stopped() {
         pids_mentioning(s.home.root.path())
     );
     assert!(
-        s.home.reports().is_empty(),
+        complete_reports(&s.home).is_empty(),
         "the node read something: {:?}",
-        s.home.reports()
+        complete_reports(&s.home)
     );
     assert_clean_idle(&s.home);
     assert_no_secret(&log, &s.key);
@@ -334,7 +334,7 @@ fn reader_killed_mid_read_gets_rearmed_then_node_gets_key() {
     let got: usize = it.next().unwrap().parse().unwrap();
     assert_eq!(got, 10, "the partial reader read {got} bytes");
     assert!(
-        s.home.reports().is_empty(),
+        complete_reports(&s.home).is_empty(),
         "node started before the partial reader was killed"
     );
     kill(Pid::from_raw(reader), Signal::SIGKILL).unwrap();
@@ -405,7 +405,7 @@ fn rogue_reader_first_gets_nothing_node_then_gets_key_later_stranger_finds_strip
         refused[0]
     );
     assert!(
-        s.home.reports().is_empty(),
+        complete_reports(&s.home).is_empty(),
         "node read before the refusal was handled"
     );
 
@@ -479,7 +479,7 @@ fn stranger_attached_together_with_node_both_refused_slot_restored() {
     assert_eq!(stranger_bytes(&mut stranger), 0, "the stranger got bytes");
     let st = tool.wait(Duration::from_secs(30));
     let log = tool.log_text();
-    let reports = s.home.reports();
+    let reports = complete_reports(&s.home);
     assert_eq!(reports.len(), 1, "{reports:?}");
     assert_eq!(
         reports[0]["outcome"], "empty",
@@ -509,6 +509,97 @@ fn stranger_attached_together_with_node_both_refused_slot_restored() {
     assert_clean_idle(&s.home);
     assert_no_secret(&log, &s.key);
     println!("stranger {sp} + node {node}: {}", refused[0]["reason"]);
+}
+
+/// Step 5 of the hand-off: a stranger who gets hold of the node's pipe after the key was
+/// written (here: the test process reopening the reader's `/proc/<pid>/fd/N` while the reader
+/// waits a second before reading) is caught by the final scan: the alarm names it, the node
+/// is stopped, the slot restored, exit status 6 tells the operator to rotate the key.
+#[test]
+fn stranger_on_the_pipe_after_the_write_raises_the_exposure_alarm() {
+    let s = setup(0);
+    let pidfile = s.home.scratch("slow-reader.pid");
+    let py = "import os, sys, time\n\
+              fd = os.open(sys.argv[1], os.O_RDONLY)\n\
+              tmp = sys.argv[2] + '.tmp'\n\
+              open(tmp, 'w').write('%d %d' % (os.getpid(), fd))\n\
+              os.rename(tmp, sys.argv[2])\n\
+              time.sleep(1.0)\n\
+              n = 0\n\
+              while True:\n\
+              \x20   b = os.read(fd, 4096)\n\
+              \x20   if not b: break\n\
+              \x20   n += len(b)\n\
+              open(sys.argv[2] + '.read', 'w').write(str(n))\n\
+              time.sleep(120)\n";
+    let wrapper = s.home.scratch("slow-reader-wrapper.sh");
+    write_script(
+        &wrapper,
+        &format!(
+            "#!/bin/sh\n'{py}' -c \"{code}\" '{k}' '{pf}' &\nwait\n",
+            k = s.key_path().display(),
+            py = venv_python().display(),
+            code = py,
+            pf = pidfile.display(),
+        ),
+    );
+    let mut cmd = s.run_cmd();
+    cmd.env("COSMOVISOR_BIN", &wrapper);
+    let mut tool = Tool::spawn(&mut cmd, s.home.scratch("tool.log"));
+    assert!(
+        wait_for(
+            || fs::read_to_string(&pidfile).is_ok(),
+            Duration::from_secs(30)
+        ),
+        "slow reader never opened the FIFO; log:\n{}",
+        tool.log_text()
+    );
+    let text = fs::read_to_string(&pidfile).unwrap();
+    let mut it = text.split_whitespace();
+    let (reader, fd): (i32, i32) = (
+        it.next().unwrap().parse().unwrap(),
+        it.next().unwrap().parse().unwrap(),
+    );
+    // Let the tool verify the reader and write the key, then join the pipe (never read).
+    std::thread::sleep(Duration::from_millis(300));
+    let joined =
+        fs::File::open(format!("/proc/{reader}/fd/{fd}")).expect("reopen the reader's pipe");
+    let st = tool.wait(Duration::from_secs(30));
+    drop(joined);
+    let log = tool.log_text();
+    assert_eq!(st.code(), Some(6), "log:\n{log}");
+    let exposed = log_events(&log, "key_exposed");
+    assert_eq!(exposed.len(), 1, "log:\n{log}");
+    let me = std::process::id();
+    assert!(
+        exposed[0]["detail"]
+            .as_str()
+            .unwrap_or_default()
+            .contains(&format!("pid {me} ")),
+        "the alarm does not name the stranger (pid {me}): {}",
+        exposed[0]
+    );
+    assert!(
+        log.contains("KEY MAY BE EXPOSED") && log.contains("Rotate the consensus key"),
+        "{log}"
+    );
+    assert!(
+        fs::read_to_string(format!("{}.read", pidfile.display()))
+            .is_ok_and(|n| n.trim() == s.key.json.len().to_string()),
+        "the slow reader did not get the whole key"
+    );
+    assert!(
+        log_events(&log, "delivered").is_empty(),
+        "reported as a clean delivery"
+    );
+    assert!(
+        pids_mentioning(s.home.root.path()).is_empty(),
+        "the reader was not stopped: {:?}",
+        pids_mentioning(s.home.root.path())
+    );
+    assert_clean_idle(&s.home);
+    assert_no_secret(&log, &s.key);
+    println!("exposure alarm: {}", exposed[0]["detail"]);
 }
 
 /// Always-armed: after delivery the key path is a fresh FIFO; a stranger opening it is
@@ -550,7 +641,7 @@ fn always_armed_stranger_after_delivery_finds_a_fresh_fifo_and_gets_nothing() {
         pid_alive(reports[0]["pid"].as_i64().unwrap() as i32),
         "the node was disturbed"
     );
-    assert_eq!(s.home.reports().len(), 1);
+    assert_eq!(complete_reports(&s.home).len(), 1);
     s.stop_and_check(&mut tool);
 }
 
@@ -585,28 +676,46 @@ fn restarts(always_armed: bool) {
         cmd.env("NODE_UPGRADE_AFTER_MS", "20")
             .env("NODE_UPGRADES", RESTARTS.to_string());
     }
+    let marker_log = s.home.scratch("marker.jsonl");
+    cmd.env("NODE_MARKER_LOG", &marker_log);
     let hogs = cpu_hogs();
     let t = Instant::now();
     let mut tool = Tool::spawn(&mut cmd, s.home.scratch("tool.log"));
     let done = wait_for(
-        || s.home.reports().len() > RESTARTS || matches!(tool.child.0.try_wait(), Ok(Some(_))),
+        || {
+            complete_reports(&s.home).len() > RESTARTS
+                || matches!(tool.child.0.try_wait(), Ok(Some(_)))
+        },
         Duration::from_secs(90),
     );
     let took = t.elapsed();
     drop(hogs);
-    let reports = s.home.reports();
-    let bad: Vec<_> = reports.iter().filter(|r| r["outcome"] != "ok").collect();
-    assert!(
-        done && reports.len() == RESTARTS + 1 && bad.is_empty(),
-        "{} starts, not ok: {bad:?}; log tail:\n{}",
-        reports.len(),
-        tool.log_text()
-            .lines()
-            .rev()
-            .take(40)
-            .collect::<Vec<_>>()
-            .join("\n")
+    let reports = complete_reports(&s.home);
+    let race = race_timings(
+        &tool.log_text(),
+        &read_report(&marker_log),
+        &reports,
+        always_armed,
     );
+    let bad: Vec<_> = reports.iter().filter(|r| r["outcome"] != "ok").collect();
+    if !(done && reports.len() == RESTARTS + 1 && bad.is_empty()) {
+        // Keep the whole story for the investigation: the temporary home goes away.
+        let kept =
+            std::env::temp_dir().join(format!("e2e_delivery-restarts-{}.log", std::process::id()));
+        let _ = fs::write(
+            &kept,
+            format!(
+                "{}\n--- markers ---\n{}\n--- reports ---\n{reports:#?}",
+                tool.log_text(),
+                fs::read_to_string(&marker_log).unwrap_or_default()
+            ),
+        );
+        panic!(
+            "{} starts, not ok: {bad:?}\n{race}\nfull log and reports kept in {}",
+            reports.len(),
+            kept.display()
+        );
+    }
     for (i, r) in reports.iter().enumerate() {
         s.assert_ok_report(r);
         assert_eq!(r["start_index"], i as u64);
@@ -651,6 +760,7 @@ fn restarts(always_armed: bool) {
         "upgrade markers"
     };
     println!("MEASURE restarts ({mode}, 2 CPU hogs): {} starts all read the real key in {:.2} s; re-arms by reason {reasons:?}", reports.len(), took.as_secs_f64());
+    println!("MEASURE   {race}");
     println!(
         "MEASURE   delivery under load, {}",
         fmt_us("node open->EOF (elapsed_read_us)", &node_us)
@@ -660,6 +770,90 @@ fn restarts(always_armed: bool) {
         fmt_us("tool attach->drained (latency_us)", &tool_us)
     );
     s.stop_and_check(&mut tool);
+}
+
+/// Microseconds since the epoch of a tracing JSON timestamp (`2026-11-25T08:17:32.985089Z`).
+fn ts_us(ts: &str) -> Option<i64> {
+    let (date, time) = ts.trim_end_matches('Z').split_once('T')?;
+    let mut d = date.split('-').map(|x| x.parse::<i64>());
+    let (y, m, day) = (d.next()?.ok()?, d.next()?.ok()?, d.next()?.ok()?);
+    let (hms, frac) = time.split_once('.').unwrap_or((time, "0"));
+    let mut t = hms.split(':').map(|x| x.parse::<i64>());
+    let (hh, mm, ss) = (t.next()?.ok()?, t.next()?.ok()?, t.next()?.ok()?);
+    let us: i64 = format!("{frac:0<6}")[..6].parse().ok()?;
+    // Days from the civil date (Howard Hinnant's algorithm).
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let doy = (153 * (m + if m > 2 { -3 } else { 9 }) + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146097 + doe - 719468;
+    Some(((days * 86400 + hh * 3600 + mm * 60 + ss) * 1_000_000) + us)
+}
+
+/// For each planned node exit (after writing the upgrade marker, or without one): when the
+/// tool had a fresh FIFO at the key path (its `re_armed` log line, written after the rename
+/// and the directory fsync, so an upper bound) relative to the marker or exit, and how long
+/// before the next node opened the key path that was (negative: the node opened it first).
+fn race_timings(log: &str, marker_log: &[Value], reports: &[Value], always_armed: bool) -> String {
+    let mut rearms: Vec<i64> = log_events(log, "re_armed")
+        .iter()
+        .filter_map(|e| ts_us(e["timestamp"].as_str()?))
+        .collect();
+    rearms.sort_unstable();
+    let opened = |r: &Value| -> Option<i64> {
+        Some(r["read_done_unix_us"].as_i64()? - r["elapsed_read_us"].as_i64()?)
+    };
+    let field = if always_armed {
+        "exit_unix_us"
+    } else {
+        "marker_written_unix_us"
+    };
+    let (mut after_event, mut margin, mut restart) = (Vec::new(), Vec::new(), Vec::new());
+    for m in marker_log {
+        let (Some(at), Some(pid)) = (m[field].as_i64(), m["pid"].as_i64()) else {
+            continue;
+        };
+        let Some(i) = reports.iter().position(|r| r["pid"].as_i64() == Some(pid)) else {
+            continue;
+        };
+        let (Some(start), Some(next)) = (opened(&reports[i]), reports.get(i + 1).and_then(opened))
+        else {
+            continue;
+        };
+        // The first re-arm after this node opened the key path is the FIFO the next one needs.
+        let Some(&rearm) = rearms.iter().find(|&&r| r >= start) else {
+            continue;
+        };
+        after_event.push(rearm - at);
+        margin.push(next - rearm);
+        restart.push(next - at);
+    }
+    let stats = |v: &[i64]| {
+        let mut v = v.to_vec();
+        v.sort_unstable();
+        (
+            v.first().copied().unwrap_or(0),
+            v.get(v.len() / 2).copied().unwrap_or(0),
+            v.last().copied().unwrap_or(0),
+        )
+    };
+    let (a_min, a_med, a_max) = stats(&after_event);
+    let (m_min, m_med, _) = stats(&margin);
+    let (r_min, r_med, _) = stats(&restart);
+    if always_armed {
+        // The fresh FIFO went to the key path when the previous node attached (its log
+        // line comes later, after the verification): only the restart time is of interest.
+        return format!(
+            "race over {} restarts: node exit -> next node opens the key path: median {r_med} us, min {r_min} us (the FIFO was in place since the previous delivery)",
+            restart.len()
+        );
+    }
+    let what = "marker written";
+    format!(
+        "race over {} restarts: FIFO in place relative to {what}: median {a_med} us, min {a_min} us, max {a_max} us; {what} -> next node opens the key path: median {r_med} us, min {r_min} us; FIFO in place ahead of that open: median {m_med} us, min {m_min} us",
+        after_event.len()
+    )
 }
 
 /// Must show 4: 100 upgrades in a row, no delay, two CPU hogs: every start reads the real
@@ -701,15 +895,15 @@ fn measure_rearm_and_delivery_latency() {
     for i in 0..2 * ROUNDS {
         assert!(
             wait_for(
-                || s.home.reports().len() > i && events(&tool, "delivered").len() > i,
+                || complete_reports(&s.home).len() > i && events(&tool, "delivered").len() > i,
                 Duration::from_secs(30)
             ),
             "delivery {i} missing; log:\n{}",
             tool.log_text()
         );
-        s.assert_ok_report(&s.home.reports()[i]);
+        s.assert_ok_report(&complete_reports(&s.home)[i]);
         s.assert_stripped_at_p();
-        let node = s.home.reports()[i]["pid"].as_i64().unwrap() as i32;
+        let node = complete_reports(&s.home)[i]["pid"].as_i64().unwrap() as i32;
         let deadline = Duration::from_secs(5);
         if i % 2 == 0 {
             let mut f = fs::OpenOptions::new()
@@ -746,12 +940,13 @@ fn measure_rearm_and_delivery_latency() {
         }
     }
     assert!(wait_for(
-        || events(&tool, "delivered").len() > 2 * ROUNDS && s.home.reports().len() > 2 * ROUNDS,
+        || events(&tool, "delivered").len() > 2 * ROUNDS
+            && complete_reports(&s.home).len() > 2 * ROUNDS,
         Duration::from_secs(30)
     ));
     let log = tool.log_text();
     let rearms = log_events(&log, "re_armed");
-    let reports = s.home.reports();
+    let reports = complete_reports(&s.home);
     assert_eq!(reports.len(), 2 * ROUNDS + 1);
     for r in &reports {
         s.assert_ok_report(r);

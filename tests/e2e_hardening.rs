@@ -32,8 +32,12 @@ fn status_fields(pid: i32) -> BTreeMap<String, String> {
 fn children(pid: i32) -> Vec<i32> {
     let mut out = vec![];
     for e in fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(p) = e.file_name().to_string_lossy().parse::<i32>() else { continue };
-        let Ok(stat) = fs::read_to_string(format!("/proc/{p}/stat")) else { continue };
+        let Ok(p) = e.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let Ok(stat) = fs::read_to_string(format!("/proc/{p}/stat")) else {
+            continue;
+        };
         let after = &stat[stat.rfind(')').unwrap() + 2..];
         let ppid: i32 = after.split(' ').nth(1).unwrap().parse().unwrap();
         if ppid == pid {
@@ -45,7 +49,12 @@ fn children(pid: i32) -> Vec<i32> {
 
 /// Starts the main job and waits until the node has the key. Returns the tool,
 /// the cosmovisor pid and the node pid.
-fn start_delivered(home: &NodeHome, moto: &Moto, key: &TestKey, extra: &[(&str, &str)]) -> (Tool, i32, i32) {
+fn start_delivered(
+    home: &NodeHome,
+    moto: &Moto,
+    key: &TestKey,
+    extra: &[(&str, &str)],
+) -> (Tool, i32, i32) {
     put_key(&moto.endpoint(), PARAM, key);
     let mut cmd = tool_cmd(home, Some(&moto.endpoint()));
     cmd.env("USE_SSM_KEY", "true").env("AWS_PARAMETER", PARAM);
@@ -59,7 +68,10 @@ fn start_delivered(home: &NodeHome, moto: &Moto, key: &TestKey, extra: &[(&str, 
         "no delivery; log:\n{}",
         tool.log_text()
     );
-    assert!(wait_for(|| !home.reports().is_empty(), Duration::from_secs(10)), "node did not report");
+    assert!(
+        wait_for(|| !home.reports().is_empty(), Duration::from_secs(10)),
+        "node did not report"
+    );
     let node = home.reports()[0]["pid"].as_i64().unwrap() as i32;
     let cosmovisor = children(tool.child.pid())[0];
     (tool, cosmovisor, node)
@@ -76,7 +88,10 @@ fn child_has_no_capabilities_no_new_privs_and_no_aws_credentials() {
     let home = NodeHome::new();
     let creds = [
         ("AWS_SESSION_TOKEN", "session-token-should-not-leak"),
-        ("AWS_CONTAINER_CREDENTIALS_FULL_URI", "http://127.0.0.1:1/creds"),
+        (
+            "AWS_CONTAINER_CREDENTIALS_FULL_URI",
+            "http://127.0.0.1:1/creds",
+        ),
         ("AWS_CONTAINER_AUTHORIZATION_TOKEN", "container-token"),
         ("AWS_WEB_IDENTITY_TOKEN_FILE", "/nonexistent/token"),
         ("AWS_ROLE_ARN", "arn:aws:iam::123456789012:role/x"),
@@ -95,26 +110,47 @@ fn child_has_no_capabilities_no_new_privs_and_no_aws_credentials() {
             .map(|v| String::from_utf8_lossy(v).into_owned())
             .collect();
         assert!(
-            !vars.iter().any(|v| v.starts_with("AWS_") || v.starts_with("USE_SSM_KEY=")),
+            !vars
+                .iter()
+                .any(|v| v.starts_with("AWS_") || v.starts_with("USE_SSM_KEY=")),
             "AWS/ours leaked into pid {pid}: {vars:?}"
         );
-        for keep in ["DAEMON_HOME=", "DAEMON_NAME=", "DAEMON_ALLOW_DOWNLOAD_BINARIES=false"] {
-            assert!(vars.iter().any(|v| v.starts_with(keep)), "{keep} missing in pid {pid}");
+        for keep in [
+            "DAEMON_HOME=",
+            "DAEMON_NAME=",
+            "DAEMON_ALLOW_DOWNLOAD_BINARIES=false",
+        ] {
+            assert!(
+                vars.iter().any(|v| v.starts_with(keep)),
+                "{keep} missing in pid {pid}"
+            );
         }
         let limits = fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
-        let core = limits.lines().find(|l| l.starts_with("Max core file size")).unwrap();
+        let core = limits
+            .lines()
+            .find(|l| l.starts_with("Max core file size"))
+            .unwrap();
         assert!(core.split_whitespace().nth(4) == Some("0"), "{core}");
         // No secret mapping and no inherited fd beyond stdio (+ the node's own).
         let maps = fs::read_to_string(format!("/proc/{pid}/maps")).unwrap();
-        assert!(!maps.contains("secretmem"), "child pid {pid} has the secret mapping");
+        assert!(
+            !maps.contains("secretmem"),
+            "child pid {pid} has the secret mapping"
+        );
     }
     // Our own process: core limit 0, and the key in a secretmem mapping.
     let tpid = tool.child.pid();
     let limits = fs::read_to_string(format!("/proc/{tpid}/limits")).unwrap();
-    let core = limits.lines().find(|l| l.starts_with("Max core file size")).unwrap();
+    let core = limits
+        .lines()
+        .find(|l| l.starts_with("Max core file size"))
+        .unwrap();
     assert!(core.split_whitespace().nth(4) == Some("0"), "{core}");
     let maps = fs::read_to_string(format!("/proc/{tpid}/maps")).unwrap();
-    assert!(maps.contains("secretmem"), "no secretmem mapping in the tool:\n{maps}");
+    assert!(
+        maps.contains("secretmem"),
+        "no secretmem mapping in the tool:\n{maps}"
+    );
     assert_eq!(tool.stop(Signal::SIGTERM).code(), Some(0));
     home.assert_idle();
 }
@@ -123,7 +159,8 @@ fn child_has_no_capabilities_no_new_privs_and_no_aws_credentials() {
 fn scan_memory(pid: i32, needles: &[(&str, Vec<u8>)]) -> (BTreeMap<String, usize>, usize, usize) {
     let maps = fs::read_to_string(format!("/proc/{pid}/maps")).unwrap();
     let mut mem = fs::File::open(format!("/proc/{pid}/mem")).unwrap();
-    let mut counts: BTreeMap<String, usize> = needles.iter().map(|(n, _)| (n.to_string(), 0)).collect();
+    let mut counts: BTreeMap<String, usize> =
+        needles.iter().map(|(n, _)| (n.to_string(), 0)).collect();
     let (mut scanned, mut unreadable) = (0usize, 0usize);
     for line in maps.lines() {
         let mut it = line.split_whitespace();
@@ -133,7 +170,10 @@ fn scan_memory(pid: i32, needles: &[(&str, Vec<u8>)]) -> (BTreeMap<String, usize
             continue;
         }
         let (a, b) = range.split_once('-').unwrap();
-        let (a, b) = (u64::from_str_radix(a, 16).unwrap(), u64::from_str_radix(b, 16).unwrap());
+        let (a, b) = (
+            u64::from_str_radix(a, 16).unwrap(),
+            u64::from_str_radix(b, 16).unwrap(),
+        );
         let mut buf = vec![0u8; (b - a) as usize];
         if mem.seek(SeekFrom::Start(a)).is_err() || mem.read_exact(&mut buf).is_err() {
             unreadable += 1;
@@ -141,7 +181,8 @@ fn scan_memory(pid: i32, needles: &[(&str, Vec<u8>)]) -> (BTreeMap<String, usize
         }
         scanned += buf.len();
         for (name, needle) in needles {
-            *counts.get_mut(*name).unwrap() += buf.windows(needle.len()).filter(|w| w == needle).count();
+            *counts.get_mut(*name).unwrap() +=
+                buf.windows(needle.len()).filter(|w| w == needle).count();
         }
     }
     (counts, scanned, unreadable)
@@ -169,9 +210,15 @@ fn no_copy_of_the_key_in_readable_memory_after_delivery() {
     ];
     let (counts, scanned, unreadable) = scan_memory(tool.child.pid(), &needles);
     eprintln!("memory scan of the tool after delivery: {scanned} bytes readable, {unreadable} regions unreadable (secretmem), hits: {counts:?}");
-    assert!(scanned > 1_000_000, "scan read too little ({scanned} bytes)");
+    assert!(
+        scanned > 1_000_000,
+        "scan read too little ({scanned} bytes)"
+    );
     for (name, n) in &counts {
-        assert_eq!(*n, 0, "found {n} copies of the key as {name} in the tool's readable memory");
+        assert_eq!(
+            *n, 0,
+            "found {n} copies of the key as {name} in the tool's readable memory"
+        );
     }
     assert_eq!(tool.stop(Signal::SIGTERM).code(), Some(0));
 }
@@ -191,7 +238,12 @@ fn each_forwarded_signal_reaches_cosmovisor_and_sets_the_exit_status() {
         let home = NodeHome::new();
         let (mut tool, _cv, _node) = start_delivered(&home, &moto, &key, &[]);
         let st = tool.stop(sig);
-        assert_eq!(st.code(), Some(expect), "{sig:?}; log:\n{}", tool.log_text());
+        assert_eq!(
+            st.code(),
+            Some(expect),
+            "{sig:?}; log:\n{}",
+            tool.log_text()
+        );
         assert!(
             tool.log_text().contains(&format!("signal={}", sig as i32)),
             "forwarding of {sig:?} not logged:\n{}",
@@ -210,8 +262,15 @@ fn kill_9_of_cosmovisor_leaves_no_node_running_and_restores_the_slot() {
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(cosmovisor), Signal::SIGKILL).unwrap();
     let st = tool.wait(Duration::from_secs(30));
     assert_eq!(st.code(), Some(128 + 9), "log:\n{}", tool.log_text());
-    assert!(!Path::new(&format!("/proc/{node}")).exists(), "node {node} still running");
-    assert!(tool.log_text().contains("event=\"orphan\""), "{}", tool.log_text());
+    assert!(
+        !Path::new(&format!("/proc/{node}")).exists(),
+        "node {node} still running"
+    );
+    assert!(
+        tool.log_text().contains("event=\"orphan\""),
+        "{}",
+        tool.log_text()
+    );
     home.assert_idle();
 }
 
@@ -222,12 +281,15 @@ fn notify_socket_gets_ready_status_and_stopping_in_order() {
     let home = NodeHome::new();
     let sock_path = home.scratch("notify.sock");
     let sock = std::os::unix::net::UnixDatagram::bind(&sock_path).unwrap();
-    sock.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
     let sp = sock_path.display().to_string();
-    let (mut tool, _cv, node) = start_delivered(&home, &moto, &key, &[("NOTIFY_SOCKET", sp.as_str())]);
+    let (mut tool, _cv, node) =
+        start_delivered(&home, &moto, &key, &[("NOTIFY_SOCKET", sp.as_str())]);
     assert_eq!(tool.stop(Signal::SIGTERM).code(), Some(0));
     let mut msgs = vec![];
-    sock.set_read_timeout(Some(Duration::from_millis(500))).unwrap();
+    sock.set_read_timeout(Some(Duration::from_millis(500)))
+        .unwrap();
     let mut buf = [0u8; 4096];
     while let Ok(n) = sock.recv(&mut buf) {
         msgs.push(String::from_utf8_lossy(&buf[..n]).into_owned());
@@ -241,7 +303,10 @@ fn notify_socket_gets_ready_status_and_stopping_in_order() {
     let delivered = pos(&format!("STATUS=key delivered to pid {node}"));
     let stopping = pos("STOPPING=1");
     let restored = pos("STATUS=safe key restored");
-    assert!(ready < delivered && delivered < stopping && stopping < restored, "{msgs:?}");
+    assert!(
+        ready < delivered && delivered < stopping && stopping < restored,
+        "{msgs:?}"
+    );
     // The child must not be able to talk to systemd as us.
     home.assert_idle();
 }
@@ -268,7 +333,9 @@ fn unprivileged_tool_is_not_dumpable_and_node_user_switch_works() {
     };
     assert!(chown_r(home.root.path()).success());
     let mut cmd = tool_cmd(&home, Some(&moto.endpoint()));
-    cmd.env("USE_SSM_KEY", "true").env("AWS_PARAMETER", PARAM).args(["run", "start"]);
+    cmd.env("USE_SSM_KEY", "true")
+        .env("AWS_PARAMETER", PARAM)
+        .args(["run", "start"]);
     cmd.uid(nobody.uid.as_raw()).gid(nobody.gid.as_raw());
     let log = std::env::temp_dir().join(format!("ssmcv-unpriv-{}.log", std::process::id()));
     let mut tool = Tool::spawn(&mut cmd, log.clone());
@@ -277,16 +344,30 @@ fn unprivileged_tool_is_not_dumpable_and_node_user_switch_works() {
         "{}",
         tool.log_text()
     );
-    assert!(wait_for(|| !home.reports().is_empty(), Duration::from_secs(10)), "node did not report");
+    assert!(
+        wait_for(|| !home.reports().is_empty(), Duration::from_secs(10)),
+        "node did not report"
+    );
     let tpid = tool.child.pid();
     // A non-dumpable process's /proc files belong to root, not to its uid.
     let owner = fs::metadata(format!("/proc/{tpid}/status")).unwrap().uid();
-    assert_eq!(owner, 0, "tool is dumpable (its /proc entries belong to uid {owner})");
+    assert_eq!(
+        owner, 0,
+        "tool is dumpable (its /proc entries belong to uid {owner})"
+    );
     let node = home.reports()[0]["pid"].as_i64().unwrap() as i32;
     let st = status_fields(node);
-    assert!(st["Uid"].starts_with(&format!("{}\t", nobody.uid)), "{st:?}");
+    assert!(
+        st["Uid"].starts_with(&format!("{}\t", nobody.uid)),
+        "{st:?}"
+    );
     assert_eq!(st["NoNewPrivs"], "1");
-    assert_eq!(tool.stop(Signal::SIGTERM).code(), Some(0), "{}", tool.log_text());
+    assert_eq!(
+        tool.stop(Signal::SIGTERM).code(),
+        Some(0),
+        "{}",
+        tool.log_text()
+    );
     home.assert_idle();
     let _ = fs::remove_file(log);
 }
@@ -303,23 +384,48 @@ fn split_trust_child_runs_as_node_user_with_no_capabilities() {
     let home = NodeHome::new();
     let nobody = nix::unistd::User::from_name("nobody").unwrap().unwrap();
     // Root keeps the key directory; the node user may only traverse to it.
-    for d in [home.root.path(), home.path(), &home.path().join("config"), &home.path().join("data")] {
+    for d in [
+        home.root.path(),
+        home.path(),
+        &home.path().join("config"),
+        &home.path().join("data"),
+    ] {
         fs::set_permissions(d, fs::Permissions::from_mode(0o711)).unwrap();
     }
     fs::write(home.report_path(), b"").unwrap();
     nix::unistd::chown(&home.report_path(), Some(nobody.uid), Some(nobody.gid)).unwrap();
-    let (mut tool, cosmovisor, node) = start_delivered(&home, &moto, &key, &[("SSM_COSMOVISOR_NODE_USER", "nobody")]);
+    let (mut tool, cosmovisor, node) = start_delivered(
+        &home,
+        &moto,
+        &key,
+        &[("SSM_COSMOVISOR_NODE_USER", "nobody")],
+    );
     for pid in [cosmovisor, node] {
         let st = status_fields(pid);
-        assert!(st["Uid"].split_whitespace().all(|u| u == nobody.uid.to_string()), "{st:?}");
-        assert!(st["Gid"].split_whitespace().all(|g| g == nobody.gid.to_string()), "{st:?}");
+        assert!(
+            st["Uid"]
+                .split_whitespace()
+                .all(|u| u == nobody.uid.to_string()),
+            "{st:?}"
+        );
+        assert!(
+            st["Gid"]
+                .split_whitespace()
+                .all(|g| g == nobody.gid.to_string()),
+            "{st:?}"
+        );
         assert_eq!(st["Groups"], nobody.gid.to_string(), "{st:?}");
         for f in ["CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb"] {
             assert_eq!(st[f], "0000000000000000", "{f} of pid {pid}");
         }
     }
     assert_eq!(home.reports()[0]["pub_key"], key.pub_b64.as_str());
-    assert_eq!(tool.stop(Signal::SIGTERM).code(), Some(0), "{}", tool.log_text());
+    assert_eq!(
+        tool.stop(Signal::SIGTERM).code(),
+        Some(0),
+        "{}",
+        tool.log_text()
+    );
     home.assert_idle();
 }
 
@@ -338,7 +444,10 @@ fn split_trust_with_bounded_root_capabilities_delivers() {
     let key = TestKey::ed25519();
     put_key(&moto.endpoint(), PARAM, &key);
     // The relocated slot directory lives outside the node's home, root-owned.
-    let outer = tempfile::Builder::new().prefix("ssmcv-split-").tempdir().unwrap();
+    let outer = tempfile::Builder::new()
+        .prefix("ssmcv-split-")
+        .tempdir()
+        .unwrap();
     let slot_dir = outer.path().join("run");
     fs::create_dir(&slot_dir).unwrap();
     fs::set_permissions(&slot_dir, fs::Permissions::from_mode(0o711)).unwrap();
@@ -370,7 +479,11 @@ fn split_trust_with_bounded_root_capabilities_delivers() {
     // Re-exec through setpriv with the unit's capability bounding set.
     let mut wrapped = std::process::Command::new("setpriv");
     wrapped
-        .args(["--bounding-set=-all,+setuid,+setgid,+chown,+kill", "--inh-caps=-all", "--"])
+        .args([
+            "--bounding-set=-all,+setuid,+setgid,+chown,+kill",
+            "--inh-caps=-all",
+            "--",
+        ])
         .arg(&tool_bin)
         .args(["run", "start"]);
     wrapped.env_clear();
@@ -386,19 +499,32 @@ fn split_trust_with_bounded_root_capabilities_delivers() {
         tool.log_text()
     );
     let st = status_fields(tool.child.pid());
-    assert_eq!(st["CapBnd"], "00000000000000e1", "tool's bounding set: {st:?}");
-    assert!(wait_for(|| !home.reports().is_empty(), Duration::from_secs(10)));
+    assert_eq!(
+        st["CapBnd"], "00000000000000e1",
+        "tool's bounding set: {st:?}"
+    );
+    assert!(wait_for(
+        || !home.reports().is_empty(),
+        Duration::from_secs(10)
+    ));
     let r = &home.reports()[0];
     assert_eq!(r["outcome"], "ok");
     assert_eq!(r["pub_key"], key.pub_b64.as_str());
     assert_eq!(r["uid"], nobody.uid.as_raw());
-    assert_eq!(tool.stop(Signal::SIGTERM).code(), Some(0), "{}", tool.log_text());
+    assert_eq!(
+        tool.stop(Signal::SIGTERM).code(),
+        Some(0),
+        "{}",
+        tool.log_text()
+    );
     assert_eq!(fs::read(&key_file).unwrap(), home.safe_bytes);
     assert!(!slot_dir.join("priv_validator_key.json.orig").exists());
 }
 
 fn which(prog: &str) -> Option<std::path::PathBuf> {
-    std::env::split_paths(&std::env::var_os("PATH")?).map(|d| d.join(prog)).find(|p| p.is_file())
+    std::env::split_paths(&std::env::var_os("PATH")?)
+        .map(|d| d.join(prog))
+        .find(|p| p.is_file())
 }
 
 #[test]
@@ -408,8 +534,17 @@ fn check_reports_memlock_memfd_secret_and_ptrace_scope() {
     cmd.arg("check");
     let out = run_with_timeout(&mut cmd, Duration::from_secs(30));
     let text = output_text(&out);
-    for item in ["RLIMIT_MEMLOCK:", "memfd_secret:", "Yama ptrace_scope:", "priv_validator_state.json:", "key slot:"] {
-        assert!(text.contains(item), "{item} missing from check output:\n{text}");
+    for item in [
+        "RLIMIT_MEMLOCK:",
+        "memfd_secret:",
+        "Yama ptrace_scope:",
+        "priv_validator_state.json:",
+        "key slot:",
+    ] {
+        assert!(
+            text.contains(item),
+            "{item} missing from check output:\n{text}"
+        );
     }
     assert_eq!(out.status.code(), Some(0), "{text}");
     // With RLIMIT_MEMLOCK at 0, secret memory is impossible: check must fail and say so.
@@ -417,8 +552,14 @@ fn check_reports_memlock_memfd_secret_and_ptrace_scope() {
     cmd.arg("check");
     // The limit is set for the child by prlimit(1) from util-linux.
     let mut wrapped = std::process::Command::new("prlimit");
-    wrapped.arg("--memlock=0:0").arg("--").arg(cmd.get_program()).args(cmd.get_args());
-    wrapped.env_clear().envs(cmd.get_envs().filter_map(|(k, v)| v.map(|v| (k, v))));
+    wrapped
+        .arg("--memlock=0:0")
+        .arg("--")
+        .arg(cmd.get_program())
+        .args(cmd.get_args());
+    wrapped
+        .env_clear()
+        .envs(cmd.get_envs().filter_map(|(k, v)| v.map(|v| (k, v))));
     if which("prlimit").is_some() {
         let out = run_with_timeout(&mut wrapped, Duration::from_secs(30));
         let text = output_text(&out);

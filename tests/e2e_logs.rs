@@ -14,7 +14,10 @@ fn json_logs_parse_line_by_line_and_carry_every_milestone_without_key_material()
     let moto = Moto::start();
     let key = TestKey::secp256k1();
     put_key(&moto.endpoint(), "/audit/key", &key);
-    let home = NodeHome::with_options(NodeHomeOptions { key_file: None, upgrades: 1 });
+    let home = NodeHome::with_options(NodeHomeOptions {
+        key_file: None,
+        upgrades: 1,
+    });
     let mut cmd = tool_cmd(&home, Some(&moto.endpoint()));
     cmd.env("USE_SSM_KEY", "true")
         .env("AWS_PARAMETER", "/audit/key")
@@ -37,7 +40,10 @@ fn json_logs_parse_line_by_line_and_carry_every_milestone_without_key_material()
     let mut delivered = 0;
     for line in text.lines() {
         // The stand-ins print plain text to the same stream; ours are JSON.
-        if line.starts_with("cosmovisor-standin") || line.starts_with("node-standin") || line.starts_with("UPGRADE") {
+        if line.starts_with("cosmovisor-standin")
+            || line.starts_with("node-standin")
+            || line.starts_with("UPGRADE")
+        {
             continue;
         }
         let v: serde_json::Value =
@@ -47,7 +53,10 @@ fn json_logs_parse_line_by_line_and_carry_every_milestone_without_key_material()
             events.insert(ev.to_string());
             if ev == "delivered" {
                 delivered += 1;
-                assert!(v["pid"].is_number() && v["uid"].is_number() && v["exe"].is_string(), "{line}");
+                assert!(
+                    v["pid"].is_number() && v["uid"].is_number() && v["exe"].is_string(),
+                    "{line}"
+                );
             }
             if ev == "fetched" {
                 assert_eq!(v["parameter"], "/audit/key");
@@ -75,7 +84,10 @@ fn json_logs_parse_line_by_line_and_carry_every_milestone_without_key_material()
         "restored",
         "restore_done",
     ] {
-        assert!(events.contains(ev), "milestone {ev} missing; got {events:?}\n{text}");
+        assert!(
+            events.contains(ev),
+            "milestone {ev} missing; got {events:?}\n{text}"
+        );
     }
     assert_eq!(delivered, 2, "{text}");
     assert_no_secret(&text, &key);

@@ -29,7 +29,12 @@ fn main_job_delivers_strips_and_restores_byte_for_byte() {
     assert_eq!(r["outcome"], "ok", "{r}");
     assert_eq!(r["pub_key"], key.pub_b64.as_str());
     assert_eq!(r["address"], key.address.as_str());
-    assert!(tool.wait_log("\"delivered\"", Duration::from_secs(10)) || tool.wait_log("key was read from named pipe", Duration::from_secs(10)), "{}", tool.log_text());
+    assert!(
+        tool.wait_log("\"delivered\"", Duration::from_secs(10))
+            || tool.wait_log("key was read from named pipe", Duration::from_secs(10)),
+        "{}",
+        tool.log_text()
+    );
 
     // While running: stripped key at P, safe key at P.orig.
     let at_p = read_opt(home.key_path()).expect("regular file at key path");
@@ -44,8 +49,17 @@ fn main_job_delivers_strips_and_restores_byte_for_byte() {
     assert_eq!(std::fs::read(home.key_path()).unwrap(), home.safe_bytes);
     assert!(!home.orig_path().exists());
     let log = tool.log_text();
-    for milestone in ["retrieved consensus key", "original key saved", "key FIFO armed", "wrote stripped key file", "restored original key file"] {
-        assert!(log.contains(milestone), "missing {milestone:?} in log:\n{log}");
+    for milestone in [
+        "retrieved consensus key",
+        "original key saved",
+        "key FIFO armed",
+        "wrote stripped key file",
+        "restored original key file",
+    ] {
+        assert!(
+            log.contains(milestone),
+            "missing {milestone:?} in log:\n{log}"
+        );
     }
     assert_no_secret(&log, &key);
 }

@@ -119,9 +119,9 @@ fn assert_refused_untouched(home: &NodeHome, dirs: &[&Path], needles: &[&str]) {
         );
     }
     assert!(
-        home.reports().is_empty(),
+        complete_reports(home).is_empty(),
         "the node was started: {:?}",
-        home.reports()
+        complete_reports(home)
     );
     println!(
         "refused as expected:\n  run: {}\n  restore: {}",
@@ -178,7 +178,7 @@ fn parent_directory_a_symlink_via_key_file_env_is_refused() {
         before,
         "the symlinked directory was touched"
     );
-    assert!(home.reports().is_empty());
+    assert!(complete_reports(&home).is_empty());
 }
 
 /// The same through config.toml's `priv_validator_key_file` (relative to the home), and
@@ -220,7 +220,7 @@ fn parent_directory_a_symlink_via_config_toml_or_home_is_refused() {
         println!("refused: {}", last_line(&text));
     }
     assert_eq!(dir_snapshot(&config_dir(&home2)), before);
-    assert!(home2.reports().is_empty());
+    assert!(complete_reports(&home2).is_empty());
 }
 
 #[test]
@@ -256,7 +256,7 @@ fn key_path_a_fifo_without_orig_is_refused() {
         .arg(home.path());
     expect_slot_refusal(&mut c, &["a FIFO"]);
     assert!(
-        home.reports().is_empty(),
+        complete_reports(&home).is_empty(),
         "standby started the node on a FIFO"
     );
 }
@@ -274,7 +274,7 @@ fn key_path_stripped_without_orig_is_refused() {
         .arg(home.path());
     expect_slot_refusal(&mut c, &["a stripped key"]);
     assert!(
-        home.reports().is_empty(),
+        complete_reports(&home).is_empty(),
         "standby started the node on a stripped key"
     );
 }
@@ -301,7 +301,7 @@ fn safe_key_equal_to_the_consensus_key_is_refused() {
     );
     assert_eq!(dir_snapshot(&config_dir(&home)), before);
     assert_clean_idle(&home);
-    assert!(home.reports().is_empty());
+    assert!(complete_reports(&home).is_empty());
     assert_no_secret(&text, &home.safe_key);
     println!("refused: {}", last_line(&text));
 }
@@ -503,7 +503,7 @@ fn restore_refuses_a_truncated_orig_and_never_leaves_p_missing() {
             before,
             "{what}: directory changed"
         );
-        assert!(home.reports().is_empty());
+        assert!(complete_reports(&home).is_empty());
         println!(
             "{what} .orig refused:\n  run: {}\n  restore: {}",
             last_line(&run_text),
@@ -556,11 +556,14 @@ fn standby_run_repairs_a_leftover_fifo_or_stripped_file_before_starting_the_node
         let w = LstatWatcher::start(home.key_path());
         let mut tool = Tool::spawn(&mut c, home.scratch("tool.log"));
         assert!(
-            wait_for(|| !home.reports().is_empty(), Duration::from_secs(30)),
+            wait_for(
+                || !complete_reports(&home).is_empty(),
+                Duration::from_secs(30)
+            ),
             "node never reported; log:\n{}",
             tool.log_text()
         );
-        let r = &home.reports()[0];
+        let r = &complete_reports(&home)[0];
         assert_eq!(r["outcome"], "ok", "{state}: {r}");
         assert_eq!(
             r["pub_key"],
@@ -715,17 +718,17 @@ fn crash_then_fresh_run(endpoint: &str, key: &TestKey, fp: &'static str) -> Case
     let _reaper = StrayReaper(home.root.path().to_path_buf());
     let w = LstatWatcher::start(home.key_path());
     let after_crash = crash_at(&home, endpoint, fp);
-    let reports_before = home.reports().len();
+    let reports_before = complete_reports(&home).len();
     let mut tool = Tool::spawn(&mut run_cmd(&home, endpoint), home.scratch("fresh.log"));
     assert!(
         wait_for(
-            || home.reports().len() > reports_before,
+            || complete_reports(&home).len() > reports_before,
             Duration::from_secs(30)
         ),
         "{fp}: fresh run: node never reported; log:\n{}",
         tool.log_text()
     );
-    let r = home.reports()[reports_before].clone();
+    let r = complete_reports(&home)[reports_before].clone();
     assert_eq!(
         r["outcome"],
         "ok",

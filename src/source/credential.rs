@@ -12,7 +12,9 @@ use crate::secret::{SecretBuf, MAX_SECRET_LEN};
 #[derive(Debug, thiserror::Error)]
 pub enum CredentialError {
     /// Open/read failed.
-    #[error("cannot read credential {path:?}: {source}; check LoadCredentialEncrypted= in the unit")]
+    #[error(
+        "cannot read credential {path:?}: {source}; check LoadCredentialEncrypted= in the unit"
+    )]
     Io {
         /// The file.
         path: PathBuf,
@@ -108,13 +110,25 @@ mod tests {
         std::fs::write(&f, b"{}").unwrap();
         std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o400)).unwrap();
         std::fs::set_permissions(d.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-        assert!(matches!(read(d.path(), "k"), Err(CredentialError::Permissive { .. })));
+        assert!(matches!(
+            read(d.path(), "k"),
+            Err(CredentialError::Permissive { .. })
+        ));
         std::fs::set_permissions(d.path(), std::fs::Permissions::from_mode(0o500)).unwrap();
-        assert_eq!(secrecy::ExposeSecret::expose_secret(&read(d.path(), "k").unwrap()), b"{}");
+        assert_eq!(
+            secrecy::ExposeSecret::expose_secret(&read(d.path(), "k").unwrap()),
+            b"{}"
+        );
         std::fs::set_permissions(d.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
         std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o440)).unwrap();
-        assert!(matches!(read(d.path(), "k"), Err(CredentialError::Permissive { .. })));
+        assert!(matches!(
+            read(d.path(), "k"),
+            Err(CredentialError::Permissive { .. })
+        ));
         std::os::unix::fs::symlink(&f, d.path().join("l")).unwrap();
-        assert!(matches!(read(d.path(), "l"), Err(CredentialError::Io { .. })));
+        assert!(matches!(
+            read(d.path(), "l"),
+            Err(CredentialError::Io { .. })
+        ));
     }
 }

@@ -68,9 +68,11 @@ pub fn fetch(spec: &SourceSpec, expected_address: Option<&str>) -> Result<Fetche
             allow_plain_string,
         } => {
             let (info, value) = ssm::fetch(parameter, *allow_plain_string)?;
-            let key = ValidatorKey::parse(value.expose_secret()).map_err(|source| SourceError::Invalid {
-                origin: format!("SSM parameter {parameter} (version {})", info.version),
-                source,
+            let key = ValidatorKey::parse(value.expose_secret()).map_err(|source| {
+                SourceError::Invalid {
+                    origin: format!("SSM parameter {parameter} (version {})", info.version),
+                    source,
+                }
             })?;
             Fetched {
                 key,
@@ -79,9 +81,11 @@ pub fn fetch(spec: &SourceSpec, expected_address: Option<&str>) -> Result<Fetche
         }
         SourceSpec::Credential { name, dir } => {
             let value = credential::read(dir, name)?;
-            let key = ValidatorKey::parse(value.expose_secret()).map_err(|source| SourceError::Invalid {
-                origin: format!("systemd credential {name}"),
-                source,
+            let key = ValidatorKey::parse(value.expose_secret()).map_err(|source| {
+                SourceError::Invalid {
+                    origin: format!("systemd credential {name}"),
+                    source,
+                }
             })?;
             Fetched {
                 key,

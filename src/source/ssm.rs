@@ -85,7 +85,9 @@ pub enum SsmError {
         kind: String,
     },
     /// The parameter already exists (import without --overwrite).
-    #[error("SSM parameter {name} already exists (version {version}); pass --overwrite to replace it")]
+    #[error(
+        "SSM parameter {name} already exists (version {version}); pass --overwrite to replace it"
+    )]
     Exists {
         /// Parameter.
         name: String,
@@ -162,9 +164,11 @@ where
             .and_then(|r| r.body().bytes())
             .map(|b| String::from_utf8_lossy(b).into_owned())
             .unwrap_or_default();
-        let message = extract_xml_message(&body).unwrap_or_else(|| format!("HTTP {}", status.unwrap_or(0)));
+        let message =
+            extract_xml_message(&body).unwrap_or_else(|| format!("HTTP {}", status.unwrap_or(0)));
         let lower = body.to_ascii_lowercase();
-        return if lower.contains("invalidclienttokenid") || lower.contains("signaturedoesnotmatch") {
+        return if lower.contains("invalidclienttokenid") || lower.contains("signaturedoesnotmatch")
+        {
             SsmError::Credentials {
                 name: name.into(),
                 code: "InvalidClientTokenId".into(),
@@ -345,7 +349,12 @@ pub fn describe(name: &str) -> Result<ParameterMeta, SsmError> {
 }
 
 /// Stores `value` as a SecureString. Returns the new version.
-pub fn put(name: &str, value: &SecretBuf, kms_key_id: Option<&str>, overwrite: bool) -> Result<i64, SsmError> {
+pub fn put(
+    name: &str,
+    value: &SecretBuf,
+    kms_key_id: Option<&str>,
+    overwrite: bool,
+) -> Result<i64, SsmError> {
     use secrecy::ExposeSecret;
     runtime()?.block_on(async {
         let (client, region) = client().await?;

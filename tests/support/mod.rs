@@ -1205,13 +1205,10 @@ pub fn slot_leftovers(home: &NodeHome) -> Vec<String> {
         let e = e.expect("dir entry");
         let name = e.file_name().to_string_lossy().into_owned();
         let ft = e.file_type().expect("file type");
-        if name == format!("{key_name}.orig") {
-            out.push(name);
-        } else if name.starts_with(&format!(".{key_name}.ssm-cosmovisor-"))
-            && name.ends_with(".tmp")
+        if name == format!("{key_name}.orig")
+            || (name.starts_with(&format!(".{key_name}.ssm-cosmovisor-")) && name.ends_with(".tmp"))
+            || name.contains("ssm-cosmovisor")
         {
-            out.push(name);
-        } else if name.contains("ssm-cosmovisor") {
             out.push(name);
         } else if ft.is_fifo() {
             out.push(format!("{name} (FIFO)"));
@@ -1385,4 +1382,24 @@ pub fn median_max(values: &[u64]) -> (u64, u64) {
 pub fn write_script(path: &Path, body: &str) {
     fs::write(path, body).unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
     fs::set_permissions(path, fs::Permissions::from_mode(0o755)).expect("chmod script");
+}
+
+/// The node stand-in's complete report lines. Unlike [`read_report`], safe while a node may
+/// be writing: a line read half-written (a read can overlap an append) is left for the next
+/// poll instead of failing the parse.
+pub fn complete_reports(home: &NodeHome) -> Vec<Value> {
+    let text = match fs::read_to_string(home.report_path()) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Vec::new(),
+        Err(e) => panic!("read {}: {e}", home.report_path().display()),
+    };
+    let complete = match text.rfind('\n') {
+        Some(i) => &text[..i],
+        None => "",
+    };
+    complete
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad report line {l:?}: {e}")))
+        .collect()
 }
