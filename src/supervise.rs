@@ -352,13 +352,21 @@ fn holders_text(h: &[procfs::Holder]) -> String {
         .join(", ")
 }
 
-/// Logs the outcome of a hand-off that finished after the child exited; no
-/// re-arm, the slot is about to be restored.
-fn report_late_outcome(r: Result<Outcome, DeliverError>, fatal: &mut Option<SuperviseError>) {
-    match r {
-        Ok(Outcome::Delivered {
+/// Logs a hand-off's outcome (one audit line per outcome). Returns the
+/// error that must end the run, if any: a delivery failure, or a stranger on
+/// the pipe after the key was written.
+fn log_outcome(r: Result<Outcome, DeliverError>) -> (Option<Outcome>, Option<SuperviseError>) {
+    let o = match r {
+        Ok(o) => o,
+        Err(e) => {
+            tracing::error!(event = "delivery_failed", error = %e, "key delivery failed");
+            return (None, Some(e.into()));
+        }
+    };
+    match &o {
+        Outcome::Delivered {
             reader, latency, ..
-        }) => tracing::info!(
+        } => tracing::info!(
             event = "delivered",
             pid = reader.pid.0,
             uid = reader.euid(),
@@ -366,12 +374,12 @@ fn report_late_outcome(r: Result<Outcome, DeliverError>, fatal: &mut Option<Supe
             latency_us = latency.as_micros() as u64,
             "key was read from named pipe by the node"
         ),
-        Ok(Outcome::Refused {
+        Outcome::Refused {
             holders, reason, ..
-        }) => {
-            tracing::error!(event = "refused_reader", holders = %holders_text(&holders), reason = %reason, "refused to hand the key over: nothing was written")
+        } => {
+            tracing::error!(event = "refused_reader", holders = %holders_text(holders), reason = %reason, "refused to hand the key over: nothing was written")
         }
-        Ok(Outcome::NotRead { reader, reason, .. }) => {
+        Outcome::NotRead { reader, reason, .. } => {
             tracing::warn!(
                 event = "not_read",
                 pid = reader.pid.0,
@@ -379,21 +387,18 @@ fn report_late_outcome(r: Result<Outcome, DeliverError>, fatal: &mut Option<Supe
                 "the node did not take the key"
             )
         }
-        Ok(Outcome::Exposed { reader, strangers }) => {
+        Outcome::Exposed { reader, strangers } => {
             let text = format!(
                 "after the key was written to pid {}, the pipe was also held by {}",
                 reader.pid,
-                holders_text(&strangers)
+                holders_text(strangers)
             );
             tracing::error!(event = "key_exposed", detail = %text, "KEY MAY BE EXPOSED: rotate the consensus key");
-            fatal.get_or_insert(SuperviseError::Exposed(text));
+            return (None, Some(SuperviseError::Exposed(text)));
         }
-        Ok(Outcome::Cancelled) => {}
-        Err(e) => {
-            tracing::error!(event = "delivery_failed", error = %e, "key delivery failed");
-            fatal.get_or_insert(e.into());
-        }
+        Outcome::Cancelled => {}
     }
+    (Some(o), None)
 }
 
 /// Stops every process we adopted (orphans of the child): TERM, then KILL
@@ -643,153 +648,74 @@ pub fn run(
                 let (Some(j), Some(fast)) = (&job, &fast) else {
                     continue;
                 };
-                match r {
-                    Ok(Outcome::Delivered {
-                        reader,
-                        latency,
-                        next,
-                    }) => {
-                        tracing::info!(
-                            event = "delivered",
-                            pid = reader.pid.0,
-                            uid = reader.euid(),
-                            exe = %reader.exe.as_deref().map(|p| p.display().to_string()).unwrap_or_default(),
-                            latency_us = latency.as_micros() as u64,
-                            "key was read from named pipe by the node"
-                        );
+                let (outcome, failure) = log_outcome(r);
+                if let Some(e) = failure {
+                    fatal.get_or_insert(e);
+                    forward(libc::SIGTERM);
+                    stopping = true;
+                    continue;
+                }
+                // The FIFO for the next hand-off, if one is due now.
+                let next_fifo = match outcome {
+                    Some(Outcome::Delivered { reader, next, .. }) => {
                         notifier.status(&format!("key delivered to pid {}", reader.pid));
-                        match next {
-                            Some(a) => {
+                        match (next, fast.take()) {
+                            (Some(a), _) => {
                                 tracing::info!(
                                     event = "re_armed",
                                     inode = a.ino,
                                     reason = "always-armed",
                                     "key FIFO re-armed"
                                 );
-                                delivering = Some(start_delivery(
-                                    j,
-                                    Pending::new(a, &policy),
-                                    &policy,
-                                    Next::Fifo,
-                                    &tx,
-                                ));
+                                Some(Ok(a))
                             }
-                            None => match fast.take() {
-                                // The node already wrote its upgrade marker
-                                // (or exited) while we were verifying.
-                                Some(a) if !stopping => {
-                                    notifier.status("waiting for the node to read the key");
-                                    delivering = Some(start_delivery(
-                                        j,
-                                        Pending::new(a, &policy),
-                                        &policy,
-                                        next_mode(cfg),
-                                        &tx,
-                                    ));
-                                }
-                                Some(_) => {}
-                                // From now on the watchers re-arm by themselves.
-                                None => {
-                                    spawn_reader_exit_thread(reader.pid, fast.clone(), tx.clone())
-                                }
-                            },
-                        }
-                    }
-                    Ok(Outcome::Refused {
-                        holders,
-                        reason,
-                        next,
-                    }) => {
-                        tracing::error!(event = "refused_reader", holders = %holders_text(&holders), reason = %reason, "refused to hand the key over: nothing was written");
-                        if !stopping {
-                            match next
-                                .map(|a| Ok((a, true)))
-                                .unwrap_or_else(|| fast.take_or_arm())
-                            {
-                                Ok((a, fresh)) => {
-                                    if fresh {
-                                        tracing::info!(
-                                            event = "re_armed",
-                                            inode = a.ino,
-                                            reason = "after refusal",
-                                            "key FIFO re-armed"
-                                        );
-                                    }
-                                    delivering = Some(start_delivery(
-                                        j,
-                                        Pending::new(a, &policy),
-                                        &policy,
-                                        next_mode(cfg),
-                                        &tx,
-                                    ));
-                                }
-                                Err(e) => {
-                                    fatal.get_or_insert(e.into());
-                                    forward(libc::SIGTERM);
-                                    stopping = true;
-                                }
+                            // The node already wrote its upgrade marker (or
+                            // exited) while we were verifying.
+                            (None, Some(a)) => (!stopping).then_some(Ok(a)),
+                            // From now on the watchers re-arm by themselves.
+                            (None, None) => {
+                                spawn_reader_exit_thread(reader.pid, fast.clone(), tx.clone());
+                                None
                             }
                         }
                     }
-                    Ok(Outcome::NotRead {
-                        reader,
-                        reason,
-                        next,
-                    }) => {
-                        tracing::warn!(
-                            event = "not_read",
-                            pid = reader.pid.0,
-                            reason,
-                            "the node did not take the key; re-arming"
-                        );
-                        if !stopping {
-                            match next
-                                .map(|a| Ok((a, true)))
-                                .unwrap_or_else(|| fast.take_or_arm())
-                            {
-                                Ok((a, fresh)) => {
-                                    if fresh {
-                                        tracing::info!(
-                                            event = "re_armed",
-                                            inode = a.ino,
-                                            reason = "not read",
-                                            "key FIFO re-armed"
-                                        );
-                                    }
-                                    delivering = Some(start_delivery(
-                                        j,
-                                        Pending::new(a, &policy),
-                                        &policy,
-                                        next_mode(cfg),
-                                        &tx,
-                                    ));
+                    Some(Outcome::Refused { next, .. } | Outcome::NotRead { next, .. })
+                        if !stopping =>
+                    {
+                        Some(match next {
+                            Some(a) => Ok(a),
+                            None => fast.take_or_arm().map(|(a, fresh)| {
+                                if fresh {
+                                    tracing::info!(
+                                        event = "re_armed",
+                                        inode = a.ino,
+                                        reason = "after a refused or failed hand-off",
+                                        "key FIFO re-armed"
+                                    );
                                 }
-                                Err(e) => {
-                                    fatal.get_or_insert(e.into());
-                                    forward(libc::SIGTERM);
-                                    stopping = true;
-                                }
-                            }
-                        }
+                                a
+                            }),
+                        })
                     }
-                    Ok(Outcome::Exposed { reader, strangers }) => {
-                        let text = format!(
-                            "after the key was written to pid {}, the pipe was also held by {}",
-                            reader.pid,
-                            holders_text(&strangers)
-                        );
-                        tracing::error!(event = "key_exposed", detail = %text, "KEY MAY BE EXPOSED: rotate the consensus key");
-                        fatal.get_or_insert(SuperviseError::Exposed(text));
-                        forward(libc::SIGTERM);
-                        stopping = true;
+                    _ => None,
+                };
+                match next_fifo {
+                    Some(Ok(a)) => {
+                        notifier.status("waiting for the node to read the key");
+                        delivering = Some(start_delivery(
+                            j,
+                            Pending::new(a, &policy),
+                            &policy,
+                            next_mode(cfg),
+                            &tx,
+                        ));
                     }
-                    Ok(Outcome::Cancelled) => {}
-                    Err(e) => {
-                        tracing::error!(event = "delivery_failed", error = %e, "key delivery failed");
+                    Some(Err(e)) => {
                         fatal.get_or_insert(e.into());
                         forward(libc::SIGTERM);
                         stopping = true;
                     }
+                    None => {}
                 }
             }
             Event::Marker | Event::ReaderExited(_) => {
@@ -846,7 +772,9 @@ pub fn run(
                     // of a hand-off that was finishing (a refused node exits at
                     // once): it must still reach the log, and an exposure must
                     // still fail the run.
-                    report_late_outcome(r, &mut fatal);
+                    if let (_, Some(e)) = log_outcome(r) {
+                        fatal.get_or_insert(e);
+                    }
                     break;
                 }
                 Ok(_) => {}
