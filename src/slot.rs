@@ -18,7 +18,6 @@ use std::ffi::{OsStr, OsString};
 use std::fmt;
 use std::io;
 use std::os::fd::{AsFd, OwnedFd};
-use std::os::unix::ffi::OsStrExt;
 use std::path::{Component, Path, PathBuf};
 
 use rustix::fs::{AtFlags, FileType, FlockOperation, Mode, OFlags, ResolveFlags, Stat};
@@ -804,19 +803,6 @@ impl KeySlot {
         self.repair().map(|(r, _)| r)
     }
 
-    /// Name of `P` inside the slot directory.
-    pub fn file_name(&self) -> &OsStr {
-        &self.name
-    }
-
-    /// Whether `P` is, right now, the FIFO `armed` (used by tests and
-    /// status reporting).
-    pub fn is_armed_with(&self, armed: &ArmedFifo) -> bool {
-        rustix::fs::statat(&self.dir, self.name.as_os_str(), AtFlags::SYMLINK_NOFOLLOW)
-            .map(|st| st.st_dev == armed.dev && st.st_ino == armed.ino)
-            .unwrap_or(false)
-    }
-
     /// Whether `P` is, right now, a regular file: while we run, the stripped
     /// key (a reader attached and no FIFO was armed since).
     pub fn holds_regular_file(&self) -> bool {
@@ -824,12 +810,4 @@ impl KeySlot {
             .map(|st| kind_of(&st) == FileType::RegularFile)
             .unwrap_or(false)
     }
-}
-
-/// Lexically checks a key path for `..` (refused) without touching the disk.
-pub fn key_path_is_plain(path: &Path) -> bool {
-    !path
-        .components()
-        .any(|c| matches!(c, Component::ParentDir | Component::CurDir))
-        && !path.as_os_str().as_bytes().is_empty()
 }
