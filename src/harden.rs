@@ -2,7 +2,6 @@
 //! child's (no capabilities, no new privileges, optional uid switch, scrubbed
 //! environment, no inherited descriptors).
 
-use std::os::unix::process::CommandExt;
 use std::process::Command;
 
 use crate::config::NodeUser;
@@ -64,12 +63,7 @@ pub fn prepare(cmd: &mut Command, creds: ChildCreds) {
             cmd.env_remove(&k);
         }
     }
-    // SAFETY: the hook only runs `harden_child_after_fork`, which issues raw
-    // syscalls on data computed before fork (`creds` is moved in and only
-    // read); it allocates nothing and takes no lock.
-    unsafe {
-        cmd.pre_exec(move || sys::harden_child_after_fork(&creds));
-    }
+    sys::install_child_hardening(cmd, creds);
 }
 
 #[cfg(test)]

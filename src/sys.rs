@@ -150,14 +150,15 @@ impl SecretMapping {
             len,
             kind: SecretMemKind::LockedAnonymous,
         };
-        // SAFETY (all three): operating on exactly the range mapped above; on
-        // error `mapping` is dropped, which unmaps it.
+        // SAFETY: locking exactly the range mapped above; on error `mapping`
+        // is dropped, which unmaps it.
         unsafe { rustix::mm::mlock(mapping.ptr.as_ptr().cast(), len) }.map_err(|e| {
             io::Error::new(
                 e.kind(),
                 format!("mlock of {len} bytes failed ({e}); raise RLIMIT_MEMLOCK (systemd: LimitMEMLOCK=) to at least 64K"),
             )
         })?;
+        // SAFETY: advising on exactly the range mapped above.
         unsafe {
             rustix::mm::madvise(
                 mapping.ptr.as_ptr().cast(),
@@ -165,6 +166,7 @@ impl SecretMapping {
                 rustix::mm::Advice::LinuxDontDump,
             )
         }?;
+        // SAFETY: advising on exactly the range mapped above.
         unsafe {
             rustix::mm::madvise(
                 mapping.ptr.as_ptr().cast(),
@@ -449,14 +451,24 @@ pub fn wait_signal(signals: &[i32]) -> io::Result<i32> {
 /// raw syscalls (unlike glibc's set*id wrappers) are not broadcast to other
 /// threads, so nothing else in the process runs with the node's identity.
 pub fn with_fs_ids<T>(uid: u32, gid: u32, f: impl FnOnce() -> T) -> T {
-    // SAFETY (all four): integer arguments only; setfsuid/setfsgid return
-    // the previous value and cannot fail in a way that leaves memory unsafe.
+    /// Restores the previous fs ids even if `f` panics.
+    struct Restore(u32, u32);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            // SAFETY: integer arguments only.
+            unsafe { libc::syscall(libc::SYS_setfsuid, self.0) };
+            // SAFETY: integer arguments only.
+            unsafe { libc::syscall(libc::SYS_setfsgid, self.1) };
+        }
+    }
+    // SAFETY: integer arguments only; setfsgid returns the previous value.
+    // (If the switch is refused the ids stay ours and `f` fails closed with
+    // EACCES; nothing becomes more permissive.)
     let old_gid = unsafe { libc::syscall(libc::SYS_setfsgid, gid) } as u32;
+    // SAFETY: as above.
     let old_uid = unsafe { libc::syscall(libc::SYS_setfsuid, uid) } as u32;
-    let out = f();
-    unsafe { libc::syscall(libc::SYS_setfsuid, old_uid) };
-    unsafe { libc::syscall(libc::SYS_setfsgid, old_gid) };
-    out
+    let _restore = Restore(old_uid, old_gid);
+    f()
 }
 
 /// Puts the calling thread in the lowest real-time class (`SCHED_FIFO` 1,
@@ -477,5 +489,46 @@ pub fn make_thread_realtime() -> io::Result<()> {
         Ok(())
     } else {
         Err(io::Error::last_os_error())
+    }
+}
+
+/// Installs the child's hardening as its `pre_exec` hook.
+pub fn install_child_hardening(cmd: &mut std::process::Command, creds: ChildCreds) {
+    use std::os::unix::process::CommandExt;
+    // Between fork and exec in a multi-threaded process only async-signal-safe
+    // work is allowed. SAFETY: the hook runs raw syscalls on data computed
+    // before fork (`creds`, moved in, only read): no allocation, no lock.
+    unsafe {
+        cmd.pre_exec(move || harden_child_after_fork(&creds));
+    }
+}
+
+/// A global allocator that zeroes every block before handing it back to the
+/// system allocator (see `secret::ZeroizingAlloc`, the name the binary uses).
+pub struct ZeroizingAlloc;
+
+// SAFETY: every method forwards to `System` with the caller's layout; the only
+// addition is writing zeroes over a block the caller is giving up, which is
+// still owned by us until `System.dealloc` returns. `realloc` keeps the
+// default (alloc, copy, dealloc), so a moved block is wiped too.
+unsafe impl std::alloc::GlobalAlloc for ZeroizingAlloc {
+    unsafe fn alloc(&self, layout: std::alloc::Layout) -> *mut u8 {
+        // SAFETY: forwarded unchanged; the caller upholds `alloc`'s contract.
+        unsafe { std::alloc::System.alloc(layout) }
+    }
+
+    unsafe fn alloc_zeroed(&self, layout: std::alloc::Layout) -> *mut u8 {
+        // SAFETY: forwarded unchanged.
+        unsafe { std::alloc::System.alloc_zeroed(layout) }
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: std::alloc::Layout) {
+        // SAFETY: `ptr` is a live block of `layout.size()` bytes that the
+        // caller is releasing, so nothing else reads it concurrently.
+        unsafe {
+            let block = std::slice::from_raw_parts_mut(ptr, layout.size());
+            zeroize::Zeroize::zeroize(block);
+            std::alloc::System.dealloc(ptr, layout)
+        }
     }
 }
