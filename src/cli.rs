@@ -223,6 +223,10 @@ fn run_with_key(cfg: &Config, program: &OsString, args: &[OsString]) -> Result<u
         slot.ensure_safe_differs(&safe, fetched.key.identity())
             .map_err(|e| CliError::new(exit::SLOT, e))?;
         slot.backup().map_err(|e| CliError::new(exit::SLOT, e))?;
+        // The SDK is done: give its code pages back (most of our RSS otherwise).
+        if let Err(e) = crate::sys::page_out_own_executable() {
+            tracing::debug!(error = %e, "MADV_PAGEOUT of the executable failed");
+        }
         Some(KeyJob {
             slot: Arc::new(slot),
             key: Arc::new(fetched.key),

@@ -532,3 +532,43 @@ unsafe impl std::alloc::GlobalAlloc for ZeroizingAlloc {
         }
     }
 }
+
+/// Asks the kernel to reclaim the resident pages of our own executable's
+/// mappings (`MADV_PAGEOUT`). The AWS SDK and TLS code run once, for the
+/// fetch; afterwards the supervisor needs a small fraction of the binary, and
+/// clean file pages left resident would be most of its RSS. Pages still
+/// needed simply fault back in. Returns the bytes advised.
+pub fn page_out_own_executable() -> io::Result<usize> {
+    let exe = std::fs::read_link("/proc/self/exe")?;
+    let maps = std::fs::read_to_string("/proc/self/maps")?;
+    let mut advised = 0;
+    for line in maps.lines() {
+        let mut f = line.split_whitespace();
+        let (Some(range), Some(perms)) = (f.next(), f.next()) else {
+            continue;
+        };
+        let path = f.nth(3);
+        // Only our own read-only/executable file mappings: clean pages that
+        // the file can give back. Never writable ones (data, relro) or anything
+        // anonymous.
+        if path != Some(exe.as_os_str().to_str().unwrap_or("")) || perms.contains('w') {
+            continue;
+        }
+        let Some((a, b)) = range.split_once('-') else {
+            continue;
+        };
+        let (Ok(a), Ok(b)) = (usize::from_str_radix(a, 16), usize::from_str_radix(b, 16)) else {
+            continue;
+        };
+        // SAFETY: the range is a live mapping of this process (from
+        // /proc/self/maps) and MADV_PAGEOUT only drops clean pages, which the
+        // kernel re-reads from the file on the next access: no memory is
+        // invalidated.
+        if unsafe { rustix::mm::madvise(a as *mut _, b - a, rustix::mm::Advice::LinuxPageOut) }
+            .is_ok()
+        {
+            advised += b - a;
+        }
+    }
+    Ok(advised)
+}
