@@ -137,6 +137,20 @@ fn child_has_no_capabilities_no_new_privs_and_no_aws_credentials() {
             !maps.contains("secretmem"),
             "child pid {pid} has the secret mapping"
         );
+        // Nothing of ours crossed exec: no secretmem fd, no inotify or pidfd
+        // of the supervisor, no handle on the key slot.
+        for fd in fs::read_dir(format!("/proc/{pid}/fd")).unwrap().flatten() {
+            let target = fs::read_link(fd.path())
+                .map(|p| p.display().to_string())
+                .unwrap_or_default();
+            for bad in ["secretmem", "inotify", "pidfd", "priv_validator_key"] {
+                assert!(
+                    !target.contains(bad),
+                    "child pid {pid} inherited fd {:?} -> {target}",
+                    fd.file_name()
+                );
+            }
+        }
     }
     // Our own process: core limit 0, and the key in a secretmem mapping.
     let tpid = tool.child.pid();
