@@ -4,6 +4,7 @@
 use std::ffi::OsStr;
 use std::fs;
 use std::io;
+use std::os::fd::OwnedFd;
 use std::os::unix::ffi::OsStrExt;
 use std::path::PathBuf;
 
@@ -83,9 +84,20 @@ pub fn is_descendant_of(pid: Pid, ancestor: Pid) -> bool {
     false
 }
 
+/// Reads a small `/proc` text file. `fs::read_to_string` sizes its buffer
+/// from `st_size`, which is 0 here, and so needs ~7 `read` calls for a
+/// status file; one 4 KiB buffer takes it in one (the reader scan does this
+/// for every process, several times per hand-off).
+fn read_proc_text(path: &str) -> Option<String> {
+    use std::io::Read;
+    let mut s = String::with_capacity(4096);
+    fs::File::open(path).ok()?.read_to_string(&mut s).ok()?;
+    Some(s)
+}
+
 /// The uids of a process from `/proc/<pid>/status` (real, effective, saved, fs).
 pub fn uids_of(pid: Pid) -> Option<[u32; 4]> {
-    let s = fs::read_to_string(format!("/proc/{}/status", pid.0)).ok()?;
+    let s = read_proc_text(&format!("/proc/{}/status", pid.0))?;
     let line = s.lines().find(|l| l.starts_with("Uid:"))?;
     let mut v = line[4..]
         .split_ascii_whitespace()
@@ -94,7 +106,7 @@ pub fn uids_of(pid: Pid) -> Option<[u32; 4]> {
 }
 
 fn cap_permitted(pid: &str) -> Option<u64> {
-    let s = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let s = read_proc_text(&format!("/proc/{pid}/status"))?;
     let line = s.lines().find(|l| l.starts_with("CapPrm:"))?;
     u64::from_str_radix(line[7..].trim(), 16).ok()
 }
@@ -150,6 +162,30 @@ pub struct NodeIds {
     pub gid: u32,
 }
 
+/// How many of a large fd table's newest fds [`scan_pid`] looks at first.
+const TAIL_FDS: i64 = 32;
+
+/// The fd numbers in a `/proc/<pid>/fd` directory from its position on,
+/// highest first.
+fn fd_numbers(dir: &mut rustix::fs::Dir) -> Vec<u32> {
+    let mut fds: Vec<u32> = Vec::new();
+    while let Some(Ok(ent)) = dir.read() {
+        if let Some(n) = std::str::from_utf8(ent.file_name().to_bytes())
+            .ok()
+            .and_then(|s| s.parse().ok())
+        {
+            fds.push(n);
+        }
+    }
+    fds.sort_unstable_by(|a, b| b.cmp(a));
+    fds
+}
+
+/// `stat` of what fd `n` of the process whose fd directory is `fd_dir` refers to.
+fn stat_fd(fd_dir: &OwnedFd, n: u32) -> rustix::io::Result<rustix::fs::Stat> {
+    rustix::fs::statat(fd_dir, n.to_string().as_str(), AtFlags::empty())
+}
+
 /// Whether `pid` has an fd on inode (`dev`, `ino`). `Ok(None)` if it vanished.
 fn scan_pid(pid: Pid, dev: u64, ino: u64) -> Result<Option<bool>, rustix::io::Errno> {
     let fd_dir = match rustix::fs::open(
@@ -161,19 +197,35 @@ fn scan_pid(pid: Pid, dev: u64, ino: u64) -> Result<Option<bool>, rustix::io::Er
         Err(rustix::io::Errno::NOENT | rustix::io::Errno::SRCH) => return Ok(None),
         Err(e) => return Err(e),
     };
-    let dir = match rustix::fs::Dir::read_from(&fd_dir) {
+    // A large table is first looked at from its newest fds, reading the
+    // directory from near its end: a node opens its key file after what it
+    // holds at start-up, so its scan ends here without listing all its fds
+    // (that listing was most of a scan's cost). Only a hit ends the scan
+    // early; everything else gets the full scan below. Since Linux 6.2 the
+    // size of /proc/<pid>/fd is the number of open fds (0 before: no tail).
+    let open_fds = rustix::fs::fstat(&fd_dir).map(|st| st.st_size).unwrap_or(0);
+    if open_fds > 2 * TAIL_FDS {
+        if let Ok(mut tail) = rustix::fs::Dir::read_from(&fd_dir) {
+            // The directory position of fd N is N + 2.
+            if tail.seek(2 + open_fds - TAIL_FDS).is_ok() {
+                for n in fd_numbers(&mut tail) {
+                    if matches!(stat_fd(&fd_dir, n), Ok(st) if st.st_dev == dev && st.st_ino == ino)
+                    {
+                        return Ok(Some(true));
+                    }
+                }
+            }
+        }
+    }
+    let mut dir = match rustix::fs::Dir::read_from(&fd_dir) {
         Ok(d) => d,
         Err(rustix::io::Errno::NOENT | rustix::io::Errno::SRCH) => return Ok(None),
         Err(e) => return Err(e),
     };
-    for ent in dir {
-        let Ok(ent) = ent else { break };
-        let name = ent.file_name();
-        if name.to_bytes().first() == Some(&b'.') {
-            continue;
-        }
+    // Newest first here too; the answer does not depend on the order.
+    for n in fd_numbers(&mut dir) {
         // stat follows the magic link to the open file itself.
-        match rustix::fs::statat(&fd_dir, name, AtFlags::empty()) {
+        match stat_fd(&fd_dir, n) {
             Ok(st) if st.st_dev == dev && st.st_ino == ino => return Ok(Some(true)),
             Ok(_) | Err(rustix::io::Errno::NOENT) => {}
             // An fd we may not inspect must not be assumed harmless.
@@ -200,15 +252,19 @@ pub fn holders(dev: u64, ino: u64, exclude: Pid, node: NodeIds) -> Result<Vec<Ho
         if pid == exclude {
             continue;
         }
+        // The fd table first, uids only where they matter (holders, and
+        // processes we cannot inspect): rendering /proc/<pid>/status for
+        // every process was a large part of each scan's cost.
+        let mut res = scan_pid(pid, dev, ino);
+        if let Ok(None | Some(false)) = res {
+            continue;
+        }
         let Some(uids) = uids_of(pid) else { continue };
         let relevant = uids.contains(&node.uid);
         let as_node = am_root && node.uid != 0 && relevant;
-        let res = match scan_pid(pid, dev, ino) {
-            Err(rustix::io::Errno::ACCESS | rustix::io::Errno::PERM) if as_node => {
-                crate::sys::with_fs_ids(node.uid, node.gid, || scan_pid(pid, dev, ino))
-            }
-            r => r,
-        };
+        if let (Err(rustix::io::Errno::ACCESS | rustix::io::Errno::PERM), true) = (&res, as_node) {
+            res = crate::sys::with_fs_ids(node.uid, node.gid, || scan_pid(pid, dev, ino));
+        }
         match res {
             Ok(Some(true)) => {
                 let exe = exe_of(pid).or_else(|| {
@@ -252,6 +308,37 @@ mod tests {
         assert!(!is_descendant_of(parent, me));
         let uids = uids_of(me).unwrap();
         assert_eq!(uids[1], rustix::process::geteuid().as_raw());
+    }
+
+    /// The scan reads a large fd table from its newest fds first; a holder
+    /// is found wherever its fd is (here: ourselves, not excluded).
+    #[test]
+    fn finds_a_holder_at_a_low_or_the_highest_fd_of_a_large_table() {
+        use std::os::unix::fs::MetadataExt;
+        let d = tempfile::tempdir().unwrap();
+        let other = Pid(i32::MAX);
+        for (i, at_top) in [(0, false), (1, true)] {
+            let f = d.path().join(format!("held-{i}"));
+            std::fs::write(&f, b"x").unwrap();
+            let m = std::fs::metadata(&f).unwrap();
+            let low = (!at_top).then(|| std::fs::File::open(&f).unwrap());
+            let filler: Vec<_> = (0..200)
+                .map(|_| std::fs::File::open("/dev/null").unwrap())
+                .collect();
+            let high = at_top.then(|| std::fs::File::open(&f).unwrap());
+            let ids = NodeIds {
+                uid: rustix::process::geteuid().as_raw(),
+                gid: rustix::process::getegid().as_raw(),
+            };
+            let found = holders(m.dev(), m.ino(), other, ids).unwrap();
+            let me = Pid(std::process::id() as i32);
+            assert_eq!(
+                found.iter().map(|h| h.pid).collect::<Vec<_>>(),
+                vec![me],
+                "at_top={at_top}"
+            );
+            drop((low, filler, high));
+        }
     }
 
     #[test]
