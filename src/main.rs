@@ -16,7 +16,10 @@ fn main() -> ExitCode {
         Err(e) => {
             // Also through tracing when it is set up, so JSON logs carry it.
             tracing::error!(event = "fatal", exit_code = e.code, error = %e.message, "stopping");
-            eprintln!("ssm-cosmovisor: error: {}", e.message);
+            // One write, so the line cannot interleave with the child's output.
+            use std::io::Write as _;
+            let line = format!("ssm-cosmovisor: error: {}\n", e.message);
+            let _ = std::io::stderr().write_all(line.as_bytes());
             ExitCode::from(e.code)
         }
     }

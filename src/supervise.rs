@@ -307,13 +307,18 @@ struct Delivering {
     since: Instant,
 }
 
+/// Starts the hand-off of `armed` on its own thread, and tells systemd that
+/// we wait for the node.
 fn start_delivery(
     job: &KeyJob,
-    pending: Pending,
+    armed: ArmedFifo,
     policy: &ReaderPolicy,
     next: Next,
     tx: &Sender<Event>,
+    notifier: &Notifier,
 ) -> Delivering {
+    notifier.status("waiting for the node to read the key");
+    let pending = Pending::new(armed, policy);
     let d = Delivering {
         canceller: pending.canceller(),
         inode: pending.inode(),
@@ -551,10 +556,11 @@ pub fn run(
         let a = armed.take().expect("armed above");
         delivering = Some(start_delivery(
             j,
-            Pending::new(a, &policy),
+            a,
             &policy,
             next_mode(cfg),
             &tx,
+            &notifier,
         ));
         notifier.ready("waiting for the node to read the key");
     } else {
@@ -701,13 +707,13 @@ pub fn run(
                 };
                 match next_fifo {
                     Some(Ok(a)) => {
-                        notifier.status("waiting for the node to read the key");
                         delivering = Some(start_delivery(
                             j,
-                            Pending::new(a, &policy),
+                            a,
                             &policy,
                             next_mode(cfg),
                             &tx,
+                            &notifier,
                         ));
                     }
                     Some(Err(e)) => {
@@ -739,13 +745,13 @@ pub fn run(
                     continue;
                 }
                 let Some(a) = fast.take() else { continue };
-                notifier.status("waiting for the node to read the key");
                 delivering = Some(start_delivery(
                     j,
-                    Pending::new(a, &policy),
+                    a,
                     &policy,
                     next_mode(cfg),
                     &tx,
+                    &notifier,
                 ));
             }
             Event::RearmFailed(e) => {

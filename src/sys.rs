@@ -560,10 +560,9 @@ pub fn page_out_own_executable() -> io::Result<usize> {
         let (Ok(a), Ok(b)) = (usize::from_str_radix(a, 16), usize::from_str_radix(b, 16)) else {
             continue;
         };
-        // SAFETY: the range is a live mapping of this process (from
-        // /proc/self/maps) and MADV_PAGEOUT only drops clean pages, which the
-        // kernel re-reads from the file on the next access: no memory is
-        // invalidated.
+        // MADV_PAGEOUT only drops clean pages, re-read from the file on the next
+        // access. SAFETY: the range is a live mapping of this process (from
+        // /proc/self/maps) and no memory is invalidated.
         if unsafe { rustix::mm::madvise(a as *mut _, b - a, rustix::mm::Advice::LinuxPageOut) }
             .is_ok()
         {

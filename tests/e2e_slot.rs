@@ -12,7 +12,7 @@
 mod support;
 
 use std::fs;
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -49,17 +49,10 @@ fn restore_cmd(home: &NodeHome) -> Command {
     c
 }
 
+/// Replaces `p` with a 0600 file holding `bytes`.
 fn write_0600(p: &Path, bytes: &[u8]) {
-    use std::io::Write;
     let _ = fs::remove_file(p);
-    let mut f = fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(p)
-        .unwrap_or_else(|e| panic!("create {}: {e}", p.display()));
-    f.write_all(bytes).unwrap();
-    f.sync_all().unwrap();
+    write_file_0600(p, bytes);
 }
 
 fn mkfifo_0600(p: &Path) {

@@ -21,6 +21,19 @@
 //! Exit codes: the node's status, 2 for usage/environment errors, 127 if the node binary
 //! cannot be started.
 
+/// `eprintln!`/`println!` issue one `write` per formatting piece (stderr is
+/// unbuffered; stdout's line buffer flushes before the newline part), so
+/// lines from several processes sharing one log file can interleave
+/// mid-line. Tests parse that file line by line: write each line at once.
+macro_rules! say_line {
+    ($stream:ident, $($t:tt)*) => {{
+        use std::io::Write as _;
+        let mut line = format!($($t)*);
+        line.push('\n');
+        let _ = std::io::$stream().write_all(line.as_bytes());
+    }};
+}
+
 use std::fs;
 use std::io::{Read, Write};
 use std::os::fd::OwnedFd;
@@ -64,7 +77,7 @@ extern "C" fn on_signal(sig: libc::c_int) {
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let args_json = serde_json::to_string(&args).expect("serialize args");
-    println!("cosmovisor-standin args: {args_json}");
+    say_line!(stdout, "cosmovisor-standin args: {args_json}");
     let _ = std::io::stdout().flush();
 
     if args.first().map(String::as_str) != Some("run") {
@@ -117,7 +130,8 @@ fn main() {
             exit_with(status);
         }
         if starts >= max_starts {
-            eprintln!(
+            say_line!(
+                stderr,
                 "cosmovisor-standin: STANDIN_MAX_STARTS={max_starts} reached; not restarting"
             );
             exit_with(status);
@@ -137,14 +151,21 @@ fn run_node(bin: &Path, args: &[String], start: u64) -> ExitStatus {
     let mut child = match Command::new(bin).args(args).spawn() {
         Ok(c) => c,
         Err(e) => {
-            eprintln!("cosmovisor-standin: cannot start {}: {e}", bin.display());
+            say_line!(
+                stderr,
+                "cosmovisor-standin: cannot start {}: {e}",
+                bin.display()
+            );
             process::exit(127);
         }
     };
     let pid = Pid::from_raw(child.id() as i32);
     *guard = Some(pid);
     drop(guard);
-    println!("cosmovisor-standin: starting node pid={pid} start={start}");
+    say_line!(
+        stdout,
+        "cosmovisor-standin: starting node pid={pid} start={start}"
+    );
     let _ = std::io::stdout().flush();
 
     // Peek without reaping so the pid stays ours until the forwarder can no longer use it.
@@ -192,7 +213,10 @@ fn install_signal_forwarding() {
             }
             let guard = NODE.lock().expect("node lock");
             if let Some(pid) = *guard {
-                eprintln!("cosmovisor-standin: forwarding {sig} to node pid={pid}");
+                say_line!(
+                    stderr,
+                    "cosmovisor-standin: forwarding {sig} to node pid={pid}"
+                );
                 let _ = signal::kill(pid, sig);
             }
         }
@@ -222,7 +246,8 @@ fn upgrade_marker(home: &Path) -> Option<String> {
     match serde_json::from_str::<serde_json::Value>(&text) {
         Ok(v) => v.get("name").and_then(|n| n.as_str()).map(str::to_string),
         Err(e) => {
-            eprintln!(
+            say_line!(
+                stderr,
                 "cosmovisor-standin: ignoring unparsable {}: {e}",
                 path.display()
             );
@@ -236,7 +261,8 @@ fn upgrade_marker(home: &Path) -> Option<String> {
 fn apply_upgrade(root: &Path, daemon: &str, name: &str) {
     let bin = root.join("upgrades").join(name).join("bin").join(daemon);
     if !bin.exists() {
-        eprintln!(
+        say_line!(
+            stderr,
             "cosmovisor-standin: WARNING upgrade {name:?} has no binary at {}; keeping current",
             bin.display()
         );
@@ -249,7 +275,7 @@ fn apply_upgrade(root: &Path, daemon: &str, name: &str) {
     if let Err(e) = res {
         die(&format!("switch current to upgrades/{name}: {e}"));
     }
-    println!("cosmovisor-standin: applied upgrade {name}");
+    say_line!(stdout, "cosmovisor-standin: applied upgrade {name}");
     let _ = std::io::stdout().flush();
 }
 
@@ -262,6 +288,6 @@ fn exit_with(status: ExitStatus) -> ! {
 }
 
 fn die(msg: &str) -> ! {
-    eprintln!("cosmovisor-standin: {msg}");
+    say_line!(stderr, "cosmovisor-standin: {msg}");
     process::exit(2);
 }

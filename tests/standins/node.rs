@@ -38,6 +38,19 @@
 //! panic / bogus identity), 3 key path missing (CometBFT would generate a key), 4 invalid key
 //! file or read error (CometBFT panic), 5 empty read (EOF without data), 6 usage/env error.
 
+/// `eprintln!`/`println!` issue one `write` per formatting piece (stderr is
+/// unbuffered; stdout's line buffer flushes before the newline part), so
+/// lines from several processes sharing one log file can interleave
+/// mid-line. Tests parse that file line by line: write each line at once.
+macro_rules! say_line {
+    ($stream:ident, $($t:tt)*) => {{
+        use std::io::Write as _;
+        let mut line = format!($($t)*);
+        line.push('\n');
+        let _ = std::io::$stream().write_all(line.as_bytes());
+    }};
+}
+
 use std::ffi::OsString;
 use std::fs::{self, File, OpenOptions};
 use std::io::{ErrorKind, Read, Write};
@@ -104,7 +117,7 @@ fn main() {
     }
     thread::spawn(move || {
         if let Ok(sig) = term.wait() {
-            println!("node-standin: got {}", sig.as_str());
+            say_line!(stdout, "node-standin: got {}", sig.as_str());
             let _ = std::io::stdout().flush();
             process::exit(0);
         }
@@ -131,7 +144,8 @@ fn main() {
     if let Some(code) = exit_code {
         process::exit(code);
     }
-    println!(
+    say_line!(
+        stdout,
         "node-standin: pid={} read key {}",
         process::id(),
         report.address.as_deref().unwrap_or("")
@@ -148,7 +162,11 @@ fn main() {
             let name = format!("upgrade-{start_no}");
             write_upgrade_info(&home, &name, 100 + start_index);
             marker_log("marker_written_unix_us");
-            println!("UPGRADE \"{name}\" NEEDED at height: {}", 100 + start_index);
+            say_line!(
+                stdout,
+                "UPGRADE \"{name}\" NEEDED at height: {}",
+                100 + start_index
+            );
             let _ = std::io::stdout().flush();
             process::exit(EXIT_UPGRADE);
         }
@@ -156,7 +174,7 @@ fn main() {
     if let Some(ms) = env_u64("NODE_EXIT_AFTER_MS") {
         if start_no <= env_u64("NODE_EXITS").unwrap_or(1) {
             thread::sleep(Duration::from_millis(ms));
-            println!("node-standin: planned exit without upgrade marker");
+            say_line!(stdout, "node-standin: planned exit without upgrade marker");
             let _ = std::io::stdout().flush();
             marker_log("exit_unix_us");
             process::exit(0);
@@ -227,7 +245,8 @@ fn load_file_pv(path: &Path) -> (Report, Option<i32>) {
     // through to the read, which then fails.
     if let Err(e) = fs::metadata(path) {
         if e.kind() == ErrorKind::NotFound {
-            eprintln!(
+            say_line!(
+                stderr,
                 "NODE-FATAL: key path {} missing: CometBFT would generate a NEW key here",
                 path.display()
             );
@@ -240,7 +259,8 @@ fn load_file_pv(path: &Path) -> (Report, Option<i32>) {
     let read = File::open(path).and_then(|mut f| f.read_to_end(&mut buf));
     let elapsed_read_us = started.elapsed().as_micros();
     if let Err(e) = read {
-        eprintln!(
+        say_line!(
+            stderr,
             "NODE-PANIC: error reading PrivValidator key from {}: {e}",
             path.display()
         );
@@ -259,11 +279,14 @@ fn load_file_pv(path: &Path) -> (Report, Option<i32>) {
 fn parse_key(buf: &[u8]) -> (Report, Option<i32>) {
     if buf.is_empty() {
         // A refused reader gets EOF without data; CometBFT would panic on the JSON decode.
-        eprintln!("NODE-PANIC: empty PrivValidator key file (EOF without data)");
+        say_line!(
+            stderr,
+            "NODE-PANIC: empty PrivValidator key file (EOF without data)"
+        );
         return (Report::new("empty"), Some(EXIT_EMPTY));
     }
     let invalid = |why: String| {
-        eprintln!("NODE-PANIC: error reading PrivValidator key: {why}");
+        say_line!(stderr, "NODE-PANIC: error reading PrivValidator key: {why}");
         let mut r = Report::new("invalid");
         r.detail = Some(why);
         (r, Some(EXIT_INVALID))
@@ -293,7 +316,8 @@ fn parse_key(buf: &[u8]) -> (Report, Option<i32>) {
             // ed25519.PrivKey.PubKey() slices privKey[32:]: a stripped or short value panics
             // (we treat every value shorter than 64 bytes as the stripped crash).
             if value.len() < 64 {
-                eprintln!(
+                say_line!(
+                    stderr,
                     "NODE-PANIC: stripped or short ed25519 priv_key (len {})",
                     value.len()
                 );
@@ -306,7 +330,10 @@ fn parse_key(buf: &[u8]) -> (Report, Option<i32>) {
             let embedded: [u8; 32] = value[32..64].try_into().expect("32-byte slice");
             if embedded.iter().all(|&b| b == 0) {
                 // CometBFT: "Expected ed25519 PrivKey to include concatenated pubkey bytes".
-                eprintln!("NODE-PANIC: ed25519 priv_key has no concatenated public key");
+                say_line!(
+                    stderr,
+                    "NODE-PANIC: ed25519 priv_key has no concatenated public key"
+                );
                 report.outcome = "stripped";
                 return (report, Some(EXIT_STRIPPED));
             }
@@ -320,7 +347,7 @@ fn parse_key(buf: &[u8]) -> (Report, Option<i32>) {
         }
         SECP256K1_PRIV => {
             if value.len() < 32 {
-                eprintln!(
+                say_line!(stderr,
                     "NODE-PANIC: stripped or short secp256k1 priv_key (len {}): a real node would run with a bogus identity",
                     value.len()
                 );
@@ -462,6 +489,6 @@ fn hex_upper(bytes: &[u8]) -> String {
 }
 
 fn fatal_usage(msg: &str) -> ! {
-    eprintln!("node-standin: {msg}");
+    say_line!(stderr, "node-standin: {msg}");
     process::exit(EXIT_USAGE);
 }

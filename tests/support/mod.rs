@@ -864,7 +864,8 @@ fn mkdir_0700(p: &Path) {
     fs::set_permissions(p, fs::Permissions::from_mode(0o700)).expect("chmod 0700");
 }
 
-fn write_file_0600(p: &Path, bytes: &[u8]) {
+/// Creates `p` (which must not exist) with mode 0600, writes and fsyncs `bytes`.
+pub fn write_file_0600(p: &Path, bytes: &[u8]) {
     use std::os::unix::fs::OpenOptionsExt;
     let mut f = fs::OpenOptions::new()
         .write(true)
