@@ -632,6 +632,8 @@ fn unit_settings_the_design_depends_on() {
         want("KillMode", "mixed");
         want("SystemCallErrorNumber", "EPERM");
         want("LimitCORE", "0");
+        // The key must not reach swap through the node either (security.md).
+        want("MemorySwapMax", "0");
         want("NoNewPrivileges", "yes");
         want("EnvironmentFile", "/etc/ssm-cosmovisor/%i.env");
         // Secret memory counts against RLIMIT_MEMLOCK; 0 breaks it.
