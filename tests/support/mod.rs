@@ -326,8 +326,20 @@ fn block_on<F: std::future::Future>(f: F) -> F::Output {
 /// Stores (overwriting) a parameter; `ty` is `"SecureString"` or `"String"`. Returns its
 /// new version.
 pub fn ssm_put(endpoint: &str, name: &str, value: &str, ty: &str, kms_key_id: Option<&str>) -> i64 {
+    put_parameter(endpoint, name, value, ty, kms_key_id)
+        .unwrap_or_else(|e| panic!("ssm put_parameter {name}: {e}"))
+}
+
+/// One PutParameter (overwriting) with the test credentials.
+fn put_parameter(
+    endpoint: &str,
+    name: &str,
+    value: &str,
+    ty: &str,
+    kms_key_id: Option<&str>,
+) -> Result<i64, String> {
     let client = ssm_client(endpoint, TEST_ACCESS_KEY_ID, TEST_SECRET_ACCESS_KEY);
-    let res = block_on(
+    block_on(
         client
             .put_parameter()
             .name(name)
@@ -336,14 +348,9 @@ pub fn ssm_put(endpoint: &str, name: &str, value: &str, ty: &str, kms_key_id: Op
             .overwrite(true)
             .set_key_id(kms_key_id.map(str::to_string))
             .send(),
-    );
-    match res {
-        Ok(out) => out.version(),
-        Err(e) => panic!(
-            "ssm put_parameter {name}: {}",
-            aws_sdk_ssm::error::DisplayErrorContext(&e)
-        ),
-    }
+    )
+    .map(|out| out.version())
+    .map_err(|e| aws_sdk_ssm::error::DisplayErrorContext(&e).to_string())
 }
 
 /// Reads a parameter back (decrypted) with the test credentials.
@@ -1172,18 +1179,7 @@ pub fn put_key(endpoint: &str, name: &str, key: &TestKey) -> i64 {
 /// As [`ssm_put`] but returns the emulator's refusal instead of panicking (for values SSM
 /// may refuse: empty, oversize). `ty` is `"SecureString"` or `"String"`.
 pub fn ssm_try_put(endpoint: &str, name: &str, value: &str, ty: &str) -> Result<i64, String> {
-    let client = ssm_client(endpoint, TEST_ACCESS_KEY_ID, TEST_SECRET_ACCESS_KEY);
-    block_on(
-        client
-            .put_parameter()
-            .name(name)
-            .value(value)
-            .r#type(aws_sdk_ssm::types::ParameterType::from(ty))
-            .overwrite(true)
-            .send(),
-    )
-    .map(|out| out.version())
-    .map_err(|e| aws_sdk_ssm::error::DisplayErrorContext(&e).to_string())
+    put_parameter(endpoint, name, value, ty, None)
 }
 
 // ---------------------------------------------------------------------------------------
