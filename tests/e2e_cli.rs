@@ -461,31 +461,14 @@ fn value_over_8_kib() {
         }
         Err(e) => eprintln!("moto refuses a 9000-byte value ({e}); tested through import only"),
     }
-    // The same through `import -f` (a fresh emulator, so "nothing stored" is checkable):
-    // refused before any AWS call.
+    // The same through `import -f`: refused before any AWS call.
     drop(moto);
-    let moto = Moto::start();
-    let home = NodeHome::new();
-    let before = Snapshot::of(&home);
-    let f = scratch_file(&home, "big.json", big.as_bytes());
-    let out = run(&mut import_cmd(
-        &home,
-        &moto.endpoint(),
-        &["-f", f.to_str().unwrap()],
-    ));
-    assert_refused(
-        &home,
-        &before,
-        &out,
-        EXIT_SOURCE,
-        &[
-            f.to_str().unwrap(),
-            "larger than the 8192-byte maximum",
-            "nothing stored",
-        ],
+    import_file_is_refused(
+        "big.json",
+        big.as_bytes(),
+        &["larger than the 8192-byte maximum"],
         &[&key],
     );
-    assert_absent(&moto.endpoint());
 }
 
 #[test]
@@ -511,24 +494,7 @@ fn value_with_nul_bytes() {
         Err(e) => eprintln!("moto refuses a value with NUL ({e}); tested through import only"),
     }
     drop(moto);
-    let moto = Moto::start();
-    let home = NodeHome::new();
-    let before = Snapshot::of(&home);
-    let f = scratch_file(&home, "nul.json", v.as_bytes());
-    let out = run(&mut import_cmd(
-        &home,
-        &moto.endpoint(),
-        &["-f", f.to_str().unwrap()],
-    ));
-    assert_refused(
-        &home,
-        &before,
-        &out,
-        EXIT_SOURCE,
-        &[f.to_str().unwrap(), "NUL bytes", "nothing stored"],
-        &[&key],
-    );
-    assert_absent(&moto.endpoint());
+    import_file_is_refused("nul.json", v.as_bytes(), &["NUL bytes"], &[&key]);
 }
 
 #[test]
@@ -553,22 +519,27 @@ fn empty_value() {
     // What SSM can hold: whitespace only.
     refuses_parameter_value(" \n", &["the value is empty"], &[]);
     // An empty file through import.
+    drop(moto);
+    import_file_is_refused("empty.json", b"", &["the value is empty"], &[]);
+}
+
+/// `import -f` of a file holding `bytes` is refused naming the file and the
+/// fault, leaves the node home as it was, and stores nothing (checked on a
+/// fresh emulator).
+fn import_file_is_refused(file: &str, bytes: &[u8], fault: &[&str], secrets: &[&TestKey]) {
+    let moto = Moto::start();
     let home = NodeHome::new();
     let before = Snapshot::of(&home);
-    let f = scratch_file(&home, "empty.json", b"");
+    let f = scratch_file(&home, file, bytes);
     let out = run(&mut import_cmd(
         &home,
         &moto.endpoint(),
         &["-f", f.to_str().unwrap()],
     ));
-    assert_refused(
-        &home,
-        &before,
-        &out,
-        EXIT_SOURCE,
-        &[f.to_str().unwrap(), "the value is empty", "nothing stored"],
-        &[],
-    );
+    let mut needles = vec![f.to_str().unwrap()];
+    needles.extend_from_slice(fault);
+    needles.push("nothing stored");
+    assert_refused(&home, &before, &out, EXIT_SOURCE, &needles, secrets);
     assert_absent(&moto.endpoint());
 }
 
