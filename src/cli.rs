@@ -343,19 +343,10 @@ fn import(
 
 fn passthrough(ov: &Overrides, args: Vec<OsString>) -> Result<u8, CliError> {
     use std::os::unix::process::CommandExt;
-    let program = ov
-        .cosmovisor_bin
-        .clone()
-        .map(PathBuf::into_os_string)
-        .or_else(|| ProcessEnv.get("COSMOVISOR_BIN").map(OsString::from))
-        .unwrap_or_else(|| OsString::from("cosmovisor"));
+    let program = crate::config::cosmovisor_bin(ov, &ProcessEnv);
     let mut cmd = std::process::Command::new(&program);
     cmd.args(&args);
-    for (k, _) in std::env::vars_os() {
-        if crate::harden::is_scrubbed(&k.to_string_lossy()) {
-            cmd.env_remove(&k);
-        }
-    }
+    crate::harden::scrub_env(&mut cmd);
     let e = cmd.exec();
     Err(CliError::new(
         exit::SPAWN,

@@ -278,6 +278,16 @@ fn pick(flag: Option<String>, env: &dyn Env, var: &str) -> Option<String> {
     flag.filter(|v| !v.is_empty()).or_else(|| env.get(var))
 }
 
+/// The cosmovisor program: `--cosmovisor-bin`, else `COSMOVISOR_BIN`, else
+/// `cosmovisor` looked up on `PATH`.
+pub fn cosmovisor_bin(ov: &Overrides, env: &dyn Env) -> OsString {
+    ov.cosmovisor_bin
+        .clone()
+        .map(PathBuf::into_os_string)
+        .or_else(|| env.get("COSMOVISOR_BIN").map(OsString::from))
+        .unwrap_or_else(|| OsString::from("cosmovisor"))
+}
+
 /// Finds `--home <dir>` or `--home=<dir>` in the node's arguments: the node
 /// reads its key under that home, which may differ from `DAEMON_HOME`.
 pub fn node_home_from_args(args: &[OsString]) -> Option<PathBuf> {
@@ -471,12 +481,7 @@ impl Config {
                 Some(v) => parse_bool("SSM_COSMOVISOR_ALWAYS_ARMED", &v)?,
                 None => false,
             };
-        let cosmovisor_bin = ov
-            .cosmovisor_bin
-            .clone()
-            .map(PathBuf::into_os_string)
-            .or_else(|| env.get("COSMOVISOR_BIN").map(OsString::from))
-            .unwrap_or_else(|| OsString::from("cosmovisor"));
+        let cosmovisor_bin = cosmovisor_bin(ov, env);
 
         Ok(Config {
             use_ssm_key,

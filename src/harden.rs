@@ -58,12 +58,17 @@ pub fn child_creds(node_user: Option<&NodeUser>) -> ChildCreds {
 /// Configures `cmd` to start hardened: environment scrubbed, and the
 /// `pre_exec` hook applying `creds`.
 pub fn prepare(cmd: &mut Command, creds: ChildCreds) {
+    scrub_env(cmd);
+    sys::install_child_hardening(cmd, creds);
+}
+
+/// Removes every [`is_scrubbed`] variable of our environment from `cmd`'s.
+pub fn scrub_env(cmd: &mut Command) {
     for (k, _) in std::env::vars_os() {
         if is_scrubbed(&k.to_string_lossy()) {
             cmd.env_remove(&k);
         }
     }
-    sys::install_child_hardening(cmd, creds);
 }
 
 #[cfg(test)]
