@@ -375,7 +375,7 @@ fn reader_killed_mid_read_gets_rearmed_then_node_gets_key() {
 fn rogue_reader_first_gets_nothing_node_then_gets_key_later_stranger_finds_stripped_file() {
     let s = setup(0);
     let mut cmd = s.run_cmd();
-    cmd.env("NODE_READ_DELAY_MS", "2000");
+    cmd.env("NODE_READ_DELAY_MS", "3000");
     let mut tool = Tool::spawn(&mut cmd, s.home.scratch("tool.log"));
     assert!(
         wait_for(
@@ -444,7 +444,7 @@ fn rogue_reader_first_gets_nothing_node_then_gets_key_later_stranger_finds_strip
 fn stranger_attached_together_with_node_both_refused_slot_restored() {
     let s = setup(0);
     let mut cmd = s.run_cmd();
-    cmd.env("NODE_READ_DELAY_MS", "1500");
+    cmd.env("NODE_READ_DELAY_MS", "3000");
     let mut tool = Tool::spawn(&mut cmd, s.home.scratch("tool.log"));
     assert!(
         wait_for(
@@ -517,7 +517,7 @@ fn stranger_attached_together_with_node_both_refused_slot_restored() {
 
 /// Step 5 of the hand-off: a stranger who gets hold of the node's pipe after the key was
 /// written (here: the test process reopening the reader's `/proc/<pid>/fd/N` while the reader
-/// waits a second before reading) is caught by the final scan: the alarm names it, the node
+/// waits three seconds before reading) is caught by the final scan: the alarm names it, the node
 /// is stopped, the slot restored, exit status 6 tells the operator to rotate the key.
 #[test]
 fn stranger_on_the_pipe_after_the_write_raises_the_exposure_alarm() {
@@ -528,7 +528,7 @@ fn stranger_on_the_pipe_after_the_write_raises_the_exposure_alarm() {
               tmp = sys.argv[2] + '.tmp'\n\
               open(tmp, 'w').write('%d %d' % (os.getpid(), fd))\n\
               os.rename(tmp, sys.argv[2])\n\
-              time.sleep(1.0)\n\
+              time.sleep(3.0)\n\
               n = 0\n\
               while True:\n\
               \x20   b = os.read(fd, 4096)\n\
@@ -564,8 +564,9 @@ fn stranger_on_the_pipe_after_the_write_raises_the_exposure_alarm() {
         it.next().unwrap().parse().unwrap(),
         it.next().unwrap().parse().unwrap(),
     );
-    // Let the tool verify the reader and write the key, then join the pipe (never read).
-    std::thread::sleep(Duration::from_millis(300));
+    // Let the tool verify the reader and write the key (milliseconds; 1.5 s leaves room for a
+    // loaded CI machine), then join the pipe (never read) while the reader still sleeps.
+    std::thread::sleep(Duration::from_millis(1500));
     let joined =
         fs::File::open(format!("/proc/{reader}/fd/{fd}")).expect("reopen the reader's pipe");
     let st = tool.wait(Duration::from_secs(30));
@@ -896,6 +897,7 @@ fn measure_rearm_and_delivery_latency() {
     let mut tool = Tool::spawn(&mut cmd, s.home.scratch("tool.log"));
     let mut by_marker = Vec::new();
     let mut by_exit = Vec::new();
+    let mut missed_windows = 0;
     for i in 0..2 * ROUNDS {
         assert!(
             wait_for(
@@ -933,14 +935,26 @@ fn measure_rearm_and_delivery_latency() {
         } else {
             let t0 = Instant::now();
             kill(Pid::from_raw(node), Signal::SIGKILL).unwrap();
-            while !is_fifo(s.key_path()) {
+            let mut spins = 0u32;
+            loop {
+                if is_fifo(s.key_path()) {
+                    by_exit.push(t0.elapsed().as_micros() as u64);
+                    break;
+                }
+                // The FIFO stands for ~300 ms before the restarted node reads it; a loaded
+                // machine can deschedule this loop for longer. The next delivery proves the
+                // re-arm happened, so that round is just not timed.
+                spins += 1;
+                if spins % 4096 == 0 && complete_reports(&s.home).len() > i + 1 {
+                    missed_windows += 1;
+                    break;
+                }
                 assert!(
                     t0.elapsed() < deadline,
                     "not re-armed after node exit; log:\n{}",
                     tool.log_text()
                 );
             }
-            by_exit.push(t0.elapsed().as_micros() as u64);
         }
     }
     assert!(wait_for(
@@ -986,7 +1000,7 @@ fn measure_rearm_and_delivery_latency() {
         fmt_us("upgrade marker closed -> FIFO at key path", &by_marker)
     );
     println!(
-        "MEASURE re-arm, {}",
+        "MEASURE re-arm, {} ({missed_windows} rounds not timed: FIFO window missed)",
         fmt_us("node SIGKILLed -> FIFO at key path", &by_exit)
     );
     println!(

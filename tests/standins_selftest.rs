@@ -462,9 +462,11 @@ fn lstat_watcher_sees_a_gap() {
     let p = h.scratch("watched");
     fs::write(&p, "x").unwrap();
     let w = LstatWatcher::start(&p);
-    thread::sleep(Duration::from_millis(20));
     fs::remove_file(&p).unwrap();
-    thread::sleep(Duration::from_millis(20));
+    assert!(
+        wait_for(|| w.missing_so_far() > 0, Duration::from_secs(30)),
+        "the watcher never saw the gap"
+    );
     fs::write(&p, "y").unwrap();
     let st = w.stop();
     assert!(st.saw_missing() && st.samples > st.missing, "{st:?}");

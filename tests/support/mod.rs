@@ -15,7 +15,7 @@ use std::net::{TcpListener, TcpStream};
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant, SystemTime};
@@ -1033,30 +1033,53 @@ impl LstatStats {
 /// lstat()s a path in a tight loop on its own thread until stopped.
 pub struct LstatWatcher {
     stop: Arc<AtomicBool>,
+    /// ENOENT results so far, readable while the loop runs.
+    missing: Arc<AtomicU64>,
     handle: Option<JoinHandle<LstatStats>>,
 }
 
 impl LstatWatcher {
+    /// Starts the loop and returns once it has taken its first sample, so whatever the caller
+    /// does next is watched even on a loaded machine that schedules the thread late.
     pub fn start(path: &Path) -> LstatWatcher {
         let stop = Arc::new(AtomicBool::new(false));
+        let missing = Arc::new(AtomicU64::new(0));
+        let (started_tx, started_rx) = std::sync::mpsc::channel();
         let path = path.to_path_buf();
         let flag = Arc::clone(&stop);
+        let live_missing = Arc::clone(&missing);
         let handle = thread::spawn(move || {
             let mut st = LstatStats::default();
+            let mut started = Some(started_tx);
             while !flag.load(Ordering::Relaxed) {
                 st.samples += 1;
                 match fs::symlink_metadata(&path) {
                     Ok(_) => {}
-                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => st.missing += 1,
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                        st.missing += 1;
+                        live_missing.fetch_add(1, Ordering::Relaxed);
+                    }
                     Err(_) => st.other_errors += 1,
+                }
+                if let Some(tx) = started.take() {
+                    let _ = tx.send(());
                 }
             }
             st
         });
+        started_rx
+            .recv_timeout(Duration::from_secs(30))
+            .expect("lstat watcher thread never ran");
         LstatWatcher {
             stop,
+            missing,
             handle: Some(handle),
         }
+    }
+
+    /// ENOENT results seen so far.
+    pub fn missing_so_far(&self) -> u64 {
+        self.missing.load(Ordering::Relaxed)
     }
 
     /// Stops the loop and returns what it saw.
