@@ -9,17 +9,18 @@ use clap::{Parser, Subcommand};
 
 use crate::config::{Config, ConfigError, Env, LogFormat, Overrides, ProcessEnv};
 use crate::key::ValidatorKey;
+use crate::lease::{Held, LeaseClient, Raised, StateFile};
 use crate::secret::{SecretBuf, MAX_SECRET_LEN};
 use crate::slot::KeySlot;
 use crate::source::{self, Origin};
-use crate::supervise::{self, exit, KeyJob};
+use crate::supervise::{self, exit, Ended, KeyJob, LeaseRole};
 
 /// Runs cosmovisor with the validator key fetched from AWS SSM and handed to
 /// the node once, through a verified FIFO, never written to disk.
 #[derive(Debug, Parser)]
 #[command(name = "ssm-cosmovisor", version, about, long_about = None, allow_external_subcommands = true)]
 #[command(
-    after_help = "Any other subcommand (version, add-upgrade, config, ...) is passed to cosmovisor unchanged.\n\nExit status: the child's status (128+N if killed by signal N); 2 configuration, 3 key source, 4 key slot needs an operator, 5 delivery failed or timed out, 6 key may be exposed (rotate it), 7 cannot start the child."
+    after_help = "Any other subcommand (version, add-upgrade, config, ...) is passed to cosmovisor unchanged.\n\nExit status: the child's status (128+N if killed by signal N); 2 configuration, 3 key source, 4 key slot needs an operator, 5 delivery failed or timed out, 6 key may be exposed (rotate it), 7 cannot start the child, 8 failover lease lost (node stopped) or unusable."
 )]
 pub struct Cli {
     /// Whether this host is the active signer [env: USE_SSM_KEY] (true/false, 1/0, yes/no).
@@ -58,6 +59,15 @@ pub struct Cli {
     /// cosmovisor binary [env: COSMOVISOR_BIN; default: cosmovisor on PATH].
     #[arg(long, global = true, value_name = "PATH")]
     pub cosmovisor_bin: Option<PathBuf>,
+    /// DynamoDB table for the failover lease; unset: no lease [env: SSM_COSMOVISOR_LEASE_TABLE].
+    #[arg(long, global = true, value_name = "TABLE")]
+    pub lease_table: Option<String>,
+    /// Lease name, the same on every host of this validator [env: SSM_COSMOVISOR_LEASE_NAME; default: the parameter name].
+    #[arg(long, global = true, value_name = "NAME")]
+    pub lease_name: Option<String>,
+    /// Lease duration, e.g. 30s [env: SSM_COSMOVISOR_LEASE_DURATION; default 30s, at least 3s].
+    #[arg(long, global = true, value_name = "DURATION")]
+    pub lease_duration: Option<String>,
     /// What to do.
     #[command(subcommand)]
     pub command: Cmd,
@@ -115,6 +125,9 @@ impl Cli {
             allow_plain_string: self.allow_plain_string,
             key_source: self.key_source.clone(),
             cosmovisor_bin: self.cosmovisor_bin.clone(),
+            lease_table: self.lease_table.clone(),
+            lease_name: self.lease_name.clone(),
+            lease_duration: self.lease_duration.clone(),
         }
     }
 }
@@ -211,35 +224,172 @@ fn run_with_key(cfg: &Config, program: &OsString, args: &[OsString]) -> Result<u
     // would hang the node, a stripped file would crash it.
     let (repair, safe) = slot.repair().map_err(|e| CliError::new(exit::SLOT, e))?;
     tracing::info!(event = "slot_checked", path = %slot.path().display(), found = repair.found, action = repair.action.unwrap_or("none"), safe_address = %safe.address_hex(), "key slot ready");
-    let job = if cfg.use_ssm_key {
-        let spec = cfg
-            .source
-            .as_ref()
-            .ok_or_else(|| CliError::new(exit::CONFIG, "no key source configured"))?;
-        tracing::info!(event = "fetching", source = %spec.describe(), "attempting to fetch consensus key");
-        let fetched = source::fetch(spec, cfg.expected_address.as_deref())
-            .map_err(|e| CliError::new(exit::SOURCE, e))?;
-        log_fetched(&fetched.origin, fetched.key.identity());
-        slot.ensure_safe_differs(&safe, fetched.key.identity())
-            .map_err(|e| CliError::new(exit::SLOT, e))?;
-        slot.backup().map_err(|e| CliError::new(exit::SLOT, e))?;
-        // The SDK is done: give its code pages back (most of our RSS otherwise).
-        if let Err(e) = crate::sys::page_out_own_executable() {
-            tracing::debug!(error = %e, "MADV_PAGEOUT of the executable failed");
+    if !cfg.use_ssm_key {
+        if cfg.lease.is_some() {
+            tracing::info!("USE_SSM_KEY is false: the failover lease is not used");
         }
-        Some(KeyJob {
-            slot: Arc::new(slot),
-            key: Arc::new(fetched.key),
-        })
-    } else {
         tracing::info!(
             event = "standby",
             "USE_SSM_KEY is false: running without the consensus key"
         );
         drop(slot);
-        None
+        return ended(supervise::run(cfg, program, args, None, LeaseRole::None)?);
+    }
+    let spec = cfg
+        .source
+        .as_ref()
+        .ok_or_else(|| CliError::new(exit::CONFIG, "no key source configured"))?;
+    // With a lease, nothing below happens before this host holds it.
+    let mut lease = match &cfg.lease {
+        Some(settings) => match acquire_lease(cfg, settings, program, args)? {
+            Some(l) => Some(l),
+            None => return Ok(0),
+        },
+        None => None,
     };
-    Ok(supervise::run(cfg, program, args, job)?)
+    let release_on_error = |lease: &Option<(LeaseClient, Held, StateFile)>| {
+        if let Some((c, h, _)) = lease {
+            if c.release(h, None).is_ok() {
+                tracing::info!(event = "lease_released", lease = %c.settings.name, "released the failover lease");
+            }
+        }
+    };
+    tracing::info!(event = "fetching", source = %spec.describe(), "attempting to fetch consensus key");
+    let fetched = match source::fetch(spec, cfg.expected_address.as_deref()) {
+        Ok(f) => f,
+        Err(e) => {
+            release_on_error(&lease);
+            return Err(CliError::new(exit::SOURCE, e));
+        }
+    };
+    log_fetched(&fetched.origin, fetched.key.identity());
+    if let Err(e) = slot.ensure_safe_differs(&safe, fetched.key.identity()) {
+        release_on_error(&lease);
+        return Err(CliError::new(exit::SLOT, e));
+    }
+    if let Some((client, held, state)) = &mut lease {
+        // The fetch may have taken a while: make sure the lease is still ours
+        // before the key goes anywhere.
+        match client.renew(held, state.read().ok().flatten()) {
+            Ok(()) => {}
+            Err(e) if e.is_transient() && std::time::Instant::now() < held.deadline => {
+                tracing::warn!(error = %e, "lease renewal failed; the renewal thread retries");
+            }
+            Err(e) => {
+                return Err(CliError::new(
+                    exit::LEASE,
+                    format!("failover lease: {e}; the key was not delivered"),
+                ))
+            }
+        }
+    }
+    if let Err(e) = slot.backup() {
+        release_on_error(&lease);
+        return Err(CliError::new(exit::SLOT, e));
+    }
+    // The SDK is done: give its code pages back (most of our RSS otherwise).
+    if let Err(e) = crate::sys::page_out_own_executable() {
+        tracing::debug!(error = %e, "MADV_PAGEOUT of the executable failed");
+    }
+    let job = KeyJob {
+        slot: Arc::new(slot),
+        key: Arc::new(fetched.key),
+    };
+    let role = match lease {
+        Some((client, held, state)) => LeaseRole::Holder {
+            client,
+            held,
+            state,
+        },
+        None => LeaseRole::None,
+    };
+    ended(supervise::run(cfg, program, args, Some(job), role)?)
+}
+
+fn ended(e: Ended) -> Result<u8, CliError> {
+    match e {
+        Ended::Exit(code) => Ok(code),
+        Ended::Acquired(..) => Err(CliError::new(1, "internal error: lease acquired twice")),
+    }
+}
+
+/// Takes the failover lease: at once if it is free, else as a standby
+/// running the child without the key until the lease is ours. Then raises
+/// the node's sign state to the one carried with the lease. `None`: the
+/// standby's child ended (or we were stopped) before that.
+fn acquire_lease(
+    cfg: &Config,
+    settings: &crate::lease::LeaseSettings,
+    program: &OsString,
+    args: &[OsString],
+) -> Result<Option<(LeaseClient, Held, StateFile)>, CliError> {
+    let lease_err =
+        |e: crate::lease::LeaseError| CliError::new(exit::LEASE, format!("failover lease: {e}"));
+    let state = StateFile {
+        path: crate::lease::state_path_for_home(&cfg.home),
+        node: cfg.node_user.as_ref().map(|u| (u.uid, u.gid)),
+    };
+    let local = state.read().map_err(lease_err)?.unwrap_or_default();
+    tracing::info!(event = "lease_config", table = %settings.table, lease = %settings.name, holder = %settings.holder, duration_ms = settings.duration.as_millis() as u64, sign_state = %local, "using the failover lease");
+    let client = LeaseClient::new(settings.clone()).map_err(lease_err)?;
+    let now = match client.try_acquire_now(local) {
+        Ok(h) => h,
+        Err(e) if e.is_transient() => {
+            tracing::warn!(event = "lease_unreachable", error = %e, "cannot reach the lease table; standing by");
+            None
+        }
+        Err(e) => return Err(lease_err(e)),
+    };
+    let (client, held) = match now {
+        Some(h) => (client, h),
+        None => {
+            tracing::info!(
+                event = "standby",
+                "another host holds the failover lease: running without the consensus key until it is ours"
+            );
+            match supervise::run(
+                cfg,
+                program,
+                args,
+                None,
+                LeaseRole::Standby { client, local },
+            )? {
+                Ended::Exit(code) => {
+                    return if code == 0 {
+                        Ok(None)
+                    } else {
+                        Err(CliError::new(
+                            code,
+                            format!("the standby child exited with status {code}"),
+                        ))
+                    }
+                }
+                Ended::Acquired(l) => *l,
+            }
+        }
+    };
+    tracing::info!(
+        event = "lease_acquired",
+        lease = %settings.name,
+        took_over_from = held.took_over_from.as_deref().unwrap_or("-"),
+        carried_state = %held.state,
+        "holding the failover lease"
+    );
+    match state.raise_to(held.state) {
+        Ok(Raised::From(prev)) => tracing::info!(
+            event = "sign_state_raised",
+            path = %state.path.display(),
+            from = %prev.map(|p| p.to_string()).unwrap_or_else(|| "none".into()),
+            to = %held.state,
+            "raised the node's sign state to the lease's: it will not sign at or below it"
+        ),
+        Ok(Raised::Unchanged) => {}
+        Err(e) => {
+            let _ = client.release(&held, None);
+            return Err(lease_err(e));
+        }
+    }
+    Ok(Some((client, held, state)))
 }
 
 fn log_fetched(origin: &Origin, id: &crate::key::PublicIdentity) {

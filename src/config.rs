@@ -223,6 +223,12 @@ pub struct Overrides {
     pub key_source: Option<String>,
     /// `--cosmovisor-bin`.
     pub cosmovisor_bin: Option<PathBuf>,
+    /// `--lease-table`.
+    pub lease_table: Option<String>,
+    /// `--lease-name`.
+    pub lease_name: Option<String>,
+    /// `--lease-duration`.
+    pub lease_duration: Option<String>,
 }
 
 /// A source of environment variables (the process environment, or a map in tests).
@@ -272,6 +278,8 @@ pub struct Config {
     pub always_armed: bool,
     /// cosmovisor binary (or name to look up on PATH).
     pub cosmovisor_bin: OsString,
+    /// Failover lease (DESIGN §9); `None`: `USE_SSM_KEY` alone decides.
+    pub lease: Option<crate::lease::LeaseSettings>,
 }
 
 fn pick(flag: Option<String>, env: &dyn Env, var: &str) -> Option<String> {
@@ -482,6 +490,7 @@ impl Config {
                 None => false,
             };
         let cosmovisor_bin = cosmovisor_bin(ov, env);
+        let lease = resolve_lease(ov, env, source.as_ref())?;
 
         Ok(Config {
             use_ssm_key,
@@ -494,8 +503,58 @@ impl Config {
             expected_address,
             always_armed,
             cosmovisor_bin,
+            lease,
         })
     }
+}
+
+/// The lease settings, if a lease table is configured.
+fn resolve_lease(
+    ov: &Overrides,
+    env: &dyn Env,
+    source: Option<&SourceSpec>,
+) -> Result<Option<crate::lease::LeaseSettings>, ConfigError> {
+    use crate::lease::{LeaseSettings, DEFAULT_DURATION, MIN_DURATION};
+    let Some(table) = pick(ov.lease_table.clone(), env, "SSM_COSMOVISOR_LEASE_TABLE") else {
+        return Ok(None);
+    };
+    let name = match (pick(ov.lease_name.clone(), env, "SSM_COSMOVISOR_LEASE_NAME"), source) {
+        (Some(n), _) => n,
+        (None, Some(SourceSpec::Ssm { parameter, .. })) => parameter.clone(),
+        (None, _) => {
+            return Err(ConfigError::Missing {
+                name: "SSM_COSMOVISOR_LEASE_NAME",
+                hint: "with a lease table and a key source other than SSM, name the lease (the same on every host that may sign with this key)",
+            })
+        }
+    };
+    let duration = match pick(
+        ov.lease_duration.clone(),
+        env,
+        "SSM_COSMOVISOR_LEASE_DURATION",
+    ) {
+        Some(v) => {
+            let d = parse_duration("SSM_COSMOVISOR_LEASE_DURATION", &v)?;
+            if d < MIN_DURATION {
+                return Err(ConfigError::Invalid {
+                    name: "SSM_COSMOVISOR_LEASE_DURATION",
+                    value: v,
+                    hint: format!(
+                        "at least {}s: the holder renews every third of it and needs the last third to stop its node",
+                        MIN_DURATION.as_secs()
+                    ),
+                });
+            }
+            d
+        }
+        None => DEFAULT_DURATION,
+    };
+    Ok(Some(LeaseSettings {
+        table,
+        name,
+        holder: crate::lease::holder_id(),
+        duration,
+    }))
 }
 
 #[cfg(test)]

@@ -15,6 +15,7 @@ pub mod config;
 pub mod deliver;
 pub mod harden;
 pub mod key;
+pub mod lease;
 pub mod logging;
 pub mod notify;
 pub mod procfs;

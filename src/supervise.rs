@@ -20,6 +20,7 @@ use crate::config::Config;
 use crate::deliver::{Canceller, DeliverError, Next, Outcome, Pending, ReaderPolicy};
 use crate::harden;
 use crate::key::ValidatorKey;
+use crate::lease::{Held, Keeper, LeaseClient, LeaseNews, SignState, StateFile, Waiter};
 use crate::notify::Notifier;
 use crate::procfs::{self, Pid};
 use crate::slot::{ArmedFifo, KeySlot, SlotError};
@@ -44,6 +45,8 @@ pub mod exit {
     pub const EXPOSED: u8 = 6;
     /// The child could not be started.
     pub const SPAWN: u8 = 7;
+    /// The failover lease was lost (node stopped) or cannot be used.
+    pub const LEASE: u8 = 8;
 }
 
 /// A fatal supervision error, with the exit code it maps to.
@@ -69,6 +72,9 @@ pub enum SuperviseError {
     /// Key possibly exposed.
     #[error("KEY MAY BE EXPOSED: {0}. The node was stopped and the safe key restored. Rotate the consensus key")]
     Exposed(String),
+    /// The failover lease was lost or cannot be used.
+    #[error("failover lease: {0}")]
+    Lease(String),
     /// Internal failure (threads, signals).
     #[error("{0}")]
     Internal(String),
@@ -82,6 +88,7 @@ impl SuperviseError {
             SuperviseError::Spawn { .. } => exit::SPAWN,
             SuperviseError::Deliver(_) | SuperviseError::Timeout(..) => exit::DELIVERY,
             SuperviseError::Exposed(_) => exit::EXPOSED,
+            SuperviseError::Lease(_) => exit::LEASE,
             SuperviseError::Internal(_) => 1,
         }
     }
@@ -97,6 +104,8 @@ enum Event {
     Rearmed,
     /// A watcher thread failed to re-arm.
     RearmFailed(SlotError),
+    /// From the lease thread.
+    Lease(LeaseNews),
 }
 
 /// Lets the watcher threads (upgrade marker, node exit) re-arm the key path
@@ -191,31 +200,39 @@ pub fn status_code(st: &ExitStatus) -> u8 {
     }
 }
 
+/// Where the signal thread sends: the current run's channel. One thread for
+/// the process (a second sigwait thread could take a signal meant for this run
+/// and hand it to a finished one), pointed at each run in turn.
+static SIGNAL_SINK: Mutex<Option<Sender<Event>>> = Mutex::new(None);
+
 fn spawn_signal_thread(tx: Sender<Event>) -> Result<(), SuperviseError> {
+    static STARTED: std::sync::OnceLock<Result<(), String>> = std::sync::OnceLock::new();
+    *SIGNAL_SINK.lock().unwrap_or_else(|e| e.into_inner()) = Some(tx);
     let mut sigs = FORWARDED.to_vec();
     sigs.push(libc::SIGCHLD);
-    crate::sys::block_signals(&sigs)
-        .map_err(|e| SuperviseError::Internal(format!("blocking signals: {e}")))?;
-    thread::Builder::new()
-        .name("signals".into())
-        .spawn(move || loop {
-            match crate::sys::wait_signal(&sigs) {
-                Ok(libc::SIGCHLD) => {
-                    // Orphans adopted as subreaper are reaped by the main loop.
-                    if tx.send(Event::Signal(libc::SIGCHLD)).is_err() {
+    STARTED
+        .get_or_init(|| {
+            crate::sys::block_signals(&sigs).map_err(|e| format!("blocking signals: {e}"))?;
+            thread::Builder::new()
+                .name("signals".into())
+                .spawn(move || loop {
+                    // Orphans adopted as subreaper (SIGCHLD) are reaped by the main loop.
+                    let Ok(sig) = crate::sys::wait_signal(&sigs) else {
                         return;
+                    };
+                    if let Some(tx) = SIGNAL_SINK
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .as_ref()
+                    {
+                        let _ = tx.send(Event::Signal(sig));
                     }
-                }
-                Ok(sig) => {
-                    if tx.send(Event::Signal(sig)).is_err() {
-                        return;
-                    }
-                }
-                Err(_) => return,
-            }
+                })
+                .map(|_| ())
+                .map_err(|e| format!("signal thread: {e}"))
         })
-        .map_err(|e| SuperviseError::Internal(format!("signal thread: {e}")))?;
-    Ok(())
+        .clone()
+        .map_err(SuperviseError::Internal)
 }
 
 /// Watches `<home>/data/` for the upgrade marker. The SDK rewrites
@@ -408,7 +425,7 @@ fn log_outcome(r: Result<Outcome, DeliverError>) -> (Option<Outcome>, Option<Sup
 
 /// Stops every process we adopted (orphans of the child): TERM, then KILL
 /// after the grace period. Returns once none is left.
-fn stop_orphans(me: Pid) {
+fn stop_orphans(me: Pid, grace: Duration) {
     let mut orphans = procfs::children_of(me);
     if orphans.is_empty() {
         return;
@@ -420,7 +437,7 @@ fn stop_orphans(me: Pid) {
             rustix::process::Signal::TERM,
         );
     }
-    let deadline = Instant::now() + ORPHAN_GRACE;
+    let deadline = Instant::now() + grace;
     while !orphans.is_empty() {
         reap_others(None);
         orphans = procfs::children_of(me);
@@ -456,17 +473,85 @@ fn reap_others(keep: Option<Pid>) {
     }
 }
 
-/// Runs `program args` as our child and supervises it to the end. Returns
-/// the exit code for our process.
+/// The failover lease's part in a run.
+pub enum LeaseRole {
+    /// No lease configured.
+    None,
+    /// We hold the lease: renew it while the child runs, stop the node if it
+    /// is lost, release it (with the final sign state) after the restore.
+    Holder {
+        /// The client.
+        client: LeaseClient,
+        /// The lease.
+        held: Held,
+        /// The node's sign-state file, carried with each renewal.
+        state: StateFile,
+    },
+    /// Another host holds it: run the child without the key and wait; once
+    /// the lease is ours, stop the child and return [`Ended::Acquired`].
+    Standby {
+        /// The client.
+        client: LeaseClient,
+        /// Our node's sign state.
+        local: SignState,
+    },
+}
+
+/// How a run ended.
+pub enum Ended {
+    /// Exit with this code.
+    Exit(u8),
+    /// A standby got the lease and stopped its keyless child.
+    Acquired(Box<(LeaseClient, Held)>),
+}
+
+enum LeaseThread {
+    None,
+    Keeper(Keeper, StateFile),
+    Waiter(Waiter),
+}
+
+/// Runs `program args` as our child and supervises it to the end.
 pub fn run(
     cfg: &Config,
     program: &OsString,
     args: &[OsString],
     job: Option<KeyJob>,
-) -> Result<u8, SuperviseError> {
+    lease: LeaseRole,
+) -> Result<Ended, SuperviseError> {
     let notifier = Notifier::from_env();
     let (tx, rx) = mpsc::channel::<Event>();
     spawn_signal_thread(tx.clone())?;
+    // After the signal mask is set: the lease threads inherit it.
+    let news = |tx: &Sender<Event>| -> Box<dyn Fn(LeaseNews) + Send> {
+        let tx = Mutex::new(tx.clone());
+        Box::new(move |n| {
+            let _ = tx
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .send(Event::Lease(n));
+        })
+    };
+    let (lease_thread, stop_grace) = match lease {
+        LeaseRole::None => (LeaseThread::None, ORPHAN_GRACE),
+        LeaseRole::Holder {
+            client,
+            held,
+            state,
+        } => {
+            let grace = client.settings.stop_grace();
+            let k = Keeper::start(client, held, state.clone(), news(&tx))
+                .map_err(|e| SuperviseError::Internal(format!("lease thread: {e}")))?;
+            (LeaseThread::Keeper(k, state), grace)
+        }
+        LeaseRole::Standby { client, local } => {
+            let w = Waiter::start(client, local, news(&tx))
+                .map_err(|e| SuperviseError::Internal(format!("lease thread: {e}")))?;
+            (LeaseThread::Waiter(w), ORPHAN_GRACE)
+        }
+    };
+    let mut orphan_grace = ORPHAN_GRACE;
+    let mut handover = false;
     // Orphaned descendants (a node whose cosmovisor died) are reparented to
     // us instead of init, so we can stop them.
     rustix::process::set_child_subreaper(Some(rustix::process::getpid()))
@@ -495,6 +580,7 @@ pub fn run(
             if let Some(j) = &job {
                 let _ = j.slot.restore();
             }
+            finish_lease(lease_thread, false);
             return Err(SuperviseError::Spawn {
                 program: program.clone(),
                 source,
@@ -563,6 +649,8 @@ pub fn run(
             &notifier,
         ));
         notifier.ready("waiting for the node to read the key");
+    } else if matches!(lease_thread, LeaseThread::Waiter(_)) {
+        notifier.ready("standby: waiting for the failover lease");
     } else {
         notifier.ready("running without the SSM key (USE_SSM_KEY=false)");
     }
@@ -759,6 +847,44 @@ pub fn run(
                 forward(libc::SIGTERM);
                 stopping = true;
             }
+            Event::Lease(LeaseNews::Lost(reason)) => {
+                tracing::error!(event = "lease_lost", reason = %reason, "LEASE LOST: stopping the node");
+                notifier.status("failover lease lost: stopping the node");
+                if let Some(fast) = &fast {
+                    fast.disable();
+                }
+                if let Some(d) = &delivering {
+                    d.canceller.cancel();
+                }
+                fatal.get_or_insert(SuperviseError::Lease(format!(
+                    "{reason}. The node was stopped and the safe key restored; this host is standby until it gets the lease again (restart the service)"
+                )));
+                forward(libc::SIGTERM);
+                stopping = true;
+                // The node must be gone before the lease can expire for others.
+                // cosmovisor gets SIGKILL after `stop_grace`; whatever it leaves
+                // behind has had that long already and is killed at once.
+                kill_at = Some(Instant::now() + stop_grace);
+                orphan_grace = Duration::ZERO;
+            }
+            Event::Lease(LeaseNews::Failed(reason)) => {
+                fatal.get_or_insert(SuperviseError::Lease(reason));
+                forward(libc::SIGTERM);
+                stopping = true;
+            }
+            Event::Lease(LeaseNews::Acquired) if !stopping => {
+                tracing::info!(
+                    event = "lease_won",
+                    "got the failover lease: stopping the keyless node to restart it with the key"
+                );
+                notifier.status("got the failover lease: restarting the node with the key");
+                handover = true;
+                forward(libc::SIGTERM);
+                stopping = true;
+                kill_at = Some(Instant::now() + ORPHAN_GRACE);
+            }
+            // Acquired while we were stopping anyway: released below.
+            Event::Lease(LeaseNews::Acquired) => {}
         }
     };
     if let Some(fast) = &fast {
@@ -791,7 +917,7 @@ pub fn run(
         }
         tracing::debug!(inode = d.inode, "pending delivery cancelled");
     }
-    stop_orphans(me);
+    stop_orphans(me, orphan_grace);
     let code = match &status {
         Ok(st) => {
             tracing::info!(event = "child_exited", status = %st, "child exited");
@@ -811,9 +937,47 @@ pub fn run(
         );
         notifier.status("safe key restored");
     }
-    match fatal {
-        Some(e) => Err(e),
-        None => Ok(code),
+    // The node is gone and the safe key back: now the lease may go.
+    let acquired = finish_lease(lease_thread, handover && fatal.is_none());
+    match (fatal, acquired) {
+        (Some(e), _) => Err(e),
+        (None, Some(l)) => Ok(Ended::Acquired(Box::new(l))),
+        (None, None) => Ok(Ended::Exit(code)),
+    }
+}
+
+/// Stops the lease thread. A holder's lease is released with the node's
+/// final sign state; a standby's newly won lease is returned if `keep`, and
+/// released otherwise (we are stopping: let another host have it at once).
+fn finish_lease(t: LeaseThread, keep: bool) -> Option<(LeaseClient, Held)> {
+    let release = |c: &LeaseClient, h: &Held, state: Option<SignState>| match c.release(h, state) {
+        Ok(()) => {
+            tracing::info!(event = "lease_released", lease = %c.settings.name, state = %h.state.max(state.unwrap_or_default()), "released the failover lease")
+        }
+        Err(e) => {
+            tracing::warn!(event = "lease_release_failed", error = %e, "could not release the lease; other hosts take it over when it expires")
+        }
+    };
+    match t {
+        LeaseThread::None => None,
+        LeaseThread::Keeper(k, state) => {
+            if let Some((c, h)) = k.stop() {
+                let final_state = state.read().unwrap_or_else(|e| {
+                    tracing::warn!(error = %e, "cannot read the final sign state");
+                    None
+                });
+                release(&c, &h, final_state);
+            }
+            None
+        }
+        LeaseThread::Waiter(w) => match w.finish() {
+            Ok((c, h)) if keep => Some((c, h)),
+            Ok((c, h)) => {
+                release(&c, &h, None);
+                None
+            }
+            Err(_) => None,
+        },
     }
 }
 

@@ -1,0 +1,956 @@
+//! Failover lease (DESIGN §9): at most one host delivers the key at any
+//! instant, and the signer that takes over never signs below its predecessor.
+//!
+//! One DynamoDB item per validator key. Every write replaces its record
+//! version (`rvn`, random) under a condition on the version the writer last
+//! saw, so two hosts can never both believe their write won. No clock is
+//! compared across hosts; each host measures only its own monotonic time:
+//!
+//! - the holder renews every `duration/3`, and if no renewal has succeeded for
+//!   `duration - duration/3` since it *sent* the last successful one, it stops
+//!   its node (SIGTERM, SIGKILL half-way through the remaining third);
+//! - a contender that sees a record held by someone else starts timing when it
+//!   *receives* that record, and may take over only after a full `duration`
+//!   (the holder's, from the record) without the version changing, and only by
+//!   a write conditioned on that same version.
+//!
+//! The holder's last renewal was sent before the contender received it, so
+//! the holder's node is stopped at least `duration/3` (minus the clock-rate
+//! difference of the two hosts) before the takeover can happen. A holder that
+//! is frozen (SIGSTOP, a VM pause) cannot stop its node: no lease can help
+//! there, see security.md.
+//!
+//! Every write carries the highest height/round/step signed so far (from the
+//! node's `priv_validator_state.json`); a host that acquires the lease raises
+//! its own state file to it before the node gets the key, and CometBFT then
+//! refuses to sign at or below it.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use aws_config::retry::RetryConfig;
+use aws_config::timeout::TimeoutConfig;
+use aws_config::BehaviorVersion;
+use aws_sdk_dynamodb::error::{ProvideErrorMetadata, SdkError};
+use aws_sdk_dynamodb::types::AttributeValue;
+
+/// Default lease duration.
+pub const DEFAULT_DURATION: Duration = Duration::from_secs(30);
+
+/// Shortest lease duration accepted (the tests use 3 s).
+pub const MIN_DURATION: Duration = Duration::from_secs(3);
+
+/// Name of the table's partition key attribute.
+pub const KEY_ATTR: &str = "lease";
+
+/// Lease settings, resolved from the configuration.
+#[derive(Debug, Clone)]
+pub struct LeaseSettings {
+    /// DynamoDB table.
+    pub table: String,
+    /// The item's key: one lease per validator key.
+    pub name: String,
+    /// This process's holder id (host, pid, random suffix).
+    pub holder: String,
+    /// Lease duration.
+    pub duration: Duration,
+}
+
+impl LeaseSettings {
+    /// Time between renewals.
+    pub fn renew_every(&self) -> Duration {
+        self.duration / 3
+    }
+
+    /// How long after sending its last successful write the holder keeps its
+    /// node; the last third of the duration is for stopping it.
+    pub fn keep_for(&self) -> Duration {
+        self.duration - self.duration / 3
+    }
+
+    /// How long the stop may take before SIGKILL.
+    pub fn stop_grace(&self) -> Duration {
+        self.duration / 6
+    }
+}
+
+/// A holder id: hostname, pid and a random suffix, so a restarted process on
+/// the same host is a different holder (it cannot know whether its previous
+/// life's node is really gone).
+pub fn holder_id() -> String {
+    let host = rustix::system::uname()
+        .nodename()
+        .to_string_lossy()
+        .into_owned();
+    format!("{host}/{}/{}", std::process::id(), &random_hex()[..8])
+}
+
+fn random_hex() -> String {
+    let mut b = [0u8; 16];
+    rustix::rand::getrandom(&mut b, rustix::rand::GetRandomFlags::empty())
+        .expect("getrandom cannot fail for 16 bytes");
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// The last height/round/step a validator signed (CometBFT's
+/// `FilePVLastSignState` without the signature), ordered as CometBFT orders them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default)]
+pub struct SignState {
+    /// Block height.
+    pub height: i64,
+    /// Round.
+    pub round: i32,
+    /// Step (1 propose, 2 prevote, 3 precommit).
+    pub step: i8,
+}
+
+impl std::fmt::Display for SignState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}/{}", self.height, self.round, self.step)
+    }
+}
+
+impl SignState {
+    /// Parses `priv_validator_state.json` (`height` is a JSON string there).
+    pub fn parse(bytes: &[u8]) -> Result<SignState, String> {
+        let v: serde_json::Value =
+            serde_json::from_slice(bytes).map_err(|e| format!("not JSON: {e}"))?;
+        let height = match &v["height"] {
+            serde_json::Value::String(s) => s.parse::<i64>().ok(),
+            serde_json::Value::Number(n) => n.as_i64(),
+            _ => None,
+        }
+        .filter(|h| *h >= 0)
+        .ok_or("height missing or not a non-negative integer")?;
+        let round = v["round"]
+            .as_i64()
+            .and_then(|r| i32::try_from(r).ok())
+            .filter(|r| *r >= 0)
+            .ok_or("round missing or invalid")?;
+        let step = v["step"]
+            .as_i64()
+            .and_then(|s| i8::try_from(s).ok())
+            .filter(|s| (0..=3).contains(s))
+            .ok_or("step missing or not 0..3")?;
+        Ok(SignState {
+            height,
+            round,
+            step,
+        })
+    }
+
+    /// The file's content for this state: no signature, so CometBFT signs
+    /// nothing at this very height/round/step either ("no SignBytes found").
+    pub fn to_json(self) -> String {
+        format!(
+            "{{\n  \"height\": \"{}\",\n  \"round\": {},\n  \"step\": {}\n}}",
+            self.height, self.round, self.step
+        )
+    }
+}
+
+/// Where the node keeps its sign state, from `config.toml`'s
+/// `priv_validator_state_file` (default `data/priv_validator_state.json`).
+pub fn state_path_for_home(home: &Path) -> PathBuf {
+    let rel = std::fs::read_to_string(home.join("config/config.toml"))
+        .ok()
+        .and_then(|t| t.parse::<toml::Table>().ok())
+        .and_then(|d| match d.get("priv_validator_state_file") {
+            Some(toml::Value::String(s)) if !s.is_empty() => Some(PathBuf::from(s)),
+            _ => None,
+        })
+        .unwrap_or_else(|| PathBuf::from("data/priv_validator_state.json"));
+    if rel.is_absolute() {
+        rel
+    } else {
+        home.join(rel)
+    }
+}
+
+/// The node's sign-state file, read and written as the node's user.
+#[derive(Debug, Clone)]
+pub struct StateFile {
+    /// The file.
+    pub path: PathBuf,
+    /// Node uid/gid when we run as root for another user (split trust).
+    pub node: Option<(u32, u32)>,
+}
+
+impl StateFile {
+    fn as_node<T>(&self, f: impl FnOnce() -> T) -> T {
+        match self.node {
+            Some((u, g)) if rustix::process::geteuid().is_root() => {
+                crate::sys::with_fs_ids(u, g, f)
+            }
+            _ => f(),
+        }
+    }
+
+    /// The current state; `None` if the file does not exist yet.
+    pub fn read(&self) -> Result<Option<SignState>, LeaseError> {
+        match self.as_node(|| std::fs::read(&self.path)) {
+            Ok(b) => SignState::parse(&b)
+                .map(Some)
+                .map_err(|reason| LeaseError::State {
+                    path: self.path.clone(),
+                    reason,
+                }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(LeaseError::State {
+                path: self.path.clone(),
+                reason: e.to_string(),
+            }),
+        }
+    }
+
+    /// Raises the file to `to` if it is lower (atomic replace, fsynced).
+    pub fn raise_to(&self, to: SignState) -> Result<Raised, LeaseError> {
+        let now = self.read()?;
+        if now.is_some_and(|n| n >= to) {
+            return Ok(Raised::Unchanged);
+        }
+        let err = |reason: String| LeaseError::State {
+            path: self.path.clone(),
+            reason,
+        };
+        let dir = self
+            .path
+            .parent()
+            .ok_or_else(|| err("no parent directory".into()))?;
+        let tmp = dir.join(".priv_validator_state.json.ssm-cosmovisor");
+        self.as_node(|| -> std::io::Result<()> {
+            use std::io::Write;
+            use std::os::unix::fs::OpenOptionsExt;
+            let _ = std::fs::remove_file(&tmp);
+            let mut f = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .custom_flags(libc::O_NOFOLLOW)
+                .open(&tmp)?;
+            f.write_all(to.to_json().as_bytes())?;
+            f.sync_all()?;
+            std::fs::rename(&tmp, &self.path)?;
+            std::fs::File::open(dir)?.sync_all()
+        })
+        .map_err(|e| err(format!("cannot write it: {e}")))?;
+        Ok(Raised::From(now))
+    }
+}
+
+/// What [`StateFile::raise_to`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Raised {
+    /// The file was already at or above the state.
+    Unchanged,
+    /// The file was raised from this state (`None`: there was no file).
+    From(Option<SignState>),
+}
+
+/// A lease failure. Each message says what to check.
+#[derive(Debug, thiserror::Error)]
+pub enum LeaseError {
+    /// The table does not exist.
+    #[error("DynamoDB table {table} not found: create it (partition key `lease`, type S; see README \"Failover lease\") or fix SSM_COSMOVISOR_LEASE_TABLE")]
+    NoTable {
+        /// Table.
+        table: String,
+    },
+    /// IAM refused.
+    #[error("access denied on DynamoDB table {table}: the role needs dynamodb:GetItem and dynamodb:PutItem on it; AWS said: {message}")]
+    AccessDenied {
+        /// Table.
+        table: String,
+        /// AWS's message.
+        message: String,
+    },
+    /// No region configured.
+    #[error("no AWS region configured: set AWS_REGION (e.g. us-east-1)")]
+    NoRegion,
+    /// Network, timeout or throttling; worth retrying.
+    #[error("cannot reach DynamoDB table {table}: {detail}")]
+    Unreachable {
+        /// Table.
+        table: String,
+        /// Transport error.
+        detail: String,
+    },
+    /// Our conditional write lost: another host wrote the lease.
+    #[error("the lease {name} was taken by {by}")]
+    Lost {
+        /// Lease name.
+        name: String,
+        /// Who holds it now, as far as we know.
+        by: String,
+    },
+    /// The item exists but is not a lease record we understand.
+    #[error("lease item {name} in table {table} is malformed ({reason}); delete it if no host is running")]
+    Malformed {
+        /// Table.
+        table: String,
+        /// Lease name.
+        name: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// The node's sign-state file.
+    #[error("node sign state {path:?}: {reason}")]
+    State {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+    /// Anything else AWS returned.
+    #[error("DynamoDB {op} on {table} failed ({code}): {message}")]
+    Other {
+        /// Operation.
+        op: &'static str,
+        /// Table.
+        table: String,
+        /// Code.
+        code: String,
+        /// Message.
+        message: String,
+    },
+    /// Waiting was cancelled (we are stopping).
+    #[error("cancelled")]
+    Cancelled,
+    /// The async runtime could not start.
+    #[error("cannot start the async runtime: {0}")]
+    Runtime(#[source] std::io::Error),
+}
+
+impl LeaseError {
+    /// Worth retrying (transport trouble), as opposed to a configuration fault.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, LeaseError::Unreachable { .. })
+    }
+}
+
+/// The lease item as read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Record {
+    /// Who wrote it.
+    pub holder: String,
+    /// Record version.
+    pub rvn: String,
+    /// The writer's lease duration.
+    pub duration: Duration,
+    /// Released by its holder (free to take at once).
+    pub released: bool,
+    /// Highest sign state carried.
+    pub state: SignState,
+}
+
+/// A lease this process holds.
+#[derive(Debug)]
+pub struct Held {
+    rvn: String,
+    /// Until when our node may run, unless renewed.
+    pub deadline: Instant,
+    /// Highest sign state known (carried, raised by our own renewals).
+    pub state: SignState,
+    /// Holder we took it from after it expired (`None`: it was free or released).
+    pub took_over_from: Option<String>,
+}
+
+/// DynamoDB access for one lease: a current-thread runtime and a client.
+pub struct LeaseClient {
+    rt: tokio::runtime::Runtime,
+    client: aws_sdk_dynamodb::Client,
+    /// The settings.
+    pub settings: LeaseSettings,
+}
+
+impl std::fmt::Debug for LeaseClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LeaseClient")
+            .field("settings", &self.settings)
+            .finish()
+    }
+}
+
+fn attr_s(item: &std::collections::HashMap<String, AttributeValue>, k: &str) -> Option<String> {
+    item.get(k).and_then(|v| v.as_s().ok()).cloned()
+}
+
+fn attr_n(item: &std::collections::HashMap<String, AttributeValue>, k: &str) -> Option<i64> {
+    item.get(k)
+        .and_then(|v| v.as_n().ok())
+        .and_then(|n| n.parse().ok())
+}
+
+impl LeaseClient {
+    /// Builds the client (standard AWS credential chain, `AWS_ENDPOINT_URL`
+    /// or `AWS_ENDPOINT_URL_DYNAMODB`). Requests time out well inside one
+    /// renewal period, so a hung connection cannot eat the lease.
+    pub fn new(settings: LeaseSettings) -> Result<LeaseClient, LeaseError> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(LeaseError::Runtime)?;
+        let attempt = (settings.renew_every() / 2).max(Duration::from_millis(500));
+        let conf = rt.block_on(
+            aws_config::defaults(BehaviorVersion::latest())
+                .retry_config(RetryConfig::standard().with_max_attempts(2))
+                .timeout_config(
+                    TimeoutConfig::builder()
+                        .connect_timeout(attempt)
+                        .operation_attempt_timeout(attempt)
+                        .operation_timeout(settings.renew_every())
+                        .build(),
+                )
+                .load(),
+        );
+        if conf.region().is_none() {
+            return Err(LeaseError::NoRegion);
+        }
+        let client = aws_sdk_dynamodb::Client::new(&conf);
+        Ok(LeaseClient {
+            rt,
+            client,
+            settings,
+        })
+    }
+
+    fn classify<E>(
+        &self,
+        op: &'static str,
+        e: SdkError<E, aws_sdk_dynamodb::config::http::HttpResponse>,
+    ) -> LeaseError
+    where
+        E: ProvideErrorMetadata + std::error::Error + 'static,
+    {
+        let table = self.settings.table.clone();
+        match &e {
+            SdkError::DispatchFailure(_)
+            | SdkError::TimeoutError(_)
+            | SdkError::ResponseError(_) => {
+                return LeaseError::Unreachable {
+                    table,
+                    detail: aws_smithy_types::error::display::DisplayErrorContext(&e).to_string(),
+                }
+            }
+            _ => {}
+        }
+        let code = e.code().unwrap_or("unknown").to_string();
+        let message = e.message().unwrap_or_default().to_string();
+        match code.as_str() {
+            "ResourceNotFoundException" => LeaseError::NoTable { table },
+            "AccessDeniedException" | "UnrecognizedClientException" => {
+                LeaseError::AccessDenied { table, message }
+            }
+            "ProvisionedThroughputExceededException"
+            | "ThrottlingException"
+            | "RequestLimitExceeded"
+            | "InternalServerError"
+            | "ServiceUnavailable" => LeaseError::Unreachable {
+                table,
+                detail: format!("{code}: {message}"),
+            },
+            _ => LeaseError::Other {
+                op,
+                table,
+                code,
+                message,
+            },
+        }
+    }
+
+    /// Reads the lease item (strongly consistent).
+    pub fn read(&self) -> Result<Option<Record>, LeaseError> {
+        let s = &self.settings;
+        let out = self
+            .rt
+            .block_on(
+                self.client
+                    .get_item()
+                    .table_name(&s.table)
+                    .key(KEY_ATTR, AttributeValue::S(s.name.clone()))
+                    .consistent_read(true)
+                    .send(),
+            )
+            .map_err(|e| self.classify("GetItem", e))?;
+        let Some(item) = out.item else {
+            return Ok(None);
+        };
+        let bad = |reason: &str| LeaseError::Malformed {
+            table: s.table.clone(),
+            name: s.name.clone(),
+            reason: reason.to_string(),
+        };
+        let rvn = attr_s(&item, "rvn").ok_or_else(|| bad("no rvn"))?;
+        let holder = attr_s(&item, "holder").ok_or_else(|| bad("no holder"))?;
+        let ms = attr_n(&item, "duration_ms")
+            .filter(|m| *m > 0)
+            .ok_or_else(|| bad("no duration_ms"))?;
+        let released = item
+            .get("released")
+            .and_then(|v| v.as_bool().ok())
+            .copied()
+            .unwrap_or(false);
+        let state = SignState {
+            height: attr_n(&item, "height").unwrap_or(0).max(0),
+            round: attr_n(&item, "round")
+                .and_then(|r| i32::try_from(r).ok())
+                .unwrap_or(0)
+                .max(0),
+            step: attr_n(&item, "step")
+                .and_then(|r| i8::try_from(r).ok())
+                .unwrap_or(0)
+                .clamp(0, 3),
+        };
+        Ok(Some(Record {
+            holder,
+            rvn,
+            duration: Duration::from_millis(ms as u64),
+            released,
+            state,
+        }))
+    }
+
+    /// Writes a new record version, conditioned on `expect_rvn` (`None`: the
+    /// item must not exist). Returns the new rvn.
+    fn write(
+        &self,
+        expect_rvn: Option<&str>,
+        released: bool,
+        state: SignState,
+    ) -> Result<String, LeaseError> {
+        let s = &self.settings;
+        let rvn = random_hex();
+        let mut req = self
+            .client
+            .put_item()
+            .table_name(&s.table)
+            .item(KEY_ATTR, AttributeValue::S(s.name.clone()))
+            .item("holder", AttributeValue::S(s.holder.clone()))
+            .item("rvn", AttributeValue::S(rvn.clone()))
+            .item(
+                "duration_ms",
+                AttributeValue::N(s.duration.as_millis().to_string()),
+            )
+            .item("released", AttributeValue::Bool(released))
+            .item("height", AttributeValue::N(state.height.to_string()))
+            .item("round", AttributeValue::N(state.round.to_string()))
+            .item("step", AttributeValue::N(state.step.to_string()))
+            // For people reading the table; never used for decisions.
+            .item(
+                "written_at",
+                AttributeValue::S(format!(
+                    "{}",
+                    std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map(|d| d.as_secs())
+                        .unwrap_or(0)
+                )),
+            );
+        req = match expect_rvn {
+            None => req.condition_expression("attribute_not_exists(#k)"),
+            Some(r) => req
+                .condition_expression("#r = :r")
+                .expression_attribute_names("#r", "rvn")
+                .expression_attribute_values(":r", AttributeValue::S(r.to_string())),
+        };
+        if expect_rvn.is_none() {
+            req = req.expression_attribute_names("#k", KEY_ATTR);
+        }
+        match self.rt.block_on(req.send()) {
+            Ok(_) => Ok(rvn),
+            Err(e)
+                if e.as_service_error()
+                    .is_some_and(|se| se.is_conditional_check_failed_exception()) =>
+            {
+                let by = self
+                    .read()
+                    .ok()
+                    .flatten()
+                    .map(|r| r.holder)
+                    .unwrap_or_else(|| "another host".into());
+                Err(LeaseError::Lost {
+                    name: s.name.clone(),
+                    by,
+                })
+            }
+            Err(e) => Err(self.classify("PutItem", e)),
+        }
+    }
+
+    /// One attempt to take the lease without waiting: succeeds if it is
+    /// free, released, or `observed` (seen at least one of its durations
+    /// ago) still is the current version.
+    fn try_take(
+        &self,
+        current: Option<&Record>,
+        local: SignState,
+        took_over_from: Option<String>,
+    ) -> Result<Held, LeaseError> {
+        let carried = current.map(|r| r.state).unwrap_or_default();
+        let state = carried.max(local);
+        let sent = Instant::now();
+        let rvn = self.write(current.map(|r| r.rvn.as_str()), false, state)?;
+        Ok(Held {
+            rvn,
+            deadline: sent + self.settings.keep_for(),
+            state,
+            took_over_from,
+        })
+    }
+
+    /// Takes the lease if it is free or released right now; `None` if
+    /// another host holds it (or won the race for it).
+    pub fn try_acquire_now(&self, local: SignState) -> Result<Option<Held>, LeaseError> {
+        let cur = self.read()?;
+        if cur.as_ref().is_some_and(|r| !r.released) {
+            return Ok(None);
+        }
+        match self.try_take(cur.as_ref(), local, None) {
+            Ok(h) => Ok(Some(h)),
+            Err(LeaseError::Lost { .. }) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Blocks until this process holds the lease (or `cancel` is set).
+    /// `on_wait` is told who holds it whenever that changes.
+    pub fn acquire(
+        &self,
+        local: SignState,
+        cancel: &AtomicBool,
+        mut on_wait: impl FnMut(&Record),
+    ) -> Result<Held, LeaseError> {
+        // (rvn seen, when we received it, the holder's duration)
+        let mut seen: Option<(Record, Instant)> = None;
+        let poll = self.settings.renew_every().min(Duration::from_secs(5));
+        loop {
+            if cancel.load(Ordering::Relaxed) {
+                return Err(LeaseError::Cancelled);
+            }
+            let cur = match self.read() {
+                Ok(c) => c,
+                Err(e) if e.is_transient() => {
+                    tracing::warn!(event = "lease_unreachable", error = %e, "cannot read the lease; still waiting");
+                    sleep_cancellable(poll, cancel);
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
+            let received = Instant::now();
+            let attempt = match &cur {
+                None => Some(self.try_take(None, local, None)),
+                Some(r) if r.released => Some(self.try_take(Some(r), local, None)),
+                Some(r) => match &seen {
+                    Some((old, since)) if old.rvn == r.rvn => {
+                        if since.elapsed() >= r.duration {
+                            Some(self.try_take(Some(r), local, Some(r.holder.clone())))
+                        } else {
+                            None
+                        }
+                    }
+                    _ => {
+                        on_wait(r);
+                        seen = Some((r.clone(), received));
+                        None
+                    }
+                },
+            };
+            match attempt {
+                Some(Ok(h)) => return Ok(h),
+                Some(Err(LeaseError::Lost { .. })) => {
+                    // Someone else wrote first; look again.
+                    seen = None;
+                    continue;
+                }
+                Some(Err(e)) if e.is_transient() => {
+                    tracing::warn!(event = "lease_unreachable", error = %e, "cannot write the lease; still waiting");
+                }
+                Some(Err(e)) => return Err(e),
+                None => {}
+            }
+            let wait = match &seen {
+                Some((r, since)) => r.duration.saturating_sub(since.elapsed()).min(poll),
+                None => poll,
+            };
+            sleep_cancellable(wait.max(Duration::from_millis(50)), cancel);
+        }
+    }
+
+    /// Renews a held lease, carrying `state` (raised to at least what we carried).
+    pub fn renew(&self, held: &mut Held, state: Option<SignState>) -> Result<(), LeaseError> {
+        let state = state.unwrap_or_default().max(held.state);
+        let sent = Instant::now();
+        let rvn = self.write(Some(&held.rvn), false, state)?;
+        held.rvn = rvn;
+        held.state = state;
+        held.deadline = sent + self.settings.keep_for();
+        Ok(())
+    }
+
+    /// Gives the lease up (after our node has stopped), carrying the final state.
+    pub fn release(&self, held: &Held, state: Option<SignState>) -> Result<(), LeaseError> {
+        let state = state.unwrap_or_default().max(held.state);
+        self.write(Some(&held.rvn), true, state).map(|_| ())
+    }
+}
+
+fn sleep_cancellable(d: Duration, cancel: &AtomicBool) {
+    let end = Instant::now() + d;
+    while !cancel.load(Ordering::Relaxed) {
+        let now = Instant::now();
+        if now >= end {
+            return;
+        }
+        std::thread::sleep((end - now).min(Duration::from_millis(100)));
+    }
+}
+
+/// What a lease thread tells the supervisor.
+#[derive(Debug)]
+pub enum LeaseNews {
+    /// The standby got the lease.
+    Acquired,
+    /// The holder could not keep the lease: stop the node now.
+    Lost(String),
+    /// The standby cannot wait for the lease (configuration, permissions).
+    Failed(String),
+}
+
+/// The renewal thread of a held lease.
+pub struct Keeper {
+    stop: Arc<AtomicBool>,
+    handle: std::thread::JoinHandle<(LeaseClient, Held, bool)>,
+}
+
+impl Keeper {
+    /// Starts renewing; `news` is called once if the lease is lost. The
+    /// thread blocks the supervisor's signals (they are for its sigwait).
+    pub fn start(
+        client: LeaseClient,
+        mut held: Held,
+        state: StateFile,
+        news: Box<dyn Fn(LeaseNews) + Send>,
+    ) -> std::io::Result<Keeper> {
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let handle = std::thread::Builder::new()
+            .name("lease".into())
+            .spawn(move || {
+                let mut sigs = crate::supervise::FORWARDED.to_vec();
+                sigs.push(libc::SIGCHLD);
+                let _ = crate::sys::block_signals(&sigs);
+                let every = client.settings.renew_every();
+                let retry = (every / 4).max(Duration::from_millis(200));
+                let mut next = Instant::now() + every;
+                let mut lost = false;
+                loop {
+                    let now = Instant::now();
+                    if now >= held.deadline {
+                        lost = true;
+                        news(LeaseNews::Lost(format!(
+                            "no renewal of lease {} succeeded for {:?}; stopping the node before another host may take over",
+                            client.settings.name,
+                            client.settings.keep_for()
+                        )));
+                        break;
+                    }
+                    let until = next.min(held.deadline);
+                    sleep_cancellable(until.saturating_duration_since(now), &flag);
+                    if flag.load(Ordering::Relaxed) {
+                        break;
+                    }
+                    if Instant::now() < next {
+                        continue;
+                    }
+                    let local = state.read().unwrap_or_else(|e| {
+                        tracing::warn!(error = %e, "cannot read the sign state; carrying the last known");
+                        None
+                    });
+                    match client.renew(&mut held, local) {
+                        Ok(()) => {
+                            tracing::debug!(state = %held.state, "lease renewed");
+                            next = Instant::now() + every;
+                        }
+                        Err(e @ LeaseError::Lost { .. }) => {
+                            lost = true;
+                            news(LeaseNews::Lost(e.to_string()));
+                            break;
+                        }
+                        Err(e) => {
+                            tracing::warn!(event = "lease_renew_failed", error = %e, remaining_ms = held.deadline.saturating_duration_since(Instant::now()).as_millis() as u64, "lease renewal failed; retrying");
+                            next = Instant::now() + retry;
+                        }
+                    }
+                }
+                (client, held, lost)
+            })?;
+        Ok(Keeper { stop, handle })
+    }
+
+    /// Stops renewing; returns the client and the lease, unless it was lost.
+    pub fn stop(self) -> Option<(LeaseClient, Held)> {
+        self.stop.store(true, Ordering::Relaxed);
+        match self.handle.join() {
+            Ok((c, h, false)) => Some((c, h)),
+            _ => None,
+        }
+    }
+}
+
+/// The thread a standby waits for the lease in.
+pub struct Waiter {
+    cancel: Arc<AtomicBool>,
+    handle: std::thread::JoinHandle<Result<(LeaseClient, Held), LeaseError>>,
+}
+
+impl Waiter {
+    /// Starts waiting; `news` is called with [`LeaseNews::Acquired`] once the
+    /// lease is ours.
+    pub fn start(
+        client: LeaseClient,
+        local: SignState,
+        news: Box<dyn Fn(LeaseNews) + Send>,
+    ) -> std::io::Result<Waiter> {
+        let cancel = Arc::new(AtomicBool::new(false));
+        let flag = cancel.clone();
+        let handle = std::thread::Builder::new()
+            .name("lease-wait".into())
+            .spawn(move || {
+                let mut sigs = crate::supervise::FORWARDED.to_vec();
+                sigs.push(libc::SIGCHLD);
+                let _ = crate::sys::block_signals(&sigs);
+                let r = client.acquire(local, &flag, log_waiting);
+                match r {
+                    Ok(h) => {
+                        news(LeaseNews::Acquired);
+                        Ok((client, h))
+                    }
+                    Err(e) => {
+                        if !matches!(e, LeaseError::Cancelled) {
+                            news(LeaseNews::Failed(e.to_string()));
+                        }
+                        Err(e)
+                    }
+                }
+            })?;
+        Ok(Waiter { cancel, handle })
+    }
+
+    /// Stops waiting; returns the lease if it was acquired meanwhile.
+    pub fn finish(self) -> Result<(LeaseClient, Held), LeaseError> {
+        self.cancel.store(true, Ordering::Relaxed);
+        self.handle.join().unwrap_or(Err(LeaseError::Cancelled))
+    }
+}
+
+/// Logs who holds the lease we wait for.
+pub fn log_waiting(r: &Record) {
+    tracing::info!(
+        event = "lease_waiting",
+        holder = %r.holder,
+        duration_ms = r.duration.as_millis() as u64,
+        state = %r.state,
+        "the lease is held by another host; standing by"
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sign_state_parses_cometbft_files_and_orders_by_height_round_step() {
+        let a = SignState::parse(br#"{"height":"0","round":0,"step":0}"#).unwrap();
+        assert_eq!(a, SignState::default());
+        let b = SignState::parse(
+            br#"{"height":"36","round":0,"step":3,"signature":"x","signbytes":"AB"}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            b,
+            SignState {
+                height: 36,
+                round: 0,
+                step: 3
+            }
+        );
+        let c = SignState {
+            height: 36,
+            round: 1,
+            step: 1,
+        };
+        let d = SignState {
+            height: 37,
+            round: 0,
+            step: 0,
+        };
+        assert!(a < b && b < c && c < d);
+        for bad in [
+            &br#"{"height":"-1","round":0,"step":0}"#[..],
+            br#"{"height":"x","round":0,"step":0}"#,
+            br#"{"height":"1","round":0,"step":4}"#,
+            br#"{"height":"1","step":1}"#,
+            b"not json",
+        ] {
+            assert!(
+                SignState::parse(bad).is_err(),
+                "{}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+        assert_eq!(SignState::parse(c.to_json().as_bytes()).unwrap(), c);
+    }
+
+    #[test]
+    fn raise_to_only_ever_raises_and_replaces_atomically() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = StateFile {
+            path: dir.path().join("priv_validator_state.json"),
+            node: None,
+        };
+        let s10 = SignState {
+            height: 10,
+            round: 0,
+            step: 2,
+        };
+        assert_eq!(f.raise_to(s10).unwrap(), Raised::From(None));
+        assert_eq!(f.read().unwrap(), Some(s10));
+        let s9 = SignState {
+            height: 9,
+            round: 5,
+            step: 3,
+        };
+        assert_eq!(f.raise_to(s9).unwrap(), Raised::Unchanged, "lowered");
+        assert_eq!(f.read().unwrap(), Some(s10));
+        let s11 = SignState { height: 11, ..s9 };
+        assert_eq!(f.raise_to(s11).unwrap(), Raised::From(Some(s10)));
+        assert_eq!(f.read().unwrap(), Some(s11));
+        let names: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names.len(), 1, "temporary file left: {names:?}");
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(
+            std::fs::metadata(&f.path).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+    }
+
+    #[test]
+    fn lease_timing_leaves_the_holder_a_third_to_stop() {
+        let s = LeaseSettings {
+            table: "t".into(),
+            name: "n".into(),
+            holder: holder_id(),
+            duration: Duration::from_secs(30),
+        };
+        assert_eq!(s.renew_every(), Duration::from_secs(10));
+        assert_eq!(s.keep_for(), Duration::from_secs(20));
+        assert_eq!(s.stop_grace(), Duration::from_secs(5));
+        assert!(s.keep_for() + s.stop_grace() < s.duration);
+        assert_ne!(holder_id(), holder_id());
+    }
+}
