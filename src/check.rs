@@ -83,6 +83,60 @@ fn kernel_checks(r: &mut Report) {
     }
 }
 
+/// The failover lease: settings, the sign state it would carry, the table and
+/// who holds the lease now (read only: `check` never takes it).
+fn lease_checks(r: &mut Report, cfg: &Config) {
+    use crate::lease::{LeaseClient, StateFile};
+    let Some(s) = &cfg.lease else {
+        r.info(
+            "failover lease",
+            "none (SSM_COSMOVISOR_LEASE_TABLE unset): USE_SSM_KEY alone decides whether this host signs",
+        );
+        return;
+    };
+    r.pass(
+        "failover lease",
+        format!(
+            "table {} lease {} duration {:?} (renew every {:?}, node stopped {:?} after the last renewal sent)",
+            s.table,
+            s.name,
+            s.duration,
+            s.renew_every(),
+            s.keep_for()
+        ),
+    );
+    let state = StateFile {
+        path: crate::lease::state_path_for_home(&cfg.home),
+        node: cfg.node_user.as_ref().map(|u| (u.uid, u.gid)),
+    };
+    match state.read() {
+        Ok(st) => r.pass(
+            "sign state",
+            format!(
+                "{} at {}",
+                st.map(|x| x.to_string())
+                    .unwrap_or_else(|| "none yet".into()),
+                state.path.display()
+            ),
+        ),
+        Err(e) => r.fail("sign state", e),
+    }
+    match LeaseClient::new(s.clone()).and_then(|c| c.read()) {
+        Ok(None) => r.pass("lease table", "reachable; the lease is free"),
+        Ok(Some(rec)) => r.pass(
+            "lease table",
+            format!(
+                "reachable; lease {} by {} (carries {}, duration {:?})",
+                if rec.released { "released" } else { "held" },
+                rec.holder,
+                rec.state,
+                rec.duration
+            ),
+        ),
+        Err(e) => r.fail("lease table", e),
+    }
+}
+
 /// Runs the preflight. Exit 0 when every check passes (warnings allowed).
 pub fn run(ov: &Overrides) -> Result<u8, CliError> {
     let mut r = Report::default();
@@ -230,6 +284,7 @@ pub fn run(ov: &Overrides) -> Result<u8, CliError> {
             }
         }
     }
+    lease_checks(&mut r, &cfg);
     if r.failures == 0 {
         println!("check passed");
         Ok(0)

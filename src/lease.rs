@@ -682,11 +682,38 @@ impl LeaseClient {
     pub fn renew(&self, held: &mut Held, state: Option<SignState>) -> Result<(), LeaseError> {
         let state = state.unwrap_or_default().max(held.state);
         let sent = Instant::now();
-        let rvn = self.write(Some(&held.rvn), false, state)?;
+        let rvn = match self.write(Some(&held.rvn), false, state) {
+            Ok(rvn) => rvn,
+            Err(LeaseError::Lost { .. }) if self.adopt_own_write(held)? => {
+                // An earlier renewal of ours went through although its reply
+                // was lost; its version is ours. The deadline stays where the
+                // last *confirmed* renewal put it until this one succeeds.
+                self.write(Some(&held.rvn), false, state)?
+            }
+            Err(e) => return Err(e),
+        };
         held.rvn = rvn;
         held.state = state;
         held.deadline = sent + self.settings.keep_for();
         Ok(())
+    }
+
+    /// After a failed conditional renewal: if the record still names this
+    /// process as holder (the id is unique to it), the version in it came from
+    /// one of our own writes whose reply was lost. Adopts it.
+    fn adopt_own_write(&self, held: &mut Held) -> Result<bool, LeaseError> {
+        match self.read()? {
+            Some(r) if r.holder == self.settings.holder && !r.released => {
+                tracing::info!(
+                    event = "lease_reply_lost",
+                    "an earlier renewal succeeded although its reply was lost; continuing"
+                );
+                held.rvn = r.rvn;
+                held.state = held.state.max(r.state);
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
     }
 
     /// Gives the lease up (after our node has stopped), carrying the final state.

@@ -71,13 +71,20 @@ impl Host {
         }
     }
 
-    fn cmd(&self, endpoint: &str) -> Command {
+    /// Our binary with this host's environment (no arguments yet).
+    fn base_cmd(&self, endpoint: &str) -> Command {
         let mut c = tool_cmd(&self.home, Some(endpoint));
         c.env("USE_SSM_KEY", "true")
             .env("AWS_PARAMETER", PARAM)
             .env("SSM_COSMOVISOR_LOG_FORMAT", "json")
             .env("SSM_COSMOVISOR_LEASE_TABLE", TABLE)
             .env("SSM_COSMOVISOR_LEASE_DURATION", format!("{DURATION_S}s"));
+        c
+    }
+
+    /// `run start --home <home>`.
+    fn cmd(&self, endpoint: &str) -> Command {
+        let mut c = self.base_cmd(endpoint);
         c.args(["run", "start", "--home"]).arg(self.home.path());
         c
     }
@@ -255,6 +262,10 @@ struct Relay {
     port: u16,
     cut: Arc<AtomicBool>,
     conns: Arc<Mutex<Vec<TcpStream>>>,
+    /// While set, replies from moto are swallowed (the requests still land).
+    drop_replies: Arc<AtomicBool>,
+    /// Reply chunks swallowed so far.
+    dropped: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl Relay {
@@ -264,7 +275,10 @@ impl Relay {
         let port = l.local_addr().unwrap().port();
         let cut = Arc::new(AtomicBool::new(false));
         let conns: Arc<Mutex<Vec<TcpStream>>> = Arc::default();
+        let drop_replies = Arc::new(AtomicBool::new(false));
+        let dropped = Arc::new(std::sync::atomic::AtomicU64::new(0));
         let (c2, k2) = (cut.clone(), conns.clone());
+        let (d2, n2) = (drop_replies.clone(), dropped.clone());
         thread::spawn(move || {
             while !c2.load(Ordering::SeqCst) {
                 match l.accept() {
@@ -277,15 +291,21 @@ impl Relay {
                         g.push(down.try_clone().unwrap());
                         g.push(up.try_clone().unwrap());
                         drop(g);
-                        pipe(down.try_clone().unwrap(), up.try_clone().unwrap());
-                        pipe(up, down);
+                        pipe(down.try_clone().unwrap(), up.try_clone().unwrap(), None);
+                        pipe(up, down, Some((d2.clone(), n2.clone())));
                     }
                     Err(_) => thread::sleep(Duration::from_millis(5)),
                 }
             }
             // The listener is dropped here: new connections are refused.
         });
-        Relay { port, cut, conns }
+        Relay {
+            port,
+            cut,
+            conns,
+            drop_replies,
+            dropped,
+        }
     }
 
     fn endpoint(&self) -> String {
@@ -302,13 +322,21 @@ impl Relay {
     }
 }
 
-fn pipe(mut from: TcpStream, mut to: TcpStream) {
+type Swallow = Option<(Arc<AtomicBool>, Arc<std::sync::atomic::AtomicU64>)>;
+
+fn pipe(mut from: TcpStream, mut to: TcpStream, swallow: Swallow) {
     thread::spawn(move || {
         let mut buf = [0u8; 16384];
         loop {
             match from.read(&mut buf) {
                 Ok(0) | Err(_) => break,
                 Ok(n) => {
+                    if let Some((on, count)) = &swallow {
+                        if on.load(Ordering::SeqCst) {
+                            count.fetch_add(1, Ordering::SeqCst);
+                            continue;
+                        }
+                    }
                     if to.write_all(&buf[..n]).is_err() {
                         break;
                     }
@@ -490,4 +518,119 @@ fn lease_misconfiguration_is_named_and_changes_nothing() {
         serde_json::json!({}),
         "lease taken"
     );
+}
+
+/// `check` reports the lease (free, then held by the running holder) and fails
+/// when the table is missing; it never takes the lease itself.
+#[test]
+fn check_reports_the_lease_and_never_takes_it() {
+    let moto = Moto::start();
+    let ep = moto.endpoint();
+    let key = TestKey::ed25519();
+    put_key(&ep, PARAM, &key);
+    let (a, b) = (Host::new("a"), Host::new("b"));
+    let check = |h: &Host| run_with_timeout(h.base_cmd(&ep).arg("check"), T);
+    let out = check(&a);
+    let text = output_text(&out);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(
+        text.contains("FAIL  lease table") && text.contains(TABLE),
+        "{text}"
+    );
+
+    create_table(&ep);
+    let out = check(&a);
+    let text = output_text(&out);
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    assert!(text.contains("the lease is free"), "{text}");
+    assert_eq!(
+        lease_item(&ep),
+        serde_json::json!({}),
+        "check took the lease"
+    );
+
+    let mut ta = a.spawn(&mut a.cmd(&ep));
+    assert!(
+        wait_for(|| !a.key_reports(&key).is_empty(), T),
+        "{}",
+        ta.log_text()
+    );
+    let holder = log_events(&ta.log_text(), "lease_config")[0]["holder"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let out = check(&b);
+    let text = output_text(&out);
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    assert!(text.contains(&format!("lease held by {holder}")), "{text}");
+    assert_eq!(ta.stop(Signal::SIGTERM).code(), Some(0));
+}
+
+/// A renewal that lands in DynamoDB but whose reply is lost must not cost the
+/// lease: the next conditional write fails, the holder finds its own id in the
+/// record, adopts that version and carries on (no stop, no exit).
+#[test]
+fn renewal_whose_reply_is_lost_is_adopted_not_mistaken_for_a_takeover() {
+    let moto = Moto::start();
+    let ep = moto.endpoint();
+    let key = TestKey::ed25519();
+    put_key(&ep, PARAM, &key);
+    create_table(&ep);
+    let relay = Relay::start(moto.port());
+    let a = Host::new("a");
+    let mut cmd = a.cmd(&ep);
+    // 6 s: renew every 2 s, attempts time out after 1 s, node kept 4 s.
+    cmd.env("AWS_ENDPOINT_URL_DYNAMODB", relay.endpoint())
+        .env("SSM_COSMOVISOR_LEASE_DURATION", "6s");
+    let mut ta = a.spawn(&mut cmd);
+    assert!(
+        wait_for(|| !a.key_reports(&key).is_empty(), T),
+        "{}",
+        ta.log_text()
+    );
+    let node = a.key_reports(&key)[0]["pid"].as_i64().unwrap() as i32;
+    let rvn0 = lease_item(&ep)["rvn"].clone();
+
+    relay.drop_replies.store(true, Ordering::SeqCst);
+    assert!(
+        wait_for(
+            || relay.dropped.load(Ordering::SeqCst) > 0,
+            Duration::from_secs(10)
+        ),
+        "no renewal passed the relay"
+    );
+    // Let the request land, then let replies through again.
+    thread::sleep(Duration::from_millis(200));
+    relay.drop_replies.store(false, Ordering::SeqCst);
+    assert_ne!(
+        lease_item(&ep)["rvn"],
+        rvn0,
+        "the swallowed renewal did not land"
+    );
+    assert!(
+        ta.wait_log("lease_reply_lost", Duration::from_secs(10)),
+        "{}",
+        ta.log_text()
+    );
+    // Well past the node's 4 s: still the holder, node untouched.
+    thread::sleep(Duration::from_secs(5));
+    assert!(
+        log_events(&ta.log_text(), "lease_lost").is_empty(),
+        "{}",
+        ta.log_text()
+    );
+    assert!(
+        pid_alive(node),
+        "the node was stopped; log:\n{}",
+        ta.log_text()
+    );
+    let holder = log_events(&ta.log_text(), "lease_config")[0]["holder"].clone();
+    assert_eq!(lease_item(&ep)["holder"], holder);
+    assert_eq!(
+        ta.stop(Signal::SIGTERM).code(),
+        Some(0),
+        "{}",
+        ta.log_text()
+    );
+    a.home.assert_idle();
 }
