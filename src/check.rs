@@ -97,16 +97,25 @@ fn lease_checks(r: &mut Report, cfg: &Config) {
     r.pass(
         "failover lease",
         format!(
-            "table {} lease {} duration {:?} (renew every {:?}, node stopped {:?} after the last renewal sent)",
+            "table {} (region {}) lease {} duration {:?} (renew every {:?}, node stopped {:?} after the last renewal sent; {} heights skipped after a takeover)",
             s.table,
+            s.region.as_deref().unwrap_or("from AWS_REGION"),
             s.name,
             s.duration,
             s.renew_every(),
-            s.keep_for()
+            s.keep_for(),
+            s.takeover_heights
         ),
     );
+    let path = match crate::lease::state_path_for_home(&cfg.home) {
+        Ok(p) => p,
+        Err(e) => {
+            r.fail("sign state", e);
+            return;
+        }
+    };
     let state = StateFile {
-        path: crate::lease::state_path_for_home(&cfg.home),
+        path,
         node: cfg.node_user.as_ref().map(|u| (u.uid, u.gid)),
     };
     match state.read() {

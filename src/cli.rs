@@ -9,7 +9,7 @@ use clap::{Parser, Subcommand};
 
 use crate::config::{Config, ConfigError, Env, LogFormat, Overrides, ProcessEnv};
 use crate::key::ValidatorKey;
-use crate::lease::{Held, LeaseClient, Raised, StateFile};
+use crate::lease::{Held, LeaseClient, Raised, SignState, StateFile};
 use crate::secret::{SecretBuf, MAX_SECRET_LEN};
 use crate::slot::KeySlot;
 use crate::source::{self, Origin};
@@ -68,6 +68,12 @@ pub struct Cli {
     /// Lease duration, e.g. 30s [env: SSM_COSMOVISOR_LEASE_DURATION; default 30s, at least 3s].
     #[arg(long, global = true, value_name = "DURATION")]
     pub lease_duration: Option<String>,
+    /// Region of the lease table [env: SSM_COSMOVISOR_LEASE_REGION; default: AWS_REGION].
+    #[arg(long, global = true, value_name = "REGION")]
+    pub lease_region: Option<String>,
+    /// Heights skipped after taking over an expired lease [env: SSM_COSMOVISOR_LEASE_TAKEOVER_HEIGHTS; default: duration in seconds + 1].
+    #[arg(long, global = true, value_name = "N")]
+    pub lease_takeover_heights: Option<String>,
     /// What to do.
     #[command(subcommand)]
     pub command: Cmd,
@@ -128,6 +134,8 @@ impl Cli {
             lease_table: self.lease_table.clone(),
             lease_name: self.lease_name.clone(),
             lease_duration: self.lease_duration.clone(),
+            lease_region: self.lease_region.clone(),
+            lease_takeover_heights: self.lease_takeover_heights.clone(),
         }
     }
 }
@@ -211,6 +219,9 @@ fn node_ids(cfg: &Config) -> (u32, u32) {
 
 /// Opens and repairs the slot, fetches the key (when active), and supervises.
 fn run_with_key(cfg: &Config, program: &OsString, args: &[OsString]) -> Result<u8, CliError> {
+    // Before any other thread exists (runtimes, lease threads): they all
+    // inherit the blocked signals, so only our sigwait thread ever takes one.
+    supervise::start_signal_handling()?;
     // Before any secret exists in this process.
     crate::harden::harden_self().map_err(|e| {
         CliError::new(
@@ -268,20 +279,34 @@ fn run_with_key(cfg: &Config, program: &OsString, args: &[OsString]) -> Result<u
         return Err(CliError::new(exit::SLOT, e));
     }
     if let Some((client, held, state)) = &mut lease {
+        let fail = |e: crate::lease::LeaseError| {
+            CliError::new(
+                exit::LEASE,
+                format!("failover lease: {e}; the key was not delivered"),
+            )
+        };
+        if let Err(e) = client.bind_address(held, &fetched.key.identity().address_hex()) {
+            release_on_error(&lease);
+            return Err(fail(e));
+        }
         // The fetch may have taken a while: make sure the lease is still ours
         // before the key goes anywhere.
         match client.renew(held, state.read().ok().flatten()) {
             Ok(()) => {}
-            Err(e) if e.is_transient() && std::time::Instant::now() < held.deadline => {
+            Err(e) if e.is_transient() && std::time::Instant::now() < held.deadline.get() => {
                 tracing::warn!(error = %e, "lease renewal failed; the renewal thread retries");
             }
-            Err(e) => {
-                return Err(CliError::new(
-                    exit::LEASE,
-                    format!("failover lease: {e}; the key was not delivered"),
-                ))
-            }
+            Err(e) => return Err(fail(e)),
         }
+    }
+    if let Some(sig) = supervise::stop_requested() {
+        release_on_error(&lease);
+        tracing::info!(
+            event = "stopped_before_start",
+            signal = sig,
+            "stop requested before the key was delivered"
+        );
+        return Ok(0);
     }
     if let Err(e) = slot.backup() {
         release_on_error(&lease);
@@ -326,7 +351,7 @@ fn acquire_lease(
     let lease_err =
         |e: crate::lease::LeaseError| CliError::new(exit::LEASE, format!("failover lease: {e}"));
     let state = StateFile {
-        path: crate::lease::state_path_for_home(&cfg.home),
+        path: crate::lease::state_path_for_home(&cfg.home).map_err(lease_err)?,
         node: cfg.node_user.as_ref().map(|u| (u.uid, u.gid)),
     };
     let local = state.read().map_err(lease_err)?.unwrap_or_default();
@@ -368,6 +393,22 @@ fn acquire_lease(
             }
         }
     };
+    let (client, mut held) = (client, held);
+    if let Some(sig) = supervise::stop_requested() {
+        supervise::release_lease(&client, &held, None);
+        tracing::info!(
+            event = "stopped_before_start",
+            signal = sig,
+            "stop requested during the handover"
+        );
+        return Ok(None);
+    }
+    // Stopping the keyless node took time: confirm the lease before going on.
+    if let Err(e) = client.renew(&mut held, Some(local)) {
+        if !e.is_transient() || std::time::Instant::now() >= held.deadline.get() {
+            return Err(lease_err(e));
+        }
+    }
     tracing::info!(
         event = "lease_acquired",
         lease = %settings.name,
@@ -375,13 +416,24 @@ fn acquire_lease(
         carried_state = %held.state,
         "holding the failover lease"
     );
-    match state.raise_to(held.state) {
+    // After an expiry the old holder may have signed past the state its last
+    // renewal carried, until it stopped its node: skip ahead.
+    let target = match (&held.took_over_from, settings.takeover_heights) {
+        (Some(_), n) if n > 0 => SignState {
+            height: held.state.height.saturating_add(n),
+            round: 0,
+            step: 0,
+        },
+        _ => held.state,
+    };
+    match state.raise_to(target) {
         Ok(Raised::From(prev)) => tracing::info!(
             event = "sign_state_raised",
             path = %state.path.display(),
             from = %prev.map(|p| p.to_string()).unwrap_or_else(|| "none".into()),
-            to = %held.state,
-            "raised the node's sign state to the lease's: it will not sign at or below it"
+            to = %target,
+            carried = %held.state,
+            "raised the node's sign state: it will not sign at or below it"
         ),
         Ok(Raised::Unchanged) => {}
         Err(e) => {

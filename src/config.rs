@@ -229,6 +229,10 @@ pub struct Overrides {
     pub lease_name: Option<String>,
     /// `--lease-duration`.
     pub lease_duration: Option<String>,
+    /// `--lease-region`.
+    pub lease_region: Option<String>,
+    /// `--lease-takeover-heights`.
+    pub lease_takeover_heights: Option<String>,
 }
 
 /// A source of environment variables (the process environment, or a map in tests).
@@ -520,7 +524,9 @@ fn resolve_lease(
     };
     let name = match (pick(ov.lease_name.clone(), env, "SSM_COSMOVISOR_LEASE_NAME"), source) {
         (Some(n), _) => n,
-        (None, Some(SourceSpec::Ssm { parameter, .. })) => parameter.clone(),
+        (None, Some(SourceSpec::Ssm { parameter, .. })) => {
+            crate::lease::lease_name_for_parameter(parameter)
+        }
         (None, _) => {
             return Err(ConfigError::Missing {
                 name: "SSM_COSMOVISOR_LEASE_NAME",
@@ -549,11 +555,32 @@ fn resolve_lease(
         }
         None => DEFAULT_DURATION,
     };
+    let takeover_heights = match pick(
+        ov.lease_takeover_heights.clone(),
+        env,
+        "SSM_COSMOVISOR_LEASE_TAKEOVER_HEIGHTS",
+    ) {
+        Some(v) => v
+            .trim()
+            .parse::<u32>()
+            .map(i64::from)
+            .map_err(|_| ConfigError::Invalid {
+                name: "SSM_COSMOVISOR_LEASE_TAKEOVER_HEIGHTS",
+                value: v.clone(),
+                hint: "a number of block heights (0 to carry the state unchanged)".into(),
+            })?,
+        // One height per second of the lease and one more: covers what the
+        // old holder can sign between its last renewal and its stop for
+        // chains with blocks of 1 s or slower.
+        None => duration.as_secs() as i64 + 1,
+    };
     Ok(Some(LeaseSettings {
         table,
         name,
         holder: crate::lease::holder_id(),
         duration,
+        region: pick(ov.lease_region.clone(), env, "SSM_COSMOVISOR_LEASE_REGION"),
+        takeover_heights,
     }))
 }
 

@@ -26,7 +26,7 @@
 //! refuses to sign at or below it.
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -56,6 +56,25 @@ pub struct LeaseSettings {
     pub holder: String,
     /// Lease duration.
     pub duration: Duration,
+    /// Region of the table (`None`: the standard chain's region).
+    pub region: Option<String>,
+    /// Heights a host skips after taking over an *expired* lease (the old
+    /// holder may have signed after its last renewal carried its state).
+    pub takeover_heights: i64,
+}
+
+/// The lease name for an SSM parameter given by name or by ARN: both forms
+/// must name the same lease, or two hosts could each hold "their" lease.
+pub fn lease_name_for_parameter(parameter: &str) -> String {
+    let name = match parameter.split_once(":parameter") {
+        Some((head, tail)) if head.starts_with("arn:") => tail,
+        _ => parameter,
+    };
+    // A flat name's ARN has a slash the name itself does not.
+    match name.strip_prefix('/') {
+        Some(rest) if !rest.contains('/') => rest.to_string(),
+        _ => name.to_string(),
+    }
 }
 
 impl LeaseSettings {
@@ -153,20 +172,45 @@ impl SignState {
 
 /// Where the node keeps its sign state, from `config.toml`'s
 /// `priv_validator_state_file` (default `data/priv_validator_state.json`).
-pub fn state_path_for_home(home: &Path) -> PathBuf {
-    let rel = std::fs::read_to_string(home.join("config/config.toml"))
-        .ok()
-        .and_then(|t| t.parse::<toml::Table>().ok())
-        .and_then(|d| match d.get("priv_validator_state_file") {
-            Some(toml::Value::String(s)) if !s.is_empty() => Some(PathBuf::from(s)),
-            _ => None,
-        })
-        .unwrap_or_else(|| PathBuf::from("data/priv_validator_state.json"));
-    if rel.is_absolute() {
+/// A `config.toml` we cannot parse is an error: raising a file the node does
+/// not read would protect nothing.
+pub fn state_path_for_home(home: &Path) -> Result<PathBuf, LeaseError> {
+    let cfg = home.join("config/config.toml");
+    let rel = match std::fs::read_to_string(&cfg) {
+        Ok(t) => {
+            let doc = t.parse::<toml::Table>().map_err(|e| LeaseError::State {
+                path: cfg.clone(),
+                reason: format!(
+                    "cannot parse it to find priv_validator_state_file: {}",
+                    e.to_string().lines().next().unwrap_or("syntax error")
+                ),
+            })?;
+            match doc.get("priv_validator_state_file") {
+                Some(toml::Value::String(s)) if !s.is_empty() => PathBuf::from(s),
+                None => PathBuf::from("data/priv_validator_state.json"),
+                Some(_) => {
+                    return Err(LeaseError::State {
+                        path: cfg,
+                        reason: "priv_validator_state_file must be a non-empty string".into(),
+                    })
+                }
+            }
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            PathBuf::from("data/priv_validator_state.json")
+        }
+        Err(e) => {
+            return Err(LeaseError::State {
+                path: cfg,
+                reason: e.to_string(),
+            })
+        }
+    };
+    Ok(if rel.is_absolute() {
         rel
     } else {
         home.join(rel)
-    }
+    })
 }
 
 /// The node's sign-state file, read and written as the node's user.
@@ -230,6 +274,16 @@ impl StateFile {
                 .mode(0o600)
                 .custom_flags(libc::O_NOFOLLOW)
                 .open(&tmp)?;
+            if let (Some((uid, _)), true) = (self.node, rustix::process::geteuid().is_root()) {
+                // setfsuid does not report a refusal: check who owns what we made.
+                let owner = rustix::fs::fstat(&f)?.st_uid;
+                if owner != uid {
+                    let _ = std::fs::remove_file(&tmp);
+                    return Err(std::io::Error::other(format!(
+                        "it would be owned by uid {owner}, not the node's uid {uid}"
+                    )));
+                }
+            }
             f.write_all(to.to_json().as_bytes())?;
             f.sync_all()?;
             std::fs::rename(&tmp, &self.path)?;
@@ -266,8 +320,18 @@ pub enum LeaseError {
         /// AWS's message.
         message: String,
     },
+    /// The credentials were rejected.
+    #[error("AWS rejected the credentials for DynamoDB table {table} ({code}): {message}; check the instance role, AWS_PROFILE or AWS_ACCESS_KEY_ID")]
+    Credentials {
+        /// Table.
+        table: String,
+        /// Code.
+        code: String,
+        /// Message.
+        message: String,
+    },
     /// No region configured.
-    #[error("no AWS region configured: set AWS_REGION (e.g. us-east-1)")]
+    #[error("no AWS region configured for the lease table: set AWS_REGION or SSM_COSMOVISOR_LEASE_REGION")]
     NoRegion,
     /// Network, timeout or throttling; worth retrying.
     #[error("cannot reach DynamoDB table {table}: {detail}")]
@@ -277,13 +341,25 @@ pub enum LeaseError {
         /// Transport error.
         detail: String,
     },
-    /// Our conditional write lost: another host wrote the lease.
-    #[error("the lease {name} was taken by {by}")]
+    /// Our conditional write lost: the lease changed since we last saw it.
+    #[error(
+        "lease {name} in table {table} was written by another host since this host last saw it"
+    )]
     Lost {
+        /// Table.
+        table: String,
         /// Lease name.
         name: String,
-        /// Who holds it now, as far as we know.
-        by: String,
+    },
+    /// The lease is bound to another validator's key.
+    #[error("lease {name} belongs to validator {theirs}, but this host's key is {ours}: each validator needs its own lease (SSM_COSMOVISOR_LEASE_NAME)")]
+    OtherValidator {
+        /// Lease name.
+        name: String,
+        /// Address in the lease.
+        theirs: String,
+        /// Address of our key.
+        ours: String,
     },
     /// The item exists but is not a lease record we understand.
     #[error("lease item {name} in table {table} is malformed ({reason}); delete it if no host is running")]
@@ -343,18 +419,55 @@ pub struct Record {
     pub released: bool,
     /// Highest sign state carried.
     pub state: SignState,
+    /// Address of the validator whose key the holder delivered, once known.
+    pub address: Option<String>,
+}
+
+/// Until when the holder's node may run: moved by each confirmed renewal,
+/// read by the supervisor, which enforces it whatever the renewal thread is
+/// doing (blocked in a request, or dead).
+#[derive(Debug, Clone)]
+pub struct Deadline {
+    base: Instant,
+    /// Nanoseconds after `base`.
+    nanos: Arc<AtomicU64>,
+}
+
+impl Deadline {
+    fn new(at: Instant) -> Deadline {
+        Deadline {
+            base: at,
+            nanos: Arc::new(AtomicU64::new(0)),
+        }
+    }
+
+    /// The current deadline.
+    pub fn get(&self) -> Instant {
+        self.base + Duration::from_nanos(self.nanos.load(Ordering::SeqCst))
+    }
+
+    /// Moves it; never before the first deadline (those only come from
+    /// confirmed writes sent later).
+    fn set(&self, at: Instant) {
+        let n = at.saturating_duration_since(self.base).as_nanos() as u64;
+        self.nanos.store(n, Ordering::SeqCst);
+    }
 }
 
 /// A lease this process holds.
 #[derive(Debug)]
 pub struct Held {
     rvn: String,
-    /// Until when our node may run, unless renewed.
-    pub deadline: Instant,
+    /// When the last confirmed write was sent.
+    sent: Instant,
+    /// `sent` + the holder's share of the duration.
+    pub deadline: Deadline,
     /// Highest sign state known (carried, raised by our own renewals).
     pub state: SignState,
     /// Holder we took it from after it expired (`None`: it was free or released).
     pub took_over_from: Option<String>,
+    /// Validator address recorded with the lease, if any.
+    pub address: Option<String>,
 }
 
 /// DynamoDB access for one lease: a current-thread runtime and a client.
@@ -393,8 +506,12 @@ impl LeaseClient {
             .build()
             .map_err(LeaseError::Runtime)?;
         let attempt = (settings.renew_every() / 2).max(Duration::from_millis(500));
+        let mut loader = aws_config::defaults(BehaviorVersion::latest());
+        if let Some(r) = &settings.region {
+            loader = loader.region(aws_config::Region::new(r.clone()));
+        }
         let conf = rt.block_on(
-            aws_config::defaults(BehaviorVersion::latest())
+            loader
                 .retry_config(RetryConfig::standard().with_max_attempts(2))
                 .timeout_config(
                     TimeoutConfig::builder()
@@ -440,8 +557,13 @@ impl LeaseClient {
         let message = e.message().unwrap_or_default().to_string();
         match code.as_str() {
             "ResourceNotFoundException" => LeaseError::NoTable { table },
-            "AccessDeniedException" | "UnrecognizedClientException" => {
-                LeaseError::AccessDenied { table, message }
+            "AccessDeniedException" => LeaseError::AccessDenied { table, message },
+            "UnrecognizedClientException" | "InvalidSignatureException" => {
+                LeaseError::Credentials {
+                    table,
+                    code,
+                    message,
+                }
             }
             "ProvisionedThroughputExceededException"
             | "ThrottlingException"
@@ -509,6 +631,7 @@ impl LeaseClient {
             duration: Duration::from_millis(ms as u64),
             released,
             state,
+            address: attr_s(&item, "address"),
         }))
     }
 
@@ -519,6 +642,7 @@ impl LeaseClient {
         expect_rvn: Option<&str>,
         released: bool,
         state: SignState,
+        address: Option<&str>,
     ) -> Result<String, LeaseError> {
         let s = &self.settings;
         let rvn = random_hex();
@@ -548,6 +672,9 @@ impl LeaseClient {
                         .unwrap_or(0)
                 )),
             );
+        if let Some(a) = address {
+            req = req.item("address", AttributeValue::S(a.to_string()));
+        }
         req = match expect_rvn {
             None => req.condition_expression("attribute_not_exists(#k)"),
             Some(r) => req
@@ -564,15 +691,9 @@ impl LeaseClient {
                 if e.as_service_error()
                     .is_some_and(|se| se.is_conditional_check_failed_exception()) =>
             {
-                let by = self
-                    .read()
-                    .ok()
-                    .flatten()
-                    .map(|r| r.holder)
-                    .unwrap_or_else(|| "another host".into());
                 Err(LeaseError::Lost {
+                    table: s.table.clone(),
                     name: s.name.clone(),
-                    by,
                 })
             }
             Err(e) => Err(self.classify("PutItem", e)),
@@ -590,20 +711,56 @@ impl LeaseClient {
     ) -> Result<Held, LeaseError> {
         let carried = current.map(|r| r.state).unwrap_or_default();
         let state = carried.max(local);
+        let address = current.and_then(|r| r.address.clone());
         let sent = Instant::now();
-        let rvn = self.write(current.map(|r| r.rvn.as_str()), false, state)?;
+        let rvn = self.write(
+            current.map(|r| r.rvn.as_str()),
+            false,
+            state,
+            address.as_deref(),
+        )?;
         Ok(Held {
             rvn,
-            deadline: sent + self.settings.keep_for(),
+            sent,
+            deadline: Deadline::new(sent + self.settings.keep_for()),
             state,
             took_over_from,
+            address,
         })
+    }
+
+    /// The record names this process as holder, unreleased: a write of ours
+    /// landed although its reply was lost. Takes it back with a renewal
+    /// (whose send time then bounds the node's time, as for any renewal).
+    fn reclaim_own(&self, r: &Record, local: SignState) -> Result<Held, LeaseError> {
+        tracing::info!(
+            event = "lease_reply_lost",
+            "a write of ours took the lease although its reply was lost; renewing it"
+        );
+        let now = Instant::now();
+        let mut h = Held {
+            rvn: r.rvn.clone(),
+            sent: now,
+            deadline: Deadline::new(now),
+            state: r.state.max(local),
+            took_over_from: None,
+            address: r.address.clone(),
+        };
+        self.renew(&mut h, None)?;
+        Ok(h)
+    }
+
+    fn is_ours(&self, r: &Record) -> bool {
+        r.holder == self.settings.holder && !r.released
     }
 
     /// Takes the lease if it is free or released right now; `None` if
     /// another host holds it (or won the race for it).
     pub fn try_acquire_now(&self, local: SignState) -> Result<Option<Held>, LeaseError> {
         let cur = self.read()?;
+        if let Some(r) = cur.as_ref().filter(|r| self.is_ours(r)) {
+            return self.reclaim_own(r, local).map(Some);
+        }
         if cur.as_ref().is_some_and(|r| !r.released) {
             return Ok(None);
         }
@@ -640,11 +797,18 @@ impl LeaseClient {
             };
             let received = Instant::now();
             let attempt = match &cur {
+                Some(r) if self.is_ours(r) => Some(self.reclaim_own(r, local)),
                 None => Some(self.try_take(None, local, None)),
                 Some(r) if r.released => Some(self.try_take(Some(r), local, None)),
                 Some(r) => match &seen {
                     Some((old, since)) if old.rvn == r.rvn => {
                         if since.elapsed() >= r.duration {
+                            tracing::info!(
+                                event = "lease_taking_over",
+                                from = %r.holder,
+                                unchanged_ms = since.elapsed().as_millis() as u64,
+                                "the lease expired: taking it over"
+                            );
                             Some(self.try_take(Some(r), local, Some(r.holder.clone())))
                         } else {
                             None
@@ -682,19 +846,21 @@ impl LeaseClient {
     pub fn renew(&self, held: &mut Held, state: Option<SignState>) -> Result<(), LeaseError> {
         let state = state.unwrap_or_default().max(held.state);
         let sent = Instant::now();
-        let rvn = match self.write(Some(&held.rvn), false, state) {
+        let address = held.address.clone();
+        let rvn = match self.write(Some(&held.rvn), false, state, address.as_deref()) {
             Ok(rvn) => rvn,
             Err(LeaseError::Lost { .. }) if self.adopt_own_write(held)? => {
                 // An earlier renewal of ours went through although its reply
                 // was lost; its version is ours. The deadline stays where the
                 // last *confirmed* renewal put it until this one succeeds.
-                self.write(Some(&held.rvn), false, state)?
+                self.write(Some(&held.rvn), false, state, address.as_deref())?
             }
             Err(e) => return Err(e),
         };
         held.rvn = rvn;
         held.state = state;
-        held.deadline = sent + self.settings.keep_for();
+        held.sent = sent;
+        held.deadline.set(sent + self.settings.keep_for());
         Ok(())
     }
 
@@ -703,7 +869,7 @@ impl LeaseClient {
     /// one of our own writes whose reply was lost. Adopts it.
     fn adopt_own_write(&self, held: &mut Held) -> Result<bool, LeaseError> {
         match self.read()? {
-            Some(r) if r.holder == self.settings.holder && !r.released => {
+            Some(r) if self.is_ours(&r) => {
                 tracing::info!(
                     event = "lease_reply_lost",
                     "an earlier renewal succeeded although its reply was lost; continuing"
@@ -716,10 +882,28 @@ impl LeaseClient {
         }
     }
 
+    /// Binds the lease to the key this host is about to deliver: refuses a
+    /// lease recorded for another validator (two validators sharing one lease
+    /// name would each block the other, or worse, look like one).
+    pub fn bind_address(&self, held: &mut Held, address: &str) -> Result<(), LeaseError> {
+        match &held.address {
+            Some(a) if a != address => Err(LeaseError::OtherValidator {
+                name: self.settings.name.clone(),
+                theirs: a.clone(),
+                ours: address.to_string(),
+            }),
+            _ => {
+                held.address = Some(address.to_string());
+                Ok(())
+            }
+        }
+    }
+
     /// Gives the lease up (after our node has stopped), carrying the final state.
     pub fn release(&self, held: &Held, state: Option<SignState>) -> Result<(), LeaseError> {
         let state = state.unwrap_or_default().max(held.state);
-        self.write(Some(&held.rvn), true, state).map(|_| ())
+        self.write(Some(&held.rvn), true, state, held.address.as_deref())
+            .map(|_| ())
     }
 }
 
@@ -748,12 +932,16 @@ pub enum LeaseNews {
 /// The renewal thread of a held lease.
 pub struct Keeper {
     stop: Arc<AtomicBool>,
-    handle: std::thread::JoinHandle<(LeaseClient, Held, bool)>,
+    done: std::sync::mpsc::Receiver<(LeaseClient, Held, bool)>,
+    /// How long `stop` waits for the thread (it may be inside a request).
+    patience: Duration,
 }
 
 impl Keeper {
     /// Starts renewing; `news` is called once if the lease is lost. The
     /// thread blocks the supervisor's signals (they are for its sigwait).
+    /// The supervisor enforces [`Held::deadline`] itself as well: this thread
+    /// may be stuck in a request when it passes.
     pub fn start(
         client: LeaseClient,
         mut held: Held,
@@ -762,29 +950,33 @@ impl Keeper {
     ) -> std::io::Result<Keeper> {
         let stop = Arc::new(AtomicBool::new(false));
         let flag = stop.clone();
-        let handle = std::thread::Builder::new()
+        let patience = client.settings.renew_every() + Duration::from_secs(1);
+        let (tx, done) = std::sync::mpsc::channel();
+        std::thread::Builder::new()
             .name("lease".into())
             .spawn(move || {
-                let mut sigs = crate::supervise::FORWARDED.to_vec();
-                sigs.push(libc::SIGCHLD);
-                let _ = crate::sys::block_signals(&sigs);
                 let every = client.settings.renew_every();
                 let retry = (every / 4).max(Duration::from_millis(200));
-                let mut next = Instant::now() + every;
+                // Due one period after the last confirmed write, which may be
+                // long past (a slow fetch): then at once.
+                let mut next = held.sent + every;
+                let mut last_error: Option<String> = None;
                 let mut lost = false;
                 loop {
                     let now = Instant::now();
-                    if now >= held.deadline {
+                    let deadline = held.deadline.get();
+                    if now >= deadline {
                         lost = true;
                         news(LeaseNews::Lost(format!(
-                            "no renewal of lease {} succeeded for {:?}; stopping the node before another host may take over",
+                            "no renewal of lease {} in table {} was confirmed for {:?} (last error: {})",
                             client.settings.name,
-                            client.settings.keep_for()
+                            client.settings.table,
+                            client.settings.keep_for(),
+                            last_error.as_deref().unwrap_or("none")
                         )));
                         break;
                     }
-                    let until = next.min(held.deadline);
-                    sleep_cancellable(until.saturating_duration_since(now), &flag);
+                    sleep_cancellable(next.min(deadline).saturating_duration_since(now), &flag);
                     if flag.load(Ordering::Relaxed) {
                         break;
                     }
@@ -795,10 +987,12 @@ impl Keeper {
                         tracing::warn!(error = %e, "cannot read the sign state; carrying the last known");
                         None
                     });
+                    crate::failpoint_hang!("lease-renew-hangs");
                     match client.renew(&mut held, local) {
                         Ok(()) => {
                             tracing::debug!(state = %held.state, "lease renewed");
-                            next = Instant::now() + every;
+                            last_error = None;
+                            next = held.sent + every;
                         }
                         Err(e @ LeaseError::Lost { .. }) => {
                             lost = true;
@@ -806,22 +1000,34 @@ impl Keeper {
                             break;
                         }
                         Err(e) => {
-                            tracing::warn!(event = "lease_renew_failed", error = %e, remaining_ms = held.deadline.saturating_duration_since(Instant::now()).as_millis() as u64, "lease renewal failed; retrying");
+                            tracing::warn!(event = "lease_renew_failed", error = %e, remaining_ms = held.deadline.get().saturating_duration_since(Instant::now()).as_millis() as u64, "lease renewal failed; retrying");
+                            last_error = Some(e.to_string());
                             next = Instant::now() + retry;
                         }
                     }
                 }
-                (client, held, lost)
+                let _ = tx.send((client, held, lost));
             })?;
-        Ok(Keeper { stop, handle })
+        Ok(Keeper {
+            stop,
+            done,
+            patience,
+        })
     }
 
-    /// Stops renewing; returns the client and the lease, unless it was lost.
+    /// Stops renewing; returns the client and the lease, unless it was lost,
+    /// or the thread died or is stuck (then the lease simply expires).
     pub fn stop(self) -> Option<(LeaseClient, Held)> {
         self.stop.store(true, Ordering::Relaxed);
-        match self.handle.join() {
-            Ok((c, h, false)) => Some((c, h)),
-            _ => None,
+        match self.done.recv_timeout(self.patience) {
+            Ok((c, h, false)) if Instant::now() < h.deadline.get() => Some((c, h)),
+            Ok(_) => None,
+            Err(_) => {
+                tracing::warn!(
+                    "the lease thread did not stop in time; the lease will expire by itself"
+                );
+                None
+            }
         }
     }
 }
@@ -829,7 +1035,8 @@ impl Keeper {
 /// The thread a standby waits for the lease in.
 pub struct Waiter {
     cancel: Arc<AtomicBool>,
-    handle: std::thread::JoinHandle<Result<(LeaseClient, Held), LeaseError>>,
+    done: std::sync::mpsc::Receiver<Result<(LeaseClient, Held), LeaseError>>,
+    patience: Duration,
 }
 
 impl Waiter {
@@ -842,14 +1049,16 @@ impl Waiter {
     ) -> std::io::Result<Waiter> {
         let cancel = Arc::new(AtomicBool::new(false));
         let flag = cancel.clone();
-        let handle = std::thread::Builder::new()
+        let patience = client.settings.renew_every() + Duration::from_secs(1);
+        let (tx, done) = std::sync::mpsc::channel();
+        std::thread::Builder::new()
             .name("lease-wait".into())
             .spawn(move || {
                 let mut sigs = crate::supervise::FORWARDED.to_vec();
                 sigs.push(libc::SIGCHLD);
                 let _ = crate::sys::block_signals(&sigs);
                 let r = client.acquire(local, &flag, log_waiting);
-                match r {
+                let r = match r {
                     Ok(h) => {
                         news(LeaseNews::Acquired);
                         Ok((client, h))
@@ -860,15 +1069,22 @@ impl Waiter {
                         }
                         Err(e)
                     }
-                }
+                };
+                let _ = tx.send(r);
             })?;
-        Ok(Waiter { cancel, handle })
+        Ok(Waiter {
+            cancel,
+            done,
+            patience,
+        })
     }
 
     /// Stops waiting; returns the lease if it was acquired meanwhile.
     pub fn finish(self) -> Result<(LeaseClient, Held), LeaseError> {
         self.cancel.store(true, Ordering::Relaxed);
-        self.handle.join().unwrap_or(Err(LeaseError::Cancelled))
+        self.done
+            .recv_timeout(self.patience)
+            .unwrap_or(Err(LeaseError::Cancelled))
     }
 }
 
@@ -967,12 +1183,61 @@ mod tests {
     }
 
     #[test]
+    fn parameter_name_and_arn_give_the_same_lease() {
+        for (given, lease) in [
+            ("/validators/a/key", "/validators/a/key"),
+            (
+                "arn:aws:ssm:eu-west-1:123456789012:parameter/validators/a/key",
+                "/validators/a/key",
+            ),
+            ("flatkey", "flatkey"),
+            (
+                "arn:aws:ssm:eu-west-1:123456789012:parameter/flatkey",
+                "flatkey",
+            ),
+        ] {
+            assert_eq!(lease_name_for_parameter(given), lease, "{given}");
+        }
+    }
+
+    #[test]
+    fn state_path_follows_config_toml_and_refuses_a_broken_one() {
+        let d = tempfile::tempdir().unwrap();
+        assert_eq!(
+            state_path_for_home(d.path()).unwrap(),
+            d.path().join("data/priv_validator_state.json")
+        );
+        std::fs::create_dir(d.path().join("config")).unwrap();
+        std::fs::write(
+            d.path().join("config/config.toml"),
+            "priv_validator_state_file = \"/srv/state.json\"\n",
+        )
+        .unwrap();
+        assert_eq!(
+            state_path_for_home(d.path()).unwrap(),
+            PathBuf::from("/srv/state.json")
+        );
+        std::fs::write(
+            d.path().join("config/config.toml"),
+            "priv_validator_state_file = [",
+        )
+        .unwrap();
+        let e = state_path_for_home(d.path()).unwrap_err().to_string();
+        assert!(
+            e.contains("config.toml") && e.contains("priv_validator_state_file"),
+            "{e}"
+        );
+    }
+
+    #[test]
     fn lease_timing_leaves_the_holder_a_third_to_stop() {
         let s = LeaseSettings {
             table: "t".into(),
             name: "n".into(),
             holder: holder_id(),
             duration: Duration::from_secs(30),
+            region: None,
+            takeover_heights: 31,
         };
         assert_eq!(s.renew_every(), Duration::from_secs(10));
         assert_eq!(s.keep_for(), Duration::from_secs(20));

@@ -42,3 +42,20 @@ macro_rules! failpoint {
         }
     };
 }
+
+/// Test-only hang injection: with the `failpoints` feature, the calling
+/// thread blocks forever at this point when `SSM_COSMOVISOR_FAILPOINT` equals
+/// the name (a request that never returns, a thread that is stuck).
+#[macro_export]
+macro_rules! failpoint_hang {
+    ($name:literal) => {
+        #[cfg(feature = "failpoints")]
+        {
+            if std::env::var("SSM_COSMOVISOR_FAILPOINT").as_deref() == Ok($name) {
+                loop {
+                    std::thread::sleep(std::time::Duration::from_secs(3600));
+                }
+            }
+        }
+    };
+}

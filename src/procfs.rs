@@ -153,6 +153,26 @@ pub fn children_of(parent: Pid) -> Vec<Pid> {
         .collect()
 }
 
+/// All descendants of `root` (children first), from one snapshot of `/proc`.
+pub fn descendants_of(root: Pid) -> Vec<Pid> {
+    let all: Vec<(Pid, Option<Pid>)> = all_pids()
+        .unwrap_or_default()
+        .into_iter()
+        .map(|p| (p, parent_of(p)))
+        .collect();
+    let mut out = Vec::new();
+    let mut frontier = vec![root];
+    while let Some(parent) = frontier.pop() {
+        for (p, pp) in &all {
+            if *pp == Some(parent) && !out.contains(p) {
+                out.push(*p);
+                frontier.push(*p);
+            }
+        }
+    }
+    out
+}
+
 /// The node's identity, whose processes must be inspectable.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct NodeIds {

@@ -200,14 +200,20 @@ pub fn status_code(st: &ExitStatus) -> u8 {
     }
 }
 
-/// Where the signal thread sends: the current run's channel. One thread for
-/// the process (a second sigwait thread could take a signal meant for this run
-/// and hand it to a finished one), pointed at each run in turn.
+/// Where the signal thread sends: the current run's channel, `None` between
+/// runs. One thread for the process (a second sigwait thread could take a
+/// signal meant for this run and hand it to a finished one).
 static SIGNAL_SINK: Mutex<Option<Sender<Event>>> = Mutex::new(None);
 
-fn spawn_signal_thread(tx: Sender<Event>) -> Result<(), SuperviseError> {
+/// The last stop signal received (0: none), for the stretches between runs
+/// (a standby's handover: stop, fetch, backup) where nobody forwards it.
+static STOP_SIGNAL: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(0);
+
+/// Blocks the forwarded signals and SIGCHLD in this thread (and so in every
+/// thread created after it: call before any runtime or helper thread exists)
+/// and starts the one thread that `sigwait`s for them. Idempotent.
+pub fn start_signal_handling() -> Result<(), SuperviseError> {
     static STARTED: std::sync::OnceLock<Result<(), String>> = std::sync::OnceLock::new();
-    *SIGNAL_SINK.lock().unwrap_or_else(|e| e.into_inner()) = Some(tx);
     let mut sigs = FORWARDED.to_vec();
     sigs.push(libc::SIGCHLD);
     STARTED
@@ -220,6 +226,9 @@ fn spawn_signal_thread(tx: Sender<Event>) -> Result<(), SuperviseError> {
                     let Ok(sig) = crate::sys::wait_signal(&sigs) else {
                         return;
                     };
+                    if sig != libc::SIGCHLD {
+                        STOP_SIGNAL.store(sig, std::sync::atomic::Ordering::SeqCst);
+                    }
                     if let Some(tx) = SIGNAL_SINK
                         .lock()
                         .unwrap_or_else(|e| e.into_inner())
@@ -233,6 +242,18 @@ fn spawn_signal_thread(tx: Sender<Event>) -> Result<(), SuperviseError> {
         })
         .clone()
         .map_err(SuperviseError::Internal)
+}
+
+/// A stop signal (INT/TERM/HUP/QUIT) received so far, if any.
+pub fn stop_requested() -> Option<i32> {
+    match STOP_SIGNAL.load(std::sync::atomic::Ordering::SeqCst) {
+        0 => None,
+        s => Some(s),
+    }
+}
+
+fn set_signal_sink(tx: Option<Sender<Event>>) {
+    *SIGNAL_SINK.lock().unwrap_or_else(|e| e.into_inner()) = tx;
 }
 
 /// Watches `<home>/data/` for the upgrade marker. The SDK rewrites
@@ -521,7 +542,28 @@ pub fn run(
 ) -> Result<Ended, SuperviseError> {
     let notifier = Notifier::from_env();
     let (tx, rx) = mpsc::channel::<Event>();
-    spawn_signal_thread(tx.clone())?;
+    start_signal_handling()?;
+    set_signal_sink(Some(tx.clone()));
+    // Stopped between runs (a standby's handover): no new child.
+    if let Some(sig) = stop_requested() {
+        set_signal_sink(None);
+        tracing::info!(
+            event = "stopped_before_start",
+            signal = sig,
+            "stop requested before the child started"
+        );
+        if let Some(j) = &job {
+            j.slot.restore()?;
+        }
+        let l = match lease {
+            LeaseRole::Holder { client, held, .. } => Some((client, held)),
+            _ => None,
+        };
+        if let Some((c, h)) = l {
+            release_lease(&c, &h, None);
+        }
+        return Ok(Ended::Exit(0));
+    }
     // After the signal mask is set: the lease threads inherit it.
     let news = |tx: &Sender<Event>| -> Box<dyn Fn(LeaseNews) + Send> {
         let tx = Mutex::new(tx.clone());
@@ -532,6 +574,7 @@ pub fn run(
                 .send(Event::Lease(n));
         })
     };
+    let mut lease_deadline = None;
     let (lease_thread, stop_grace) = match lease {
         LeaseRole::None => (LeaseThread::None, ORPHAN_GRACE),
         LeaseRole::Holder {
@@ -539,6 +582,7 @@ pub fn run(
             held,
             state,
         } => {
+            lease_deadline = Some(held.deadline.clone());
             let grace = client.settings.stop_grace();
             let k = Keeper::start(client, held, state.clone(), news(&tx))
                 .map_err(|e| SuperviseError::Internal(format!("lease thread: {e}")))?;
@@ -580,7 +624,8 @@ pub fn run(
             if let Some(j) = &job {
                 let _ = j.slot.restore();
             }
-            finish_lease(lease_thread, false);
+            set_signal_sink(None);
+            finish_lease(lease_thread, false, true);
             return Err(SuperviseError::Spawn {
                 program: program.clone(),
                 source,
@@ -680,8 +725,45 @@ pub fn run(
     // after the grace period; a stop requested by systemd is escalated by systemd.
     let mut kill_at: Option<Instant> = None;
     let mut last_ping = Instant::now();
+    // Set when the lease is lost (thread's news, or its deadline seen here).
+    let mut lease_lost: Option<String> = None;
+    let mut lost_handled = false;
+    let mut kill_tree = false;
     let status: std::io::Result<ExitStatus> = loop {
         let mut wait = Duration::from_secs(3600);
+        if let Some(dl) = &lease_deadline {
+            let at = dl.get();
+            let now = Instant::now();
+            if now >= at {
+                lease_lost.get_or_insert_with(|| {
+                    "no renewal of the lease was confirmed in time".to_string()
+                });
+            } else {
+                wait = wait.min(at - now);
+            }
+        }
+        if let (Some(reason), false) = (&lease_lost, lost_handled) {
+            lost_handled = true;
+            lease_deadline = None;
+            tracing::error!(event = "lease_lost", reason = %reason, "LEASE LOST: stopping the node");
+            notifier.status("failover lease lost: stopping the node");
+            if let Some(fast) = &fast {
+                fast.disable();
+            }
+            if let Some(d) = &delivering {
+                d.canceller.cancel();
+            }
+            fatal.get_or_insert(SuperviseError::Lease(format!(
+                "{reason}. The node was stopped and the safe key restored; restart the service to stand by for the lease again"
+            )));
+            forward(libc::SIGTERM);
+            stopping = true;
+            // The node must be gone before the lease can expire for others:
+            // after `stop_grace` the whole tree gets SIGKILL.
+            kill_at = Some(Instant::now() + stop_grace);
+            kill_tree = true;
+            orphan_grace = Duration::ZERO;
+        }
         if let Some(d) = &delivering {
             wait = wait.min(cfg.key_timeout.saturating_sub(d.since.elapsed()));
         }
@@ -693,6 +775,14 @@ pub fn run(
         }
         if let Some(k) = kill_at {
             if Instant::now() >= k {
+                if kill_tree {
+                    for p in procfs::descendants_of(child_pid) {
+                        let _ = rustix::process::kill_process(
+                            rustix::process::Pid::from_raw(p.0).expect("positive pid"),
+                            rustix::process::Signal::KILL,
+                        );
+                    }
+                }
                 forward(libc::SIGKILL);
                 kill_at = Some(Instant::now() + Duration::from_secs(3600));
             }
@@ -848,24 +938,7 @@ pub fn run(
                 stopping = true;
             }
             Event::Lease(LeaseNews::Lost(reason)) => {
-                tracing::error!(event = "lease_lost", reason = %reason, "LEASE LOST: stopping the node");
-                notifier.status("failover lease lost: stopping the node");
-                if let Some(fast) = &fast {
-                    fast.disable();
-                }
-                if let Some(d) = &delivering {
-                    d.canceller.cancel();
-                }
-                fatal.get_or_insert(SuperviseError::Lease(format!(
-                    "{reason}. The node was stopped and the safe key restored; this host is standby until it gets the lease again (restart the service)"
-                )));
-                forward(libc::SIGTERM);
-                stopping = true;
-                // The node must be gone before the lease can expire for others.
-                // cosmovisor gets SIGKILL after `stop_grace`; whatever it leaves
-                // behind has had that long already and is killed at once.
-                kill_at = Some(Instant::now() + stop_grace);
-                orphan_grace = Duration::ZERO;
+                lease_lost.get_or_insert(reason);
             }
             Event::Lease(LeaseNews::Failed(reason)) => {
                 fatal.get_or_insert(SuperviseError::Lease(reason));
@@ -937,8 +1010,10 @@ pub fn run(
         );
         notifier.status("safe key restored");
     }
+    set_signal_sink(None);
     // The node is gone and the safe key back: now the lease may go.
-    let acquired = finish_lease(lease_thread, handover && fatal.is_none());
+    let no_orphans = procfs::children_of(me).is_empty();
+    let acquired = finish_lease(lease_thread, handover && fatal.is_none(), no_orphans);
     match (fatal, acquired) {
         (Some(e), _) => Err(e),
         (None, Some(l)) => Ok(Ended::Acquired(Box::new(l))),
@@ -946,34 +1021,51 @@ pub fn run(
     }
 }
 
+/// Releases a lease we hold, carrying `state`; logs the outcome.
+pub fn release_lease(c: &LeaseClient, h: &Held, state: Option<SignState>) {
+    match c.release(h, state) {
+        Ok(()) => tracing::info!(
+            event = "lease_released",
+            lease = %c.settings.name,
+            state = %h.state.max(state.unwrap_or_default()),
+            "released the failover lease"
+        ),
+        Err(e) => tracing::warn!(
+            event = "lease_release_failed",
+            error = %e,
+            "could not release the lease; other hosts take it over when it expires"
+        ),
+    }
+}
+
 /// Stops the lease thread. A holder's lease is released with the node's
-/// final sign state; a standby's newly won lease is returned if `keep`, and
-/// released otherwise (we are stopping: let another host have it at once).
-fn finish_lease(t: LeaseThread, keep: bool) -> Option<(LeaseClient, Held)> {
-    let release = |c: &LeaseClient, h: &Held, state: Option<SignState>| match c.release(h, state) {
-        Ok(()) => {
-            tracing::info!(event = "lease_released", lease = %c.settings.name, state = %h.state.max(state.unwrap_or_default()), "released the failover lease")
-        }
-        Err(e) => {
-            tracing::warn!(event = "lease_release_failed", error = %e, "could not release the lease; other hosts take it over when it expires")
-        }
-    };
+/// final sign state, but only if no process of ours is left (`no_orphans`):
+/// otherwise it expires, and the standby waits the full duration. A standby's
+/// newly won lease is returned if `keep`, else released (we are stopping).
+fn finish_lease(t: LeaseThread, keep: bool, no_orphans: bool) -> Option<(LeaseClient, Held)> {
     match t {
         LeaseThread::None => None,
         LeaseThread::Keeper(k, state) => {
             if let Some((c, h)) = k.stop() {
-                let final_state = state.read().unwrap_or_else(|e| {
-                    tracing::warn!(error = %e, "cannot read the final sign state");
-                    None
-                });
-                release(&c, &h, final_state);
+                if no_orphans {
+                    let final_state = state.read().unwrap_or_else(|e| {
+                        tracing::warn!(error = %e, "cannot read the final sign state");
+                        None
+                    });
+                    release_lease(&c, &h, final_state);
+                } else {
+                    tracing::warn!(
+                        event = "lease_kept",
+                        "a process of the child's outlived the stop: not releasing the lease early; it expires by itself"
+                    );
+                }
             }
             None
         }
         LeaseThread::Waiter(w) => match w.finish() {
             Ok((c, h)) if keep => Some((c, h)),
             Ok((c, h)) => {
-                release(&c, &h, None);
+                release_lease(&c, &h, None);
                 None
             }
             Err(_) => None,

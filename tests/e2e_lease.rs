@@ -19,9 +19,13 @@ use support::*;
 
 const PARAM: &str = "/validators/lease/priv_validator_key";
 const TABLE: &str = "ssm-cosmovisor-lease";
-/// Short, so a takeover after expiry takes seconds: renew every 1 s, the
-/// holder keeps its node 2 s past its last successful renewal, SIGKILL 0.5 s later.
-const DURATION_S: u64 = 3;
+/// Short, so a takeover after expiry takes seconds, yet with requests timing
+/// out after 1 s, which Python moto on a loaded 2-core machine still meets:
+/// renew every 2 s, the holder keeps its node 4 s past its last confirmed
+/// renewal, SIGKILL 1 s later; a standby waits 6 s.
+const DURATION_S: u64 = 6;
+/// Heights skipped after an expiry takeover by default (duration in s + 1).
+const TAKEOVER_HEIGHTS: i64 = DURATION_S as i64 + 1;
 const T: Duration = Duration::from_secs(40);
 
 fn create_table(endpoint: &str) {
@@ -143,6 +147,137 @@ fn unix_us() -> u64 {
         .as_micros() as u64
 }
 
+/// `2026-11-25T10:11:01.464070Z` (our JSON log's timestamp) as µs since the epoch.
+fn rfc3339_us(ts: &str) -> u64 {
+    let (date, time) = ts
+        .trim_end_matches('Z')
+        .split_once('T')
+        .expect("T in timestamp");
+    let d: Vec<i64> = date.split('-').map(|x| x.parse().unwrap()).collect();
+    let (hms, frac) = time.split_once('.').unwrap_or((time, "0"));
+    let t: Vec<i64> = hms.split(':').map(|x| x.parse().unwrap()).collect();
+    // Days from civil (Howard Hinnant's algorithm).
+    let (y, m) = if d[1] <= 2 {
+        (d[0] - 1, d[1] + 9)
+    } else {
+        (d[0], d[1] - 3)
+    };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let doy = (153 * m + 2) / 5 + d[2] - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146097 + doe - 719468;
+    let secs = days * 86400 + t[0] * 3600 + t[1] * 60 + t[2];
+    let micros: i64 = format!("{frac:0<6}")[..6].parse().unwrap();
+    (secs * 1_000_000 + micros) as u64
+}
+
+/// When (µs since the epoch) `event` was logged by a JSON-logging tool.
+fn event_us(tool: &Tool, event: &str) -> u64 {
+    let ev = log_events(&tool.log_text(), event);
+    let e = ev
+        .first()
+        .unwrap_or_else(|| panic!("no {event} in:\n{}", tool.log_text()));
+    rfc3339_us(e["timestamp"].as_str().expect("timestamp"))
+}
+
+/// One lease version as an outside observer saw it appear: it landed after
+/// `after_us` (a read sent then did not see it) and before `seen_us`.
+#[derive(Debug, Clone)]
+struct Version {
+    rvn: String,
+    holder: String,
+    after_us: u64,
+    seen_us: u64,
+}
+
+/// Reads the lease item every 10 ms with the SDK and records each new version.
+struct Poller {
+    stop: Arc<AtomicBool>,
+    seen: Arc<Mutex<Vec<Version>>>,
+}
+
+impl Poller {
+    fn start(endpoint: &str) -> Poller {
+        let stop = Arc::new(AtomicBool::new(false));
+        let seen: Arc<Mutex<Vec<Version>>> = Arc::default();
+        let (flag, out, ep) = (stop.clone(), seen.clone(), endpoint.to_string());
+        thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            let conf = aws_sdk_dynamodb::Config::builder()
+                .behavior_version(aws_sdk_dynamodb::config::BehaviorVersion::latest())
+                .region(aws_sdk_dynamodb::config::Region::new(TEST_REGION))
+                .endpoint_url(&ep)
+                .credentials_provider(aws_sdk_dynamodb::config::Credentials::new(
+                    TEST_ACCESS_KEY_ID,
+                    TEST_SECRET_ACCESS_KEY,
+                    None,
+                    None,
+                    "tests",
+                ))
+                .build();
+            let c = aws_sdk_dynamodb::Client::from_conf(conf);
+            let mut last_sent = 0u64;
+            let mut last_rvn = String::new();
+            while !flag.load(Ordering::SeqCst) {
+                let sent = unix_us();
+                let r = rt.block_on(
+                    c.get_item()
+                        .table_name(TABLE)
+                        .key(
+                            "lease",
+                            aws_sdk_dynamodb::types::AttributeValue::S(PARAM.into()),
+                        )
+                        .consistent_read(true)
+                        .send(),
+                );
+                let got = unix_us();
+                if let Ok(Some(item)) = r.map(|o| o.item) {
+                    let s = |k: &str| {
+                        item.get(k)
+                            .and_then(|v| v.as_s().ok())
+                            .cloned()
+                            .unwrap_or_default()
+                    };
+                    if s("rvn") != last_rvn {
+                        last_rvn = s("rvn");
+                        out.lock().unwrap().push(Version {
+                            rvn: last_rvn.clone(),
+                            holder: s("holder"),
+                            after_us: last_sent,
+                            seen_us: got,
+                        });
+                    }
+                }
+                last_sent = sent;
+                thread::sleep(Duration::from_millis(10));
+            }
+        });
+        Poller { stop, seen }
+    }
+
+    fn versions(&self) -> Vec<Version> {
+        self.seen.lock().unwrap().clone()
+    }
+}
+
+impl Drop for Poller {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+    }
+}
+
+/// The holder id a tool logged.
+fn holder_of(tool: &Tool) -> String {
+    log_events(&tool.log_text(), "lease_config")[0]["holder"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
 fn setup() -> (Moto, TestKey) {
     let moto = Moto::start();
     let key = TestKey::ed25519();
@@ -198,7 +333,7 @@ fn clean_stop_hands_over_and_carries_the_sign_state() {
         "lease never carried height 1234: {}",
         lease_item(&ep)
     );
-    // Several renewal periods: B must still be waiting with no key.
+    // Longer than a whole lease: B must still be waiting with no key.
     thread::sleep(Duration::from_secs(DURATION_S + 1));
     assert!(
         b.key_reports(&key).is_empty(),
@@ -348,10 +483,12 @@ fn pipe(mut from: TcpStream, mut to: TcpStream, swallow: Swallow) {
 }
 
 /// The holder loses DynamoDB: it must stop its node (exit 8, safe key back)
-/// before the standby can take over, and the standby starts from the height
-/// the holder's last renewal carried.
-#[test]
-fn holder_cut_off_from_dynamodb_stops_its_node_before_the_standby_takes_over() {
+/// before the standby even starts its takeover write, and the standby skips
+/// ahead of the height the holder's last renewal carried. `blackhole`: the
+/// holder's requests still go out but no reply ever comes back (its renewal
+/// thread is stuck in requests: the supervisor must enforce the deadline
+/// itself); otherwise connections are refused at once.
+fn partition_scenario(blackhole: bool) {
     let (moto, key) = setup();
     let ep = moto.endpoint();
     let relay = Relay::start(moto.port());
@@ -373,9 +510,13 @@ fn holder_cut_off_from_dynamodb_stops_its_node_before_the_standby_takes_over() {
         lease_item(&ep)
     );
 
-    relay.cut();
+    if blackhole {
+        relay.drop_replies.store(true, Ordering::SeqCst);
+    } else {
+        relay.cut();
+    }
     let cut_at = Instant::now();
-    // Watch A's node and B's key delivery from outside, side by side.
+    // Watch A's node from outside until B's node has the key.
     let mut a_node_dead_us = None;
     let deadline = Instant::now() + T;
     while b.key_reports(&key).is_empty() {
@@ -390,18 +531,17 @@ fn holder_cut_off_from_dynamodb_stops_its_node_before_the_standby_takes_over() {
         );
         thread::sleep(Duration::from_millis(5));
     }
-    let b_read_us = b.key_reports(&key)[0]["read_done_unix_us"]
-        .as_u64()
-        .unwrap();
     let a_dead = a_node_dead_us.unwrap_or_else(|| {
         panic!(
             "B's node got the key while A's node {a_node} still ran; A log:\n{}",
             ta.log_text()
         )
     });
+    // B logs `lease_taking_over` before it sends the takeover write.
+    let b_taking = event_us(&tb, "lease_taking_over");
     assert!(
-        a_dead < b_read_us,
-        "A's node seen dead at {a_dead} us, B's node had the key at {b_read_us} us"
+        a_dead < b_taking,
+        "A's node seen alive until {a_dead} us, B started taking the lease at {b_taking} us"
     );
     let st = ta.wait(T);
     assert_eq!(st.code(), Some(8), "A log:\n{}", ta.log_text());
@@ -409,65 +549,156 @@ fn holder_cut_off_from_dynamodb_stops_its_node_before_the_standby_takes_over() {
     assert_eq!(lost.len(), 1, "{}", ta.log_text());
     a.home.assert_idle();
     assert_eq!(std::fs::read(a.home.key_path()).unwrap(), a.home.safe_bytes);
+    assert!(
+        log_events(&ta.log_text(), "lease_released").is_empty(),
+        "a lost lease was released"
+    );
 
     let acquired = log_events(&tb.log_text(), "lease_acquired");
     assert_eq!(acquired.len(), 1, "{}", tb.log_text());
-    assert!(
-        acquired[0]["took_over_from"].as_str().unwrap_or("-") != "-",
-        "an expired lease must be a takeover: {}",
-        acquired[0]
+    assert_eq!(
+        acquired[0]["took_over_from"].as_str(),
+        Some(holder_of(&ta).as_str())
     );
-    let (h, _, _) = b.sign_state();
-    assert!(
-        h >= 500,
-        "B's sign state {h} is below what A's lease carried"
+    assert_eq!(
+        b.sign_state(),
+        (500 + TAKEOVER_HEIGHTS, 0, 0),
+        "B's sign state is not the carried height plus the takeover skip"
     );
     println!(
-        "MEASURE partition: A's node dead {} ms before B's node had the key; B had it {:?} after the cut",
-        (b_read_us - a_dead) / 1000,
+        "MEASURE partition ({}): A's node dead {} ms before B began its takeover; B's node had the key {:?} after the cut",
+        if blackhole { "no replies" } else { "refused" },
+        (b_taking - a_dead) / 1000,
         cut_at.elapsed()
     );
     drop(tb);
 }
 
-/// A holder killed outright (kill -9, no release): the standby must wait for
-/// the lease to expire, then take over; `restore` cleans up the dead host's slot.
+#[test]
+fn holder_cut_off_from_dynamodb_stops_its_node_before_the_standby_takes_over() {
+    partition_scenario(false);
+}
+
+#[test]
+fn holder_whose_requests_hang_stops_its_node_before_the_standby_takes_over() {
+    partition_scenario(true);
+}
+
+/// The holder's renewal thread hangs in a renewal (it never returns): the
+/// supervisor itself enforces the deadline, stops the node before the standby
+/// starts its takeover, and exits 8.
+#[test]
+fn holder_whose_renewal_thread_hangs_is_stopped_by_the_supervisor_in_time() {
+    let (moto, key) = setup();
+    let ep = moto.endpoint();
+    let (a, b) = (Host::new("a"), Host::new("b"));
+    let (mut ta, tb) = holder_and_standby(
+        &ep,
+        &ep,
+        &key,
+        &a,
+        &b,
+        &[("SSM_COSMOVISOR_FAILPOINT", "lease-renew-hangs")],
+    );
+    let a_node = a.key_reports(&key)[0]["pid"].as_i64().unwrap() as i32;
+    let mut a_node_dead_us = None;
+    let deadline = Instant::now() + T;
+    while b.key_reports(&key).is_empty() {
+        if a_node_dead_us.is_none() && !pid_alive(a_node) {
+            a_node_dead_us = Some(unix_us());
+        }
+        assert!(
+            Instant::now() < deadline,
+            "B never took over; log:\n{}",
+            tb.log_text()
+        );
+        thread::sleep(Duration::from_millis(5));
+    }
+    let b_taking = event_us(&tb, "lease_taking_over");
+    let a_dead = a_node_dead_us.unwrap_or_else(|| {
+        panic!(
+            "B's node got the key while A's node ran; A log:\n{}",
+            ta.log_text()
+        )
+    });
+    assert!(
+        a_dead < b_taking,
+        "A's node seen alive at {a_dead} us, B took over at {b_taking} us"
+    );
+    assert_eq!(ta.wait(T).code(), Some(8), "{}", ta.log_text());
+    a.home.assert_idle();
+    println!(
+        "MEASURE hung renewal thread: A's node dead {} ms before B began its takeover",
+        (b_taking - a_dead) / 1000
+    );
+    drop(tb);
+}
+
+/// A holder killed outright (kill -9, no release): the standby must wait a
+/// full duration after A's last version landed (seen by an outside poller),
+/// A's node must be gone by then (parent-death signal), and `restore` cleans
+/// up the dead host's slot.
 #[test]
 fn holder_killed_the_standby_waits_for_expiry_then_takes_over() {
     let (moto, key) = setup();
     let ep = moto.endpoint();
+    let poller = Poller::start(&ep);
     let (a, b) = (Host::new("a"), Host::new("b"));
     let (mut ta, tb) = holder_and_standby(&ep, &ep, &key, &a, &b, &[]);
-    let rvn_before = lease_item(&ep)["rvn"].clone();
+    let a_holder = holder_of(&ta);
+    let a_node = a.key_reports(&key)[0]["pid"].as_i64().unwrap() as i32;
+    let n = poller.versions().len();
     assert!(
-        wait_for(|| lease_item(&ep)["rvn"] != rvn_before, T),
+        wait_for(|| poller.versions().len() > n, T),
         "A does not renew"
     );
-    let killed = Instant::now();
     ta.child.signal(Signal::SIGKILL);
     let _ = ta.wait(T);
     let reaper = StrayReaper(a.home.path().to_path_buf());
+    let mut a_node_dead_us = None;
+    let deadline = Instant::now() + T;
+    while b.key_reports(&key).is_empty() {
+        if a_node_dead_us.is_none() && !pid_alive(a_node) {
+            a_node_dead_us = Some(unix_us());
+        }
+        assert!(
+            Instant::now() < deadline,
+            "B never took over; log:\n{}",
+            tb.log_text()
+        );
+        thread::sleep(Duration::from_millis(5));
+    }
+    let versions = poller.versions();
+    let last_a = versions
+        .iter()
+        .rev()
+        .find(|v| v.holder == a_holder)
+        .expect("A's versions seen")
+        .clone();
+    let b_taking = event_us(&tb, "lease_taking_over");
+    let waited_us = b_taking.saturating_sub(last_a.after_us);
     assert!(
-        wait_for(|| !b.key_reports(&key).is_empty(), T),
-        "B never took over; log:\n{}",
-        tb.log_text()
+        waited_us >= DURATION_S * 1_000_000,
+        "B began its takeover {waited_us} us after A's last version could have landed: less than the lease ({DURATION_S} s); versions {versions:?}"
     );
-    let waited = killed.elapsed();
-    // A's last renewal was at most one renewal period (1 s) before the kill;
-    // B may take over only a full duration after it saw that renewal.
+    let a_dead = a_node_dead_us.expect("A's node outlived the takeover");
     assert!(
-        waited >= Duration::from_secs(DURATION_S - 1),
-        "B took over {waited:?} after the kill: before the lease could expire"
+        a_dead < b_taking,
+        "A's node seen alive at {a_dead} us, B took over at {b_taking} us"
     );
     let acquired = log_events(&tb.log_text(), "lease_acquired");
-    assert!(
-        acquired[0]["took_over_from"].as_str().unwrap_or("-") != "-",
-        "{}",
-        tb.log_text()
+    assert_eq!(
+        acquired[0]["took_over_from"].as_str(),
+        Some(a_holder.as_str())
     );
-    println!("MEASURE kill -9 of the holder -> standby's node has the key: {waited:?}");
-    reap_strays(a.home.path(), Duration::from_secs(5));
+    println!(
+        "MEASURE kill -9 of the holder: B began its takeover {} ms after A's last renewal landed (at the latest {} ms); last seen rvn {}",
+        (b_taking - last_a.seen_us) / 1000,
+        waited_us / 1000,
+        last_a.rvn
+    );
     drop(reaper);
+    reap_strays(a.home.path(), Duration::from_secs(5));
     let out = run_with_timeout(
         tool_cmd(&a.home, None).arg("restore"),
         Duration::from_secs(30),
@@ -475,6 +706,52 @@ fn holder_killed_the_standby_waits_for_expiry_then_takes_over() {
     assert!(out.status.success(), "{}", output_text(&out));
     a.home.assert_idle();
     drop(tb);
+}
+
+/// SIGTERM while a standby hands over (lease won, its keyless node slow to
+/// stop): no key is fetched for a node, the lease is released at once, the
+/// slot stays idle, exit 0.
+#[test]
+fn stop_during_the_handover_delivers_nothing_and_releases_the_lease() {
+    let (moto, key) = setup();
+    let ep = moto.endpoint();
+    let (a, b) = (Host::new("a"), Host::new("b"));
+    let mut ta = a.spawn(&mut a.cmd(&ep));
+    assert!(
+        wait_for(|| !a.key_reports(&key).is_empty(), T),
+        "{}",
+        ta.log_text()
+    );
+    let mut cb = b.cmd(&ep);
+    cb.env("NODE_STOP_DELAY_MS", "3000");
+    let mut tb = b.spawn(&mut cb);
+    assert!(
+        wait_for(
+            || tb.log_text().contains("lease_waiting") && !b.safe_reports().is_empty(),
+            T
+        ),
+        "{}",
+        tb.log_text()
+    );
+    assert_eq!(
+        ta.stop(Signal::SIGTERM).code(),
+        Some(0),
+        "{}",
+        ta.log_text()
+    );
+    assert!(tb.wait_log("lease_won", T), "{}", tb.log_text());
+    // B's keyless node is now taking 3 s to stop.
+    let st = tb.stop(Signal::SIGTERM);
+    let log = tb.log_text();
+    assert_eq!(st.code(), Some(0), "{log}");
+    assert_eq!(log_events(&log, "stopped_before_start").len(), 1, "{log}");
+    assert!(
+        log_events(&log, "fetched").is_empty(),
+        "B fetched the key: {log}"
+    );
+    assert!(b.key_reports(&key).is_empty(), "B's node got the key");
+    assert_eq!(lease_item(&ep)["released"], true, "{log}");
+    b.home.assert_idle();
 }
 
 /// Configuration faults are named, exit with the lease's code or the config

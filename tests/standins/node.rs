@@ -26,6 +26,7 @@
 //!   place and exit 1; only for starts `n <= NODE_UPGRADES` (default 1).
 //! - `NODE_EXIT_AFTER_MS` after an ok read, sleep then exit 0 without a marker; only for
 //!   starts `n <= NODE_EXITS` (default 1). Checked after the upgrade rule.
+//! - `NODE_STOP_DELAY_MS` on SIGTERM/SIGINT, wait this long before exiting (a slow stop).
 //! - `NODE_MARKER_LOG` file to append one JSON line to when the upgrade marker has been
 //!   written (`{"marker_written_unix_us":…}`, after the file is closed) and right before a
 //!   planned exit (`{"exit_unix_us":…}`); `scripts/bench` pairs these with the tool's
@@ -119,6 +120,9 @@ fn main() {
         if let Ok(sig) = term.wait() {
             say_line!(stdout, "node-standin: got {}", sig.as_str());
             let _ = std::io::stdout().flush();
+            if let Some(ms) = env_u64("NODE_STOP_DELAY_MS") {
+                thread::sleep(Duration::from_millis(ms));
+            }
             process::exit(0);
         }
     });
