@@ -221,6 +221,7 @@ fn node_ids(cfg: &Config) -> (u32, u32) {
 fn run_with_key(cfg: &Config, program: &OsString, args: &[OsString]) -> Result<u8, CliError> {
     // Before any other thread exists (runtimes, lease threads): they all
     // inherit the blocked signals, so only our sigwait thread ever takes one.
+    // Until the slot is first changed, a stop signal ends the process at once.
     supervise::start_signal_handling()?;
     // Before any secret exists in this process.
     crate::harden::harden_self().map_err(|e| {
@@ -260,9 +261,7 @@ fn run_with_key(cfg: &Config, program: &OsString, args: &[OsString]) -> Result<u
     };
     let release_on_error = |lease: &Option<(LeaseClient, Held, StateFile)>| {
         if let Some((c, h, _)) = lease {
-            if c.release(h, None).is_ok() {
-                tracing::info!(event = "lease_released", lease = %c.settings.name, "released the failover lease");
-            }
+            supervise::release_lease(c, h, None);
         }
     };
     tracing::info!(event = "fetching", source = %spec.describe(), "attempting to fetch consensus key");
@@ -285,7 +284,13 @@ fn run_with_key(cfg: &Config, program: &OsString, args: &[OsString]) -> Result<u
                 format!("failover lease: {e}; the key was not delivered"),
             )
         };
+        // First make sure the lease is this validator's; only then touch the
+        // node's sign state or put ours into the lease.
         if let Err(e) = client.bind_address(held, &fetched.key.identity().address_hex()) {
+            release_on_error(&lease);
+            return Err(fail(e));
+        }
+        if let Err(e) = raise_sign_state(client, held, state) {
             release_on_error(&lease);
             return Err(fail(e));
         }
@@ -299,6 +304,8 @@ fn run_with_key(cfg: &Config, program: &OsString, args: &[OsString]) -> Result<u
             Err(e) => return Err(fail(e)),
         }
     }
+    // From here on the slot changes: a stop must restore it, not just exit.
+    supervise::defer_stop_signals();
     if let Some(sig) = supervise::stop_requested() {
         release_on_error(&lease);
         tracing::info!(
@@ -338,9 +345,38 @@ fn ended(e: Ended) -> Result<u8, CliError> {
     }
 }
 
+/// Raises the node's sign state to what the lease carries, and after taking
+/// over an *expired* lease further: the old holder may have signed after its
+/// last renewal, until it stopped its node.
+fn raise_sign_state(
+    client: &LeaseClient,
+    held: &Held,
+    state: &StateFile,
+) -> Result<(), crate::lease::LeaseError> {
+    let skip = client.settings.takeover_heights;
+    let target = match &held.took_over_from {
+        Some(_) if skip > 0 => SignState {
+            height: held.state.height.saturating_add(skip),
+            round: 0,
+            step: 0,
+        },
+        _ => held.state,
+    };
+    if let Raised::From(prev) = state.raise_to(target)? {
+        tracing::info!(
+            event = "sign_state_raised",
+            path = %state.path.display(),
+            from = %prev.map(|p| p.to_string()).unwrap_or_else(|| "none".into()),
+            to = %target,
+            carried = %held.state,
+            "raised the node's sign state: it will not sign at or below it"
+        );
+    }
+    Ok(())
+}
+
 /// Takes the failover lease: at once if it is free, else as a standby
-/// running the child without the key until the lease is ours. Then raises
-/// the node's sign state to the one carried with the lease. `None`: the
+/// running the child without the key until the lease is ours. `None`: the
 /// standby's child ended (or we were stopped) before that.
 fn acquire_lease(
     cfg: &Config,
@@ -354,10 +390,11 @@ fn acquire_lease(
         path: crate::lease::state_path_for_home(&cfg.home).map_err(lease_err)?,
         node: cfg.node_user.as_ref().map(|u| (u.uid, u.gid)),
     };
+    // Refuse a sign state we cannot read before taking anything.
     let local = state.read().map_err(lease_err)?.unwrap_or_default();
     tracing::info!(event = "lease_config", table = %settings.table, lease = %settings.name, holder = %settings.holder, duration_ms = settings.duration.as_millis() as u64, sign_state = %local, "using the failover lease");
     let client = LeaseClient::new(settings.clone()).map_err(lease_err)?;
-    let now = match client.try_acquire_now(local) {
+    let now = match client.try_acquire_now() {
         Ok(h) => h,
         Err(e) if e.is_transient() => {
             tracing::warn!(event = "lease_unreachable", error = %e, "cannot reach the lease table; standing by");
@@ -365,20 +402,14 @@ fn acquire_lease(
         }
         Err(e) => return Err(lease_err(e)),
     };
-    let (client, held) = match now {
+    let (client, mut held) = match now {
         Some(h) => (client, h),
         None => {
             tracing::info!(
                 event = "standby",
                 "another host holds the failover lease: running without the consensus key until it is ours"
             );
-            match supervise::run(
-                cfg,
-                program,
-                args,
-                None,
-                LeaseRole::Standby { client, local },
-            )? {
+            match supervise::run(cfg, program, args, None, LeaseRole::Standby { client })? {
                 Ended::Exit(code) => {
                     return if code == 0 {
                         Ok(None)
@@ -389,26 +420,29 @@ fn acquire_lease(
                         ))
                     }
                 }
-                Ended::Acquired(l) => *l,
+                Ended::Acquired(l) => {
+                    let (client, mut held) = *l;
+                    if let Some(sig) = supervise::stop_requested() {
+                        supervise::release_lease(&client, &held, None);
+                        tracing::info!(
+                            event = "stopped_before_start",
+                            signal = sig,
+                            "stop requested during the handover"
+                        );
+                        return Ok(None);
+                    }
+                    // Stopping the keyless node took time: confirm the lease.
+                    if let Err(e) = client.renew(&mut held, None) {
+                        if !e.is_transient() || std::time::Instant::now() >= held.deadline.get() {
+                            return Err(lease_err(e));
+                        }
+                    }
+                    (client, held)
+                }
             }
         }
     };
-    let (client, mut held) = (client, held);
-    if let Some(sig) = supervise::stop_requested() {
-        supervise::release_lease(&client, &held, None);
-        tracing::info!(
-            event = "stopped_before_start",
-            signal = sig,
-            "stop requested during the handover"
-        );
-        return Ok(None);
-    }
-    // Stopping the keyless node took time: confirm the lease before going on.
-    if let Err(e) = client.renew(&mut held, Some(local)) {
-        if !e.is_transient() || std::time::Instant::now() >= held.deadline.get() {
-            return Err(lease_err(e));
-        }
-    }
+    let _ = &mut held;
     tracing::info!(
         event = "lease_acquired",
         lease = %settings.name,
@@ -416,31 +450,6 @@ fn acquire_lease(
         carried_state = %held.state,
         "holding the failover lease"
     );
-    // After an expiry the old holder may have signed past the state its last
-    // renewal carried, until it stopped its node: skip ahead.
-    let target = match (&held.took_over_from, settings.takeover_heights) {
-        (Some(_), n) if n > 0 => SignState {
-            height: held.state.height.saturating_add(n),
-            round: 0,
-            step: 0,
-        },
-        _ => held.state,
-    };
-    match state.raise_to(target) {
-        Ok(Raised::From(prev)) => tracing::info!(
-            event = "sign_state_raised",
-            path = %state.path.display(),
-            from = %prev.map(|p| p.to_string()).unwrap_or_else(|| "none".into()),
-            to = %target,
-            carried = %held.state,
-            "raised the node's sign state: it will not sign at or below it"
-        ),
-        Ok(Raised::Unchanged) => {}
-        Err(e) => {
-            let _ = client.release(&held, None);
-            return Err(lease_err(e));
-        }
-    }
     Ok(Some((client, held, state)))
 }
 

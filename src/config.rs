@@ -518,7 +518,7 @@ fn resolve_lease(
     env: &dyn Env,
     source: Option<&SourceSpec>,
 ) -> Result<Option<crate::lease::LeaseSettings>, ConfigError> {
-    use crate::lease::{LeaseSettings, DEFAULT_DURATION, MIN_DURATION};
+    use crate::lease::{LeaseSettings, DEFAULT_DURATION, MAX_DURATION, MIN_DURATION};
     let Some(table) = pick(ov.lease_table.clone(), env, "SSM_COSMOVISOR_LEASE_TABLE") else {
         return Ok(None);
     };
@@ -541,13 +541,14 @@ fn resolve_lease(
     ) {
         Some(v) => {
             let d = parse_duration("SSM_COSMOVISOR_LEASE_DURATION", &v)?;
-            if d < MIN_DURATION {
+            if d < MIN_DURATION || d > MAX_DURATION {
                 return Err(ConfigError::Invalid {
                     name: "SSM_COSMOVISOR_LEASE_DURATION",
                     value: v,
                     hint: format!(
-                        "at least {}s: the holder renews every third of it and needs the last third to stop its node",
-                        MIN_DURATION.as_secs()
+                        "between {}s and {}m: the holder renews every third of it and needs the last third to stop its node",
+                        MIN_DURATION.as_secs(),
+                        MAX_DURATION.as_secs() / 60
                     ),
                 });
             }

@@ -42,6 +42,9 @@ pub const DEFAULT_DURATION: Duration = Duration::from_secs(30);
 /// Shortest lease duration accepted (the tests use 3 s).
 pub const MIN_DURATION: Duration = Duration::from_secs(3);
 
+/// Longest lease duration accepted.
+pub const MAX_DURATION: Duration = Duration::from_secs(600);
+
 /// Name of the table's partition key attribute.
 pub const KEY_ATTR: &str = "lease";
 
@@ -472,7 +475,7 @@ pub struct Held {
 
 /// DynamoDB access for one lease: a current-thread runtime and a client.
 pub struct LeaseClient {
-    rt: tokio::runtime::Runtime,
+    rt: Option<tokio::runtime::Runtime>,
     client: aws_sdk_dynamodb::Client,
     /// The settings.
     pub settings: LeaseSettings,
@@ -496,7 +499,23 @@ fn attr_n(item: &std::collections::HashMap<String, AttributeValue>, k: &str) -> 
         .and_then(|n| n.parse().ok())
 }
 
+impl Drop for LeaseClient {
+    fn drop(&mut self) {
+        // Do not wait for a DNS lookup on the blocking pool: we may be exiting.
+        if let Some(rt) = self.rt.take() {
+            rt.shutdown_background();
+        }
+    }
+}
+
 impl LeaseClient {
+    fn block_on<F: std::future::Future>(&self, f: F) -> F::Output {
+        self.rt
+            .as_ref()
+            .expect("runtime lives as long as the client")
+            .block_on(f)
+    }
+
     /// Builds the client (standard AWS credential chain, `AWS_ENDPOINT_URL`
     /// or `AWS_ENDPOINT_URL_DYNAMODB`). Requests time out well inside one
     /// renewal period, so a hung connection cannot eat the lease.
@@ -527,7 +546,7 @@ impl LeaseClient {
         }
         let client = aws_sdk_dynamodb::Client::new(&conf);
         Ok(LeaseClient {
-            rt,
+            rt: Some(rt),
             client,
             settings,
         })
@@ -586,7 +605,6 @@ impl LeaseClient {
     pub fn read(&self) -> Result<Option<Record>, LeaseError> {
         let s = &self.settings;
         let out = self
-            .rt
             .block_on(
                 self.client
                     .get_item()
@@ -685,7 +703,7 @@ impl LeaseClient {
         if expect_rvn.is_none() {
             req = req.expression_attribute_names("#k", KEY_ATTR);
         }
-        match self.rt.block_on(req.send()) {
+        match self.block_on(req.send()) {
             Ok(_) => Ok(rvn),
             Err(e)
                 if e.as_service_error()
@@ -706,11 +724,11 @@ impl LeaseClient {
     fn try_take(
         &self,
         current: Option<&Record>,
-        local: SignState,
         took_over_from: Option<String>,
     ) -> Result<Held, LeaseError> {
-        let carried = current.map(|r| r.state).unwrap_or_default();
-        let state = carried.max(local);
+        // The record's own state, not ours: until the lease is bound to our
+        // key (after the fetch) it may be another validator's.
+        let state = current.map(|r| r.state).unwrap_or_default();
         let address = current.and_then(|r| r.address.clone());
         let sent = Instant::now();
         let rvn = self.write(
@@ -732,7 +750,7 @@ impl LeaseClient {
     /// The record names this process as holder, unreleased: a write of ours
     /// landed although its reply was lost. Takes it back with a renewal
     /// (whose send time then bounds the node's time, as for any renewal).
-    fn reclaim_own(&self, r: &Record, local: SignState) -> Result<Held, LeaseError> {
+    fn reclaim_own(&self, r: &Record, took_over_from: Option<String>) -> Result<Held, LeaseError> {
         tracing::info!(
             event = "lease_reply_lost",
             "a write of ours took the lease although its reply was lost; renewing it"
@@ -742,8 +760,8 @@ impl LeaseClient {
             rvn: r.rvn.clone(),
             sent: now,
             deadline: Deadline::new(now),
-            state: r.state.max(local),
-            took_over_from: None,
+            state: r.state,
+            took_over_from,
             address: r.address.clone(),
         };
         self.renew(&mut h, None)?;
@@ -756,15 +774,15 @@ impl LeaseClient {
 
     /// Takes the lease if it is free or released right now; `None` if
     /// another host holds it (or won the race for it).
-    pub fn try_acquire_now(&self, local: SignState) -> Result<Option<Held>, LeaseError> {
+    pub fn try_acquire_now(&self) -> Result<Option<Held>, LeaseError> {
         let cur = self.read()?;
         if let Some(r) = cur.as_ref().filter(|r| self.is_ours(r)) {
-            return self.reclaim_own(r, local).map(Some);
+            return self.reclaim_own(r, None).map(Some);
         }
         if cur.as_ref().is_some_and(|r| !r.released) {
             return Ok(None);
         }
-        match self.try_take(cur.as_ref(), local, None) {
+        match self.try_take(cur.as_ref(), None) {
             Ok(h) => Ok(Some(h)),
             Err(LeaseError::Lost { .. }) => Ok(None),
             Err(e) => Err(e),
@@ -775,10 +793,13 @@ impl LeaseClient {
     /// `on_wait` is told who holds it whenever that changes.
     pub fn acquire(
         &self,
-        local: SignState,
         cancel: &AtomicBool,
         mut on_wait: impl FnMut(&Record),
     ) -> Result<Held, LeaseError> {
+        // The holder we last tried to take over from: if that write landed
+        // but its reply was lost, the reclaim is still a takeover (and the
+        // sign state must skip ahead as for one).
+        let mut taking_from: Option<String> = None;
         // (rvn seen, when we received it, the holder's duration)
         let mut seen: Option<(Record, Instant)> = None;
         let poll = self.settings.renew_every().min(Duration::from_secs(5));
@@ -797,9 +818,9 @@ impl LeaseClient {
             };
             let received = Instant::now();
             let attempt = match &cur {
-                Some(r) if self.is_ours(r) => Some(self.reclaim_own(r, local)),
-                None => Some(self.try_take(None, local, None)),
-                Some(r) if r.released => Some(self.try_take(Some(r), local, None)),
+                Some(r) if self.is_ours(r) => Some(self.reclaim_own(r, taking_from.clone())),
+                None => Some(self.try_take(None, None)),
+                Some(r) if r.released => Some(self.try_take(Some(r), None)),
                 Some(r) => match &seen {
                     Some((old, since)) if old.rvn == r.rvn => {
                         if since.elapsed() >= r.duration {
@@ -809,7 +830,8 @@ impl LeaseClient {
                                 unchanged_ms = since.elapsed().as_millis() as u64,
                                 "the lease expired: taking it over"
                             );
-                            Some(self.try_take(Some(r), local, Some(r.holder.clone())))
+                            taking_from = Some(r.holder.clone());
+                            Some(self.try_take(Some(r), Some(r.holder.clone())))
                         } else {
                             None
                         }
@@ -1044,12 +1066,12 @@ impl Waiter {
     /// lease is ours.
     pub fn start(
         client: LeaseClient,
-        local: SignState,
         news: Box<dyn Fn(LeaseNews) + Send>,
     ) -> std::io::Result<Waiter> {
         let cancel = Arc::new(AtomicBool::new(false));
         let flag = cancel.clone();
-        let patience = client.settings.renew_every() + Duration::from_secs(1);
+        // A read and a take-over write may be under way.
+        let patience = client.settings.renew_every() * 2 + Duration::from_secs(1);
         let (tx, done) = std::sync::mpsc::channel();
         std::thread::Builder::new()
             .name("lease-wait".into())
@@ -1057,7 +1079,7 @@ impl Waiter {
                 let mut sigs = crate::supervise::FORWARDED.to_vec();
                 sigs.push(libc::SIGCHLD);
                 let _ = crate::sys::block_signals(&sigs);
-                let r = client.acquire(local, &flag, log_waiting);
+                let r = client.acquire(&flag, log_waiting);
                 let r = match r {
                     Ok(h) => {
                         news(LeaseNews::Acquired);

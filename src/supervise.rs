@@ -209,6 +209,18 @@ static SIGNAL_SINK: Mutex<Option<Sender<Event>>> = Mutex::new(None);
 /// (a standby's handover: stop, fetch, backup) where nobody forwards it.
 static STOP_SIGNAL: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(0);
 
+/// While set, a stop signal with no run to take it ends the process at once:
+/// nothing has been changed yet that would need undoing (see
+/// [`defer_stop_signals`]).
+static EXIT_ON_STOP: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(true);
+
+/// From now on a stop signal between runs is only recorded
+/// ([`stop_requested`]): the caller is about to change the key slot and must
+/// put it back itself.
+pub fn defer_stop_signals() {
+    EXIT_ON_STOP.store(false, std::sync::atomic::Ordering::SeqCst);
+}
+
 /// Blocks the forwarded signals and SIGCHLD in this thread (and so in every
 /// thread created after it: call before any runtime or helper thread exists)
 /// and starts the one thread that `sigwait`s for them. Idempotent.
@@ -229,12 +241,25 @@ pub fn start_signal_handling() -> Result<(), SuperviseError> {
                     if sig != libc::SIGCHLD {
                         STOP_SIGNAL.store(sig, std::sync::atomic::Ordering::SeqCst);
                     }
-                    if let Some(tx) = SIGNAL_SINK
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .as_ref()
-                    {
-                        let _ = tx.send(Event::Signal(sig));
+                    let sink = SIGNAL_SINK.lock().unwrap_or_else(|e| e.into_inner());
+                    match sink.as_ref() {
+                        Some(tx) => {
+                            let _ = tx.send(Event::Signal(sig));
+                        }
+                        None if sig != libc::SIGCHLD
+                            && EXIT_ON_STOP.load(std::sync::atomic::Ordering::SeqCst) =>
+                        {
+                            // Nothing changed yet (the key slot is idle; a lease
+                            // we may hold simply expires): do not make systemd
+                            // wait for a fetch to finish.
+                            tracing::info!(
+                                event = "stopped_before_start",
+                                signal = sig,
+                                "stop requested before anything was changed: exiting"
+                            );
+                            std::process::exit(0);
+                        }
+                        None => {}
                     }
                 })
                 .map(|_| ())
@@ -446,7 +471,7 @@ fn log_outcome(r: Result<Outcome, DeliverError>) -> (Option<Outcome>, Option<Sup
 
 /// Stops every process we adopted (orphans of the child): TERM, then KILL
 /// after the grace period. Returns once none is left.
-fn stop_orphans(me: Pid, grace: Duration) {
+fn stop_orphans(me: Pid, deadline: Instant) {
     let mut orphans = procfs::children_of(me);
     if orphans.is_empty() {
         return;
@@ -458,7 +483,6 @@ fn stop_orphans(me: Pid, grace: Duration) {
             rustix::process::Signal::TERM,
         );
     }
-    let deadline = Instant::now() + grace;
     while !orphans.is_empty() {
         reap_others(None);
         orphans = procfs::children_of(me);
@@ -513,8 +537,6 @@ pub enum LeaseRole {
     Standby {
         /// The client.
         client: LeaseClient,
-        /// Our node's sign state.
-        local: SignState,
     },
 }
 
@@ -575,6 +597,9 @@ pub fn run(
         })
     };
     let mut lease_deadline = None;
+    // The lease deadline stays binding after the main loop, while we wait
+    // for the delivery thread and for orphans.
+    let mut exit_deadline: Option<(crate::lease::Deadline, Duration)> = None;
     let (lease_thread, stop_grace) = match lease {
         LeaseRole::None => (LeaseThread::None, ORPHAN_GRACE),
         LeaseRole::Holder {
@@ -582,14 +607,25 @@ pub fn run(
             held,
             state,
         } => {
+            if Instant::now() >= held.deadline.get() {
+                // Renewals failed until now: the key must not go out.
+                set_signal_sink(None);
+                if let Some(j) = &job {
+                    j.slot.restore()?;
+                }
+                return Err(SuperviseError::Lease(
+                    "no renewal of the lease was confirmed before the node could start; nothing was delivered".into(),
+                ));
+            }
             lease_deadline = Some(held.deadline.clone());
+            exit_deadline = Some((held.deadline.clone(), client.settings.stop_grace()));
             let grace = client.settings.stop_grace();
             let k = Keeper::start(client, held, state.clone(), news(&tx))
                 .map_err(|e| SuperviseError::Internal(format!("lease thread: {e}")))?;
             (LeaseThread::Keeper(k, state), grace)
         }
-        LeaseRole::Standby { client, local } => {
-            let w = Waiter::start(client, local, news(&tx))
+        LeaseRole::Standby { client } => {
+            let w = Waiter::start(client, news(&tx))
                 .map_err(|e| SuperviseError::Internal(format!("lease thread: {e}")))?;
             (LeaseThread::Waiter(w), ORPHAN_GRACE)
         }
@@ -966,10 +1002,19 @@ pub fn run(
     }
 
     notifier.stopping();
+    // Orphans (a keyed node whose cosmovisor died) must be gone by the lease
+    // deadline plus the stop grace, whatever else we wait for.
+    let orphans_by = {
+        let by = Instant::now() + orphan_grace;
+        match &exit_deadline {
+            Some((d, grace)) => by.min(d.get() + *grace),
+            None => by,
+        }
+    };
     if let Some(d) = &delivering {
         d.canceller.cancel();
         // Let the delivery thread stand down before the slot is restored.
-        let deadline = Instant::now() + Duration::from_secs(5);
+        let deadline = (Instant::now() + Duration::from_secs(5)).min(orphans_by);
         while Instant::now() < deadline {
             match rx.recv_timeout(Duration::from_millis(50)) {
                 Ok(Event::Delivery(r)) => {
@@ -990,7 +1035,7 @@ pub fn run(
         }
         tracing::debug!(inode = d.inode, "pending delivery cancelled");
     }
-    stop_orphans(me, orphan_grace);
+    stop_orphans(me, orphans_by);
     let code = match &status {
         Ok(st) => {
             tracing::info!(event = "child_exited", status = %st, "child exited");
@@ -1048,11 +1093,16 @@ fn finish_lease(t: LeaseThread, keep: bool, no_orphans: bool) -> Option<(LeaseCl
         LeaseThread::Keeper(k, state) => {
             if let Some((c, h)) = k.stop() {
                 if no_orphans {
-                    let final_state = state.read().unwrap_or_else(|e| {
-                        tracing::warn!(error = %e, "cannot read the final sign state");
-                        None
-                    });
-                    release_lease(&c, &h, final_state);
+                    match state.read() {
+                        Ok(Some(final_state)) => release_lease(&c, &h, Some(final_state)),
+                        // Released with a stale state, the next host would take
+                        // it without skipping ahead: let it expire instead.
+                        other => tracing::warn!(
+                            event = "lease_kept",
+                            state = ?other.map_err(|e| e.to_string()),
+                            "cannot read the node's final sign state: not releasing the lease; it expires by itself"
+                        ),
+                    }
                 } else {
                     tracing::warn!(
                         event = "lease_kept",

@@ -267,6 +267,58 @@ fn each_forwarded_signal_reaches_cosmovisor_and_sets_the_exit_status() {
     }
 }
 
+/// A stop while the key fetch hangs (SSM reachable but silent) ends the
+/// process at once: nothing was changed yet, so there is nothing to undo, and
+/// systemd must not wait for the fetch's own timeouts.
+#[test]
+fn stop_during_a_hanging_fetch_exits_at_once_and_changes_nothing() {
+    let moto = Moto::start();
+    let key = TestKey::ed25519();
+    put_key(&moto.endpoint(), PARAM, &key);
+    let relay = Relay::start(moto.port());
+    relay
+        .drop_replies
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    let home = NodeHome::new();
+    let mut cmd = tool_cmd(&home, Some(&moto.endpoint()));
+    cmd.env("USE_SSM_KEY", "true")
+        .env("AWS_PARAMETER", PARAM)
+        .env("AWS_ENDPOINT_URL_SSM", relay.endpoint());
+    cmd.args(["run", "start", "--home"]).arg(home.path());
+    let mut tool = Tool::spawn(&mut cmd, home.scratch("tool.log"));
+    assert!(
+        wait_for(
+            || relay.dropped.load(std::sync::atomic::Ordering::SeqCst) > 0,
+            Duration::from_secs(30)
+        ),
+        "the fetch never reached the relay; log:\n{}",
+        tool.log_text()
+    );
+    let t0 = std::time::Instant::now();
+    tool.child.signal(Signal::SIGTERM);
+    let st = tool
+        .child
+        .wait_timeout(Duration::from_secs(5))
+        .unwrap_or_else(|| {
+            panic!(
+                "still fetching 5 s after SIGTERM; log:\n{}",
+                tool.log_text()
+            )
+        });
+    println!(
+        "MEASURE SIGTERM during a hanging fetch -> exit: {:?}",
+        t0.elapsed()
+    );
+    assert_eq!(st.code(), Some(0), "{}", tool.log_text());
+    assert!(
+        tool.log_text().contains("stopped_before_start"),
+        "{}",
+        tool.log_text()
+    );
+    assert!(home.reports().is_empty(), "a node ran");
+    home.assert_idle();
+}
+
 #[test]
 fn kill_9_of_cosmovisor_leaves_no_node_running_and_restores_the_slot() {
     let moto = Moto::start();
