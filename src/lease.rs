@@ -26,7 +26,7 @@
 //! refuses to sign at or below it.
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -793,7 +793,7 @@ impl LeaseClient {
     /// `on_wait` is told who holds it whenever that changes.
     pub fn acquire(
         &self,
-        cancel: &AtomicBool,
+        cancel: &Stop,
         mut on_wait: impl FnMut(&Record),
     ) -> Result<Held, LeaseError> {
         // The holder we last tried to take over from: if that write landed
@@ -804,14 +804,14 @@ impl LeaseClient {
         let mut seen: Option<(Record, Instant)> = None;
         let poll = self.settings.renew_every().min(Duration::from_secs(5));
         loop {
-            if cancel.load(Ordering::Relaxed) {
+            if cancel.is_stopped() {
                 return Err(LeaseError::Cancelled);
             }
             let cur = match self.read() {
                 Ok(c) => c,
                 Err(e) if e.is_transient() => {
                     tracing::warn!(event = "lease_unreachable", error = %e, "cannot read the lease; still waiting");
-                    sleep_cancellable(poll, cancel);
+                    cancel.sleep(poll);
                     continue;
                 }
                 Err(e) => return Err(e),
@@ -860,7 +860,7 @@ impl LeaseClient {
                 Some((r, since)) => r.duration.saturating_sub(since.elapsed()).min(poll),
                 None => poll,
             };
-            sleep_cancellable(wait.max(Duration::from_millis(50)), cancel);
+            cancel.sleep(wait.max(Duration::from_millis(50)));
         }
     }
 
@@ -929,14 +929,40 @@ impl LeaseClient {
     }
 }
 
-fn sleep_cancellable(d: Duration, cancel: &AtomicBool) {
-    let end = Instant::now() + d;
-    while !cancel.load(Ordering::Relaxed) {
-        let now = Instant::now();
-        if now >= end {
-            return;
+/// A stop flag a thread can sleep on: it wakes at the timeout or at once when
+/// stopped, with no polling (an idle holder must not wake every few ms).
+#[derive(Debug, Clone, Default)]
+pub struct Stop(Arc<(std::sync::Mutex<bool>, std::sync::Condvar)>);
+
+impl Stop {
+    /// Sets the flag and wakes the sleeper.
+    pub fn stop(&self) {
+        let (m, c) = &*self.0;
+        *m.lock().unwrap_or_else(|e| e.into_inner()) = true;
+        c.notify_all();
+    }
+
+    /// Whether it was stopped.
+    pub fn is_stopped(&self) -> bool {
+        *self.0 .0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Sleeps up to `d`; true if stopped.
+    pub fn sleep(&self, d: Duration) -> bool {
+        let (m, c) = &*self.0;
+        let end = Instant::now() + d;
+        let mut stopped = m.lock().unwrap_or_else(|e| e.into_inner());
+        while !*stopped {
+            let now = Instant::now();
+            if now >= end {
+                break;
+            }
+            stopped = c
+                .wait_timeout(stopped, end - now)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
         }
-        std::thread::sleep((end - now).min(Duration::from_millis(100)));
+        *stopped
     }
 }
 
@@ -953,7 +979,7 @@ pub enum LeaseNews {
 
 /// The renewal thread of a held lease.
 pub struct Keeper {
-    stop: Arc<AtomicBool>,
+    stop: Stop,
     done: std::sync::mpsc::Receiver<(LeaseClient, Held, bool)>,
     /// How long `stop` waits for the thread (it may be inside a request).
     patience: Duration,
@@ -970,7 +996,7 @@ impl Keeper {
         state: StateFile,
         news: Box<dyn Fn(LeaseNews) + Send>,
     ) -> std::io::Result<Keeper> {
-        let stop = Arc::new(AtomicBool::new(false));
+        let stop = Stop::default();
         let flag = stop.clone();
         let patience = client.settings.renew_every() + Duration::from_secs(1);
         let (tx, done) = std::sync::mpsc::channel();
@@ -998,8 +1024,7 @@ impl Keeper {
                         )));
                         break;
                     }
-                    sleep_cancellable(next.min(deadline).saturating_duration_since(now), &flag);
-                    if flag.load(Ordering::Relaxed) {
+                    if flag.sleep(next.min(deadline).saturating_duration_since(now)) {
                         break;
                     }
                     if Instant::now() < next {
@@ -1040,7 +1065,7 @@ impl Keeper {
     /// Stops renewing; returns the client and the lease, unless it was lost,
     /// or the thread died or is stuck (then the lease simply expires).
     pub fn stop(self) -> Option<(LeaseClient, Held)> {
-        self.stop.store(true, Ordering::Relaxed);
+        self.stop.stop();
         match self.done.recv_timeout(self.patience) {
             Ok((c, h, false)) if Instant::now() < h.deadline.get() => Some((c, h)),
             Ok(_) => None,
@@ -1056,7 +1081,7 @@ impl Keeper {
 
 /// The thread a standby waits for the lease in.
 pub struct Waiter {
-    cancel: Arc<AtomicBool>,
+    cancel: Stop,
     done: std::sync::mpsc::Receiver<Result<(LeaseClient, Held), LeaseError>>,
     patience: Duration,
 }
@@ -1068,7 +1093,7 @@ impl Waiter {
         client: LeaseClient,
         news: Box<dyn Fn(LeaseNews) + Send>,
     ) -> std::io::Result<Waiter> {
-        let cancel = Arc::new(AtomicBool::new(false));
+        let cancel = Stop::default();
         let flag = cancel.clone();
         // A read and a take-over write may be under way.
         let patience = client.settings.renew_every() * 2 + Duration::from_secs(1);
@@ -1103,7 +1128,7 @@ impl Waiter {
 
     /// Stops waiting; returns the lease if it was acquired meanwhile.
     pub fn finish(self) -> Result<(LeaseClient, Held), LeaseError> {
-        self.cancel.store(true, Ordering::Relaxed);
+        self.cancel.stop();
         self.done
             .recv_timeout(self.patience)
             .unwrap_or(Err(LeaseError::Cancelled))

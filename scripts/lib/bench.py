@@ -12,6 +12,7 @@ starts the moto server on a loopback port and then runs this file, which:
    exit, and delivery latency while another process holds 0/100/1,000/10,000 fds;
 3. samples the idle supervisor's RSS and context switches over >= 10 s;
 4. reports the release binary's size;
+5. times failover with the DynamoDB lease: clean handover and expiry takeover;
 
 then prints one markdown table and writes it (with the machine and method) to
 bench/results.md. Everything it starts runs in its own session and is killed on
@@ -505,6 +506,97 @@ def hold_fds(n):
 
 
 # --------------------------------------------------------------------------------------
+# 5. failover lease
+# --------------------------------------------------------------------------------------
+
+LEASE_S = int(E.get("BENCH_LEASE_S", "6"))
+LEASE_ROUNDS = int(E.get("BENCH_LEASE_ROUNDS", "5"))
+LEASE_TABLE = "bench-lease"
+
+
+def create_lease_table():
+    import boto3
+
+    c = boto3.client(
+        "dynamodb",
+        endpoint_url=ENDPOINT,
+        region_name="us-east-1",
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
+    )
+    c.create_table(
+        TableName=LEASE_TABLE,
+        KeySchema=[{"AttributeName": "lease", "KeyType": "HASH"}],
+        AttributeDefinitions=[{"AttributeName": "lease", "AttributeType": "S"}],
+        BillingMode="PAY_PER_REQUEST",
+    )
+
+
+class LeaseHost:
+    """One host of a two-host validator: a node home, its report, one log per start."""
+
+    def __init__(self, name):
+        self.name = name
+        self.home = make_home(f"lease-{name}")
+        self.report = WORK / f"lease-{name}.report.jsonl"
+        self.starts = 0
+        self.p = None
+        self.logf = None
+
+    def start(self):
+        self.starts += 1
+        self.logf = WORK / f"lease-{self.name}-{self.starts}.log"
+        env = tool_env(
+            self.home,
+            NODE_REPORT=self.report,
+            COSMOVISOR_BIN=EXAMPLES / "cosmovisor-standin",
+            SSM_COSMOVISOR_LEASE_TABLE=LEASE_TABLE,
+            SSM_COSMOVISOR_LEASE_DURATION=f"{LEASE_S}s",
+        )
+        lf = open(self.logf, "wb")
+        self.p = spawn([str(BIN), "--log-format", "json", "run", "start", "--home", str(self.home)], env, stderr=lf)
+        lf.close()
+
+    def keyed_reads(self):
+        return [r for r in read_jsonl(self.report) if r.get("outcome") == "ok" and r.get("address") == CONSENSUS_ADDR]
+
+
+def lease_failover():
+    """Alternating roles over LEASE_ROUNDS rounds: the holder is stopped cleanly (the
+    standby takes the released lease), then the new holder is SIGKILLed (the standby
+    waits for the lease to expire). Times run from the stop/kill to the standby's node
+    having read the key. Also the idle cost of a holder renewing its lease."""
+    log(f"failover lease: {LEASE_ROUNDS} rounds of clean handover + expiry takeover, {LEASE_S} s lease")
+    create_lease_table()
+    a, b = LeaseHost("a"), LeaseHost("b")
+    out = {"clean": [], "expiry": [], "idle": None}
+    holder, standby = a, b
+    holder.start()
+    wait_for(lambda: len(holder.keyed_reads()) >= 1, 60, "first holder's node gets the key", proc=holder.p)
+    for i in range(LEASE_ROUNDS):
+        for kind in ("clean", "expiry"):
+            standby.start()
+            wait_for(lambda: events(standby.logf, "lease_waiting"), 60, f"{standby.name} standing by", proc=standby.p)
+            if i == 0 and kind == "clean":
+                out["idle"] = idle_cost(holder.p)
+            had = len(standby.keyed_reads())
+            t0 = now_us()
+            if kind == "clean":
+                os.kill(holder.p.pid, signal.SIGTERM)
+            else:
+                os.kill(holder.p.pid, signal.SIGKILL)
+            wait_for(lambda: len(standby.keyed_reads()) > had, LEASE_S * 4 + 30, f"{kind} takeover by {standby.name}", proc=standby.p)
+            out[kind].append((standby.keyed_reads()[had]["read_done_unix_us"] - t0) / 1000.0)
+            if kind == "clean":
+                finish(holder.p, timeout=30)
+            else:
+                kill_group(holder.p, grace=2.0)
+            holder, standby = standby, holder
+    stop_tool(holder.p)
+    return out
+
+
+# --------------------------------------------------------------------------------------
 # 3. idle cost
 # --------------------------------------------------------------------------------------
 
@@ -610,6 +702,7 @@ def main():
 
     ttk, stages, ttk_fail = time_to_key()
     dr = delivery_and_rearm()
+    lf = lease_failover()
     size = BIN.stat().st_size
 
     m = {v: stats(xs) for v, xs in ttk.items() if xs}
@@ -671,6 +764,25 @@ def main():
             ]
         )
     )
+    lc, le = stats(lf["clean"]), stats(lf["expiry"])
+    add(f"failover, {LEASE_S} s lease: holder stopped (SIGTERM) → standby's node has the key", lc)
+    add(f"failover, {LEASE_S} s lease: holder killed (SIGKILL) → standby's node has the key", le)
+    d_ms = LEASE_S * 1000.0
+    lines.append(
+        row(
+            [
+                "ratio expiry takeover / lease duration",
+                f"{le['median'] / d_ms:.2f}",
+                f"{le['min'] / d_ms:.2f}",
+                f"{le['max'] / d_ms:.2f}",
+                str(le["n"]),
+                "min ≥ 0.67 (never before expiry)",
+                verdict(le["min"] >= d_ms * 2 / 3),
+            ]
+        )
+    )
+    li = lf["idle"]
+    lines.append(row([f"idle holder renewing a {LEASE_S} s lease: context switches/s, all {li['threads']} threads, over {li['seconds']:.1f} s", f"{li['per_s']:.2f} /s", "", "", "", "", ""]))
     lines.append(row(["release binary size (strip = symbols)", f"{size:,} B ({size / 1048576:.1f} MiB)", "", "", "", "", ""]))
     build = E.get("BENCH_BUILD_NOTE", "")
     if build:
@@ -733,7 +845,13 @@ rounds of one `ssm-cosmovisor run` with the cosmovisor stand-in (`NODE_UPGRADE_A
 latency pairs the node's `NODE_MARKER_LOG` times (marker file closed / just before `exit()`)
 with the tool's `re_armed` log timestamps. The fd table reruns the upgrade rounds while a
 separate process of the same uid holds N open fds of /dev/null. Idle cost: VmRSS and the sum
-of voluntary+nonvoluntary context switches over /proc/<pid>/task/*/status, before and after."""
+of voluntary+nonvoluntary context switches over /proc/<pid>/task/*/status, before and after.
+Failover: two hosts (two node homes) share the key and a lease in moto's DynamoDB; each round
+stops the holder with SIGTERM (the standby takes the released lease at its next poll, a third
+of the duration at most) and then SIGKILLs the new holder (the standby may take over only a
+full duration after it last saw the lease change, so the ratio to the duration is at least
+2/3: the holder's last renewal can be up to a third old when it dies). Times run from the
+signal to the standby's node stand-in having parsed the key."""
     text = f"{header}\n\n{table}\n\n" + "\n".join(f"- {n}" for n in notes) + "\n"
     print(text)
     out = REPO / "bench/results.md"
