@@ -316,46 +316,47 @@ pub fn node_home_from_args(args: &[OsString]) -> Option<PathBuf> {
     None
 }
 
-/// Resolves the key path from the node's `config/config.toml`.
-pub fn key_path_for_home(home: &Path) -> Result<PathBuf, ConfigError> {
+/// A file the node finds through its `config/config.toml` (`setting`,
+/// relative to the home or absolute; `default` when the setting or the file is
+/// absent). `Err((config.toml, reason))` when the file cannot be used.
+pub fn node_file_from_config(
+    home: &Path,
+    setting: &str,
+    default: &str,
+) -> Result<PathBuf, (PathBuf, String)> {
     let cfg = home.join("config/config.toml");
     let rel = match std::fs::read_to_string(&cfg) {
         Ok(text) => {
-            let doc: toml::Table =
-                text.parse()
-                    .map_err(|e: toml::de::Error| ConfigError::ConfigToml {
-                        path: cfg.clone(),
-                        reason: e
-                            .to_string()
-                            .lines()
-                            .next()
-                            .unwrap_or("syntax error")
-                            .to_string(),
-                    })?;
-            match doc.get("priv_validator_key_file") {
-                None => PathBuf::from(DEFAULT_KEY_FILE),
+            let doc: toml::Table = text.parse().map_err(|e: toml::de::Error| {
+                (
+                    cfg.clone(),
+                    e.to_string()
+                        .lines()
+                        .next()
+                        .unwrap_or("syntax error")
+                        .to_string(),
+                )
+            })?;
+            match doc.get(setting) {
+                None => PathBuf::from(default),
                 Some(toml::Value::String(s)) if !s.is_empty() => PathBuf::from(s),
-                Some(_) => {
-                    return Err(ConfigError::ConfigToml {
-                        path: cfg,
-                        reason: "priv_validator_key_file must be a non-empty string".into(),
-                    })
-                }
+                Some(_) => return Err((cfg, format!("{setting} must be a non-empty string"))),
             }
         }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => PathBuf::from(DEFAULT_KEY_FILE),
-        Err(e) => {
-            return Err(ConfigError::ConfigToml {
-                path: cfg,
-                reason: e.to_string(),
-            })
-        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => PathBuf::from(default),
+        Err(e) => return Err((cfg, e.to_string())),
     };
     Ok(if rel.is_absolute() {
         rel
     } else {
         home.join(rel)
     })
+}
+
+/// Resolves the key path from the node's `config/config.toml`.
+pub fn key_path_for_home(home: &Path) -> Result<PathBuf, ConfigError> {
+    node_file_from_config(home, "priv_validator_key_file", DEFAULT_KEY_FILE)
+        .map_err(|(path, reason)| ConfigError::ConfigToml { path, reason })
 }
 
 impl Config {

@@ -178,41 +178,14 @@ impl SignState {
 /// A `config.toml` we cannot parse is an error: raising a file the node does
 /// not read would protect nothing.
 pub fn state_path_for_home(home: &Path) -> Result<PathBuf, LeaseError> {
-    let cfg = home.join("config/config.toml");
-    let rel = match std::fs::read_to_string(&cfg) {
-        Ok(t) => {
-            let doc = t.parse::<toml::Table>().map_err(|e| LeaseError::State {
-                path: cfg.clone(),
-                reason: format!(
-                    "cannot parse it to find priv_validator_state_file: {}",
-                    e.to_string().lines().next().unwrap_or("syntax error")
-                ),
-            })?;
-            match doc.get("priv_validator_state_file") {
-                Some(toml::Value::String(s)) if !s.is_empty() => PathBuf::from(s),
-                None => PathBuf::from("data/priv_validator_state.json"),
-                Some(_) => {
-                    return Err(LeaseError::State {
-                        path: cfg,
-                        reason: "priv_validator_state_file must be a non-empty string".into(),
-                    })
-                }
-            }
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            PathBuf::from("data/priv_validator_state.json")
-        }
-        Err(e) => {
-            return Err(LeaseError::State {
-                path: cfg,
-                reason: e.to_string(),
-            })
-        }
-    };
-    Ok(if rel.is_absolute() {
-        rel
-    } else {
-        home.join(rel)
+    crate::config::node_file_from_config(
+        home,
+        "priv_validator_state_file",
+        "data/priv_validator_state.json",
+    )
+    .map_err(|(path, reason)| LeaseError::State {
+        path,
+        reason: format!("cannot use it to find priv_validator_state_file: {reason}"),
     })
 }
 

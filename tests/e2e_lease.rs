@@ -276,6 +276,27 @@ fn holder_of(tool: &Tool) -> String {
         .to_string()
 }
 
+/// Watches host A's keyed node from outside, every 5 ms, until B's node has
+/// the key. Returns when A's node was first seen dead (µs since the epoch),
+/// `None` if it still ran when B's node had the key.
+fn watch_takeover(a_node: i32, b: &Host, key: &TestKey, tb: &Tool, ta: &Tool) -> Option<u64> {
+    let mut a_node_dead_us = None;
+    let deadline = Instant::now() + T;
+    while b.key_reports(key).is_empty() {
+        if a_node_dead_us.is_none() && !pid_alive(a_node) {
+            a_node_dead_us = Some(unix_us());
+        }
+        assert!(
+            Instant::now() < deadline,
+            "B never took over; B log:\n{}\nA log:\n{}",
+            tb.log_text(),
+            ta.log_text()
+        );
+        thread::sleep(Duration::from_millis(5));
+    }
+    a_node_dead_us
+}
+
 fn setup() -> (Moto, TestKey) {
     let moto = Moto::start();
     let key = TestKey::ed25519();
@@ -430,20 +451,7 @@ fn partition_scenario(blackhole: bool) {
     }
     let cut_at = Instant::now();
     // Watch A's node from outside until B's node has the key.
-    let mut a_node_dead_us = None;
-    let deadline = Instant::now() + T;
-    while b.key_reports(&key).is_empty() {
-        if a_node_dead_us.is_none() && !pid_alive(a_node) {
-            a_node_dead_us = Some(unix_us());
-        }
-        assert!(
-            Instant::now() < deadline,
-            "B never took over; B log:\n{}\nA log:\n{}",
-            tb.log_text(),
-            ta.log_text()
-        );
-        thread::sleep(Duration::from_millis(5));
-    }
+    let a_node_dead_us = watch_takeover(a_node, &b, &key, &tb, &ta);
     let a_dead = a_node_dead_us.unwrap_or_else(|| {
         panic!(
             "B's node got the key while A's node {a_node} still ran; A log:\n{}",
@@ -517,19 +525,7 @@ fn holder_whose_renewal_thread_hangs_is_stopped_by_the_supervisor_in_time() {
         &[("SSM_COSMOVISOR_FAILPOINT", "lease-renew-hangs")],
     );
     let a_node = a.key_reports(&key)[0]["pid"].as_i64().unwrap() as i32;
-    let mut a_node_dead_us = None;
-    let deadline = Instant::now() + T;
-    while b.key_reports(&key).is_empty() {
-        if a_node_dead_us.is_none() && !pid_alive(a_node) {
-            a_node_dead_us = Some(unix_us());
-        }
-        assert!(
-            Instant::now() < deadline,
-            "B never took over; log:\n{}",
-            tb.log_text()
-        );
-        thread::sleep(Duration::from_millis(5));
-    }
+    let a_node_dead_us = watch_takeover(a_node, &b, &key, &tb, &ta);
     let b_taking = event_us(&tb, "lease_taking_over");
     let a_dead = a_node_dead_us.unwrap_or_else(|| {
         panic!(
@@ -571,19 +567,7 @@ fn holder_killed_the_standby_waits_for_expiry_then_takes_over() {
     ta.child.signal(Signal::SIGKILL);
     let _ = ta.wait(T);
     let reaper = StrayReaper(a.home.path().to_path_buf());
-    let mut a_node_dead_us = None;
-    let deadline = Instant::now() + T;
-    while b.key_reports(&key).is_empty() {
-        if a_node_dead_us.is_none() && !pid_alive(a_node) {
-            a_node_dead_us = Some(unix_us());
-        }
-        assert!(
-            Instant::now() < deadline,
-            "B never took over; log:\n{}",
-            tb.log_text()
-        );
-        thread::sleep(Duration::from_millis(5));
-    }
+    let a_node_dead_us = watch_takeover(a_node, &b, &key, &tb, &ta);
     let versions = poller.versions();
     let last_a = versions
         .iter()
