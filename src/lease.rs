@@ -775,7 +775,8 @@ impl LeaseClient {
         let mut taking_from: Option<String> = None;
         // (rvn seen, when we received it, the holder's duration)
         let mut seen: Option<(Record, Instant)> = None;
-        let poll = self.settings.renew_every().min(Duration::from_secs(5));
+        // Reads are cheap; a planned handover should not wait long.
+        let poll = self.settings.renew_every().min(Duration::from_secs(2));
         loop {
             if cancel.is_stopped() {
                 return Err(LeaseError::Cancelled);
