@@ -65,7 +65,7 @@ pub struct Cli {
     /// Lease name, the same on every host of this validator [env: SSM_COSMOVISOR_LEASE_NAME; default: the parameter name].
     #[arg(long, global = true, value_name = "NAME")]
     pub lease_name: Option<String>,
-    /// Lease duration, e.g. 30s [env: SSM_COSMOVISOR_LEASE_DURATION; default 30s, at least 3s].
+    /// Lease duration, e.g. 30s [env: SSM_COSMOVISOR_LEASE_DURATION; default 30s, 3s to 10m].
     #[arg(long, global = true, value_name = "DURATION")]
     pub lease_duration: Option<String>,
     /// Region of the lease table [env: SSM_COSMOVISOR_LEASE_REGION; default: AWS_REGION].

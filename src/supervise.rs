@@ -1058,7 +1058,13 @@ pub fn run(
     set_signal_sink(None);
     // The node is gone and the safe key back: now the lease may go.
     let no_orphans = procfs::children_of(me).is_empty();
-    let acquired = finish_lease(lease_thread, handover && fatal.is_none(), no_orphans);
+    // A lease we declared lost is never offered back, even if a renewal
+    // confirmed late moved its deadline again: it expires by itself.
+    let acquired = finish_lease(
+        lease_thread,
+        handover && fatal.is_none(),
+        no_orphans && !lost_handled,
+    );
     match (fatal, acquired) {
         (Some(e), _) => Err(e),
         (None, Some(l)) => Ok(Ended::Acquired(Box::new(l))),
@@ -1084,15 +1090,16 @@ pub fn release_lease(c: &LeaseClient, h: &Held, state: Option<SignState>) {
 }
 
 /// Stops the lease thread. A holder's lease is released with the node's
-/// final sign state, but only if no process of ours is left (`no_orphans`):
-/// otherwise it expires, and the standby waits the full duration. A standby's
+/// final sign state, but only if `may_release` (no process of ours is left,
+/// and we did not declare it lost): otherwise it expires, and the standby
+/// waits the full duration. A standby's
 /// newly won lease is returned if `keep`, else released (we are stopping).
-fn finish_lease(t: LeaseThread, keep: bool, no_orphans: bool) -> Option<(LeaseClient, Held)> {
+fn finish_lease(t: LeaseThread, keep: bool, may_release: bool) -> Option<(LeaseClient, Held)> {
     match t {
         LeaseThread::None => None,
         LeaseThread::Keeper(k, state) => {
             if let Some((c, h)) = k.stop() {
-                if no_orphans {
+                if may_release {
                     match state.read() {
                         Ok(Some(final_state)) => release_lease(&c, &h, Some(final_state)),
                         // Released with a stale state, the next host would take
@@ -1106,7 +1113,7 @@ fn finish_lease(t: LeaseThread, keep: bool, no_orphans: bool) -> Option<(LeaseCl
                 } else {
                     tracing::warn!(
                         event = "lease_kept",
-                        "a process of the child's outlived the stop: not releasing the lease early; it expires by itself"
+                        "not releasing the lease early (declared lost, or a process of the child outlived the stop); it expires by itself"
                     );
                 }
             }
