@@ -402,7 +402,7 @@ fn acquire_lease(
         }
         Err(e) => return Err(lease_err(e)),
     };
-    let (client, mut held) = match now {
+    let (client, held) = match now {
         Some(h) => (client, h),
         None => {
             tracing::info!(
@@ -442,7 +442,6 @@ fn acquire_lease(
             }
         }
     };
-    let _ = &mut held;
     tracing::info!(
         event = "lease_acquired",
         lease = %settings.name,

@@ -763,8 +763,9 @@ pub fn run(
     let mut last_ping = Instant::now();
     // Set when the lease is lost (thread's news, or its deadline seen here).
     let mut lease_lost: Option<String> = None;
+    // Set once the loss is acted on; from then on the kill escalation takes
+    // the whole tree.
     let mut lost_handled = false;
-    let mut kill_tree = false;
     let status: std::io::Result<ExitStatus> = loop {
         let mut wait = Duration::from_secs(3600);
         if let Some(dl) = &lease_deadline {
@@ -797,7 +798,6 @@ pub fn run(
             // The node must be gone before the lease can expire for others:
             // after `stop_grace` the whole tree gets SIGKILL.
             kill_at = Some(Instant::now() + stop_grace);
-            kill_tree = true;
             orphan_grace = Duration::ZERO;
         }
         if let Some(d) = &delivering {
@@ -811,7 +811,7 @@ pub fn run(
         }
         if let Some(k) = kill_at {
             if Instant::now() >= k {
-                if kill_tree {
+                if lost_handled {
                     for p in procfs::descendants_of(child_pid) {
                         let _ = rustix::process::kill_process(
                             rustix::process::Pid::from_raw(p.0).expect("positive pid"),
