@@ -480,7 +480,8 @@ fn parse_ids(s: &str) -> Option<(u32, u32)> {
 /// only if the lease still carries exactly that height.
 fn accept_lease_state(ov: &Overrides, height: i64) -> Result<u8, CliError> {
     let cfg = Config::resolve(ov, &ProcessEnv, &[])?;
-    let lease_err = |e: crate::lease::LeaseError| CliError::new(exit::LEASE, format!("failover lease: {e}"));
+    let lease_err =
+        |e: crate::lease::LeaseError| CliError::new(exit::LEASE, format!("failover lease: {e}"));
     let settings = cfg.lease.clone().ok_or_else(|| {
         CliError::new(
             exit::CONFIG,
@@ -492,10 +493,12 @@ fn accept_lease_state(ov: &Overrides, height: i64) -> Result<u8, CliError> {
         node: cfg.node_user.as_ref().map(|u| (u.uid, u.gid)),
     };
     let client = LeaseClient::new(settings.clone()).map_err(lease_err)?;
-    let rec = client
-        .read()
-        .map_err(lease_err)?
-        .ok_or_else(|| CliError::new(exit::LEASE, format!("lease {} does not exist: nothing to accept", settings.name)))?;
+    let rec = client.read().map_err(lease_err)?.ok_or_else(|| {
+        CliError::new(
+            exit::LEASE,
+            format!("lease {} does not exist: nothing to accept", settings.name),
+        )
+    })?;
     if rec.state.height != height {
         return Err(CliError::new(
             exit::LEASE,

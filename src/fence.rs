@@ -28,7 +28,6 @@
 
 use std::collections::{HashMap, HashSet};
 use std::io::{Read, Write};
-use std::os::fd::OwnedFd;
 use std::os::unix::process::CommandExt;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -90,7 +89,9 @@ pub struct Fence {
 
 impl std::fmt::Debug for Fence {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Fence").field("pid", &self.child.id()).finish()
+        f.debug_struct("Fence")
+            .field("pid", &self.child.id())
+            .finish()
     }
 }
 
@@ -123,8 +124,8 @@ impl Fence {
                 "SSM_COSMOVISOR_LOG_FORMAT",
                 if opts.json { "json" } else { "text" },
             )
-            .stdin(Stdio::from(OwnedFd::from(cmd_r)))
-            .stdout(Stdio::from(OwnedFd::from(ack_w)))
+            .stdin(Stdio::from(cmd_r))
+            .stdout(Stdio::from(ack_w))
             .stderr(Stdio::inherit());
         if let Some((u, g)) = opts.node {
             cmd.arg(format!("--node-ids={u}:{g}"));
@@ -256,7 +257,12 @@ fn all_stats() -> HashMap<i32, ProcStat> {
 
 /// The processes to kill: the group `pgid`, the descendants of `tool`, and
 /// all their descendants, less `me` and the tool itself.
-fn victims(stats: &HashMap<i32, ProcStat>, tool: Option<i32>, pgid: Option<i32>, me: i32) -> Vec<i32> {
+fn victims(
+    stats: &HashMap<i32, ProcStat>,
+    tool: Option<i32>,
+    pgid: Option<i32>,
+    me: i32,
+) -> Vec<i32> {
     let mut set: HashSet<i32> = stats
         .iter()
         .filter(|(_, s)| Some(s.pgid) == pgid)
@@ -457,23 +463,26 @@ mod tests {
 
     #[test]
     fn messages_round_trip() {
-        assert_eq!(decode(&encode(MSG_DEADLINE, 123_456_789_012)), (1, 123_456_789_012));
+        assert_eq!(
+            decode(&encode(MSG_DEADLINE, 123_456_789_012)),
+            (1, 123_456_789_012)
+        );
     }
 
     #[test]
     fn victims_are_the_group_the_tools_descendants_and_theirs() {
         let s = |ppid, pgid, dead| ProcStat { ppid, pgid, dead };
         let stats: HashMap<i32, ProcStat> = [
-            (10, s(1, 10, false)),   // the tool
-            (11, s(10, 10, false)),  // the fencer
-            (20, s(10, 20, false)),  // cosmovisor, group leader
-            (21, s(20, 20, false)),  // the node
-            (22, s(21, 22, false)),  // a child of the node in a group of its own
-            (30, s(10, 30, false)),  // an orphan reparented to the tool
-            (40, s(1, 20, false)),   // in the group, reparented to init
-            (41, s(40, 41, false)),  // its child
-            (50, s(1, 50, false)),   // unrelated
-            (23, s(20, 20, true)),   // a dead zombie
+            (10, s(1, 10, false)),  // the tool
+            (11, s(10, 10, false)), // the fencer
+            (20, s(10, 20, false)), // cosmovisor, group leader
+            (21, s(20, 20, false)), // the node
+            (22, s(21, 22, false)), // a child of the node in a group of its own
+            (30, s(10, 30, false)), // an orphan reparented to the tool
+            (40, s(1, 20, false)),  // in the group, reparented to init
+            (41, s(40, 41, false)), // its child
+            (50, s(1, 50, false)),  // unrelated
+            (23, s(20, 20, true)),  // a dead zombie
         ]
         .into_iter()
         .collect();
@@ -490,7 +499,10 @@ mod tests {
     fn stat_parsing_survives_odd_command_names() {
         let me = std::process::id() as i32;
         let st = read_stat(me).expect("own stat");
-        assert_eq!(st.ppid, rustix::process::getppid().unwrap().as_raw_nonzero().get());
+        assert_eq!(
+            st.ppid,
+            rustix::process::getppid().unwrap().as_raw_nonzero().get()
+        );
         assert!(!st.dead);
     }
 }

@@ -18,9 +18,9 @@ use std::time::{Duration, Instant};
 
 use crate::config::Config;
 use crate::deliver::{Canceller, DeliverError, Next, Outcome, Pending, ReaderPolicy};
+use crate::fence::{Fence, FenceNews, FenceOptions};
 use crate::harden;
 use crate::key::ValidatorKey;
-use crate::fence::{Fence, FenceNews, FenceOptions};
 use crate::lease::{boot_time, Held, Keeper, LeaseClient, LeaseNews, SignState, StateFile, Waiter};
 use crate::notify::Notifier;
 use crate::procfs::{self, Pid};
@@ -593,7 +593,7 @@ impl LeaseGuard {
 fn start_fence(
     cfg: &Config,
     held: &Held,
-    grace: Duration,
+    lease: &crate::lease::LeaseSettings,
     tx: &Sender<Event>,
 ) -> Result<LeaseGuard, String> {
     let opts = FenceOptions {
@@ -612,11 +612,15 @@ fn start_fence(
             .send(Event::Fence(n));
     })
     .map_err(|e| format!("cannot start the fencer process: {e}"))?;
-    if !fence.extend_and_confirm(held.deadline.get() + grace, Duration::from_secs(2)) {
+    let kill_by = {
+        let lease = lease.clone();
+        move |d| crate::lease::protocol::kill_by(d, &lease)
+    };
+    if !fence.extend_and_confirm(kill_by(held.deadline.get()), Duration::from_secs(2)) {
         return Err("the fencer process did not confirm the lease deadline".into());
     }
     let extend = fence.extender();
-    held.deadline.subscribe(move |d| extend(d + grace));
+    held.deadline.subscribe(move |d| extend(kill_by(d)));
     tracing::info!(
         event = "fence_started",
         pid = fence.pid(),
@@ -624,7 +628,7 @@ fn start_fence(
     );
     Ok(LeaseGuard {
         deadline: held.deadline.clone(),
-        grace,
+        grace: lease.stop_grace(),
         fence,
     })
 }
@@ -682,7 +686,7 @@ pub fn run(
             state,
         } => {
             let grace = client.settings.stop_grace();
-            let g = match start_fence(cfg, &held, grace, &tx) {
+            let g = match start_fence(cfg, &held, &client.settings, &tx) {
                 Ok(g) if boot_time() < g.until() => g,
                 r => {
                     // Renewals failed until now, or no fencer: the key must

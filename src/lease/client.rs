@@ -338,9 +338,9 @@ impl LeaseClient {
                     wait = (*due_in).min(poll);
                     None
                 }
-                Decision::Reclaim => Some(
-                    self.reclaim_own(cur.as_ref().expect("decided on it"), taking.clone()),
-                ),
+                Decision::Reclaim => {
+                    Some(self.reclaim_own(cur.as_ref().expect("decided on it"), taking.clone()))
+                }
                 Decision::TakeExpired { unchanged_for } => {
                     let from = watch.last().map(|r| r.holder.as_str()).unwrap_or("-");
                     tracing::info!(
@@ -389,7 +389,11 @@ impl LeaseClient {
                 // An earlier renewal of ours went through although its reply
                 // was lost; its version is ours. The deadline stays where the
                 // last *confirmed* renewal put it until this one succeeds.
-                let rec = self.ours(protocol::carried(held.state, local), held.address.clone(), false);
+                let rec = self.ours(
+                    protocol::carried(held.state, local),
+                    held.address.clone(),
+                    false,
+                );
                 self.write(Some(&held.rvn), &rec)?;
                 return self.confirmed(held, rec, sent);
             }
@@ -402,8 +406,7 @@ impl LeaseClient {
         held.rvn = rec.rvn;
         held.state = rec.state;
         held.sent = sent;
-        held
-            .deadline
+        held.deadline
             .set(protocol::node_deadline(sent, &self.settings));
         Ok(())
     }
@@ -447,7 +450,11 @@ impl LeaseClient {
     /// state, never below what the record carries (a takeover skip stays).
     /// Returns the state released.
     pub fn release(&self, held: &Held, last: Option<SignState>) -> Result<SignState, LeaseError> {
-        let rec = self.ours(protocol::carried(held.state, last), held.address.clone(), true);
+        let rec = self.ours(
+            protocol::carried(held.state, last),
+            held.address.clone(),
+            true,
+        );
         self.write(Some(&held.rvn), &rec)?;
         Ok(rec.state)
     }

@@ -133,4 +133,3 @@ impl LeaseError {
         matches!(self, LeaseError::Unreachable { .. })
     }
 }
-

@@ -47,8 +47,8 @@ pub use error::LeaseError;
 pub use protocol::Takeover;
 pub use record::Record;
 pub use settings::{
-    default_takeover_heights, holder_id, lease_name_for_parameter, LeaseSettings,
-    DEFAULT_DURATION, DEFAULT_MAX_HEIGHT_JUMP, KEY_ATTR, MAX_DURATION, MIN_DURATION,
+    default_takeover_heights, holder_id, lease_name_for_parameter, LeaseSettings, DEFAULT_DURATION,
+    DEFAULT_MAX_HEIGHT_JUMP, KEY_ATTR, MAX_DURATION, MIN_DURATION,
 };
 pub use state::{state_path_for_home, Raised, SignState, StateFile};
 pub use threads::{log_waiting, Keeper, LeaseNews, Stop, Waiter};

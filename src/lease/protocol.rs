@@ -10,6 +10,7 @@
 //!   only after the version it *received* has not changed for a full
 //!   duration. The send precedes the receipt, so the node is dead a sixth of
 //!   the duration before any takeover, given clock rates within 1/6.
+//!   ([`kill_by`] is the hard end, enforced by the fencer too.)
 //! - **Sign state.** Every record carries at least what any holder so far may
 //!   have signed: a takeover after expiry writes the skip *into the record*
 //!   ([`claim`]), and every later write carries at least the record's state
@@ -69,11 +70,14 @@ impl Watch {
                 // Nobody of ours deletes the item: someone did, maybe while a
                 // holder still runs. Treat it as a holder that stopped
                 // renewing: wait a full duration, then take over with a skip.
-                Some(last) => self.held(&Record {
-                    rvn: String::new(),
-                    holder: "(vanished)".into(),
-                    ..last
-                }, now),
+                Some(last) => self.held(
+                    &Record {
+                        rvn: String::new(),
+                        holder: "(vanished)".into(),
+                        ..last
+                    },
+                    now,
+                ),
             };
         };
         if is_ours(r, me) {
@@ -203,9 +207,10 @@ pub(crate) fn node_deadline(sent: Tick, s: &LeaseSettings) -> Tick {
     sent + s.keep_for()
 }
 
-/// By when the node must be dead (SIGKILL) after a write sent at `sent`.
-pub(crate) fn kill_by(sent: Tick, s: &LeaseSettings) -> Tick {
-    node_deadline(sent, s) + s.stop_grace()
+/// By when the node must be dead (SIGKILL, by the supervisor or the
+/// fencer) given its deadline from [`node_deadline`].
+pub(crate) fn kill_by(node_deadline: Tick, s: &LeaseSettings) -> Tick {
+    node_deadline + s.stop_grace()
 }
 
 #[cfg(test)]
@@ -296,7 +301,12 @@ mod tests {
         w.decide(Some(&a), "me", S(0));
         assert!(matches!(w.decide(None, "me", S(1)), Decision::Wait { .. }));
         let d = w.decide(None, "me", S(7));
-        assert_eq!(d, Decision::TakeExpired { unchanged_for: S(6) });
+        assert_eq!(
+            d,
+            Decision::TakeExpired {
+                unchanged_for: S(6)
+            }
+        );
         let c = claim(&d, w.last(), &s, None).unwrap();
         assert_eq!(c.state.height, 50 + 7);
     }

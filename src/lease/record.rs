@@ -67,7 +67,9 @@ fn ranged<T: TryFrom<i64>>(item: &Item, k: &str, lo: i64, hi: i64) -> Result<T, 
 
 /// Whether `a` is a CometBFT validator address as we record it.
 fn is_address(a: &str) -> bool {
-    a.len() == 40 && a.bytes().all(|b| b.is_ascii_digit() || (b'A'..=b'F').contains(&b))
+    a.len() == 40
+        && a.bytes()
+            .all(|b| b.is_ascii_digit() || (b'A'..=b'F').contains(&b))
 }
 
 impl Record {
@@ -167,7 +169,8 @@ mod tests {
 
     #[test]
     fn refuses_what_our_writes_never_produce() {
-        let cases: Vec<(&str, Box<dyn Fn(&mut Item)>)> = vec![
+        type Mutation = Box<dyn Fn(&mut Item)>;
+        let cases: Vec<(&str, Mutation)> = vec![
             ("no `rvn`", Box::new(|i| drop(i.remove("rvn")))),
             ("no `height`", Box::new(|i| drop(i.remove("height")))),
             (

@@ -224,4 +224,3 @@ pub fn log_waiting(r: &Record) {
         "the lease is held by another host; standing by"
     );
 }
-

@@ -333,4 +333,3 @@ pub fn holder_and_standby(
     );
     (ta, tb)
 }
-
