@@ -1097,6 +1097,18 @@ pub fn run(
             Event::Lease(LeaseNews::Acquired) => {}
         }
     };
+    // The child may have exited (killed by the fencer while we were stopped)
+    // before the loop saw the deadline pass: the lease is lost all the same.
+    if let (Some(g), false) = (&guard, lost_handled) {
+        if boot_time() >= g.until() {
+            lost_handled = true;
+            let reason = "the lease deadline passed before the node exited";
+            tracing::error!(event = "lease_lost", reason, "LEASE LOST");
+            fatal.get_or_insert(SuperviseError::Lease(format!(
+                "{reason}. The safe key is restored; restart the service to stand by for the lease again"
+            )));
+        }
+    }
     if let Some(fast) = &fast {
         // No watcher may move the slot once we head for the restore.
         fast.disable();
