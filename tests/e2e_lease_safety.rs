@@ -384,6 +384,13 @@ fn a_large_but_genuine_height_jump_is_accepted_by_the_operator() {
     forge(&ep, &record(true, "500000", "6000"));
     refused(&ep, "jump of 500000 heights");
     let a = Host::new("a");
+    let out = run_with_timeout(a.base_cmd(&ep).arg("check"), T);
+    let text = output_text(&out);
+    assert!(
+        text.contains("WARN  lease sign state")
+            && text.contains("accept-lease-state --height 500000"),
+        "{text}"
+    );
     let out = run_with_timeout(
         a.base_cmd(&ep)
             .args(["accept-lease-state", "--height", "499999"]),
