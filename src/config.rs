@@ -564,15 +564,19 @@ fn resolve_lease(
         env,
         "SSM_COSMOVISOR_LEASE_TAKEOVER_HEIGHTS",
     ) {
-        Some(v) => v
-            .trim()
-            .parse::<u32>()
-            .map(i64::from)
-            .map_err(|_| ConfigError::Invalid {
-                name: "SSM_COSMOVISOR_LEASE_TAKEOVER_HEIGHTS",
-                value: v.clone(),
-                hint: "a number of block heights (0 to carry the state unchanged)".into(),
-            })?,
+        Some(v) => {
+            let least = crate::lease::default_takeover_heights(duration);
+            v.trim()
+                .parse::<u32>()
+                .map(i64::from)
+                .ok()
+                .filter(|n| *n >= least)
+                .ok_or_else(|| ConfigError::Invalid {
+                    name: "SSM_COSMOVISOR_LEASE_TAKEOVER_HEIGHTS",
+                    value: v.clone(),
+                    hint: format!("a number of block heights, at least {least} (the lease in seconds + 1): a holder that stopped renewing may sign that many before it is stopped; raise it for blocks faster than 1 s"),
+                })?
+        }
         // One height per second of the lease and one more: covers what the
         // old holder can sign between its last renewal and its stop for
         // chains with blocks of 1 s or slower.
