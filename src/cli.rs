@@ -245,7 +245,7 @@ fn run_with_key(cfg: &Config, program: &OsString, args: &[OsString]) -> Result<u
     // Before any other thread exists (runtimes, lease threads): they all
     // inherit the blocked signals, so only our sigwait thread ever takes one.
     // Until the slot is first changed, a stop signal ends the process at once.
-    supervise::start_signal_handling()?;
+    let signals = supervise::Signals::start()?;
     // Before any secret exists in this process.
     crate::harden::harden_self().map_err(|e| {
         CliError::new(
@@ -268,7 +268,14 @@ fn run_with_key(cfg: &Config, program: &OsString, args: &[OsString]) -> Result<u
             "USE_SSM_KEY is false: running without the consensus key"
         );
         drop(slot);
-        return ended(supervise::run(cfg, program, args, None, LeaseRole::None)?);
+        return ended(supervise::run(
+            &signals,
+            cfg,
+            program,
+            args,
+            None,
+            LeaseRole::None,
+        )?);
     }
     let spec = cfg
         .source
@@ -276,7 +283,7 @@ fn run_with_key(cfg: &Config, program: &OsString, args: &[OsString]) -> Result<u
         .ok_or_else(|| CliError::new(exit::CONFIG, "no key source configured"))?;
     // With a lease, nothing below happens before this host holds it.
     let mut lease = match &cfg.lease {
-        Some(settings) => match acquire_lease(cfg, settings, program, args)? {
+        Some(settings) => match acquire_lease(&signals, cfg, settings, program, args)? {
             Some(l) => Some(l),
             None => return Ok(0),
         },
@@ -328,8 +335,8 @@ fn run_with_key(cfg: &Config, program: &OsString, args: &[OsString]) -> Result<u
         }
     }
     // From here on the slot changes: a stop must restore it, not just exit.
-    supervise::defer_stop_signals();
-    if let Some(sig) = supervise::stop_requested() {
+    signals.defer_stop();
+    if let Some(sig) = signals.stop_requested() {
         release_on_error(&lease);
         tracing::info!(
             event = "stopped_before_start",
@@ -358,7 +365,14 @@ fn run_with_key(cfg: &Config, program: &OsString, args: &[OsString]) -> Result<u
         },
         None => LeaseRole::None,
     };
-    ended(supervise::run(cfg, program, args, Some(job), role)?)
+    ended(supervise::run(
+        &signals,
+        cfg,
+        program,
+        args,
+        Some(job),
+        role,
+    )?)
 }
 
 fn ended(e: Ended) -> Result<u8, CliError> {
@@ -390,6 +404,7 @@ fn raise_sign_state(held: &Held, state: &StateFile) -> Result<(), crate::lease::
 /// running the child without the key until the lease is ours. `None`: the
 /// standby's child ended (or we were stopped) before that.
 fn acquire_lease(
+    signals: &supervise::Signals,
     cfg: &Config,
     settings: &crate::lease::LeaseSettings,
     program: &OsString,
@@ -424,7 +439,7 @@ fn acquire_lease(
                 client,
                 state: state.clone(),
             };
-            match supervise::run(cfg, program, args, None, role)? {
+            match supervise::run(signals, cfg, program, args, None, role)? {
                 Ended::Exit(code) => {
                     return if code == 0 {
                         Ok(None)
@@ -437,7 +452,7 @@ fn acquire_lease(
                 }
                 Ended::Acquired(l) => {
                     let (client, mut held) = *l;
-                    if let Some(sig) = supervise::stop_requested() {
+                    if let Some(sig) = signals.stop_requested() {
                         supervise::release_lease(&client, &held, None);
                         tracing::info!(
                             event = "stopped_before_start",
