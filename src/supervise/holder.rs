@@ -8,7 +8,9 @@ use std::time::{Duration, Instant};
 use super::Event;
 use crate::config::Config;
 use crate::fence::{Fence, FenceOptions};
-use crate::lease::{boot_time, Held, Keeper, LeaseClient, LeaseNews, SignState, StateFile, Waiter};
+use crate::lease::{
+    boot_time, release_logged, Held, Keeper, LeaseClient, LeaseNews, StateFile, Waiter,
+};
 
 /// A callback that turns lease news into events of this run.
 pub(super) fn lease_news(tx: &Sender<Event>) -> Box<dyn Fn(LeaseNews) + Send> {
@@ -96,25 +98,6 @@ pub(super) fn start_fence(
     })
 }
 
-/// Releases a lease we hold, carrying `state`; logs the outcome.
-pub fn release_lease(c: &LeaseClient, h: &Held, state: Option<SignState>) {
-    match c.release(h, state) {
-        Ok(released) => tracing::info!(
-            event = "lease_released",
-            lease = %c.settings.name,
-            state = %released,
-            takeover_skip = h.took_over.as_ref().map(|t| t.skip).unwrap_or(0),
-            skipped_from = %h.took_over.as_ref().map(|t| t.carried.to_string()).unwrap_or_else(|| "-".into()),
-            "released the failover lease"
-        ),
-        Err(e) => tracing::warn!(
-            event = "lease_release_failed",
-            error = %e,
-            "could not release the lease; other hosts take it over when it expires"
-        ),
-    }
-}
-
 /// Stops the lease thread. A holder's lease is released with the node's
 /// final sign state, but only if `may_release` (no process of ours is left,
 /// and we did not declare it lost): otherwise it expires, and the standby
@@ -131,7 +114,7 @@ pub(super) fn finish_lease(
             if let Some((c, h)) = k.stop() {
                 if may_release {
                     match state.read() {
-                        Ok(Some(final_state)) => release_lease(&c, &h, Some(final_state)),
+                        Ok(Some(final_state)) => release_logged(&c, &h, Some(final_state)),
                         // Released with a stale state, the next host would take
                         // it without skipping ahead: let it expire instead.
                         other => tracing::warn!(
@@ -152,7 +135,7 @@ pub(super) fn finish_lease(
         LeaseThread::Waiter(w) => match w.finish() {
             Ok((c, h)) if keep => Some((c, h)),
             Ok((c, h)) => {
-                release_lease(&c, &h, None);
+                release_logged(&c, &h, None);
                 None
             }
             Err(_) => None,

@@ -39,7 +39,6 @@ mod rearm;
 mod signals;
 
 pub use child::status_code;
-pub use holder::release_lease;
 pub use signals::{Signals, FORWARDED};
 
 /// Grace period between SIGTERM and SIGKILL for orphaned nodes.
@@ -188,7 +187,7 @@ pub fn run(
             j.slot.restore()?;
         }
         if let LeaseRole::Holder { client, held, .. } = lease {
-            release_lease(&client, &held, None);
+            crate::lease::release_logged(&client, &held, None);
         }
         return Ok(Ended::Exit(0));
     }
