@@ -99,6 +99,12 @@ pub enum Cmd {
     Check,
     /// Put the safe key back and clear a left-over FIFO or stripped file (idempotent).
     Restore,
+    /// Copy the host's safe key to an empty key directory, e.g. the split-trust unit's RuntimeDirectory= (ExecStartPre=).
+    InstallSafeKey {
+        /// The safe key kept by root, e.g. /etc/ssm-cosmovisor/<node>.safe.json.
+        #[arg(value_name = "FILE")]
+        source: PathBuf,
+    },
     /// Validate a priv_validator_key.json and store it in SSM as a SecureString.
     Import {
         /// Key file to read; `-` or absent reads standard input.
@@ -198,6 +204,7 @@ pub fn main(cli: Cli) -> Result<u8, CliError> {
         }
         Cmd::Check => crate::check::run(&ov),
         Cmd::Restore => restore(&ov),
+        Cmd::InstallSafeKey { source } => crate::install::run(&ov, &source),
         Cmd::Import {
             file,
             kms_key_id,

@@ -14,6 +14,7 @@ pub mod cli;
 pub mod config;
 pub mod deliver;
 pub mod harden;
+pub mod install;
 pub mod key;
 pub mod lease;
 pub mod logging;
