@@ -393,9 +393,17 @@ fn acquire_lease(
 ) -> Result<Option<(LeaseClient, Held, StateFile)>, CliError> {
     let lease_err =
         |e: crate::lease::LeaseError| CliError::new(exit::LEASE, format!("failover lease: {e}"));
+    let node = cfg.node_user.as_ref().map(|u| (u.uid, u.gid));
+    // Split trust: root without CAP_DAC_READ_SEARCH reads the node's config.toml as the node.
+    let path = match node {
+        Some((u, g)) if rustix::process::geteuid().is_root() => {
+            crate::sys::with_fs_ids(u, g, || crate::lease::state_path_for_home(&cfg.home))
+        }
+        _ => crate::lease::state_path_for_home(&cfg.home),
+    };
     let state = StateFile {
-        path: crate::lease::state_path_for_home(&cfg.home).map_err(lease_err)?,
-        node: cfg.node_user.as_ref().map(|u| (u.uid, u.gid)),
+        path: path.map_err(lease_err)?,
+        node,
     };
     // Refuse a sign state we cannot read before taking anything.
     let local = state.read().map_err(lease_err)?.unwrap_or_default();

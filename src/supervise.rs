@@ -1001,7 +1001,12 @@ pub fn run(
         fast.disable();
     }
 
-    notifier.stopping();
+    // A standby's handover keeps the service running: STOPPING=1 would put
+    // the unit in "deactivating" for good, and systemd would then ignore
+    // `systemctl stop` (seen under a real systemd).
+    if !handover {
+        notifier.stopping();
+    }
     // Orphans (a keyed node whose cosmovisor died) must be gone by the lease
     // deadline plus the stop grace, whatever else we wait for.
     let orphans_by = {
