@@ -144,6 +144,14 @@ pub enum SlotError {
         /// The shared address.
         address: String,
     },
+    /// Root may not hard-link the node's safe key as the backup.
+    #[error("cannot keep a backup of the safe key {path:?}: it belongs to the node user, and root without CAP_FOWNER may not hard-link another user's file (fs.protected_hardlinks). Give the safe key to root: chown root:{node_gid} {path:?} && chmod 0640 {path:?} (in the split-trust unit, install-safe-key does this from /etc/ssm-cosmovisor/<node>.safe.json)")]
+    BackupRefused {
+        /// `P`.
+        path: PathBuf,
+        /// The node's group, which keeps read access.
+        node_gid: u32,
+    },
     /// Another instance holds the slot.
     #[error(
         "another ssm-cosmovisor is managing {path:?} (lock held on its directory); stop it first"
@@ -716,26 +724,30 @@ impl KeySlot {
 
     /// idle → backed-up: hard-link the safe key as `P.orig`.
     pub fn backup(&self) -> Result<(), SlotError> {
-        let link = || {
-            rustix::fs::linkat(
-                &self.dir,
-                self.name.as_os_str(),
-                &self.dir,
-                self.orig.as_os_str(),
-                AtFlags::empty(),
-            )
-        };
-        match link() {
-            // fs.protected_hardlinks: without CAP_FOWNER (the split-trust unit)
-            // root may hard-link only files it owns or can read and write. A
-            // node-owned safe key (in a node-owned directory: split trust
-            // with the key left in the node's home) is linked as its owner.
-            Err(rustix::io::Errno::PERM) if self.safe_key_is_the_nodes() => {
-                crate::sys::with_fs_ids(self.node_uid, self.node_gid, link)
+        let linked = rustix::fs::linkat(
+            &self.dir,
+            self.name.as_os_str(),
+            &self.dir,
+            self.orig.as_os_str(),
+            AtFlags::empty(),
+        );
+        // fs.protected_hardlinks: without CAP_FOWNER (and CAP_DAC_OVERRIDE, as
+        // in the split-trust unit) root may hard-link only files it owns. The
+        // node's fs ids would not help: the node cannot write to a key
+        // directory it does not own, and a directory both may write to is
+        // refused as unsafe. So a node-owned safe key there is an operator's fix.
+        match linked {
+            Ok(()) => {}
+            Err(rustix::io::Errno::PERM | rustix::io::Errno::ACCESS)
+                if self.safe_key_is_the_nodes() =>
+            {
+                return Err(SlotError::BackupRefused {
+                    path: self.path.clone(),
+                    node_gid: self.node_gid,
+                })
             }
-            r => r,
+            Err(e) => return Err(self.io("link backup", &self.orig)(e)),
         }
-        .map_err(self.io("link backup", &self.orig))?;
         crate::failpoint!("after-backup-link");
         self.sync_dir()?;
         tracing::info!(event = "backup", path = %self.orig_path().display(), "original key saved as hard link");
