@@ -131,11 +131,14 @@ fn a_backup_alone_is_left_for_repair_to_restore() {
     s.home.assert_idle();
 }
 
+/// Makes the source file bad in one way.
+type Spoil = Box<dyn Fn(&Path)>;
+
 #[test]
 fn refuses_missing_unsafe_or_invalid_sources_and_creates_nothing() {
     let s = Setup::new();
     let good = fs::read(&s.source).unwrap();
-    let cases: Vec<(&str, Box<dyn Fn(&Path)>, &str)> = vec![
+    let cases: Vec<(&str, Spoil, &str)> = vec![
         (
             "missing",
             Box::new(|p: &Path| fs::remove_file(p).unwrap()),
