@@ -35,8 +35,8 @@ pub fn is_scrubbed(name: &str) -> bool {
 /// issues syscalls.
 pub fn child_creds(node_user: Option<&NodeUser>) -> ChildCreds {
     // Dropping from the bounding set needs CAP_SETPCAP; without it even an
-    // absent capability gives EPERM. An unprivileged parent (bounding set
-    // empty under the unprivileged unit) has nothing to drop, and
+    // absent capability gives EPERM. An unprivileged parent cannot drop it
+    // (under the unprivileged unit the set is empty anyway), and
     // `no_new_privs` already stops the child from gaining anything; a root
     // parent without it (split trust bounded without CAP_SETPCAP) leaves its
     // bounding set to the child, which is said once, before the first spawn.
@@ -48,7 +48,9 @@ pub fn child_creds(node_user: Option<&NodeUser>) -> ChildCreds {
     let bounding_to_drop = if can_setpcap {
         bounding
     } else {
-        if !bounding.is_empty() {
+        // Any process has a full bounding set outside a sandbox: only root's
+        // (which the child may keep after the uid switch) is worth a word.
+        if !bounding.is_empty() && rustix::process::geteuid().is_root() {
             warn_bounding_kept(bounding.len());
         }
         Vec::new()
