@@ -1364,7 +1364,12 @@ impl Node<'_> {
         self.assert_failed_without_restart(6, "exit 6 (stranger on the pipe)");
         let alarm = self.events(Some(&c), "key_exposed");
         assert_eq!(alarm.len(), 1, "{}", self.journal_text(Some(&c)));
-        let read = fs::read_to_string(self.ns.path(&format!("{pidfile}.read"))).unwrap_or_default();
+        // The reader records its count after EOF; the tool may stop it first.
+        let count = self.ns.path(&format!("{pidfile}.read"));
+        wait_for(|| count.exists(), Duration::from_secs(2));
+        let read = fs::read_to_string(&count)
+            .map(|n| format!("{} bytes", n.trim()))
+            .unwrap_or_else(|_| "stopped before it recorded its count".into());
         let line = self
             .journal(Some(&c))
             .iter()
@@ -1373,7 +1378,7 @@ impl Node<'_> {
             .unwrap_or_default();
         self.say(
             "exit 6 alarm",
-            format!("{line}; the slow reader got {} bytes", read.trim()),
+            format!("{line}; the slow reader got {read}"),
         );
         self.assert_safe_restored(&c, "exit 6 -> ExecStopPost restore");
         self.ns.sh(&format!("rm -f {pidfile} {pidfile}.read"));
