@@ -107,16 +107,13 @@ fn lease_checks(r: &mut Report, cfg: &Config) {
             s.takeover_heights
         ),
     );
-    let path = match crate::lease::state_path_for_home(&cfg.home) {
-        Ok(p) => p,
+    let state = match StateFile::of_home(&cfg.home, cfg.node_user.as_ref().map(|u| (u.uid, u.gid)))
+    {
+        Ok(s) => s,
         Err(e) => {
             r.fail("sign state", e);
             return;
         }
-    };
-    let state = StateFile {
-        path,
-        node: cfg.node_user.as_ref().map(|u| (u.uid, u.gid)),
     };
     let local = state.read();
     match &local {

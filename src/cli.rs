@@ -102,6 +102,12 @@ pub enum Cmd {
     Check,
     /// Put the safe key back and clear a left-over FIFO or stripped file (idempotent).
     Restore,
+    /// Copy the host's safe key to an empty key directory, e.g. the split-trust unit's RuntimeDirectory= (ExecStartPre=).
+    InstallSafeKey {
+        /// The safe key kept by root, e.g. /etc/ssm-cosmovisor/<node>.safe.json.
+        #[arg(value_name = "FILE")]
+        source: PathBuf,
+    },
     /// Validate a priv_validator_key.json and store it in SSM as a SecureString.
     Import {
         /// Key file to read; `-` or absent reads standard input.
@@ -217,6 +223,7 @@ pub fn main(cli: Cli) -> Result<u8, CliError> {
         }
         Cmd::Check => crate::check::run(&ov),
         Cmd::Restore => restore(&ov),
+        Cmd::InstallSafeKey { source } => crate::install::run(&ov, &source),
         Cmd::Import {
             file,
             kms_key_id,
@@ -365,10 +372,7 @@ fn take_lease(
     program: &OsString,
     args: &[OsString],
 ) -> Result<lease::Acquired, CliError> {
-    let state = StateFile {
-        path: lease::state_path_for_home(&cfg.home).map_err(CliError::from)?,
-        node: cfg.node_user.as_ref().map(|u| (u.uid, u.gid)),
-    };
+    let state = state_file(cfg)?;
     lease::acquire(
         settings,
         state,
@@ -381,6 +385,11 @@ fn take_lease(
             }
         },
     )
+}
+
+/// The node's sign-state file, found through its `config.toml`.
+fn state_file(cfg: &Config) -> Result<StateFile, LeaseError> {
+    StateFile::of_home(&cfg.home, cfg.node_user.as_ref().map(|u| (u.uid, u.gid)))
 }
 
 impl From<LeaseError> for CliError {
@@ -407,10 +416,7 @@ fn accept_lease_state(ov: &Overrides, height: i64) -> Result<u8, CliError> {
             "SSM_COSMOVISOR_LEASE_TABLE is not set: there is no lease whose state to accept",
         )
     })?;
-    let state = StateFile {
-        path: crate::lease::state_path_for_home(&cfg.home).map_err(lease_err)?,
-        node: cfg.node_user.as_ref().map(|u| (u.uid, u.gid)),
-    };
+    let state = state_file(&cfg).map_err(lease_err)?;
     let client = LeaseClient::new(settings.clone()).map_err(lease_err)?;
     let rec = client.read().map_err(lease_err)?.ok_or_else(|| {
         CliError::new(

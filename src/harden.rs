@@ -35,15 +35,24 @@ pub fn is_scrubbed(name: &str) -> bool {
 /// issues syscalls.
 pub fn child_creds(node_user: Option<&NodeUser>) -> ChildCreds {
     // Dropping from the bounding set needs CAP_SETPCAP; without it even an
-    // absent capability gives EPERM. An unprivileged parent cannot drop it,
-    // and `no_new_privs` already stops the child from gaining anything.
+    // absent capability gives EPERM. An unprivileged parent cannot drop it
+    // (under the unprivileged unit the set is empty anyway), and
+    // `no_new_privs` already stops the child from gaining anything; a root
+    // parent without it (split trust bounded without CAP_SETPCAP) leaves its
+    // bounding set to the child, which is said once, before the first spawn.
     let can_setpcap = caps::has_cap(None, caps::CapSet::Effective, caps::Capability::CAP_SETPCAP)
         .unwrap_or(false);
+    let bounding: Vec<u32> = caps::read(None, caps::CapSet::Bounding)
+        .map(|set| set.into_iter().map(|c| c.index() as u32).collect())
+        .unwrap_or_default();
     let bounding_to_drop = if can_setpcap {
-        caps::read(None, caps::CapSet::Bounding)
-            .map(|set| set.into_iter().map(|c| c.index() as u32).collect())
-            .unwrap_or_default()
+        bounding
     } else {
+        // Any process has a full bounding set outside a sandbox: only root's
+        // (which the child may keep after the uid switch) is worth a word.
+        if !bounding.is_empty() && rustix::process::geteuid().is_root() {
+            warn_bounding_kept(bounding.len());
+        }
         Vec::new()
     };
     ChildCreds {
@@ -53,6 +62,17 @@ pub fn child_creds(node_user: Option<&NodeUser>) -> ChildCreds {
         parent_death_signal: Some(libc::SIGTERM),
         parent: std::process::id() as i32,
     }
+}
+
+fn warn_bounding_kept(n: usize) {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        tracing::warn!(
+            event = "bounding_set_kept",
+            capabilities = n,
+            "no CAP_SETPCAP: the child keeps this process's capability bounding set (its other capability sets are still cleared); give the unit CAP_SETPCAP to drop it"
+        )
+    });
 }
 
 /// Configures `cmd` to start hardened: environment scrubbed, and the

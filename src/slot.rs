@@ -12,7 +12,9 @@
 //! without following symlinks, followed by `fsync` of the directory, so `P`
 //! exists at every instant and any crash leaves a state that [`KeySlot::repair`]
 //! recognises. The safe key is never under a temporary name: temporary names
-//! only ever hold a FIFO or a stripped file, so deleting them is always safe.
+//! only ever hold a FIFO, a stripped file or, while [`KeySlot::install_safe`]
+//! fills an empty key directory, a copy of a safe key whose source stays where
+//! it was, so deleting them is always safe.
 
 use std::ffi::{OsStr, OsString};
 use std::fmt;
@@ -141,6 +143,14 @@ pub enum SlotError {
         path: PathBuf,
         /// The shared address.
         address: String,
+    },
+    /// Root may not hard-link the node's safe key as the backup.
+    #[error("cannot keep a backup of the safe key {path:?}: it belongs to the node user, and root without CAP_FOWNER may not hard-link another user's file (fs.protected_hardlinks). Give the safe key to root: chown root:{node_gid} {path:?} && chmod 0640 {path:?} (in the split-trust unit, install-safe-key does this from /etc/ssm-cosmovisor/<node>.safe.json)")]
+    BackupRefused {
+        /// `P`.
+        path: PathBuf,
+        /// The node's group, which keeps read access.
+        node_gid: u32,
     },
     /// Another instance holds the slot.
     #[error(
@@ -350,6 +360,7 @@ pub struct KeySlot {
     orig: OsString,
     fifo_tmp: OsString,
     stripped_tmp: OsString,
+    safe_tmp: OsString,
     node_uid: u32,
     node_gid: u32,
 }
@@ -365,6 +376,15 @@ fn with_suffix(name: &OsStr, prefix: &str, suffix: &str) -> OsString {
     s.push(name);
     s.push(suffix);
     s
+}
+
+/// Outcome of [`KeySlot::install_safe`].
+#[derive(Debug)]
+pub enum Installed {
+    /// The safe key was put at `P`; its identity.
+    Placed(Box<PublicIdentity>),
+    /// `P` or `P.orig` was there already; nothing was changed.
+    AlreadyPresent,
 }
 
 /// Outcome of [`KeySlot::repair`]: what was found and what was done.
@@ -420,6 +440,7 @@ impl KeySlot {
             orig: with_suffix(&name, "", ORIG_SUFFIX),
             fifo_tmp: with_suffix(&name, ".", ".ssm-cosmovisor-fifo.tmp"),
             stripped_tmp: with_suffix(&name, ".", ".ssm-cosmovisor-stripped.tmp"),
+            safe_tmp: with_suffix(&name, ".", ".ssm-cosmovisor-safe.tmp"),
             name,
             node_uid,
             node_gid,
@@ -528,15 +549,19 @@ impl KeySlot {
         Ok(buf)
     }
 
+    fn temps(&self) -> [&OsString; 3] {
+        [&self.fifo_tmp, &self.stripped_tmp, &self.safe_tmp]
+    }
+
     fn has_leftover_temps(&self) -> bool {
-        [&self.fifo_tmp, &self.stripped_tmp].iter().any(|t| {
+        self.temps().iter().any(|t| {
             rustix::fs::statat(&self.dir, t.as_os_str(), AtFlags::SYMLINK_NOFOLLOW).is_ok()
         })
     }
 
     fn remove_leftover_temps(&self) -> Result<bool, SlotError> {
         let mut removed = false;
-        for tmp in [&self.fifo_tmp, &self.stripped_tmp] {
+        for tmp in self.temps() {
             match rustix::fs::unlinkat(&self.dir, tmp.as_os_str(), AtFlags::empty()) {
                 Ok(()) => {
                     tracing::info!(event = "leftover_removed", path = %self.path.with_file_name(tmp).display(), "removed leftover temporary file from an interrupted move");
@@ -699,18 +724,122 @@ impl KeySlot {
 
     /// idle → backed-up: hard-link the safe key as `P.orig`.
     pub fn backup(&self) -> Result<(), SlotError> {
-        rustix::fs::linkat(
+        let linked = rustix::fs::linkat(
             &self.dir,
             self.name.as_os_str(),
             &self.dir,
             self.orig.as_os_str(),
             AtFlags::empty(),
-        )
-        .map_err(self.io("link backup", &self.orig))?;
+        );
+        // fs.protected_hardlinks: without CAP_FOWNER (and CAP_DAC_OVERRIDE, as
+        // in the split-trust unit) root may hard-link only files it owns. The
+        // node's fs ids would not help: the node cannot write to a key
+        // directory it does not own, and a directory both may write to is
+        // refused as unsafe. So a node-owned safe key there is an operator's fix.
+        match linked {
+            Ok(()) => {}
+            Err(rustix::io::Errno::PERM | rustix::io::Errno::ACCESS)
+                if self.safe_key_is_the_nodes() =>
+            {
+                return Err(SlotError::BackupRefused {
+                    path: self.path.clone(),
+                    node_gid: self.node_gid,
+                })
+            }
+            Err(e) => return Err(self.io("link backup", &self.orig)(e)),
+        }
         crate::failpoint!("after-backup-link");
         self.sync_dir()?;
         tracing::info!(event = "backup", path = %self.orig_path().display(), "original key saved as hard link");
         Ok(())
+    }
+
+    /// Whether we are root and `P` belongs to the node user (not to us).
+    fn safe_key_is_the_nodes(&self) -> bool {
+        rustix::process::geteuid().is_root()
+            && self.node_uid != 0
+            && rustix::fs::statat(&self.dir, self.name.as_os_str(), AtFlags::SYMLINK_NOFOLLOW)
+                .is_ok_and(|st| st.st_uid == self.node_uid)
+    }
+
+    /// absent → idle, for a key directory that starts empty at every start
+    /// (the split-trust unit's tmpfs `RuntimeDirectory=`): puts `safe`, which
+    /// must be a complete key, at `P` with `group` (if given) and `mode`, in
+    /// one `renameat(RENAME_NOREPLACE)` of a fsynced temporary file. Changes
+    /// nothing when `P` or `P.orig` exists, whatever they hold: that is a
+    /// slot from an earlier start, and [`KeySlot::repair`] judges it.
+    pub fn install_safe(
+        &self,
+        safe: &[u8],
+        group: Option<u32>,
+        mode: u32,
+    ) -> Result<Installed, SlotError> {
+        let present =
+            |name: &OsStr| rustix::fs::statat(&self.dir, name, AtFlags::SYMLINK_NOFOLLOW).is_ok();
+        if present(&self.name) || present(&self.orig) {
+            return Ok(Installed::AlreadyPresent);
+        }
+        let identity = match KeyFile::parse(safe) {
+            Ok(KeyFile::Complete(k)) => k.identity().clone(),
+            Ok(KeyFile::Stripped(_)) => {
+                return Err(SlotError::Invalid {
+                    path: self.path.clone(),
+                    source: KeyError::Stripped,
+                })
+            }
+            Err(source) => {
+                return Err(SlotError::Invalid {
+                    path: self.path.clone(),
+                    source,
+                })
+            }
+        };
+        let tmp = self.safe_tmp.as_os_str();
+        let _ = rustix::fs::unlinkat(&self.dir, tmp, AtFlags::empty());
+        let fd = rustix::fs::openat(
+            &self.dir,
+            tmp,
+            OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::from_raw_mode(0o600),
+        )
+        .map_err(self.io("create", tmp))?;
+        let filled = (|| {
+            if let Some(gid) = group {
+                rustix::fs::fchown(&fd, None, Some(rustix::fs::Gid::from_raw(gid)))
+                    .map_err(self.io("chown", tmp))?;
+            }
+            rustix::fs::fchmod(&fd, Mode::from_raw_mode(mode)).map_err(self.io("chmod", tmp))?;
+            let mut written = 0;
+            while written < safe.len() {
+                written +=
+                    rustix::io::write(&fd, &safe[written..]).map_err(self.io("write", tmp))?;
+            }
+            rustix::fs::fsync(&fd).map_err(self.io("fsync", tmp))
+        })();
+        drop(fd);
+        let placed = filled.and_then(|()| {
+            rustix::fs::renameat_with(
+                &self.dir,
+                tmp,
+                &self.dir,
+                self.name.as_os_str(),
+                rustix::fs::RenameFlags::NOREPLACE,
+            )
+            .map_err(self.io("rename safe key to", &self.name))
+        });
+        if let Err(e) = placed {
+            let _ = rustix::fs::unlinkat(&self.dir, tmp, AtFlags::empty());
+            return match e {
+                SlotError::Io { source, .. }
+                    if source.raw_os_error() == Some(rustix::io::Errno::EXIST.raw_os_error()) =>
+                {
+                    Ok(Installed::AlreadyPresent)
+                }
+                e => Err(e),
+            };
+        }
+        self.sync_dir()?;
+        Ok(Installed::Placed(Box::new(identity)))
     }
 
     /// backed-up/delivered/armed → armed: a fresh FIFO renamed over `P`.

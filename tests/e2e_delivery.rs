@@ -165,6 +165,19 @@ fn fmt_us(label: &str, v: &[u64]) -> String {
 /// Shell text that waits until the key path has stopped being the first FIFO (the tool put
 /// the stripped file there when the reader attached) and is a FIFO again (re-armed). Inode
 /// numbers cannot tell the FIFOs apart: the filesystem may reuse the freed one at once.
+/// Shell lines that wait (bounded) until the key path is a FIFO.
+fn wait_fifo_sh(key: &Path) -> String {
+    format!(
+        r#"n=0
+until [ -p '{k}' ]; do
+  n=$((n+1)); if [ $n -gt 6000 ]; then echo "wrapper: never re-armed" >&2; exit 9; fi
+  sleep 0.005
+done
+"#,
+        k = key.display()
+    )
+}
+
 fn wait_rearmed_sh(key: &Path) -> String {
     format!(
         r#"n=0
@@ -309,12 +322,15 @@ fn reader_killed_mid_read_gets_rearmed_then_node_gets_key() {
     write_script(
         &wrapper,
         &format!(
-            "#!/bin/sh\n'{py}' -c \"{code}\" '{k}' '{pf}' &\n{wait}exec '{cv}' \"$@\"\n",
+            // The node starts once the partial reader is dead (the test kills
+            // it) and the FIFO is back: watching the key path for the short
+            // stretch it holds the stripped file missed it on a loaded machine.
+            "#!/bin/sh\n'{py}' -c \"{code}\" '{k}' '{pf}' &\nwait $!\n{wait}exec '{cv}' \"$@\"\n",
             k = s.key_path().display(),
             py = venv_python().display(),
             code = py,
             pf = pidfile.display(),
-            wait = wait_rearmed_sh(s.key_path()),
+            wait = wait_fifo_sh(s.key_path()),
             cv = cosmovisor_standin_bin().display()
         ),
     );

@@ -98,6 +98,21 @@ pub struct StateFile {
 }
 
 impl StateFile {
+    /// The sign-state file of the node at `home` (from its `config.toml`),
+    /// read and written as `node` when we run as root for it: root without
+    /// `CAP_DAC_READ_SEARCH` may not read the node's files otherwise, and the
+    /// node-owned `config.toml` must not make root reach further than the
+    /// node could.
+    pub fn of_home(home: &Path, node: Option<(u32, u32)>) -> Result<StateFile, LeaseError> {
+        let path = match node {
+            Some((u, g)) if rustix::process::geteuid().is_root() => {
+                crate::sys::with_fs_ids(u, g, || state_path_for_home(home))
+            }
+            _ => state_path_for_home(home),
+        }?;
+        Ok(StateFile { path, node })
+    }
+
     fn as_node<T>(&self, f: impl FnOnce() -> T) -> T {
         match self.node {
             Some((u, g)) if rustix::process::geteuid().is_root() => {

@@ -490,7 +490,19 @@ impl<'a> Supervisor<'a> {
                 };
             }
         }
-        self.notifier.stopping();
+        let handover = matches!(
+            self.phase,
+            Phase::Stopping {
+                why: Why::Handover,
+                ..
+            }
+        );
+        // A standby's handover keeps the service running: STOPPING=1 would
+        // put the unit in "deactivating" for good, and systemd would then
+        // ignore `systemctl stop` (seen under a real systemd).
+        if !handover {
+            self.notifier.stopping();
+        }
         let lost = matches!(self.holding, Holding::Lost(_));
         // Orphans (a keyed node whose cosmovisor died) must be gone by the
         // lease deadline plus the stop grace, whatever else we wait for.
@@ -525,7 +537,13 @@ impl<'a> Supervisor<'a> {
             );
             self.notifier.status("safe key restored");
         }
-        drop(attached);
+        if handover {
+            // A stop from now on must release the lease we just won, not
+            // end the process with it held.
+            attached.detach_deferring_stops();
+        } else {
+            drop(attached);
+        }
         // The node is gone and the safe key back: now the lease may go.
         let no_orphans = super::children_except(fencer).is_empty();
         if let Some(g) = match self.holding {
@@ -536,13 +554,6 @@ impl<'a> Supervisor<'a> {
             g.deadline.unsubscribe();
             g.fence.finish();
         }
-        let handover = matches!(
-            self.phase,
-            Phase::Stopping {
-                why: Why::Handover,
-                ..
-            }
-        );
         // A lease we declared lost is never offered back, even if a renewal
         // confirmed late moved its deadline again: it expires by itself.
         let acquired = finish_lease(

@@ -113,6 +113,15 @@ impl Shared {
 /// A run's subscription to the signals; dropping it ends it.
 pub(crate) struct Attached(Arc<Shared>);
 
+impl Attached {
+    /// Ends the subscription with stop signals deferred from then on: the
+    /// run leaves something to undo (a standby won the lease, which must be
+    /// released if a stop comes before the next run takes the signals).
+    pub(crate) fn detach_deferring_stops(self) {
+        self.0.exit_on_stop.store(false, Ordering::SeqCst);
+    }
+}
+
 impl Drop for Attached {
     fn drop(&mut self) {
         *self.0.sink.lock().unwrap_or_else(|e| e.into_inner()) = None;

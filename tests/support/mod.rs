@@ -8,6 +8,7 @@
 #![allow(dead_code)]
 
 pub mod lease;
+pub mod systemd;
 
 use std::ffi::OsString;
 use std::fmt::Write as _;
