@@ -156,8 +156,8 @@ fn main() {
         process::exit(code);
     }
     // LoadFilePV reads the sign state together with the key.
-    let signer = sign::Signer::from_env(home.as_deref(), report.address.as_deref())
-        .unwrap_or_else(|e| {
+    let signer =
+        sign::Signer::from_env(home.as_deref(), report.address.as_deref()).unwrap_or_else(|e| {
             say_line!(stderr, "NODE-PANIC: {e}");
             process::exit(EXIT_INVALID);
         });

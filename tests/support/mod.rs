@@ -629,18 +629,23 @@ fn cometbft_json(t: KeyType, address: &str, pub_b64: &str, priv_b64: &str) -> St
 /// seed/scalar in base64 (unpadded, so a padded or embedded copy matches too) and in lower-
 /// and uppercase hex.
 pub fn assert_no_secret(output: &str, key: &TestKey) {
+    if let Some(what) = secret_in(output, key) {
+        panic!("secret leaked: output contains the {what}\n--- output ---\n{output}");
+    }
+}
+
+/// Which form of the key's secret `output` contains, if any (see [`assert_no_secret`]).
+pub fn secret_in(output: &str, key: &TestKey) -> Option<&'static str> {
     let forms = [
         ("priv_key value (base64)", key.priv_b64.clone()),
         ("seed (base64)", B64_NO_PAD.encode(&key.seed)),
         ("seed (hex)", hex::encode(&key.seed)),
         ("seed (HEX)", hex::encode_upper(&key.seed)),
     ];
-    for (what, needle) in forms {
-        assert!(
-            !output.contains(&needle),
-            "secret leaked: output contains the {what}\n--- output ---\n{output}"
-        );
-    }
+    forms
+        .into_iter()
+        .find(|(_, needle)| output.contains(needle))
+        .map(|(what, _)| what)
 }
 
 // ---------------------------------------------------------------------------------------
@@ -1431,3 +1436,11 @@ pub fn complete_reports(home: &NodeHome) -> Vec<Value> {
 mod proxy;
 #[allow(unused_imports)]
 pub use proxy::{Fault, ProxyRecord, Relay};
+
+// ---------------------------------------------------------------------------------------
+// The chaos test: cluster of hosts, nemesis, checker
+// ---------------------------------------------------------------------------------------
+
+pub mod checker;
+pub mod cluster;
+pub mod nemesis;

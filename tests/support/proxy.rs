@@ -482,10 +482,7 @@ fn serve(down: TcpStream, id: u64, sh: &Shared) {
         let now = sh.fault();
         let swallow = marked
             || fault == Fault::DropReplies
-            || matches!(
-                now,
-                Fault::DropReplies | Fault::Blackhole | Fault::Refuse
-            );
+            || matches!(now, Fault::DropReplies | Fault::Blackhole | Fault::Refuse);
         if swallow {
             sh.dropped.fetch_add(1, Ordering::SeqCst);
             sh.record(rec("reply_dropped", reply.status));
