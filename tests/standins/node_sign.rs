@@ -165,6 +165,7 @@ impl Signer {
 
     /// Saves the sign state before the signature leaves (atomic, fsynced).
     fn persist(&self, (h, r, s): Hrs) {
+        let started = std::time::Instant::now();
         let dir = self.state_path.parent().unwrap_or(Path::new("."));
         let tmp = dir.join(".priv_validator_state.json.node-standin");
         let body = format!(
@@ -190,6 +191,14 @@ impl Signer {
                 self.state_path.display()
             );
             process::exit(4);
+        }
+        if started.elapsed() > Duration::from_millis(500) {
+            // Worth knowing when a host stalls: fsync on a busy disk can take seconds.
+            let _ = writeln!(
+                std::io::stdout(),
+                "node-standin: saving the sign state for height {h} took {} ms",
+                started.elapsed().as_millis()
+            );
         }
     }
 

@@ -70,6 +70,9 @@ pub struct FaultRec {
     pub end_us: u64,
     /// The key-holding node (host, pid) when the fault began.
     pub holder: Option<(String, i32)>,
+    /// Hosts whose whole process tree (tool, fencer, cosmovisor, node) was SIGSTOPped
+    /// from `start_us` to `end_us`.
+    pub frozen: Vec<String>,
 }
 
 /// One `ssm-cosmovisor restore` run by the harness after a tool exited.
@@ -120,6 +123,21 @@ pub struct Overlap {
     pub a: KeyHold,
     pub b: KeyHold,
     pub overlap_us: u64,
+    /// Set when the later node got the key while the earlier one's whole tree was frozen.
+    pub frozen: Option<Frozen>,
+}
+
+/// An overlap no lease can prevent: the older holder's whole process tree was SIGSTOPped
+/// (nothing of it could run to stop its node) when the new node got the key.
+#[derive(Debug, Clone)]
+pub struct Frozen {
+    pub fault_id: usize,
+    /// SIGCONT.
+    pub resumed_us: u64,
+    /// How long the frozen node lived after SIGCONT.
+    pub ran_after_resume_us: u64,
+    /// Signatures the frozen node made after SIGCONT.
+    pub signed_after_resume: usize,
 }
 
 /// No new height for a long healthy stretch.
@@ -135,7 +153,11 @@ pub struct Stall {
 #[derive(Debug, Clone, Default)]
 pub struct Verdict {
     pub double_signs: Vec<DoubleSign>,
+    /// Overlaps any fencing could have prevented: failures.
     pub overlaps: Vec<Overlap>,
+    /// Overlaps during a whole-tree freeze of the older holder: reported, not failures
+    /// (the double-sign check still covers what the resumed node signs).
+    pub frozen_overlaps: Vec<Overlap>,
     pub restore_failures: Vec<RestoreRec>,
     pub stalls: Vec<Stall>,
     pub problems: Vec<String>,
@@ -154,9 +176,14 @@ impl Verdict {
 
 /// Runs every check.
 pub fn check(o: &Observations) -> Verdict {
+    let (frozen_overlaps, overlaps): (Vec<Overlap>, Vec<Overlap>) = overlaps(&o.holds, o.end_us)
+        .into_iter()
+        .map(|ov| classify_frozen(o, ov))
+        .partition(|ov| ov.frozen.is_some());
     Verdict {
         double_signs: double_signs(&o.signatures),
-        overlaps: overlaps(&o.holds, o.end_us),
+        overlaps,
+        frozen_overlaps,
         restore_failures: o
             .restores
             .iter()
@@ -198,15 +225,46 @@ pub fn overlaps(holds: &[KeyHold], end_us: u64) -> Vec<Overlap> {
             let lo = a.read_us.max(b.read_us);
             let hi = end(a).min(end(b));
             if lo < hi {
+                let (a, b) = if a.read_us <= b.read_us {
+                    (a, b)
+                } else {
+                    (b, a)
+                };
                 out.push(Overlap {
                     a: a.clone(),
                     b: b.clone(),
                     overlap_us: hi - lo,
+                    frozen: None,
                 });
             }
         }
     }
     out
+}
+
+/// Marks an overlap (`a` the older hold) that began while `a`'s whole tree was frozen.
+pub fn classify_frozen(o: &Observations, mut ov: Overlap) -> Overlap {
+    let f = o.faults.iter().find(|f| {
+        f.frozen.contains(&ov.a.host)
+            && f.start_us >= ov.a.read_us
+            && f.start_us <= ov.b.read_us
+            && ov.b.read_us <= f.end_us
+    });
+    if let Some(f) = f {
+        ov.frozen = Some(Frozen {
+            fault_id: f.id,
+            resumed_us: f.end_us,
+            ran_after_resume_us: ov.a.death_us.unwrap_or(o.end_us).saturating_sub(f.end_us),
+            signed_after_resume: o
+                .signatures
+                .iter()
+                .filter(|s| {
+                    s.host == ov.a.host && s.pid as i32 == ov.a.pid && s.unix_us >= f.end_us
+                })
+                .count(),
+        });
+    }
+    ov
 }
 
 /// Intervals during which at least one host had no fault, merged.
@@ -355,6 +413,27 @@ pub fn summary(o: &Observations, v: &Verdict) -> String {
     );
     let _ = writeln!(s, "double-signed heights: {}", v.double_signs.len());
     let _ = writeln!(s, "overlapping key holds: {}", v.overlaps.len());
+    if !v.frozen_overlaps.is_empty() {
+        let ran = v
+            .frozen_overlaps
+            .iter()
+            .filter_map(|x| x.frozen.as_ref())
+            .map(|f| f.ran_after_resume_us)
+            .max()
+            .unwrap_or(0);
+        let signed: usize = v
+            .frozen_overlaps
+            .iter()
+            .filter_map(|x| x.frozen.as_ref())
+            .map(|f| f.signed_after_resume)
+            .sum();
+        let _ = writeln!(
+            s,
+            "  and {} while the older holder's whole tree was frozen (no lease can fence that): its node died at most {:.1} ms after SIGCONT and signed {signed} times after it",
+            v.frozen_overlaps.len(),
+            ran as f64 / 1000.0
+        );
+    }
     let _ = writeln!(
         s,
         "restores: {} ({} failed)",
@@ -515,11 +594,20 @@ pub fn report(o: &Observations, v: &Verdict) -> String {
             timeline(o, t.saturating_sub(40_000_000), t + 3_000_000)
         );
     }
-    for ov in &v.overlaps {
+    for ov in v.overlaps.iter().chain(&v.frozen_overlaps) {
         let t = ov.a.read_us.max(ov.b.read_us);
+        let label = match &ov.frozen {
+            None => "OVERLAP".to_string(),
+            Some(f) => format!(
+                "(not a failure) FROZEN-TREE OVERLAP (fault #{}; the frozen node lived {:.1} ms after SIGCONT, signed {} times after it)",
+                f.fault_id,
+                f.ran_after_resume_us as f64 / 1000.0,
+                f.signed_after_resume
+            ),
+        };
         let _ = writeln!(
             s,
-            "\nOVERLAP {} ms: {}/{} held the key [{}, {}] and {}/{} [{}, {}]",
+            "\n{label} {} ms: {}/{} held the key [{}, {}] and {}/{} [{}, {}]",
             ov.overlap_us / 1000,
             ov.a.host,
             ov.a.pid,

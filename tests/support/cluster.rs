@@ -205,7 +205,7 @@ pub struct Cluster {
     pub ledger: PathBuf,
     pub epoch_ms: u64,
     pub start_us: u64,
-    dir: tempfile::TempDir,
+    dir: Option<tempfile::TempDir>,
     systemd: Vec<JoinHandle<()>>,
     deaths: Arc<Mutex<Vec<JoinHandle<()>>>>,
     watcher_stop: Arc<AtomicBool>,
@@ -344,7 +344,7 @@ impl Cluster {
             ledger,
             epoch_ms,
             start_us,
-            dir,
+            dir: Some(dir),
             systemd: Vec::new(),
             deaths: Arc::default(),
             watcher_stop: Arc::default(),
@@ -364,11 +364,11 @@ impl Cluster {
         c
     }
 
-    /// The environment of a host's tool (and through it, its node).
+    /// The environment of a host's tool (and through it, its node), besides the AWS
+    /// settings [`tool_cmd`] gives it.
     fn tool_env(&self, h: &Host) -> Vec<(String, String)> {
         let s = |x: &str| x.to_string();
         vec![
-            (s("AWS_ENDPOINT_URL"), h.proxy.endpoint()),
             (s("USE_SSM_KEY"), s("true")),
             (s("AWS_PARAMETER"), s(PARAM)),
             (s("SSM_COSMOVISOR_LOG_FORMAT"), s("json")),
@@ -632,23 +632,34 @@ impl Cluster {
             entries,
         };
         drop(g);
+        let dir = self.dir.take().expect("shutdown runs once");
         let mut files = vec![self.ledger.clone()];
         for h in &self.hosts {
             files.push(h.log_path.clone());
-            let report = self
-                .dir
-                .path()
-                .join(format!("{}-node-report.jsonl", h.name));
+            let report = dir.path().join(format!("{}-node-report.jsonl", h.name));
             let _ = fs::copy(h.home.report_path(), &report);
             files.push(report);
         }
-        (
-            obs,
-            ChaosArtifacts {
-                files,
-                _dir: self.dir,
-            },
-        )
+        (obs, ChaosArtifacts { files, _dir: dir })
+    }
+}
+
+impl Drop for Cluster {
+    /// After a panic (no shutdown): no host may go on running, or restarting, its tool.
+    fn drop(&mut self) {
+        if self.dir.is_none() {
+            return;
+        }
+        for h in &self.hosts {
+            h.stopping.store(true, Ordering::SeqCst);
+            let pgid = h.tool_pid();
+            for p in h.tree(pgid) {
+                let _ = kill(Pid::from_raw(p), Signal::SIGKILL);
+            }
+            if let Some(p) = pgid {
+                let _ = killpg(Pid::from_raw(p), Signal::SIGKILL);
+            }
+        }
     }
 }
 
@@ -914,8 +925,10 @@ fn systemd_loop(
 ) {
     while !h.stopping.load(Ordering::SeqCst) {
         let run_id = j.runs.fetch_add(1, Ordering::SeqCst) + 1;
-        let (r, w) = nix::unistd::pipe().expect("pipe");
-        let mut cmd = tool_cmd(&h.home, None);
+        // Close-on-exec: another host's tool, spawned meanwhile, must not inherit the write
+        // end (this run's output would then never reach its end).
+        let (r, w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).expect("pipe");
+        let mut cmd = tool_cmd(&h.home, Some(&h.proxy.endpoint()));
         cmd.envs(env.iter().map(|(k, v)| (k, v)))
             .args(["run", "start", "--home"])
             .arg(h.home.path())

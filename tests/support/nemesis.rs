@@ -3,7 +3,9 @@
 //!
 //! The sequence of episodes and every parameter in it (kind, stall, proxy fault, duration,
 //! trigger event, which candidate host is chosen) is a function of the seed alone; it
-//! starts with one episode of every kind, in a seeded order, then draws kinds by weight.
+//! starts with a coverage round, one episode of every kind in a seeded order (each kind in
+//! the variant the issue names: stops of three lease durations, SIGTERM the moment a
+//! standby won an expired lease, …), then draws kinds and their parameters by weight.
 //! Targets are roles resolved when an episode begins ("the holder": the host whose node
 //! holds the key now; "a standby": one of the others, by a seeded index), and each episode
 //! begins a seeded gap after the cluster recovered from the previous one (a new height
@@ -186,6 +188,47 @@ impl Planner {
         }
     }
 
+    /// The coverage round's variant of a kind: the faults the issue names, with durations
+    /// that keep the round short (a stop of at least three lease durations, a standby
+    /// that cannot decrypt at takeover, SIGTERM the moment a standby won an expired lease).
+    fn canonical(&mut self, kind: usize) -> Episode {
+        let l = self.lease.as_millis() as u64;
+        match kind {
+            4 | 5 => Episode::Stop {
+                tree: kind == 5,
+                stall: self.rng.ms(3 * l, 3 * l + 2000),
+            },
+            6 => Episode::Proxy {
+                role: Role::Holder,
+                fault: self.proxy_fault(false),
+                dur: self.rng.ms(5000, 8000),
+            },
+            7 => Episode::Proxy {
+                role: Role::Standby,
+                fault: self.proxy_fault(true),
+                dur: self.rng.ms(4000, 6000),
+            },
+            8 => Episode::AllCut {
+                fault: match self.rng.below(3) {
+                    0 => Fault::Refuse,
+                    1 => Fault::Blackhole,
+                    _ => Fault::DropReplies,
+                },
+                dur: self.rng.ms(4000, 8000),
+            },
+            9 => Episode::KmsDenied {
+                all: false,
+                dur: Duration::from_millis(2 * l + 2000),
+            },
+            10 => Episode::AtEvent {
+                event: "lease_won",
+                action: Action::TermTool,
+                cause: Cause::KillHolder,
+            },
+            k => self.episode(k),
+        }
+    }
+
     fn episode(&mut self, kind: usize) -> Episode {
         match kind {
             0 => Episode::Signal {
@@ -259,23 +302,25 @@ impl Iterator for Planner {
     type Item = Planned;
 
     fn next(&mut self) -> Option<Planned> {
-        let kind = match self.coverage.pop() {
-            Some(k) => k,
-            None => self.rng.weighted(&[
-                (0, 9),
-                (1, 6),
-                (2, 6),
-                (3, 4),
-                (4, 9),
-                (5, 8),
-                (6, 14),
-                (7, 6),
-                (8, 6),
-                (9, 10),
-                (10, 22),
-            ]),
+        let (kind, episode) = match self.coverage.pop() {
+            Some(k) => (k, self.canonical(k)),
+            None => {
+                let k = self.rng.weighted(&[
+                    (0, 9),
+                    (1, 6),
+                    (2, 6),
+                    (3, 4),
+                    (4, 9),
+                    (5, 8),
+                    (6, 14),
+                    (7, 6),
+                    (8, 6),
+                    (9, 10),
+                    (10, 22),
+                ]);
+                (k, self.episode(k))
+            }
         };
-        let episode = self.episode(kind);
         let pick = self.rng.next_u64();
         let gap = self.rng.ms(self.gap_ms.0, self.gap_ms.1);
         Some(Planned {
@@ -420,6 +465,7 @@ fn play(c: &Cluster, p: &Planned, kind: &str) -> u64 {
         start_us: unix_us(),
         end_us: 0,
         holder: c.holder_node(),
+        frozen: Vec::new(),
     };
     let gone = |ok: bool| if ok { "" } else { " (no tool was running)" };
     match &p.episode {
@@ -435,6 +481,9 @@ fn play(c: &Cluster, p: &Planned, kind: &str) -> u64 {
             let h = resolve(c, Role::Holder, p.pick);
             rec.targets.push(name(h));
             rec.unhealthy.push(name(h));
+            if *tree {
+                rec.frozen.push(name(h));
+            }
             let ok = if *tree {
                 c.hosts[h].signal_tree(Signal::SIGSTOP)
             } else {
@@ -449,8 +498,10 @@ fn play(c: &Cluster, p: &Planned, kind: &str) -> u64 {
             );
             let id = c.record_fault(rec);
             sleep(*stall);
-            c.hosts[h].cont();
+            // Healed as of just before SIGCONT: what the node does after it counts as
+            // running time.
             c.end_fault(id);
+            c.hosts[h].cont();
         }
         Episode::Proxy { role, fault, dur } => {
             let h = resolve(c, *role, p.pick);
