@@ -346,7 +346,13 @@ pub fn stalls(o: &Observations) -> Vec<Stall> {
 /// Median and maximum of a list of µs values, as milliseconds.
 fn med_max_ms(v: &mut [u64]) -> (u64, u64) {
     v.sort_unstable();
-    (v[v.len() / 2] / 1000, v[v.len() - 1] / 1000)
+    let n = v.len();
+    let med = if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2
+    };
+    (med / 1000, v[n - 1] / 1000)
 }
 
 /// For each fault that found a key-holding node, the time until another node process
