@@ -118,7 +118,8 @@ fn lease_checks(r: &mut Report, cfg: &Config) {
         path,
         node: cfg.node_user.as_ref().map(|u| (u.uid, u.gid)),
     };
-    match state.read() {
+    let local = state.read();
+    match &local {
         Ok(st) => r.pass(
             "sign state",
             format!(
@@ -132,16 +133,33 @@ fn lease_checks(r: &mut Report, cfg: &Config) {
     }
     match LeaseClient::new(s.clone()).and_then(|c| c.read()) {
         Ok(None) => r.pass("lease table", "reachable; the lease is free"),
-        Ok(Some(rec)) => r.pass(
-            "lease table",
-            format!(
-                "reachable; lease {} by {} (carries {}, duration {:?})",
-                if rec.released { "released" } else { "held" },
-                rec.holder,
-                rec.state,
-                rec.duration
-            ),
-        ),
+        Ok(Some(rec)) => {
+            r.pass(
+                "lease table",
+                format!(
+                    "reachable; lease {} by {} (carries {}, duration {:?})",
+                    if rec.released { "released" } else { "held" },
+                    rec.holder,
+                    rec.state,
+                    rec.duration
+                ),
+            );
+            // What a takeover now would do to this host's sign state.
+            let ours = local.ok().flatten();
+            let jump = rec
+                .state
+                .height
+                .saturating_sub(ours.unwrap_or_default().height);
+            if jump > s.max_height_jump {
+                r.warn(
+                    "lease sign state",
+                    format!(
+                        "the lease carries {}, {jump} heights above this host's state: more than SSM_COSMOVISOR_LEASE_MAX_HEIGHT_JUMP ({}), so this host would refuse to take it. If this host simply has not signed for that long, run `ssm-cosmovisor accept-lease-state --height {}` (or copy the signer's priv_validator_state.json)",
+                        rec.state, s.max_height_jump, rec.state.height
+                    ),
+                );
+            }
+        }
         Err(e) => r.fail("lease table", e),
     }
 }

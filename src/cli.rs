@@ -9,7 +9,7 @@ use clap::{Parser, Subcommand};
 
 use crate::config::{Config, ConfigError, Env, LogFormat, Overrides, ProcessEnv};
 use crate::key::ValidatorKey;
-use crate::lease::{Held, LeaseClient, Raised, SignState, StateFile};
+use crate::lease::{Held, LeaseClient, Raised, StateFile};
 use crate::secret::{SecretBuf, MAX_SECRET_LEN};
 use crate::slot::KeySlot;
 use crate::source::{self, Origin};
@@ -74,6 +74,9 @@ pub struct Cli {
     /// Heights skipped after taking over an expired lease [env: SSM_COSMOVISOR_LEASE_TAKEOVER_HEIGHTS; default: duration in seconds + 1].
     #[arg(long, global = true, value_name = "N")]
     pub lease_takeover_heights: Option<String>,
+    /// Largest rise of this host's sign state a lease may cause unconfirmed [env: SSM_COSMOVISOR_LEASE_MAX_HEIGHT_JUMP; default 100000].
+    #[arg(long, global = true, value_name = "N")]
+    pub lease_max_height_jump: Option<String>,
     /// What to do.
     #[command(subcommand)]
     pub command: Cmd,
@@ -111,6 +114,21 @@ pub enum Cmd {
         #[arg(long)]
         overwrite: bool,
     },
+    /// Confirm a failover lease's sign state: raise this host's
+    /// priv_validator_state.json to the height the lease carries, which was
+    /// refused as too large a jump (SSM_COSMOVISOR_LEASE_MAX_HEIGHT_JUMP).
+    AcceptLeaseState {
+        /// The height the lease carries, as the refusal named it.
+        #[arg(long, value_name = "HEIGHT")]
+        height: i64,
+    },
+    /// Internal: the fencer process of a lease holder (started by `run`).
+    #[command(name = "__fence", hide = true)]
+    Fence {
+        /// The node's uid:gid, when the tool runs as root for another user.
+        #[arg(long, value_name = "UID:GID")]
+        node_ids: Option<String>,
+    },
     /// Passed to cosmovisor unchanged.
     #[command(external_subcommand)]
     External(Vec<OsString>),
@@ -136,6 +154,7 @@ impl Cli {
             lease_duration: self.lease_duration.clone(),
             lease_region: self.lease_region.clone(),
             lease_takeover_heights: self.lease_takeover_heights.clone(),
+            lease_max_height_jump: self.lease_max_height_jump.clone(),
         }
     }
 }
@@ -203,6 +222,10 @@ pub fn main(cli: Cli) -> Result<u8, CliError> {
             kms_key_id,
             overwrite,
         } => import(&ov, file, kms_key_id.as_deref(), overwrite),
+        Cmd::AcceptLeaseState { height } => accept_lease_state(&ov, height),
+        Cmd::Fence { node_ids } => Ok(crate::fence::fencer_main(
+            node_ids.as_deref().and_then(parse_ids),
+        )),
         Cmd::External(args) => passthrough(&ov, args),
     }
 }
@@ -290,7 +313,7 @@ fn run_with_key(cfg: &Config, program: &OsString, args: &[OsString]) -> Result<u
             release_on_error(&lease);
             return Err(fail(e));
         }
-        if let Err(e) = raise_sign_state(client, held, state) {
+        if let Err(e) = raise_sign_state(held, state) {
             release_on_error(&lease);
             return Err(fail(e));
         }
@@ -298,7 +321,7 @@ fn run_with_key(cfg: &Config, program: &OsString, args: &[OsString]) -> Result<u
         // before the key goes anywhere.
         match client.renew(held, state.read().ok().flatten()) {
             Ok(()) => {}
-            Err(e) if e.is_transient() && std::time::Instant::now() < held.deadline.get() => {
+            Err(e) if e.is_transient() && crate::lease::boot_time() < held.deadline.get() => {
                 tracing::warn!(error = %e, "lease renewal failed; the renewal thread retries");
             }
             Err(e) => return Err(fail(e)),
@@ -345,30 +368,18 @@ fn ended(e: Ended) -> Result<u8, CliError> {
     }
 }
 
-/// Raises the node's sign state to what the lease carries, and after taking
-/// over an *expired* lease further: the old holder may have signed after its
-/// last renewal, until it stopped its node.
-fn raise_sign_state(
-    client: &LeaseClient,
-    held: &Held,
-    state: &StateFile,
-) -> Result<(), crate::lease::LeaseError> {
-    let skip = client.settings.takeover_heights;
-    let target = match &held.took_over_from {
-        Some(_) if skip > 0 => SignState {
-            height: held.state.height.saturating_add(skip),
-            round: 0,
-            step: 0,
-        },
-        _ => held.state,
-    };
+/// Raises the node's sign state to what the lease carries. After a takeover
+/// of an *expired* lease that already includes the skip past the old
+/// holder's last carried state: the record itself carries it (see
+/// `lease::protocol`), so no later path can lose it.
+fn raise_sign_state(held: &Held, state: &StateFile) -> Result<(), crate::lease::LeaseError> {
+    let target = held.state;
     if let Raised::From(prev) = state.raise_to(target)? {
         tracing::info!(
             event = "sign_state_raised",
             path = %state.path.display(),
             from = %prev.map(|p| p.to_string()).unwrap_or_else(|| "none".into()),
             to = %target,
-            carried = %held.state,
             "raised the node's sign state: it will not sign at or below it"
         );
     }
@@ -394,7 +405,7 @@ fn acquire_lease(
     let local = state.read().map_err(lease_err)?.unwrap_or_default();
     tracing::info!(event = "lease_config", table = %settings.table, lease = %settings.name, holder = %settings.holder, duration_ms = settings.duration.as_millis() as u64, sign_state = %local, "using the failover lease");
     let client = LeaseClient::new(settings.clone()).map_err(lease_err)?;
-    let now = match client.try_acquire_now() {
+    let now = match client.try_acquire_now(Some(local)) {
         Ok(h) => h,
         Err(e) if e.is_transient() => {
             tracing::warn!(event = "lease_unreachable", error = %e, "cannot reach the lease table; standing by");
@@ -409,7 +420,11 @@ fn acquire_lease(
                 event = "standby",
                 "another host holds the failover lease: running without the consensus key until it is ours"
             );
-            match supervise::run(cfg, program, args, None, LeaseRole::Standby { client })? {
+            let role = LeaseRole::Standby {
+                client,
+                state: state.clone(),
+            };
+            match supervise::run(cfg, program, args, None, role)? {
                 Ended::Exit(code) => {
                     return if code == 0 {
                         Ok(None)
@@ -433,7 +448,7 @@ fn acquire_lease(
                     }
                     // Stopping the keyless node took time: confirm the lease.
                     if let Err(e) = client.renew(&mut held, None) {
-                        if !e.is_transient() || std::time::Instant::now() >= held.deadline.get() {
+                        if !e.is_transient() || crate::lease::boot_time() >= held.deadline.get() {
                             return Err(lease_err(e));
                         }
                     }
@@ -442,14 +457,72 @@ fn acquire_lease(
             }
         }
     };
+    let t = held.took_over.as_ref();
     tracing::info!(
         event = "lease_acquired",
         lease = %settings.name,
-        took_over_from = held.took_over_from.as_deref().unwrap_or("-"),
-        carried_state = %held.state,
+        took_over_from = t.map(|t| t.from.as_str()).unwrap_or("-"),
+        carried_state = %t.map(|t| t.carried).unwrap_or(held.state),
+        takeover_skip = t.map(|t| t.skip).unwrap_or(0),
+        state = %held.state,
         "holding the failover lease"
     );
     Ok(Some((client, held, state)))
+}
+
+fn parse_ids(s: &str) -> Option<(u32, u32)> {
+    let (u, g) = s.split_once(':')?;
+    Some((u.parse().ok()?, g.parse().ok()?))
+}
+
+/// `accept-lease-state`: the operator confirms the state a lease carries
+/// after a refusal for too large a jump. Raises this host's sign state to it
+/// only if the lease still carries exactly that height.
+fn accept_lease_state(ov: &Overrides, height: i64) -> Result<u8, CliError> {
+    let cfg = Config::resolve(ov, &ProcessEnv, &[])?;
+    let lease_err =
+        |e: crate::lease::LeaseError| CliError::new(exit::LEASE, format!("failover lease: {e}"));
+    let settings = cfg.lease.clone().ok_or_else(|| {
+        CliError::new(
+            exit::CONFIG,
+            "SSM_COSMOVISOR_LEASE_TABLE is not set: there is no lease whose state to accept",
+        )
+    })?;
+    let state = StateFile {
+        path: crate::lease::state_path_for_home(&cfg.home).map_err(lease_err)?,
+        node: cfg.node_user.as_ref().map(|u| (u.uid, u.gid)),
+    };
+    let client = LeaseClient::new(settings.clone()).map_err(lease_err)?;
+    let rec = client.read().map_err(lease_err)?.ok_or_else(|| {
+        CliError::new(
+            exit::LEASE,
+            format!("lease {} does not exist: nothing to accept", settings.name),
+        )
+    })?;
+    if rec.state.height != height {
+        return Err(CliError::new(
+            exit::LEASE,
+            format!(
+                "lease {} now carries {} (holder {}), not height {height}: nothing changed; check again and confirm the height it carries",
+                settings.name, rec.state, rec.holder
+            ),
+        ));
+    }
+    let before = state.read().map_err(lease_err)?;
+    let raised = state.raise_to(rec.state).map_err(lease_err)?;
+    tracing::info!(event = "lease_state_accepted", lease = %settings.name, from = %before.map(|s| s.to_string()).unwrap_or_else(|| "none".into()), to = %rec.state, "sign state raised to the lease's, as the operator confirmed");
+    println!(
+        "{}: {} (lease {} by {} carries {})",
+        state.path.display(),
+        match raised {
+            Raised::Unchanged => "already at or above it, unchanged".to_string(),
+            Raised::From(_) => format!("raised to {}", rec.state),
+        },
+        settings.name,
+        rec.holder,
+        rec.state
+    );
+    Ok(0)
 }
 
 fn log_fetched(origin: &Origin, id: &crate::key::PublicIdentity) {

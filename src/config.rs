@@ -233,6 +233,8 @@ pub struct Overrides {
     pub lease_region: Option<String>,
     /// `--lease-takeover-heights`.
     pub lease_takeover_heights: Option<String>,
+    /// `--lease-max-height-jump`.
+    pub lease_max_height_jump: Option<String>,
 }
 
 /// A source of environment variables (the process environment, or a map in tests).
@@ -282,7 +284,7 @@ pub struct Config {
     pub always_armed: bool,
     /// cosmovisor binary (or name to look up on PATH).
     pub cosmovisor_bin: OsString,
-    /// Failover lease (DESIGN §9); `None`: `USE_SSM_KEY` alone decides.
+    /// Failover lease (docs/design.md); `None`: `USE_SSM_KEY` alone decides.
     pub lease: Option<crate::lease::LeaseSettings>,
 }
 
@@ -562,19 +564,41 @@ fn resolve_lease(
         env,
         "SSM_COSMOVISOR_LEASE_TAKEOVER_HEIGHTS",
     ) {
-        Some(v) => v
-            .trim()
-            .parse::<u32>()
-            .map(i64::from)
-            .map_err(|_| ConfigError::Invalid {
-                name: "SSM_COSMOVISOR_LEASE_TAKEOVER_HEIGHTS",
-                value: v.clone(),
-                hint: "a number of block heights (0 to carry the state unchanged)".into(),
-            })?,
+        Some(v) => {
+            let least = crate::lease::default_takeover_heights(duration);
+            v.trim()
+                .parse::<u32>()
+                .map(i64::from)
+                .ok()
+                .filter(|n| *n >= least)
+                .ok_or_else(|| ConfigError::Invalid {
+                    name: "SSM_COSMOVISOR_LEASE_TAKEOVER_HEIGHTS",
+                    value: v.clone(),
+                    hint: format!("a number of block heights, at least {least} (the lease in seconds + 1): a holder that stopped renewing may sign that many before it is stopped; raise it for blocks faster than 1 s"),
+                })?
+        }
         // One height per second of the lease and one more: covers what the
         // old holder can sign between its last renewal and its stop for
         // chains with blocks of 1 s or slower.
-        None => duration.as_secs() as i64 + 1,
+        None => crate::lease::default_takeover_heights(duration),
+    };
+    let max_height_jump = match pick(
+        ov.lease_max_height_jump.clone(),
+        env,
+        "SSM_COSMOVISOR_LEASE_MAX_HEIGHT_JUMP",
+    ) {
+        Some(v) => v
+            .trim()
+            .parse::<u32>()
+            .ok()
+            .filter(|n| i64::from(*n) >= takeover_heights)
+            .map(i64::from)
+            .ok_or_else(|| ConfigError::Invalid {
+                name: "SSM_COSMOVISOR_LEASE_MAX_HEIGHT_JUMP",
+                value: v.clone(),
+                hint: format!("a number of heights, at least the takeover skip ({takeover_heights}), at most {}", u32::MAX),
+            })?,
+        None => crate::lease::DEFAULT_MAX_HEIGHT_JUMP.max(takeover_heights),
     };
     Ok(Some(LeaseSettings {
         table,
@@ -583,6 +607,7 @@ fn resolve_lease(
         duration,
         region: pick(ov.lease_region.clone(), env, "SSM_COSMOVISOR_LEASE_REGION"),
         takeover_heights,
+        max_height_jump,
     }))
 }
 

@@ -1,6 +1,6 @@
 //! The hand-off: one armed FIFO, one verified reader, one write.
 //!
-//! DESIGN section 6, in order:
+//! docs/design.md §3, in order:
 //! 1. the writer end is opened through the FIFO's `O_PATH` fd on a thread
 //!    (blocking, no polling); cancelling opens the same inode for reading,
 //!    after setting a flag so our own canceller is never taken for a reader;

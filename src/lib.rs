@@ -13,6 +13,7 @@ pub mod check;
 pub mod cli;
 pub mod config;
 pub mod deliver;
+pub mod fence;
 pub mod harden;
 pub mod key;
 pub mod lease;

@@ -1,5 +1,5 @@
 //! The key slot: the key path `P`, its backup `P.orig`, and the atomic moves
-//! between the states of DESIGN section 5.
+//! between the states of docs/design.md §2.
 //!
 //! | state     | `P`                     | `P.orig`              |
 //! |-----------|-------------------------|-----------------------|

@@ -18,9 +18,10 @@ use std::time::{Duration, Instant};
 
 use crate::config::Config;
 use crate::deliver::{Canceller, DeliverError, Next, Outcome, Pending, ReaderPolicy};
+use crate::fence::{Fence, FenceNews, FenceOptions};
 use crate::harden;
 use crate::key::ValidatorKey;
-use crate::lease::{Held, Keeper, LeaseClient, LeaseNews, SignState, StateFile, Waiter};
+use crate::lease::{boot_time, Held, Keeper, LeaseClient, LeaseNews, SignState, StateFile, Waiter};
 use crate::notify::Notifier;
 use crate::procfs::{self, Pid};
 use crate::slot::{ArmedFifo, KeySlot, SlotError};
@@ -106,6 +107,8 @@ enum Event {
     RearmFailed(SlotError),
     /// From the lease thread.
     Lease(LeaseNews),
+    /// From the fencer's reader thread.
+    Fence(FenceNews),
 }
 
 /// Lets the watcher threads (upgrade marker, node exit) re-arm the key path
@@ -471,8 +474,14 @@ fn log_outcome(r: Result<Outcome, DeliverError>) -> (Option<Outcome>, Option<Sup
 
 /// Stops every process we adopted (orphans of the child): TERM, then KILL
 /// after the grace period. Returns once none is left.
-fn stop_orphans(me: Pid, deadline: Instant) {
-    let mut orphans = procfs::children_of(me);
+fn stop_orphans(me: Pid, fencer: Option<Pid>, deadline: Instant) {
+    let left = || -> Vec<Pid> {
+        procfs::children_of(me)
+            .into_iter()
+            .filter(|p| Some(*p) != fencer)
+            .collect()
+    };
+    let mut orphans = left();
     if orphans.is_empty() {
         return;
     }
@@ -484,8 +493,8 @@ fn stop_orphans(me: Pid, deadline: Instant) {
         );
     }
     while !orphans.is_empty() {
-        reap_others(None);
-        orphans = procfs::children_of(me);
+        reap_others(fencer);
+        orphans = left();
         if Instant::now() >= deadline {
             for p in &orphans {
                 let _ = rustix::process::kill_process(
@@ -494,8 +503,8 @@ fn stop_orphans(me: Pid, deadline: Instant) {
                 );
             }
             thread::sleep(Duration::from_millis(20));
-            reap_others(None);
-            orphans = procfs::children_of(me);
+            reap_others(fencer);
+            orphans = left();
             if Instant::now() >= deadline + Duration::from_secs(5) {
                 break;
             }
@@ -537,6 +546,8 @@ pub enum LeaseRole {
     Standby {
         /// The client.
         client: LeaseClient,
+        /// The node's sign-state file (a lease may raise it only so far).
+        state: StateFile,
     },
 }
 
@@ -552,6 +563,74 @@ enum LeaseThread {
     None,
     Keeper(Keeper, StateFile),
     Waiter(Waiter),
+}
+
+/// A holder's lease deadline as the supervisor enforces it: the earlier of
+/// the lease's own (moved by confirmed renewals) and the one the fencer has
+/// acknowledged (a stalled or dead fencer stops the node too).
+struct LeaseGuard {
+    deadline: crate::lease::Deadline,
+    grace: Duration,
+    fence: Fence,
+}
+
+impl LeaseGuard {
+    /// Until when the node may run (boot clock).
+    fn until(&self) -> Duration {
+        self.deadline
+            .get()
+            .min(self.fence.enforced().saturating_sub(self.grace))
+    }
+
+    /// `until()` as an instant of the monotonic clock, for waits.
+    fn until_instant(&self) -> Instant {
+        Instant::now() + self.until().saturating_sub(boot_time())
+    }
+}
+
+/// Starts the fencer and has it enforce the lease deadline before the node
+/// exists; every later confirmed renewal is passed on to it.
+fn start_fence(
+    cfg: &Config,
+    held: &Held,
+    lease: &crate::lease::LeaseSettings,
+    tx: &Sender<Event>,
+) -> Result<LeaseGuard, String> {
+    let opts = FenceOptions {
+        node: cfg
+            .node_user
+            .as_ref()
+            .filter(|_| rustix::process::geteuid().is_root())
+            .map(|u| (u.uid, u.gid)),
+        json: matches!(cfg.log_format, crate::config::LogFormat::Json),
+    };
+    let tx = Mutex::new(tx.clone());
+    let fence = Fence::start(opts, move |n| {
+        let _ = tx
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .send(Event::Fence(n));
+    })
+    .map_err(|e| format!("cannot start the fencer process: {e}"))?;
+    let kill_by = {
+        let lease = lease.clone();
+        move |d| crate::lease::protocol::kill_by(d, &lease)
+    };
+    if !fence.extend_and_confirm(kill_by(held.deadline.get()), Duration::from_secs(2)) {
+        return Err("the fencer process did not confirm the lease deadline".into());
+    }
+    let extend = fence.extender();
+    held.deadline.subscribe(move |d| extend(kill_by(d)));
+    tracing::info!(
+        event = "fence_started",
+        pid = fence.pid(),
+        "fencer process enforces the lease deadline"
+    );
+    Ok(LeaseGuard {
+        deadline: held.deadline.clone(),
+        grace: lease.stop_grace(),
+        fence,
+    })
 }
 
 /// Runs `program args` as our child and supervises it to the end.
@@ -596,10 +675,9 @@ pub fn run(
                 .send(Event::Lease(n));
         })
     };
-    let mut lease_deadline = None;
-    // The lease deadline stays binding after the main loop, while we wait
-    // for the delivery thread and for orphans.
-    let mut exit_deadline: Option<(crate::lease::Deadline, Duration)> = None;
+    // The lease deadline, binding for the main loop and after it, while we
+    // wait for the delivery thread and for orphans.
+    let mut guard: Option<LeaseGuard> = None;
     let (lease_thread, stop_grace) = match lease {
         LeaseRole::None => (LeaseThread::None, ORPHAN_GRACE),
         LeaseRole::Holder {
@@ -607,25 +685,29 @@ pub fn run(
             held,
             state,
         } => {
-            if Instant::now() >= held.deadline.get() {
-                // Renewals failed until now: the key must not go out.
-                set_signal_sink(None);
-                if let Some(j) = &job {
-                    j.slot.restore()?;
-                }
-                return Err(SuperviseError::Lease(
-                    "no renewal of the lease was confirmed before the node could start; nothing was delivered".into(),
-                ));
-            }
-            lease_deadline = Some(held.deadline.clone());
-            exit_deadline = Some((held.deadline.clone(), client.settings.stop_grace()));
             let grace = client.settings.stop_grace();
+            let g = match start_fence(cfg, &held, &client.settings, &tx) {
+                Ok(g) if boot_time() < g.until() => g,
+                r => {
+                    // Renewals failed until now, or no fencer: the key must
+                    // not go out.
+                    set_signal_sink(None);
+                    if let Some(j) = &job {
+                        j.slot.restore()?;
+                    }
+                    return Err(SuperviseError::Lease(match r {
+                        Err(e) => format!("{e}; nothing was delivered"),
+                        Ok(_) => "no renewal of the lease was confirmed before the node could start; nothing was delivered".into(),
+                    }));
+                }
+            };
+            guard = Some(g);
             let k = Keeper::start(client, held, state.clone(), news(&tx))
                 .map_err(|e| SuperviseError::Internal(format!("lease thread: {e}")))?;
             (LeaseThread::Keeper(k, state), grace)
         }
-        LeaseRole::Standby { client } => {
-            let w = Waiter::start(client, news(&tx))
+        LeaseRole::Standby { client, state } => {
+            let w = Waiter::start(client, state, news(&tx))
                 .map_err(|e| SuperviseError::Internal(format!("lease thread: {e}")))?;
             (LeaseThread::Waiter(w), ORPHAN_GRACE)
         }
@@ -652,6 +734,10 @@ pub fn run(
     let mut cmd = Command::new(program);
     cmd.args(args);
     harden::prepare(&mut cmd, creds);
+    if guard.is_some() {
+        // A group of its own, which the fencer can kill as a whole.
+        std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
+    }
     // Spawned from the main thread, which lives as long as we do: the
     // child's parent-death signal fires when the *spawning thread* exits.
     let child = match cmd.spawn() {
@@ -669,6 +755,9 @@ pub fn run(
         }
     };
     let child_pid = Pid(child.id() as i32);
+    if let Some(g) = &guard {
+        g.fence.arm(child.id());
+    }
     let child_pidfd = rustix::process::pidfd_open(
         rustix::process::Pid::from_raw(child_pid.0).expect("positive pid"),
         rustix::process::PidfdFlags::empty(),
@@ -768,12 +857,15 @@ pub fn run(
     let mut lost_handled = false;
     let status: std::io::Result<ExitStatus> = loop {
         let mut wait = Duration::from_secs(3600);
-        if let Some(dl) = &lease_deadline {
-            let at = dl.get();
-            let now = Instant::now();
+        if let (Some(g), false) = (&guard, lost_handled) {
+            let (at, now) = (g.until(), boot_time());
             if now >= at {
                 lease_lost.get_or_insert_with(|| {
-                    "no renewal of the lease was confirmed in time".to_string()
+                    if g.deadline.get() <= now {
+                        "no renewal of the lease was confirmed in time".to_string()
+                    } else {
+                        "the fencer process stopped confirming the lease deadline".to_string()
+                    }
                 });
             } else {
                 wait = wait.min(at - now);
@@ -781,7 +873,6 @@ pub fn run(
         }
         if let (Some(reason), false) = (&lease_lost, lost_handled) {
             lost_handled = true;
-            lease_deadline = None;
             tracing::error!(event = "lease_lost", reason = %reason, "LEASE LOST: stopping the node");
             notifier.status("failover lease lost: stopping the node");
             if let Some(fast) = &fast {
@@ -976,6 +1067,16 @@ pub fn run(
             Event::Lease(LeaseNews::Lost(reason)) => {
                 lease_lost.get_or_insert(reason);
             }
+            Event::Fence(FenceNews::Fired(n)) => {
+                lease_lost.get_or_insert(format!(
+                    "the fencer killed the node's process tree ({n} processes): the lease deadline passed while this process could not act"
+                ));
+            }
+            Event::Fence(FenceNews::Exited) => {
+                lease_lost.get_or_insert(
+                    "the fencer process exited: nothing independent of this process would stop the node".to_string(),
+                );
+            }
             Event::Lease(LeaseNews::Failed(reason)) => {
                 fatal.get_or_insert(SuperviseError::Lease(reason));
                 forward(libc::SIGTERM);
@@ -996,6 +1097,18 @@ pub fn run(
             Event::Lease(LeaseNews::Acquired) => {}
         }
     };
+    // The child may have exited (killed by the fencer while we were stopped)
+    // before the loop saw the deadline pass: the lease is lost all the same.
+    if let (Some(g), false) = (&guard, lost_handled) {
+        if boot_time() >= g.until() {
+            lost_handled = true;
+            let reason = "the lease deadline passed before the node exited";
+            tracing::error!(event = "lease_lost", reason, "LEASE LOST");
+            fatal.get_or_insert(SuperviseError::Lease(format!(
+                "{reason}. The safe key is restored; restart the service to stand by for the lease again"
+            )));
+        }
+    }
     if let Some(fast) = &fast {
         // No watcher may move the slot once we head for the restore.
         fast.disable();
@@ -1006,8 +1119,8 @@ pub fn run(
     // deadline plus the stop grace, whatever else we wait for.
     let orphans_by = {
         let by = Instant::now() + orphan_grace;
-        match &exit_deadline {
-            Some((d, grace)) => by.min(d.get() + *grace),
+        match &guard {
+            Some(g) => by.min(g.until_instant() + g.grace),
             None => by,
         }
     };
@@ -1035,7 +1148,8 @@ pub fn run(
         }
         tracing::debug!(inode = d.inode, "pending delivery cancelled");
     }
-    stop_orphans(me, orphans_by);
+    let fencer = guard.as_ref().map(|g| Pid(g.fence.pid() as i32));
+    stop_orphans(me, fencer, orphans_by);
     let code = match &status {
         Ok(st) => {
             tracing::info!(event = "child_exited", status = %st, "child exited");
@@ -1057,7 +1171,14 @@ pub fn run(
     }
     set_signal_sink(None);
     // The node is gone and the safe key back: now the lease may go.
-    let no_orphans = procfs::children_of(me).is_empty();
+    let no_orphans = procfs::children_of(me)
+        .into_iter()
+        .all(|p| Some(p) == fencer);
+    if let Some(g) = guard {
+        // The node is gone: the fencer has nothing left to guard.
+        g.deadline.unsubscribe();
+        g.fence.finish();
+    }
     // A lease we declared lost is never offered back, even if a renewal
     // confirmed late moved its deadline again: it expires by itself.
     let acquired = finish_lease(
@@ -1075,10 +1196,12 @@ pub fn run(
 /// Releases a lease we hold, carrying `state`; logs the outcome.
 pub fn release_lease(c: &LeaseClient, h: &Held, state: Option<SignState>) {
     match c.release(h, state) {
-        Ok(()) => tracing::info!(
+        Ok(released) => tracing::info!(
             event = "lease_released",
             lease = %c.settings.name,
-            state = %h.state.max(state.unwrap_or_default()),
+            state = %released,
+            takeover_skip = h.took_over.as_ref().map(|t| t.skip).unwrap_or(0),
+            skipped_from = %h.took_over.as_ref().map(|t| t.carried.to_string()).unwrap_or_else(|| "-".into()),
             "released the failover lease"
         ),
         Err(e) => tracing::warn!(

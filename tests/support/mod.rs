@@ -7,6 +7,8 @@
 // Each integration test crate uses only part of these helpers.
 #![allow(dead_code)]
 
+pub mod lease;
+
 use std::ffi::OsString;
 use std::fmt::Write as _;
 use std::fs::{self, File};

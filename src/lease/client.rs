@@ -1,0 +1,461 @@
+//! DynamoDB access for one lease: reads, conditional writes, and the
+//! protocol's moves ([`super::protocol`] decides, this file does).
+
+use std::time::Duration;
+
+use aws_config::retry::RetryConfig;
+use aws_config::timeout::TimeoutConfig;
+use aws_config::BehaviorVersion;
+use aws_sdk_dynamodb::error::{ProvideErrorMetadata, SdkError};
+use aws_sdk_dynamodb::types::AttributeValue;
+
+use super::protocol::{self, Decision, Takeover, Tick, Watch};
+use super::settings::{random_hex, KEY_ATTR};
+use super::{boot_time, Deadline, LeaseError, LeaseSettings, Record, SignState, Stop};
+
+/// A lease this process holds.
+#[derive(Debug)]
+pub struct Held {
+    rvn: String,
+    /// When the last confirmed write was sent (boot clock).
+    sent: Tick,
+    /// Until when the node may run: `sent` + the holder's share.
+    pub deadline: Deadline,
+    /// Highest sign state the record carries (takeover skip included).
+    pub state: SignState,
+    /// How we got it, if by a takeover after expiry.
+    pub took_over: Option<Takeover>,
+    /// Validator address recorded with the lease, if any.
+    pub address: Option<String>,
+}
+
+impl Held {
+    /// When the last confirmed write was sent (boot clock).
+    pub(crate) fn sent(&self) -> Tick {
+        self.sent
+    }
+}
+
+/// DynamoDB access for one lease: a current-thread runtime and a client.
+pub struct LeaseClient {
+    rt: Option<tokio::runtime::Runtime>,
+    client: aws_sdk_dynamodb::Client,
+    /// The settings.
+    pub settings: LeaseSettings,
+}
+
+impl std::fmt::Debug for LeaseClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LeaseClient")
+            .field("settings", &self.settings)
+            .finish()
+    }
+}
+
+impl Drop for LeaseClient {
+    fn drop(&mut self) {
+        // Do not wait for a DNS lookup on the blocking pool: we may be exiting.
+        if let Some(rt) = self.rt.take() {
+            rt.shutdown_background();
+        }
+    }
+}
+
+impl LeaseClient {
+    fn block_on<F: std::future::Future>(&self, f: F) -> F::Output {
+        self.rt
+            .as_ref()
+            .expect("runtime lives as long as the client")
+            .block_on(f)
+    }
+
+    /// Builds the client (standard AWS credential chain, `AWS_ENDPOINT_URL`
+    /// or `AWS_ENDPOINT_URL_DYNAMODB`). Requests time out well inside one
+    /// renewal period, so a hung connection cannot eat the lease.
+    pub fn new(settings: LeaseSettings) -> Result<LeaseClient, LeaseError> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(LeaseError::Runtime)?;
+        let attempt = (settings.renew_every() / 2).max(Duration::from_millis(500));
+        let mut loader = aws_config::defaults(BehaviorVersion::latest());
+        if let Some(r) = &settings.region {
+            loader = loader.region(aws_config::Region::new(r.clone()));
+        }
+        let conf = rt.block_on(
+            loader
+                .retry_config(RetryConfig::standard().with_max_attempts(2))
+                .timeout_config(
+                    TimeoutConfig::builder()
+                        .connect_timeout(attempt)
+                        .operation_attempt_timeout(attempt)
+                        .operation_timeout(settings.renew_every())
+                        .build(),
+                )
+                .load(),
+        );
+        if conf.region().is_none() {
+            return Err(LeaseError::NoRegion);
+        }
+        let client = aws_sdk_dynamodb::Client::new(&conf);
+        Ok(LeaseClient {
+            rt: Some(rt),
+            client,
+            settings,
+        })
+    }
+
+    /// Turns an SDK error into ours. Never formats the raw response (only
+    /// the class, the code, the message and the HTTP status).
+    fn classify<E>(
+        &self,
+        op: &'static str,
+        e: SdkError<E, aws_sdk_dynamodb::config::http::HttpResponse>,
+    ) -> LeaseError
+    where
+        E: ProvideErrorMetadata + std::error::Error + 'static,
+    {
+        let table = self.settings.table.clone();
+        let unreachable = |detail: String| LeaseError::Unreachable {
+            table: table.clone(),
+            detail,
+        };
+        match &e {
+            SdkError::DispatchFailure(_) | SdkError::TimeoutError(_) => {
+                return unreachable(
+                    aws_smithy_types::error::display::DisplayErrorContext(&e).to_string(),
+                )
+            }
+            SdkError::ResponseError(r) => {
+                return unreachable(format!(
+                    "{op}: unreadable response (HTTP {})",
+                    r.raw().status().as_u16()
+                ))
+            }
+            _ => {}
+        }
+        let code = e.code().unwrap_or("unknown").to_string();
+        let message = e.message().unwrap_or_default().to_string();
+        match code.as_str() {
+            "ResourceNotFoundException" => LeaseError::NoTable { table },
+            "AccessDeniedException" => LeaseError::AccessDenied { table, message },
+            "UnrecognizedClientException" | "InvalidSignatureException" => {
+                LeaseError::Credentials {
+                    table,
+                    code,
+                    message,
+                }
+            }
+            "ValidationException" if message.to_ascii_lowercase().contains("key") => {
+                LeaseError::KeySchema { table, message }
+            }
+            "ProvisionedThroughputExceededException"
+            | "ThrottlingException"
+            | "RequestLimitExceeded"
+            | "InternalServerError"
+            | "ServiceUnavailable" => unreachable(format!("{code}: {message}")),
+            _ => LeaseError::Other {
+                op,
+                table,
+                code,
+                message,
+            },
+        }
+    }
+
+    /// Reads the lease item (strongly consistent), refusing one our writes
+    /// would never produce.
+    pub fn read(&self) -> Result<Option<Record>, LeaseError> {
+        let s = &self.settings;
+        let out = self
+            .block_on(
+                self.client
+                    .get_item()
+                    .table_name(&s.table)
+                    .key(KEY_ATTR, AttributeValue::S(s.name.clone()))
+                    .consistent_read(true)
+                    .send(),
+            )
+            .map_err(|e| self.classify("GetItem", e))?;
+        let Some(item) = out.item else {
+            return Ok(None);
+        };
+        Record::from_item(&item)
+            .map(Some)
+            .map_err(|reason| LeaseError::Malformed {
+                table: s.table.clone(),
+                name: s.name.clone(),
+                reason,
+            })
+    }
+
+    /// Writes `rec` (which must be ours), conditioned on `expect_rvn`
+    /// (`None`: the item must not exist).
+    fn write(&self, expect_rvn: Option<&str>, rec: &Record) -> Result<(), LeaseError> {
+        let s = &self.settings;
+        debug_assert_eq!(rec.holder, s.holder);
+        let mut req = self
+            .client
+            .put_item()
+            .table_name(&s.table)
+            .set_item(Some(rec.to_item(&s.name)));
+        req = match expect_rvn {
+            None => req
+                .condition_expression("attribute_not_exists(#k)")
+                .expression_attribute_names("#k", KEY_ATTR),
+            Some(r) => req
+                .condition_expression("#r = :r")
+                .expression_attribute_names("#r", "rvn")
+                .expression_attribute_values(":r", AttributeValue::S(r.to_string())),
+        };
+        match self.block_on(req.send()) {
+            Ok(_) => Ok(()),
+            Err(e)
+                if e.as_service_error()
+                    .is_some_and(|se| se.is_conditional_check_failed_exception()) =>
+            {
+                Err(LeaseError::Lost {
+                    table: s.table.clone(),
+                    name: s.name.clone(),
+                })
+            }
+            Err(e) => Err(self.classify("PutItem", e)),
+        }
+    }
+
+    /// A new record of ours carrying `state`.
+    fn ours(&self, state: SignState, address: Option<String>, released: bool) -> Record {
+        Record {
+            holder: self.settings.holder.clone(),
+            rvn: random_hex(),
+            duration: self.settings.duration,
+            released,
+            state,
+            address,
+        }
+    }
+
+    /// Takes the lease as `decision` says: a write conditioned on the
+    /// version read (`cur`), carrying what [`protocol::claim`] computes from
+    /// `basis` (the record the decision was made on).
+    fn take(
+        &self,
+        decision: &Decision,
+        cur: Option<&Record>,
+        basis: Option<&Record>,
+        local: Option<SignState>,
+    ) -> Result<Held, LeaseError> {
+        let c = protocol::claim(decision, basis, &self.settings, local)?;
+        let rec = self.ours(c.state, c.address.clone(), false);
+        let sent = boot_time();
+        self.write(cur.map(|r| r.rvn.as_str()), &rec)?;
+        Ok(Held {
+            rvn: rec.rvn,
+            sent,
+            deadline: Deadline::new(protocol::node_deadline(sent, &self.settings)),
+            state: c.state,
+            took_over: c.took_over,
+            address: c.address,
+        })
+    }
+
+    /// The record names this process, unreleased: a write of ours landed
+    /// although its reply was lost. Takes it back with a renewal (whose send
+    /// time then bounds the node's time, as for any renewal).
+    fn reclaim_own(&self, r: &Record, took_over: Option<Takeover>) -> Result<Held, LeaseError> {
+        tracing::info!(
+            event = "lease_reply_lost",
+            "a write of ours took the lease although its reply was lost; renewing it"
+        );
+        let now = boot_time();
+        let mut h = Held {
+            rvn: r.rvn.clone(),
+            sent: now,
+            deadline: Deadline::new(now),
+            state: r.state,
+            took_over,
+            address: r.address.clone(),
+        };
+        self.renew(&mut h, None)?;
+        Ok(h)
+    }
+
+    /// Takes the lease if it is free or released right now; `None` if
+    /// another host holds it (or won the race for it).
+    pub fn try_acquire_now(&self, local: Option<SignState>) -> Result<Option<Held>, LeaseError> {
+        let cur = self.read()?;
+        let mut watch = Watch::default();
+        let d = watch.decide(cur.as_ref(), &self.settings.holder, boot_time());
+        let r = match d {
+            Decision::Wait { .. } | Decision::TakeExpired { .. } => return Ok(None),
+            Decision::Reclaim => self.reclaim_own(cur.as_ref().expect("decided on it"), None),
+            _ => self.take(&d, cur.as_ref(), watch.last(), local),
+        };
+        match r {
+            Ok(h) => Ok(Some(h)),
+            Err(LeaseError::Lost { .. }) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Blocks until this process holds the lease (or `cancel` is set).
+    /// `on_wait` is told who holds it whenever that changes.
+    pub fn acquire(
+        &self,
+        cancel: &Stop,
+        local: Option<SignState>,
+        mut on_wait: impl FnMut(&Record),
+    ) -> Result<Held, LeaseError> {
+        let mut watch = Watch::default();
+        // A takeover whose write may have landed with its reply lost: a
+        // reclaim of it is still that takeover.
+        let mut taking: Option<Takeover> = None;
+        // Reads are cheap; a planned handover should not wait long.
+        let poll = self.settings.renew_every().min(Duration::from_secs(2));
+        loop {
+            if cancel.is_stopped() {
+                return Err(LeaseError::Cancelled);
+            }
+            let cur = match self.read() {
+                Ok(c) => c,
+                Err(e) if e.is_transient() => {
+                    tracing::warn!(event = "lease_unreachable", error = %e, "cannot read the lease; still waiting");
+                    cancel.sleep(poll);
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
+            let d = watch.decide(cur.as_ref(), &self.settings.holder, boot_time());
+            let mut wait = poll;
+            let attempt = match &d {
+                Decision::Wait {
+                    holder_changed,
+                    due_in,
+                } => {
+                    if let (true, Some(r)) = (*holder_changed, cur.as_ref().or(watch.last())) {
+                        on_wait(r);
+                    }
+                    wait = (*due_in).min(poll);
+                    None
+                }
+                Decision::Reclaim => {
+                    Some(self.reclaim_own(cur.as_ref().expect("decided on it"), taking.clone()))
+                }
+                Decision::TakeExpired { unchanged_for } => {
+                    let from = watch.last().map(|r| r.holder.as_str()).unwrap_or("-");
+                    tracing::info!(
+                        event = "lease_taking_over",
+                        from = %from,
+                        unchanged_ms = unchanged_for.as_millis() as u64,
+                        "the lease expired: taking it over"
+                    );
+                    // If this write lands with its reply lost, the reclaim
+                    // that follows is this takeover.
+                    taking = protocol::claim(&d, watch.last(), &self.settings, local)
+                        .ok()
+                        .and_then(|c| c.took_over);
+                    Some(self.take(&d, cur.as_ref(), watch.last(), local))
+                }
+                Decision::TakeFree | Decision::TakeReleased => {
+                    Some(self.take(&d, cur.as_ref(), watch.last(), local))
+                }
+            };
+            match attempt {
+                Some(Ok(h)) => return Ok(h),
+                Some(Err(LeaseError::Lost { .. })) => {
+                    // Someone else wrote first; look again.
+                    watch.lost_race();
+                    continue;
+                }
+                Some(Err(e)) if e.is_transient() => {
+                    tracing::warn!(event = "lease_unreachable", error = %e, "cannot write the lease; still waiting");
+                }
+                Some(Err(e)) => return Err(e),
+                None => {}
+            }
+            cancel.sleep(wait.max(Duration::from_millis(50)));
+        }
+    }
+
+    /// Renews a held lease, carrying `local` (raised to at least what the
+    /// record carries). Moves the deadline only once the write is confirmed.
+    pub fn renew(&self, held: &mut Held, local: Option<SignState>) -> Result<(), LeaseError> {
+        let state = protocol::carried(held.state, local);
+        let sent = boot_time();
+        let rec = self.ours(state, held.address.clone(), false);
+        match self.write(Some(&held.rvn), &rec) {
+            Ok(()) => {}
+            Err(LeaseError::Lost { .. }) if self.adopt_own_write(held)? => {
+                // An earlier renewal of ours went through although its reply
+                // was lost; its version is ours. The deadline stays where the
+                // last *confirmed* renewal put it until this one succeeds.
+                let rec = self.ours(
+                    protocol::carried(held.state, local),
+                    held.address.clone(),
+                    false,
+                );
+                self.write(Some(&held.rvn), &rec)?;
+                return self.confirmed(held, rec, sent);
+            }
+            Err(e) => return Err(e),
+        }
+        self.confirmed(held, rec, sent)
+    }
+
+    fn confirmed(&self, held: &mut Held, rec: Record, sent: Tick) -> Result<(), LeaseError> {
+        held.rvn = rec.rvn;
+        held.state = rec.state;
+        held.sent = sent;
+        held.deadline
+            .set(protocol::node_deadline(sent, &self.settings));
+        Ok(())
+    }
+
+    /// After a failed conditional renewal: if the record still names this
+    /// process as holder (the id is unique to it), the version in it came from
+    /// one of our own writes whose reply was lost. Adopts it.
+    fn adopt_own_write(&self, held: &mut Held) -> Result<bool, LeaseError> {
+        match self.read()? {
+            Some(r) if protocol::is_ours(&r, &self.settings.holder) => {
+                tracing::info!(
+                    event = "lease_reply_lost",
+                    "an earlier renewal succeeded although its reply was lost; continuing"
+                );
+                held.rvn = r.rvn;
+                held.state = held.state.max(r.state);
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
+    }
+
+    /// Binds the lease to the key this host is about to deliver: refuses a
+    /// lease recorded for another validator (two validators sharing one lease
+    /// name would each block the other, or worse, look like one).
+    pub fn bind_address(&self, held: &mut Held, address: &str) -> Result<(), LeaseError> {
+        match &held.address {
+            Some(a) if a != address => Err(LeaseError::OtherValidator {
+                name: self.settings.name.clone(),
+                theirs: a.clone(),
+                ours: address.to_string(),
+            }),
+            _ => {
+                held.address = Some(address.to_string());
+                Ok(())
+            }
+        }
+    }
+
+    /// Gives the lease up (after our node has stopped), carrying the final
+    /// state, never below what the record carries (a takeover skip stays).
+    /// Returns the state released.
+    pub fn release(&self, held: &Held, last: Option<SignState>) -> Result<SignState, LeaseError> {
+        let rec = self.ours(
+            protocol::carried(held.state, last),
+            held.address.clone(),
+            true,
+        );
+        self.write(Some(&held.rvn), &rec)?;
+        Ok(rec.state)
+    }
+}

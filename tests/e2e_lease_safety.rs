@@ -1,0 +1,437 @@
+//! Failover safety under attack: the ways a lease double-signed or could be
+//! abused, each replayed against the real binary on moto (issue 10).
+//!
+//! - a standby that took over an *expired* lease and stops before signing
+//!   must not release it without the takeover skip (defect 1);
+//! - a stalled tool, or a stalled or dead fencer, must not leave the node
+//!   signing past the lease (defect 2);
+//! - a record anyone with `dynamodb:PutItem` could write (huge height, huge
+//!   duration, wrong types, no version) and a table with the wrong key schema
+//!   are refused with a clear error, and the node never gets the key.
+
+mod support;
+
+use std::thread;
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::Signal;
+use support::lease::*;
+use support::*;
+
+/// Overwrites the lease item with `attrs` (a Python dict literal of
+/// DynamoDB attribute values, without the key).
+fn forge(endpoint: &str, attrs: &str) {
+    boto3(
+        endpoint,
+        &format!(
+            "import boto3, os\n\
+             c = boto3.client('dynamodb', endpoint_url=os.environ['MOTO_ENDPOINT'])\n\
+             item = {attrs}\n\
+             item['lease'] = {{'S': '{PARAM}'}}\n\
+             c.put_item(TableName='{TABLE}', Item=item)\n"
+        ),
+    );
+}
+
+/// A record as our writes make it, released or held, with these values.
+fn record(released: bool, height: &str, duration_ms: &str) -> String {
+    format!(
+        "{{'holder': {{'S': 'forger/1/x'}}, 'rvn': {{'S': 'f0'}}, 'duration_ms': {{'N': '{duration_ms}'}}, \
+         'released': {{'BOOL': {}}}, 'height': {{'N': '{height}'}}, 'round': {{'N': '0'}}, 'step': {{'N': '0'}}}}",
+        if released { "True" } else { "False" }
+    )
+}
+
+/// The pid of a tool's fencer, from its `fence_started` event.
+fn fencer_of(tool: &Tool) -> i32 {
+    assert!(tool.wait_log("fence_started", T), "{}", tool.log_text());
+    log_events(&tool.log_text(), "fence_started")[0]["pid"]
+        .as_i64()
+        .unwrap() as i32
+}
+
+/// A holds the lease and has signed 900 (carried by a renewal); B stands by.
+fn signed_holder_and_standby(ep: &str, key: &TestKey, a: &Host, b: &Host) -> (Tool, Tool, i32) {
+    let (ta, tb) = holder_and_standby(ep, ep, key, a, b, &[]);
+    a.sign(900, 1, 2);
+    assert!(
+        wait_for(|| item_height(ep) == 900, T),
+        "A's renewal did not carry its state: {}",
+        lease_item(ep)
+    );
+    let a_node = a.key_reports(key)[0]["pid"].as_i64().unwrap() as i32;
+    (ta, tb, a_node)
+}
+
+/// Defect 1, replayed: A holds and signs 900, is killed; B takes the expired
+/// lease over and is stopped at once (SIGTERM the moment it logs
+/// `lease_won`). B must release the lease *with* the skip: C, taking the
+/// released lease, starts above anything A may have signed.
+#[test]
+fn standby_stopped_right_after_an_expiry_takeover_releases_the_skip() {
+    let (moto, key) = setup();
+    let ep = moto.endpoint();
+    let (a, b, c) = (Host::new("a"), Host::new("b"), Host::new("c"));
+    let (mut ta, mut tb, a_node) = signed_holder_and_standby(&ep, &key, &a, &b);
+    ta.child.signal(Signal::SIGKILL);
+    let _ = ta.wait(T);
+    let _reaper = StrayReaper(a.home.path().to_path_buf());
+    assert!(tb.wait_log("lease_won", T), "{}", tb.log_text());
+    let st = tb.stop(Signal::SIGTERM);
+    let log = tb.log_text();
+    assert_eq!(st.code(), Some(0), "{log}");
+    assert!(
+        b.key_reports(&key).is_empty(),
+        "B's node got the key: {log}"
+    );
+    let item = lease_item(&ep);
+    assert_eq!(item["released"], true, "{item}");
+    let released = log_events(&log, "lease_released");
+    assert_eq!(released.len(), 1, "{log}");
+    assert_eq!(released[0]["takeover_skip"], TAKEOVER_HEIGHTS, "{log}");
+    assert_eq!(item_height(&ep), 900 + TAKEOVER_HEIGHTS, "{item}");
+    assert!(!pid_alive(a_node), "A's node outlived A");
+    let mut tc = c.spawn(&mut c.cmd(&ep));
+    assert!(
+        wait_for(|| !c.key_reports(&key).is_empty(), T),
+        "{}",
+        tc.log_text()
+    );
+    assert_eq!(
+        c.sign_state(),
+        (900 + TAKEOVER_HEIGHTS, 0, 0),
+        "{}",
+        tc.log_text()
+    );
+    assert_eq!(tc.stop(Signal::SIGTERM).code(), Some(0));
+    c.home.assert_idle();
+    b.home.assert_idle();
+}
+
+/// Defect 1 through a failed fetch: the new holder cannot reach SSM (as when
+/// KMS denies the decrypt), exits 3, and its release still carries the skip.
+#[test]
+fn new_holder_whose_fetch_fails_releases_the_skip() {
+    let (moto, key) = setup();
+    let ep = moto.endpoint();
+    let (a, b) = (Host::new("a"), Host::new("b"));
+    let mut ta = a.spawn(&mut a.cmd(&ep));
+    assert!(
+        wait_for(|| !a.key_reports(&key).is_empty(), T),
+        "{}",
+        ta.log_text()
+    );
+    a.sign(900, 1, 2);
+    assert!(
+        wait_for(|| item_height(&ep) == 900, T),
+        "{}",
+        lease_item(&ep)
+    );
+    let mut cb = b.cmd(&ep);
+    cb.env(
+        "AWS_ENDPOINT_URL_SSM",
+        format!("http://127.0.0.1:{}", free_port()),
+    );
+    let mut tb = b.spawn(&mut cb);
+    assert!(tb.wait_log("lease_waiting", T), "{}", tb.log_text());
+    ta.child.signal(Signal::SIGKILL);
+    let _ = ta.wait(T);
+    let _reaper = StrayReaper(a.home.path().to_path_buf());
+    let st = tb.wait(Duration::from_secs(120));
+    let log = tb.log_text();
+    assert_eq!(st.code(), Some(3), "{log}");
+    assert!(b.key_reports(&key).is_empty(), "{log}");
+    assert_eq!(lease_item(&ep)["released"], true, "{log}");
+    assert_eq!(item_height(&ep), 900 + TAKEOVER_HEIGHTS, "{log}");
+    b.home.assert_idle();
+}
+
+/// Watches `pid` from outside; returns when it was first seen dead (µs since
+/// the epoch), or `None` if it still lived after `timeout`.
+fn death_of(pid: i32, timeout: Duration) -> Option<u64> {
+    let end = Instant::now() + timeout;
+    while Instant::now() < end {
+        if !pid_alive(pid) {
+            return Some(unix_us());
+        }
+        thread::sleep(Duration::from_millis(2));
+    }
+    None
+}
+
+/// Defect 2: SIGSTOP of the tool alone (its node runs freely) for three lease
+/// durations. The fencer kills the node before the lease can expire for the
+/// standby; B starts above A's state; A, resumed, exits 8 and restores.
+#[test]
+fn tool_stopped_alone_its_fencer_kills_the_node_before_the_lease_expires() {
+    let (moto, key) = setup();
+    let ep = moto.endpoint();
+    let poller = Poller::start(&ep);
+    let (a, b) = (Host::new("a"), Host::new("b"));
+    let (mut ta, tb, a_node) = signed_holder_and_standby(&ep, &key, &a, &b);
+    let a_holder = holder_of(&ta);
+    fencer_of(&ta);
+    let stopped_at = Instant::now();
+    ta.child.signal(Signal::SIGSTOP);
+    let a_dead = death_of(a_node, Duration::from_secs(DURATION_S * 2))
+        .unwrap_or_else(|| panic!("A's node still ran 2 leases after its tool stopped"));
+    assert!(
+        wait_for(|| !b.key_reports(&key).is_empty(), T),
+        "B never took over: {}",
+        tb.log_text()
+    );
+    let b_taking = event_us(&tb, "lease_taking_over");
+    let last_a = poller
+        .versions()
+        .into_iter()
+        .rev()
+        .find(|v| v.holder == a_holder)
+        .expect("A's versions");
+    assert!(
+        a_dead < b_taking,
+        "A's node alive at {a_dead} us, B began its takeover at {b_taking} us"
+    );
+    // Dead before the lease could expire at all, from its last renewal.
+    let expiry = last_a.after_us + DURATION_S * 1_000_000;
+    assert!(
+        a_dead < expiry,
+        "A's node died {} ms after the lease expired",
+        (a_dead - expiry) / 1000
+    );
+    assert_eq!(b.sign_state(), (900 + TAKEOVER_HEIGHTS, 0, 0));
+    let remaining = Duration::from_secs(3 * DURATION_S).saturating_sub(stopped_at.elapsed());
+    thread::sleep(remaining);
+    ta.child.signal(Signal::SIGCONT);
+    let st = ta.wait(T);
+    let log = ta.log_text();
+    assert_eq!(st.code(), Some(8), "{log}");
+    let fired = log_events(&log, "fence_fired");
+    assert_eq!(fired.len(), 1, "{log}");
+    assert_eq!(fired[0]["cause"], "Deadline", "{log}");
+    assert!(log_events(&log, "lease_released").is_empty(), "{log}");
+    a.home.assert_idle();
+    println!(
+        "MEASURE tool SIGSTOPped: A's node killed {} ms after A's last renewal could have landed ({} ms before the lease expired, {} ms before B began its takeover)",
+        a_dead.saturating_sub(last_a.after_us) / 1000,
+        (expiry - a_dead) / 1000,
+        (b_taking - a_dead) / 1000
+    );
+    drop(tb);
+}
+
+/// SIGSTOP of the fencer alone: it stops acknowledging deadlines, so the
+/// tool itself stops the node before the lease can expire, and exits 8.
+#[test]
+fn fencer_stopped_alone_the_tool_stops_the_node_before_the_lease_expires() {
+    let (moto, key) = setup();
+    let ep = moto.endpoint();
+    let (a, b) = (Host::new("a"), Host::new("b"));
+    let (mut ta, tb, a_node) = signed_holder_and_standby(&ep, &key, &a, &b);
+    let fencer = fencer_of(&ta);
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(fencer), Signal::SIGSTOP).unwrap();
+    let stopped = unix_us();
+    let a_dead = death_of(a_node, Duration::from_secs(DURATION_S * 2))
+        .expect("A's node outlived its stalled fencer");
+    assert!(
+        a_dead - stopped < DURATION_S * 1_000_000,
+        "A's node died {} ms after the fencer stopped",
+        (a_dead - stopped) / 1000
+    );
+    let st = ta.wait(T);
+    let log = ta.log_text();
+    assert_eq!(st.code(), Some(8), "{log}");
+    assert!(log.contains("fencer process stopped confirming"), "{log}");
+    a.home.assert_idle();
+    assert!(!pid_alive(fencer), "the stalled fencer was left behind");
+    assert!(
+        wait_for(|| !b.key_reports(&key).is_empty(), T),
+        "{}",
+        tb.log_text()
+    );
+    let b_taking = event_us(&tb, "lease_taking_over");
+    assert!(a_dead < b_taking);
+    assert_eq!(b.sign_state(), (900 + TAKEOVER_HEIGHTS, 0, 0));
+    println!(
+        "MEASURE fencer SIGSTOPped: A's node stopped by the tool {} ms after, {} ms before B began its takeover",
+        (a_dead - stopped) / 1000,
+        (b_taking - a_dead) / 1000
+    );
+}
+
+/// kill -9 of the fencer: the tool stops the node at once and exits 8.
+#[test]
+fn fencer_killed_the_tool_stops_the_node() {
+    let (moto, key) = setup();
+    let ep = moto.endpoint();
+    let a = Host::new("a");
+    let mut ta = a.spawn(&mut a.cmd(&ep));
+    assert!(
+        wait_for(|| !a.key_reports(&key).is_empty(), T),
+        "{}",
+        ta.log_text()
+    );
+    let a_node = a.key_reports(&key)[0]["pid"].as_i64().unwrap() as i32;
+    let fencer = fencer_of(&ta);
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(fencer), Signal::SIGKILL).unwrap();
+    let killed = unix_us();
+    let a_dead =
+        death_of(a_node, Duration::from_secs(DURATION_S)).expect("node outlived its fencer");
+    let st = ta.wait(T);
+    let log = ta.log_text();
+    assert_eq!(st.code(), Some(8), "{log}");
+    assert!(log.contains("the fencer process exited"), "{log}");
+    a.home.assert_idle();
+    println!(
+        "MEASURE fencer killed: node stopped {} ms later",
+        (a_dead - killed) / 1000
+    );
+}
+
+/// kill -9 of the tool alone: its fencer sees it go and kills the node tree
+/// at once (the parent-death signal alone reaches only cosmovisor).
+#[test]
+fn tool_killed_alone_the_fencer_kills_the_node_tree() {
+    let (moto, key) = setup();
+    let ep = moto.endpoint();
+    let a = Host::new("a");
+    let mut ca = a.cmd(&ep);
+    // A node that ignores its cosmovisor's death for a long time.
+    ca.env("NODE_STOP_DELAY_MS", "30000");
+    let mut ta = a.spawn(&mut ca);
+    assert!(
+        wait_for(|| !a.key_reports(&key).is_empty(), T),
+        "{}",
+        ta.log_text()
+    );
+    let a_node = a.key_reports(&key)[0]["pid"].as_i64().unwrap() as i32;
+    let fencer = fencer_of(&ta);
+    ta.child.signal(Signal::SIGKILL);
+    let killed = unix_us();
+    let _ = ta.wait(T);
+    let _reaper = StrayReaper(a.home.path().to_path_buf());
+    let a_dead = death_of(a_node, Duration::from_secs(5)).expect("node outlived the tool by 5 s");
+    assert!(
+        death_of(fencer, Duration::from_secs(5)).is_some(),
+        "fencer left running"
+    );
+    println!(
+        "MEASURE tool killed: its node killed by the fencer {} ms later",
+        (a_dead - killed) / 1000
+    );
+}
+
+/// Runs a host against a forged or broken lease and expects exit 8 with
+/// `needle` in the output, no key delivered, the slot idle and the sign
+/// state untouched.
+fn refused(endpoint: &str, needle: &str) -> String {
+    let a = Host::new("a");
+    let before = std::fs::read(a.state_path()).unwrap();
+    let out = run_with_timeout(&mut a.cmd(endpoint), Duration::from_secs(60));
+    let text = output_text(&out);
+    assert_eq!(out.status.code(), Some(8), "{text}");
+    assert!(text.contains(needle), "wanted {needle:?} in:\n{text}");
+    assert!(
+        complete_reports(&a.home)
+            .iter()
+            .all(|r| r["outcome"] != "ok" || r["pub_key"] == a.home.safe_key.pub_b64.as_str()),
+        "the node got the key: {text}"
+    );
+    a.home.assert_idle();
+    assert_eq!(
+        std::fs::read(a.state_path()).unwrap(),
+        before,
+        "sign state changed"
+    );
+    text
+}
+
+/// Forged records: a released one carrying height 2^63-1 (taking it would
+/// stop this validator from signing for good), a held one with a duration of
+/// 2^63-1 ms (every standby would wait for ever), wrong types, no version.
+#[test]
+fn forged_and_malformed_lease_records_are_refused_and_the_node_never_gets_the_key() {
+    let (moto, _key) = setup();
+    let ep = moto.endpoint();
+    forge(&ep, &record(true, &i64::MAX.to_string(), "6000"));
+    let t = refused(&ep, "SSM_COSMOVISOR_LEASE_MAX_HEIGHT_JUMP");
+    assert!(
+        t.contains("accept-lease-state --height 9223372036854775807"),
+        "{t}"
+    );
+    forge(&ep, &record(false, "10", &i64::MAX.to_string()));
+    refused(&ep, "duration_ms");
+    forge(&ep, &record(false, "10", "100"));
+    refused(&ep, "duration_ms");
+    let wrong_type =
+        record(true, "10", "6000").replace("'height': {'N': '10'}", "'height': {'S': '10'}");
+    forge(&ep, &wrong_type);
+    refused(&ep, "`height` is not a number");
+    let no_rvn = record(true, "10", "6000").replace("'rvn': {'S': 'f0'}, ", "");
+    forge(&ep, &no_rvn);
+    refused(&ep, "no `rvn`");
+    let neg = record(true, "-5", "6000");
+    forge(&ep, &neg);
+    refused(&ep, "`height` = -5");
+}
+
+/// A genuine jump (this host has not signed for long) is confirmed by the
+/// operator with `accept-lease-state`, which refuses a height the lease no
+/// longer carries; then the host takes the lease at that state.
+#[test]
+fn a_large_but_genuine_height_jump_is_accepted_by_the_operator() {
+    let (moto, key) = setup();
+    let ep = moto.endpoint();
+    forge(&ep, &record(true, "500000", "6000"));
+    refused(&ep, "jump of 500000 heights");
+    let a = Host::new("a");
+    let out = run_with_timeout(a.base_cmd(&ep).arg("check"), T);
+    let text = output_text(&out);
+    assert!(
+        text.contains("WARN  lease sign state")
+            && text.contains("accept-lease-state --height 500000"),
+        "{text}"
+    );
+    let out = run_with_timeout(
+        a.base_cmd(&ep)
+            .args(["accept-lease-state", "--height", "499999"]),
+        T,
+    );
+    assert_eq!(out.status.code(), Some(8), "{}", output_text(&out));
+    assert!(output_text(&out).contains("not height 499999"));
+    assert_eq!(a.sign_state(), (0, 0, 0));
+    let out = run_with_timeout(
+        a.base_cmd(&ep)
+            .args(["accept-lease-state", "--height", "500000"]),
+        T,
+    );
+    assert!(out.status.success(), "{}", output_text(&out));
+    assert_eq!(a.sign_state(), (500000, 0, 0));
+    let mut ta = a.spawn(&mut a.cmd(&ep));
+    assert!(
+        wait_for(|| !a.key_reports(&key).is_empty(), T),
+        "{}",
+        ta.log_text()
+    );
+    assert_eq!(ta.stop(Signal::SIGTERM).code(), Some(0));
+    assert_eq!(item_height(&ep), 500000);
+}
+
+/// A table whose partition key is not `lease`: named as such, nothing done.
+#[test]
+fn a_table_with_another_key_schema_is_named() {
+    let moto = Moto::start();
+    let ep = moto.endpoint();
+    let key = TestKey::ed25519();
+    put_key(&ep, PARAM, &key);
+    boto3(
+        &ep,
+        &format!(
+            "import boto3, os\n\
+             c = boto3.client('dynamodb', endpoint_url=os.environ['MOTO_ENDPOINT'])\n\
+             c.create_table(TableName='{TABLE}', KeySchema=[{{'AttributeName':'id','KeyType':'HASH'}}],\n\
+             \x20   AttributeDefinitions=[{{'AttributeName':'id','AttributeType':'S'}}], BillingMode='PAY_PER_REQUEST')\n"
+        ),
+    );
+    let t = refused(&ep, "does not have the lease key schema");
+    assert!(t.contains(TABLE), "{t}");
+}
