@@ -23,7 +23,7 @@ use std::process::{Child, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::{self, JoinHandle};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use nix::sys::signal::{kill, killpg, Signal};
 use nix::unistd::Pid;
@@ -31,66 +31,13 @@ use serde_json::Value;
 
 use super::checker::{Entry, FaultRec, KeyHold, Observations, RestoreRec, Signature};
 use super::{
-    boto3, pid_alive, pids_mentioning, put_key, run_with_timeout, secret_in, slot_leftovers,
-    tool_cmd, Fault, Moto, NodeHome, Relay, TestKey,
+    pid_alive, pids_mentioning, put_key, run_with_timeout, secret_in, slot_leftovers, tool_cmd,
+    Fault, Moto, NodeHome, Relay, TestKey,
 };
 
 /// The validator key's SSM parameter.
 pub const PARAM: &str = "/validators/chaos/priv_validator_key";
-/// The lease table.
-pub const TABLE: &str = "ssm-cosmovisor-lease";
-
-/// µs since the Unix epoch.
-pub fn unix_us() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_micros() as u64)
-        .unwrap_or(0)
-}
-
-/// `2026-11-25T10:11:01.464070Z` (the tool's JSON log timestamp) as µs since the epoch.
-pub fn rfc3339_us(ts: &str) -> Option<u64> {
-    let (date, time) = ts.trim_end_matches('Z').split_once('T')?;
-    let d: Vec<i64> = date
-        .split('-')
-        .map(|x| x.parse().ok())
-        .collect::<Option<_>>()?;
-    let (hms, frac) = time.split_once('.').unwrap_or((time, "0"));
-    let t: Vec<i64> = hms
-        .split(':')
-        .map(|x| x.parse().ok())
-        .collect::<Option<_>>()?;
-    if d.len() != 3 || t.len() != 3 {
-        return None;
-    }
-    // Days from civil (Howard Hinnant's algorithm).
-    let (y, m) = if d[1] <= 2 {
-        (d[0] - 1, d[1] + 9)
-    } else {
-        (d[0], d[1] - 3)
-    };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let doy = (153 * m + 2) / 5 + d[2] - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    let days = era * 146097 + doe - 719468;
-    let secs = days * 86400 + t[0] * 3600 + t[1] * 60 + t[2];
-    let micros: i64 = format!("{frac:0<6}").get(..6)?.parse().ok()?;
-    Some((secs * 1_000_000 + micros) as u64)
-}
-
-/// Creates the lease table (partition key `lease`, string) in moto.
-pub fn create_lease_table(endpoint: &str, table: &str) {
-    boto3(
-        endpoint,
-        &format!(
-            "import boto3, os\n\
-             c = boto3.client('dynamodb', endpoint_url=os.environ['MOTO_ENDPOINT'])\n\
-             c.create_table(TableName='{table}', KeySchema=[{{'AttributeName':'lease','KeyType':'HASH'}}],\n\
-             \x20   AttributeDefinitions=[{{'AttributeName':'lease','AttributeType':'S'}}], BillingMode='PAY_PER_REQUEST')\n"
-        ),
-    );
-}
+pub use super::lease::{create_table, rfc3339_us, unix_us, TABLE};
 
 /// Cluster settings.
 #[derive(Debug, Clone)]
@@ -237,6 +184,22 @@ fn group_members(pgid: i32) -> Vec<i32> {
     out
 }
 
+/// The fencer the tool `tool` started: its child whose command line says `__fence`.
+fn fencer_of(tool: i32) -> Option<i32> {
+    let rd = fs::read_dir("/proc").ok()?;
+    rd.flatten().find_map(|e| {
+        let pid = e.file_name().to_str()?.parse::<i32>().ok()?;
+        let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        let ppid: i32 = stat[stat.rfind(')')? + 2..]
+            .split_whitespace()
+            .nth(1)?
+            .parse()
+            .ok()?;
+        let cmdline = fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+        (ppid == tool && cmdline.windows(7).any(|w| w == b"__fence")).then_some(pid)
+    })
+}
+
 impl Host {
     fn note(&self, line: &str) {
         let mut f = self.log.lock().unwrap_or_else(|e| e.into_inner());
@@ -290,6 +253,21 @@ impl Host {
         true
     }
 
+    /// Signals the tool's fencer (its child running `__fence`) alone. False if there is
+    /// none (no tool, or a tool without a fencer).
+    pub fn signal_fencer(&self, sig: Signal) -> bool {
+        let g = self.run.lock().unwrap();
+        let Some(r) = g.as_ref() else { return false };
+        let Some(f) = fencer_of(r.pid) else {
+            return false;
+        };
+        let ok = kill(Pid::from_raw(f), sig).is_ok();
+        if ok && sig == Signal::SIGSTOP {
+            self.stopped.lock().unwrap().push(f);
+        }
+        ok
+    }
+
     /// SIGCONTs everything we stopped on this host.
     pub fn cont(&self) {
         for p in self.stopped.lock().unwrap().drain(..) {
@@ -308,7 +286,7 @@ impl Cluster {
         let moto = Moto::start();
         let key = TestKey::ed25519();
         put_key(&moto.endpoint(), PARAM, &key);
-        create_lease_table(&moto.endpoint(), TABLE);
+        create_table(&moto.endpoint());
         let dir = tempfile::Builder::new()
             .prefix("chaos-")
             .tempdir()
@@ -806,7 +784,7 @@ fn read_tool_output(
         };
         let t = v["timestamp"]
             .as_str()
-            .and_then(rfc3339_us)
+            .map(rfc3339_us)
             .unwrap_or_else(unix_us);
         // Fire first: "the moment it logs" is now.
         let fire = {

@@ -87,6 +87,9 @@ pub enum Episode {
     Signal { role: Role, action: Action },
     /// SIGSTOP of the holder's tool alone (`tree` false) or its whole tree, then SIGCONT.
     Stop { tree: bool, stall: Duration },
+    /// SIGSTOP (for `stall`, then SIGCONT) or, with no stall, SIGKILL of the holder's
+    /// fencer alone.
+    Fencer { stall: Option<Duration> },
     /// A proxy fault on one host.
     Proxy {
         role: Role,
@@ -118,7 +121,7 @@ pub struct Planned {
     pub gap: Duration,
 }
 
-const KINDS: usize = 11;
+const KINDS: usize = 13;
 
 /// Lease events a trigger can fire on, by weight.
 const EVENTS: &[(&str, u64)] = &[
@@ -135,6 +138,8 @@ const EVENTS: &[(&str, u64)] = &[
     ("standby", 1),
     ("lease_waiting", 1),
     ("lease_lost", 1),
+    ("fence_started", 2),
+    ("fence_fired", 1),
 ];
 
 /// Draws the seeded sequence of episodes.
@@ -225,7 +230,26 @@ impl Planner {
                 action: Action::TermTool,
                 cause: Cause::KillHolder,
             },
+            11 => Episode::Fencer {
+                stall: Some(self.rng.ms(3 * l, 3 * l + 2000)),
+            },
             k => self.episode(k),
+        }
+    }
+
+    fn at_event(&mut self) -> Episode {
+        Episode::AtEvent {
+            event: self.rng.weighted(EVENTS),
+            action: self.rng.weighted(&[
+                (Action::TermTool, 70),
+                (Action::KillTool, 15),
+                (Action::KillTree, 15),
+            ]),
+            cause: match self.rng.weighted(&[(0, 50), (1, 25), (2, 25)]) {
+                0 => Cause::KillHolder,
+                1 => Cause::TermHolder,
+                _ => Cause::CutHolder(self.rng.ms(6000, 10000)),
+            },
         }
     }
 
@@ -281,19 +305,11 @@ impl Planner {
                 all: self.rng.below(2) == 0,
                 dur: self.rng.ms(12000, 20000),
             },
-            _ => Episode::AtEvent {
-                event: self.rng.weighted(EVENTS),
-                action: self.rng.weighted(&[
-                    (Action::TermTool, 70),
-                    (Action::KillTool, 15),
-                    (Action::KillTree, 15),
-                ]),
-                cause: match self.rng.weighted(&[(0, 50), (1, 25), (2, 25)]) {
-                    0 => Cause::KillHolder,
-                    1 => Cause::TermHolder,
-                    _ => Cause::CutHolder(self.rng.ms(6000, 10000)),
-                },
+            10 => self.at_event(),
+            11 => Episode::Fencer {
+                stall: Some(self.stall()),
             },
+            _ => Episode::Fencer { stall: None },
         }
     }
 }
@@ -317,6 +333,8 @@ impl Iterator for Planner {
                     (8, 6),
                     (9, 10),
                     (10, 22),
+                    (11, 5),
+                    (12, 3),
                 ]);
                 (k, self.episode(k))
             }
@@ -362,6 +380,13 @@ impl Episode {
                 format!("proxy_{}/{f}", role(r))
             }
             Episode::AllCut { fault, .. } => format!("all_cut/{}", fault.label()),
+            Episode::Fencer { stall: None } => "kill9_fencer_holder".into(),
+            Episode::Fencer { stall: Some(s) } => Episode::Stop {
+                tree: false,
+                stall: *s,
+            }
+            .kind(lease)
+            .replace("sigstop_tool", "sigstop_fencer"),
             Episode::KmsDenied { all, .. } => {
                 format!("kms_denied_takeover/{}", if *all { "all" } else { "one" })
             }
@@ -502,6 +527,37 @@ fn play(c: &Cluster, p: &Planned, kind: &str) -> u64 {
             // running time.
             c.end_fault(id);
             c.hosts[h].cont();
+        }
+        Episode::Fencer { stall } => {
+            let h = resolve(c, Role::Holder, p.pick);
+            rec.targets.push(name(h));
+            let none = " (no fencer was running)";
+            match stall {
+                None => {
+                    let ok = c.hosts[h].signal_fencer(Signal::SIGKILL);
+                    rec.detail = format!(
+                        "kill9 of {}'s fencer{}",
+                        name(h),
+                        if ok { "" } else { none }
+                    );
+                    rec.end_us = rec.start_us;
+                    c.record_fault(rec);
+                }
+                Some(stall) => {
+                    rec.unhealthy.push(name(h));
+                    let ok = c.hosts[h].signal_fencer(Signal::SIGSTOP);
+                    rec.detail = format!(
+                        "SIGSTOP of {}'s fencer alone for {} ms{}",
+                        name(h),
+                        stall.as_millis(),
+                        if ok { "" } else { none }
+                    );
+                    let id = c.record_fault(rec);
+                    sleep(*stall);
+                    c.end_fault(id);
+                    c.hosts[h].cont();
+                }
+            }
         }
         Episode::Proxy { role, fault, dur } => {
             let h = resolve(c, *role, p.pick);
