@@ -570,7 +570,7 @@ impl Cluster {
                 ));
             }
         }
-        problems.extend(g.problems.drain(..));
+        problems.append(&mut g.problems);
         let mut entries = std::mem::take(&mut g.entries);
         for h in &self.hosts {
             for r in h.proxy.records() {

@@ -73,11 +73,11 @@ pub enum Role {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Cause {
     /// kill -9 of the holder's tree: a standby takes the lease after it expires.
-    KillHolder,
+    Kill9Tree,
     /// SIGTERM of the holder: it releases the lease.
-    TermHolder,
+    Sigterm,
     /// The holder's proxy refuses for this long: it loses the lease, a standby takes over.
-    CutHolder(Duration),
+    Cut(Duration),
 }
 
 /// One fault episode.
@@ -228,7 +228,7 @@ impl Planner {
             10 => Episode::AtEvent {
                 event: "lease_won",
                 action: Action::TermTool,
-                cause: Cause::KillHolder,
+                cause: Cause::Kill9Tree,
             },
             11 => Episode::Fencer {
                 stall: Some(self.rng.ms(3 * l, 3 * l + 2000)),
@@ -246,9 +246,9 @@ impl Planner {
                 (Action::KillTree, 15),
             ]),
             cause: match self.rng.weighted(&[(0, 50), (1, 25), (2, 25)]) {
-                0 => Cause::KillHolder,
-                1 => Cause::TermHolder,
-                _ => Cause::CutHolder(self.rng.ms(6000, 10000)),
+                0 => Cause::Kill9Tree,
+                1 => Cause::Sigterm,
+                _ => Cause::Cut(self.rng.ms(6000, 10000)),
             },
         }
     }
@@ -623,7 +623,7 @@ fn play(c: &Cluster, p: &Planned, kind: &str) -> u64 {
         } => {
             let holder = resolve(c, Role::Holder, p.pick);
             rec.targets.push(name(holder));
-            if let Cause::CutHolder(_) = cause {
+            if let Cause::Cut(_) = cause {
                 rec.unhealthy.push(name(holder));
             }
             rec.detail = format!(
@@ -640,13 +640,13 @@ fn play(c: &Cluster, p: &Planned, kind: &str) -> u64 {
                 expires_us: unix_us() + 40_000_000,
             });
             match cause {
-                Cause::KillHolder => {
+                Cause::Kill9Tree => {
                     c.hosts[holder].signal_tree(Signal::SIGKILL);
                 }
-                Cause::TermHolder => {
+                Cause::Sigterm => {
                     c.hosts[holder].signal_tool(Signal::SIGTERM);
                 }
-                Cause::CutHolder(d) => {
+                Cause::Cut(d) => {
                     c.hosts[holder].proxy.set_fault(Fault::Refuse);
                     sleep(*d);
                     c.hosts[holder].proxy.set_fault(Fault::Pass);

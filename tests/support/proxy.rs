@@ -409,11 +409,7 @@ fn serve(down: TcpStream, id: u64, sh: &Shared) {
     let mut reader = BufReader::new(read_half);
     let mut up: Option<(TcpStream, BufReader<TcpStream>)> = None;
     let mut down = down;
-    loop {
-        let req = match read_message(&mut reader, false) {
-            Ok(Some(m)) => m,
-            _ => break,
-        };
+    while let Ok(Some(req)) = read_message(&mut reader, false) {
         let unix_us = unix_us();
         let op = req
             .target
