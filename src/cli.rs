@@ -9,7 +9,7 @@ use clap::{Parser, Subcommand};
 
 use crate::config::{Config, ConfigError, Env, LogFormat, Overrides, ProcessEnv};
 use crate::key::ValidatorKey;
-use crate::lease::{Held, LeaseClient, Raised, StateFile};
+use crate::lease::{self, LeaseClient, LeaseError, Raised, StateFile};
 use crate::secret::{SecretBuf, MAX_SECRET_LEN};
 use crate::slot::KeySlot;
 use crate::source::{self, Origin};
@@ -245,7 +245,7 @@ fn run_with_key(cfg: &Config, program: &OsString, args: &[OsString]) -> Result<u
     // Before any other thread exists (runtimes, lease threads): they all
     // inherit the blocked signals, so only our sigwait thread ever takes one.
     // Until the slot is first changed, a stop signal ends the process at once.
-    supervise::start_signal_handling()?;
+    let signals = supervise::Signals::start()?;
     // Before any secret exists in this process.
     crate::harden::harden_self().map_err(|e| {
         CliError::new(
@@ -268,69 +268,53 @@ fn run_with_key(cfg: &Config, program: &OsString, args: &[OsString]) -> Result<u
             "USE_SSM_KEY is false: running without the consensus key"
         );
         drop(slot);
-        return ended(supervise::run(cfg, program, args, None, LeaseRole::None)?);
+        return ended(supervise::run(
+            &signals,
+            cfg,
+            program,
+            args,
+            None,
+            LeaseRole::None,
+        )?);
     }
     let spec = cfg
         .source
         .as_ref()
         .ok_or_else(|| CliError::new(exit::CONFIG, "no key source configured"))?;
-    // With a lease, nothing below happens before this host holds it.
+    let lease_err = |e: LeaseError| {
+        CliError::new(
+            exit::LEASE,
+            format!("failover lease: {e}; the key was not delivered"),
+        )
+    };
+    // With a lease, nothing below happens before this host holds it; every
+    // error from here on releases it (HeldLease is released on drop).
     let mut lease = match &cfg.lease {
-        Some(settings) => match acquire_lease(cfg, settings, program, args)? {
-            Some(l) => Some(l),
-            None => return Ok(0),
+        Some(settings) => match take_lease(&signals, cfg, settings, program, args)? {
+            lease::Acquired::Held(l) => Some(l),
+            lease::Acquired::Ended(0) => return Ok(0),
+            lease::Acquired::Ended(code) => {
+                return Err(CliError::new(
+                    code,
+                    format!("the standby child exited with status {code}"),
+                ))
+            }
         },
         None => None,
     };
-    let release_on_error = |lease: &Option<(LeaseClient, Held, StateFile)>| {
-        if let Some((c, h, _)) = lease {
-            supervise::release_lease(c, h, None);
-        }
-    };
     tracing::info!(event = "fetching", source = %spec.describe(), "attempting to fetch consensus key");
-    let fetched = match source::fetch(spec, cfg.expected_address.as_deref()) {
-        Ok(f) => f,
-        Err(e) => {
-            release_on_error(&lease);
-            return Err(CliError::new(exit::SOURCE, e));
-        }
-    };
+    let fetched = source::fetch(spec, cfg.expected_address.as_deref())
+        .map_err(|e| CliError::new(exit::SOURCE, e))?;
     log_fetched(&fetched.origin, fetched.key.identity());
-    if let Err(e) = slot.ensure_safe_differs(&safe, fetched.key.identity()) {
-        release_on_error(&lease);
-        return Err(CliError::new(exit::SLOT, e));
-    }
-    if let Some((client, held, state)) = &mut lease {
-        let fail = |e: crate::lease::LeaseError| {
-            CliError::new(
-                exit::LEASE,
-                format!("failover lease: {e}; the key was not delivered"),
-            )
-        };
-        // First make sure the lease is this validator's; only then touch the
-        // node's sign state or put ours into the lease.
-        if let Err(e) = client.bind_address(held, &fetched.key.identity().address_hex()) {
-            release_on_error(&lease);
-            return Err(fail(e));
-        }
-        if let Err(e) = raise_sign_state(held, state) {
-            release_on_error(&lease);
-            return Err(fail(e));
-        }
-        // The fetch may have taken a while: make sure the lease is still ours
-        // before the key goes anywhere.
-        match client.renew(held, state.read().ok().flatten()) {
-            Ok(()) => {}
-            Err(e) if e.is_transient() && crate::lease::boot_time() < held.deadline.get() => {
-                tracing::warn!(error = %e, "lease renewal failed; the renewal thread retries");
-            }
-            Err(e) => return Err(fail(e)),
-        }
+    slot.ensure_safe_differs(&safe, fetched.key.identity())
+        .map_err(|e| CliError::new(exit::SLOT, e))?;
+    if let Some(l) = &mut lease {
+        l.prepare(&fetched.key.identity().address_hex())
+            .map_err(lease_err)?;
     }
     // From here on the slot changes: a stop must restore it, not just exit.
-    supervise::defer_stop_signals();
-    if let Some(sig) = supervise::stop_requested() {
-        release_on_error(&lease);
+    signals.defer_stop();
+    if let Some(sig) = signals.stop_requested() {
         tracing::info!(
             event = "stopped_before_start",
             signal = sig,
@@ -338,10 +322,7 @@ fn run_with_key(cfg: &Config, program: &OsString, args: &[OsString]) -> Result<u
         );
         return Ok(0);
     }
-    if let Err(e) = slot.backup() {
-        release_on_error(&lease);
-        return Err(CliError::new(exit::SLOT, e));
-    }
+    slot.backup().map_err(|e| CliError::new(exit::SLOT, e))?;
     // The SDK is done: give its code pages back (most of our RSS otherwise).
     if let Err(e) = crate::sys::page_out_own_executable() {
         tracing::debug!(error = %e, "MADV_PAGEOUT of the executable failed");
@@ -350,7 +331,7 @@ fn run_with_key(cfg: &Config, program: &OsString, args: &[OsString]) -> Result<u
         slot: Arc::new(slot),
         key: Arc::new(fetched.key),
     };
-    let role = match lease {
+    let role = match lease.map(|l| l.into_parts()) {
         Some((client, held, state)) => LeaseRole::Holder {
             client,
             held,
@@ -358,7 +339,14 @@ fn run_with_key(cfg: &Config, program: &OsString, args: &[OsString]) -> Result<u
         },
         None => LeaseRole::None,
     };
-    ended(supervise::run(cfg, program, args, Some(job), role)?)
+    ended(supervise::run(
+        &signals,
+        cfg,
+        program,
+        args,
+        Some(job),
+        role,
+    )?)
 }
 
 fn ended(e: Ended) -> Result<u8, CliError> {
@@ -368,106 +356,37 @@ fn ended(e: Ended) -> Result<u8, CliError> {
     }
 }
 
-/// Raises the node's sign state to what the lease carries. After a takeover
-/// of an *expired* lease that already includes the skip past the old
-/// holder's last carried state: the record itself carries it (see
-/// `lease::protocol`), so no later path can lose it.
-fn raise_sign_state(held: &Held, state: &StateFile) -> Result<(), crate::lease::LeaseError> {
-    let target = held.state;
-    if let Raised::From(prev) = state.raise_to(target)? {
-        tracing::info!(
-            event = "sign_state_raised",
-            path = %state.path.display(),
-            from = %prev.map(|p| p.to_string()).unwrap_or_else(|| "none".into()),
-            to = %target,
-            "raised the node's sign state: it will not sign at or below it"
-        );
-    }
-    Ok(())
-}
-
-/// Takes the failover lease: at once if it is free, else as a standby
-/// running the child without the key until the lease is ours. `None`: the
-/// standby's child ended (or we were stopped) before that.
-fn acquire_lease(
+/// Takes the failover lease, as a standby running the child without the
+/// key until the lease is ours if another host holds it.
+fn take_lease(
+    signals: &supervise::Signals,
     cfg: &Config,
-    settings: &crate::lease::LeaseSettings,
+    settings: &lease::LeaseSettings,
     program: &OsString,
     args: &[OsString],
-) -> Result<Option<(LeaseClient, Held, StateFile)>, CliError> {
-    let lease_err =
-        |e: crate::lease::LeaseError| CliError::new(exit::LEASE, format!("failover lease: {e}"));
+) -> Result<lease::Acquired, CliError> {
     let state = StateFile {
-        path: crate::lease::state_path_for_home(&cfg.home).map_err(lease_err)?,
+        path: lease::state_path_for_home(&cfg.home).map_err(CliError::from)?,
         node: cfg.node_user.as_ref().map(|u| (u.uid, u.gid)),
     };
-    // Refuse a sign state we cannot read before taking anything.
-    let local = state.read().map_err(lease_err)?.unwrap_or_default();
-    tracing::info!(event = "lease_config", table = %settings.table, lease = %settings.name, holder = %settings.holder, duration_ms = settings.duration.as_millis() as u64, sign_state = %local, "using the failover lease");
-    let client = LeaseClient::new(settings.clone()).map_err(lease_err)?;
-    let now = match client.try_acquire_now(Some(local)) {
-        Ok(h) => h,
-        Err(e) if e.is_transient() => {
-            tracing::warn!(event = "lease_unreachable", error = %e, "cannot reach the lease table; standing by");
-            None
-        }
-        Err(e) => return Err(lease_err(e)),
-    };
-    let (client, held) = match now {
-        Some(h) => (client, h),
-        None => {
-            tracing::info!(
-                event = "standby",
-                "another host holds the failover lease: running without the consensus key until it is ours"
-            );
-            let role = LeaseRole::Standby {
-                client,
-                state: state.clone(),
-            };
-            match supervise::run(cfg, program, args, None, role)? {
-                Ended::Exit(code) => {
-                    return if code == 0 {
-                        Ok(None)
-                    } else {
-                        Err(CliError::new(
-                            code,
-                            format!("the standby child exited with status {code}"),
-                        ))
-                    }
-                }
-                Ended::Acquired(l) => {
-                    let (client, mut held) = *l;
-                    if let Some(sig) = supervise::stop_requested() {
-                        supervise::release_lease(&client, &held, None);
-                        tracing::info!(
-                            event = "stopped_before_start",
-                            signal = sig,
-                            "stop requested during the handover"
-                        );
-                        return Ok(None);
-                    }
-                    // Stopping the keyless node took time: confirm the lease.
-                    if let Err(e) = client.renew(&mut held, None) {
-                        if !e.is_transient() || crate::lease::boot_time() >= held.deadline.get() {
-                            return Err(lease_err(e));
-                        }
-                    }
-                    (client, held)
-                }
+    lease::acquire(
+        settings,
+        state,
+        || signals.stop_requested(),
+        |client, state| {
+            let role = LeaseRole::Standby { client, state };
+            match supervise::run(signals, cfg, program, args, None, role)? {
+                Ended::Exit(code) => Ok(lease::StandbyEnd::Exited(code)),
+                Ended::Acquired(l) => Ok(lease::StandbyEnd::Won(l)),
             }
-        }
-    };
-    let t = held.took_over.as_ref();
-    tracing::info!(
-        event = "lease_acquired",
-        lease = %settings.name,
-        took_over_from = t.map(|t| t.from.as_str()).unwrap_or("-"),
-        carried_state = %t.map(|t| t.carried).unwrap_or(held.state),
-        takeover_skip = t.map(|t| t.skip).unwrap_or(0),
-        state = %held.state,
-        "holding the failover lease"
-    );
-    Ok(Some((client, held, state)))
+        },
+    )
+}
+
+impl From<LeaseError> for CliError {
+    fn from(e: LeaseError) -> Self {
+        CliError::new(exit::LEASE, format!("failover lease: {e}"))
+    }
 }
 
 fn parse_ids(s: &str) -> Option<(u32, u32)> {

@@ -28,6 +28,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::io::{Read, Write};
+use std::os::fd::OwnedFd;
 use std::os::unix::process::CommandExt;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -331,6 +332,87 @@ enum Guard {
     },
 }
 
+/// The fencer process: what it guards and how it reports.
+struct Fencer {
+    tool: Option<i32>,
+    node: Option<(u32, u32)>,
+    guard: Guard,
+    timer: OwnedFd,
+    acks: std::fs::File,
+}
+
+impl Fencer {
+    /// Kills the node's tree if armed, and reports it to the tool.
+    fn fire(&mut self, cause: Cause) {
+        if let Guard::Armed { pgid, kill_at } = self.guard {
+            let n = kill_tree(self.tool, pgid, self.node);
+            tracing::error!(
+                event = "fence_fired",
+                cause = ?cause,
+                killed = n,
+                late_ms = crate::sys::boot_time().saturating_sub(kill_at).as_millis() as u64,
+                "fencer: SIGKILLed the node's process tree"
+            );
+            let _ = self.acks.write_all(&encode(MSG_FIRED, n));
+            self.guard = Guard::Idle;
+        }
+    }
+
+    /// A new kill deadline: arm the timer for it, then acknowledge it.
+    fn extend(&mut self, ns: u64) {
+        let kill_at = Duration::from_nanos(ns);
+        let pgid = match self.guard {
+            Guard::Armed { pgid, .. } => pgid,
+            Guard::Idle => None,
+        };
+        self.guard = Guard::Armed { kill_at, pgid };
+        let zero = rustix::time::Timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        let spec = rustix::time::Itimerspec {
+            it_interval: zero,
+            it_value: rustix::time::Timespec {
+                tv_sec: kill_at.as_secs() as _,
+                tv_nsec: kill_at.subsec_nanos() as _,
+            },
+        };
+        let set = rustix::time::timerfd_settime(
+            &self.timer,
+            rustix::time::TimerfdTimerFlags::ABSTIME,
+            &spec,
+        );
+        // Unacknowledged, the tool stops the node by this deadline itself.
+        if set.is_ok() {
+            let _ = self.acks.write_all(&encode(MSG_ACK, ns));
+        }
+    }
+
+    /// One message from the tool; `false` at the end of its pipe.
+    fn on_message(&mut self, msg: Option<(u64, u64)>) -> bool {
+        match msg {
+            Some((MSG_DEADLINE, ns)) => self.extend(ns),
+            Some((MSG_ARM, pgid)) => {
+                if let Guard::Armed { kill_at, .. } = self.guard {
+                    self.guard = Guard::Armed {
+                        kill_at,
+                        pgid: i32::try_from(pgid).ok(),
+                    };
+                }
+                tracing::debug!(pgid, "fencer: guarding the node's process group");
+            }
+            Some((MSG_DISARM, _)) => self.guard = Guard::Idle,
+            Some(_) => {}
+            None => return false,
+        }
+        true
+    }
+
+    fn deadline_passed(&self) -> bool {
+        matches!(self.guard, Guard::Armed { kill_at, .. } if crate::sys::boot_time() >= kill_at)
+    }
+}
+
 /// The fencer process's main function (the hidden `__fence` subcommand).
 /// Returns its exit code.
 pub fn fencer_main(node: Option<(u32, u32)>) -> u8 {
@@ -341,48 +423,35 @@ pub fn fencer_main(node: Option<(u32, u32)>) -> u8 {
     let tool_fd = tool
         .and_then(RPid::from_raw)
         .and_then(|p| rustix::process::pidfd_open(p, rustix::process::PidfdFlags::empty()).ok());
-    let Some(tool_fd) = tool_fd else {
-        tracing::error!(event = "fence_failed", "fencer: the tool is already gone");
-        return 1;
-    };
-    let timer = match rustix::time::timerfd_create(
+    let timer = rustix::time::timerfd_create(
         rustix::time::TimerfdClockId::Boottime,
         rustix::time::TimerfdFlags::CLOEXEC,
-    ) {
-        Ok(t) => t,
-        Err(e) => {
-            tracing::error!(event = "fence_failed", error = %e, "fencer: no CLOCK_BOOTTIME timer");
-            return 1;
-        }
-    };
+    );
     // Unbuffered: a message left in a buffer would be invisible to poll.
-    let (Ok(input), Ok(output)) = (
+    let (Some(tool_fd), Ok(timer), Ok(input), Ok(output)) = (
+        tool_fd,
+        timer,
         rustix::io::dup(std::io::stdin()),
         rustix::io::dup(std::io::stdout()),
     ) else {
+        tracing::error!(
+            event = "fence_failed",
+            "fencer: the tool is gone, or no pipe or CLOCK_BOOTTIME timer"
+        );
         return 1;
     };
-    let mut stdin = std::fs::File::from(input);
-    let mut stdout = std::fs::File::from(output);
-    let mut guard = Guard::Idle;
-    let fire = |guard: &mut Guard, cause: Cause, out: &mut dyn Write| {
-        if let Guard::Armed { pgid, kill_at } = *guard {
-            let n = kill_tree(tool, pgid, node);
-            tracing::error!(
-                event = "fence_fired",
-                cause = ?cause,
-                killed = n,
-                late_ms = crate::sys::boot_time().saturating_sub(kill_at).as_millis() as u64,
-                "fencer: SIGKILLed the node's process tree"
-            );
-            let _ = out.write_all(&encode(MSG_FIRED, n));
-            *guard = Guard::Idle;
-        }
+    let mut input = std::fs::File::from(input);
+    let mut f = Fencer {
+        tool,
+        node,
+        guard: Guard::Idle,
+        timer,
+        acks: std::fs::File::from(output),
     };
     loop {
         let mut fds = [
-            PollFd::new(&stdin, PollFlags::IN),
-            PollFd::new(&timer, PollFlags::IN),
+            PollFd::new(&input, PollFlags::IN),
+            PollFd::new(&f.timer, PollFlags::IN),
             PollFd::new(&tool_fd, PollFlags::IN),
         ];
         match poll(&mut fds, None) {
@@ -390,69 +459,19 @@ pub fn fencer_main(node: Option<(u32, u32)>) -> u8 {
             Err(rustix::io::Errno::INTR) => continue,
             Err(_) => return 1,
         }
-        let (input, timed, tool_gone) = (
-            !fds[0].revents().is_empty(),
-            !fds[1].revents().is_empty(),
-            !fds[2].revents().is_empty(),
-        );
+        let ready = |i: usize| !fds[i].revents().is_empty();
+        let (msg, timed, tool_gone) = (ready(0), ready(1), ready(2));
         if timed {
             let mut b = [0u8; 8];
-            let _ = rustix::io::read(&timer, &mut b);
+            let _ = rustix::io::read(&f.timer, &mut b);
         }
-        if input {
-            match read_msg(&mut stdin) {
-                Some((MSG_DEADLINE, ns)) => {
-                    let kill_at = Duration::from_nanos(ns);
-                    let pgid = match guard {
-                        Guard::Armed { pgid, .. } => pgid,
-                        Guard::Idle => None,
-                    };
-                    guard = Guard::Armed { kill_at, pgid };
-                    let spec = rustix::time::Itimerspec {
-                        it_interval: rustix::time::Timespec {
-                            tv_sec: 0,
-                            tv_nsec: 0,
-                        },
-                        it_value: rustix::time::Timespec {
-                            tv_sec: kill_at.as_secs() as _,
-                            tv_nsec: kill_at.subsec_nanos() as _,
-                        },
-                    };
-                    let set = rustix::time::timerfd_settime(
-                        &timer,
-                        rustix::time::TimerfdTimerFlags::ABSTIME,
-                        &spec,
-                    );
-                    if set.is_ok() {
-                        let _ = stdout.write_all(&encode(MSG_ACK, ns));
-                    }
-                }
-                Some((MSG_ARM, pgid)) => {
-                    if let Guard::Armed { kill_at, .. } = guard {
-                        guard = Guard::Armed {
-                            kill_at,
-                            pgid: i32::try_from(pgid).ok(),
-                        };
-                    }
-                    tracing::debug!(pgid, "fencer: guarding the node's process group");
-                }
-                Some((MSG_DISARM, _)) => guard = Guard::Idle,
-                Some(_) => {}
-                None => {
-                    // The tool closed the pipe: a disarmed fencer just exits.
-                    fire(&mut guard, Cause::ToolGone, &mut stdout);
-                    return 0;
-                }
-            }
-        }
-        if tool_gone {
-            fire(&mut guard, Cause::ToolGone, &mut stdout);
+        // The tool closed the pipe or exited: a disarmed fencer just exits.
+        if (msg && !f.on_message(read_msg(&mut input))) || tool_gone {
+            f.fire(Cause::ToolGone);
             return 0;
         }
-        if let Guard::Armed { kill_at, .. } = guard {
-            if crate::sys::boot_time() >= kill_at {
-                fire(&mut guard, Cause::Deadline, &mut stdout);
-            }
+        if f.deadline_passed() {
+            f.fire(Cause::Deadline);
         }
     }
 }

@@ -499,18 +499,8 @@ fn takeover_whose_reply_is_lost_still_skips_ahead() {
     let relay = Relay::start(moto.port());
     let (a, b) = (Host::new("a"), Host::new("b"));
     let relay_ep = relay.endpoint();
-    let mut ta = a.spawn(&mut a.cmd(&ep));
-    assert!(
-        wait_for(|| !a.key_reports(&key).is_empty(), T),
-        "{}",
-        ta.log_text()
-    );
-    a.sign(900, 1, 2);
-    assert!(
-        wait_for(|| item_height(&ep) == 900, T),
-        "{}",
-        lease_item(&ep)
-    );
+    let (mut ta, _) = a.start_holder(&mut a.cmd(&ep), &key);
+    a.sign_carried(&ep, 900);
     let mut cb = b.cmd(&ep);
     cb.env("AWS_ENDPOINT_URL_DYNAMODB", &relay_ep);
     let tb = b.spawn(&mut cb);

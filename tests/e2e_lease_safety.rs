@@ -53,12 +53,7 @@ fn fencer_of(tool: &Tool) -> i32 {
 /// A holds the lease and has signed 900 (carried by a renewal); B stands by.
 fn signed_holder_and_standby(ep: &str, key: &TestKey, a: &Host, b: &Host) -> (Tool, Tool, i32) {
     let (ta, tb) = holder_and_standby(ep, ep, key, a, b, &[]);
-    a.sign(900, 1, 2);
-    assert!(
-        wait_for(|| item_height(ep) == 900, T),
-        "A's renewal did not carry its state: {}",
-        lease_item(ep)
-    );
+    a.sign_carried(ep, 900);
     let a_node = a.key_reports(key)[0]["pid"].as_i64().unwrap() as i32;
     (ta, tb, a_node)
 }
@@ -115,18 +110,8 @@ fn new_holder_whose_fetch_fails_releases_the_skip() {
     let (moto, key) = setup();
     let ep = moto.endpoint();
     let (a, b) = (Host::new("a"), Host::new("b"));
-    let mut ta = a.spawn(&mut a.cmd(&ep));
-    assert!(
-        wait_for(|| !a.key_reports(&key).is_empty(), T),
-        "{}",
-        ta.log_text()
-    );
-    a.sign(900, 1, 2);
-    assert!(
-        wait_for(|| item_height(&ep) == 900, T),
-        "{}",
-        lease_item(&ep)
-    );
+    let (mut ta, _) = a.start_holder(&mut a.cmd(&ep), &key);
+    a.sign_carried(&ep, 900);
     let mut cb = b.cmd(&ep);
     cb.env(
         "AWS_ENDPOINT_URL_SSM",
@@ -264,13 +249,7 @@ fn fencer_killed_the_tool_stops_the_node() {
     let (moto, key) = setup();
     let ep = moto.endpoint();
     let a = Host::new("a");
-    let mut ta = a.spawn(&mut a.cmd(&ep));
-    assert!(
-        wait_for(|| !a.key_reports(&key).is_empty(), T),
-        "{}",
-        ta.log_text()
-    );
-    let a_node = a.key_reports(&key)[0]["pid"].as_i64().unwrap() as i32;
+    let (mut ta, a_node) = a.start_holder(&mut a.cmd(&ep), &key);
     let fencer = fencer_of(&ta);
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(fencer), Signal::SIGKILL).unwrap();
     let killed = unix_us();
@@ -297,13 +276,7 @@ fn tool_killed_alone_the_fencer_kills_the_node_tree() {
     let mut ca = a.cmd(&ep);
     // A node that ignores its cosmovisor's death for a long time.
     ca.env("NODE_STOP_DELAY_MS", "30000");
-    let mut ta = a.spawn(&mut ca);
-    assert!(
-        wait_for(|| !a.key_reports(&key).is_empty(), T),
-        "{}",
-        ta.log_text()
-    );
-    let a_node = a.key_reports(&key)[0]["pid"].as_i64().unwrap() as i32;
+    let (mut ta, a_node) = a.start_holder(&mut ca, &key);
     let fencer = fencer_of(&ta);
     ta.child.signal(Signal::SIGKILL);
     let killed = unix_us();

@@ -28,6 +28,7 @@
 //! Files: [`settings`] (configuration and ids), [`state`] (the node's sign
 //! state file), [`record`] (the item and its strict codec), [`protocol`]
 //! (pure decisions, shared with the model checker), [`client`] (DynamoDB),
+//! [`holder`] (taking the lease, preparing it, releasing it on drop),
 //! [`threads`] (renewal and wait threads).
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -36,6 +37,7 @@ use std::time::Duration;
 
 mod client;
 mod error;
+mod holder;
 pub(crate) mod protocol;
 mod record;
 mod settings;
@@ -44,6 +46,7 @@ mod threads;
 
 pub use client::{Held, LeaseClient};
 pub use error::LeaseError;
+pub use holder::{acquire, release_logged, Acquired, HeldLease, StandbyEnd};
 pub use protocol::Takeover;
 pub use record::Record;
 pub use settings::{

@@ -126,6 +126,32 @@ impl Host {
         std::fs::rename(&tmp, self.state_path()).unwrap();
     }
 
+    /// Spawns `cmd` and waits until this host's node has `key`; returns the
+    /// tool and the keyed node's pid.
+    pub fn start_holder(&self, cmd: &mut Command, key: &TestKey) -> (Tool, i32) {
+        let t = self.spawn(cmd);
+        assert!(
+            wait_for(|| !self.key_reports(key).is_empty(), T),
+            "{} never got the key; log:\n{}",
+            self.name,
+            t.log_text()
+        );
+        let node = self.key_reports(key)[0]["pid"].as_i64().unwrap() as i32;
+        (t, node)
+    }
+
+    /// "Signs" `height` (round 1, step 2) and waits until a renewal carried
+    /// it into the lease.
+    pub fn sign_carried(&self, endpoint: &str, height: i64) {
+        self.sign(height, 1, 2);
+        assert!(
+            wait_for(|| item_height(endpoint) == height, T),
+            "{}'s renewal did not carry its state: {}",
+            self.name,
+            lease_item(endpoint)
+        );
+    }
+
     pub fn sign_state(&self) -> (i64, i64, i64) {
         let v: Value = serde_json::from_slice(&std::fs::read(self.state_path()).unwrap()).unwrap();
         (

@@ -1,0 +1,180 @@
+//! The holder's side before the supervisor takes over: take the lease (as
+//! a standby first if another host holds it, through a callback that runs
+//! the keyless node), prepare it for a delivery, and release it on every
+//! path that ends before the delivery.
+
+use super::{
+    boot_time, Held, LeaseClient, LeaseError, LeaseSettings, Raised, SignState, StateFile,
+};
+
+/// A lease this process holds, with its client and the node's state file.
+/// Dropped, it is released (carrying the record's state, takeover skip
+/// included); [`HeldLease::into_parts`] hands it on instead.
+pub struct HeldLease(Option<(LeaseClient, Held, StateFile)>);
+
+impl std::fmt::Debug for HeldLease {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("HeldLease")
+            .field(&self.0.as_ref().map(|(_, h, _)| h))
+            .finish()
+    }
+}
+
+impl Drop for HeldLease {
+    fn drop(&mut self) {
+        if let Some((c, h, _)) = self.0.take() {
+            release_logged(&c, &h, None);
+        }
+    }
+}
+
+impl HeldLease {
+    fn parts(&mut self) -> &mut (LeaseClient, Held, StateFile) {
+        self.0.as_mut().expect("held until handed on")
+    }
+
+    /// Readies the lease for delivering the key of `address`: binds the
+    /// lease to it (another validator's lease is refused before anything is
+    /// touched), raises the node's sign state to the record's, and confirms
+    /// the lease once more (the fetch may have taken a while). A renewal
+    /// that cannot reach DynamoDB is tolerated while the deadline holds: the
+    /// renewal thread retries.
+    pub fn prepare(&mut self, address: &str) -> Result<(), LeaseError> {
+        let (client, held, state) = self.parts();
+        client.bind_address(held, address)?;
+        raise_sign_state(held.state, state)?;
+        match client.renew(held, state.read().ok().flatten()) {
+            Ok(()) => Ok(()),
+            Err(e) if e.is_transient() && boot_time() < held.deadline.get() => {
+                tracing::warn!(error = %e, "lease renewal failed; the renewal thread retries");
+                Ok(())
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Hands the lease on (to the supervisor), without releasing it.
+    pub fn into_parts(mut self) -> (LeaseClient, Held, StateFile) {
+        self.0.take().expect("held until handed on")
+    }
+}
+
+/// Raises the node's sign state to what the lease carries. After a takeover
+/// of an *expired* lease that already includes the skip past the old
+/// holder's last carried state: the record itself carries it, so no later
+/// path can lose it.
+fn raise_sign_state(target: SignState, state: &StateFile) -> Result<(), LeaseError> {
+    if let Raised::From(prev) = state.raise_to(target)? {
+        tracing::info!(
+            event = "sign_state_raised",
+            path = %state.path.display(),
+            from = %prev.map(|p| p.to_string()).unwrap_or_else(|| "none".into()),
+            to = %target,
+            "raised the node's sign state: it will not sign at or below it"
+        );
+    }
+    Ok(())
+}
+
+/// Releases a lease we hold, carrying `last`; logs the outcome.
+pub fn release_logged(c: &LeaseClient, h: &Held, last: Option<SignState>) {
+    match c.release(h, last) {
+        Ok(released) => tracing::info!(
+            event = "lease_released",
+            lease = %c.settings.name,
+            state = %released,
+            takeover_skip = h.took_over.as_ref().map(|t| t.skip).unwrap_or(0),
+            skipped_from = %h.took_over.as_ref().map(|t| t.carried.to_string()).unwrap_or_else(|| "-".into()),
+            "released the failover lease"
+        ),
+        Err(e) => tracing::warn!(
+            event = "lease_release_failed",
+            error = %e,
+            "could not release the lease; other hosts take it over when it expires"
+        ),
+    }
+}
+
+/// How a standby's run (the keyless node, started by the caller) ended.
+pub enum StandbyEnd {
+    /// The child ended first, with this exit code.
+    Exited(u8),
+    /// The lease is ours; the keyless child has stopped.
+    Won(Box<(LeaseClient, Held)>),
+}
+
+/// What [`acquire`] came to.
+pub enum Acquired {
+    /// The lease is ours.
+    Held(Box<HeldLease>),
+    /// The standby's child ended first (its exit code), or a stop came
+    /// during the handover (0).
+    Ended(u8),
+}
+
+/// Takes the lease: at once if it is free or released, else by running
+/// `standby` (the keyless node, waiting for the lease) until it is ours.
+/// `stop_requested` is asked after a handover: a stop then delivers nothing.
+pub fn acquire<E: From<LeaseError>>(
+    settings: &LeaseSettings,
+    state: StateFile,
+    stop_requested: impl Fn() -> Option<i32>,
+    standby: impl FnOnce(LeaseClient, StateFile) -> Result<StandbyEnd, E>,
+) -> Result<Acquired, E> {
+    // Refuse a sign state we cannot read before taking anything.
+    let local = state.read()?.unwrap_or_default();
+    tracing::info!(event = "lease_config", table = %settings.table, lease = %settings.name, holder = %settings.holder, duration_ms = settings.duration.as_millis() as u64, sign_state = %local, "using the failover lease");
+    let client = LeaseClient::new(settings.clone())?;
+    let now = match client.try_acquire_now(Some(local)) {
+        Ok(h) => h,
+        Err(e) if e.is_transient() => {
+            tracing::warn!(event = "lease_unreachable", error = %e, "cannot reach the lease table; standing by");
+            None
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let (client, held) = match now {
+        Some(h) => (client, h),
+        None => {
+            tracing::info!(
+                event = "standby",
+                "another host holds the failover lease: running without the consensus key until it is ours"
+            );
+            match standby(client, state.clone())? {
+                StandbyEnd::Exited(code) => return Ok(Acquired::Ended(code)),
+                StandbyEnd::Won(won) => {
+                    let (client, mut held) = *won;
+                    if let Some(sig) = stop_requested() {
+                        release_logged(&client, &held, None);
+                        tracing::info!(
+                            event = "stopped_before_start",
+                            signal = sig,
+                            "stop requested during the handover"
+                        );
+                        return Ok(Acquired::Ended(0));
+                    }
+                    // Stopping the keyless node took time: confirm the lease.
+                    if let Err(e) = client.renew(&mut held, None) {
+                        if !e.is_transient() || boot_time() >= held.deadline.get() {
+                            return Err(e.into());
+                        }
+                    }
+                    (client, held)
+                }
+            }
+        }
+    };
+    let t = held.took_over.as_ref();
+    tracing::info!(
+        event = "lease_acquired",
+        lease = %settings.name,
+        took_over_from = t.map(|t| t.from.as_str()).unwrap_or("-"),
+        carried_state = %t.map(|t| t.carried).unwrap_or(held.state),
+        takeover_skip = t.map(|t| t.skip).unwrap_or(0),
+        state = %held.state,
+        "holding the failover lease"
+    );
+    Ok(Acquired::Held(Box::new(HeldLease(Some((
+        client, held, state,
+    ))))))
+}

@@ -1,0 +1,297 @@
+//! Supervision: run the child (cosmovisor, or any node command), deliver the
+//! key each time the node starts, forward signals, adopt orphans, enforce the
+//! lease deadline, and put the safe key back on every exit path we control
+//! (docs/design.md §6).
+//!
+//! Threads, not an async runtime: one waits for signals ([`Signals`]), one
+//! waits for the child, one blocks in the FIFO's writer open, one reads
+//! inotify for the upgrade marker, one waits on the node's pidfd, and the
+//! lease has its own. All report to one [`Supervisor`](machine::Supervisor)
+//! over one channel; it owns the run's state as one [`Phase`](machine::Phase).
+//!
+//! Who moves the key slot: the supervisor (first arm, restore at the end),
+//! the delivery thread (the file that follows a hand-off, while the FIFO is
+//! at the key path), and the re-arm watchers, which go through one lock
+//! ([`rearm::FastRearm`]) and act only while a regular file (the stripped
+//! key) is at the key path. Those conditions never hold at once for two of
+//! them, and the supervisor disables the watchers before it restores.
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+use std::process::ExitStatus;
+use std::sync::mpsc;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::config::Config;
+use crate::deliver::{DeliverError, Outcome, ReaderPolicy};
+use crate::fence::FenceNews;
+use crate::key::ValidatorKey;
+use crate::lease::{boot_time, Held, Keeper, LeaseClient, LeaseNews, StateFile, Waiter};
+use crate::procfs::{self, Pid};
+use crate::slot::{KeySlot, SlotError};
+
+mod child;
+mod handoff;
+mod holder;
+mod machine;
+mod rearm;
+mod signals;
+
+pub use child::status_code;
+pub use signals::{Signals, FORWARDED};
+
+/// Grace period between SIGTERM and SIGKILL for orphaned nodes.
+pub const ORPHAN_GRACE: Duration = Duration::from_secs(10);
+
+/// Documented exit codes of our own (the child's status is passed through otherwise).
+pub mod exit {
+    /// Usage or configuration error.
+    pub const CONFIG: u8 = 2;
+    /// The key source failed or held an invalid key.
+    pub const SOURCE: u8 = 3;
+    /// The key slot needs an operator.
+    pub const SLOT: u8 = 4;
+    /// The node never read the key (timeout) or delivery failed.
+    pub const DELIVERY: u8 = 5;
+    /// A stranger held the pipe after the key was written: rotate the key.
+    pub const EXPOSED: u8 = 6;
+    /// The child could not be started.
+    pub const SPAWN: u8 = 7;
+    /// The failover lease was lost (node stopped) or cannot be used.
+    pub const LEASE: u8 = 8;
+}
+
+/// A fatal supervision error, with the exit code it maps to.
+#[derive(Debug, thiserror::Error)]
+pub enum SuperviseError {
+    /// The slot failed.
+    #[error(transparent)]
+    Slot(#[from] SlotError),
+    /// The child could not be started.
+    #[error("cannot start {program:?}: {source}; set COSMOVISOR_BIN or put cosmovisor on PATH")]
+    Spawn {
+        /// The program.
+        program: OsString,
+        /// Cause.
+        source: std::io::Error,
+    },
+    /// Delivery failed.
+    #[error("key delivery failed: {0}")]
+    Deliver(#[from] DeliverError),
+    /// The node did not read the key in time.
+    #[error("the node did not read the key within {0:?} (SSM_COSMOVISOR_KEY_TIMEOUT); stopped the node and restored the safe key. Check that the node starts and that priv_validator_key_file points at {1:?}")]
+    Timeout(Duration, PathBuf),
+    /// Key possibly exposed.
+    #[error("KEY MAY BE EXPOSED: {0}. The node was stopped and the safe key restored. Rotate the consensus key")]
+    Exposed(String),
+    /// The failover lease was lost or cannot be used.
+    #[error("failover lease: {0}")]
+    Lease(String),
+    /// Internal failure (threads, signals).
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl SuperviseError {
+    /// The process exit code for this error.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            SuperviseError::Slot(_) => exit::SLOT,
+            SuperviseError::Spawn { .. } => exit::SPAWN,
+            SuperviseError::Deliver(_) | SuperviseError::Timeout(..) => exit::DELIVERY,
+            SuperviseError::Exposed(_) => exit::EXPOSED,
+            SuperviseError::Lease(_) => exit::LEASE,
+            SuperviseError::Internal(_) => 1,
+        }
+    }
+}
+
+/// What the run's threads tell the supervisor.
+pub(crate) enum Event {
+    Signal(i32),
+    ChildExited(std::io::Result<ExitStatus>),
+    Delivery(Result<Outcome, DeliverError>),
+    Marker,
+    ReaderExited(Pid),
+    /// A watcher thread re-armed the key path.
+    Rearmed,
+    /// A watcher thread failed to re-arm.
+    RearmFailed(SlotError),
+    /// From the lease thread.
+    Lease(LeaseNews),
+    /// From the fencer's reader thread.
+    Fence(FenceNews),
+}
+
+/// What the key handling needs; `None` runs the child like plain cosmovisor.
+pub struct KeyJob {
+    /// The slot, already repaired and backed up.
+    pub slot: Arc<KeySlot>,
+    /// The validated consensus key.
+    pub key: Arc<ValidatorKey>,
+}
+
+/// The failover lease's part in a run.
+pub enum LeaseRole {
+    /// No lease configured.
+    None,
+    /// We hold the lease: renew it while the child runs, stop the node if it
+    /// is lost, release it (with the final sign state) after the restore.
+    Holder {
+        /// The client.
+        client: LeaseClient,
+        /// The lease.
+        held: Held,
+        /// The node's sign-state file, carried with each renewal.
+        state: StateFile,
+    },
+    /// Another host holds it: run the child without the key and wait; once
+    /// the lease is ours, stop the child and return [`Ended::Acquired`].
+    Standby {
+        /// The client.
+        client: LeaseClient,
+        /// The node's sign-state file (a lease may raise it only so far).
+        state: StateFile,
+    },
+}
+
+/// How a run ended.
+pub enum Ended {
+    /// Exit with this code.
+    Exit(u8),
+    /// A standby got the lease and stopped its keyless child.
+    Acquired(Box<(LeaseClient, Held)>),
+}
+
+/// Runs `program args` as our child and supervises it to the end.
+pub fn run(
+    signals: &Signals,
+    cfg: &Config,
+    program: &OsString,
+    args: &[OsString],
+    job: Option<KeyJob>,
+    lease: LeaseRole,
+) -> Result<Ended, SuperviseError> {
+    let (tx, rx) = mpsc::channel::<Event>();
+    let attached = signals.attach(tx.clone());
+    // Stopped between runs (a standby's handover): no new child.
+    if let Some(sig) = signals.stop_requested() {
+        drop(attached);
+        tracing::info!(
+            event = "stopped_before_start",
+            signal = sig,
+            "stop requested before the child started"
+        );
+        if let Some(j) = &job {
+            j.slot.restore()?;
+        }
+        if let LeaseRole::Holder { client, held, .. } = lease {
+            crate::lease::release_logged(&client, &held, None);
+        }
+        return Ok(Ended::Exit(0));
+    }
+    let restore = |job: &Option<KeyJob>| -> Result<(), SuperviseError> {
+        if let Some(j) = job {
+            j.slot.restore()?;
+        }
+        Ok(())
+    };
+    // The lease threads inherit the blocked signals (blocked since before
+    // any thread existed).
+    let (lease_thread, guard, stop_grace) = match lease {
+        LeaseRole::None => (holder::LeaseThread::None, None, ORPHAN_GRACE),
+        LeaseRole::Holder {
+            client,
+            held,
+            state,
+        } => {
+            let grace = client.settings.stop_grace();
+            let g = match holder::start_fence(cfg, &held, &client.settings, &tx) {
+                Ok(g) if boot_time() < g.until() => g,
+                r => {
+                    // Renewals failed until now, or no fencer: the key must
+                    // not go out.
+                    drop(attached);
+                    restore(&job)?;
+                    return Err(SuperviseError::Lease(match r {
+                        Err(e) => format!("{e}; nothing was delivered"),
+                        Ok(_) => "no renewal of the lease was confirmed before the node could start; nothing was delivered".into(),
+                    }));
+                }
+            };
+            let k = Keeper::start(client, held, state.clone(), holder::lease_news(&tx))
+                .map_err(|e| SuperviseError::Internal(format!("lease thread: {e}")))?;
+            (holder::LeaseThread::Keeper(k, state), Some(g), grace)
+        }
+        LeaseRole::Standby { client, state } => {
+            let w = Waiter::start(client, state, holder::lease_news(&tx))
+                .map_err(|e| SuperviseError::Internal(format!("lease thread: {e}")))?;
+            (holder::LeaseThread::Waiter(w), None, ORPHAN_GRACE)
+        }
+    };
+    // Orphaned descendants (a node whose cosmovisor died) are reparented to
+    // us instead of init, so we can stop them.
+    rustix::process::set_child_subreaper(Some(rustix::process::getpid()))
+        .map_err(|e| SuperviseError::Internal(format!("PR_SET_CHILD_SUBREAPER: {e}")))?;
+    // Arm before the child exists: the node may look for its key at once.
+    let armed = match &job {
+        Some(j) => {
+            let a = j.slot.arm()?;
+            tracing::info!(event = "armed", path = %j.slot.path().display(), inode = a.ino, "key FIFO armed");
+            Some(a)
+        }
+        None => None,
+    };
+    let child = match child::Child::spawn(cfg, program, args, guard.is_some(), &tx) {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = restore(&job);
+            drop(attached);
+            holder::finish_lease(lease_thread, false, true);
+            return Err(e);
+        }
+    };
+    if let Some(g) = &guard {
+        g.fence.arm(child.pid().0 as u32);
+    }
+    let policy = reader_policy(cfg, child.pid());
+    let standby = matches!(lease_thread, holder::LeaseThread::Waiter(_));
+    let mut sup = machine::Supervisor::new(machine::Setup {
+        cfg,
+        job,
+        child,
+        policy,
+        tx,
+        guard,
+        stop_grace,
+    });
+    sup.start(armed, standby);
+    let status = sup.event_loop(&rx);
+    sup.finish(status, &rx, lease_thread, attached)
+}
+
+/// Who may receive the key in this run: the node, under our child.
+fn reader_policy(cfg: &Config, root: Pid) -> ReaderPolicy {
+    let (uid, gid) = match &cfg.node_user {
+        Some(u) => (u.uid, u.gid),
+        None => (
+            rustix::process::geteuid().as_raw(),
+            rustix::process::getegid().as_raw(),
+        ),
+    };
+    ReaderPolicy {
+        root,
+        uid,
+        gid,
+        me: Pid(std::process::id() as i32),
+    }
+}
+
+/// The children of ours other than `except`.
+fn children_except(except: Option<Pid>) -> Vec<Pid> {
+    procfs::children_of(Pid(std::process::id() as i32))
+        .into_iter()
+        .filter(|p| Some(*p) != except)
+        .collect()
+}

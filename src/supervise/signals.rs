@@ -1,0 +1,120 @@
+//! The process's one signal thread, as a handle.
+//!
+//! INT/TERM/HUP/QUIT and CHLD are blocked before any other thread exists, so
+//! every thread inherits the mask and only this thread's `sigwait` ever takes
+//! them. One thread for the whole process, across runs (a standby's run, then
+//! the holder's): a second `sigwait` thread could take a signal meant for one
+//! run and hand it to a finished one.
+
+use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
+use std::sync::mpsc::Sender;
+use std::sync::{Arc, Mutex};
+
+use super::{Event, SuperviseError};
+
+/// Signals forwarded to the child.
+pub const FORWARDED: [i32; 4] = [libc::SIGINT, libc::SIGTERM, libc::SIGHUP, libc::SIGQUIT];
+
+#[derive(Default)]
+struct Shared {
+    /// Where signals go: the current run's channel; `None` between runs.
+    sink: Mutex<Option<Sender<Event>>>,
+    /// The last stop signal received (0: none), for the stretches between
+    /// runs (a standby's handover: stop, fetch, backup) where nobody
+    /// forwards it.
+    stop: AtomicI32,
+    /// While set, a stop signal with no run to take it ends the process at
+    /// once: nothing has been changed yet that would need undoing.
+    exit_on_stop: AtomicBool,
+}
+
+/// The signal thread's handle.
+#[derive(Clone)]
+pub struct Signals(Arc<Shared>);
+
+impl Signals {
+    /// Blocks the signals in this thread (and so in every thread created
+    /// after it: call before any runtime or helper thread exists) and
+    /// starts the thread. Only once per process.
+    pub fn start() -> Result<Signals, SuperviseError> {
+        static STARTED: AtomicBool = AtomicBool::new(false);
+        if STARTED.swap(true, Ordering::SeqCst) {
+            return Err(SuperviseError::Internal(
+                "the signal thread was started twice".into(),
+            ));
+        }
+        let mut sigs = FORWARDED.to_vec();
+        sigs.push(libc::SIGCHLD);
+        crate::sys::block_signals(&sigs)
+            .map_err(|e| SuperviseError::Internal(format!("blocking signals: {e}")))?;
+        let shared = Arc::new(Shared::default());
+        shared.exit_on_stop.store(true, Ordering::SeqCst);
+        let me = shared.clone();
+        std::thread::Builder::new()
+            .name("signals".into())
+            .spawn(move || loop {
+                let Ok(sig) = crate::sys::wait_signal(&sigs) else {
+                    return;
+                };
+                me.take(sig);
+            })
+            .map_err(|e| SuperviseError::Internal(format!("signal thread: {e}")))?;
+        Ok(Signals(shared))
+    }
+
+    /// From now on a stop signal between runs is only recorded
+    /// ([`Signals::stop_requested`]): the caller is about to change the key
+    /// slot and must put it back itself.
+    pub fn defer_stop(&self) {
+        self.0.exit_on_stop.store(false, Ordering::SeqCst);
+    }
+
+    /// A stop signal (INT/TERM/HUP/QUIT) received so far, if any.
+    pub fn stop_requested(&self) -> Option<i32> {
+        match self.0.stop.load(Ordering::SeqCst) {
+            0 => None,
+            s => Some(s),
+        }
+    }
+
+    /// Sends signals to `tx` until the returned guard is dropped.
+    pub(crate) fn attach(&self, tx: Sender<Event>) -> Attached {
+        *self.0.sink.lock().unwrap_or_else(|e| e.into_inner()) = Some(tx);
+        Attached(self.0.clone())
+    }
+}
+
+impl Shared {
+    fn take(&self, sig: i32) {
+        if sig != libc::SIGCHLD {
+            self.stop.store(sig, Ordering::SeqCst);
+        }
+        let sink = self.sink.lock().unwrap_or_else(|e| e.into_inner());
+        match sink.as_ref() {
+            // Orphans adopted as subreaper (SIGCHLD) are reaped by the run.
+            Some(tx) => {
+                let _ = tx.send(Event::Signal(sig));
+            }
+            None if sig != libc::SIGCHLD && self.exit_on_stop.load(Ordering::SeqCst) => {
+                // Nothing changed yet (the key slot is idle; a lease we may
+                // hold simply expires): do not make systemd wait for a fetch.
+                tracing::info!(
+                    event = "stopped_before_start",
+                    signal = sig,
+                    "stop requested before anything was changed: exiting"
+                );
+                std::process::exit(0);
+            }
+            None => {}
+        }
+    }
+}
+
+/// A run's subscription to the signals; dropping it ends it.
+pub(crate) struct Attached(Arc<Shared>);
+
+impl Drop for Attached {
+    fn drop(&mut self) {
+        *self.0.sink.lock().unwrap_or_else(|e| e.into_inner()) = None;
+    }
+}
