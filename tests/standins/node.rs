@@ -32,6 +32,10 @@
 //!   planned exit (`{"exit_unix_us":…}`); `scripts/bench` pairs these with the tool's
 //!   `re_armed` log lines.
 //!
+//! - `NODE_SIGN_LEDGER` (with `NODE_SIGN_ADDRESS`, `NODE_SIGN_EPOCH_MS`, optional
+//!   `NODE_SIGN_HOST`, `NODE_SIGN_BLOCK_MS`, `NODE_SIGN_CATCHUP_MS`) a node that read the
+//!   validator's key signs on a shared chain clock: see `node_sign.rs`.
+//!
 //! Each report line also carries `read_done_unix_us`: the wall-clock time (µs since the
 //! epoch) at which the key had been read and parsed, for time-to-key measurements.
 //!
@@ -66,6 +70,9 @@ use base64::Engine as _;
 use nix::sys::signal::{SigSet, Signal};
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
+
+#[path = "node_sign.rs"]
+mod sign;
 
 const ED25519_PRIV: &str = "tendermint/PrivKeyEd25519";
 const SECP256K1_PRIV: &str = "tendermint/PrivKeySecp256k1";
@@ -148,6 +155,12 @@ fn main() {
     if let Some(code) = exit_code {
         process::exit(code);
     }
+    // LoadFilePV reads the sign state together with the key.
+    let signer =
+        sign::Signer::from_env(home.as_deref(), report.address.as_deref()).unwrap_or_else(|e| {
+            say_line!(stderr, "NODE-PANIC: {e}");
+            process::exit(EXIT_INVALID);
+        });
     say_line!(
         stdout,
         "node-standin: pid={} read key {}",
@@ -185,6 +198,9 @@ fn main() {
         }
     }
 
+    if let Some(signer) = signer {
+        signer.run();
+    }
     // Run "forever"; the signal thread ends the process.
     loop {
         thread::park();

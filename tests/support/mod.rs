@@ -19,7 +19,7 @@ use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -632,18 +632,23 @@ fn cometbft_json(t: KeyType, address: &str, pub_b64: &str, priv_b64: &str) -> St
 /// seed/scalar in base64 (unpadded, so a padded or embedded copy matches too) and in lower-
 /// and uppercase hex.
 pub fn assert_no_secret(output: &str, key: &TestKey) {
+    if let Some(what) = secret_in(output, key) {
+        panic!("secret leaked: output contains the {what}\n--- output ---\n{output}");
+    }
+}
+
+/// Which form of the key's secret `output` contains, if any (see [`assert_no_secret`]).
+pub fn secret_in(output: &str, key: &TestKey) -> Option<&'static str> {
     let forms = [
         ("priv_key value (base64)", key.priv_b64.clone()),
         ("seed (base64)", B64_NO_PAD.encode(&key.seed)),
         ("seed (hex)", hex::encode(&key.seed)),
         ("seed (HEX)", hex::encode_upper(&key.seed)),
     ];
-    for (what, needle) in forms {
-        assert!(
-            !output.contains(&needle),
-            "secret leaked: output contains the {what}\n--- output ---\n{output}"
-        );
-    }
+    forms
+        .into_iter()
+        .find(|(_, needle)| output.contains(needle))
+        .map(|(what, _)| what)
 }
 
 // ---------------------------------------------------------------------------------------
@@ -1428,131 +1433,17 @@ pub fn complete_reports(home: &NodeHome) -> Vec<Value> {
 }
 
 // ---------------------------------------------------------------------------------------
-// A TCP relay to moto, to break the network between one "host" and AWS
+// A fault proxy to moto, to break the network between one "host" and AWS (proxy.rs)
 // ---------------------------------------------------------------------------------------
 
-/// Relays loopback TCP to moto's port. The test can refuse new connections and break
-/// the open ones ([`Relay::cut`]), swallow every reply while the requests still land
-/// ([`Relay::drop_replies`]), or swallow only the reply to the next request that
-/// contains a given marker ([`Relay::swallow_reply_to`], e.g. `PutItem`). Point one
-/// process at it with `AWS_ENDPOINT_URL_<SERVICE>`.
-pub struct Relay {
-    port: u16,
-    cut: Arc<AtomicBool>,
-    conns: Arc<Mutex<Vec<TcpStream>>>,
-    /// While set, replies from moto are swallowed (the requests still land).
-    pub drop_replies: Arc<AtomicBool>,
-    /// Reply chunks swallowed so far.
-    pub dropped: Arc<AtomicU64>,
-    /// Marker of the one request whose reply is to be swallowed.
-    swallow_marker: Arc<Mutex<Option<Vec<u8>>>>,
-}
+mod proxy;
+#[allow(unused_imports)]
+pub use proxy::{Fault, ProxyRecord, Relay};
 
-impl Relay {
-    pub fn start(upstream_port: u16) -> Relay {
-        let l = TcpListener::bind("127.0.0.1:0").unwrap();
-        l.set_nonblocking(true).unwrap();
-        let port = l.local_addr().unwrap().port();
-        let relay = Relay {
-            port,
-            cut: Arc::default(),
-            conns: Arc::default(),
-            drop_replies: Arc::default(),
-            dropped: Arc::default(),
-            swallow_marker: Arc::default(),
-        };
-        let (cut, conns) = (relay.cut.clone(), relay.conns.clone());
-        let (drop_all, dropped, marker) = (
-            relay.drop_replies.clone(),
-            relay.dropped.clone(),
-            relay.swallow_marker.clone(),
-        );
-        thread::spawn(move || {
-            while !cut.load(Ordering::SeqCst) {
-                match l.accept() {
-                    Ok((down, _)) => {
-                        down.set_nonblocking(false).unwrap();
-                        let Ok(up) = TcpStream::connect(("127.0.0.1", upstream_port)) else {
-                            continue;
-                        };
-                        let mut g = conns.lock().unwrap();
-                        g.push(down.try_clone().unwrap());
-                        g.push(up.try_clone().unwrap());
-                        drop(g);
-                        // Set by this connection's request side when it carried the
-                        // marked request: its replies are swallowed from then on.
-                        let mute: Arc<AtomicBool> = Arc::default();
-                        let (m1, mk) = (mute.clone(), marker.clone());
-                        relay_pipe(
-                            down.try_clone().unwrap(),
-                            up.try_clone().unwrap(),
-                            move |chunk| {
-                                let mut g = mk.lock().unwrap();
-                                if g.as_ref().is_some_and(|m| {
-                                    chunk.windows(m.len()).any(|w| w == m.as_slice())
-                                }) {
-                                    *g = None;
-                                    m1.store(true, Ordering::SeqCst);
-                                }
-                                true
-                            },
-                        );
-                        let (da, dn) = (drop_all.clone(), dropped.clone());
-                        relay_pipe(up, down, move |_| {
-                            if da.load(Ordering::SeqCst) || mute.load(Ordering::SeqCst) {
-                                dn.fetch_add(1, Ordering::SeqCst);
-                                false
-                            } else {
-                                true
-                            }
-                        });
-                    }
-                    Err(_) => thread::sleep(Duration::from_millis(5)),
-                }
-            }
-            // The listener is dropped here: new connections are refused.
-        });
-        relay
-    }
+// ---------------------------------------------------------------------------------------
+// The chaos test: cluster of hosts, nemesis, checker
+// ---------------------------------------------------------------------------------------
 
-    pub fn endpoint(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
-    }
-
-    /// Refuses new connections and breaks the open ones.
-    pub fn cut(&self) {
-        self.cut.store(true, Ordering::SeqCst);
-        for c in self.conns.lock().unwrap().drain(..) {
-            let _ = c.shutdown(std::net::Shutdown::Both);
-        }
-        thread::sleep(Duration::from_millis(50));
-    }
-
-    /// Swallows the reply to the next request containing `marker` (the request itself
-    /// reaches moto), and everything after it on that connection.
-    pub fn swallow_reply_to(&self, marker: &str) {
-        *self.swallow_marker.lock().unwrap() = Some(marker.as_bytes().to_vec());
-    }
-}
-
-/// Copies `from` to `to` on its own thread; `pass(chunk)` false drops the chunk.
-fn relay_pipe(
-    mut from: TcpStream,
-    mut to: TcpStream,
-    mut pass: impl FnMut(&[u8]) -> bool + Send + 'static,
-) {
-    thread::spawn(move || {
-        let mut buf = [0u8; 16384];
-        loop {
-            match from.read(&mut buf) {
-                Ok(0) | Err(_) => break,
-                Ok(n) => {
-                    if pass(&buf[..n]) && to.write_all(&buf[..n]).is_err() {
-                        break;
-                    }
-                }
-            }
-        }
-        let _ = to.shutdown(std::net::Shutdown::Both);
-    });
-}
+pub mod checker;
+pub mod cluster;
+pub mod nemesis;
