@@ -36,6 +36,8 @@ use std::time::Duration;
 
 mod client;
 mod error;
+#[cfg(test)]
+mod model;
 pub(crate) mod protocol;
 mod record;
 mod settings;
