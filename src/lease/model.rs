@@ -191,6 +191,47 @@ pub(crate) struct Config {
 }
 
 impl Config {
+    /// A one-line description for reports.
+    pub(crate) fn label(&self) -> String {
+        let b = self.budget;
+        let mut s = format!(
+            "{} hosts, {:?}, {} ticks at {}/s, {:?}, {:?}",
+            self.hosts,
+            self.variant,
+            self.horizon,
+            self.ticks_per_s,
+            self.signing,
+            self.renew_order
+        );
+        for (n, v) in [
+            ("crash", b.crashes),
+            ("lost reply", b.replies),
+            ("stall", b.stalls),
+            ("abort", b.aborts),
+            ("stop", b.stops),
+            ("restart", b.restarts),
+            ("cut", b.cuts),
+            ("slip", b.slips),
+        ] {
+            if v > 0 {
+                let _ = write!(s, ", {v} {n}");
+            }
+        }
+        if let Some(w) = self.drift_window {
+            let _ = write!(s, ", drift 1/{w}");
+        }
+        if !self.fencer {
+            s.push_str(", NO FENCER");
+        }
+        if self.tree_freeze {
+            s.push_str(", tree freezes");
+        }
+        if let Some(h) = self.fault_host {
+            let _ = write!(s, ", faults on h{h} only");
+        }
+        s
+    }
+
     /// Two hosts, the fixed protocol, one tick per second, no faults.
     pub(crate) fn base(horizon: u8) -> Config {
         Config {
@@ -360,7 +401,10 @@ pub(crate) enum Stall {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub(crate) enum Action {
     /// Time passes: the chain may advance, one clock may slip.
-    Tick { chain: bool, slip: Option<(u8, Slip)> },
+    Tick {
+        chain: bool,
+        slip: Option<(u8, Slip)>,
+    },
     /// A standby reads the record and acts on the decision.
     Read(u8, Reply),
     Raise(u8),
@@ -405,7 +449,10 @@ fn bit(height: i64) -> u128 {
 
 impl LeaseModel {
     pub(crate) fn new(cfg: Config) -> LeaseModel {
-        assert!(matches!(cfg.ticks_per_s, 1..=3), "1, 2 or 3 ticks per second");
+        assert!(
+            matches!(cfg.ticks_per_s, 1..=3),
+            "1, 2 or 3 ticks per second"
+        );
         LeaseModel {
             cfg,
             s: test_settings(6),
@@ -447,7 +494,9 @@ impl LeaseModel {
     /// The renewal thread's retry after a failure (`threads.rs`: a quarter
     /// period, at least 200 ms), in whole ticks, at least one.
     fn retry(&self) -> u8 {
-        let ms = (self.s.renew_every() / 4).max(Duration::from_millis(200)).as_millis() as u64;
+        let ms = (self.s.renew_every() / 4)
+            .max(Duration::from_millis(200))
+            .as_millis() as u64;
         u8::try_from((ms * self.k()).div_ceil(1000).max(1)).expect("small")
     }
 
@@ -566,9 +615,17 @@ impl LeaseModel {
                     }
                 }
             }
-            Decision::TakeFree | Decision::TakeReleased | Decision::TakeExpired { .. } => {
-                self.take(st, i, &d, &mut watch, cur.as_ref(), local, &mut taking, reply)
-            }
+            Decision::TakeFree | Decision::TakeReleased | Decision::TakeExpired { .. } => self
+                .take(
+                    st,
+                    i,
+                    &d,
+                    &mut watch,
+                    cur.as_ref(),
+                    local,
+                    &mut taking,
+                    reply,
+                ),
         };
         st.hosts[i].tool = match next {
             Some(held) => Tool::Taken(held),
@@ -622,7 +679,13 @@ impl LeaseModel {
     /// `release(held, state)`: released, carrying `carried`.
     fn release(&self, st: &mut State, i: usize, held: &Held, last: Option<SignState>) {
         if !st.hosts[i].cut {
-            self.put(st, i, Some(&held.rvn), protocol::carried(held.state, last), true);
+            self.put(
+                st,
+                i,
+                Some(&held.rvn),
+                protocol::carried(held.state, last),
+                true,
+            );
         }
         st.hosts[i].tool = Tool::Down;
     }
@@ -983,10 +1046,7 @@ impl LeaseModel {
             Tool::Taken(_) => out.push(Action::Raise(n)),
             Tool::Raised(_) => push_replies(out, Action::Confirm, true),
             Tool::Confirmed(_) => out.push(Action::Deliver(n)),
-            Tool::Holding(ho) if !h.keyed => {
-                let _ = ho;
-                out.push(Action::Exit(n));
-            }
+            Tool::Holding(_) if !h.keyed => out.push(Action::Exit(n)),
             Tool::Holding(ho) => {
                 if !ho.lost && ho.pending.is_none() && h.clock >= ho.next {
                     out.push(Action::RenewRead(n));
@@ -1000,7 +1060,11 @@ impl LeaseModel {
             }
             Tool::Stopping { .. } => out.push(Action::Release(n)),
         }
-        if left.aborts > 0 && matches!(h.tool, Tool::Taken(_) | Tool::Raised(_) | Tool::Confirmed(_))
+        if left.aborts > 0
+            && matches!(
+                h.tool,
+                Tool::Taken(_) | Tool::Raised(_) | Tool::Confirmed(_)
+            )
         {
             out.push(Action::Abort(n));
         }
@@ -1207,7 +1271,9 @@ impl LeaseModel {
                 if h.cut { " CUT OFF" } else { "" },
                 if h.keyed { "HAS THE KEY" } else { "keyless" },
                 h.file.height,
-                (0..128).filter(|b| h.signed >> b & 1 == 1).collect::<Vec<_>>()
+                (0..128)
+                    .filter(|b| h.signed >> b & 1 == 1)
+                    .collect::<Vec<_>>()
             );
         }
         s
@@ -1292,9 +1358,10 @@ impl Model for LeaseModel {
                 s.hosts.iter().filter(|h| h.keyed).count() <= 1
             }),
             Property::always(NO_DOUBLE_SIGN, |_, s: &State| {
-                s.hosts.iter().enumerate().all(|(i, a)| {
-                    s.hosts[i + 1..].iter().all(|b| a.signed & b.signed == 0)
-                })
+                s.hosts
+                    .iter()
+                    .enumerate()
+                    .all(|(i, a)| s.hosts[i + 1..].iter().all(|b| a.signed & b.signed == 0))
             }),
             Property::sometimes(TAKEOVER, |_, s: &State| s.took_over),
             Property::sometimes(TWO_SIGNERS, |_, s: &State| {
@@ -1349,8 +1416,8 @@ pub(crate) fn check(cfg: Config, stop_at: Option<&'static str>) -> Outcome {
         found,
     };
     eprintln!(
-        "model {:?}: {} states, depth {}, {:.1} s; found: {:?}",
-        o.model.cfg,
+        "model [{}]: {} states, depth {}, {:.1} s; found: {:?}",
+        o.model.cfg.label(),
         o.unique,
         o.depth,
         o.secs,
@@ -1363,105 +1430,318 @@ pub(crate) fn check(cfg: Config, stop_at: Option<&'static str>) -> Outcome {
 mod tests {
     use super::*;
 
-    fn env(name: &str, default: u8) -> u8 {
-        std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+    fn cfg(horizon: u8, budget: Budget) -> Config {
+        Config {
+            budget,
+            ..Config::base(horizon)
+        }
     }
 
-    fn histogram(cfg: Config) {
-        use std::collections::{HashMap, HashSet};
-        let m = LeaseModel::new(cfg);
-        let mut seen: HashSet<State> = HashSet::new();
-        let mut todo = m.init_states();
-        let mut per_now: HashMap<u8, (usize, usize)> = HashMap::new();
-        let mut shapes: HashMap<String, usize> = HashMap::new();
-        while let Some(st) = todo.pop() {
-            if !seen.insert(st.clone()) {
-                continue;
-            }
-            let mut acts = Vec::new();
-            m.actions(&st, &mut acts);
-            let boundary = acts.iter().any(|a| matches!(a, Action::Tick { .. }));
-            let e = per_now.entry(st.now).or_default();
-            e.0 += 1;
-            if boundary {
-                e.1 += 1;
-                let shape: Vec<String> = st
-                    .hosts
-                    .iter()
-                    .map(|h| {
-                        let t = format!("{:?}", h.tool);
-                        t.split(['(', ' ', '{']).next().unwrap().to_string()
-                    })
-                    .collect();
-                *shapes.entry(shape.join("/")).or_default() += 1;
-            }
-            for a in acts {
-                if let Some(n) = m.next_state(&st, a) {
-                    if !seen.contains(&n) {
-                        todo.push(n);
-                    }
-                }
+    /// The properties hold, and neither `sometimes` is vacuous.
+    fn holds(o: &Outcome) {
+        for name in [ONE_KEY, NO_DOUBLE_SIGN] {
+            if let Some(p) = o.path(name) {
+                panic!(
+                    "counterexample to \"{name}\":\n{}",
+                    o.model.narrate(p.clone())
+                );
             }
         }
-        let mut v: Vec<_> = per_now.into_iter().collect();
-        v.sort();
-        eprintln!("now: (states, tick-boundary states) {v:?}");
-        let mut v: Vec<_> = shapes.into_iter().collect();
-        v.sort_by_key(|x| std::cmp::Reverse(x.1));
-        eprintln!("boundary shapes: {:?}", &v[..v.len().min(20)]);
+        for name in [TAKEOVER, TWO_SIGNERS] {
+            assert!(o.path(name).is_some(), "never: {name}");
+        }
     }
 
-    /// Scratch: MODEL_* variables pick a configuration.
+    /// The checker finds a counterexample to `name`; prints it.
+    fn finds(o: &Outcome, name: &str) -> Vec<Action> {
+        let p = o
+            .path(name)
+            .unwrap_or_else(|| panic!("no counterexample to \"{name}\" found"));
+        eprintln!(
+            "counterexample to \"{name}\":\n{}",
+            o.model.narrate(p.clone())
+        );
+        p.clone().into_actions()
+    }
+
+    /// Defect 1 of issue 10, the old protocol: an expiry takeover wrote the
+    /// carried state unchanged and skipped only in the new holder's file;
+    /// the new holder gave up before signing and released the unskipped
+    /// state; the next holder signed what the dead one had signed.
+    #[test]
+    fn old_protocol_double_signs_after_a_takeover_is_released() {
+        let budget = Budget {
+            crashes: 1,
+            aborts: 1,
+            restarts: 1,
+            ..Budget::default()
+        };
+        let mut c = cfg(10, budget);
+        c.variant = Variant::SkipInFileOnly;
+        let o = check(c, Some(NO_DOUBLE_SIGN));
+        let path = finds(&o, NO_DOUBLE_SIGN);
+        assert!(
+            path.iter().any(|a| matches!(a, Action::Abort(_))),
+            "{path:?}"
+        );
+        // The issue's own scenario, with a third host taking the release.
+        let mut c = cfg(
+            10,
+            Budget {
+                crashes: 1,
+                aborts: 1,
+                ..Budget::default()
+            },
+        );
+        c.hosts = 3;
+        c.variant = Variant::SkipInFileOnly;
+        finds(&check(c, Some(NO_DOUBLE_SIGN)), NO_DOUBLE_SIGN);
+    }
+
+    #[test]
+    fn fixed_protocol_keeps_the_skip_through_releases_crashes_and_restarts() {
+        let budget = Budget {
+            crashes: 1,
+            aborts: 1,
+            restarts: 1,
+            ..Budget::default()
+        };
+        holds(&check(cfg(14, budget), None));
+        let mut c = cfg(
+            11,
+            Budget {
+                crashes: 1,
+                aborts: 1,
+                ..Budget::default()
+            },
+        );
+        c.hosts = 3;
+        holds(&check(c, None));
+    }
+
+    #[test]
+    fn fixed_protocol_with_lost_replies_and_a_holder_cut_off() {
+        let budget = Budget {
+            replies: 2,
+            cuts: 1,
+            ..Budget::default()
+        };
+        holds(&check(cfg(12, budget), None));
+    }
+
+    #[test]
+    fn fixed_protocol_with_the_tool_or_the_fencer_stalled_or_killed() {
+        let budget = Budget {
+            stalls: 1,
+            cuts: 1,
+            ..Budget::default()
+        };
+        holds(&check(cfg(12, budget), None));
+        let budget = Budget {
+            stalls: 1,
+            crashes: 1,
+            stops: 1,
+            ..Budget::default()
+        };
+        holds(&check(cfg(12, budget), None));
+    }
+
+    /// One clock slip per lease period, across all hosts: a relative rate
+    /// error of 1/6, the margin the protocol claims to tolerate.
+    #[test]
+    fn fixed_protocol_with_clocks_drifting_by_a_sixth() {
+        let mut c = cfg(
+            11,
+            Budget {
+                slips: 1,
+                cuts: 1,
+                ..Budget::default()
+            },
+        );
+        c.drift_window = Some(6);
+        holds(&check(c, None));
+    }
+
+    /// Sensitivity: the same with a rate error of 1/5 (two slips within a
+    /// lease period) lets a standby take over while the old node still holds
+    /// the key, and sign what it signed.
+    #[test]
+    fn clocks_drifting_by_a_fifth_break_the_fencing() {
+        let mut c = cfg(
+            12,
+            Budget {
+                slips: 2,
+                cuts: 1,
+                ..Budget::default()
+            },
+        );
+        c.drift_window = Some(5);
+        finds(&check(c, Some(ONE_KEY)), ONE_KEY);
+    }
+
+    /// Sensitivity: without the fencer (defect 2), a stalled tool leaves
+    /// its node signing past the lease.
+    #[test]
+    fn without_the_fencer_a_stalled_tool_double_signs() {
+        let mut c = cfg(
+            12,
+            Budget {
+                stalls: 1,
+                ..Budget::default()
+            },
+        );
+        c.fencer = false;
+        let o = check(c, Some(NO_DOUBLE_SIGN));
+        let path = finds(&o, NO_DOUBLE_SIGN);
+        assert!(
+            path.contains(&Action::Stall(0, Stall::Tool))
+                || path.contains(&Action::Stall(1, Stall::Tool))
+        );
+        assert!(o.path(ONE_KEY).is_some());
+    }
+
+    /// The documented residual risk: a frozen tree (node included) still
+    /// holds the key when a standby takes over; the fencer kills it on thaw
+    /// before it can sign again, and the skip covers what it signed before.
+    #[test]
+    fn a_frozen_tree_still_holds_the_key_but_nothing_is_signed_twice() {
+        let mut c = cfg(
+            10,
+            Budget {
+                stalls: 1,
+                cuts: 1,
+                ..Budget::default()
+            },
+        );
+        c.tree_freeze = true;
+        let o = check(c, None);
+        assert!(o.path(NO_DOUBLE_SIGN).is_none());
+        let path = finds(&o, ONE_KEY);
+        assert!(path
+            .iter()
+            .any(|a| matches!(a, Action::Stall(_, Stall::Tree))));
+    }
+
+    /// The renewal thread reads the sign state, then stamps `sent` and
+    /// sends: a stall of more than a sixth of the lease between the two
+    /// lets the node sign for longer after the read than the skip covers.
+    /// Half-second ticks; faults on the first holder's host only.
+    fn stall_between_read_and_stamp(order: RenewOrder) -> Outcome {
+        let mut c = cfg(
+            20,
+            Budget {
+                stalls: 1,
+                cuts: 1,
+                ..Budget::default()
+            },
+        );
+        c.ticks_per_s = 2;
+        c.fault_host = Some(0);
+        c.renew_order = order;
+        check(c, Some(NO_DOUBLE_SIGN))
+    }
+
+    #[test]
+    fn finding_a_stall_between_reading_the_sign_state_and_stamping_the_renewal_double_signs() {
+        let o = stall_between_read_and_stamp(RenewOrder::ReadThenStamp);
+        let path = finds(&o, NO_DOUBLE_SIGN);
+        assert!(path.contains(&Action::Stall(0, Stall::Tool)));
+        // Stamping first closes it (the same search, exhaustive).
+        holds(&stall_between_read_and_stamp(RenewOrder::StampThenRead));
+    }
+
+    /// A node whose file lags the chain (it starts, or misses heights) signs
+    /// the chain's current height, far above the state a renewal carried;
+    /// if it is cut off before a renewal carries that, the next takeover's
+    /// skip ends below it, and a chain that halted there is signed twice.
+    #[test]
+    fn finding_a_node_that_lags_the_chain_signs_past_the_skip() {
+        let mut c = cfg(
+            9,
+            Budget {
+                cuts: 1,
+                ..Budget::default()
+            },
+        );
+        c.signing = Signing::ChainHeight;
+        c.chain_runs_then_halts = true;
+        c.fault_host = Some(0);
+        let o = check(c, Some(NO_DOUBLE_SIGN));
+        finds(&o, NO_DOUBLE_SIGN);
+        assert!(o.path(ONE_KEY).is_none());
+    }
+
+    /// Bigger configurations, measured once (debug build):
+    /// `cargo test --lib --features failpoints lease::model -- --ignored bigger --nocapture`.
     #[test]
     #[ignore]
-    fn explore() {
-        let mut cfg = Config::base(env("MODEL_HORIZON", 10));
-        cfg.hosts = env("MODEL_HOSTS", 2);
-        cfg.ticks_per_s = env("MODEL_TPS", 1);
-        if env("MODEL_OLD", 0) == 1 {
-            cfg.variant = Variant::SkipInFileOnly;
-        }
-        if env("MODEL_CHAIN", 0) >= 1 {
-            cfg.signing = Signing::ChainHeight;
-            cfg.chain_runs_then_halts = env("MODEL_CHAIN", 0) == 2;
-        }
-        if env("MODEL_STAMP_FIRST", 0) == 1 {
-            cfg.renew_order = RenewOrder::StampThenRead;
-        }
-        cfg.fencer = env("MODEL_FENCER", 1) == 1;
-        cfg.tree_freeze = env("MODEL_FREEZE", 0) == 1;
-        cfg.drift_window = match env("MODEL_DRIFT", 0) {
-            0 => None,
-            w => Some(w),
+    fn bigger_configurations() {
+        let b = |crashes, replies, stalls, aborts, stops, restarts, cuts, slips| Budget {
+            crashes,
+            replies,
+            stalls,
+            aborts,
+            stops,
+            restarts,
+            cuts,
+            slips,
         };
-        cfg.budget = Budget {
-            crashes: env("MODEL_CRASHES", 0),
-            replies: env("MODEL_REPLIES", 0),
-            stalls: env("MODEL_STALLS", 0),
-            aborts: env("MODEL_ABORTS", 0),
-            stops: env("MODEL_STOPS", 0),
-            restarts: env("MODEL_RESTARTS", 0),
-            cuts: env("MODEL_CUTS", 0),
-            slips: env("MODEL_SLIPS", 0),
-        };
-        cfg.fault_host = match env("MODEL_FAULT_HOST", 9) {
-            9 => None,
-            h => Some(h),
-        };
-        let stop = match env("MODEL_STOP_AT", 0) {
-            1 => Some(ONE_KEY),
-            2 => Some(NO_DOUBLE_SIGN),
-            _ => None,
-        };
-        if env("MODEL_HIST", 0) == 1 {
-            histogram(cfg);
-            return;
-        }
-        let o = check(cfg, stop);
-        for (name, p) in &o.found {
-            if [ONE_KEY, NO_DOUBLE_SIGN].contains(name) {
-                eprintln!("{name}:\n{}", o.model.narrate(p.clone()));
+        let mut three = cfg(12, b(1, 0, 0, 1, 0, 1, 1, 0));
+        three.hosts = 3;
+        let mut half_ticks = cfg(22, b(1, 0, 1, 0, 0, 0, 1, 0));
+        half_ticks.ticks_per_s = 2;
+        half_ticks.renew_order = RenewOrder::StampThenRead;
+        let mut drift = cfg(14, b(0, 0, 1, 0, 0, 0, 1, 1));
+        drift.drift_window = Some(6);
+        drift.fault_host = Some(0);
+        let mut drift_fixed = drift.clone();
+        drift_fixed.renew_order = RenewOrder::StampThenRead;
+        let mut summary = String::new();
+        for (name, c, expect) in [
+            (
+                "crash+abort+restart+stop, 16 s",
+                cfg(16, b(1, 0, 0, 1, 1, 1, 0, 0)),
+                None,
+            ),
+            (
+                "crash+stall+cut, 14 s",
+                cfg(14, b(1, 0, 1, 0, 0, 0, 1, 0)),
+                None,
+            ),
+            (
+                "replies x2+cut+crash, 14 s",
+                cfg(14, b(1, 2, 0, 0, 0, 0, 1, 0)),
+                None,
+            ),
+            ("3 hosts crash+abort+restart+cut, 12 s", three, None),
+            (
+                "1/2 s ticks crash+stall+cut, stamp first, 11 s",
+                half_ticks,
+                None,
+            ),
+            (
+                "drift 1/6 + stall + cut, as the code does",
+                drift,
+                Some(NO_DOUBLE_SIGN),
+            ),
+            ("drift 1/6 + stall + cut, stamp first", drift_fixed, None),
+        ] {
+            let o = check(c, expect);
+            match expect {
+                None => holds(&o),
+                Some(n) => drop(finds(&o, n)),
             }
+            let _ = writeln!(
+                summary,
+                "{name}: {} states, depth {}, {:.0} s{}",
+                o.unique,
+                o.depth,
+                o.secs,
+                expect
+                    .map(|n| format!(", counterexample to {n}"))
+                    .unwrap_or_default()
+            );
         }
+        eprintln!("{summary}");
     }
 }
