@@ -1,105 +1,170 @@
 //! A model of the failover lease, checked exhaustively by `stateright` up to a
-//! time horizon and a fault budget. Every decision in it is made by the real
-//! pure functions of [`super::protocol`] (`Watch::decide`, `Watch::lost_race`,
-//! `claim`, `carried`, `is_ours`, `node_deadline`, `kill_by`, and through
-//! `claim` `LeaseSettings::skip_after` and `SignState::skipped`), on the real
-//! `Record`, `SignState` and `LeaseSettings` (a 6 s lease: renew every 2 s,
-//! keep the node 4 s after sending a confirmed write, SIGKILL 1 s later,
-//! standbys wait 6 s from receipt, skip 7 heights). What the model adds is
-//! the world around them, and the order in which `client.rs`, `threads.rs`,
-//! `supervise.rs`, `fence.rs` and `cli.rs` call them.
+//! time horizon and within fault budgets. Every decision in it is made by the
+//! real pure functions of [`super::protocol`] (`Watch::decide`,
+//! `Watch::lost_race`, `claim`, `carried`, `is_ours`, `node_deadline`,
+//! `kill_by`, and through `claim` `LeaseSettings::skip_after` and
+//! `SignState::skipped`), on the real `Record`, `SignState` and
+//! `LeaseSettings` (a 6 s lease: renew every 2 s, keep the node 4 s after
+//! sending a confirmed write, SIGKILL 1 s later, standbys wait 6 s from
+//! receipt, skip 7 heights). What the model adds is the world around them,
+//! and the order in which `client.rs`, `threads.rs`, `supervise.rs`,
+//! `fence.rs` and `cli.rs` call them.
 //!
 //! # What is modelled
 //!
-//! - **Hosts** (2 or 3). Each has a tool process, a node, a fencer process,
+//! - **Hosts** (2 or 3), each with a tool process, a node, a fencer process,
 //!   a sign-state file that survives restarts, and a clock of its own.
 //! - **The record**: one item; every write is a PutItem conditioned on the
 //!   version the writer last saw (`rvn`), or on the item not existing.
 //!   Versions are unique (holder id and a per-process counter).
 //! - **The tool**, as `cli.rs` and `client.rs` drive it. A standby reads the
-//!   record at any moment (a superset of its polling) and does what `decide`
-//!   says; a take is the conditional write of what `claim` computes, sent on
-//!   the version just read. Then, in this order, each step a separate action
-//!   the tool may delay at will: raise the file to the record's state, the
-//!   confirming renewal (carrying the file), deliver the key (fencer armed
-//!   with `kill_by` of the deadline, refused once the deadline has passed),
-//!   then the renewal thread: read the file, then (any time later) stamp
-//!   `sent` and send the conditional renewal, adopting our own landed write
-//!   when the condition fails and the record still names us (`is_ours`).
-//!   A graceful stop (SIGTERM) ends the node, then releases with `carried`
-//!   of the final file, unless the lease was declared lost or the deadline
-//!   passed. A new holder may fail or be told to stop at each step between
-//!   the take and the key's delivery; it then releases with the held state
-//!   (`release(held, None)`), as every such error path in `cli.rs` does.
-//! - **Replies**: any write may land with its reply lost (the writer sees a
-//!   transient error and carries on as the client does: a standby reads
-//!   again and reclaims its own record; a holder retries); the confirming
-//!   renewal may also fail outright (nothing lands).
-//! - **Deadlines are enforced at the tick they fall due**, before anything
-//!   else happens in it: the fencer SIGKILLs the node when its host's clock
-//!   reaches the acknowledged `kill_by`, or at once when the tool is gone;
-//!   the supervisor declares the lease lost when the clock reaches the
-//!   earlier of the lease deadline and the fencer's acknowledged one less
-//!   the stop grace, and SIGKILLs the node a stop grace later (it never
-//!   releases a lease declared lost). A stalled fencer enforces nothing and
-//!   queues extensions; a stalled tool neither renews nor enforces.
-//! - **Faults**, each from a budget: kill -9 of the tool (the fencer kills
-//!   the node), of the fencer (the tool kills the node), of the whole tree;
-//!   the tool stalled while node and fencer run; the fencer stalled; the whole
-//!   tree frozen (node included; on thaw the fencer acts before the node can
-//!   sign, as measured); restarts (a new holder id; the old tree must be
-//!   gone, as systemd's control-group kill ensures); lost replies; aborts
-//!   after a take; graceful stops.
+//!   record and does what `decide` says; a take is the conditional write of
+//!   what `claim` computes, on the version just read; a reclaim renews our
+//!   own landed write. Then, each a step of its own: raise the file to the
+//!   record's state (after the key fetch, which may take any time); the
+//!   confirming renewal carrying the file; the key's delivery (fencer armed
+//!   with `kill_by` of the deadline; refused once the deadline passed); then
+//!   the renewal thread, due one period after the last confirmed send: read
+//!   the file, then stamp `sent` and send (two steps: the node may sign
+//!   between them, and a stall may fall between them), adopting our own
+//!   landed write when the condition fails and the record still names us.
+//!   A graceful stop (SIGTERM) ends the node, then releases with `carried` of
+//!   the final file, unless the lease was declared lost or its deadline
+//!   passed. A new holder may give up (a failed fetch, bind or raise, a stop
+//!   during the handover) at each step from its take to the delivery; it then
+//!   releases with the held state, as each of those paths in `cli.rs` does.
+//! - **Replies**: a write may land with its reply lost (the writer sees a
+//!   transient error and goes on as the client does: a standby reads again
+//!   and reclaims, a holder retries); the confirming renewal may fail with
+//!   nothing landed. A host may be **cut off** from the table (every request
+//!   fails, nothing lands) until healed.
+//! - **Enforcement at the tick a deadline falls due**, before anything else
+//!   in that tick: the fencer SIGKILLs the node when its host's clock
+//!   reaches the acknowledged `kill_by`, and at once when the tool is gone;
+//!   the supervisor declares the lease lost at the earlier of the lease
+//!   deadline and the fencer's acknowledged deadline less the stop grace,
+//!   SIGKILLs a stop grace later, and never releases a lease it declared
+//!   lost. A stalled fencer enforces nothing and queues extensions until it
+//!   runs again; a stalled tool neither renews nor enforces.
+//! - **Faults**, each from a budget: kill -9 of the tool (the fencer kills the
+//!   node), of the fencer (the tool kills the node), of the whole tree; the
+//!   tool stalled while node and fencer run; the fencer stalled; the whole
+//!   tree frozen (node included; on thaw the fencer acts before the node
+//!   signs, as measured); restarts (a new holder id; the old tree gone, as
+//!   systemd's control-group kill makes it); lost replies; cuts; a new holder
+//!   giving up; graceful stops; clock slips.
 //! - **Time**: a global clock of ticks (`ticks_per_s` per second of lease
-//!   time). Each host's clock advances one tick per tick, except that it may
-//!   repeat (stay) or skip (advance two) at most once per `drift_window`
-//!   ticks *across all hosts*: any two clocks, and any clock and the chain,
-//!   drift apart by at most one tick per window (with 1 tick per second and a
-//!   window of 6: a relative rate error of 1/6, the margin the protocol
-//!   claims to tolerate).
-//! - **Signing**: a node holding the key, not frozen, signs at most one
-//!   height per second: in [`Signing::NextHeight`] the next height above its
-//!   file (the premise of the takeover skip: a node that signs every height,
-//!   on a chain that may stall as long as it likes, so a height can be signed
-//!   again by anyone whose file is below it); in [`Signing::ChainHeight`] the
-//!   chain's current height, which advances by at most one per second or not
-//!   at all, if it is above its file (the node may let heights pass and then
-//!   sign the current one, as a node does after block sync). Signing writes
-//!   `(h, 0, 3)` to the file: rounds are abstracted to one per height, so
-//!   "two hosts signed height h" is a double sign.
+//!   and chain time). Each host's clock advances one tick per tick, except
+//!   that one clock may repeat (stay) or skip (advance two) at most once per
+//!   `drift_window` ticks across all hosts: any two clocks, and any clock and
+//!   the chain, drift apart by at most one tick per window. With one tick per
+//!   second and a window of 6 that is a relative rate error of 1/6, the
+//!   margin the protocol claims.
+//! - **Signing**: a node that holds the key and is not frozen signs at most
+//!   one height per second. With [`Signing::NextHeight`] it signs the next
+//!   height above its file, at its first chance: the premise of the takeover
+//!   skip (a node that signs every height, on a chain that may stall as long
+//!   as it likes, so anyone whose file is below a height may sign it again).
+//!   With [`Signing::ChainHeight`] it may sign the chain's current height if
+//!   it is above its file; the chain advances by at most one height per
+//!   second, or not at all, so a node may let heights pass and then sign the
+//!   current one (as after block sync). A signature writes `(h, 0, 3)` to the
+//!   file; rounds are abstracted to one per height, so "two hosts signed
+//!   height h" is a double sign.
 //!
 //! # Properties
 //!
-//! - `always`: at most one host's node holds the key at any instant (a
-//!   frozen node still holds it);
+//! - `always`: at most one host's node holds the key at any instant (a frozen
+//!   node still holds it);
 //! - `always`: no height is signed by two hosts;
-//! - `sometimes`: an expired lease is taken over; two hosts sign (so the
-//!   checks are not vacuous).
+//! - `sometimes`: an expired lease is taken over; two hosts sign (the checks
+//!   are not vacuous).
 //!
-//! # What is abstracted away
+//! # What is abstracted away, and why that loses no violation
 //!
-//! - Unbounded time and faults: the check is exhaustive for every
-//!   interleaving up to the horizon and within the budgets, not beyond.
-//! - Continuous time: events happen at ticks, in any order within a tick;
-//!   timestamps are the tick's. A race decided by a fraction of a tick is
-//!   seen only with more ticks per second (the 2-ticks-per-second checks).
-//!   The SIGKILL itself is instantaneous: the real margin (1 s at a 6 s
-//!   lease) must also cover kill latency (milliseconds).
-//! - Message delay: a read or write is atomic, its reply separable (lost).
-//!   A write that lands late is a write sent late with an earlier deadline,
-//!   which only helps; a read delayed is timed from its receipt, which only
-//!   helps. A take is read and write in one step (what lies between them is
-//!   covered by the version condition).
-//! - The keyless standby node, the key fetch, the slot, the address binding
-//!   and the second confirming renewal after a standby's handover: they do
-//!   not write the record except as the modelled renewal does, and their
-//!   failures are the modelled aborts.
-//! - SIGTERM's grace: a node told to stop is taken to run until its SIGKILL
-//!   (the worst case); the parent-death signal is ignored.
-//! - Forged or deleted records, height-jump limits (never reached here), and
-//!   a whole host frozen with its clock (the documented residual risk).
-//! - A tool stalled together with its fencer dead or stalled (only the whole
-//!   tree frozen): nothing of ours runs then, as for a frozen host.
+//! - **Unbounded time and faults.** Each check is exhaustive for every
+//!   interleaving up to its horizon and within its budgets, not beyond.
+//! - **Continuous time.** Events happen at ticks, in any order within a tick,
+//!   stamped with the tick. A race decided by a fraction of a tick shows only
+//!   at a finer resolution: the checks at two ticks per second find what one
+//!   tick per second cannot (the renewal-order finding below). The SIGKILL
+//!   lands at once: the real margin (1 s of a 6 s lease) must also cover the
+//!   kill's latency (milliseconds).
+//! - **Message delay.** A read or write is atomic, its reply separable (lost).
+//!   A write that lands late is a write stamped earlier than it lands, which
+//!   only shortens its writer's deadline against the standbys' timing from
+//!   receipt; a take is read and write in one step (what lies between them
+//!   is what the version condition is for).
+//! - **Scheduling.** Steps that take no time (a standby's read that has news,
+//!   the confirming renewal, the delivery, the renewal when due, a release,
+//!   an exit) happen before time passes, unless the tool is stalled, which is
+//!   the fault that delays them; the fetch, giving up, stops and restarts take
+//!   any time. A standby reads when the record changed and takes over at the
+//!   first instant `decide` allows: a polling standby sees each version no
+//!   earlier and takes over no earlier, so this is the worst of all polling
+//!   schedules for the old holder (reads that would change nothing are left
+//!   out). With `NextHeight` a node signs before the other steps of its
+//!   tick except its own host's file read and raise: those steps commute
+//!   with the signature or stop the node, and a node that signs one more
+//!   height before it stops is the worse case.
+//! - **The rest of the tool**: the keyless standby node, the key slot, the
+//!   address binding and the second confirming renewal after a standby's
+//!   handover write nothing but what the modelled steps write; their failures
+//!   are the modelled aborts. A node told to stop runs on until its SIGKILL
+//!   (the worst case); the parent-death signal is left out.
+//! - **Left out**: forged or deleted records and the height-jump limit (never
+//!   reached here); a whole host frozen with its clock; and a tool stalled or
+//!   dead together with its fencer stalled or dead (nothing of ours runs then:
+//!   the checker finds the double sign at once if it is let in).
+//!
+//! # What it finds
+//!
+//! - Defect 1 on the old protocol ([`Variant::SkipInFileOnly`]), 22 steps:
+//!   a holder signs and dies before a renewal carries it; a standby takes the
+//!   expired lease over (record state unchanged), gives up before its raise
+//!   and releases the unskipped state; the next holder raises its file to it
+//!   and signs the dead holder's height again.
+//! - With clocks drifting 1/5 apart, or without the fencer and the tool
+//!   stalled: two nodes hold the key, and a height is signed twice.
+//! - In the protocol as it is: (1) the renewal thread reads the sign state
+//!   before it stamps `sent` (`threads.rs`, `client::renew`): a tool stalled
+//!   between the two for more than a sixth of the lease (or for any time at
+//!   all with the 1/6 clock drift the protocol allows), then cut off, keeps
+//!   its node signing for up to `keep_for + stop_grace` after the stamp,
+//!   longer after the read than the skip covers. Stamping first closes it.
+//!   (2) The skip counts heights above the *file* a renewal carried; a node
+//!   whose file lags the chain signs the chain's current height, which can be
+//!   more than the skip above what the record carries: the next takeover on
+//!   a halted chain signs it again. See the tests.
+//!
+//! # Measured (debug build, one checker thread; 2 hosts and 1 tick/s unless said)
+//!
+//! | configuration | unique states | depth | result |
+//! | --- | ---: | ---: | --- |
+//! | old protocol, crash + abort + restart, 10 ticks | 36 246 | 22 | double sign (defect 1) |
+//! | old protocol, 3 hosts, crash + abort, 10 ticks | 38 684 | 22 | double sign (defect 1) |
+//! | fixed, crash + abort + restart, 14 ticks | 254 753 | 60 | hold |
+//! | fixed, 3 hosts, crash + abort, 11 ticks | 140 794 | 52 | hold |
+//! | fixed, 2 lost replies + cut, 12 ticks | 533 236 | 53 | hold |
+//! | fixed, stall + cut, 12 ticks | 595 166 | 52 | hold |
+//! | fixed, crash + stall + stop, 12 ticks | 527 532 | 57 | hold |
+//! | fixed, drift 1/6 (1 slip) + cut, 11 ticks | 584 604 | 49 | hold |
+//! | drift 1/5 (2 slips) + cut, 12 ticks | 305 677 | 22 | two key holders |
+//! | no fencer, stall, 12 ticks | 13 206 | 25 | two key holders, double sign |
+//! | frozen tree + cut, 10 ticks | 447 346 | 45 | a frozen holder keeps the key; no double sign |
+//! | 2 ticks/s, stall + cut on h0, 20 ticks, as the code renews | 286 727 | 56 | double sign (finding 1) |
+//! | the same, stamp first | 295 761 | 59 | hold |
+//! | chain heights, cut on h0, 9 ticks | 354 146 | 27 | double sign (finding 2) |
+//! | *ignored:* crash + abort + stop + restart, 16 ticks | 2 291 817 | 73 | hold |
+//! | *ignored:* crash + stall + cut, 14 ticks | 4 002 702 | 60 | hold |
+//! | *ignored:* crash + 2 lost replies + cut, 14 ticks | 4 448 060 | 61 | hold |
+//! | *ignored:* 3 hosts, crash + abort + restart, 12 ticks | 1 647 928 | 60 | hold |
+//! | *ignored:* 2 ticks/s, crash + stall + cut, 22 ticks, stamp first | 6 010 916 | 63 | hold |
+//! | *ignored:* drift 1/6 + stall + cut on h0, 14 ticks, as the code renews | 5 091 776 | 39 | double sign (finding 1) |
+//! | *ignored:* the same, stamp first | 8 130 291 | 62 | hold |
+//!
+//! The suite's checks take about 40 s on two cores in a debug build; the
+//! ignored `bigger_*` tests about ten minutes.
 
 use std::fmt::Write as _;
 use std::time::{Duration, Instant};
@@ -1671,12 +1736,28 @@ mod tests {
         assert!(o.path(ONE_KEY).is_none());
     }
 
-    /// Bigger configurations, measured once (debug build):
-    /// `cargo test --lib --features failpoints lease::model -- --ignored bigger --nocapture`.
-    #[test]
-    #[ignore]
-    fn bigger_configurations() {
-        let b = |crashes, replies, stalls, aborts, stops, restarts, cuts, slips| Budget {
+    /// Bigger configurations, each measured once (debug build):
+    /// `cargo test --lib --features failpoints lease::model::tests::bigger -- --ignored --nocapture --test-threads=1`.
+    fn bigger(c: Config, expect: Option<&'static str>) {
+        let o = check(c, expect);
+        match expect {
+            None => holds(&o),
+            Some(n) => drop(finds(&o, n)),
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn b(
+        crashes: u8,
+        replies: u8,
+        stalls: u8,
+        aborts: u8,
+        stops: u8,
+        restarts: u8,
+        cuts: u8,
+        slips: u8,
+    ) -> Budget {
+        Budget {
             crashes,
             replies,
             stalls,
@@ -1685,63 +1766,66 @@ mod tests {
             restarts,
             cuts,
             slips,
-        };
-        let mut three = cfg(12, b(1, 0, 0, 1, 0, 1, 1, 0));
-        three.hosts = 3;
-        let mut half_ticks = cfg(22, b(1, 0, 1, 0, 0, 0, 1, 0));
-        half_ticks.ticks_per_s = 2;
-        half_ticks.renew_order = RenewOrder::StampThenRead;
-        let mut drift = cfg(14, b(0, 0, 1, 0, 0, 0, 1, 1));
-        drift.drift_window = Some(6);
-        drift.fault_host = Some(0);
-        let mut drift_fixed = drift.clone();
-        drift_fixed.renew_order = RenewOrder::StampThenRead;
-        let mut summary = String::new();
-        for (name, c, expect) in [
-            (
-                "crash+abort+restart+stop, 16 s",
-                cfg(16, b(1, 0, 0, 1, 1, 1, 0, 0)),
-                None,
-            ),
-            (
-                "crash+stall+cut, 14 s",
-                cfg(14, b(1, 0, 1, 0, 0, 0, 1, 0)),
-                None,
-            ),
-            (
-                "replies x2+cut+crash, 14 s",
-                cfg(14, b(1, 2, 0, 0, 0, 0, 1, 0)),
-                None,
-            ),
-            ("3 hosts crash+abort+restart+cut, 12 s", three, None),
-            (
-                "1/2 s ticks crash+stall+cut, stamp first, 11 s",
-                half_ticks,
-                None,
-            ),
-            (
-                "drift 1/6 + stall + cut, as the code does",
-                drift,
-                Some(NO_DOUBLE_SIGN),
-            ),
-            ("drift 1/6 + stall + cut, stamp first", drift_fixed, None),
-        ] {
-            let o = check(c, expect);
-            match expect {
-                None => holds(&o),
-                Some(n) => drop(finds(&o, n)),
-            }
-            let _ = writeln!(
-                summary,
-                "{name}: {} states, depth {}, {:.0} s{}",
-                o.unique,
-                o.depth,
-                o.secs,
-                expect
-                    .map(|n| format!(", counterexample to {n}"))
-                    .unwrap_or_default()
-            );
         }
-        eprintln!("{summary}");
+    }
+
+    #[test]
+    #[ignore]
+    fn bigger_crash_abort_stop_restart() {
+        bigger(cfg(16, b(1, 0, 0, 1, 1, 1, 0, 0)), None);
+    }
+
+    #[test]
+    #[ignore]
+    fn bigger_crash_stall_cut() {
+        bigger(cfg(14, b(1, 0, 1, 0, 0, 0, 1, 0)), None);
+    }
+
+    #[test]
+    #[ignore]
+    fn bigger_crash_lost_replies_cut() {
+        bigger(cfg(14, b(1, 2, 0, 0, 0, 0, 1, 0)), None);
+    }
+
+    #[test]
+    #[ignore]
+    fn bigger_three_hosts() {
+        let mut c = cfg(12, b(1, 0, 0, 1, 0, 1, 0, 0));
+        c.hosts = 3;
+        bigger(c, None);
+    }
+
+    #[test]
+    #[ignore]
+    fn bigger_half_second_ticks_with_the_stamp_first() {
+        let mut c = cfg(22, b(1, 0, 1, 0, 0, 0, 1, 0));
+        c.ticks_per_s = 2;
+        c.renew_order = RenewOrder::StampThenRead;
+        bigger(c, None);
+    }
+
+    fn drift_stall_cut(order: RenewOrder) -> Config {
+        let mut c = cfg(14, b(0, 0, 1, 0, 0, 0, 1, 1));
+        c.drift_window = Some(6);
+        c.fault_host = Some(0);
+        c.renew_order = order;
+        c
+    }
+
+    /// The renewal-order finding at one tick per second: a stall of one tick
+    /// is enough with the clock drift the protocol claims to tolerate.
+    #[test]
+    #[ignore]
+    fn bigger_drift_and_a_stall_as_the_code_renews() {
+        bigger(
+            drift_stall_cut(RenewOrder::ReadThenStamp),
+            Some(NO_DOUBLE_SIGN),
+        );
+    }
+
+    #[test]
+    #[ignore]
+    fn bigger_drift_and_a_stall_with_the_stamp_first() {
+        bigger(drift_stall_cut(RenewOrder::StampThenRead), None);
     }
 }
