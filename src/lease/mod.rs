@@ -38,6 +38,8 @@ use std::time::Duration;
 mod client;
 mod error;
 mod holder;
+#[cfg(test)]
+mod model;
 pub(crate) mod protocol;
 mod record;
 mod settings;

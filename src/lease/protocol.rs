@@ -51,7 +51,7 @@ pub(crate) enum Decision {
 }
 
 /// What a standby remembers between reads.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
 pub(crate) struct Watch {
     /// The version held by another host, and when we first received it.
     seen: Option<(String, Tick)>,

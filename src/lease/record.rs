@@ -16,7 +16,7 @@ use super::settings::{KEY_ATTR, MAX_DURATION, MIN_DURATION};
 use super::SignState;
 
 /// The lease item as read.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Record {
     /// Who wrote it.
     pub holder: String,

@@ -7,7 +7,7 @@ use super::LeaseError;
 
 /// The last height/round/step a validator signed (CometBFT's
 /// `FilePVLastSignState` without the signature), ordered as CometBFT orders them.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default, Hash)]
 pub struct SignState {
     /// Block height.
     pub height: i64,
