@@ -276,7 +276,7 @@ impl LeaseClient {
             took_over,
             address: r.address.clone(),
         };
-        self.renew(&mut h, None)?;
+        self.renew(&mut h, || None)?;
         Ok(h)
     }
 
@@ -377,11 +377,22 @@ impl LeaseClient {
         }
     }
 
-    /// Renews a held lease, carrying `local` (raised to at least what the
-    /// record carries). Moves the deadline only once the write is confirmed.
-    pub fn renew(&self, held: &mut Held, local: Option<SignState>) -> Result<(), LeaseError> {
-        let state = protocol::carried(held.state, local);
+    /// Renews a held lease, carrying the node's state as `read_state` gives
+    /// it (raised to at least what the record carries). Moves the deadline
+    /// only once the write is confirmed.
+    ///
+    /// The send time is taken *before* the state is read: the node may sign
+    /// until the deadline counted from it, so counted from the read (a stall
+    /// between read and send must not lengthen what the skip has to cover;
+    /// found by the model checker).
+    pub fn renew(
+        &self,
+        held: &mut Held,
+        read_state: impl FnOnce() -> Option<SignState>,
+    ) -> Result<(), LeaseError> {
         let sent = boot_time();
+        let local = read_state();
+        let state = protocol::carried(held.state, local);
         let rec = self.ours(state, held.address.clone(), false);
         match self.write(Some(&held.rvn), &rec) {
             Ok(()) => {}

@@ -43,7 +43,7 @@ impl HeldLease {
         let (client, held, state) = self.parts();
         client.bind_address(held, address)?;
         raise_sign_state(held.state, state)?;
-        match client.renew(held, state.read().ok().flatten()) {
+        match client.renew(held, || state.read().ok().flatten()) {
             Ok(()) => Ok(()),
             Err(e) if e.is_transient() && boot_time() < held.deadline.get() => {
                 tracing::warn!(error = %e, "lease renewal failed; the renewal thread retries");
@@ -154,7 +154,7 @@ pub fn acquire<E: From<LeaseError>>(
                         return Ok(Acquired::Ended(0));
                     }
                     // Stopping the keyless node took time: confirm the lease.
-                    if let Err(e) = client.renew(&mut held, None) {
+                    if let Err(e) = client.renew(&mut held, || None) {
                         if !e.is_transient() || boot_time() >= held.deadline.get() {
                             return Err(e.into());
                         }

@@ -126,12 +126,13 @@
 //!   and signs the dead holder's height again.
 //! - With clocks drifting 1/5 apart, or without the fencer and the tool
 //!   stalled: two nodes hold the key, and a height is signed twice.
-//! - In the protocol as it is: (1) the renewal thread reads the sign state
-//!   before it stamps `sent` (`threads.rs`, `client::renew`): a tool stalled
+//! - In the protocol as first fixed: (1) the renewal thread read the sign
+//!   state before it stamped `sent`; `client::renew` now stamps first. A tool stalled
 //!   between the two for more than a sixth of the lease (or for any time at
 //!   all with the 1/6 clock drift the protocol allows), then cut off, keeps
 //!   its node signing for up to `keep_for + stop_grace` after the stamp,
-//!   longer after the read than the skip covers. Stamping first closes it.
+//!   longer after the read than the skip covers. Stamping first closes it
+//!   (the default of this model now, as of the code).
 //!   (2) The skip counts heights above the *file* a renewal carried; a node
 //!   whose file lags the chain signs the chain's current height, which can be
 //!   more than the skip above what the record carries: the next takeover on
@@ -152,7 +153,7 @@
 //! | drift 1/5 (2 slips) + cut, 12 ticks | 305 677 | 22 | two key holders |
 //! | no fencer, stall, 12 ticks | 13 206 | 25 | two key holders, double sign |
 //! | frozen tree + cut, 10 ticks | 447 346 | 45 | a frozen holder keeps the key; no double sign |
-//! | 2 ticks/s, stall + cut on h0, 20 ticks, as the code renews | 286 727 | 56 | double sign (finding 1) |
+//! | 2 ticks/s, stall + cut on h0, 20 ticks, read then stamp (the first fix) | 286 727 | 56 | double sign (finding 1) |
 //! | the same, stamp first | 295 761 | 59 | hold |
 //! | chain heights, cut on h0, 9 ticks | 354 146 | 27 | double sign (finding 2) |
 //! | *ignored:* crash + abort + stop + restart, 16 ticks | 2 291 817 | 73 | hold |
@@ -160,7 +161,7 @@
 //! | *ignored:* crash + 2 lost replies + cut, 14 ticks | 4 448 060 | 61 | hold |
 //! | *ignored:* 3 hosts, crash + abort + restart, 12 ticks | 1 647 928 | 60 | hold |
 //! | *ignored:* 2 ticks/s, crash + stall + cut, 22 ticks, stamp first | 6 010 916 | 63 | hold |
-//! | *ignored:* drift 1/6 + stall + cut on h0, 14 ticks, as the code renews | 5 091 776 | 39 | double sign (finding 1) |
+//! | *ignored:* drift 1/6 + stall + cut on h0, 14 ticks, read then stamp | 5 091 776 | 39 | double sign (finding 1) |
 //! | *ignored:* the same, stamp first | 8 130 291 | 62 | hold |
 //!
 //! The suite's checks take about 40 s on two cores in a debug build; the
@@ -197,9 +198,9 @@ pub(crate) enum Signing {
 /// When the renewal thread stamps `sent` relative to reading the file.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum RenewOrder {
-    /// As `threads.rs` and `client.rs` do: read the file, then stamp and send.
+    /// As the first fixed version did: read the file, then stamp and send.
     ReadThenStamp,
-    /// Stamp first, then read the file and send.
+    /// As `client::renew` does: stamp first, then read the file and send.
     StampThenRead,
 }
 
@@ -305,7 +306,7 @@ impl Config {
             horizon,
             ticks_per_s: 1,
             signing: Signing::NextHeight,
-            renew_order: RenewOrder::ReadThenStamp,
+            renew_order: RenewOrder::StampThenRead,
             fencer: true,
             drift_window: None,
             tree_freeze: false,

@@ -107,11 +107,13 @@ impl Keeper {
                     if boot_time() < next {
                         continue;
                     }
-                    let local = state.read().unwrap_or_else(|e| {
-                        tracing::warn!(error = %e, "cannot read the sign state; carrying the last known");
-                        None
-                    });
                     crate::failpoint_hang!("lease-renew-hangs");
+                    let local = || {
+                        state.read().unwrap_or_else(|e| {
+                            tracing::warn!(error = %e, "cannot read the sign state; carrying the last known");
+                            None
+                        })
+                    };
                     match client.renew(&mut held, local) {
                         Ok(()) => {
                             tracing::debug!(state = %held.state, "lease renewed");
