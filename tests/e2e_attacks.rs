@@ -1,0 +1,476 @@
+//! The attacks of the security review (issue 11), each as a test named after it, run
+//! against the real binary as a process: a node-uid process hiding its fd on the FIFO
+//! (a thread with its own fd table, a zombie thread-group leader), zombies and sibling
+//! instances of the node's uid, the node user steering the split-trust root tool through its
+//! `config.toml`, settings that would silently fall away, crafted GetParameter answers from a
+//! fake endpoint, and the AWS SDK's body logging.
+//!
+//! Tests that switch uids need root (they print SKIP otherwise); the sibling tests also need
+//! a writable cgroup v2 hierarchy, in which they make the cgroups systemd would. Every test
+//! here failed on the code before the fix unless its comment says otherwise; the report
+//! lines they print (`--nocapture`) give the counts. `SSMCV_ATTACK_ROUNDS` sets the rounds of
+//! the hidden-reader tests (default 8), `SSMCV_RACE_SECS` the length of the split-trust race
+//! (default 10).
+
+mod support;
+
+use std::ffi::OsStr;
+use std::fs;
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use nix::sys::signal::Signal;
+use serde_json::Value;
+use support::*;
+
+const PARAM: &str = "/validators/attacks/priv_validator_key";
+
+fn is_root() -> bool {
+    nix::unistd::geteuid().is_root()
+}
+
+fn env_usize(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// Who the tool, the node and the attacker run as.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Who {
+    /// Everything as root (the node's uid is 0).
+    Root,
+    /// The unprivileged unit: tool, node and attacker as `nobody`.
+    Nobody,
+}
+
+/// Moto with the key stored, a node home, and who runs it.
+struct Victim {
+    moto: Moto,
+    key: TestKey,
+    home: NodeHome,
+    ids: Option<(u32, u32)>,
+    _reaper: StrayReaper,
+}
+
+fn victim(who: Who) -> Victim {
+    let moto = Moto::start();
+    let key = TestKey::ed25519();
+    put_key(&moto.endpoint(), PARAM, &key);
+    let home = NodeHome::new();
+    let ids = match who {
+        Who::Root => None,
+        Who::Nobody => {
+            let (u, g) = nobody();
+            chown_tree(home.root.path(), u, g);
+            Some((u, g))
+        }
+    };
+    let reaper = StrayReaper(home.root.path().to_path_buf());
+    Victim {
+        moto,
+        key,
+        home,
+        ids,
+        _reaper: reaper,
+    }
+}
+
+impl Victim {
+    /// `ssm-cosmovisor <args>` as the active signer, JSON logs.
+    fn cmd(&self, args: &[&OsStr]) -> Command {
+        let mut c = tool_cmd(&self.home, Some(&self.moto.endpoint()));
+        c.env("USE_SSM_KEY", "true")
+            .env("AWS_PARAMETER", PARAM)
+            .env("SSM_COSMOVISOR_LOG_FORMAT", "json");
+        c.args(args);
+        c
+    }
+
+    /// `exec -- <node> --home <home>`: the node is the tool's child.
+    fn exec_cmd(&self) -> Command {
+        let node = self
+            .home
+            .path()
+            .join("cosmovisor/genesis/bin")
+            .join(DAEMON_NAME);
+        self.cmd(&[
+            OsStr::new("exec"),
+            OsStr::new("--"),
+            node.as_os_str(),
+            OsStr::new("--home"),
+            self.home.path().as_os_str(),
+        ])
+    }
+
+    /// `run start --home <home>` through the cosmovisor stand-in.
+    fn run_cmd(&self) -> Command {
+        self.cmd(&[
+            OsStr::new("run"),
+            OsStr::new("start"),
+            OsStr::new("--home"),
+            self.home.path().as_os_str(),
+        ])
+    }
+
+    /// `cmd` as this victim's user (and in cgroup `cg`).
+    fn as_victim(&self, cmd: &Command, cg: Option<&Path>) -> Command {
+        match self.ids {
+            Some((u, g)) => as_user_in_cgroup(cmd, cg, u, g),
+            None => match cg {
+                Some(cg) => as_user_in_cgroup(cmd, Some(cg), 0, 0),
+                None => {
+                    let mut c = Command::new(cmd.get_program());
+                    c.args(cmd.get_args()).env_clear();
+                    for (k, v) in cmd.get_envs() {
+                        if let Some(v) = v {
+                            c.env(k, v);
+                        }
+                    }
+                    c
+                }
+            },
+        }
+    }
+
+    fn spawn_tool(&self, cmd: &Command, cg: Option<&Path>, log: &str) -> Tool {
+        Tool::spawn(&mut self.as_victim(cmd, cg), self.home.scratch(log))
+    }
+
+    /// A Python program of this victim's user, started by the test (so not a descendant
+    /// of the tool's child).
+    fn spawn_python(&self, args: &[&OsStr], cg: Option<&Path>) -> KillOnDrop {
+        let mut c = Command::new(python_for_any_user());
+        c.args(args)
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default());
+        KillOnDrop::spawn(&mut self.as_victim(&c, cg))
+    }
+}
+
+fn events(tool: &Tool, ev: &str) -> Vec<Value> {
+    log_events(&tool.log_text(), ev)
+}
+
+/// Stops a tool that is still running (SIGTERM) and returns its exit code.
+fn finish(tool: &mut Tool) -> Option<i32> {
+    match tool.child.wait_timeout(Duration::ZERO) {
+        Some(st) => st.code(),
+        None => tool.stop(Signal::SIGTERM).code(),
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Finding 2: a hidden reader (own fd table, zombie leader); finding 3: zombies
+// ---------------------------------------------------------------------------------------
+
+/// One hand-off with the hidden reader lying in wait: what the tool said and what the
+/// reader copied.
+#[derive(Debug, Default)]
+struct Round {
+    delivered: bool,
+    refused: bool,
+    exposed: bool,
+    failed: Option<String>,
+    attached: bool,
+    copied: usize,
+}
+
+fn hidden_reader_round(v: &Victim, i: usize, out: &Path) -> Round {
+    let mut cmd = v.exec_cmd();
+    // The node holds the FIFO a while before reading: the key then waits in the pipe.
+    cmd.env("NODE_OPEN_HOLD_MS", "300");
+    let mut tool = v.spawn_tool(&cmd, None, &format!("round-{i}.log"));
+    let decided = || {
+        [
+            "delivered",
+            "refused_reader",
+            "key_exposed",
+            "delivery_failed",
+        ]
+        .iter()
+        .any(|e| !events(&tool, e).is_empty())
+    };
+    assert!(
+        wait_for(decided, Duration::from_secs(40)),
+        "round {i}: no outcome; log:\n{}",
+        tool.log_text()
+    );
+    let node = events(&tool, "child_started")[0]["pid"].as_i64().unwrap();
+    let copy = out.join(format!("copied-{node}"));
+    let attached = wait_for(|| copy.exists(), Duration::from_secs(10));
+    let r = Round {
+        delivered: !events(&tool, "delivered").is_empty(),
+        refused: !events(&tool, "refused_reader").is_empty(),
+        exposed: !events(&tool, "key_exposed").is_empty(),
+        failed: events(&tool, "delivery_failed")
+            .first()
+            .map(|e| e["error"].to_string()),
+        attached,
+        copied: fs::read(&copy).map(|b| b.len()).unwrap_or(0),
+    };
+    finish(&mut tool);
+    assert_no_key_material(&tool.log_text(), &v.key);
+    r
+}
+
+/// Runs `rounds` hand-offs with one hidden reader of `mode` lying in wait. Returns the
+/// rounds and the reader's pid.
+fn hidden_reader_rounds(v: &Victim, mode: &str, rounds: usize) -> (Vec<Round>, i32) {
+    let out = v.home.scratch(&format!("rogue-{mode}"));
+    fs::create_dir(&out).unwrap();
+    if let Some((u, g)) = v.ids {
+        nix::unistd::chown(&out, Some(u.into()), Some(g.into())).unwrap();
+    }
+    let script = rogue_reader_script();
+    let marker = v.home.path().as_os_str().to_owned();
+    let n = rounds.to_string();
+    let rogue = v.spawn_python(
+        &[
+            script.as_os_str(),
+            OsStr::new(mode),
+            &marker,
+            OsStr::new("priv_validator_key.json"),
+            out.as_os_str(),
+            OsStr::new(&n),
+        ],
+        None,
+    );
+    assert!(
+        wait_for(|| out.join("ready").exists(), Duration::from_secs(20)),
+        "the hidden reader did not start"
+    );
+    let rogue_pid = rogue.pid();
+    let results = (0..rounds)
+        .map(|i| hidden_reader_round(v, i, &out))
+        .collect();
+    rogue.signal(Signal::SIGKILL);
+    (results, rogue_pid)
+}
+
+fn summary(label: &str, rounds: &[Round]) -> String {
+    let n = rounds.len();
+    let count = |f: &dyn Fn(&Round) -> bool| rounds.iter().filter(|r| f(r)).count();
+    format!(
+        "{label}: {}/{n} copied by the hidden reader ({} of them with a clean `delivered`), {} refused, {} key_exposed, {} delivery_failed, reader attached in {}/{n}",
+        count(&|r| r.copied > 0),
+        count(&|r| r.copied > 0 && r.delivered && !r.exposed),
+        count(&|r| r.refused),
+        count(&|r| r.exposed),
+        count(&|r| r.failed.is_some()),
+        count(&|r| r.attached),
+    )
+}
+
+/// The reader check must see the hidden reader: nothing is copied without the alarm, and
+/// never with a clean `delivered`.
+fn assert_hidden_reader_caught(label: &str, rounds: &[Round]) {
+    println!("{}", summary(label, rounds));
+    for (i, r) in rounds.iter().enumerate() {
+        assert!(
+            r.attached,
+            "round {i}: the hidden reader never attached: {r:?}"
+        );
+        assert!(
+            r.failed.is_none(),
+            "round {i}: the delivery failed instead of naming the reader: {r:?}"
+        );
+        assert!(
+            r.refused || r.exposed,
+            "round {i}: the hidden reader was not noticed: {r:?}"
+        );
+        assert!(
+            r.copied == 0 || r.exposed,
+            "round {i}: the key was copied without key_exposed: {r:?}"
+        );
+    }
+}
+
+/// Finding 2: a node-uid process (the unprivileged unit's user) reopens the FIFO through
+/// `/proc/<node>/fd/N` in a thread that did `unshare(CLONE_FILES)`, where a scan of
+/// `/proc/<pid>/fd` does not look, and tees what arrives. Before the fix it copied the key
+/// in every round, each logged as a clean delivery.
+#[test]
+fn hidden_reader_in_a_thread_with_its_own_fd_table_gets_no_key() {
+    if !is_root() {
+        eprintln!("SKIP: needs root to run the unprivileged unit's user");
+        return;
+    }
+    let v = victim(Who::Nobody);
+    let (rounds, _) = hidden_reader_rounds(&v, "unshare", env_usize("SSMCV_ATTACK_ROUNDS", 8));
+    assert_hidden_reader_caught(
+        "hidden reader (unshare(CLONE_FILES) thread, unprivileged unit)",
+        &rounds,
+    );
+}
+
+/// Finding 2: the hidden reader's thread-group leader exits (a zombie leader's
+/// `/proc/<pid>/fd` is empty) while a thread holds the FIFO; the tool runs as root for a
+/// root node, as root sees every fd table. Before the fix: copied in every round.
+#[test]
+fn hidden_reader_behind_a_zombie_leader_gets_no_key() {
+    if !is_root() {
+        eprintln!("SKIP: needs root");
+        return;
+    }
+    let v = victim(Who::Root);
+    let (rounds, _) =
+        hidden_reader_rounds(&v, "zombie-leader", env_usize("SSMCV_ATTACK_ROUNDS", 8));
+    assert_hidden_reader_caught("hidden reader (zombie leader, root)", &rounds);
+}
+
+/// A zombie process of `ids`' uid (an exited child its parent never reaps), and its pid.
+fn zombie_of(v: &Victim) -> (KillOnDrop, i32) {
+    let pidfile = v.home.scratch("zombie.pid");
+    let code = format!(
+        "import os, time\npid = os.fork()\nif pid == 0:\n    os._exit(0)\nopen({:?}, 'w').write(str(pid))\ntime.sleep(300)\n",
+        pidfile.display().to_string()
+    );
+    let parent = v.spawn_python(&[OsStr::new("-c"), OsStr::new(&code)], None);
+    assert!(wait_for(
+        || fs::read_to_string(&pidfile).is_ok_and(|s| !s.is_empty()),
+        Duration::from_secs(20)
+    ));
+    let z: i32 = fs::read_to_string(&pidfile)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(
+        wait_for(|| pid_state(z) == Some('Z'), Duration::from_secs(10)),
+        "pid {z} did not become a zombie"
+    );
+    (parent, z)
+}
+
+/// Finding 3: in the unprivileged unit a zombie of the node's uid (its /proc entries are
+/// root's: its memory is gone) used to fail every delivery closed (exit 5). A process
+/// whose every task is dead holds no fd: it is skipped, and the node gets its key.
+#[test]
+fn a_zombie_of_the_node_uid_does_not_fail_the_delivery() {
+    if !is_root() {
+        eprintln!("SKIP: needs root to run the unprivileged unit's user");
+        return;
+    }
+    let v = victim(Who::Nobody);
+    let (_parent, z) = zombie_of(&v);
+    let mut tool = v.spawn_tool(&v.run_cmd(), None, "tool.log");
+    assert!(
+        tool.wait_log("\"delivered\"", Duration::from_secs(40)),
+        "no delivery with zombie {z} around; log:\n{}",
+        tool.log_text()
+    );
+    assert_eq!(
+        pid_state(z),
+        Some('Z'),
+        "the zombie went away during the test"
+    );
+    assert!(wait_for(
+        || !v.home.reports().is_empty(),
+        Duration::from_secs(10)
+    ));
+    assert_eq!(
+        v.home.reports()[0]["outcome"],
+        "ok",
+        "{:?}",
+        v.home.reports()
+    );
+    assert_eq!(finish(&mut tool), Some(0), "{}", tool.log_text());
+    v.home.assert_idle();
+    println!("zombie {z} of the node's uid present: delivered, exit 0");
+}
+
+/// Finding 3, the case security.md recommends always-armed mode for: cosmovisor restarts
+/// the node at once, the previous node exited but is not reaped yet (here a cosmovisor
+/// stand-in that reaps it 3 s late) when the restarted node opens the re-armed FIFO.
+#[test]
+fn previous_node_still_a_zombie_when_the_restarted_node_reads_the_key() {
+    if !is_root() {
+        eprintln!("SKIP: needs root to run the unprivileged unit's user");
+        return;
+    }
+    let v = victim(Who::Nobody);
+    let zpid = v.home.scratch("previous-node.pid");
+    let node = v
+        .home
+        .path()
+        .join("cosmovisor/genesis/bin")
+        .join(DAEMON_NAME);
+    let wrapper = v.home.scratch("late-reaper-cosmovisor.py");
+    write_script(
+        &wrapper,
+        &format!(
+            r#"#!{py}
+# cosmovisor stand-in that restarts the node the moment it exits but reaps it 3 s late.
+import os, signal, subprocess, sys, time
+node = [{node:?}, "start", "--home", {home:?}]
+first = subprocess.Popen(node)
+os.waitid(os.P_PID, first.pid, os.WEXITED | os.WNOWAIT)
+second = subprocess.Popen(node)
+open({zpid:?} + ".tmp", "w").write(str(first.pid))
+os.rename({zpid:?} + ".tmp", {zpid:?})
+signal.signal(signal.SIGTERM, lambda *_: second.terminate())
+time.sleep(3)
+first.wait()
+sys.exit(second.wait())
+"#,
+            py = python_for_any_user().display(),
+            node = node.display().to_string(),
+            home = v.home.path().display().to_string(),
+            zpid = zpid.display().to_string(),
+        ),
+    );
+    let mut cmd = v.run_cmd();
+    cmd.env("COSMOVISOR_BIN", &wrapper)
+        .env("SSM_COSMOVISOR_ALWAYS_ARMED", "true")
+        .env("NODE_EXIT_AFTER_MS", "100");
+    let mut tool = v.spawn_tool(&cmd, None, "tool.log");
+    let two = || events(&tool, "delivered").len() >= 2 || !events(&tool, "fatal").is_empty();
+    let ok = wait_for(two, Duration::from_secs(40)) && events(&tool, "fatal").is_empty();
+    wait_for(
+        || complete_reports(&v.home).len() >= 2,
+        Duration::from_secs(10),
+    );
+    let reports = complete_reports(&v.home);
+    let code = finish(&mut tool);
+    assert!(
+        ok,
+        "the restarted node did not get the key (exit {code:?}); log:\n{}",
+        tool.log_text()
+    );
+    assert_eq!(reports.len(), 2, "{reports:?}");
+    assert!(reports.iter().all(|r| r["outcome"] == "ok"), "{reports:?}");
+    let z = fs::read_to_string(&zpid).unwrap_or_default();
+    println!("previous node {z} unreaped while the restarted node read: 2 deliveries");
+    v.home.assert_idle();
+}
+
+/// Finding 3 and 2 together (unprivileged unit): a zombie of the node's uid and a hidden
+/// reader behind a zombie leader. The zombie must not fail the delivery closed, the hidden
+/// reader must be named (refused or key_exposed), never fail the delivery as "cannot
+/// inspect"; once the reader is gone, the node gets its key with the zombie still there.
+/// Before the fix: every round failed closed (exit 5) instead of naming the reader.
+#[test]
+fn zombie_and_zombie_leader_hidden_reader_together() {
+    if !is_root() {
+        eprintln!("SKIP: needs root to run the unprivileged unit's user");
+        return;
+    }
+    let v = victim(Who::Nobody);
+    let (_parent, z) = zombie_of(&v);
+    let (rounds, rogue) = hidden_reader_rounds(&v, "zombie-leader", 3);
+    assert_hidden_reader_caught(
+        "zombie + hidden reader (zombie leader, unprivileged)",
+        &rounds,
+    );
+    assert!(wait_for(|| !pid_alive(rogue), Duration::from_secs(10)));
+    let mut tool = v.spawn_tool(&v.run_cmd(), None, "after.log");
+    assert!(
+        tool.wait_log("\"delivered\"", Duration::from_secs(40)),
+        "no delivery after the reader left (zombie {z} still there); log:\n{}",
+        tool.log_text()
+    );
+    assert_eq!(pid_state(z), Some('Z'));
+    assert_eq!(finish(&mut tool), Some(0));
+}
