@@ -334,13 +334,13 @@ struct Scan {
 }
 
 impl Scan {
-    fn new(dev: u64, ino: u64, node: NodeIds) -> Scan {
+    fn new(dev: u64, ino: u64, node: NodeIds, any_template: bool) -> Scan {
         Scan {
             dev,
             ino,
             node,
             am_root: rustix::process::geteuid().is_root(),
-            siblings: SiblingView::of_self(),
+            siblings: SiblingView::of_self(any_template),
         }
     }
 
@@ -473,7 +473,7 @@ impl Scan {
 /// `CAP_SYS_PTRACE` (split-trust unit), node tasks are inspected with the
 /// node's filesystem ids instead (see [`crate::sys::with_fs_ids`]).
 pub fn holders(dev: u64, ino: u64, exclude: Pid, node: NodeIds) -> Result<Vec<Holder>, ProcError> {
-    let scan = Scan::new(dev, ino, node);
+    let scan = Scan::new(dev, ino, node, false);
     scan.walk(exclude, &mut |u, e, uid| {
         if u.sibling {
             return Ok(());
@@ -490,10 +490,12 @@ pub fn holders(dev: u64, ino: u64, exclude: Pid, node: NodeIds) -> Result<Vec<Ho
 
 /// Every task of the node's uid (other than `exclude`'s) whose fd table
 /// cannot be read, siblings included (marked): what would fail a
-/// delivery closed, for `check`.
+/// delivery closed, for `check`. Run outside a unit (from a shell), an
+/// instance of any template unit counts as a sibling, as the instances of
+/// that template would see each other.
 pub fn uninspectable(exclude: Pid, node: NodeIds) -> Result<Vec<Uninspectable>, ProcError> {
     // An inode no fd can refer to: only inspectability is asked.
-    let scan = Scan::new(u64::MAX, u64::MAX, node);
+    let scan = Scan::new(u64::MAX, u64::MAX, node, true);
     let mut out = Vec::new();
     scan.walk(exclude, &mut |u, _, _| {
         if !out.iter().any(|o: &Uninspectable| o.pid == u.pid) {
@@ -518,41 +520,52 @@ pub fn uninspectable(exclude: Pid, node: NodeIds) -> Result<Vec<Uninspectable>, 
 /// as well. Outside such a unit (no systemd, or a unit that is not a
 /// template instance) no sibling is recognised and nothing is skipped.
 struct SiblingView {
-    /// The cgroup2 mount point, our cgroup path, and our unit's template
-    /// prefix (`ssm-cosmovisor@`); `None` when we are not in a template unit.
-    ours: Option<(PathBuf, String, String)>,
+    /// The cgroup2 mount point and our cgroup path.
+    mount: Option<(PathBuf, String)>,
+    /// Our unit's template prefix (`ssm-cosmovisor@`) when we run in an
+    /// instance of one; `None` otherwise.
+    template: Option<String>,
+    /// Outside a template unit, accept an instance of any template (for
+    /// `check`, run from a shell, predicting what the units will see).
+    any_template: bool,
     /// Our own `comm`.
     comm: String,
 }
 
 impl SiblingView {
-    fn of_self() -> SiblingView {
-        let ours = (|| {
-            let cg = cgroup_of("self")?;
-            let template = unit_template(&cg)?.to_string();
-            Some((cgroup2_mount()?, cg, template))
-        })();
+    fn of_self(any_template: bool) -> SiblingView {
+        let mount = cgroup_of("self").and_then(|cg| Some((cgroup2_mount()?, cg)));
+        let template = mount
+            .as_ref()
+            .and_then(|(_, cg)| unit_template(cg))
+            .map(str::to_string);
         SiblingView {
-            ours,
+            mount,
+            template,
+            any_template,
             comm: read_proc_text("/proc/self/comm")
                 .map(|s| s.trim_end().to_string())
                 .unwrap_or_default(),
         }
     }
 
-    /// Whether `pid` is the main process of another instance of our unit.
+    /// Whether `pid` is the main process of another instance of our unit
+    /// (or, for `check` outside any unit, of some template unit).
     fn is_sibling(&self, pid: Pid) -> bool {
-        let Some((mount, ours, template)) = &self.ours else {
+        let Some((mount, ours)) = &self.mount else {
             return false;
         };
-        let p = pid.0.to_string();
-        let Some(theirs) = cgroup_of(&p) else {
+        let Some(theirs) = cgroup_of(&pid.0.to_string()) else {
             return false;
         };
-        let parent_of_cg = |c: &str| c.rsplit_once('/').map(|(a, _)| a.to_string());
+        let slice_of = |c: &str| c.rsplit_once('/').map(|(a, _)| a.to_string());
+        let same_unit_kind = match (&self.template, unit_template(&theirs)) {
+            (Some(t), Some(u)) => t == u && slice_of(&theirs) == slice_of(ours),
+            (None, Some(_)) => self.any_template,
+            (_, None) => false,
+        };
         theirs != *ours
-            && parent_of_cg(&theirs) == parent_of_cg(ours)
-            && unit_template(&theirs) == Some(template.as_str())
+            && same_unit_kind
             && cgroup_closed_to_users(mount, &theirs)
             && parent_of(pid)
                 .and_then(|pp| cgroup_of(&pp.0.to_string()))

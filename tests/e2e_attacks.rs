@@ -48,7 +48,8 @@ enum Who {
 
 /// Moto with the key stored, a node home, and who runs it.
 struct Victim {
-    moto: Moto,
+    moto: std::rc::Rc<Moto>,
+    param: String,
     key: TestKey,
     home: NodeHome,
     ids: Option<(u32, u32)>,
@@ -56,9 +57,13 @@ struct Victim {
 }
 
 fn victim(who: Who) -> Victim {
-    let moto = Moto::start();
+    victim_on(std::rc::Rc::new(Moto::start()), PARAM, who)
+}
+
+/// A validator (its own key, parameter and home) on an existing moto.
+fn victim_on(moto: std::rc::Rc<Moto>, param: &str, who: Who) -> Victim {
     let key = TestKey::ed25519();
-    put_key(&moto.endpoint(), PARAM, &key);
+    put_key(&moto.endpoint(), param, &key);
     let home = NodeHome::new();
     let ids = match who {
         Who::Root => None,
@@ -71,6 +76,7 @@ fn victim(who: Who) -> Victim {
     let reaper = StrayReaper(home.root.path().to_path_buf());
     Victim {
         moto,
+        param: param.to_string(),
         key,
         home,
         ids,
@@ -83,10 +89,20 @@ impl Victim {
     fn cmd(&self, args: &[&OsStr]) -> Command {
         let mut c = tool_cmd(&self.home, Some(&self.moto.endpoint()));
         c.env("USE_SSM_KEY", "true")
-            .env("AWS_PARAMETER", PARAM)
+            .env("AWS_PARAMETER", &self.param)
             .env("SSM_COSMOVISOR_LOG_FORMAT", "json");
         c.args(args);
         c
+    }
+
+    /// `check` (text output) as this victim's user.
+    fn check(&self) -> (Option<i32>, String) {
+        let mut c = tool_cmd(&self.home, Some(&self.moto.endpoint()));
+        c.env("USE_SSM_KEY", "true")
+            .env("AWS_PARAMETER", &self.param)
+            .arg("check");
+        let out = run_with_timeout(&mut self.as_victim(&c, None), Duration::from_secs(60));
+        (out.status.code(), output_text(&out))
     }
 
     /// `exec -- <node> --home <home>`: the node is the tool's child.
@@ -473,4 +489,174 @@ fn zombie_and_zombie_leader_hidden_reader_together() {
     );
     assert_eq!(pid_state(z), Some('Z'));
     assert_eq!(finish(&mut tool), Some(0));
+}
+
+// ---------------------------------------------------------------------------------------
+// Finding 5: a second validator on the same uid; processes posing as one
+// ---------------------------------------------------------------------------------------
+
+/// Waits for `tool`'s first delivery; panics with its log (and exit code) if it exits first.
+fn wait_delivered(tool: &mut Tool, what: &str) {
+    let done = || !events(tool, "delivered").is_empty() || !events(tool, "fatal").is_empty();
+    let ok = wait_for(done, Duration::from_secs(40)) && events(tool, "fatal").is_empty();
+    if !ok {
+        let code = finish(tool);
+        panic!(
+            "{what}: no delivery (exit {code:?}); log:\n{}",
+            tool.log_text()
+        );
+    }
+}
+
+/// Finding 5: two validators (two homes, two parameters) run by the unprivileged unit
+/// under one uid, each tool in its own instance of the template unit (the cgroups systemd
+/// makes for ssm-cosmovisor@a and @b). Each tool is non-dumpable, so to the other its fd
+/// table is unreadable; before the fix the second one failed every delivery closed
+/// (exit 5). Now each recognises the other as an instance of its own unit, in both orders,
+/// and `check` names the other instance as a warning (a dedicated uid per node).
+#[test]
+fn two_validators_under_one_uid_both_get_their_keys() {
+    if !is_root() {
+        eprintln!("SKIP: needs root to run the unprivileged unit's user and make cgroups");
+        return;
+    }
+    let Some(slice) = TestSlice::new() else {
+        return;
+    };
+    let a = victim(Who::Nobody);
+    let b = victim_on(a.moto.clone(), "/validators/attacks/second", Who::Nobody);
+    let (cg_a, cg_b) = (
+        slice.unit("ssm-cosmovisor@a.service"),
+        slice.unit("ssm-cosmovisor@b.service"),
+    );
+    let mut tool_a = a.spawn_tool(&a.run_cmd(), Some(&cg_a), "a.log");
+    wait_delivered(&mut tool_a, "validator a");
+    let mut tool_b = b.spawn_tool(&b.run_cmd(), Some(&cg_b), "b.log");
+    wait_delivered(&mut tool_b, "validator b, with a's tool running");
+    // a again, now that b runs: a restarted a sees b.
+    assert_eq!(finish(&mut tool_a), Some(0), "{}", tool_a.log_text());
+    a.home.assert_idle();
+    let mut tool_a = a.spawn_tool(&a.run_cmd(), Some(&cg_a), "a2.log");
+    wait_delivered(&mut tool_a, "validator a, restarted with b's tool running");
+    // (check's key slot item fails while a runs: the slot is locked by it.)
+    let (_, text) = a.check();
+    let b_pid = tool_b.child.pid();
+    assert!(
+        text.lines().any(|l| l.starts_with("WARN  reader check")
+            && l.contains(&format!("pid {b_pid} "))
+            && l.contains("dedicated uid")),
+        "check does not name instance {b_pid}:\n{text}"
+    );
+    assert!(!text.contains("FAIL  reader check"), "{text}");
+    for (t, v) in [(&mut tool_a, &a), (&mut tool_b, &b)] {
+        assert_eq!(finish(t), Some(0), "{}", t.log_text());
+        v.home.assert_idle();
+        assert_eq!(
+            v.home.reports().last().unwrap()["pub_key"],
+            v.key.pub_b64.as_str()
+        );
+    }
+    println!("two validators under uid nobody: a delivered, b delivered with a running, a restarted and delivered with b running; check warns about instance {b_pid}");
+}
+
+/// A non-dumpable process of the node's uid named like us (`ssm-cosmovisor`), started by
+/// `parent` (a Python program) in cgroup `cg` when given; returns it and its pid.
+fn posing_process(v: &Victim, cg: Option<&Path>, via_parent: bool) -> (KillOnDrop, i32) {
+    let pidfile = v.home.scratch(&format!("poser-{}.pid", std::process::id()));
+    let _ = fs::remove_file(&pidfile);
+    let pose = format!(
+        "import ctypes, os, time\nlibc = ctypes.CDLL(None)\nlibc.prctl(15, b'ssm-cosmovisor', 0, 0, 0)\nlibc.prctl(4, 0, 0, 0, 0)\nopen({p:?} + '.tmp', 'w').write(str(os.getpid()))\nos.rename({p:?} + '.tmp', {p:?})\ntime.sleep(300)\n",
+        p = pidfile.display().to_string()
+    );
+    let code = if via_parent {
+        // A dumpable parent in the cgroup starts it: it is not the cgroup's main process.
+        format!(
+            "import subprocess, sys, time\nsubprocess.Popen([sys.executable, '-c', {pose:?}])\ntime.sleep(300)\n"
+        )
+    } else {
+        pose
+    };
+    let p = v.spawn_python(&[OsStr::new("-c"), OsStr::new(&code)], cg);
+    assert!(
+        wait_for(|| pidfile.exists(), Duration::from_secs(20)),
+        "the posing process did not start"
+    );
+    let pid = fs::read_to_string(&pidfile)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    (p, pid)
+}
+
+/// Finding 5, the other side: a process merely claiming to be a sibling instance is no
+/// blind spot. A non-dumpable node-uid process named `ssm-cosmovisor` (i) anywhere, (ii) in
+/// a cgroup named like an instance of the unit but writable by the node user (a delegated
+/// subtree), (iii) inside a real instance's cgroup but started there by another process (a
+/// compromised node of that instance): each fails the delivery closed (exit 5, the process
+/// named), and `check` names it with the remedy. The delivery part held before the fix
+/// too; `check` said nothing about such a process.
+#[test]
+fn process_posing_as_a_sibling_instance_fails_the_delivery_closed() {
+    if !is_root() {
+        eprintln!("SKIP: needs root to run the unprivileged unit's user and make cgroups");
+        return;
+    }
+    let Some(slice) = TestSlice::new() else {
+        return;
+    };
+    let v = victim(Who::Nobody);
+    let (u, g) = nobody();
+    let cg_a = slice.unit("ssm-cosmovisor@a.service");
+    let delegated = slice.unit("ssm-cosmovisor@evil.service");
+    for f in [delegated.clone(), delegated.join("cgroup.procs")] {
+        nix::unistd::chown(&f, Some(u.into()), Some(g.into())).unwrap();
+    }
+    let other = slice.unit("ssm-cosmovisor@b.service");
+    let cases: [(&str, Option<&Path>, bool); 3] = [
+        ("anywhere", None, false),
+        (
+            "node-writable cgroup named like an instance",
+            Some(&delegated),
+            false,
+        ),
+        (
+            "inside an instance's cgroup, not its main process",
+            Some(&other),
+            true,
+        ),
+    ];
+    for (i, (what, cg, via_parent)) in cases.into_iter().enumerate() {
+        let (mut poser, pid) = posing_process(&v, cg, via_parent);
+        let mut tool = v.spawn_tool(&v.run_cmd(), Some(&cg_a), &format!("poser-{i}.log"));
+        let st = tool.wait(Duration::from_secs(60));
+        let log = tool.log_text();
+        assert_eq!(st.code(), Some(5), "{what}: log:\n{log}");
+        let failed = log_events(&log, "delivery_failed");
+        assert!(
+            failed.len() == 1
+                && failed[0]["error"].as_str().is_some_and(|e| e
+                    .contains(&format!("/proc/{pid}/"))
+                    && e.contains("dedicated uid")),
+            "{what}: the delivery did not fail naming pid {pid}:\n{log}"
+        );
+        assert!(
+            log_events(&log, "delivered").is_empty(),
+            "{what}: delivered"
+        );
+        v.home.assert_idle();
+        let (code, text) = v.check();
+        assert!(
+            text.lines().any(|l| l.starts_with("FAIL  reader check")
+                && l.contains(&format!("pid {pid} "))
+                && l.contains("dedicated uid")),
+            "{what}: check does not name pid {pid}:\n{text}"
+        );
+        assert_eq!(code, Some(1), "{text}");
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), Signal::SIGKILL);
+        poser.signal(Signal::SIGKILL);
+        let _ = poser.wait_timeout(Duration::from_secs(5));
+        assert!(wait_for(|| !pid_alive(pid), Duration::from_secs(10)));
+        println!("posing as a sibling ({what}): delivery failed closed naming pid {pid}; check FAIL names it");
+    }
 }
