@@ -1864,3 +1864,83 @@ pub fn assert_no_key_material(output: &str, key: &TestKey) {
         );
     }
 }
+
+/// Watches directories on its own thread (names, file types, inodes, modes, owners, every
+/// millisecond) and remembers the first change it sees, so a change that is undone before
+/// the end (a link made and removed again) is still caught.
+pub struct DirWatch {
+    stop: Arc<AtomicBool>,
+    first_change: Arc<Mutex<Option<String>>>,
+    handle: Option<JoinHandle<u64>>,
+}
+
+fn dir_listing(dir: &Path) -> Vec<(String, u64, u32, u32)> {
+    use std::os::unix::fs::MetadataExt;
+    let mut v: Vec<_> = fs::read_dir(dir)
+        .map(|rd| {
+            rd.flatten()
+                .filter_map(|e| {
+                    let m = fs::symlink_metadata(e.path()).ok()?;
+                    Some((
+                        e.file_name().to_string_lossy().into_owned(),
+                        m.ino(),
+                        m.mode(),
+                        m.uid(),
+                    ))
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    v.sort();
+    v
+}
+
+impl DirWatch {
+    pub fn start(dirs: &[PathBuf]) -> DirWatch {
+        let dirs = dirs.to_vec();
+        let before: Vec<_> = dirs.iter().map(|d| dir_listing(d)).collect();
+        let stop: Arc<AtomicBool> = Arc::default();
+        let first_change: Arc<Mutex<Option<String>>> = Arc::default();
+        let (st, fc) = (stop.clone(), first_change.clone());
+        let handle = thread::spawn(move || {
+            let mut samples = 0;
+            while !st.load(Ordering::Relaxed) {
+                samples += 1;
+                for (d, b) in dirs.iter().zip(&before) {
+                    let now = dir_listing(d);
+                    if &now != b {
+                        let mut g = fc.lock().unwrap();
+                        if g.is_none() {
+                            *g = Some(format!("{}: {b:?} became {now:?}", d.display()));
+                        }
+                    }
+                }
+                thread::sleep(Duration::from_millis(1));
+            }
+            samples
+        });
+        DirWatch {
+            stop,
+            first_change,
+            handle: Some(handle),
+        }
+    }
+
+    /// The first change seen so far, if any.
+    pub fn change(&self) -> Option<String> {
+        self.first_change.lock().unwrap().clone()
+    }
+
+    /// Stops watching; returns the samples taken and the first change seen.
+    pub fn stop(mut self) -> (u64, Option<String>) {
+        self.stop.store(true, Ordering::Relaxed);
+        let n = self.handle.take().map(|h| h.join().unwrap()).unwrap_or(0);
+        (n, self.change())
+    }
+}
+
+impl Drop for DirWatch {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
