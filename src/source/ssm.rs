@@ -315,6 +315,16 @@ where
     }
 }
 
+/// What an SDK call failed with, safe to print and log: its class, the HTTP
+/// status and the request id, nothing of the answer. For every AWS client
+/// (the DynamoDB lease's too: the response types are the same).
+pub(crate) fn sdk_failure_summary<E>(e: &SdkError<E, HttpResponse>) -> String
+where
+    E: std::error::Error + 'static,
+{
+    format!("{}; {}", failure_class(e), status_and_request_id(e))
+}
+
 /// An AWS error code as AWS writes them (`AccessDeniedException`), else `Unknown`.
 fn error_code(code: Option<&str>) -> String {
     match code {
@@ -376,7 +386,7 @@ where
         SdkError::DispatchFailure(_) | SdkError::TimeoutError(_) => {
             return SsmError::Unreachable {
                 name: name.into(),
-                detail: format!("{} ({at})", failure_class(&e)),
+                detail: sdk_failure_summary(&e),
             }
         }
         SdkError::ServiceError(_) => {}
@@ -384,7 +394,7 @@ where
             return SsmError::Malformed {
                 op,
                 name: name.into(),
-                detail: format!("{}; {at}", failure_class(&e)),
+                detail: sdk_failure_summary(&e),
             }
         }
     }
