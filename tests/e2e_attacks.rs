@@ -748,7 +748,7 @@ impl Split {
     }
 
     /// Everything outside the slot that root owns here: the victim directories.
-    fn outside(&self) -> Vec<std::collections::BTreeMap<String, (String, u64, u32, u32, Vec<u8>)>> {
+    fn outside(&self) -> Vec<DirSnapshot> {
         vec![
             dir_snapshot(&self.victim_dir),
             dir_snapshot(&self.victim_config),

@@ -1252,11 +1252,13 @@ pub fn assert_clean_idle(home: &NodeHome) {
     );
 }
 
+/// What [`dir_snapshot`] records: name → (file type, inode, mode, uid, content of regular
+/// files).
+pub type DirSnapshot = std::collections::BTreeMap<String, (String, u64, u32, u32, Vec<u8>)>;
+
 /// A directory listing precise enough to prove a refusal changed nothing: name → (file
 /// type, inode, mode, uid, content of regular files).
-pub fn dir_snapshot(
-    dir: &Path,
-) -> std::collections::BTreeMap<String, (String, u64, u32, u32, Vec<u8>)> {
+pub fn dir_snapshot(dir: &Path) -> DirSnapshot {
     use std::os::unix::fs::MetadataExt;
     let mut m = std::collections::BTreeMap::new();
     for e in fs::read_dir(dir).unwrap_or_else(|e| panic!("read_dir {}: {e}", dir.display())) {
