@@ -56,6 +56,7 @@ pub fn target_dir() -> PathBuf {
 /// against another build (e.g. the base commit's, to show that a test fails there).
 pub fn ssm_cosmovisor_bin() -> PathBuf {
     std::env::var_os("SSMCV_BIN_UNDER_TEST")
+        .filter(|v| !v.is_empty())
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_ssm-cosmovisor")))
 }
