@@ -223,9 +223,13 @@ fn scan_fd_dir(path: &str, dev: u64, ino: u64) -> Result<Option<bool>, rustix::i
             // The directory position of fd N is N + 2.
             if tail.seek(2 + open_fds - TAIL_FDS).is_ok() {
                 for n in fd_numbers(&mut tail) {
-                    if matches!(stat_fd(&fd_dir, n), Ok(st) if st.st_dev == dev && st.st_ino == ino)
-                    {
-                        return Ok(Some(true));
+                    match stat_fd(&fd_dir, n) {
+                        Ok(st) if st.st_dev == dev && st.st_ino == ino => return Ok(Some(true)),
+                        // As below: the whole table would be denied the same way.
+                        Err(e @ (rustix::io::Errno::ACCESS | rustix::io::Errno::PERM)) => {
+                            return Err(e)
+                        }
+                        _ => {}
                     }
                 }
             }
@@ -375,7 +379,12 @@ impl Scan {
     }
 
     fn task(&self, pid: Pid, tid: Pid) -> TaskScan {
-        let path = format!("/proc/{}/task/{}/fd", pid.0, tid.0);
+        // The leader's table by its shorter name (the same directory; fewer lookups).
+        let path = if tid == pid {
+            format!("/proc/{}/fd", pid.0)
+        } else {
+            format!("/proc/{}/task/{}/fd", pid.0, tid.0)
+        };
         let mut res = scan_fd_dir(&path, self.dev, self.ino);
         let uids = match res {
             Ok(None) => return TaskScan::Skip,
