@@ -343,7 +343,7 @@ enum TaskScan {
     /// Exited, or of no concern: holds nothing that matters.
     Skip,
     /// A task of the node's uid whose fd table we may not read.
-    Denied(rustix::io::Errno, [u32; 4]),
+    Denied(rustix::io::Errno),
 }
 
 /// Everything a scan decides once, not per process.
@@ -414,7 +414,7 @@ impl Scan {
             Err(_) if !self.concerns(&uids) => TaskScan::Skip,
             // Checked after the failure: a task that died meanwhile holds nothing now.
             Err(_) if task_is_dead(pid, tid) => TaskScan::Skip,
-            Err(e) => TaskScan::Denied(e, uids),
+            Err(e) => TaskScan::Denied(e),
         }
     }
 
@@ -430,6 +430,8 @@ impl Scan {
             return Ok(None);
         };
         let mut scanned: Vec<Pid> = Vec::new();
+        // Asked once per process, at its first uninspectable task.
+        let mut sibling: Option<bool> = None;
         for tid in tasks {
             if scanned
                 .iter()
@@ -457,17 +459,19 @@ impl Scan {
                 }
                 TaskScan::Clear => scanned.push(tid),
                 TaskScan::Skip => {}
-                TaskScan::Denied(e, uids) => {
+                TaskScan::Denied(e) => {
+                    let sibling = *sibling.get_or_insert_with(|| {
+                        self.siblings
+                            .get_or_init(|| SiblingView::of_self(self.any_template))
+                            .is_sibling(pid)
+                    });
                     let u = Uninspectable {
                         pid,
                         tid,
                         comm: comm_of(pid),
-                        sibling: self
-                            .siblings
-                            .get_or_init(|| SiblingView::of_self(self.any_template))
-                            .is_sibling(pid),
+                        sibling,
                     };
-                    denied(u, e, uids[1])?;
+                    denied(u, e, self.node.uid)?;
                 }
             }
         }
