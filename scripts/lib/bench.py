@@ -573,6 +573,32 @@ def scan_bench(prefix=(), node=None):
     return [x / 1000.0 for x in d["per_pid_us"]], [x / 1000.0 for x in d["per_task_us"]], d["pids"], d["tasks"]
 
 
+BASELINE = E.get("BENCH_BASELINE_BIN", "")
+BASELINE_LABEL = E.get("BENCH_BASELINE_LABEL", Path(BASELINE).name if BASELINE else "")
+
+
+def delivery_vs_baseline():
+    """Delivery latency of this build against BENCH_BASELINE_BIN (e.g. the release binary
+    of the commit before the per-task scan), interleaved: `exec -- node`, the node holding
+    NODE_FDS fds, FD_ROUNDS rounds each. None without a baseline."""
+    if not BASELINE:
+        return None
+    home = make_home("baseline")
+    out = {"current": [], "baseline": []}
+    log(f"delivery latency, this build against {BASELINE}: {FD_ROUNDS} interleaved rounds each")
+    node = home / "cosmovisor/genesis/bin/noded"
+    for i in range(FD_ROUNDS):
+        order = [("current", BIN), ("baseline", Path(BASELINE))]
+        for name, b in order if i % 2 == 0 else reversed(order):
+            logf = WORK / f"baseline-{name}-{i}.log"
+            with open(logf, "wb") as lf:
+                env = tool_env(home, NODE_HOLD_FDS=NODE_FDS, NODE_EXIT_AFTER_MS=50)
+                p = spawn([str(b), "--log-format", "json", "exec", "--", str(node), "start", "--home", str(home)], env, stderr=lf)
+            finish(p, timeout=60)
+            out[name] += [e["latency_us"] / 1000.0 for e in events(logf, "delivered")]
+    return out
+
+
 def scan_cost():
     rows = []
     log(f"reader scan, per pid vs per task: {SCAN_ROUNDS} interleaved rounds per case")
@@ -798,6 +824,7 @@ def main():
     dr = delivery_and_rearm()
     lf = lease_failover()
     sc = scan_cost()
+    vb = delivery_vs_baseline()
     size = BIN.stat().st_size
 
     m = {v: stats(xs) for v, xs in ttk.items() if xs}
@@ -844,6 +871,11 @@ def main():
             lines.append(row([name, "skipped (RLIMIT_NOFILE)", "", "", "", "", ""]))
         else:
             add(name, stats(xs))
+    if vb and vb["current"] and vb["baseline"]:
+        sb, sn = stats(vb["baseline"]), stats(vb["current"])
+        add(f"delivery latency, `exec`, node holding {NODE_FDS} fds, baseline {BASELINE_LABEL} (BENCH_BASELINE_BIN)", sb)
+        add(f"delivery latency, `exec`, node holding {NODE_FDS} fds, this build, interleaved with the baseline", sn)
+        lines.append(row(["ratio this build / baseline of medians (delivery latency)", f"{sn['median'] / sb['median']:.2f}", "", "", "", "", ""]))
     for label, (old, new, pids, tasks) in sc:
         so, sn = stats(old), stats(new)
         add(f"reader scan, {label} ({pids} processes, {tasks} tasks): per pid (before)", so)
