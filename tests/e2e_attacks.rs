@@ -44,11 +44,16 @@ fn env_usize(name: &str, default: usize) -> usize {
 enum Who {
     /// Everything as root (the node's uid is 0).
     Root,
-    /// The unprivileged unit: tool, node and attacker as `nobody`.
+    /// The unprivileged unit: tool, node and attacker as the node user ([`attack_user`]).
     Nobody,
 }
 
 /// Moto with the key stored, a node home, and who runs it.
+/// Tests whose tools run as the node user must not overlap: to each other, a running
+/// unprivileged tool is a non-dumpable process of the node's uid (what the reader check
+/// fails closed on unless it is a sibling instance). Held by a test's first [`Victim`].
+static NODE_UID: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 struct Victim {
     moto: std::rc::Rc<Moto>,
     param: String,
@@ -56,10 +61,15 @@ struct Victim {
     home: NodeHome,
     ids: Option<(u32, u32)>,
     _reaper: StrayReaper,
+    // Last: released once the strays are reaped.
+    _uid_lock: Option<std::sync::MutexGuard<'static, ()>>,
 }
 
 fn victim(who: Who) -> Victim {
-    victim_on(std::rc::Rc::new(Moto::start()), PARAM, who)
+    let lock = (who == Who::Nobody).then(|| NODE_UID.lock().unwrap_or_else(|e| e.into_inner()));
+    let mut v = victim_on(std::rc::Rc::new(Moto::start()), PARAM, who);
+    v._uid_lock = lock;
+    v
 }
 
 /// A validator (its own key, parameter and home) on an existing moto.
@@ -70,7 +80,7 @@ fn victim_on(moto: std::rc::Rc<Moto>, param: &str, who: Who) -> Victim {
     let ids = match who {
         Who::Root => None,
         Who::Nobody => {
-            let (u, g) = nobody();
+            let (_, u, g) = attack_user();
             chown_tree(home.root.path(), u, g);
             Some((u, g))
         }
@@ -83,6 +93,7 @@ fn victim_on(moto: std::rc::Rc<Moto>, param: &str, who: Who) -> Victim {
         home,
         ids,
         _reaper: reaper,
+        _uid_lock: None,
     }
 }
 
@@ -558,7 +569,7 @@ fn two_validators_under_one_uid_both_get_their_keys() {
             v.key.pub_b64.as_str()
         );
     }
-    println!("two validators under uid nobody: a delivered, b delivered with a running, a restarted and delivered with b running; check warns about instance {b_pid}");
+    println!("two validators under one uid: a delivered, b delivered with a running, a restarted and delivered with b running; check warns about instance {b_pid}");
 }
 
 /// A non-dumpable process of the node's uid named like us (`ssm-cosmovisor`), started by
@@ -608,7 +619,7 @@ fn process_posing_as_a_sibling_instance_fails_the_delivery_closed() {
         return;
     };
     let v = victim(Who::Nobody);
-    let (u, g) = nobody();
+    let (_, u, g) = attack_user();
     let cg_a = slice.unit("ssm-cosmovisor@a.service");
     let delegated = slice.unit("ssm-cosmovisor@evil.service");
     for f in [delegated.clone(), delegated.join("cgroup.procs")] {
@@ -667,7 +678,7 @@ fn process_posing_as_a_sibling_instance_fails_the_delivery_closed() {
 // Finding 1: split trust, the node user steering the root tool
 // ---------------------------------------------------------------------------------------
 
-/// A split-trust host: the node home owned by `nobody`, the key slot in a root-owned
+/// A split-trust host: the node home owned by the node user ([`attack_user`]), the key slot in a root-owned
 /// directory outside it (as the split unit's RuntimeDirectory), and a root-owned directory
 /// elsewhere that holds a complete CometBFT key (the target the node user would steer root
 /// to, with its own config.toml naming it, for a symlinked `config/`).
@@ -734,12 +745,12 @@ impl Split {
         .unwrap();
     }
 
-    /// `ssm-cosmovisor <args>` as root for node user nobody; `key_file` is root's
+    /// `ssm-cosmovisor <args>` as root for the node user; `key_file` is root's
     /// SSM_COSMOVISOR_KEY_FILE, if set. The node reads the slot (NODE_KEY_FILE), whatever
     /// its config says, so that only the tool's choice is tested.
     fn cmd(&self, args: &[&str], key_file: bool) -> Command {
         let mut c = self.v.cmd(&args.iter().map(OsStr::new).collect::<Vec<_>>());
-        c.env("SSM_COSMOVISOR_NODE_USER", "nobody")
+        c.env("SSM_COSMOVISOR_NODE_USER", attack_user().0)
             .env("NODE_KEY_FILE", &self.slot_key);
         if key_file {
             c.env("SSM_COSMOVISOR_KEY_FILE", &self.slot_key);
@@ -875,8 +886,8 @@ fn split_trust_node_user_racing_config_dir_against_a_symlink_changes_nothing_out
     s.node_config_names(&s.slot_key);
     let home = s.v.home.path();
     std::os::unix::fs::symlink(&s.victim_config, home.join("config.swap")).unwrap();
-    std::os::unix::fs::lchown(home.join("config.swap"), Some(nobody().0), Some(nobody().1))
-        .unwrap();
+    let (_, u, g) = attack_user();
+    std::os::unix::fs::lchown(home.join("config.swap"), Some(u), Some(g)).unwrap();
     let before = s.outside();
     let stop = s.v.home.scratch("stop-racer");
     let swaps = s.v.home.scratch("swaps");

@@ -1579,6 +1579,20 @@ pub fn python_for_any_user() -> PathBuf {
         .unwrap_or_else(venv_python)
 }
 
+/// The node user of the attack tests (name, uid, gid): `games` where it exists, else
+/// `nobody`. Not `nobody` by choice: other test files run their unprivileged tools as
+/// `nobody`, and a non-dumpable tool of the node's uid is exactly what the reader check
+/// fails closed on, so tests sharing that uid must never overlap (tests of one file run in
+/// parallel; other checkouts on the same machine may run theirs at the same time).
+pub fn attack_user() -> (String, u32, u32) {
+    for name in ["games", "nobody"] {
+        if let Ok(Some(u)) = nix::unistd::User::from_name(name) {
+            return (u.name, u.uid.as_raw(), u.gid.as_raw());
+        }
+    }
+    panic!("neither a games nor a nobody user exists");
+}
+
 /// uid and gid of `nobody`, the node user of the tests that need one.
 pub fn nobody() -> (u32, u32) {
     let u = nix::unistd::User::from_name("nobody")
