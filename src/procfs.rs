@@ -342,6 +342,9 @@ enum TaskScan {
     Clear,
     /// Exited, or of no concern: holds nothing that matters.
     Skip,
+    /// Of no concern, and neither are the process's other tasks (root for
+    /// a root node, denied by a process more privileged than itself).
+    SkipProcess,
     /// A task of the node's uid whose fd table we may not read.
     Denied(rustix::io::Errno),
 }
@@ -389,6 +392,14 @@ impl Scan {
         let uids = match res {
             Ok(None) => return TaskScan::Skip,
             Ok(Some(false)) => return TaskScan::Clear,
+            // A process that root cannot inspect holds privileges we lack
+            // (e.g. a VM's init with capabilities outside our bounding set).
+            // When the node itself runs as root, such a process can read the
+            // node's memory anyway: failing closed on it protects nothing and
+            // would make delivery impossible wherever one exists. Its other
+            // threads need no look either: whatever can open a root node's
+            // 0600 FIFO is root, outside the boundary.
+            Err(_) if self.am_root && self.node.uid == 0 => return TaskScan::SkipProcess,
             _ => match task_uids(pid, tid) {
                 Some(u) => u,
                 None => return TaskScan::Skip,
@@ -405,12 +416,8 @@ impl Scan {
             Ok(Some(true)) => TaskScan::Holds(uids),
             Ok(Some(false)) => TaskScan::Clear,
             Ok(None) => TaskScan::Skip,
-            // A task that root cannot inspect holds privileges we lack (e.g.
-            // a VM's init with capabilities outside our bounding set). When
-            // the node itself runs as root, such a task can read the node's
-            // memory anyway: failing closed on it protects nothing and would
-            // make delivery impossible wherever one exists.
-            Err(_) if self.am_root && self.node.uid == 0 => TaskScan::Skip,
+            // Per task, not per process: another thread may hold other ids
+            // (one that kept the node's as its effective uid, say).
             Err(_) if !self.concerns(&uids) => TaskScan::Skip,
             // Checked after the failure: a task that died meanwhile holds nothing now.
             Err(_) if task_is_dead(pid, tid) => TaskScan::Skip,
@@ -459,6 +466,7 @@ impl Scan {
                 }
                 TaskScan::Clear => scanned.push(tid),
                 TaskScan::Skip => {}
+                TaskScan::SkipProcess => return Ok(None),
                 TaskScan::Denied(e) => {
                     let sibling = *sibling.get_or_insert_with(|| {
                         self.siblings
