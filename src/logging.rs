@@ -6,9 +6,11 @@ use crate::config::LogFormat;
 
 /// Whether an event may be logged at all, whatever `SSM_COSMOVISOR_LOG`
 /// asks for: TRACE only from this crate. The AWS SDK's trace events carry
-/// whole requests, responses and errors in debug form (the `PutParameter`
-/// request holds the key; a `GetParameter` answer that fails to parse is
-/// kept, body and all, in the error), and its HTTP stack traces frames.
+/// whole requests, responses and results in debug form, their bodies
+/// redacted by the SDK itself (unless `LOG_SENSITIVE_BODIES`, which we
+/// refuse); one change in that redaction would put the key (the
+/// `GetParameter` answer, the `PutParameter` request) into our log, and
+/// nothing needed to debug a fetch is below DEBUG. Defence in depth.
 fn allowed(meta: &tracing::Metadata<'_>) -> bool {
     *meta.level() < tracing::Level::TRACE || meta.target().starts_with("ssm_cosmovisor")
 }
