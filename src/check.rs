@@ -83,6 +83,55 @@ fn kernel_checks(r: &mut Report) {
     }
 }
 
+/// The reader check at delivery fails closed on any live task of the
+/// node's uid whose fd table cannot be read (a non-dumpable program of the
+/// node's user, e.g. ssh-agent, or a process hiding its fds): name each one
+/// now, rather than in a delivery that fails at start. Other instances of our
+/// own systemd unit are recognised and only warned about.
+fn reader_check(r: &mut Report, uid: u32, gid: u32) {
+    use crate::procfs::{self, NodeIds, Pid};
+    let me = Pid(std::process::id() as i32);
+    let found = match procfs::uninspectable(me, NodeIds { uid, gid }) {
+        Ok(f) => f,
+        Err(e) => {
+            r.fail("reader check", e);
+            return;
+        }
+    };
+    let (siblings, others): (Vec<_>, Vec<_>) = found.into_iter().partition(|u| u.sibling);
+    for s in &siblings {
+        r.warn(
+            "reader check",
+            format!(
+                "pid {} ({}) is another instance of this unit under the same uid {uid}: it is not dumpable, so its fds cannot be read; it is recognised by its systemd unit and skipped. Validators sharing a uid can read each other's keys from their nodes: a dedicated uid per node is the boundary",
+                s.pid, s.comm
+            ),
+        );
+    }
+    for o in &others {
+        r.fail(
+            "reader check",
+            format!(
+                "pid {} ({}, task {}) runs as the node's uid {uid} and its fd table cannot be read (not dumpable, or more privileged than this check): every delivery fails closed while it runs. Stop it, or run this node under a dedicated uid that nothing else uses",
+                o.pid, o.comm, o.tid
+            ),
+        );
+    }
+    if others.is_empty() {
+        r.pass(
+            "reader check",
+            format!(
+                "every other process of uid {uid} can be inspected{}",
+                if siblings.is_empty() {
+                    String::new()
+                } else {
+                    format!(" ({} recognised instance(s) of this unit)", siblings.len())
+                }
+            ),
+        );
+    }
+}
+
 /// The failover lease: settings, the sign state it would carry, the table and
 /// who holds the lease now (read only: `check` never takes it).
 fn lease_checks(r: &mut Report, cfg: &Config) {
@@ -161,6 +210,72 @@ fn lease_checks(r: &mut Report, cfg: &Config) {
     }
 }
 
+/// The key source: fetch, validate, compare with the safe key.
+fn source_checks(r: &mut Report, cfg: &Config, safe: Option<&crate::key::PublicIdentity>) {
+    match &cfg.source {
+        None => r.info("key source", "none configured (AWS_PARAMETER unset)"),
+        Some(spec) => {
+            crate::harden::harden_self().ok();
+            match source::fetch(spec, cfg.expected_address.as_deref()) {
+                Ok(f) => {
+                    let id = f.key.identity();
+                    match &f.origin {
+                        Origin::Ssm(p) => {
+                            r.pass(
+                                "parameter",
+                                format!(
+                                    "{} version {} type {}{}",
+                                    p.name,
+                                    p.version,
+                                    p.kind,
+                                    p.arn
+                                        .as_deref()
+                                        .map(|a| format!(" ({a})"))
+                                        .unwrap_or_default()
+                                ),
+                            );
+                            if let SourceSpec::Ssm { parameter, .. } = spec {
+                                match source::ssm::describe(parameter) {
+                                    Ok(m) => r.pass(
+                                        "KMS key",
+                                        format!(
+                                            "{} (tier {})",
+                                            m.kms_key_id.as_deref().unwrap_or("unknown"),
+                                            m.tier.as_deref().unwrap_or("unknown")
+                                        ),
+                                    ),
+                                    Err(e) => r.warn(
+                                        "KMS key",
+                                        format!("cannot describe the parameter: {e}"),
+                                    ),
+                                }
+                            }
+                        }
+                        Origin::Credential { name } => r.pass("credential", name),
+                    }
+                    r.pass(
+                        "key",
+                        format!(
+                            "valid {} key (public key and address derived from the private key)",
+                            id.key_type()
+                        ),
+                    );
+                    r.pass("address", id.address_hex());
+                    r.pass("pub_key", id.pub_key_b64());
+                    if let Some(safe) = safe {
+                        if safe.pub_key() == id.pub_key() {
+                            r.fail("safe key", "the key at the key path IS the consensus key: replace it with a throwaway key");
+                        } else {
+                            r.pass("safe key", "differs from the consensus key");
+                        }
+                    }
+                }
+                Err(e) => r.fail("key source", e),
+            }
+        }
+    }
+}
+
 /// Runs the preflight. Exit 0 when every check passes (warnings allowed).
 pub fn run(ov: &Overrides) -> Result<u8, CliError> {
     let mut r = Report::default();
@@ -171,6 +286,10 @@ pub fn run(ov: &Overrides) -> Result<u8, CliError> {
             return Ok(exit::CONFIG);
         }
     };
+    match cfg.check_before_run(&ProcessEnv) {
+        Ok(()) => {}
+        Err(e) => r.fail("run would refuse", e),
+    }
     r.pass(
         "USE_SSM_KEY",
         if cfg.use_ssm_key {
@@ -226,6 +345,7 @@ pub fn run(ov: &Overrides) -> Result<u8, CliError> {
             rustix::process::getegid().as_raw(),
         ),
     };
+    reader_check(&mut r, uid, gid);
     let safe = match KeySlot::open(&cfg.key_path, uid, gid).and_then(|s| s.diagnose()) {
         Ok((rep, safe)) => {
             r.pass(
@@ -246,69 +366,11 @@ pub fn run(ov: &Overrides) -> Result<u8, CliError> {
         }
     };
 
-    match &cfg.source {
-        None => r.info("key source", "none configured (AWS_PARAMETER unset)"),
-        Some(spec) => {
-            crate::harden::harden_self().ok();
-            match source::fetch(spec, cfg.expected_address.as_deref()) {
-                Ok(f) => {
-                    let id = f.key.identity();
-                    match &f.origin {
-                        Origin::Ssm(p) => {
-                            r.pass(
-                                "parameter",
-                                format!(
-                                    "{} version {} type {}{}",
-                                    p.name,
-                                    p.version,
-                                    p.kind,
-                                    p.arn
-                                        .as_deref()
-                                        .map(|a| format!(" ({a})"))
-                                        .unwrap_or_default()
-                                ),
-                            );
-                            if let SourceSpec::Ssm { parameter, .. } = spec {
-                                match source::ssm::describe(parameter) {
-                                    Ok(m) => r.pass(
-                                        "KMS key",
-                                        format!(
-                                            "{} (tier {})",
-                                            m.kms_key_id.as_deref().unwrap_or("unknown"),
-                                            m.tier.as_deref().unwrap_or("unknown")
-                                        ),
-                                    ),
-                                    Err(e) => r.warn(
-                                        "KMS key",
-                                        format!("cannot describe the parameter: {e}"),
-                                    ),
-                                }
-                            }
-                        }
-                        Origin::Credential { name } => r.pass("credential", name),
-                    }
-                    r.pass(
-                        "key",
-                        format!(
-                            "valid {} key (public key and address derived from the private key)",
-                            id.key_type()
-                        ),
-                    );
-                    r.pass("address", id.address_hex());
-                    r.pass("pub_key", id.pub_key_b64());
-                    if let Some(safe) = &safe {
-                        if safe.pub_key() == id.pub_key() {
-                            r.fail("safe key", "the key at the key path IS the consensus key: replace it with a throwaway key");
-                        } else {
-                            r.pass("safe key", "differs from the consensus key");
-                        }
-                    }
-                }
-                Err(e) => r.fail("key source", e),
-            }
-        }
+    // The SDK is not used at all while its body logging is on (reported above).
+    if crate::config::refuse_sdk_body_logging(&ProcessEnv).is_ok() {
+        source_checks(&mut r, &cfg, safe.as_ref());
+        lease_checks(&mut r, &cfg);
     }
-    lease_checks(&mut r, &cfg);
     if r.failures == 0 {
         println!("check passed");
         Ok(0)

@@ -212,6 +212,7 @@ pub fn main(cli: Cli) -> Result<u8, CliError> {
     match cli.command {
         Cmd::Run { args } => {
             let cfg = Config::resolve(&ov, &ProcessEnv, &args)?;
+            cfg.check_before_run(&ProcessEnv)?;
             let mut child_args = vec![OsString::from("run")];
             child_args.extend(args);
             let program = cfg.cosmovisor_bin.clone();
@@ -219,6 +220,7 @@ pub fn main(cli: Cli) -> Result<u8, CliError> {
         }
         Cmd::Exec { command } => {
             let cfg = Config::resolve(&ov, &ProcessEnv, &command[1..])?;
+            cfg.check_before_run(&ProcessEnv)?;
             run_with_key(&cfg, &command[0], &command[1..])
         }
         Cmd::Check => crate::check::run(&ov),
@@ -499,7 +501,8 @@ fn import(
     let name = ov
         .parameter
         .clone()
-        .or_else(|| ProcessEnv.get("AWS_PARAMETER"))
+        .filter(|p| !p.is_empty())
+        .map_or_else(|| ProcessEnv.setting("AWS_PARAMETER"), |p| Ok(Some(p)))?
         .ok_or_else(|| {
             CliError::new(
                 exit::CONFIG,
@@ -551,7 +554,7 @@ fn import(
 
 fn passthrough(ov: &Overrides, args: Vec<OsString>) -> Result<u8, CliError> {
     use std::os::unix::process::CommandExt;
-    let program = crate::config::cosmovisor_bin(ov, &ProcessEnv);
+    let program = crate::config::cosmovisor_bin(ov, &ProcessEnv)?;
     let mut cmd = std::process::Command::new(&program);
     cmd.args(&args);
     crate::harden::scrub_env(&mut cmd);

@@ -62,6 +62,43 @@ pub enum ConfigError {
         "node user {0:?} not found in the user database (SSM_COSMOVISOR_NODE_USER / --node-user)"
     )]
     NoSuchUser(String),
+    /// A variable is set, but its value is not valid UTF-8.
+    #[error("{name} is set but its value is not valid UTF-8 (read as {lossy:?}): a setting that cannot be read must not count as unset; give it a UTF-8 value or unset it")]
+    NotUtf8 {
+        /// Variable.
+        name: &'static str,
+        /// The value with invalid bytes replaced (at most 64 characters).
+        lossy: String,
+    },
+    /// A security setting is set to an empty value.
+    #[error("{name} is set to an empty value: {hint}. Give it a value, or remove it if you mean it to be unset")]
+    Empty {
+        /// Variable or flag.
+        name: &'static str,
+        /// What an empty value would have meant.
+        hint: &'static str,
+    },
+    /// The AWS SDK's body logging is switched on.
+    #[error("{SDK_BODY_LOGGING} is set in the environment: with it the AWS SDK writes HTTP bodies to the trace log, and ours carry the consensus key (GetParameter, PutParameter) and AWS credentials. Refusing to run; unset it (SSM_COSMOVISOR_LOG=debug shows every request and retry without their bodies)")]
+    SdkBodyLogging,
+    /// Split trust without a key path from root's configuration.
+    #[error("split-trust mode (root running the node as {user:?}): the key path must come from root's configuration, never from the node-owned config.toml. Set SSM_COSMOVISOR_KEY_FILE (or --key-file) to the key path, e.g. /run/ssm-cosmovisor/<node>/priv_validator_key.json, and priv_validator_key_file in the node's config.toml to the same path")]
+    SplitKeyFile {
+        /// The node user.
+        user: String,
+    },
+    /// Split trust: the node's config.toml names another key path than root's.
+    #[error("the node reads its key from {node_reads:?} ({why} {config_toml:?}) but SSM_COSMOVISOR_KEY_FILE / --key-file is {key_file:?}: the node would never read the key FIFO. Set priv_validator_key_file = {key_file:?} in config.toml (root's setting decides the key path; config.toml is only checked against it)")]
+    KeyPathMismatch {
+        /// The node's config.toml.
+        config_toml: PathBuf,
+        /// Where the node would read its key.
+        node_reads: PathBuf,
+        /// Whether config.toml sets it or the default applies.
+        why: &'static str,
+        /// Root's key path.
+        key_file: PathBuf,
+    },
 }
 
 /// Parses a boolean strictly: a typo must never silently pick a side.
@@ -237,26 +274,109 @@ pub struct Overrides {
     pub lease_max_height_jump: Option<String>,
 }
 
+/// The AWS SDK's switch that puts request and response bodies into its trace log.
+pub const SDK_BODY_LOGGING: &str = "LOG_SENSITIVE_BODIES";
+
+/// Refuses the SDK's body logging: set to any value, it is an error (the
+/// SDK honours `true` in any case; no value of it is ever needed here).
+pub fn refuse_sdk_body_logging(env: &dyn Env) -> Result<(), ConfigError> {
+    match env.var_os(SDK_BODY_LOGGING) {
+        Some(_) => Err(ConfigError::SdkBodyLogging),
+        None => Ok(()),
+    }
+}
+
 /// A source of environment variables (the process environment, or a map in tests).
 pub trait Env {
-    /// The variable's value, if set and valid UTF-8.
-    fn get(&self, name: &str) -> Option<String>;
+    /// The variable's raw value, if set (also when empty or not UTF-8).
+    fn var_os(&self, name: &str) -> Option<OsString>;
+
+    /// Lenient: the value if set, non-empty and UTF-8, else `None`. Only for
+    /// what is read before a configuration error can be reported (the log
+    /// format); everything else goes through [`Env::setting`].
+    fn get(&self, name: &str) -> Option<String> {
+        self.var_os(name)?
+            .into_string()
+            .ok()
+            .filter(|v| !v.is_empty())
+    }
+
+    /// A setting: `None` when unset or empty (the default applies), an
+    /// error naming the variable when its value is not valid UTF-8.
+    fn setting(&self, name: &'static str) -> Result<Option<String>, ConfigError> {
+        Ok(utf8(name, self.var_os(name))?.filter(|v| !v.is_empty()))
+    }
+
+    /// A security setting: `None` only when unset; empty or non-UTF-8 is an
+    /// error naming the variable (an empty value must never silently
+    /// switch a check off or pick a default).
+    fn security_setting(&self, name: &'static str) -> Result<Option<String>, ConfigError> {
+        match utf8(name, self.var_os(name))? {
+            Some(v) if v.is_empty() => Err(ConfigError::Empty {
+                name,
+                hint: empty_means(name),
+            }),
+            v => Ok(v),
+        }
+    }
+}
+
+fn utf8(name: &'static str, v: Option<OsString>) -> Result<Option<String>, ConfigError> {
+    v.map(|v| {
+        v.into_string().map_err(|raw| ConfigError::NotUtf8 {
+            name,
+            lossy: raw.to_string_lossy().chars().take(64).collect(),
+        })
+    })
+    .transpose()
+}
+
+/// What an empty value of a security setting would have done, for its error.
+fn empty_means(name: &str) -> &'static str {
+    match name {
+        "USE_SSM_KEY" | "--use-ssm-key" => {
+            "an empty value must not decide whether this host signs; use true or false"
+        }
+        "SSM_COSMOVISOR_NODE_USER" | "--node-user" => {
+            "an empty node user would leave the node running as this process's user (root in split-trust mode)"
+        }
+        "SSM_COSMOVISOR_EXPECTED_ADDRESS" | "--expected-address" => {
+            "an empty expected address would switch the address check off"
+        }
+        "SSM_COSMOVISOR_KEY_FILE" | "--key-file" => {
+            "an empty key path would fall back to another key path"
+        }
+        "SSM_COSMOVISOR_LEASE_TABLE" | "--lease-table" => {
+            "an empty lease table would switch the failover lease off"
+        }
+        "SSM_COSMOVISOR_LEASE_NAME" | "--lease-name" => {
+            "an empty lease name would fall back to the default, possibly another lease than the other hosts hold"
+        }
+        "SSM_COSMOVISOR_LEASE_REGION" | "--lease-region" => {
+            "an empty lease region would fall back to AWS_REGION, possibly another lease table than the other hosts use"
+        }
+        _ => "this setting has no safe meaning when empty",
+    }
 }
 
 /// The real process environment.
 pub struct ProcessEnv;
 
 impl Env for ProcessEnv {
-    fn get(&self, name: &str) -> Option<String> {
-        std::env::var(name).ok().filter(|v| !v.is_empty())
+    fn var_os(&self, name: &str) -> Option<OsString> {
+        std::env::var_os(name)
     }
 }
 
 impl Env for std::collections::HashMap<String, String> {
-    fn get(&self, name: &str) -> Option<String> {
-        std::collections::HashMap::get(self, name)
-            .cloned()
-            .filter(|v| !v.is_empty())
+    fn var_os(&self, name: &str) -> Option<OsString> {
+        std::collections::HashMap::get(self, name).map(OsString::from)
+    }
+}
+
+impl Env for std::collections::HashMap<String, OsString> {
+    fn var_os(&self, name: &str) -> Option<OsString> {
+        std::collections::HashMap::get(self, name).cloned()
     }
 }
 
@@ -288,18 +408,50 @@ pub struct Config {
     pub lease: Option<crate::lease::LeaseSettings>,
 }
 
-fn pick(flag: Option<String>, env: &dyn Env, var: &str) -> Option<String> {
-    flag.filter(|v| !v.is_empty()).or_else(|| env.get(var))
+/// A flag's value, else the variable's; an empty one counts as unset (the
+/// setting's documented default applies).
+fn pick(
+    flag: Option<String>,
+    env: &dyn Env,
+    var: &'static str,
+) -> Result<Option<String>, ConfigError> {
+    match flag.filter(|v| !v.is_empty()) {
+        Some(v) => Ok(Some(v)),
+        None => env.setting(var),
+    }
+}
+
+/// As [`pick`] for a security setting: an empty flag or variable is an error.
+fn pick_strict(
+    flag: Option<String>,
+    flag_name: &'static str,
+    env: &dyn Env,
+    var: &'static str,
+) -> Result<Option<String>, ConfigError> {
+    match flag {
+        Some(v) if v.is_empty() => Err(ConfigError::Empty {
+            name: flag_name,
+            hint: empty_means(flag_name),
+        }),
+        Some(v) => Ok(Some(v)),
+        None => env.security_setting(var),
+    }
 }
 
 /// The cosmovisor program: `--cosmovisor-bin`, else `COSMOVISOR_BIN`, else
 /// `cosmovisor` looked up on `PATH`.
-pub fn cosmovisor_bin(ov: &Overrides, env: &dyn Env) -> OsString {
-    ov.cosmovisor_bin
+pub fn cosmovisor_bin(ov: &Overrides, env: &dyn Env) -> Result<OsString, ConfigError> {
+    if let Some(p) = ov
+        .cosmovisor_bin
         .clone()
-        .map(PathBuf::into_os_string)
-        .or_else(|| env.get("COSMOVISOR_BIN").map(OsString::from))
-        .unwrap_or_else(|| OsString::from("cosmovisor"))
+        .filter(|p| !p.as_os_str().is_empty())
+    {
+        return Ok(p.into_os_string());
+    }
+    Ok(env
+        .setting("COSMOVISOR_BIN")?
+        .map(OsString::from)
+        .unwrap_or_else(|| OsString::from("cosmovisor")))
 }
 
 /// Finds `--home <dir>` or `--home=<dir>` in the node's arguments: the node
@@ -318,17 +470,115 @@ pub fn node_home_from_args(args: &[OsString]) -> Option<PathBuf> {
     None
 }
 
+/// `config/config.toml` under the node home.
+const CONFIG_TOML: [&str; 2] = ["config", "config.toml"];
+
+/// A config.toml larger than this is not a node's configuration.
+const MAX_CONFIG_TOML: u64 = 1 << 20;
+
+/// Reads `<home>/config/config.toml`; `Ok(None)` if it does not exist.
+///
+/// With `no_symlinks` (whenever we are root: the file belongs to the node
+/// user, who must not steer root's reads) each component below the home is
+/// opened relative to the previous one with `O_NOFOLLOW`, so neither
+/// `config/` nor `config.toml` may be a symlink, however fast the node user
+/// swaps them; the file must be a regular file (a FIFO would hang us).
+fn read_config_toml(home: &Path, no_symlinks: bool) -> std::io::Result<Option<String>> {
+    use rustix::fs::{Mode, OFlags};
+    use std::io::Read;
+    let not_found = |e: &std::io::Error| e.kind() == std::io::ErrorKind::NotFound;
+    if !no_symlinks {
+        return match std::fs::read_to_string(home.join(CONFIG_TOML.join("/"))) {
+            Ok(t) => Ok(Some(t)),
+            Err(e) if not_found(&e) => Ok(None),
+            Err(e) => Err(e),
+        };
+    }
+    let symlink = || {
+        std::io::Error::other(
+            "it is or passes through a symbolic link below the home; as root, ssm-cosmovisor reads the node's config.toml only without following symlinks",
+        )
+    };
+    let open = |dir: &dyn rustix::fd::AsFd, name: &str, flags: OFlags| {
+        rustix::fs::openat(
+            dir,
+            name,
+            flags | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(|e| match e {
+            rustix::io::Errno::LOOP | rustix::io::Errno::NOTDIR => symlink(),
+            e => e.into(),
+        })
+    };
+    let res = (|| {
+        let home_fd = rustix::fs::open(
+            home,
+            OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )?;
+        let dir = open(&home_fd, CONFIG_TOML[0], OFlags::PATH | OFlags::DIRECTORY)?;
+        let fd = open(
+            &dir,
+            CONFIG_TOML[1],
+            OFlags::RDONLY | OFlags::NONBLOCK | OFlags::NOCTTY,
+        )?;
+        let st = rustix::fs::fstat(&fd)?;
+        if rustix::fs::FileType::from_raw_mode(st.st_mode) == rustix::fs::FileType::Symlink {
+            return Err(symlink());
+        }
+        if rustix::fs::FileType::from_raw_mode(st.st_mode) != rustix::fs::FileType::RegularFile {
+            return Err(std::io::Error::other("not a regular file"));
+        }
+        if st.st_size as u64 > MAX_CONFIG_TOML {
+            return Err(std::io::Error::other(format!(
+                "{} bytes, more than any node configuration ({MAX_CONFIG_TOML})",
+                st.st_size
+            )));
+        }
+        let mut text = String::new();
+        std::fs::File::from(fd)
+            .take(MAX_CONFIG_TOML)
+            .read_to_string(&mut text)?;
+        Ok(text)
+    })();
+    match res {
+        Ok(t) => Ok(Some(t)),
+        Err(e) if not_found(&e) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
 /// A file the node finds through its `config/config.toml` (`setting`,
 /// relative to the home or absolute; `default` when the setting or the file is
-/// absent). `Err((config.toml, reason))` when the file cannot be used.
+/// absent). `Err((config.toml, reason))` when the file cannot be used. As
+/// root, config.toml is read without following symlinks below the home.
 pub fn node_file_from_config(
     home: &Path,
     setting: &str,
     default: &str,
 ) -> Result<PathBuf, (PathBuf, String)> {
-    let cfg = home.join("config/config.toml");
-    let rel = match std::fs::read_to_string(&cfg) {
-        Ok(text) => {
+    node_file_from_config_as(home, setting, default, None).map(|(p, _)| p)
+}
+
+/// As [`node_file_from_config`], reading config.toml with the node's
+/// filesystem ids (`node`, when we are root) and without following
+/// symlinks. Also says whether config.toml set it (`true`) or the default applied.
+pub fn node_file_from_config_as(
+    home: &Path,
+    setting: &str,
+    default: &str,
+    node: Option<(u32, u32)>,
+) -> Result<(PathBuf, bool), (PathBuf, String)> {
+    let cfg = home.join(CONFIG_TOML.join("/"));
+    let am_root = rustix::process::geteuid().is_root();
+    let text = match node.filter(|_| am_root) {
+        Some((uid, gid)) => crate::sys::with_fs_ids(uid, gid, || read_config_toml(home, true)),
+        None => read_config_toml(home, am_root),
+    }
+    .map_err(|e| (cfg.clone(), e.to_string()))?;
+    let (rel, set) = match text {
+        Some(text) => {
             let doc: toml::Table = text.parse().map_err(|e: toml::de::Error| {
                 (
                     cfg.clone(),
@@ -340,19 +590,21 @@ pub fn node_file_from_config(
                 )
             })?;
             match doc.get(setting) {
-                None => PathBuf::from(default),
-                Some(toml::Value::String(s)) if !s.is_empty() => PathBuf::from(s),
+                None => (PathBuf::from(default), false),
+                Some(toml::Value::String(s)) if !s.is_empty() => (PathBuf::from(s), true),
                 Some(_) => return Err((cfg, format!("{setting} must be a non-empty string"))),
             }
         }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => PathBuf::from(default),
-        Err(e) => return Err((cfg, e.to_string())),
+        None => (PathBuf::from(default), false),
     };
-    Ok(if rel.is_absolute() {
-        rel
-    } else {
-        home.join(rel)
-    })
+    Ok((
+        if rel.is_absolute() {
+            rel
+        } else {
+            home.join(rel)
+        },
+        set,
+    ))
 }
 
 /// Resolves the key path from the node's `config/config.toml`.
@@ -361,7 +613,90 @@ pub fn key_path_for_home(home: &Path) -> Result<PathBuf, ConfigError> {
         .map_err(|(path, reason)| ConfigError::ConfigToml { path, reason })
 }
 
+/// The key path: root's (or the operator's) `--key-file` /
+/// `SSM_COSMOVISOR_KEY_FILE`, else config.toml's — except in split-trust
+/// mode (`split`: root running the node as another user), where the node
+/// user owns config.toml and so must not choose the directory root works in.
+fn resolve_key_path(
+    ov: &Overrides,
+    env: &dyn Env,
+    home: &Path,
+    split: Option<&NodeUser>,
+) -> Result<PathBuf, ConfigError> {
+    let configured = match &ov.key_file {
+        Some(p) if p.as_os_str().is_empty() => {
+            return Err(ConfigError::Empty {
+                name: "--key-file",
+                hint: empty_means("--key-file"),
+            })
+        }
+        Some(p) => Some(p.clone()),
+        None => env
+            .security_setting("SSM_COSMOVISOR_KEY_FILE")?
+            .map(PathBuf::from),
+    };
+    match (configured, split) {
+        (Some(p), _) if p.is_absolute() => Ok(p),
+        (Some(p), _) => Ok(home.join(p)),
+        (None, Some(u)) => Err(ConfigError::SplitKeyFile {
+            user: u.name.clone(),
+        }),
+        (None, None) => key_path_for_home(home),
+    }
+}
+
+/// Whether two paths name the same file lexically (`a//b`, `a/./b/` and
+/// `a/b` do); nothing is resolved on disk.
+fn same_path(a: &Path, b: &Path) -> bool {
+    a.components().eq(b.components())
+}
+
 impl Config {
+    /// The node user when we are root running the node as that user
+    /// (split-trust mode).
+    pub fn split_trust_user(&self) -> Option<&NodeUser> {
+        self.node_user
+            .as_ref()
+            .filter(|_| rustix::process::geteuid().is_root())
+    }
+
+    /// Split trust: the node-owned config.toml (read as the node user,
+    /// without following symlinks) must name root's key path, or the node
+    /// would read something else. Not checked by `restore`, which must put
+    /// the safe key back whatever the node user did to its files.
+    pub fn verify_node_key_path(&self) -> Result<(), ConfigError> {
+        let Some(u) = self.split_trust_user() else {
+            return Ok(());
+        };
+        let (node_reads, set) = node_file_from_config_as(
+            &self.home,
+            "priv_validator_key_file",
+            DEFAULT_KEY_FILE,
+            Some((u.uid, u.gid)),
+        )
+        .map_err(|(path, reason)| ConfigError::ConfigToml { path, reason })?;
+        if same_path(&node_reads, &self.key_path) {
+            return Ok(());
+        }
+        Err(ConfigError::KeyPathMismatch {
+            config_toml: self.home.join(CONFIG_TOML.join("/")),
+            node_reads,
+            why: if set {
+                "priv_validator_key_file in"
+            } else {
+                "the default: no priv_validator_key_file in"
+            },
+            key_file: self.key_path.clone(),
+        })
+    }
+
+    /// What `run` and `exec` refuse before anything changes: the SDK's body
+    /// logging, and in split trust a config.toml naming another key path.
+    pub fn check_before_run(&self, env: &dyn Env) -> Result<(), ConfigError> {
+        refuse_sdk_body_logging(env)?;
+        self.verify_node_key_path()
+    }
+
     /// Resolves the configuration from flags, then environment, then defaults.
     /// `node_args` are the arguments for the node (to find its `--home`).
     pub fn resolve(
@@ -369,66 +704,23 @@ impl Config {
         env: &dyn Env,
         node_args: &[OsString],
     ) -> Result<Config, ConfigError> {
-        let use_ssm_key = match (ov.use_ssm_key.as_deref(), env.get("USE_SSM_KEY")) {
-            (Some(v), _) => parse_bool("--use-ssm-key", v)?,
-            (None, Some(v)) => parse_bool("USE_SSM_KEY", &v)?,
-            (None, None) => false,
+        let use_ssm_key =
+            match pick_strict(ov.use_ssm_key.clone(), "--use-ssm-key", env, "USE_SSM_KEY")? {
+                Some(v) if ov.use_ssm_key.is_some() => parse_bool("--use-ssm-key", &v)?,
+                Some(v) => parse_bool("USE_SSM_KEY", &v)?,
+                None => false,
+            };
+        let source = resolve_source(ov, env, use_ssm_key)?;
+        let daemon_home = match ov.daemon_home.clone().filter(|p| !p.as_os_str().is_empty()) {
+            Some(h) => h,
+            None => env
+                .setting("DAEMON_HOME")?
+                .map(PathBuf::from)
+                .ok_or(ConfigError::Missing {
+                    name: "DAEMON_HOME",
+                    hint: "set it to the node's home directory (cosmovisor needs it too), or pass --daemon-home",
+                })?,
         };
-
-        let key_source = pick(ov.key_source.clone(), env, "KEY_SOURCE");
-        let source = match key_source.as_deref() {
-            None | Some("ssm") => match pick(ov.parameter.clone(), env, "AWS_PARAMETER") {
-                Some(parameter) => Some(SourceSpec::Ssm {
-                    parameter,
-                    allow_plain_string: ov.allow_plain_string
-                        || match env.get("SSM_COSMOVISOR_ALLOW_PLAIN_STRING") {
-                            Some(v) => parse_bool("SSM_COSMOVISOR_ALLOW_PLAIN_STRING", &v)?,
-                            None => false,
-                        },
-                }),
-                None if use_ssm_key => {
-                    return Err(ConfigError::Missing {
-                        name: "AWS_PARAMETER",
-                        hint: "USE_SSM_KEY=true needs the SSM parameter name holding the key (or --parameter)",
-                    })
-                }
-                None => None,
-            },
-            Some(s) if s.starts_with("credential:") && s.len() > "credential:".len() => {
-                let name = s["credential:".len()..].to_string();
-                if name.contains('/') || name == "." || name == ".." {
-                    return Err(ConfigError::Invalid {
-                        name: "KEY_SOURCE",
-                        value: s.to_string(),
-                        hint: "a credential name is a plain file name".into(),
-                    });
-                }
-                let dir = env.get("CREDENTIALS_DIRECTORY").ok_or(ConfigError::Missing {
-                    name: "CREDENTIALS_DIRECTORY",
-                    hint: "KEY_SOURCE=credential:NAME needs systemd's LoadCredential=/LoadCredentialEncrypted= (which sets it)",
-                })?;
-                Some(SourceSpec::Credential {
-                    name,
-                    dir: PathBuf::from(dir),
-                })
-            }
-            Some(other) => {
-                return Err(ConfigError::Invalid {
-                    name: "KEY_SOURCE",
-                    value: other.to_string(),
-                    hint: "use ssm or credential:NAME".into(),
-                })
-            }
-        };
-
-        let daemon_home = ov
-            .daemon_home
-            .clone()
-            .or_else(|| env.get("DAEMON_HOME").map(PathBuf::from))
-            .ok_or(ConfigError::Missing {
-                name: "DAEMON_HOME",
-                hint: "set it to the node's home directory (cosmovisor needs it too), or pass --daemon-home",
-            })?;
         let home = node_home_from_args(node_args).unwrap_or(daemon_home);
         match std::fs::metadata(&home) {
             Ok(m) if m.is_dir() => {}
@@ -446,57 +738,52 @@ impl Config {
             }
         }
 
-        let node_user = pick(ov.node_user.clone(), env, "SSM_COSMOVISOR_NODE_USER")
-            .map(|u| NodeUser::resolve(&u))
-            .transpose()?;
-        let key_path = match ov
-            .key_file
-            .clone()
-            .or_else(|| env.get("SSM_COSMOVISOR_KEY_FILE").map(PathBuf::from))
-        {
-            Some(p) if p.is_absolute() => p,
-            Some(p) => home.join(p),
-            // In split-trust mode root may lack CAP_DAC_READ_SEARCH for the
-            // node's private home: read config.toml as the node would.
-            None => match (&node_user, key_path_for_home(&home)) {
-                (Some(u), Err(ConfigError::ConfigToml { reason, .. }))
-                    if reason.contains("ermission denied")
-                        && rustix::process::geteuid().is_root() =>
-                {
-                    crate::sys::with_fs_ids(u.uid, u.gid, || key_path_for_home(&home))?
-                }
-                (_, r) => r?,
-            },
-        };
+        let node_user = pick_strict(
+            ov.node_user.clone(),
+            "--node-user",
+            env,
+            "SSM_COSMOVISOR_NODE_USER",
+        )?
+        .map(|u| NodeUser::resolve(&u))
+        .transpose()?;
+        let split = node_user
+            .as_ref()
+            .filter(|_| rustix::process::geteuid().is_root());
+        let key_path = resolve_key_path(ov, env, &home, split)?;
 
-        let key_timeout = match pick(ov.key_timeout.clone(), env, "SSM_COSMOVISOR_KEY_TIMEOUT") {
+        let key_timeout = match pick(ov.key_timeout.clone(), env, "SSM_COSMOVISOR_KEY_TIMEOUT")? {
             Some(v) => parse_duration("SSM_COSMOVISOR_KEY_TIMEOUT", &v)?,
             None => DEFAULT_KEY_TIMEOUT,
         };
-        let log_format = match pick(ov.log_format.clone(), env, "SSM_COSMOVISOR_LOG_FORMAT") {
+        let log_format = match pick(ov.log_format.clone(), env, "SSM_COSMOVISOR_LOG_FORMAT")? {
             Some(v) => LogFormat::parse("SSM_COSMOVISOR_LOG_FORMAT", &v)?,
             None => LogFormat::Text,
         };
-        let expected_address = pick(ov.expected_address.clone(), env, "SSM_COSMOVISOR_EXPECTED_ADDRESS")
-            .map(|a| {
-                let up = a.trim().to_ascii_uppercase();
-                if up.len() == 40 && up.bytes().all(|b| b.is_ascii_hexdigit()) {
-                    Ok(up)
-                } else {
-                    Err(ConfigError::Invalid {
-                        name: "SSM_COSMOVISOR_EXPECTED_ADDRESS",
-                        value: a,
-                        hint: "a validator consensus address is 40 hex digits (as in priv_validator_key.json)".into(),
-                    })
-                }
-            })
-            .transpose()?;
+        let expected_address = pick_strict(
+            ov.expected_address.clone(),
+            "--expected-address",
+            env,
+            "SSM_COSMOVISOR_EXPECTED_ADDRESS",
+        )?
+        .map(|a| {
+            let up = a.trim().to_ascii_uppercase();
+            if up.len() == 40 && up.bytes().all(|b| b.is_ascii_hexdigit()) {
+                Ok(up)
+            } else {
+                Err(ConfigError::Invalid {
+                    name: "SSM_COSMOVISOR_EXPECTED_ADDRESS",
+                    value: a,
+                    hint: "a validator consensus address is 40 hex digits (as in priv_validator_key.json)".into(),
+                })
+            }
+        })
+        .transpose()?;
         let always_armed = ov.always_armed
-            || match env.get("SSM_COSMOVISOR_ALWAYS_ARMED") {
+            || match env.setting("SSM_COSMOVISOR_ALWAYS_ARMED")? {
                 Some(v) => parse_bool("SSM_COSMOVISOR_ALWAYS_ARMED", &v)?,
                 None => false,
             };
-        let cosmovisor_bin = cosmovisor_bin(ov, env);
+        let cosmovisor_bin = cosmovisor_bin(ov, env)?;
         let lease = resolve_lease(ov, env, source.as_ref())?;
 
         Ok(Config {
@@ -515,6 +802,58 @@ impl Config {
     }
 }
 
+/// Where the key comes from (`KEY_SOURCE`, `AWS_PARAMETER`), if configured.
+fn resolve_source(
+    ov: &Overrides,
+    env: &dyn Env,
+    use_ssm_key: bool,
+) -> Result<Option<SourceSpec>, ConfigError> {
+    let key_source = pick(ov.key_source.clone(), env, "KEY_SOURCE")?;
+    match key_source.as_deref() {
+        None | Some("ssm") => match pick(ov.parameter.clone(), env, "AWS_PARAMETER")? {
+            Some(parameter) => Ok(Some(SourceSpec::Ssm {
+                parameter,
+                allow_plain_string: ov.allow_plain_string
+                    || match env.setting("SSM_COSMOVISOR_ALLOW_PLAIN_STRING")? {
+                        Some(v) => parse_bool("SSM_COSMOVISOR_ALLOW_PLAIN_STRING", &v)?,
+                        None => false,
+                    },
+            })),
+            None if use_ssm_key => Err(ConfigError::Missing {
+                name: "AWS_PARAMETER",
+                hint:
+                    "USE_SSM_KEY=true needs the SSM parameter name holding the key (or --parameter)",
+            }),
+            None => Ok(None),
+        },
+        Some(s) if s.starts_with("credential:") && s.len() > "credential:".len() => {
+            let name = s["credential:".len()..].to_string();
+            if name.contains('/') || name == "." || name == ".." {
+                return Err(ConfigError::Invalid {
+                    name: "KEY_SOURCE",
+                    value: s.to_string(),
+                    hint: "a credential name is a plain file name".into(),
+                });
+            }
+            let dir = env
+                .setting("CREDENTIALS_DIRECTORY")?
+                .ok_or(ConfigError::Missing {
+                    name: "CREDENTIALS_DIRECTORY",
+                    hint: "KEY_SOURCE=credential:NAME needs systemd's LoadCredential=/LoadCredentialEncrypted= (which sets it)",
+                })?;
+            Ok(Some(SourceSpec::Credential {
+                name,
+                dir: PathBuf::from(dir),
+            }))
+        }
+        Some(other) => Err(ConfigError::Invalid {
+            name: "KEY_SOURCE",
+            value: other.to_string(),
+            hint: "use ssm or credential:NAME".into(),
+        }),
+    }
+}
+
 /// The lease settings, if a lease table is configured.
 fn resolve_lease(
     ov: &Overrides,
@@ -522,10 +861,24 @@ fn resolve_lease(
     source: Option<&SourceSpec>,
 ) -> Result<Option<crate::lease::LeaseSettings>, ConfigError> {
     use crate::lease::{LeaseSettings, DEFAULT_DURATION, MAX_DURATION, MIN_DURATION};
-    let Some(table) = pick(ov.lease_table.clone(), env, "SSM_COSMOVISOR_LEASE_TABLE") else {
+    let Some(table) = pick_strict(
+        ov.lease_table.clone(),
+        "--lease-table",
+        env,
+        "SSM_COSMOVISOR_LEASE_TABLE",
+    )?
+    else {
         return Ok(None);
     };
-    let name = match (pick(ov.lease_name.clone(), env, "SSM_COSMOVISOR_LEASE_NAME"), source) {
+    let name = match (
+        pick_strict(
+            ov.lease_name.clone(),
+            "--lease-name",
+            env,
+            "SSM_COSMOVISOR_LEASE_NAME",
+        )?,
+        source,
+    ) {
         (Some(n), _) => n,
         (None, Some(SourceSpec::Ssm { parameter, .. })) => {
             crate::lease::lease_name_for_parameter(parameter)
@@ -541,7 +894,7 @@ fn resolve_lease(
         ov.lease_duration.clone(),
         env,
         "SSM_COSMOVISOR_LEASE_DURATION",
-    ) {
+    )? {
         Some(v) => {
             let d = parse_duration("SSM_COSMOVISOR_LEASE_DURATION", &v)?;
             if d < MIN_DURATION || d > MAX_DURATION {
@@ -563,7 +916,7 @@ fn resolve_lease(
         ov.lease_takeover_heights.clone(),
         env,
         "SSM_COSMOVISOR_LEASE_TAKEOVER_HEIGHTS",
-    ) {
+    )? {
         Some(v) => {
             let least = crate::lease::default_takeover_heights(duration);
             v.trim()
@@ -586,7 +939,7 @@ fn resolve_lease(
         ov.lease_max_height_jump.clone(),
         env,
         "SSM_COSMOVISOR_LEASE_MAX_HEIGHT_JUMP",
-    ) {
+    )? {
         Some(v) => v
             .trim()
             .parse::<u32>()
@@ -605,7 +958,12 @@ fn resolve_lease(
         name,
         holder: crate::lease::holder_id(),
         duration,
-        region: pick(ov.lease_region.clone(), env, "SSM_COSMOVISOR_LEASE_REGION"),
+        region: pick_strict(
+            ov.lease_region.clone(),
+            "--lease-region",
+            env,
+            "SSM_COSMOVISOR_LEASE_REGION",
+        )?,
         takeover_heights,
         max_height_jump,
     }))
@@ -727,5 +1085,194 @@ mod tests {
         assert!(!c.use_ssm_key);
         assert_eq!(c.home, other.path());
         assert_eq!(c.key_path, other.path().join(DEFAULT_KEY_FILE));
+    }
+
+    fn os_env(pairs: &[(&str, &[u8])]) -> HashMap<String, OsString> {
+        use std::os::unix::ffi::OsStringExt;
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), OsString::from_vec(v.to_vec())))
+            .collect()
+    }
+
+    /// A set value that is not UTF-8 is an error naming the variable, never "unset".
+    #[test]
+    fn non_utf8_values_are_errors_naming_the_variable() {
+        let d = tempfile::tempdir().unwrap();
+        let home = d.path().to_str().unwrap().as_bytes();
+        for var in [
+            "SSM_COSMOVISOR_NODE_USER",
+            "USE_SSM_KEY",
+            "SSM_COSMOVISOR_EXPECTED_ADDRESS",
+            "SSM_COSMOVISOR_KEY_FILE",
+            "SSM_COSMOVISOR_LEASE_TABLE",
+            "AWS_PARAMETER",
+            "SSM_COSMOVISOR_KEY_TIMEOUT",
+            "DAEMON_HOME",
+            "COSMOVISOR_BIN",
+        ] {
+            let mut pairs: Vec<(&str, &[u8])> = vec![("DAEMON_HOME", home)];
+            pairs.retain(|(k, _)| *k != var);
+            pairs.push((var, b"ro\xffot"));
+            let e = Config::resolve(&Overrides::default(), &os_env(&pairs), &[]).unwrap_err();
+            assert!(
+                matches!(&e, ConfigError::NotUtf8 { name, .. } if *name == var),
+                "{var}: {e}"
+            );
+            assert!(e.to_string().contains(var), "{e}");
+        }
+    }
+
+    /// An empty security setting is an error; an empty ordinary one is unset.
+    #[test]
+    fn empty_security_settings_are_errors_other_empty_values_unset() {
+        let d = tempfile::tempdir().unwrap();
+        let home = d.path().to_str().unwrap();
+        for var in [
+            "USE_SSM_KEY",
+            "SSM_COSMOVISOR_NODE_USER",
+            "SSM_COSMOVISOR_EXPECTED_ADDRESS",
+            "SSM_COSMOVISOR_KEY_FILE",
+            "SSM_COSMOVISOR_LEASE_TABLE",
+        ] {
+            let e = Config::resolve(
+                &Overrides::default(),
+                &env(&[("DAEMON_HOME", home), (var, "")]),
+                &[],
+            )
+            .unwrap_err();
+            assert!(
+                matches!(&e, ConfigError::Empty { name, .. } if *name == var),
+                "{var}: {e}"
+            );
+        }
+        let with_table = [
+            ("DAEMON_HOME", home),
+            ("AWS_PARAMETER", "/p"),
+            ("SSM_COSMOVISOR_LEASE_TABLE", "t"),
+        ];
+        for var in ["SSM_COSMOVISOR_LEASE_NAME", "SSM_COSMOVISOR_LEASE_REGION"] {
+            let mut pairs = with_table.to_vec();
+            pairs.push((var, ""));
+            let e = Config::resolve(&Overrides::default(), &env(&pairs), &[]).unwrap_err();
+            assert!(
+                matches!(&e, ConfigError::Empty { name, .. } if *name == var),
+                "{e}"
+            );
+        }
+        // An explicitly empty flag is no way around it.
+        let ov = Overrides {
+            node_user: Some(String::new()),
+            ..Default::default()
+        };
+        let e = Config::resolve(&ov, &env(&[("DAEMON_HOME", home)]), &[]).unwrap_err();
+        assert!(
+            matches!(
+                e,
+                ConfigError::Empty {
+                    name: "--node-user",
+                    ..
+                }
+            ),
+            "{e}"
+        );
+        // Empty ordinary settings take their documented defaults.
+        let c = Config::resolve(
+            &Overrides::default(),
+            &env(&[
+                ("DAEMON_HOME", home),
+                ("SSM_COSMOVISOR_KEY_TIMEOUT", ""),
+                ("SSM_COSMOVISOR_ALWAYS_ARMED", ""),
+                ("KEY_SOURCE", ""),
+                ("COSMOVISOR_BIN", ""),
+            ]),
+            &[],
+        )
+        .unwrap();
+        assert_eq!(c.key_timeout, DEFAULT_KEY_TIMEOUT);
+        assert!(!c.always_armed && !c.use_ssm_key);
+        assert_eq!(c.cosmovisor_bin, OsString::from("cosmovisor"));
+    }
+
+    /// Split trust: the key path comes only from root's setting; without it,
+    /// an error naming the variable, whatever config.toml says.
+    #[test]
+    fn split_trust_key_path_only_from_roots_setting() {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::create_dir(d.path().join("config")).unwrap();
+        std::fs::write(
+            d.path().join("config/config.toml"),
+            "priv_validator_key_file = \"/etc/elsewhere/pv.json\"\n",
+        )
+        .unwrap();
+        let user = NodeUser {
+            name: "node".into(),
+            uid: 1234,
+            gid: 1234,
+            groups: vec![1234],
+        };
+        let e =
+            resolve_key_path(&Overrides::default(), &env(&[]), d.path(), Some(&user)).unwrap_err();
+        assert!(e.to_string().contains("SSM_COSMOVISOR_KEY_FILE"), "{e}");
+        let p = resolve_key_path(
+            &Overrides::default(),
+            &env(&[("SSM_COSMOVISOR_KEY_FILE", "/run/x/pv.json")]),
+            d.path(),
+            Some(&user),
+        )
+        .unwrap();
+        assert_eq!(p, PathBuf::from("/run/x/pv.json"));
+        // Without split trust config.toml still decides when nothing else does.
+        let p = resolve_key_path(&Overrides::default(), &env(&[]), d.path(), None).unwrap();
+        assert_eq!(p, PathBuf::from("/etc/elsewhere/pv.json"));
+        assert!(same_path(
+            Path::new("/run//x/./pv.json"),
+            Path::new("/run/x/pv.json")
+        ));
+        assert!(!same_path(
+            Path::new("/run/y/pv.json"),
+            Path::new("/run/x/pv.json")
+        ));
+    }
+
+    /// Read as root, config.toml is opened without following any symlink
+    /// below the home, and only as a regular file.
+    #[test]
+    fn config_toml_read_without_symlinks_when_asked() {
+        let d = tempfile::tempdir().unwrap();
+        let real = d.path().join("real");
+        std::fs::create_dir(&real).unwrap();
+        std::fs::write(real.join("config.toml"), "moniker = \"x\"\n").unwrap();
+        let home = d.path().join("home");
+        std::fs::create_dir(&home).unwrap();
+        std::os::unix::fs::symlink(&real, home.join("config")).unwrap();
+        assert!(read_config_toml(&home, false).unwrap().is_some());
+        let e = read_config_toml(&home, true).unwrap_err().to_string();
+        assert!(e.contains("symbolic link"), "{e}");
+        std::fs::remove_file(home.join("config")).unwrap();
+        std::fs::create_dir(home.join("config")).unwrap();
+        std::os::unix::fs::symlink(real.join("config.toml"), home.join("config/config.toml"))
+            .unwrap();
+        let e = read_config_toml(&home, true).unwrap_err().to_string();
+        assert!(e.contains("symbolic link"), "{e}");
+        std::fs::remove_file(home.join("config/config.toml")).unwrap();
+        nix::unistd::mkfifo(
+            &home.join("config/config.toml"),
+            nix::sys::stat::Mode::S_IRWXU,
+        )
+        .unwrap();
+        let e = read_config_toml(&home, true).unwrap_err().to_string();
+        assert!(e.contains("not a regular file"), "{e}");
+        std::fs::remove_file(home.join("config/config.toml")).unwrap();
+        assert_eq!(read_config_toml(&home, true).unwrap(), None);
+    }
+
+    #[test]
+    fn sdk_body_logging_refused() {
+        assert!(refuse_sdk_body_logging(&env(&[])).is_ok());
+        for v in ["true", "TRUE", "false", ""] {
+            let e = refuse_sdk_body_logging(&env(&[("LOG_SENSITIVE_BODIES", v)])).unwrap_err();
+            assert!(e.to_string().contains("LOG_SENSITIVE_BODIES"), "{e}");
+        }
     }
 }

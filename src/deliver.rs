@@ -375,22 +375,43 @@ fn settle_holders(
     let deadline = Instant::now() + SETTLE_BOUND;
     let mut prev: Option<Vec<Holder>> = None;
     let mut backoff = Duration::from_micros(100);
+    let mut confirming = false;
     loop {
         let cur = procfs::holders(armed.dev, armed.ino, policy.me, policy.node_ids())?;
         if !cur.is_empty() && prev.as_ref() == Some(&cur) {
             return Ok(Ok(cur));
         }
-        if Instant::now() >= deadline {
+        // A reader that first showed in the scan that ran into the bound gets
+        // the one scan that can confirm it: on a loaded machine a scan of
+        // every task can take a good part of the bound, and refusing the node
+        // for that would restart it for nothing. Nothing is written unless two
+        // scans in a row agree, however long they take.
+        let just_appeared = !cur.is_empty() && prev.as_ref().map_or(true, Vec::is_empty);
+        if Instant::now() >= deadline && (confirming || !just_appeared) {
             return Ok(Err(if cur.is_empty() {
                 format!("no reader became visible in /proc within {SETTLE_BOUND:?}")
             } else {
-                format!("the set of readers kept changing for {SETTLE_BOUND:?}")
+                format!(
+                    "the set of readers kept changing for {SETTLE_BOUND:?} (last two scans: {} then {})",
+                    holders_brief(prev.as_deref().unwrap_or_default()),
+                    holders_brief(&cur)
+                )
             }));
         }
+        confirming = Instant::now() >= deadline;
         prev = Some(cur);
         std::thread::sleep(backoff);
         backoff = (backoff * 2).min(Duration::from_millis(10));
     }
+}
+
+/// `[pid 12 task 12, pid 40 task 41]`, for a refusal's reason.
+fn holders_brief(h: &[Holder]) -> String {
+    let items: Vec<String> = h
+        .iter()
+        .map(|h| format!("pid {} task {} uid {}", h.pid, h.tid, h.euid()))
+        .collect();
+    format!("[{}]", items.join(", "))
 }
 
 enum Drain {

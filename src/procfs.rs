@@ -20,12 +20,15 @@ impl std::fmt::Display for Pid {
     }
 }
 
-/// A process holding the FIFO open.
+/// A process holding the FIFO open, and the task (thread) through whose
+/// fd table it does.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Holder {
-    /// Its pid.
+    /// Its pid (thread group).
     pub pid: Pid,
-    /// Real, effective, saved and filesystem uids.
+    /// The task whose fd table holds the FIFO (the pid itself, or a thread).
+    pub tid: Pid,
+    /// That task's real, effective, saved and filesystem uids.
     pub uids: [u32; 4],
     /// `/proc/<pid>/exe`, if readable.
     pub exe: Option<PathBuf>,
@@ -38,14 +41,32 @@ impl Holder {
     }
 }
 
+/// A task of the node's uid whose fd table we cannot read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Uninspectable {
+    /// Its pid (thread group).
+    pub pid: Pid,
+    /// The task.
+    pub tid: Pid,
+    /// Its name (`/proc/<pid>/comm`), for the operator.
+    pub comm: String,
+    /// Recognised as another instance of our own systemd unit (see
+    /// `SiblingView`): skipped by the reader check.
+    pub sibling: bool,
+}
+
 /// A `/proc` scan could not be completed; the caller must fail closed.
 #[derive(Debug, thiserror::Error)]
 pub enum ProcError {
-    /// A process that could hold the FIFO has an unreadable fd table.
-    #[error("cannot inspect /proc/{pid}/fd ({source}); a process of uid {uid} could hold the key FIFO, so the reader cannot be verified")]
+    /// A task that could hold the FIFO has an unreadable fd table.
+    #[error("cannot inspect /proc/{pid}/task/{tid}/fd of {comm:?} ({source}): a process of the node's uid {uid} whose fd table cannot be read could hold the key FIFO, so the reader cannot be verified. Stop it, or give this node a dedicated uid (`ssm-cosmovisor check` lists every such process)")]
     Unreadable {
         /// The process.
         pid: Pid,
+        /// The task.
+        tid: Pid,
+        /// Its name.
+        comm: String,
         /// Its uid.
         uid: u32,
         /// Cause.
@@ -97,26 +118,7 @@ fn read_proc_text(path: &str) -> Option<String> {
 
 /// The uids of a process from `/proc/<pid>/status` (real, effective, saved, fs).
 pub fn uids_of(pid: Pid) -> Option<[u32; 4]> {
-    let s = read_proc_text(&format!("/proc/{}/status", pid.0))?;
-    let line = s.lines().find(|l| l.starts_with("Uid:"))?;
-    let mut v = line[4..]
-        .split_ascii_whitespace()
-        .map(|x| x.parse::<u32>().ok());
-    Some([v.next()??, v.next()??, v.next()??, v.next()??])
-}
-
-fn cap_permitted(pid: &str) -> Option<u64> {
-    let s = read_proc_text(&format!("/proc/{pid}/status"))?;
-    let line = s.lines().find(|l| l.starts_with("CapPrm:"))?;
-    u64::from_str_radix(line[7..].trim(), 16).ok()
-}
-
-/// Whether `pid` holds a permitted capability that we do not.
-pub fn more_privileged_than_us(pid: Pid) -> bool {
-    match (cap_permitted(&pid.0.to_string()), cap_permitted("self")) {
-        (Some(theirs), Some(ours)) => theirs & !ours != 0,
-        _ => false,
-    }
+    uids_from_status(&read_proc_text(&format!("/proc/{}/status", pid.0))?)
 }
 
 /// The executable of a process.
@@ -173,19 +175,10 @@ pub fn descendants_of(root: Pid) -> Vec<Pid> {
     out
 }
 
-/// The node's identity, whose processes must be inspectable.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct NodeIds {
-    /// uid.
-    pub uid: u32,
-    /// Primary gid.
-    pub gid: u32,
-}
-
-/// How many of a large fd table's newest fds [`scan_pid`] looks at first.
+/// How many of a large fd table's newest fds [`scan_fd_dir`] looks at first.
 const TAIL_FDS: i64 = 32;
 
-/// The fd numbers in a `/proc/<pid>/fd` directory from its position on,
+/// The fd numbers in a `/proc/.../fd` directory from its position on,
 /// highest first.
 fn fd_numbers(dir: &mut rustix::fs::Dir) -> Vec<u32> {
     let mut fds: Vec<u32> = Vec::new();
@@ -201,15 +194,16 @@ fn fd_numbers(dir: &mut rustix::fs::Dir) -> Vec<u32> {
     fds
 }
 
-/// `stat` of what fd `n` of the process whose fd directory is `fd_dir` refers to.
+/// `stat` of what fd `n` of the fd directory `fd_dir` refers to.
 fn stat_fd(fd_dir: &OwnedFd, n: u32) -> rustix::io::Result<rustix::fs::Stat> {
     rustix::fs::statat(fd_dir, n.to_string().as_str(), AtFlags::empty())
 }
 
-/// Whether `pid` has an fd on inode (`dev`, `ino`). `Ok(None)` if it vanished.
-fn scan_pid(pid: Pid, dev: u64, ino: u64) -> Result<Option<bool>, rustix::io::Errno> {
+/// Whether the fd table behind directory `path` (`/proc/<pid>/task/<tid>/fd`)
+/// has an fd on inode (`dev`, `ino`). `Ok(None)` if the task vanished.
+fn scan_fd_dir(path: &str, dev: u64, ino: u64) -> Result<Option<bool>, rustix::io::Errno> {
     let fd_dir = match rustix::fs::open(
-        format!("/proc/{}/fd", pid.0).as_str(),
+        path,
         OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
         Mode::empty(),
     ) {
@@ -222,16 +216,20 @@ fn scan_pid(pid: Pid, dev: u64, ino: u64) -> Result<Option<bool>, rustix::io::Er
     // holds at start-up, so its scan ends here without listing all its fds
     // (that listing was most of a scan's cost). Only a hit ends the scan
     // early; everything else gets the full scan below. Since Linux 6.2 the
-    // size of /proc/<pid>/fd is the number of open fds (0 before: no tail).
+    // size of an fd directory is the number of open fds (0 before: no tail).
     let open_fds = rustix::fs::fstat(&fd_dir).map(|st| st.st_size).unwrap_or(0);
     if open_fds > 2 * TAIL_FDS {
         if let Ok(mut tail) = rustix::fs::Dir::read_from(&fd_dir) {
             // The directory position of fd N is N + 2.
             if tail.seek(2 + open_fds - TAIL_FDS).is_ok() {
                 for n in fd_numbers(&mut tail) {
-                    if matches!(stat_fd(&fd_dir, n), Ok(st) if st.st_dev == dev && st.st_ino == ino)
-                    {
-                        return Ok(Some(true));
+                    match stat_fd(&fd_dir, n) {
+                        Ok(st) if st.st_dev == dev && st.st_ino == ino => return Ok(Some(true)),
+                        // As below: the whole table would be denied the same way.
+                        Err(e @ (rustix::io::Errno::ACCESS | rustix::io::Errno::PERM)) => {
+                            return Err(e)
+                        }
+                        _ => {}
                     }
                 }
             }
@@ -256,63 +254,434 @@ fn scan_pid(pid: Pid, dev: u64, ino: u64) -> Result<Option<bool>, rustix::io::Er
     Ok(Some(false))
 }
 
-/// Finds every process (other than `exclude`) holding an fd to inode
-/// (`dev`, `ino`).
+/// The task ids of a process (`/proc/<pid>/task`), or `None` if it is gone.
+/// Listing this directory needs no access to the process.
 ///
-/// Only processes running with the node's uid can open the FIFO (mode 0600,
-/// owned by the node) without root privileges, and root is outside the trust
-/// boundary; so a process whose fd table we cannot read is skipped unless one
-/// of its uids is the node's, in which case the scan fails closed. When we are
-/// root without `CAP_SYS_PTRACE` (split-trust unit), node processes are
-/// inspected with the node's filesystem ids instead (see [`crate::sys::with_fs_ids`]).
-pub fn holders(dev: u64, ino: u64, exclude: Pid, node: NodeIds) -> Result<Vec<Holder>, ProcError> {
-    let am_root = rustix::process::geteuid().is_root();
-    let mut found = Vec::new();
-    for pid in all_pids()? {
-        if pid == exclude {
-            continue;
+/// Most processes have one task; the link count of `/proc/<pid>/task` is
+/// 2 + the number of tasks listed in it (a zombie leader stays listed, and
+/// counted, as long as any thread of its group lives), so a count of 3
+/// means the leader alone and spares the listing (one `statx` instead of
+/// open, two `getdents` and close, for every process of every scan).
+fn tasks_of(pid: Pid) -> Option<Vec<Pid>> {
+    let path = format!("/proc/{}/task", pid.0);
+    if rustix::fs::stat(path.as_str()).ok()?.st_nlink == 3 {
+        return Some(vec![pid]);
+    }
+    let fd = rustix::fs::open(
+        path.as_str(),
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .ok()?;
+    let mut dir = rustix::fs::Dir::new(fd).ok()?;
+    let mut out = Vec::new();
+    while let Some(Ok(ent)) = dir.read() {
+        if let Some(t) = parse_pid(OsStr::from_bytes(ent.file_name().to_bytes())) {
+            out.push(t);
         }
-        // The fd table first, uids only where they matter (holders, and
-        // processes we cannot inspect): rendering /proc/<pid>/status for
-        // every process was a large part of each scan's cost.
-        let mut res = scan_pid(pid, dev, ino);
-        if let Ok(None | Some(false)) = res {
-            continue;
+    }
+    out.sort();
+    Some(out)
+}
+
+/// Whether a task has exited: a zombie (`Z`) or dead (`X`) task has already
+/// released its fd table (`exit_files` runs before the exit state is set),
+/// so it holds nothing. Only ever asked of one task, never of a whole
+/// process: a zombie thread-group leader with live threads is a process
+/// whose `/proc/<pid>/fd` is empty while its threads hold fds.
+fn task_is_dead(pid: Pid, tid: Pid) -> bool {
+    let Ok(s) = fs::read(format!("/proc/{}/task/{}/stat", pid.0, tid.0)) else {
+        // Gone entirely: holds nothing either.
+        return true;
+    };
+    let state = s
+        .iter()
+        .rposition(|&b| b == b')')
+        .and_then(|i| s.get(i + 2).copied());
+    matches!(state, Some(b'Z' | b'X'))
+}
+
+/// The uids of one task (`/proc/<pid>/task/<tid>/status`: credentials are
+/// per thread).
+fn task_uids(pid: Pid, tid: Pid) -> Option<[u32; 4]> {
+    uids_from_status(&read_proc_text(&format!(
+        "/proc/{}/task/{}/status",
+        pid.0, tid.0
+    ))?)
+}
+
+fn uids_from_status(s: &str) -> Option<[u32; 4]> {
+    let line = s.lines().find(|l| l.starts_with("Uid:"))?;
+    let mut v = line[4..]
+        .split_ascii_whitespace()
+        .map(|x| x.parse::<u32>().ok());
+    Some([v.next()??, v.next()??, v.next()??, v.next()??])
+}
+
+/// `/proc/<pid>/comm`, for messages.
+pub fn comm_of(pid: Pid) -> String {
+    read_proc_text(&format!("/proc/{}/comm", pid.0))
+        .map(|s| s.trim_end().to_string())
+        .unwrap_or_default()
+}
+
+/// The node's identity, whose processes must be inspectable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NodeIds {
+    /// uid.
+    pub uid: u32,
+    /// Primary gid.
+    pub gid: u32,
+}
+
+/// What one task's fd table told us.
+enum TaskScan {
+    /// It holds the inode; the task's uids.
+    Holds([u32; 4]),
+    /// It does not.
+    Clear,
+    /// Exited, or of no concern: holds nothing that matters.
+    Skip,
+    /// Of no concern, and neither are the process's other tasks (root for
+    /// a root node, denied by a process more privileged than itself).
+    SkipProcess,
+    /// A task of the node's uid whose fd table we may not read.
+    Denied(rustix::io::Errno),
+}
+
+/// Everything a scan decides once, not per process.
+struct Scan {
+    dev: u64,
+    ino: u64,
+    node: NodeIds,
+    am_root: bool,
+    any_template: bool,
+    /// Built at the first uninspectable task (it reads mountinfo and our
+    /// cgroup): most scans never need it.
+    siblings: std::cell::OnceCell<SiblingView>,
+}
+
+impl Scan {
+    fn new(dev: u64, ino: u64, node: NodeIds, any_template: bool) -> Scan {
+        Scan {
+            dev,
+            ino,
+            node,
+            am_root: rustix::process::geteuid().is_root(),
+            any_template,
+            siblings: std::cell::OnceCell::new(),
         }
-        let Some(uids) = uids_of(pid) else { continue };
-        let relevant = uids.contains(&node.uid);
-        let as_node = am_root && node.uid != 0 && relevant;
-        if let (Err(rustix::io::Errno::ACCESS | rustix::io::Errno::PERM), true) = (&res, as_node) {
-            res = crate::sys::with_fs_ids(node.uid, node.gid, || scan_pid(pid, dev, ino));
-        }
-        match res {
-            Ok(Some(true)) => {
-                let exe = exe_of(pid).or_else(|| {
-                    as_node
-                        .then(|| crate::sys::with_fs_ids(node.uid, node.gid, || exe_of(pid)))
-                        .flatten()
-                });
-                found.push(Holder { pid, uids, exe });
-            }
-            Ok(_) => {}
+    }
+
+    /// Only processes running with the node's uid can open the FIFO (mode
+    /// 0600, owned by the node) without privileges, and root is outside
+    /// the trust boundary: a task of another uid, or running as root, is of
+    /// no concern when we cannot read it.
+    fn concerns(&self, uids: &[u32; 4]) -> bool {
+        uids.contains(&self.node.uid) && uids[1] != 0
+    }
+
+    fn task(&self, pid: Pid, tid: Pid) -> TaskScan {
+        // The leader's table by its shorter name (the same directory; fewer lookups).
+        let path = if tid == pid {
+            format!("/proc/{}/fd", pid.0)
+        } else {
+            format!("/proc/{}/task/{}/fd", pid.0, tid.0)
+        };
+        let mut res = scan_fd_dir(&path, self.dev, self.ino);
+        let uids = match res {
+            Ok(None) => return TaskScan::Skip,
+            Ok(Some(false)) => return TaskScan::Clear,
             // A process that root cannot inspect holds privileges we lack
             // (e.g. a VM's init with capabilities outside our bounding set).
             // When the node itself runs as root, such a process can read the
             // node's memory anyway: failing closed on it protects nothing and
-            // would make delivery impossible wherever one exists.
-            Err(_) if am_root && node.uid == 0 => {}
-            Err(e) if relevant => {
-                return Err(ProcError::Unreadable {
-                    pid,
-                    uid: node.uid,
-                    source: e.into(),
-                })
-            }
-            Err(_) => {}
+            // would make delivery impossible wherever one exists. Its other
+            // threads need no look either: whatever can open a root node's
+            // 0600 FIFO is root, outside the boundary.
+            Err(_) if self.am_root && self.node.uid == 0 => return TaskScan::SkipProcess,
+            _ => match task_uids(pid, tid) {
+                Some(u) => u,
+                None => return TaskScan::Skip,
+            },
+        };
+        // Split trust (root without CAP_SYS_PTRACE): the node's own entries
+        // open to the node's fs ids, on this thread only.
+        if res.is_err() && self.am_root && self.node.uid != 0 && self.concerns(&uids) {
+            res = crate::sys::with_fs_ids(self.node.uid, self.node.gid, || {
+                scan_fd_dir(&path, self.dev, self.ino)
+            });
+        }
+        match res {
+            Ok(Some(true)) => TaskScan::Holds(uids),
+            Ok(Some(false)) => TaskScan::Clear,
+            Ok(None) => TaskScan::Skip,
+            // Per task, not per process: another thread may hold other ids
+            // (one that kept the node's as its effective uid, say).
+            Err(_) if !self.concerns(&uids) => TaskScan::Skip,
+            // Checked after the failure: a task that died meanwhile holds nothing now.
+            Err(_) if task_is_dead(pid, tid) => TaskScan::Skip,
+            Err(e) => TaskScan::Denied(e),
         }
     }
-    found.sort();
-    Ok(found)
+
+    /// Scans every task of `pid`, skipping a task that shares the fd table
+    /// of one already scanned (kcmp; when the kernel will not say, both are
+    /// scanned). The first task holding the inode decides for the process.
+    fn process(
+        &self,
+        pid: Pid,
+        denied: &mut dyn FnMut(Uninspectable, rustix::io::Errno, u32) -> Result<(), ProcError>,
+    ) -> Result<Option<Holder>, ProcError> {
+        let Some(tasks) = tasks_of(pid) else {
+            return Ok(None);
+        };
+        let mut scanned: Vec<Pid> = Vec::new();
+        // Asked once per process, at its first uninspectable task.
+        let mut sibling: Option<bool> = None;
+        for tid in tasks {
+            if scanned
+                .iter()
+                .any(|s| crate::sys::same_fd_table(s.0, tid.0) == Some(true))
+            {
+                continue;
+            }
+            match self.task(pid, tid) {
+                TaskScan::Holds(uids) => {
+                    let exe = exe_of(pid).or_else(|| {
+                        (self.am_root && self.concerns(&uids))
+                            .then(|| {
+                                crate::sys::with_fs_ids(self.node.uid, self.node.gid, || {
+                                    exe_of(pid)
+                                })
+                            })
+                            .flatten()
+                    });
+                    return Ok(Some(Holder {
+                        pid,
+                        tid,
+                        uids,
+                        exe,
+                    }));
+                }
+                TaskScan::Clear => scanned.push(tid),
+                TaskScan::Skip => {}
+                TaskScan::SkipProcess => return Ok(None),
+                TaskScan::Denied(e) => {
+                    let sibling = *sibling.get_or_insert_with(|| {
+                        self.siblings
+                            .get_or_init(|| SiblingView::of_self(self.any_template))
+                            .is_sibling(pid)
+                    });
+                    let u = Uninspectable {
+                        pid,
+                        tid,
+                        comm: comm_of(pid),
+                        sibling,
+                    };
+                    denied(u, e, self.node.uid)?;
+                }
+            }
+        }
+        Ok(None)
+    }
+
+    /// Walks every process but `exclude`; `denied` decides what an
+    /// uninspectable task of the node's uid means.
+    fn walk(
+        &self,
+        exclude: Pid,
+        denied: &mut dyn FnMut(Uninspectable, rustix::io::Errno, u32) -> Result<(), ProcError>,
+    ) -> Result<Vec<Holder>, ProcError> {
+        let mut found = Vec::new();
+        for pid in all_pids()? {
+            if pid == exclude {
+                continue;
+            }
+            if let Some(h) = self.process(pid, denied)? {
+                found.push(h);
+            }
+        }
+        found.sort();
+        Ok(found)
+    }
+}
+
+/// Finds every process (other than `exclude`) that holds an fd to inode
+/// (`dev`, `ino`) in the fd table of any of its tasks.
+///
+/// Every task's own table is read (`/proc/<pid>/task/<tid>/fd`): a thread
+/// may have unshared its fd table (`unshare(CLONE_FILES)`), and a process
+/// whose leader exited has an empty `/proc/<pid>/fd` while its threads
+/// live on. A task whose table we cannot read fails the scan closed if it
+/// runs with the node's uid (not as root), is alive, and is not another
+/// instance of our own unit ([`SiblingView`]). When we are root without
+/// `CAP_SYS_PTRACE` (split-trust unit), node tasks are inspected with the
+/// node's filesystem ids instead (see [`crate::sys::with_fs_ids`]).
+pub fn holders(dev: u64, ino: u64, exclude: Pid, node: NodeIds) -> Result<Vec<Holder>, ProcError> {
+    let scan = Scan::new(dev, ino, node, false);
+    scan.walk(exclude, &mut |u, e, uid| {
+        if u.sibling {
+            return Ok(());
+        }
+        Err(ProcError::Unreadable {
+            pid: u.pid,
+            tid: u.tid,
+            comm: u.comm,
+            uid,
+            source: e.into(),
+        })
+    })
+}
+
+/// Every task of the node's uid (other than `exclude`'s) whose fd table
+/// cannot be read, siblings included (marked): what would fail a
+/// delivery closed, for `check`. Run outside a unit (from a shell), an
+/// instance of any template unit counts as a sibling, as the instances of
+/// that template would see each other.
+pub fn uninspectable(exclude: Pid, node: NodeIds) -> Result<Vec<Uninspectable>, ProcError> {
+    // An inode no fd can refer to: only inspectability is asked.
+    let scan = Scan::new(u64::MAX, u64::MAX, node, true);
+    let mut out = Vec::new();
+    scan.walk(exclude, &mut |u, _, _| {
+        if !out.iter().any(|o: &Uninspectable| o.pid == u.pid) {
+            out.push(u);
+        }
+        Ok(())
+    })?;
+    Ok(out)
+}
+
+/// Recognises another instance of our own systemd unit, whose fd table we
+/// cannot read because it is not dumpable (as we are not): the main process
+/// of a sibling cgroup of ours instantiated from the same template unit.
+///
+/// Nothing here can be claimed by a process of the node's uid: cgroup
+/// membership is set by root (systemd) and a process can only be moved into
+/// a cgroup by whoever may write its `cgroup.procs`, which for a system
+/// service is root alone (checked); and within its cgroup only the process
+/// systemd started has its parent outside it (the instance is the subreaper
+/// of everything it starts). Its executable is the one its unit names, the
+/// same template as ours. The name and the absence of a tracer are checked
+/// as well. Outside such a unit (no systemd, or a unit that is not a
+/// template instance) no sibling is recognised and nothing is skipped.
+struct SiblingView {
+    /// The cgroup2 mount point and our cgroup path.
+    mount: Option<(PathBuf, String)>,
+    /// Our unit's template prefix (`ssm-cosmovisor@`) when we run in an
+    /// instance of one; `None` otherwise.
+    template: Option<String>,
+    /// Outside a template unit, accept an instance of any template (for
+    /// `check`, run from a shell, predicting what the units will see).
+    any_template: bool,
+    /// Our own `comm`.
+    comm: String,
+}
+
+impl SiblingView {
+    fn of_self(any_template: bool) -> SiblingView {
+        let mount = cgroup_of("self").and_then(|cg| Some((cgroup2_mount()?, cg)));
+        let template = mount
+            .as_ref()
+            .and_then(|(_, cg)| unit_template(cg))
+            .map(str::to_string);
+        SiblingView {
+            mount,
+            template,
+            any_template,
+            comm: read_proc_text("/proc/self/comm")
+                .map(|s| s.trim_end().to_string())
+                .unwrap_or_default(),
+        }
+    }
+
+    /// Whether `pid` is the main process of another instance of our unit
+    /// (or, for `check` outside any unit, of some template unit).
+    fn is_sibling(&self, pid: Pid) -> bool {
+        let Some((mount, ours)) = &self.mount else {
+            return false;
+        };
+        let Some(theirs) = cgroup_of(&pid.0.to_string()) else {
+            return false;
+        };
+        let slice_of = |c: &str| c.rsplit_once('/').map(|(a, _)| a.to_string());
+        let same_unit_kind = match (&self.template, unit_template(&theirs)) {
+            (Some(t), Some(u)) => t == u && slice_of(&theirs) == slice_of(ours),
+            (None, Some(_)) => self.any_template,
+            (_, None) => false,
+        };
+        theirs != *ours
+            && same_unit_kind
+            && cgroup_closed_to_users(mount, &theirs)
+            && parent_of(pid)
+                .and_then(|pp| cgroup_of(&pp.0.to_string()))
+                .is_some_and(|pc| pc != theirs)
+            && comm_of(pid) == self.comm
+            && untraced(pid)
+    }
+}
+
+/// The cgroup v2 path of a process (`0::/path` in `/proc/<pid>/cgroup`).
+fn cgroup_of(pid: &str) -> Option<String> {
+    let s = read_proc_text(&format!("/proc/{pid}/cgroup"))?;
+    s.lines()
+        .find_map(|l| l.strip_prefix("0::"))
+        .map(str::to_string)
+        .filter(|c| c.starts_with('/'))
+}
+
+/// `ssm-cosmovisor@` for `/system.slice/system-x.slice/ssm-cosmovisor@a.service`;
+/// `None` for anything but an instance of a template service.
+fn unit_template(cgroup: &str) -> Option<&str> {
+    let unit = cgroup.rsplit('/').next()?;
+    let stem = unit.strip_suffix(".service")?;
+    let at = stem.find('@')?;
+    (at > 0 && at + 1 < stem.len()).then(|| &unit[..=at])
+}
+
+/// Where the cgroup v2 hierarchy is mounted (`/sys/fs/cgroup`, or
+/// `/sys/fs/cgroup/unified` on a hybrid host), with its root at ours.
+fn cgroup2_mount() -> Option<PathBuf> {
+    let s = read_proc_text_large("/proc/self/mountinfo")?;
+    s.lines().find_map(|l| {
+        let (pre, post) = l.split_once(" - ")?;
+        let fstype = post.split_ascii_whitespace().next()?;
+        let mut f = pre.split_ascii_whitespace();
+        let root = f.nth(3)?;
+        let point = f.next()?;
+        (fstype == "cgroup2" && root == "/").then(|| PathBuf::from(point))
+    })
+}
+
+/// Whether no user but root can move a process into cgroup `cg`: the
+/// directory and its `cgroup.procs` belong to root and nobody else may
+/// write them (nor the parent, where a cgroup of that name could be made).
+fn cgroup_closed_to_users(mount: &std::path::Path, cg: &str) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let dir = mount.join(cg.trim_start_matches('/'));
+    let root_only = |p: &std::path::Path| {
+        fs::symlink_metadata(p).is_ok_and(|m| m.uid() == 0 && m.mode() & 0o022 == 0)
+    };
+    root_only(&dir) && root_only(&dir.join("cgroup.procs")) && dir.parent().is_some_and(root_only)
+}
+
+/// Whether no task of `pid` is being traced (`TracerPid: 0`).
+fn untraced(pid: Pid) -> bool {
+    let Some(tasks) = tasks_of(pid) else {
+        return false;
+    };
+    tasks.iter().all(|t| {
+        read_proc_text(&format!("/proc/{}/task/{}/status", pid.0, t.0)).is_some_and(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("TracerPid:"))
+                .is_some_and(|v| v.trim() == "0")
+        })
+    })
+}
+
+/// As [`read_proc_text`] for files that may exceed 4 KiB.
+fn read_proc_text_large(path: &str) -> Option<String> {
+    fs::read_to_string(path).ok()
 }
 
 #[cfg(test)]
@@ -390,5 +759,68 @@ mod tests {
         assert_eq!(seen.len(), 1, "{seen:?}");
         assert_eq!(seen[0].pid.0 as u32, child.id());
         assert_eq!(descends, Some(true));
+    }
+
+    #[test]
+    fn unit_templates_and_cgroup_paths() {
+        assert_eq!(
+            unit_template(
+                "/system.slice/system-ssm\\x2dcosmovisor.slice/ssm-cosmovisor@gaiad.service"
+            ),
+            Some("ssm-cosmovisor@")
+        );
+        assert_eq!(
+            unit_template("/system.slice/ssm-cosmovisor-split@a.service"),
+            Some("ssm-cosmovisor-split@")
+        );
+        for not in [
+            "/",
+            "/system.slice/sshd.service",
+            "/user.slice/x@.service",
+            "/a/@b.service",
+            "/a/x@b.scope",
+        ] {
+            assert_eq!(unit_template(not), None, "{not}");
+        }
+        assert!(cgroup_of("self").is_some_and(|c| c.starts_with('/')));
+    }
+
+    /// An exited, unreaped child is a dead task (its fd table is gone);
+    /// a live one is not.
+    #[test]
+    fn a_zombie_task_is_dead_a_live_one_is_not() {
+        let mut child = std::process::Command::new("sleep")
+            .arg("5")
+            .spawn()
+            .unwrap();
+        let pid = Pid(child.id() as i32);
+        assert!(!task_is_dead(pid, pid));
+        child.kill().unwrap();
+        // Not reaped yet: a zombie.
+        let zombie = (0..500).any(|_| {
+            std::thread::sleep(std::time::Duration::from_millis(5));
+            task_is_dead(pid, pid)
+        });
+        child.wait().unwrap();
+        assert!(zombie, "the killed child never showed as dead");
+    }
+
+    /// Our own threads share one fd table, and the kernel says so.
+    #[test]
+    fn threads_sharing_the_fd_table_are_recognised() {
+        let me = std::process::id() as i32;
+        let (tx, rx) = std::sync::mpsc::channel();
+        let (stop_tx, stop_rx) = std::sync::mpsc::channel::<()>();
+        let t = std::thread::spawn(move || {
+            tx.send(rustix::thread::gettid().as_raw_nonzero().get())
+                .unwrap();
+            let _ = stop_rx.recv();
+        });
+        let tid = rx.recv().unwrap();
+        let same = crate::sys::same_fd_table(me, tid);
+        stop_tx.send(()).unwrap();
+        t.join().unwrap();
+        // None only where the kernel has no kcmp; never "different".
+        assert_ne!(same, Some(false));
     }
 }

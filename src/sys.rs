@@ -471,6 +471,33 @@ pub fn with_fs_ids<T>(uid: u32, gid: u32, f: impl FnOnce() -> T) -> T {
     f()
 }
 
+/// Whether tasks `a` and `b` (thread ids) share one file descriptor table:
+/// `kcmp(2)` with `KCMP_FILES`. `None` when the kernel will not say (built
+/// without kcmp, or no ptrace read access to either task: kcmp checks the
+/// *real* credentials, so not through [`with_fs_ids`]); the caller must then
+/// look at both tables.
+pub fn same_fd_table(a: i32, b: i32) -> Option<bool> {
+    /// `KCMP_FILES` from `<linux/kcmp.h>`.
+    const KCMP_FILES: libc::c_long = 2;
+    // SAFETY: kcmp takes five integer arguments here (idx1/idx2 unused for
+    // KCMP_FILES); no memory is passed to the kernel.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_kcmp,
+            a as libc::c_long,
+            b as libc::c_long,
+            KCMP_FILES,
+            0 as libc::c_long,
+            0 as libc::c_long,
+        )
+    };
+    match r {
+        0 => Some(true),
+        1..=3 => Some(false),
+        _ => None,
+    }
+}
+
 /// Puts the calling thread in the lowest real-time class (`SCHED_FIFO` 1,
 /// reset on fork). For the threads that re-arm the key FIFO when the node
 /// halts for an upgrade or exits: at normal priority, with the CPUs busy,

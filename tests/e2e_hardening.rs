@@ -460,11 +460,16 @@ fn split_trust_child_runs_as_node_user_with_no_capabilities() {
     }
     fs::write(home.report_path(), b"").unwrap();
     nix::unistd::chown(&home.report_path(), Some(nobody.uid), Some(nobody.gid)).unwrap();
+    // Split trust: the key path comes from root's configuration only.
+    let key_file = home.key_path().display().to_string();
     let (mut tool, cosmovisor, node) = start_delivered(
         &home,
         &moto,
         &key,
-        &[("SSM_COSMOVISOR_NODE_USER", "nobody")],
+        &[
+            ("SSM_COSMOVISOR_NODE_USER", "nobody"),
+            ("SSM_COSMOVISOR_KEY_FILE", key_file.as_str()),
+        ],
     );
     for pid in [cosmovisor, node] {
         let st = status_fields(pid);
@@ -541,6 +546,8 @@ fn split_trust_with_bounded_root_capabilities_delivers() {
     cmd.env("USE_SSM_KEY", "true")
         .env("AWS_PARAMETER", PARAM)
         .env("SSM_COSMOVISOR_NODE_USER", "nobody")
+        // As the split unit sets it: root's key path, which config.toml must name too.
+        .env("SSM_COSMOVISOR_KEY_FILE", &key_file)
         .env("SSM_COSMOVISOR_LOG", "info");
     // Re-exec through setpriv with the unit's capability bounding set.
     let mut wrapped = std::process::Command::new("setpriv");

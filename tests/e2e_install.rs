@@ -323,6 +323,9 @@ fn node_owned_safe_key_in_a_root_directory_is_refused_with_the_fix() {
     put_key(&moto.endpoint(), PARAM, &key);
     let s = Setup::new();
     let nobody = nix::unistd::User::from_name("nobody").unwrap().unwrap();
+    // The node's home is the node's (split trust reads its config.toml as the node); only
+    // the key directory is root's.
+    chown_tree(s.home.root.path(), nobody.uid.as_raw(), nobody.gid.as_raw());
     fs::set_permissions(&s.key_dir, fs::Permissions::from_mode(0o711)).unwrap();
     fs::copy(&s.source, s.home.key_path()).unwrap();
     nix::unistd::chown(s.home.key_path(), Some(nobody.uid), Some(nobody.gid)).unwrap();

@@ -13,6 +13,10 @@ starts the moto server on a loopback port and then runs this file, which:
 3. samples the idle supervisor's RSS and context switches over >= 10 s;
 4. reports the release binary's size;
 5. times failover with the DynamoDB lease: clean handover and expiry takeover;
+6. times the reader check's /proc scan per task (now) against per pid (before,
+   kept in bench/scan.rs), interleaved, on this machine as it is and with a
+   process of 64 threads and 1,000 fds added, also in split trust and as an
+   unprivileged scanner;
 
 then prints one markdown table and writes it (with the machine and method) to
 bench/results.md. Everything it starts runs in its own session and is killed on
@@ -506,6 +510,122 @@ def hold_fds(n):
 
 
 # --------------------------------------------------------------------------------------
+# 6. reader scan: per task (now) against per pid (before)
+# --------------------------------------------------------------------------------------
+
+SCAN_ROUNDS = int(E.get("BENCH_SCAN_ROUNDS", "40"))
+
+# A process with THREADS threads sharing one table of FDS open fds (as a Go node's).
+THREADED = r"""
+import os, resource, sys, threading
+n, t = int(sys.argv[1]), int(sys.argv[2])
+soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+if soft < n + 64:
+    resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, n + 64), hard))
+fds = [os.open("/dev/null", os.O_RDONLY) for _ in range(n)]
+ev = threading.Event()
+for _ in range(t - 1):
+    threading.Thread(target=ev.wait, daemon=True).start()
+print("READY", flush=True)
+sys.stdin.read()
+"""
+
+
+def any_user_python():
+    # The virtualenv's Python may sit under a home only its owner can enter.
+    for p in ("/usr/bin/python3", "/usr/local/bin/python3"):
+        if os.path.exists(p):
+            return p
+    return str(VENV / "bin/python")
+
+
+def nobody_ids():
+    import pwd
+
+    u = pwd.getpwnam("nobody")
+    return u.pw_uid, u.pw_gid
+
+
+def as_nobody(cmd, bounded_root=False):
+    uid, gid = nobody_ids()
+    if bounded_root:
+        # Root as the split-trust unit runs it: no CAP_SYS_PTRACE, no CAP_DAC_*.
+        return ["setpriv", "--bounding-set=-all,+setuid,+setgid,+chown,+kill", "--inh-caps=-all", "--"] + cmd
+    return ["setpriv", f"--reuid={uid}", f"--regid={gid}", "--clear-groups", "--"] + cmd
+
+
+def threaded_process(fds, threads, user=False):
+    cmd = [any_user_python(), "-c", THREADED, str(fds), str(threads)]
+    p = spawn(as_nobody(cmd) if user else cmd, base_env(), stdout=subprocess.PIPE, stdin=subprocess.PIPE)
+    if p.stdout.readline().decode().strip() != "READY":
+        kill_group(p)
+        raise RuntimeError("the threaded fd holder did not start")
+    return p
+
+
+def scan_bench(prefix=(), node=None):
+    cmd = list(prefix) + [str(EXAMPLES / "scan-bench"), str(SCAN_ROUNDS)] + ([str(x) for x in node] if node else [])
+    p = spawn(cmd, base_env(), stdout=subprocess.PIPE)
+    out, _ = p.communicate(timeout=600)
+    if p.returncode != 0:
+        raise RuntimeError(f"scan-bench failed with status {p.returncode}")
+    d = json.loads(out)
+    return [x / 1000.0 for x in d["per_pid_us"]], [x / 1000.0 for x in d["per_task_us"]], d["pids"], d["tasks"]
+
+
+BASELINE = E.get("BENCH_BASELINE_BIN", "")
+BASELINE_LABEL = E.get("BENCH_BASELINE_LABEL", Path(BASELINE).name if BASELINE else "")
+
+
+def delivery_vs_baseline():
+    """Delivery latency of this build against BENCH_BASELINE_BIN (e.g. the release binary
+    of the commit before the per-task scan), interleaved: `exec -- node`, the node holding
+    NODE_FDS fds, FD_ROUNDS rounds each. None without a baseline."""
+    if not BASELINE:
+        return None
+    home = make_home("baseline")
+    out = {"current": [], "baseline": []}
+    log(f"delivery latency, this build against {BASELINE}: {FD_ROUNDS} interleaved rounds each")
+    node = home / "cosmovisor/genesis/bin/noded"
+    for i in range(FD_ROUNDS):
+        order = [("current", BIN), ("baseline", Path(BASELINE))]
+        for name, b in order if i % 2 == 0 else reversed(order):
+            logf = WORK / f"baseline-{name}-{i}.log"
+            with open(logf, "wb") as lf:
+                env = tool_env(home, NODE_HOLD_FDS=NODE_FDS, NODE_EXIT_AFTER_MS=50)
+                p = spawn([str(b), "--log-format", "json", "exec", "--", str(node), "start", "--home", str(home)], env, stderr=lf)
+            finish(p, timeout=60)
+            out[name] += [e["latency_us"] / 1000.0 for e in events(logf, "delivered")]
+    return out
+
+
+def scan_cost():
+    rows = []
+    log(f"reader scan, per pid vs per task: {SCAN_ROUNDS} interleaved rounds per case")
+    rows.append(("this machine as it is", scan_bench()))
+    p = threaded_process(1000, 64)
+    try:
+        rows.append(("with a process of 64 threads sharing 1,000 fds", scan_bench()))
+    finally:
+        kill_group(p)
+    if os.geteuid() == 0 and subprocess.run(["which", "setpriv"], capture_output=True).returncode == 0:
+        # Split trust: the same process as the node user; kcmp needs ptrace rights the unit
+        # does not have, so every thread's table of a node-uid process is read.
+        p = threaded_process(1000, 64, user=True)
+        try:
+            rows.append(("split trust (root without CAP_SYS_PTRACE), the node user's process of 64 threads and 1,000 fds", scan_bench(as_nobody([], bounded_root=True), nobody_ids())))
+        finally:
+            kill_group(p)
+        # The unprivileged unit: another uid's threads are each tried (and skipped).
+        p = threaded_process(1000, 64)
+        try:
+            rows.append(("unprivileged scanner (nobody), another uid's process of 64 threads", scan_bench(as_nobody([]))))
+        finally:
+            kill_group(p)
+    return rows
+
+
+# --------------------------------------------------------------------------------------
 # 5. failover lease
 # --------------------------------------------------------------------------------------
 
@@ -703,6 +823,8 @@ def main():
     ttk, stages, ttk_fail = time_to_key()
     dr = delivery_and_rearm()
     lf = lease_failover()
+    sc = scan_cost()
+    vb = delivery_vs_baseline()
     size = BIN.stat().st_size
 
     m = {v: stats(xs) for v, xs in ttk.items() if xs}
@@ -749,6 +871,16 @@ def main():
             lines.append(row([name, "skipped (RLIMIT_NOFILE)", "", "", "", "", ""]))
         else:
             add(name, stats(xs))
+    if vb and vb["current"] and vb["baseline"]:
+        sb, sn = stats(vb["baseline"]), stats(vb["current"])
+        add(f"delivery latency, `exec`, node holding {NODE_FDS} fds, baseline {BASELINE_LABEL} (BENCH_BASELINE_BIN)", sb)
+        add(f"delivery latency, `exec`, node holding {NODE_FDS} fds, this build, interleaved with the baseline", sn)
+        lines.append(row(["ratio this build / baseline of medians (delivery latency)", f"{sn['median'] / sb['median']:.2f}", "", "", "", "", ""]))
+    for label, (old, new, pids, tasks) in sc:
+        so, sn = stats(old), stats(new)
+        add(f"reader scan, {label} ({pids} processes, {tasks} tasks): per pid (before)", so)
+        add(f"reader scan, {label}: per task (now)", sn)
+        lines.append(row([f"ratio per task / per pid of medians, {label}", f"{sn['median'] / so['median']:.2f}", "", "", "", "", ""]))
     idle = dr["idle"]
     lines.append(row([f"idle supervisor after {ROUNDS + 1} deliveries: RSS (VmRSS)", f"{idle['rss_kb'] / 1024:.1f} MB", "", "", "", "≤ 8 MB", verdict(idle["rss_kb"] <= 8 * 1024)]))
     lines.append(
@@ -846,6 +978,10 @@ latency pairs the node's `NODE_MARKER_LOG` times (marker file closed / just befo
 with the tool's `re_armed` log timestamps. The fd table reruns the upgrade rounds while a
 separate process of the same uid holds N open fds of /dev/null. Idle cost: VmRSS and the sum
 of voluntary+nonvoluntary context switches over /proc/<pid>/task/*/status, before and after.
+Reader scan: `scan-bench` (bench/scan.rs) times one full scan of /proc for an inode nobody
+holds (every process scanned to the end, as in the scans of a hand-off that find only the node)
+with the library's per-task scan and with the per-pid scan of commit ce0a855 kept in that file,
+alternating which goes first; the delivery latency rows above already include the per-task scan.
 Failover: two hosts (two node homes) share the key and a lease in moto's DynamoDB; each round
 stops the holder with SIGTERM (the standby takes the released lease at its next poll, a third
 of the duration at most) and then SIGKILLs the new holder (the standby may take over only a

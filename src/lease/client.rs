@@ -120,19 +120,16 @@ impl LeaseClient {
             table: table.clone(),
             detail,
         };
-        match &e {
-            SdkError::DispatchFailure(_) | SdkError::TimeoutError(_) => {
-                return unreachable(
-                    aws_smithy_types::error::display::DisplayErrorContext(&e).to_string(),
-                )
-            }
-            SdkError::ResponseError(r) => {
-                return unreachable(format!(
-                    "{op}: unreadable response (HTTP {})",
-                    r.raw().status().as_u16()
-                ))
-            }
-            _ => {}
+        if let SdkError::DispatchFailure(_)
+        | SdkError::TimeoutError(_)
+        | SdkError::ResponseError(_) = &e
+        {
+            // The class, HTTP status and request id only: an SDK error's own
+            // forms end with the raw answer.
+            return unreachable(format!(
+                "{op}: {}",
+                crate::source::ssm::sdk_failure_summary(&e)
+            ));
         }
         let code = e.code().unwrap_or("unknown").to_string();
         let message = e.message().unwrap_or_default().to_string();

@@ -4,6 +4,12 @@
 //! Each call builds its own single-threaded runtime and client and drops both
 //! before returning, so the long-running supervisor holds no network client,
 //! connection pool or credentials cache once the key is fetched.
+//!
+//! An SDK error is never formatted (its `Debug`, and the `Display` of a
+//! response error's source chain, carry the raw HTTP answer, which for
+//! `GetParameter` is the decrypted key): [`classify`] reduces it to a class,
+//! the HTTP status, the request id and, for IAM/KMS/credential refusals
+//! only, AWS's own message, cleaned and capped.
 
 use std::time::Duration;
 
@@ -94,6 +100,19 @@ pub enum SsmError {
         /// Its current version.
         version: i64,
     },
+    /// The answer could not be parsed (or is far larger than any parameter).
+    #[error("SSM answered {op} of {name} with something that is not a valid answer ({detail}); nothing of it is shown, since it may hold the key. Check AWS_ENDPOINT_URL and any proxy between this host and SSM")]
+    Malformed {
+        /// Operation.
+        op: &'static str,
+        /// Parameter.
+        name: String,
+        /// Class, HTTP status, request id.
+        detail: String,
+    },
+    /// The configuration forbids using the SDK (its body logging is on).
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
     /// Network, timeout or throttling persisted through all retries.
     #[error("cannot reach SSM for parameter {name} after {MAX_ATTEMPTS} attempts: {detail}; check network access to the SSM endpoint (and AWS_ENDPOINT_URL if set)")]
     Unreachable {
@@ -102,8 +121,9 @@ pub enum SsmError {
         /// Transport error.
         detail: String,
     },
-    /// Anything else AWS returned.
-    #[error("SSM {op} of {name} failed ({code}): {message}")]
+    /// Anything else AWS returned (its message is not shown: validation
+    /// errors echo request values, and `PutParameter`'s value is the key).
+    #[error("SSM {op} of {name} failed ({code}; {message})")]
     Other {
         /// Operation.
         op: &'static str,
@@ -135,26 +155,201 @@ fn runtime() -> Result<tokio::runtime::Runtime, SsmError> {
         .map_err(SsmError::Runtime)
 }
 
+/// The largest answer accepted from SSM. A parameter value is at most
+/// 8 KiB (advanced tier), JSON-escaped at most 6 times that, plus the
+/// envelope: anything larger is not an SSM answer, and is not read.
+pub const MAX_ANSWER: u64 = 64 * 1024;
+
+/// Per-attempt and whole-operation timeouts.
+fn timeouts() -> (Duration, Duration) {
+    // Test builds only: the slow-answer tests would otherwise wait 90 s.
+    #[cfg(feature = "failpoints")]
+    if let Some(ms) = std::env::var("SSM_COSMOVISOR_TEST_SSM_TIMEOUT_MS")
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+    {
+        return (Duration::from_millis(ms), Duration::from_millis(3 * ms));
+    }
+    (Duration::from_secs(20), Duration::from_secs(90))
+}
+
+/// Refuses an answer larger than [`MAX_ANSWER`]: by its `Content-Length`
+/// before the body is read, else (chunked) once it has been read.
+#[derive(Debug)]
+struct AnswerSizeLimit;
+
+/// An answer over [`MAX_ANSWER`] bytes (found in the SDK error's source chain).
+#[derive(Debug, thiserror::Error)]
+#[error("an answer of {0} bytes, more than the {MAX_ANSWER} any parameter needs")]
+struct AnswerTooLarge(u64);
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+impl aws_sdk_ssm::config::Intercept for AnswerSizeLimit {
+    fn name(&self) -> &'static str {
+        "AnswerSizeLimit"
+    }
+
+    fn read_before_deserialization(
+        &self,
+        ctx: &aws_sdk_ssm::config::interceptors::BeforeDeserializationInterceptorContextRef<'_>,
+        _: &aws_sdk_ssm::config::RuntimeComponents,
+        _: &mut aws_sdk_ssm::config::ConfigBag,
+    ) -> Result<(), BoxError> {
+        let len = ctx
+            .response()
+            .headers()
+            .get("content-length")
+            .and_then(|v| v.trim().parse::<u64>().ok());
+        match len {
+            Some(n) if n > MAX_ANSWER => Err(Box::new(AnswerTooLarge(n))),
+            _ => Ok(()),
+        }
+    }
+
+    fn read_after_deserialization(
+        &self,
+        ctx: &aws_sdk_ssm::config::interceptors::AfterDeserializationInterceptorContextRef<'_>,
+        _: &aws_sdk_ssm::config::RuntimeComponents,
+        _: &mut aws_sdk_ssm::config::ConfigBag,
+    ) -> Result<(), BoxError> {
+        match ctx.response().body().bytes().map(|b| b.len() as u64) {
+            Some(n) if n > MAX_ANSWER => Err(Box::new(AnswerTooLarge(n))),
+            _ => Ok(()),
+        }
+    }
+}
+
 async fn client() -> Result<(aws_sdk_ssm::Client, String), SsmError> {
+    // Before the SDK reads its environment: its body logging would put the
+    // key (and container credentials) into our trace log.
+    crate::config::refuse_sdk_body_logging(&crate::config::ProcessEnv)?;
+    let (attempt, operation) = timeouts();
     let conf = aws_config::defaults(BehaviorVersion::latest())
         .retry_config(RetryConfig::standard().with_max_attempts(MAX_ATTEMPTS))
         .timeout_config(
             TimeoutConfig::builder()
-                .connect_timeout(Duration::from_secs(5))
-                .operation_attempt_timeout(Duration::from_secs(20))
-                .operation_timeout(Duration::from_secs(90))
+                .connect_timeout(Duration::from_secs(5).min(attempt))
+                .operation_attempt_timeout(attempt)
+                .operation_timeout(operation)
                 .build(),
         )
         .load()
         .await;
     let region = conf.region().ok_or(SsmError::NoRegion)?.to_string();
-    Ok((aws_sdk_ssm::Client::new(&conf), region))
+    let conf = aws_sdk_ssm::config::Builder::from(&conf)
+        .interceptor(AnswerSizeLimit)
+        .build();
+    Ok((aws_sdk_ssm::Client::from_conf(conf), region))
+}
+
+/// Printable ASCII only, at most `max` characters: what may go into our
+/// message from text we did not write.
+fn clean(s: &str, max: usize) -> String {
+    let mut out: String = s
+        .chars()
+        .map(|c| {
+            if c.is_ascii_graphic() || c == ' ' {
+                c
+            } else {
+                '?'
+            }
+        })
+        .take(max)
+        .collect();
+    if s.chars().count() > max {
+        out.push_str("...");
+    }
+    out
+}
+
+/// The HTTP status and request id of a failed call, as `HTTP 400, request
+/// id 1234-...` (whichever is known).
+fn status_and_request_id<E>(e: &SdkError<E, HttpResponse>) -> String {
+    use aws_sdk_ssm::operation::RequestId;
+    let mut parts = Vec::new();
+    if let Some(r) = e.raw_response() {
+        parts.push(format!("HTTP {}", r.status().as_u16()));
+    }
+    // A request id is a UUID-like token; anything else is not shown.
+    if let Some(id) = e.request_id().filter(|id| {
+        !id.is_empty()
+            && id.len() <= 64
+            && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+    }) {
+        parts.push(format!("request id {id}"));
+    }
+    if parts.is_empty() {
+        "no answer".into()
+    } else {
+        parts.join(", ")
+    }
+}
+
+/// Names a failure by its class from the error's type and source chain,
+/// never from its text: the kind of an I/O error, a timeout, our own size
+/// limit. The SDK's messages are not used (a parse error's can quote input).
+fn failure_class<E>(e: &SdkError<E, HttpResponse>) -> String
+where
+    E: std::error::Error + 'static,
+{
+    let mut src: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(s) = src {
+        if let Some(big) = s.downcast_ref::<AnswerTooLarge>() {
+            return big.to_string();
+        }
+        if let Some(io) = s.downcast_ref::<std::io::Error>() {
+            return format!("I/O error: {}", io.kind());
+        }
+        src = s.source();
+    }
+    match e {
+        SdkError::ConstructionFailure(_) => "the request could not be built".into(),
+        SdkError::TimeoutError(_) => "timed out".into(),
+        SdkError::DispatchFailure(d) if d.is_timeout() => "connection timed out".into(),
+        SdkError::DispatchFailure(d) if d.is_io() => "connection failed (I/O error)".into(),
+        SdkError::DispatchFailure(_) => "connection failed".into(),
+        SdkError::ResponseError(_) => "the answer could not be parsed".into(),
+        SdkError::ServiceError(_) => "AWS error".into(),
+        _ => "unknown SDK failure".into(),
+    }
+}
+
+/// What an SDK call failed with, safe to print and log: its class, the HTTP
+/// status and the request id, nothing of the answer. For every AWS client
+/// (the DynamoDB lease's too: the response types are the same).
+pub(crate) fn sdk_failure_summary<E>(e: &SdkError<E, HttpResponse>) -> String
+where
+    E: std::error::Error + 'static,
+{
+    format!("{}; {}", failure_class(e), status_and_request_id(e))
+}
+
+/// An AWS error code as AWS writes them (`AccessDeniedException`), else `Unknown`.
+fn error_code(code: Option<&str>) -> String {
+    match code {
+        Some(c)
+            if !c.is_empty()
+                && c.len() <= 64
+                && c.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'.') =>
+        {
+            c.to_string()
+        }
+        _ => "Unknown".into(),
+    }
 }
 
 fn classify<E>(op: &'static str, name: &str, region: &str, e: SdkError<E, HttpResponse>) -> SsmError
 where
     E: ProvideErrorMetadata + std::error::Error + 'static,
 {
+    let at = status_and_request_id(&e);
+    // AWS's own message, for the IAM/KMS/credential refusals it explains
+    // (which principal, which action); cleaned and capped.
+    let said = |m: Option<&str>| match m.map(|m| clean(m, 300)) {
+        Some(m) if !m.is_empty() => format!("{m} ({at})"),
+        _ => at.clone(),
+    };
     // Some endpoints (and emulators) answer IAM failures with a body the
     // JSON protocol cannot parse; the HTTP status still says what happened.
     let status = e.raw_response().map(|r| r.status().as_u16());
@@ -162,10 +357,10 @@ where
         let body = e
             .raw_response()
             .and_then(|r| r.body().bytes())
+            .filter(|b| b.len() <= 4096)
             .map(|b| String::from_utf8_lossy(b).into_owned())
             .unwrap_or_default();
-        let message =
-            extract_xml_message(&body).unwrap_or_else(|| format!("HTTP {}", status.unwrap_or(0)));
+        let message = said(extract_xml_message(&body).as_deref());
         let lower = body.to_ascii_lowercase();
         return if lower.contains("invalidclienttokenid") || lower.contains("signaturedoesnotmatch")
         {
@@ -191,22 +386,20 @@ where
         SdkError::DispatchFailure(_) | SdkError::TimeoutError(_) => {
             return SsmError::Unreachable {
                 name: name.into(),
-                detail: aws_smithy_types::error::display::DisplayErrorContext(&e).to_string(),
+                detail: sdk_failure_summary(&e),
             }
         }
         SdkError::ServiceError(_) => {}
         _ => {
-            return SsmError::Other {
+            return SsmError::Malformed {
                 op,
                 name: name.into(),
-                code: "Unknown".into(),
-                message: aws_smithy_types::error::display::DisplayErrorContext(&e).to_string(),
+                detail: sdk_failure_summary(&e),
             }
         }
     }
-    let code = e.code().unwrap_or("Unknown").to_string();
-    let message = e.message().unwrap_or("").to_string();
-    let lower = message.to_ascii_lowercase();
+    let code = error_code(e.code());
+    let lower = e.message().unwrap_or("").to_ascii_lowercase();
     match code.as_str() {
         "ParameterNotFound" => SsmError::NotFound {
             name: name.into(),
@@ -214,17 +407,17 @@ where
         },
         "AccessDeniedException" | "AccessDenied" if lower.contains("kms") => SsmError::Kms {
             name: name.into(),
+            message: said(e.message()),
             code,
-            message,
         },
         "AccessDeniedException" | "AccessDenied" => SsmError::AccessDenied {
             name: name.into(),
-            message,
+            message: said(e.message()),
         },
         c if c.starts_with("KMS") || c == "InvalidKeyId" => SsmError::Kms {
             name: name.into(),
+            message: said(e.message()),
             code,
-            message,
         },
         "UnrecognizedClientException"
         | "InvalidClientTokenId"
@@ -233,14 +426,14 @@ where
         | "ExpiredTokenException"
         | "MissingAuthenticationToken" => SsmError::Credentials {
             name: name.into(),
+            message: said(e.message()),
             code,
-            message,
         },
         _ => SsmError::Other {
             op,
             name: name.into(),
             code,
-            message,
+            message: at,
         },
     }
 }
@@ -321,11 +514,11 @@ pub fn describe(name: &str) -> Result<ParameterMeta, SsmError> {
             .option("Equals")
             .values(name)
             .build()
-            .map_err(|e| SsmError::Other {
+            .map_err(|_| SsmError::Other {
                 op: "DescribeParameters",
                 name: name.into(),
                 code: "BuildError".into(),
-                message: e.to_string(),
+                message: "the request filter could not be built".into(),
             })?;
         let out = client
             .describe_parameters()

@@ -21,6 +21,8 @@
 //!   else `<home>/config/priv_validator_key.json`).
 //! - `NODE_REPORT` file to append one JSON line per start to.
 //! - `NODE_READ_DELAY_MS` sleep before stat/open.
+//! - `NODE_OPEN_HOLD_MS` after opening the key path, wait this long before reading it (a
+//!   slow reader: the key then sits in the pipe, where a hidden reader can copy it).
 //! - `NODE_HOLD_FDS` open this many extra fds (`/dev/null`) before reading the key.
 //! - `NODE_UPGRADE_AFTER_MS` after an ok read, sleep, write `data/upgrade-info.json` in
 //!   place and exit 1; only for starts `n <= NODE_UPGRADES` (default 1).
@@ -276,7 +278,12 @@ fn load_file_pv(path: &Path) -> (Report, Option<i32>) {
 
     let started = Instant::now();
     let mut buf = Vec::new();
-    let read = File::open(path).and_then(|mut f| f.read_to_end(&mut buf));
+    let read = File::open(path).and_then(|mut f| {
+        if let Some(ms) = env_u64("NODE_OPEN_HOLD_MS") {
+            thread::sleep(Duration::from_millis(ms));
+        }
+        f.read_to_end(&mut buf)
+    });
     let elapsed_read_us = started.elapsed().as_micros();
     if let Err(e) = read {
         say_line!(

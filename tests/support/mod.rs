@@ -19,7 +19,7 @@ use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -55,9 +55,13 @@ pub fn target_dir() -> PathBuf {
 }
 
 /// Our binary. `CARGO_BIN_EXE_*` is set by cargo when it compiles integration tests, which
-/// is the only place this module is compiled.
+/// is the only place this module is compiled. `SSMCV_BIN_UNDER_TEST` runs the same tests
+/// against another build (e.g. the base commit's, to show that a test fails there).
 pub fn ssm_cosmovisor_bin() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_ssm-cosmovisor"))
+    std::env::var_os("SSMCV_BIN_UNDER_TEST")
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_ssm-cosmovisor")))
 }
 
 /// The CometBFT node stand-in (`tests/standins/node.rs`).
@@ -1257,11 +1261,13 @@ pub fn assert_clean_idle(home: &NodeHome) {
     );
 }
 
+/// What [`dir_snapshot`] records: name → (file type, inode, mode, uid, content of regular
+/// files).
+pub type DirSnapshot = std::collections::BTreeMap<String, (String, u64, u32, u32, Vec<u8>)>;
+
 /// A directory listing precise enough to prove a refusal changed nothing: name → (file
 /// type, inode, mode, uid, content of regular files).
-pub fn dir_snapshot(
-    dir: &Path,
-) -> std::collections::BTreeMap<String, (String, u64, u32, u32, Vec<u8>)> {
+pub fn dir_snapshot(dir: &Path) -> DirSnapshot {
     use std::os::unix::fs::MetadataExt;
     let mut m = std::collections::BTreeMap::new();
     for e in fs::read_dir(dir).unwrap_or_else(|e| panic!("read_dir {}: {e}", dir.display())) {
@@ -1447,3 +1453,405 @@ pub use proxy::{Fault, ProxyRecord, Relay};
 pub mod checker;
 pub mod cluster;
 pub mod nemesis;
+
+// ---------------------------------------------------------------------------------------
+// Attacks (e2e_attacks): other users, cgroups, a fake SSM endpoint
+// ---------------------------------------------------------------------------------------
+
+/// The hidden-reader stand-in (`tests/standins/rogue_reader.py`), run with [`venv_python`].
+pub fn rogue_reader_script() -> PathBuf {
+    repo_dir().join("tests/standins/rogue_reader.py")
+}
+
+/// A Python 3 that every user may run (the virtualenv's may live under a home only its
+/// owner can enter): the system's, else the virtualenv's. Standard library only.
+pub fn python_for_any_user() -> PathBuf {
+    ["/usr/bin/python3", "/usr/local/bin/python3"]
+        .iter()
+        .map(PathBuf::from)
+        .find(|p| p.exists())
+        .unwrap_or_else(venv_python)
+}
+
+/// The node user of the attack tests (name, uid, gid): `games` where it exists, else
+/// `nobody`. Not `nobody` by choice: other test files run their unprivileged tools as
+/// `nobody`, and a non-dumpable tool of the node's uid is exactly what the reader check
+/// fails closed on, so tests sharing that uid must never overlap (tests of one file run in
+/// parallel; other checkouts on the same machine may run theirs at the same time).
+pub fn attack_user() -> (String, u32, u32) {
+    for name in ["games", "nobody"] {
+        if let Ok(Some(u)) = nix::unistd::User::from_name(name) {
+            return (u.name, u.uid.as_raw(), u.gid.as_raw());
+        }
+    }
+    panic!("neither a games nor a nobody user exists");
+}
+
+/// uid and gid of `nobody`, the node user of the tests that need one.
+pub fn nobody() -> (u32, u32) {
+    let u = nix::unistd::User::from_name("nobody")
+        .expect("user database")
+        .expect("a nobody user");
+    (u.uid.as_raw(), u.gid.as_raw())
+}
+
+/// `chown -R uid:gid path`.
+pub fn chown_tree(path: &Path, uid: u32, gid: u32) {
+    let st = Command::new("chown")
+        .arg("-R")
+        .arg(format!("{uid}:{gid}"))
+        .arg(path)
+        .status()
+        .expect("run chown");
+    assert!(st.success(), "chown -R {uid}:{gid} {}", path.display());
+}
+
+/// `cmd` (its program, arguments and environment) run as `uid:gid` with no supplementary
+/// groups, after joining cgroup `cg` if given: `sh` (still root) writes its pid to the
+/// cgroup's `cgroup.procs`, then execs `setpriv`, which execs the program. The process
+/// keeps the pid, and its parent (the test) stays outside the cgroup, as systemd is for a
+/// unit's main process.
+pub fn as_user_in_cgroup(cmd: &Command, cg: Option<&Path>, uid: u32, gid: u32) -> Command {
+    let mut c = Command::new("sh");
+    c.arg("-c").arg(
+        "if [ -n \"$0\" ]; then echo $$ > \"$0/cgroup.procs\" || exit 97; fi\n\
+         u=$1 g=$2 p=$3; shift 3\n\
+         exec setpriv --reuid=\"$u\" --regid=\"$g\" --clear-groups -- \"$p\" \"$@\"",
+    );
+    c.arg(cg.map(|p| p.as_os_str().to_owned()).unwrap_or_default());
+    c.arg(uid.to_string()).arg(gid.to_string());
+    c.arg(cmd.get_program());
+    c.args(cmd.get_args());
+    c.env_clear();
+    for (k, v) in cmd.get_envs() {
+        if let Some(v) = v {
+            c.env(k, v);
+        }
+    }
+    c.stdin(Stdio::null());
+    c
+}
+
+/// Where the cgroup v2 hierarchy is mounted with its root at ours, if anywhere.
+pub fn cgroup2_mount() -> Option<PathBuf> {
+    let s = fs::read_to_string("/proc/self/mountinfo").ok()?;
+    s.lines().find_map(|l| {
+        let (pre, post) = l.split_once(" - ")?;
+        let mut f = pre.split_ascii_whitespace();
+        let root = f.nth(3)?;
+        let point = f.next()?;
+        (post.split_ascii_whitespace().next()? == "cgroup2" && root == "/")
+            .then(|| PathBuf::from(point))
+    })
+}
+
+/// A slice of cgroups made by the test (root-owned, as systemd's are), removed on drop
+/// once the processes in it are gone.
+pub struct TestSlice {
+    pub dir: PathBuf,
+}
+
+impl TestSlice {
+    /// `<cgroup2>/ssmcv-<pid>-<n>.slice`; `None` (with the reason printed) where cgroup v2
+    /// is not mounted or not writable.
+    pub fn new() -> Option<TestSlice> {
+        static N: AtomicU64 = AtomicU64::new(0);
+        let Some(mount) = cgroup2_mount() else {
+            eprintln!("SKIP: no cgroup v2 hierarchy mounted");
+            return None;
+        };
+        let dir = mount.join(format!(
+            "ssmcv-{}-{}.slice",
+            std::process::id(),
+            N.fetch_add(1, Ordering::SeqCst)
+        ));
+        if let Err(e) = fs::create_dir(&dir) {
+            eprintln!(
+                "SKIP: cannot create a cgroup under {}: {e}",
+                mount.display()
+            );
+            return None;
+        }
+        Some(TestSlice { dir })
+    }
+
+    /// A child cgroup, e.g. `ssm-cosmovisor@a.service`.
+    pub fn unit(&self, name: &str) -> PathBuf {
+        let d = self.dir.join(name);
+        fs::create_dir(&d).unwrap_or_else(|e| panic!("mkdir {}: {e}", d.display()));
+        d
+    }
+}
+
+impl Drop for TestSlice {
+    fn drop(&mut self) {
+        // cgroups can only be removed empty; their processes are killed by their tests.
+        for _ in 0..200 {
+            let mut left = false;
+            if let Ok(rd) = fs::read_dir(&self.dir) {
+                for e in rd.flatten() {
+                    if e.file_type().is_ok_and(|t| t.is_dir()) && fs::remove_dir(e.path()).is_err()
+                    {
+                        left = true;
+                    }
+                }
+            }
+            if !left && fs::remove_dir(&self.dir).is_ok() {
+                return;
+            }
+            thread::sleep(Duration::from_millis(25));
+        }
+        eprintln!("warning: could not remove {}", self.dir.display());
+    }
+}
+
+/// What a [`FakeSsm`] answers to every request.
+#[derive(Clone)]
+pub enum FakeAnswer {
+    /// A complete answer: status, body, and whether it is sent chunked (no Content-Length).
+    Body {
+        status: u16,
+        body: Arc<Vec<u8>>,
+        chunked: bool,
+    },
+    /// Headers announcing `len` bytes and the first `head` bytes of the body, then nothing
+    /// more (a stalled proxy).
+    Stall { head: Vec<u8>, len: usize },
+}
+
+/// A GetParameter answer (`application/x-amz-json-1.1`) for a SecureString whose `Value`
+/// member holds `value` as it appears between the quotes (already escaped), followed by
+/// `extra` members (e.g. `,"X":[...]`) and `trailer` after the envelope.
+pub fn get_parameter_answer(name: &str, value: &[u8], extra: &[u8], trailer: &[u8]) -> Vec<u8> {
+    let mut b = format!(
+        "{{\"Parameter\":{{\"ARN\":\"arn:aws:ssm:us-east-1:123456789012:parameter{name}\",\"DataType\":\"text\",\"LastModifiedDate\":1.7E9,\"Name\":\"{name}\",\"Type\":\"SecureString\",\"Value\":\""
+    )
+    .into_bytes();
+    b.extend_from_slice(value);
+    b.extend_from_slice(b"\",\"Version\":1");
+    b.extend_from_slice(extra);
+    b.extend_from_slice(b"}}");
+    b.extend_from_slice(trailer);
+    b
+}
+
+/// A JSON string's content for `s` (quotes, backslashes, control characters escaped).
+pub fn json_escaped(s: &str) -> Vec<u8> {
+    let q = serde_json::to_string(s).expect("string to json");
+    q.as_bytes()[1..q.len() - 1].to_vec()
+}
+
+/// A stand-in for the SSM endpoint (a broken proxy, a tampered path) that gives the same
+/// crafted answer to every request, on a loopback port. HTTP/1.1 with keep-alive, as the
+/// SDK speaks it; stops when dropped.
+pub struct FakeSsm {
+    port: u16,
+    stop: Arc<AtomicBool>,
+    /// Requests received so far.
+    pub requests: Arc<AtomicU64>,
+}
+
+impl FakeSsm {
+    pub fn start(answer: FakeAnswer) -> FakeSsm {
+        let l = TcpListener::bind("127.0.0.1:0").expect("bind fake SSM");
+        l.set_nonblocking(true).expect("nonblocking");
+        let port = l.local_addr().expect("addr").port();
+        let stop: Arc<AtomicBool> = Arc::default();
+        let requests: Arc<AtomicU64> = Arc::default();
+        let (st, rq) = (stop.clone(), requests.clone());
+        thread::spawn(move || {
+            while !st.load(Ordering::SeqCst) {
+                match l.accept() {
+                    Ok((conn, _)) => {
+                        let (a, st, rq) = (answer.clone(), st.clone(), rq.clone());
+                        thread::spawn(move || serve_fake(conn, &a, &st, &rq));
+                    }
+                    Err(_) => thread::sleep(Duration::from_millis(5)),
+                }
+            }
+        });
+        FakeSsm {
+            port,
+            stop,
+            requests,
+        }
+    }
+
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    pub fn request_count(&self) -> u64 {
+        self.requests.load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for FakeSsm {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+    }
+}
+
+/// Reads one request (headers, then Content-Length bytes); false at EOF.
+fn read_fake_request(conn: &mut TcpStream) -> bool {
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        match conn.read(&mut byte) {
+            Ok(1) => head.push(byte[0]),
+            _ => return false,
+        }
+    }
+    let text = String::from_utf8_lossy(&head).to_ascii_lowercase();
+    let len: usize = text
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length:"))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0);
+    let mut body = vec![0u8; len];
+    conn.read_exact(&mut body).is_ok()
+}
+
+fn serve_fake(mut conn: TcpStream, answer: &FakeAnswer, stop: &AtomicBool, requests: &AtomicU64) {
+    let _ = conn.set_read_timeout(Some(Duration::from_secs(60)));
+    while read_fake_request(&mut conn) {
+        requests.fetch_add(1, Ordering::SeqCst);
+        let ok = match answer {
+            FakeAnswer::Body {
+                status,
+                body,
+                chunked,
+            } => {
+                let framing = if *chunked {
+                    "transfer-encoding: chunked".to_string()
+                } else {
+                    format!("content-length: {}", body.len())
+                };
+                let head = format!(
+                    "HTTP/1.1 {status} X\r\ncontent-type: application/x-amz-json-1.1\r\nx-amzn-requestid: 11111111-2222-3333-4444-555555555555\r\n{framing}\r\n\r\n"
+                );
+                conn.write_all(head.as_bytes()).is_ok()
+                    && if *chunked {
+                        body.chunks(1 << 20).all(|c| {
+                            conn.write_all(format!("{:x}\r\n", c.len()).as_bytes())
+                                .is_ok()
+                                && conn.write_all(c).is_ok()
+                                && conn.write_all(b"\r\n").is_ok()
+                        }) && conn.write_all(b"0\r\n\r\n").is_ok()
+                    } else {
+                        conn.write_all(body).is_ok()
+                    }
+            }
+            FakeAnswer::Stall { head, len } => {
+                let h = format!(
+                    "HTTP/1.1 200 OK\r\ncontent-type: application/x-amz-json-1.1\r\nx-amzn-requestid: 11111111-2222-3333-4444-555555555555\r\ncontent-length: {len}\r\n\r\n"
+                );
+                let _ = conn.write_all(h.as_bytes());
+                let _ = conn.write_all(head);
+                while !stop.load(Ordering::SeqCst) {
+                    thread::sleep(Duration::from_millis(50));
+                }
+                false
+            }
+        };
+        if !ok {
+            return;
+        }
+    }
+}
+
+/// Every form of the key's secret an output must not hold: [`assert_no_secret`]'s, and
+/// the key document itself, raw and JSON-escaped (as it sits in an SSM answer).
+pub fn assert_no_key_material(output: &str, key: &TestKey) {
+    assert_no_secret(output, key);
+    let escaped = String::from_utf8(json_escaped(&key.json)).expect("utf-8");
+    for (what, needle) in [
+        ("key JSON", key.json.as_str()),
+        ("escaped key JSON", &escaped),
+    ] {
+        assert!(
+            !output.contains(needle),
+            "secret leaked: output contains the {what}\n--- output ---\n{output}"
+        );
+    }
+}
+
+/// Watches directories on its own thread (names, file types, inodes, modes, owners, every
+/// millisecond) and remembers the first change it sees, so a change that is undone before
+/// the end (a link made and removed again) is still caught.
+pub struct DirWatch {
+    stop: Arc<AtomicBool>,
+    first_change: Arc<Mutex<Option<String>>>,
+    handle: Option<JoinHandle<u64>>,
+}
+
+fn dir_listing(dir: &Path) -> Vec<(String, u64, u32, u32)> {
+    use std::os::unix::fs::MetadataExt;
+    let mut v: Vec<_> = fs::read_dir(dir)
+        .map(|rd| {
+            rd.flatten()
+                .filter_map(|e| {
+                    let m = fs::symlink_metadata(e.path()).ok()?;
+                    Some((
+                        e.file_name().to_string_lossy().into_owned(),
+                        m.ino(),
+                        m.mode(),
+                        m.uid(),
+                    ))
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    v.sort();
+    v
+}
+
+impl DirWatch {
+    pub fn start(dirs: &[PathBuf]) -> DirWatch {
+        let dirs = dirs.to_vec();
+        let before: Vec<_> = dirs.iter().map(|d| dir_listing(d)).collect();
+        let stop: Arc<AtomicBool> = Arc::default();
+        let first_change: Arc<Mutex<Option<String>>> = Arc::default();
+        let (st, fc) = (stop.clone(), first_change.clone());
+        let handle = thread::spawn(move || {
+            let mut samples = 0;
+            while !st.load(Ordering::Relaxed) {
+                samples += 1;
+                for (d, b) in dirs.iter().zip(&before) {
+                    let now = dir_listing(d);
+                    if &now != b {
+                        let mut g = fc.lock().unwrap();
+                        if g.is_none() {
+                            *g = Some(format!("{}: {b:?} became {now:?}", d.display()));
+                        }
+                    }
+                }
+                thread::sleep(Duration::from_millis(1));
+            }
+            samples
+        });
+        DirWatch {
+            stop,
+            first_change,
+            handle: Some(handle),
+        }
+    }
+
+    /// The first change seen so far, if any.
+    pub fn change(&self) -> Option<String> {
+        self.first_change.lock().unwrap().clone()
+    }
+
+    /// Stops watching; returns the samples taken and the first change seen.
+    pub fn stop(mut self) -> (u64, Option<String>) {
+        self.stop.store(true, Ordering::Relaxed);
+        let n = self.handle.take().map(|h| h.join().unwrap()).unwrap_or(0);
+        (n, self.change())
+    }
+}
+
+impl Drop for DirWatch {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
