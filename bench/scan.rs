@@ -20,7 +20,8 @@ use std::os::unix::fs::MetadataExt;
 use std::time::Instant;
 
 use rustix::fs::{AtFlags, Mode, OFlags};
-use ssm_cosmovisor::procfs::{self, NodeIds, Pid};
+use ssm_cosmovisor::identity::NodeIdentity;
+use ssm_cosmovisor::procfs::{self, Pid};
 
 fn main() {
     let rounds: usize = std::env::args()
@@ -31,10 +32,8 @@ fn main() {
     let m = std::fs::metadata(f.path()).expect("stat");
     let me = Pid(std::process::id() as i32);
     let arg = |i: usize| std::env::args().nth(i).and_then(|a| a.parse::<u32>().ok());
-    let node = NodeIds {
-        uid: arg(2).unwrap_or_else(|| rustix::process::geteuid().as_raw()),
-        gid: arg(3).unwrap_or_else(|| rustix::process::getegid().as_raw()),
-    };
+    let ours = NodeIdentity::ours();
+    let node = NodeIdentity::new(arg(2).unwrap_or(ours.uid()), arg(3).unwrap_or(ours.gid()));
     let (mut per_task, mut per_pid) = (Vec::new(), Vec::new());
     for r in 0..rounds {
         // Alternate which goes first: neither gets the warmer caches every time.
@@ -136,7 +135,7 @@ mod old {
     }
 
     /// Holders' pids; `Err(pid)` where the old scan failed closed.
-    pub fn holders(dev: u64, ino: u64, exclude: Pid, node: NodeIds) -> Result<Vec<Pid>, Pid> {
+    pub fn holders(dev: u64, ino: u64, exclude: Pid, node: NodeIdentity) -> Result<Vec<Pid>, Pid> {
         let am_root = rustix::process::geteuid().is_root();
         let mut found = Vec::new();
         for pid in procfs::all_pids().unwrap_or_default() {
@@ -150,14 +149,11 @@ mod old {
             let Some(uids) = procfs::uids_of(pid) else {
                 continue;
             };
-            let relevant = uids.contains(&node.uid);
-            let as_node = am_root && node.uid != 0 && relevant;
+            let relevant = uids.contains(&node.uid());
             if let (Err(rustix::io::Errno::ACCESS | rustix::io::Errno::PERM), true) =
-                (&res, as_node)
+                (&res, node.switches() && relevant)
             {
-                res = ssm_cosmovisor::sys::with_fs_ids(node.uid, node.gid, || {
-                    scan_pid(pid, dev, ino)
-                });
+                res = node.as_node(|| scan_pid(pid, dev, ino));
             }
             match res {
                 Ok(Some(true)) => {
@@ -165,7 +161,7 @@ mod old {
                     found.push(pid);
                 }
                 Ok(_) => {}
-                Err(_) if am_root && node.uid == 0 => {}
+                Err(_) if am_root && node.uid() == 0 => {}
                 Err(_) if relevant => return Err(pid),
                 Err(_) => {}
             }

@@ -88,10 +88,11 @@ fn kernel_checks(r: &mut Report) {
 /// node's user, e.g. ssh-agent, or a process hiding its fds): name each one
 /// now, rather than in a delivery that fails at start. Other instances of our
 /// own systemd unit are recognised and only warned about.
-fn reader_check(r: &mut Report, uid: u32, gid: u32) {
-    use crate::procfs::{self, NodeIds, Pid};
+fn reader_check(r: &mut Report, node: crate::identity::NodeIdentity) {
+    use crate::procfs::{self, Pid};
+    let uid = node.uid();
     let me = Pid(std::process::id() as i32);
-    let found = match procfs::uninspectable(me, NodeIds { uid, gid }) {
+    let found = match procfs::uninspectable(me, node) {
         Ok(f) => f,
         Err(e) => {
             r.fail("reader check", e);
@@ -156,8 +157,7 @@ fn lease_checks(r: &mut Report, cfg: &Config) {
             s.takeover_heights
         ),
     );
-    let state = match StateFile::of_home(&cfg.home, cfg.node_user.as_ref().map(|u| (u.uid, u.gid)))
-    {
+    let state = match StateFile::of_home(&cfg.home, cfg.node) {
         Ok(s) => s,
         Err(e) => {
             r.fail("sign state", e);
@@ -338,15 +338,8 @@ pub fn run(ov: &Overrides) -> Result<u8, CliError> {
         );
     }
 
-    let (uid, gid) = match &cfg.node_user {
-        Some(u) => (u.uid, u.gid),
-        None => (
-            rustix::process::geteuid().as_raw(),
-            rustix::process::getegid().as_raw(),
-        ),
-    };
-    reader_check(&mut r, uid, gid);
-    let safe = match KeySlot::open(&cfg.key_path, uid, gid).and_then(|s| s.diagnose()) {
+    reader_check(&mut r, cfg.node);
+    let safe = match KeySlot::open(&cfg.key_path, cfg.node).and_then(|s| s.diagnose()) {
         Ok((rep, safe)) => {
             r.pass(
                 "key slot",

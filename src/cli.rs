@@ -239,16 +239,6 @@ pub fn main(cli: Cli) -> Result<u8, CliError> {
     }
 }
 
-fn node_ids(cfg: &Config) -> (u32, u32) {
-    match &cfg.node_user {
-        Some(u) => (u.uid, u.gid),
-        None => (
-            rustix::process::geteuid().as_raw(),
-            rustix::process::getegid().as_raw(),
-        ),
-    }
-}
-
 /// Opens and repairs the slot, fetches the key (when active), and supervises.
 fn run_with_key(cfg: &Config, program: &OsString, args: &[OsString]) -> Result<u8, CliError> {
     // Before any other thread exists (runtimes, lease threads): they all
@@ -262,8 +252,7 @@ fn run_with_key(cfg: &Config, program: &OsString, args: &[OsString]) -> Result<u
             format!("cannot harden the process (PR_SET_DUMPABLE/RLIMIT_CORE): {e}"),
         )
     })?;
-    let (uid, gid) = node_ids(cfg);
-    let slot = KeySlot::open(&cfg.key_path, uid, gid).map_err(|e| CliError::new(exit::SLOT, e))?;
+    let slot = KeySlot::open(&cfg.key_path, cfg.node).map_err(|e| CliError::new(exit::SLOT, e))?;
     // Repair runs on every start, also as a standby: a FIFO left by a crash
     // would hang the node, a stripped file would crash it.
     let (repair, safe) = slot.repair().map_err(|e| CliError::new(exit::SLOT, e))?;
@@ -391,7 +380,7 @@ fn take_lease(
 
 /// The node's sign-state file, found through its `config.toml`.
 fn state_file(cfg: &Config) -> Result<StateFile, LeaseError> {
-    StateFile::of_home(&cfg.home, cfg.node_user.as_ref().map(|u| (u.uid, u.gid)))
+    StateFile::of_home(&cfg.home, cfg.node)
 }
 
 impl From<LeaseError> for CliError {
@@ -477,8 +466,7 @@ fn log_fetched(origin: &Origin, id: &crate::key::PublicIdentity) {
 
 fn restore(ov: &Overrides) -> Result<u8, CliError> {
     let cfg = Config::resolve(ov, &ProcessEnv, &[])?;
-    let (uid, gid) = node_ids(&cfg);
-    let slot = KeySlot::open(&cfg.key_path, uid, gid).map_err(|e| CliError::new(exit::SLOT, e))?;
+    let slot = KeySlot::open(&cfg.key_path, cfg.node).map_err(|e| CliError::new(exit::SLOT, e))?;
     let (r, safe) = slot.repair().map_err(|e| CliError::new(exit::SLOT, e))?;
     println!(
         "{}: found {}; {}; safe key {} in place",

@@ -6,6 +6,8 @@ use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use crate::identity::NodeIdentity;
+
 /// Default wait for the node to open the key FIFO, as the original tool.
 pub const DEFAULT_KEY_TIMEOUT: Duration = Duration::from_secs(15 * 60);
 
@@ -396,6 +398,8 @@ pub struct Config {
     pub key_timeout: Duration,
     /// Optional uid switch for the child.
     pub node_user: Option<NodeUser>,
+    /// The node's uid/gid (the node user's, else ours), for what we do as the node.
+    pub node: NodeIdentity,
     /// Log format.
     pub log_format: LogFormat,
     /// Refuse a key with another address.
@@ -558,25 +562,23 @@ pub fn node_file_from_config(
     setting: &str,
     default: &str,
 ) -> Result<PathBuf, (PathBuf, String)> {
-    node_file_from_config_as(home, setting, default, None).map(|(p, _)| p)
+    node_file_from_config_as(home, setting, default, NodeIdentity::ours()).map(|(p, _)| p)
 }
 
-/// As [`node_file_from_config`], reading config.toml with the node's
-/// filesystem ids (`node`, when we are root) and without following
-/// symlinks. Also says whether config.toml set it (`true`) or the default applied.
+/// As [`node_file_from_config`], reading config.toml as `node` (with its
+/// filesystem ids when we are root for another user). Also says whether
+/// config.toml set it (`true`) or the default applied.
 pub fn node_file_from_config_as(
     home: &Path,
     setting: &str,
     default: &str,
-    node: Option<(u32, u32)>,
+    node: NodeIdentity,
 ) -> Result<(PathBuf, bool), (PathBuf, String)> {
     let cfg = home.join(CONFIG_TOML.join("/"));
     let am_root = rustix::process::geteuid().is_root();
-    let text = match node.filter(|_| am_root) {
-        Some((uid, gid)) => crate::sys::with_fs_ids(uid, gid, || read_config_toml(home, true)),
-        None => read_config_toml(home, am_root),
-    }
-    .map_err(|e| (cfg.clone(), e.to_string()))?;
+    let text = node
+        .as_node(|| read_config_toml(home, am_root))
+        .map_err(|e| (cfg.clone(), e.to_string()))?;
     let (rel, set) = match text {
         Some(text) => {
             let doc: toml::Table = text.parse().map_err(|e: toml::de::Error| {
@@ -665,14 +667,14 @@ impl Config {
     /// would read something else. Not checked by `restore`, which must put
     /// the safe key back whatever the node user did to its files.
     pub fn verify_node_key_path(&self) -> Result<(), ConfigError> {
-        let Some(u) = self.split_trust_user() else {
+        if self.split_trust_user().is_none() {
             return Ok(());
-        };
+        }
         let (node_reads, set) = node_file_from_config_as(
             &self.home,
             "priv_validator_key_file",
             DEFAULT_KEY_FILE,
-            Some((u.uid, u.gid)),
+            self.node,
         )
         .map_err(|(path, reason)| ConfigError::ConfigToml { path, reason })?;
         if same_path(&node_reads, &self.key_path) {
@@ -750,6 +752,9 @@ impl Config {
             .as_ref()
             .filter(|_| rustix::process::geteuid().is_root());
         let key_path = resolve_key_path(ov, env, &home, split)?;
+        let node = node_user
+            .as_ref()
+            .map_or_else(NodeIdentity::ours, |u| NodeIdentity::new(u.uid, u.gid));
 
         let key_timeout = match pick(ov.key_timeout.clone(), env, "SSM_COSMOVISOR_KEY_TIMEOUT")? {
             Some(v) => parse_duration("SSM_COSMOVISOR_KEY_TIMEOUT", &v)?,
@@ -793,6 +798,7 @@ impl Config {
             key_path,
             key_timeout,
             node_user,
+            node,
             log_format,
             expected_address,
             always_armed,

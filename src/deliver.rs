@@ -24,6 +24,7 @@ use rustix::event::{PollFd, PollFlags};
 use rustix::fs::{Mode, OFlags};
 use secrecy::ExposeSecret;
 
+use crate::identity::NodeIdentity;
 use crate::key::ValidatorKey;
 use crate::procfs::{self, Holder, Pid, ProcError};
 use crate::slot::{ArmedFifo, KeySlot, SlotError};
@@ -39,10 +40,8 @@ pub const DRAIN_BOUND: Duration = Duration::from_secs(10);
 pub struct ReaderPolicy {
     /// Our child (cosmovisor, or the node in `exec` mode): readers must descend from it.
     pub root: Pid,
-    /// The node's uid.
-    pub uid: u32,
-    /// The node's primary gid (to inspect its /proc entries as the node).
-    pub gid: u32,
+    /// The node's identity (its uid; its /proc entries are inspected as it).
+    pub node: NodeIdentity,
     /// Ourselves (our own fds are ignored).
     pub me: Pid,
 }
@@ -51,14 +50,7 @@ impl ReaderPolicy {
     /// The node: our child or one of its descendants, running as the node's uid.
     /// (In `exec` mode the child itself is the node.)
     pub fn allows(&self, h: &Holder) -> bool {
-        h.euid() == self.uid && procfs::is_descendant_of(h.pid, self.root)
-    }
-
-    fn node_ids(&self) -> procfs::NodeIds {
-        procfs::NodeIds {
-            uid: self.uid,
-            gid: self.gid,
-        }
+        h.euid() == self.node.uid() && procfs::is_descendant_of(h.pid, self.root)
     }
 }
 
@@ -158,7 +150,7 @@ fn io_err(op: &'static str) -> impl FnOnce(rustix::io::Errno) -> DeliverError {
 pub struct Canceller {
     flag: Arc<AtomicBool>,
     path_fd: Arc<OwnedFd>,
-    as_node: Option<(u32, u32)>,
+    node: NodeIdentity,
 }
 
 impl Canceller {
@@ -168,11 +160,7 @@ impl Canceller {
         self.flag.store(true, Ordering::SeqCst);
         // The open of a FIFO for writing waits for the reader counter to
         // change, so closing our reader right away still wakes it.
-        let _ = reopen_as(
-            &self.path_fd,
-            OFlags::RDONLY | OFlags::NONBLOCK,
-            self.as_node,
-        );
+        let _ = reopen_as(&self.path_fd, OFlags::RDONLY | OFlags::NONBLOCK, self.node);
     }
 
     /// Whether cancel was called.
@@ -184,15 +172,8 @@ impl Canceller {
 /// Reopens the FIFO; as the node's fs ids when we are root and the FIFO is
 /// the node's (0600): root without CAP_DAC_OVERRIDE (the split-trust unit)
 /// could not open it otherwise.
-fn reopen_as(
-    fd: &OwnedFd,
-    flags: OFlags,
-    as_node: Option<(u32, u32)>,
-) -> rustix::io::Result<OwnedFd> {
-    match as_node {
-        Some((uid, gid)) => crate::sys::with_fs_ids(uid, gid, || proc_self_reopen(fd, flags)),
-        None => proc_self_reopen(fd, flags),
-    }
+fn reopen_as(fd: &OwnedFd, flags: OFlags, node: NodeIdentity) -> rustix::io::Result<OwnedFd> {
+    node.as_node(|| proc_self_reopen(fd, flags))
 }
 
 fn proc_self_reopen(fd: &OwnedFd, flags: OFlags) -> rustix::io::Result<OwnedFd> {
@@ -213,14 +194,12 @@ impl Pending {
     /// Wraps an armed FIFO for delivery to the node of `policy`.
     pub fn new(armed: ArmedFifo, policy: &ReaderPolicy) -> Self {
         let path_fd = Arc::new(armed.path_fd.try_clone().expect("dup of O_PATH fd"));
-        let as_node = (rustix::process::geteuid().is_root() && policy.uid != 0)
-            .then_some((policy.uid, policy.gid));
         Pending {
             armed,
             canceller: Canceller {
                 flag: Arc::new(AtomicBool::new(false)),
                 path_fd,
-                as_node,
+                node: policy.node,
             },
         }
     }
@@ -243,7 +222,7 @@ impl Pending {
         policy: &ReaderPolicy,
         next: Next,
     ) -> Result<Outcome, DeliverError> {
-        let writer = match reopen_as(&self.armed.path_fd, OFlags::WRONLY, self.canceller.as_node) {
+        let writer = match reopen_as(&self.armed.path_fd, OFlags::WRONLY, self.canceller.node) {
             Ok(w) => w,
             Err(e) if self.canceller.is_cancelled() => {
                 let _ = e;
@@ -353,7 +332,7 @@ impl Pending {
         let latency = attached.elapsed();
         drop(writer);
         // 5. Anyone else on the pipe now could have read along.
-        let after = procfs::holders(self.armed.dev, self.armed.ino, policy.me, policy.node_ids())?;
+        let after = procfs::holders(self.armed.dev, self.armed.ino, policy.me, policy.node)?;
         let strangers: Vec<_> = after.into_iter().filter(|h| !policy.allows(h)).collect();
         if !strangers.is_empty() {
             return Ok(Outcome::Exposed { reader, strangers });
@@ -377,7 +356,7 @@ fn settle_holders(
     let mut backoff = Duration::from_micros(100);
     let mut confirming = false;
     loop {
-        let cur = procfs::holders(armed.dev, armed.ino, policy.me, policy.node_ids())?;
+        let cur = procfs::holders(armed.dev, armed.ino, policy.me, policy.node)?;
         if !cur.is_empty() && prev.as_ref() == Some(&cur) {
             return Ok(Ok(cur));
         }

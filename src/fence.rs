@@ -38,6 +38,8 @@ use std::time::{Duration, Instant};
 use rustix::event::{poll, PollFd, PollFlags};
 use rustix::process::{Pid as RPid, Signal};
 
+use crate::identity::NodeIdentity;
+
 /// The hidden subcommand the fencer runs as.
 pub const SUBCOMMAND: &str = "__fence";
 
@@ -97,11 +99,11 @@ impl std::fmt::Debug for Fence {
 }
 
 /// Fencer settings passed on its command line.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Copy)]
 pub struct FenceOptions {
-    /// The node's uid/gid, when the tool runs as root for another user
+    /// The node; passed on when the tool runs as root for another user
     /// (the fencer looks at the node's `/proc` entries as the node).
-    pub node: Option<(u32, u32)>,
+    pub node: NodeIdentity,
     /// Log as JSON.
     pub json: bool,
 }
@@ -128,8 +130,12 @@ impl Fence {
             .stdin(Stdio::from(cmd_r))
             .stdout(Stdio::from(ack_w))
             .stderr(Stdio::inherit());
-        if let Some((u, g)) = opts.node {
-            cmd.arg(format!("--node-ids={u}:{g}"));
+        if opts.node.switches() {
+            cmd.arg(format!(
+                "--node-ids={}:{}",
+                opts.node.uid(),
+                opts.node.gid()
+            ));
         }
         if let Ok(v) = std::env::var("SSM_COSMOVISOR_LOG") {
             cmd.env("SSM_COSMOVISOR_LOG", v);
@@ -284,21 +290,16 @@ fn victims(
 
 /// SIGKILLs the node's tree until a scan finds nothing left alive (killed
 /// processes may fork until the signal lands). Returns how many it killed.
-fn kill_tree(tool: Option<i32>, pgid: Option<i32>, node: Option<(u32, u32)>) -> u64 {
+fn kill_tree(tool: Option<i32>, pgid: Option<i32>, node: NodeIdentity) -> u64 {
     let me = std::process::id() as i32;
     if let Some(g) = pgid.and_then(RPid::from_raw) {
         let _ = rustix::process::kill_process_group(g, Signal::KILL);
     }
     let mut killed = HashSet::new();
     for _ in 0..500 {
-        let stats = match node {
-            // Root without CAP_SYS_PTRACE sees the node's /proc entries only
-            // with the node's file-system ids (ProtectProc=invisible).
-            Some((u, g)) if rustix::process::geteuid().is_root() => {
-                crate::sys::with_fs_ids(u, g, all_stats)
-            }
-            _ => all_stats(),
-        };
+        // Root without CAP_SYS_PTRACE sees the node's /proc entries only
+        // with the node's file-system ids (ProtectProc=invisible).
+        let stats = node.as_node(all_stats);
         let v = victims(&stats, tool, pgid, me);
         if v.is_empty() {
             break;
@@ -335,7 +336,7 @@ enum Guard {
 /// The fencer process: what it guards and how it reports.
 struct Fencer {
     tool: Option<i32>,
-    node: Option<(u32, u32)>,
+    node: NodeIdentity,
     guard: Guard,
     timer: OwnedFd,
     acks: std::fs::File,
@@ -413,9 +414,10 @@ impl Fencer {
     }
 }
 
-/// The fencer process's main function (the hidden `__fence` subcommand).
-/// Returns its exit code.
+/// The fencer process's main function (the hidden `__fence` subcommand);
+/// `node`: its `--node-ids`. Returns its exit code.
 pub fn fencer_main(node: Option<(u32, u32)>) -> u8 {
+    let node = node.map_or_else(NodeIdentity::ours, |(u, g)| NodeIdentity::new(u, g));
     if let Err(e) = crate::harden::harden_self() {
         tracing::warn!(error = %e, "fencer: cannot harden itself");
     }

@@ -122,18 +122,12 @@ fn read_source(path: &Path) -> Result<Vec<u8>, InstallError> {
 /// already holds something there (then [`KeySlot::repair`] at `run` decides).
 pub fn install(cfg: &Config, source: &Path) -> Result<Installed, InstallError> {
     let bytes = read_source(source)?;
-    let (group, mode) = match &cfg.node_user {
-        Some(u) if rustix::process::geteuid().is_root() && u.uid != 0 => (Some(u.gid), 0o640),
-        _ => (None, 0o600),
+    let (group, mode) = if cfg.node.switches() {
+        (Some(cfg.node.gid()), 0o640)
+    } else {
+        (None, 0o600)
     };
-    let (uid, gid) = match &cfg.node_user {
-        Some(u) => (u.uid, u.gid),
-        None => (
-            rustix::process::geteuid().as_raw(),
-            rustix::process::getegid().as_raw(),
-        ),
-    };
-    let slot = KeySlot::open(&cfg.key_path, uid, gid)?;
+    let slot = KeySlot::open(&cfg.key_path, cfg.node)?;
     let done = slot.install_safe(&bytes, group, mode)?;
     match &done {
         Installed::Placed(id) => tracing::info!(

@@ -15,6 +15,7 @@ pub mod config;
 pub mod deliver;
 pub mod fence;
 pub mod harden;
+pub mod identity;
 pub mod install;
 pub mod key;
 pub mod lease;

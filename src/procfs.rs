@@ -10,6 +10,8 @@ use std::path::PathBuf;
 
 use rustix::fs::{AtFlags, Mode, OFlags};
 
+use crate::identity::NodeIdentity;
+
 /// A process id.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Pid(pub i32);
@@ -325,15 +327,6 @@ pub fn comm_of(pid: Pid) -> String {
         .unwrap_or_default()
 }
 
-/// The node's identity, whose processes must be inspectable.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct NodeIds {
-    /// uid.
-    pub uid: u32,
-    /// Primary gid.
-    pub gid: u32,
-}
-
 /// What one task's fd table told us.
 enum TaskScan {
     /// It holds the inode; the task's uids.
@@ -353,7 +346,7 @@ enum TaskScan {
 struct Scan {
     dev: u64,
     ino: u64,
-    node: NodeIds,
+    node: NodeIdentity,
     am_root: bool,
     any_template: bool,
     /// Built at the first uninspectable task (it reads mountinfo and our
@@ -362,7 +355,7 @@ struct Scan {
 }
 
 impl Scan {
-    fn new(dev: u64, ino: u64, node: NodeIds, any_template: bool) -> Scan {
+    fn new(dev: u64, ino: u64, node: NodeIdentity, any_template: bool) -> Scan {
         Scan {
             dev,
             ino,
@@ -378,7 +371,7 @@ impl Scan {
     /// the trust boundary: a task of another uid, or running as root, is of
     /// no concern when we cannot read it.
     fn concerns(&self, uids: &[u32; 4]) -> bool {
-        uids.contains(&self.node.uid) && uids[1] != 0
+        uids.contains(&self.node.uid()) && uids[1] != 0
     }
 
     fn task(&self, pid: Pid, tid: Pid) -> TaskScan {
@@ -399,7 +392,7 @@ impl Scan {
             // would make delivery impossible wherever one exists. Its other
             // threads need no look either: whatever can open a root node's
             // 0600 FIFO is root, outside the boundary.
-            Err(_) if self.am_root && self.node.uid == 0 => return TaskScan::SkipProcess,
+            Err(_) if self.am_root && self.node.uid() == 0 => return TaskScan::SkipProcess,
             _ => match task_uids(pid, tid) {
                 Some(u) => u,
                 None => return TaskScan::Skip,
@@ -407,10 +400,8 @@ impl Scan {
         };
         // Split trust (root without CAP_SYS_PTRACE): the node's own entries
         // open to the node's fs ids, on this thread only.
-        if res.is_err() && self.am_root && self.node.uid != 0 && self.concerns(&uids) {
-            res = crate::sys::with_fs_ids(self.node.uid, self.node.gid, || {
-                scan_fd_dir(&path, self.dev, self.ino)
-            });
+        if res.is_err() && self.node.switches() && self.concerns(&uids) {
+            res = self.node.as_node(|| scan_fd_dir(&path, self.dev, self.ino));
         }
         match res {
             Ok(Some(true)) => TaskScan::Holds(uids),
@@ -449,12 +440,8 @@ impl Scan {
             match self.task(pid, tid) {
                 TaskScan::Holds(uids) => {
                     let exe = exe_of(pid).or_else(|| {
-                        (self.am_root && self.concerns(&uids))
-                            .then(|| {
-                                crate::sys::with_fs_ids(self.node.uid, self.node.gid, || {
-                                    exe_of(pid)
-                                })
-                            })
+                        (self.node.switches() && self.concerns(&uids))
+                            .then(|| self.node.as_node(|| exe_of(pid)))
                             .flatten()
                     });
                     return Ok(Some(Holder {
@@ -479,7 +466,7 @@ impl Scan {
                         comm: comm_of(pid),
                         sibling,
                     };
-                    denied(u, e, self.node.uid)?;
+                    denied(u, e, self.node.uid())?;
                 }
             }
         }
@@ -517,8 +504,13 @@ impl Scan {
 /// runs with the node's uid (not as root), is alive, and is not another
 /// instance of our own unit ([`SiblingView`]). When we are root without
 /// `CAP_SYS_PTRACE` (split-trust unit), node tasks are inspected with the
-/// node's filesystem ids instead (see [`crate::sys::with_fs_ids`]).
-pub fn holders(dev: u64, ino: u64, exclude: Pid, node: NodeIds) -> Result<Vec<Holder>, ProcError> {
+/// node's filesystem ids instead (see [`NodeIdentity::as_node`]).
+pub fn holders(
+    dev: u64,
+    ino: u64,
+    exclude: Pid,
+    node: NodeIdentity,
+) -> Result<Vec<Holder>, ProcError> {
     let scan = Scan::new(dev, ino, node, false);
     scan.walk(exclude, &mut |u, e, uid| {
         if u.sibling {
@@ -539,7 +531,7 @@ pub fn holders(dev: u64, ino: u64, exclude: Pid, node: NodeIds) -> Result<Vec<Ho
 /// delivery closed, for `check`. Run outside a unit (from a shell), an
 /// instance of any template unit counts as a sibling, as the instances of
 /// that template would see each other.
-pub fn uninspectable(exclude: Pid, node: NodeIds) -> Result<Vec<Uninspectable>, ProcError> {
+pub fn uninspectable(exclude: Pid, node: NodeIdentity) -> Result<Vec<Uninspectable>, ProcError> {
     // An inode no fd can refer to: only inspectability is asked.
     let scan = Scan::new(u64::MAX, u64::MAX, node, true);
     let mut out = Vec::new();
@@ -715,11 +707,7 @@ mod tests {
                 .map(|_| std::fs::File::open("/dev/null").unwrap())
                 .collect();
             let high = at_top.then(|| std::fs::File::open(&f).unwrap());
-            let ids = NodeIds {
-                uid: rustix::process::geteuid().as_raw(),
-                gid: rustix::process::getegid().as_raw(),
-            };
-            let found = holders(m.dev(), m.ino(), other, ids).unwrap();
+            let found = holders(m.dev(), m.ino(), other, NodeIdentity::ours()).unwrap();
             let me = Pid(std::process::id() as i32);
             assert_eq!(
                 found.iter().map(|h| h.pid).collect::<Vec<_>>(),
@@ -747,7 +735,7 @@ mod tests {
         let me = Pid(std::process::id() as i32);
         let mut seen = Vec::new();
         for _ in 0..200 {
-            seen = holders(m.dev(), m.ino(), me, NodeIds { uid: 0, gid: 0 }).unwrap();
+            seen = holders(m.dev(), m.ino(), me, NodeIdentity::new(0, 0)).unwrap();
             if !seen.is_empty() {
                 break;
             }

@@ -24,6 +24,7 @@ use std::path::{Component, Path, PathBuf};
 
 use rustix::fs::{AtFlags, FileType, FlockOperation, Mode, OFlags, ResolveFlags, Stat};
 
+use crate::identity::NodeIdentity;
 use crate::key::{KeyError, KeyFile, PublicIdentity};
 
 /// Suffix of the backup, as the original tool names it.
@@ -361,8 +362,7 @@ pub struct KeySlot {
     fifo_tmp: OsString,
     stripped_tmp: OsString,
     safe_tmp: OsString,
-    node_uid: u32,
-    node_gid: u32,
+    node: NodeIdentity,
 }
 
 impl fmt::Debug for KeySlot {
@@ -397,9 +397,9 @@ pub struct Repair {
 }
 
 impl KeySlot {
-    /// Opens the slot for key path `path`. `node_uid`/`node_gid` own the FIFO
-    /// and stripped file (the node must be able to open them).
-    pub fn open(path: &Path, node_uid: u32, node_gid: u32) -> Result<KeySlot, SlotError> {
+    /// Opens the slot for key path `path`. `node` owns the FIFO and stripped
+    /// file (the node must be able to open them).
+    pub fn open(path: &Path, node: NodeIdentity) -> Result<KeySlot, SlotError> {
         let dir_path = path
             .parent()
             .filter(|p| !p.as_os_str().is_empty())
@@ -422,7 +422,7 @@ impl KeySlot {
                 kind: "path without a file name",
             })?
             .to_os_string();
-        let dir = open_dir_secure(&dir_path, node_uid)?;
+        let dir = open_dir_secure(&dir_path, node.uid())?;
         match rustix::fs::flock(&dir, FlockOperation::NonBlockingLockExclusive) {
             Ok(()) => {}
             Err(rustix::io::Errno::WOULDBLOCK) => return Err(SlotError::Locked { path: dir_path }),
@@ -442,8 +442,7 @@ impl KeySlot {
             stripped_tmp: with_suffix(&name, ".", ".ssm-cosmovisor-stripped.tmp"),
             safe_tmp: with_suffix(&name, ".", ".ssm-cosmovisor-safe.tmp"),
             name,
-            node_uid,
-            node_gid,
+            node,
         })
     }
 
@@ -513,26 +512,23 @@ impl KeySlot {
                 Mode::empty(),
             )
         };
-        let fd = match open() {
-            // Split-trust: the stripped file is the node's (0600) and root may
-            // lack CAP_DAC_OVERRIDE; read it as its owner.
-            Err(rustix::io::Errno::ACCESS)
-                if expect.st_uid == self.node_uid && rustix::process::geteuid().is_root() =>
-            {
-                crate::sys::with_fs_ids(self.node_uid, self.node_gid, open)
-            }
-            r => r,
+        // Split-trust: the stripped file is the node's (0600) and root may
+        // lack CAP_DAC_OVERRIDE; read it as its owner.
+        let fd = if expect.st_uid == self.node.uid() {
+            self.node.retry_as_node_on_eacces(open)
+        } else {
+            open()
         }
         .map_err(self.io("open", name))?;
         let st = rustix::fs::fstat(&fd).map_err(self.io("fstat", name))?;
         if kind_of(&st) != FileType::RegularFile || !same_inode(&st, expect) {
             return Err(self.io("open", name)(rustix::io::Errno::AGAIN));
         }
-        if !owner_trusted(&st, self.node_uid) {
+        if !owner_trusted(&st, self.node.uid()) {
             return Err(SlotError::ForeignOwner {
                 path: self.path.with_file_name(name),
                 uid: st.st_uid,
-                expected: self.node_uid,
+                expected: self.node.uid(),
             });
         }
         let mut f = std::fs::File::from(fd);
@@ -743,7 +739,7 @@ impl KeySlot {
             {
                 return Err(SlotError::BackupRefused {
                     path: self.path.clone(),
-                    node_gid: self.node_gid,
+                    node_gid: self.node.gid(),
                 })
             }
             Err(e) => return Err(self.io("link backup", &self.orig)(e)),
@@ -756,10 +752,9 @@ impl KeySlot {
 
     /// Whether we are root and `P` belongs to the node user (not to us).
     fn safe_key_is_the_nodes(&self) -> bool {
-        rustix::process::geteuid().is_root()
-            && self.node_uid != 0
+        self.node.switches()
             && rustix::fs::statat(&self.dir, self.name.as_os_str(), AtFlags::SYMLINK_NOFOLLOW)
-                .is_ok_and(|st| st.st_uid == self.node_uid)
+                .is_ok_and(|st| st.st_uid == self.node.uid())
     }
 
     /// absent → idle, for a key directory that starts empty at every start
@@ -911,15 +906,14 @@ impl KeySlot {
     }
 
     fn chown_to_node<Fd: AsFd>(&self, fd: Fd, name: &OsStr) -> Result<(), SlotError> {
-        let me = rustix::process::geteuid().as_raw();
-        if me == 0 && self.node_uid != 0 {
+        if self.node.switches() {
             // AT_EMPTY_PATH on the fd itself: works for O_PATH fds (where
             // fchown gives EBADF) and never re-resolves the name.
             rustix::fs::chownat(
                 fd,
                 "",
-                Some(rustix::fs::Uid::from_raw(self.node_uid)),
-                Some(rustix::fs::Gid::from_raw(self.node_gid)),
+                Some(rustix::fs::Uid::from_raw(self.node.uid())),
+                Some(rustix::fs::Gid::from_raw(self.node.gid())),
                 AtFlags::EMPTY_PATH,
             )
             .map_err(self.io("chown", name))?;

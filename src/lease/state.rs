@@ -4,6 +4,7 @@
 use std::path::{Path, PathBuf};
 
 use super::LeaseError;
+use crate::identity::NodeIdentity;
 
 /// The last height/round/step a validator signed (CometBFT's
 /// `FilePVLastSignState` without the signature), ordered as CometBFT orders them.
@@ -93,8 +94,8 @@ pub fn state_path_for_home(home: &Path) -> Result<PathBuf, LeaseError> {
 pub struct StateFile {
     /// The file.
     pub path: PathBuf,
-    /// Node uid/gid when we run as root for another user (split trust).
-    pub node: Option<(u32, u32)>,
+    /// The node, as whom it is read and written.
+    pub node: NodeIdentity,
 }
 
 impl StateFile {
@@ -103,23 +104,13 @@ impl StateFile {
     /// `CAP_DAC_READ_SEARCH` may not read the node's files otherwise, and the
     /// node-owned `config.toml` must not make root reach further than the
     /// node could.
-    pub fn of_home(home: &Path, node: Option<(u32, u32)>) -> Result<StateFile, LeaseError> {
-        let path = match node {
-            Some((u, g)) if rustix::process::geteuid().is_root() => {
-                crate::sys::with_fs_ids(u, g, || state_path_for_home(home))
-            }
-            _ => state_path_for_home(home),
-        }?;
+    pub fn of_home(home: &Path, node: NodeIdentity) -> Result<StateFile, LeaseError> {
+        let path = node.as_node(|| state_path_for_home(home))?;
         Ok(StateFile { path, node })
     }
 
     fn as_node<T>(&self, f: impl FnOnce() -> T) -> T {
-        match self.node {
-            Some((u, g)) if rustix::process::geteuid().is_root() => {
-                crate::sys::with_fs_ids(u, g, f)
-            }
-            _ => f(),
-        }
+        self.node.as_node(f)
     }
 
     /// The current state; `None` if the file does not exist yet.
@@ -164,8 +155,9 @@ impl StateFile {
                 .mode(0o600)
                 .custom_flags(libc::O_NOFOLLOW)
                 .open(&tmp)?;
-            if let (Some((uid, _)), true) = (self.node, rustix::process::geteuid().is_root()) {
+            if self.node.switches() {
                 // setfsuid does not report a refusal: check who owns what we made.
+                let uid = self.node.uid();
                 let owner = rustix::fs::fstat(&f)?.st_uid;
                 if owner != uid {
                     let _ = std::fs::remove_file(&tmp);
@@ -245,7 +237,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let f = StateFile {
             path: dir.path().join("priv_validator_state.json"),
-            node: None,
+            node: NodeIdentity::ours(),
         };
         let s10 = SignState {
             height: 10,

@@ -62,11 +62,7 @@ pub(super) fn start_fence(
     tx: &Sender<Event>,
 ) -> Result<LeaseGuard, String> {
     let opts = FenceOptions {
-        node: cfg
-            .node_user
-            .as_ref()
-            .filter(|_| rustix::process::geteuid().is_root())
-            .map(|u| (u.uid, u.gid)),
+        node: cfg.node,
         json: matches!(cfg.log_format, crate::config::LogFormat::Json),
     };
     let tx = Mutex::new(tx.clone());

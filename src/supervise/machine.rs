@@ -166,11 +166,7 @@ impl<'a> Supervisor<'a> {
             (Some(a), Some(fast)) => {
                 spawn_marker_thread(
                     &self.cfg.home.join("data"),
-                    self.cfg
-                        .node_user
-                        .as_ref()
-                        .filter(|_| rustix::process::geteuid().is_root())
-                        .map(|u| (u.uid, u.gid)),
+                    self.cfg.node,
                     fast.clone(),
                     self.tx.clone(),
                 );

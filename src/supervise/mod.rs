@@ -273,17 +273,9 @@ pub fn run(
 
 /// Who may receive the key in this run: the node, under our child.
 fn reader_policy(cfg: &Config, root: Pid) -> ReaderPolicy {
-    let (uid, gid) = match &cfg.node_user {
-        Some(u) => (u.uid, u.gid),
-        None => (
-            rustix::process::geteuid().as_raw(),
-            rustix::process::getegid().as_raw(),
-        ),
-    };
     ReaderPolicy {
         root,
-        uid,
-        gid,
+        node: cfg.node,
         me: Pid(std::process::id() as i32),
     }
 }

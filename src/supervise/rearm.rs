@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 
 use super::Event;
+use crate::identity::NodeIdentity;
 use crate::procfs::Pid;
 use crate::slot::{ArmedFifo, KeySlot, SlotError};
 
@@ -100,7 +101,7 @@ impl FastRearm {
 /// `upgrade-info.json` in place, so close-after-write matters as much as create.
 pub(super) fn spawn_marker_thread(
     data_dir: &Path,
-    node: Option<(u32, u32)>,
+    node: NodeIdentity,
     rearm: Arc<FastRearm>,
     tx: Sender<Event>,
 ) {
@@ -112,15 +113,9 @@ pub(super) fn spawn_marker_thread(
     let flags = inotify::WatchFlags::CLOSE_WRITE
         | inotify::WatchFlags::MOVED_TO
         | inotify::WatchFlags::CREATE;
-    let watched = match inotify::add_watch(&fd, data_dir, flags) {
-        // Split-trust: the node's data/ may be closed to root without
-        // CAP_DAC_READ_SEARCH; the watch only needs read access, as the node.
-        Err(rustix::io::Errno::ACCESS) if node.is_some() => {
-            let (uid, gid) = node.expect("checked");
-            crate::sys::with_fs_ids(uid, gid, || inotify::add_watch(&fd, data_dir, flags))
-        }
-        r => r,
-    };
+    // Split-trust: the node's data/ may be closed to root without
+    // CAP_DAC_READ_SEARCH; the watch only needs read access, as the node.
+    let watched = node.retry_as_node_on_eacces(|| inotify::add_watch(&fd, data_dir, flags));
     if let Err(e) = watched {
         tracing::warn!(dir = %data_dir.display(), error = %e, "cannot watch for the upgrade marker: re-arming only when the node exits");
         return;

@@ -10,7 +10,8 @@
 /// to the node's own uid. fsuid/fsgid are per-thread in the kernel and the
 /// raw syscalls (unlike glibc's set*id wrappers) are not broadcast to other
 /// threads, so nothing else in the process runs with the node's identity.
-pub fn with_fs_ids<T>(uid: u32, gid: u32, f: impl FnOnce() -> T) -> T {
+/// Called only by [`crate::identity`], which decides when to switch.
+pub(crate) fn with_fs_ids<T>(uid: u32, gid: u32, f: impl FnOnce() -> T) -> T {
     /// Restores the previous fs ids even if `f` panics.
     struct Restore(u32, u32);
     impl Drop for Restore {

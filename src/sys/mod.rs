@@ -7,8 +7,8 @@
 //!
 //! One file per concern: [`secret_mem`] (secret memory and the wiping
 //! allocator), [`child`] (the child's setup after `fork`), [`process`] (this
-//! process and its tasks), [`signals`], [`fs_ids`] (acting with the node's
-//! filesystem ids), [`clock`]. Callers use the re-exports below.
+//! process and its tasks), [`signals`], [`fs_ids`] (the node's filesystem ids,
+//! used only through [`crate::identity`]), [`clock`]. Callers use the re-exports below.
 
 mod child;
 mod clock;
@@ -19,7 +19,7 @@ mod signals;
 
 pub use child::{install_child_hardening, ChildCreds};
 pub use clock::boot_time;
-pub use fs_ids::with_fs_ids;
+pub(crate) use fs_ids::with_fs_ids;
 pub use process::{
     core_limit_is_zero, harden_self, make_thread_realtime, page_out_own_executable, same_fd_table,
 };

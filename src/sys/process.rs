@@ -47,7 +47,7 @@ pub fn core_limit_is_zero() -> bool {
 /// Whether tasks `a` and `b` (thread ids) share one file descriptor table:
 /// `kcmp(2)` with `KCMP_FILES`. `None` when the kernel will not say (built
 /// without kcmp, or no ptrace read access to either task: kcmp checks the
-/// *real* credentials, so not through [`super::with_fs_ids`]); the caller must then
+/// *real* credentials, so not through `with_fs_ids`); the caller must then
 /// look at both tables.
 pub fn same_fd_table(a: i32, b: i32) -> Option<bool> {
     /// `KCMP_FILES` from `<linux/kcmp.h>`.
