@@ -1004,7 +1004,7 @@ impl KeySlot {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     //! Every state `repair`/`diagnose` recognise and every move, on real files in
     //! a temporary directory, checked name by name: type, mode, owner, inode,
     //! link count and bytes.
@@ -1017,9 +1017,9 @@ mod tests {
     use crate::key::ValidatorKey;
 
     /// The host's safe key (ed25519, seed 0x11…).
-    const SAFE: &str = r#"{"address":"10BA682C8AD13513971E8B56881AAB8BD702BB80","pub_key":{"type":"tendermint/PubKeyEd25519","value":"0EqyMnQrtKs6E2i9RhXk5tAiSrcaAWuvhSCjMsl3hzc="},"priv_key":{"type":"tendermint/PrivKeyEd25519","value":"ERERERERERERERERERERERERERERERERERERERERERHQSrIydCu0qzoTaL1GFeTm0CJKtxoBa6+FIKMyyXeHNw=="}}"#;
+    pub(crate) const SAFE: &str = r#"{"address":"10BA682C8AD13513971E8B56881AAB8BD702BB80","pub_key":{"type":"tendermint/PubKeyEd25519","value":"0EqyMnQrtKs6E2i9RhXk5tAiSrcaAWuvhSCjMsl3hzc="},"priv_key":{"type":"tendermint/PrivKeyEd25519","value":"ERERERERERERERERERERERERERERERERERERERERERHQSrIydCu0qzoTaL1GFeTm0CJKtxoBa6+FIKMyyXeHNw=="}}"#;
     /// Another complete key (seed 0x22…): the consensus key, or a conflicting backup.
-    const OTHER: &str = r#"{"address":"1325B850C2871916EAE203F0EFC3C8987F64E5E3","pub_key":{"type":"tendermint/PubKeyEd25519","value":"oJql9HpnWYAv+VX43C0qFKXJnSO+l/hkEn/5ODRVpPA="},"priv_key":{"type":"tendermint/PrivKeyEd25519","value":"IiIiIiIiIiIiIiIiIiIiIiIiIiIiIiIiIiIiIiIiIiKgmqX0emdZgC/5VfjcLSoUpcmdI76X+GQSf/k4NFWk8A=="}}"#;
+    pub(crate) const OTHER: &str = r#"{"address":"1325B850C2871916EAE203F0EFC3C8987F64E5E3","pub_key":{"type":"tendermint/PubKeyEd25519","value":"oJql9HpnWYAv+VX43C0qFKXJnSO+l/hkEn/5ODRVpPA="},"priv_key":{"type":"tendermint/PrivKeyEd25519","value":"IiIiIiIiIiIiIiIiIiIiIiIiIiIiIiIiIiIiIiIiIiKgmqX0emdZgC/5VfjcLSoUpcmdI76X+GQSf/k4NFWk8A=="}}"#;
     /// An unprivileged uid/gid for the node when the tests run as root.
     const NOBODY: u32 = 65534;
     const NAME: &str = "priv_validator_key.json";
