@@ -716,13 +716,12 @@ impl KeySlot {
         let o = self.inspect(&self.orig)?;
         let (repair, id) = match judge(&self.path, &self.orig_path(), &p, &o)? {
             Move::Stay(id) => {
-                let action = if apply {
+                let found = if temps { "idle with leftovers" } else { "idle" };
+                let action = temps.then_some(if apply {
                     "removed leftover temporary files"
                 } else {
                     "would remove leftover temporary files"
-                };
-                let found = if temps { "idle with leftovers" } else { "idle" };
-                let action = temps.then_some(action);
+                });
                 (Repair { found, action }, id)
             }
             Move::DropOrig(id) => (self.drop_orig(apply)?, id),
