@@ -50,7 +50,13 @@ impl ReaderPolicy {
     /// The node: our child or one of its descendants, running as the node's uid.
     /// (In `exec` mode the child itself is the node.)
     pub fn allows(&self, h: &Holder) -> bool {
-        h.euid() == self.node.uid() && procfs::is_descendant_of(h.pid, self.root)
+        self.admits(h, |pid| procfs::is_descendant_of(pid, self.root))
+    }
+
+    /// [`ReaderPolicy::allows`], told by `descends` whether a pid is our
+    /// child or one of its descendants (asked only for the node's uid).
+    fn admits(&self, h: &Holder, descends: impl Fn(Pid) -> bool) -> bool {
+        h.euid() == self.node.uid() && descends(h.pid)
     }
 }
 
@@ -222,39 +228,15 @@ impl Pending {
         policy: &ReaderPolicy,
         next: Next,
     ) -> Result<Outcome, DeliverError> {
-        let writer = match reopen_as(&self.armed.path_fd, OFlags::WRONLY, self.canceller.node) {
-            Ok(w) => w,
-            Err(e) if self.canceller.is_cancelled() => {
-                let _ = e;
-                return Ok(Outcome::Cancelled);
-            }
-            Err(e) => return Err(io_err("open for writing")(e)),
-        };
-        if self.canceller.is_cancelled() {
+        // 1. Someone opened the FIFO for reading (or we were cancelled).
+        let Some(writer) = self.open_writer()? else {
             return Ok(Outcome::Cancelled);
-        }
+        };
         let attached = Instant::now();
         crate::failpoint!("after-writer-open");
-        let st = rustix::fs::fstat(&writer).map_err(io_err("fstat"))?;
-        if st.st_dev != self.armed.dev || st.st_ino != self.armed.ino {
-            return Err(DeliverError::WrongInode {
-                expected: self.armed.ino,
-                got: st.st_ino,
-            });
-        }
+        self.check_inode(&writer)?;
         // 2. Nobody new may reach this inode by name from now on.
-        let next_armed = match next {
-            Next::Stripped => {
-                slot.strip(&key.stripped_json())?;
-                tracing::info!(event = "stripped", path = %slot.path().display(), "wrote stripped key file");
-                None
-            }
-            Next::Fifo => Some(slot.arm()?),
-        };
-        let st = rustix::fs::fstat(&writer).map_err(io_err("fstat"))?;
-        if st.st_nlink != 0 {
-            return Err(DeliverError::StillLinked(st.st_nlink as u64));
-        }
+        let next_armed = move_off(slot, key, next, &writer)?;
         // 3. Who holds it?
         let holders = match settle_holders(&self.armed, policy)? {
             Ok(h) => h,
@@ -266,74 +248,32 @@ impl Pending {
                 })
             }
         };
-        let (ok, strangers): (Vec<_>, Vec<_>) =
-            holders.iter().cloned().partition(|h| policy.allows(h));
-        if !strangers.is_empty() || ok.len() != 1 {
-            let reason = if strangers.is_empty() {
-                format!("{} node processes attached at once", ok.len())
-            } else if ok.is_empty() {
-                "the reader is not our node (not a descendant of our child with the node's uid)"
-                    .to_string()
-            } else {
-                "a stranger attached at the same time as the node".to_string()
-            };
-            // Dropping the writer without writing: every reader sees EOF.
-            drop(writer);
-            return Ok(Outcome::Refused {
-                holders,
-                reason,
-                next: next_armed,
-            });
-        }
-        let reader = ok.into_iter().next().expect("one reader");
-        // 4. One write (the key is far below PIPE_BUF, so it is atomic).
-        let json = key.to_secret_json()?;
-        match rustix::io::write(&writer, json.expose_secret()) {
-            Ok(n) if n == json.len() => {}
-            Ok(_) => {
-                return Err(DeliverError::Io {
-                    op: "short write",
-                    source: std::io::Error::other("pipe accepted part of the key"),
-                })
-            }
-            Err(rustix::io::Errno::PIPE) => {
-                return Ok(Outcome::NotRead {
-                    reader,
-                    reason: "the reader closed the FIFO before the key was written",
-                    next: next_armed,
-                })
-            }
-            Err(e) => return Err(io_err("write")(e)),
-        }
-        drop(json);
-        crate::failpoint!("after-key-write");
-        match confirm_drained(&writer)? {
-            Drain::Drained => {}
-            Drain::ReaderGone => {
-                return Ok(Outcome::NotRead {
-                    reader,
-                    reason: "the reader exited or closed the FIFO before reading the key",
-                    next: next_armed,
-                })
-            }
-            Drain::Timeout => {
-                tracing::warn!(
-                    pid = reader.pid.0,
-                    "the node attached but did not read the key within {:?}; closing the pipe",
-                    DRAIN_BOUND
-                );
-                return Ok(Outcome::NotRead {
-                    reader,
-                    reason: "the reader did not read the key in time",
+        let descends = |pid| procfs::is_descendant_of(pid, policy.root);
+        let reader = match decide(&holders, policy, descends) {
+            Decision::Write(reader) => reader,
+            Decision::Refuse(reason) => {
+                // Dropping the writer without writing: every reader sees EOF.
+                drop(writer);
+                return Ok(Outcome::Refused {
+                    holders,
+                    reason,
                     next: next_armed,
                 });
             }
+        };
+        // 4. One write, then the drain.
+        if let Some(reason) = write_key(&writer, key, &reader)? {
+            return Ok(Outcome::NotRead {
+                reader,
+                reason,
+                next: next_armed,
+            });
         }
         let latency = attached.elapsed();
         drop(writer);
         // 5. Anyone else on the pipe now could have read along.
         let after = procfs::holders(self.armed.dev, self.armed.ino, policy.me, policy.node)?;
-        let strangers: Vec<_> = after.into_iter().filter(|h| !policy.allows(h)).collect();
+        let strangers = strangers(after, policy, descends);
         if !strangers.is_empty() {
             return Ok(Outcome::Exposed { reader, strangers });
         }
@@ -343,6 +283,133 @@ impl Pending {
             next: next_armed,
         })
     }
+
+    /// Step 1: the writer end, once a reader has attached; `None` when the
+    /// open returned because we cancelled.
+    fn open_writer(&self) -> Result<Option<OwnedFd>, DeliverError> {
+        match reopen_as(&self.armed.path_fd, OFlags::WRONLY, self.canceller.node) {
+            Ok(_) | Err(_) if self.canceller.is_cancelled() => Ok(None),
+            Ok(w) => Ok(Some(w)),
+            Err(e) => Err(io_err("open for writing")(e)),
+        }
+    }
+
+    /// The writer end must be the inode we armed.
+    fn check_inode(&self, writer: &OwnedFd) -> Result<(), DeliverError> {
+        let st = rustix::fs::fstat(writer).map_err(io_err("fstat"))?;
+        if st.st_dev != self.armed.dev || st.st_ino != self.armed.ino {
+            return Err(DeliverError::WrongInode {
+                expected: self.armed.ino,
+                got: st.st_ino,
+            });
+        }
+        Ok(())
+    }
+}
+
+/// Step 2: the next file renamed over `P`; the FIFO must then have no name left.
+fn move_off(
+    slot: &KeySlot,
+    key: &ValidatorKey,
+    next: Next,
+    writer: &OwnedFd,
+) -> Result<Option<ArmedFifo>, DeliverError> {
+    let next_armed = match next {
+        Next::Stripped => {
+            slot.strip(&key.stripped_json())?;
+            tracing::info!(event = "stripped", path = %slot.path().display(), "wrote stripped key file");
+            None
+        }
+        Next::Fifo => Some(slot.arm()?),
+    };
+    let st = rustix::fs::fstat(writer).map_err(io_err("fstat"))?;
+    if st.st_nlink != 0 {
+        return Err(DeliverError::StillLinked(st.st_nlink as u64));
+    }
+    Ok(next_armed)
+}
+
+/// What the settled holder set decides.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Decision {
+    /// The node alone holds the pipe: write the key to it.
+    Write(Holder),
+    /// Write nothing, for this reason (logged with the holders).
+    Refuse(String),
+}
+
+/// Step 4's condition: the key goes only to a pipe held by exactly one
+/// process, the node (a descendant of our child with the node's uid).
+/// `descends(pid)` says whether `pid` is our child or one of its descendants
+/// (the caller reads that from `/proc`); everything else is decided here.
+pub(crate) fn decide(
+    holders: &[Holder],
+    policy: &ReaderPolicy,
+    descends: impl Fn(Pid) -> bool,
+) -> Decision {
+    let (ok, strangers): (Vec<&Holder>, Vec<&Holder>) =
+        holders.iter().partition(|h| policy.admits(h, &descends));
+    if strangers.is_empty() && ok.len() == 1 {
+        return Decision::Write(ok[0].clone());
+    }
+    Decision::Refuse(if strangers.is_empty() {
+        format!("{} node processes attached at once", ok.len())
+    } else if ok.is_empty() {
+        "the reader is not our node (not a descendant of our child with the node's uid)".to_string()
+    } else {
+        "a stranger attached at the same time as the node".to_string()
+    })
+}
+
+/// Step 5: the holders after the write that are not the node.
+fn strangers(
+    after: Vec<Holder>,
+    policy: &ReaderPolicy,
+    descends: impl Fn(Pid) -> bool,
+) -> Vec<Holder> {
+    after
+        .into_iter()
+        .filter(|h| !policy.admits(h, &descends))
+        .collect()
+}
+
+/// Step 4: one write (the key is far below PIPE_BUF, so it is atomic), then
+/// the drain. `Some(reason)` when the reader did not take the key.
+fn write_key(
+    writer: &OwnedFd,
+    key: &ValidatorKey,
+    reader: &Holder,
+) -> Result<Option<&'static str>, DeliverError> {
+    let json = key.to_secret_json()?;
+    match rustix::io::write(writer, json.expose_secret()) {
+        Ok(n) if n == json.len() => {}
+        Ok(_) => {
+            return Err(DeliverError::Io {
+                op: "short write",
+                source: std::io::Error::other("pipe accepted part of the key"),
+            })
+        }
+        Err(rustix::io::Errno::PIPE) => {
+            return Ok(Some(
+                "the reader closed the FIFO before the key was written",
+            ))
+        }
+        Err(e) => return Err(io_err("write")(e)),
+    }
+    drop(json);
+    crate::failpoint!("after-key-write");
+    Ok(match confirm_drained(writer)? {
+        Drain::Drained => None,
+        Drain::ReaderGone => Some("the reader exited or closed the FIFO before reading the key"),
+        Drain::Timeout => {
+            tracing::warn!(
+                pid = reader.pid.0,
+                "the node attached but did not read the key within {:?}; closing the pipe",
+                DRAIN_BOUND
+            );
+            Some("the reader did not read the key in time")
+        }
+    })
 }
 
 /// Re-scans until the holder set is non-empty and unchanged across two scans.
@@ -357,31 +424,60 @@ fn settle_holders(
     let mut confirming = false;
     loop {
         let cur = procfs::holders(armed.dev, armed.ino, policy.me, policy.node)?;
-        if !cur.is_empty() && prev.as_ref() == Some(&cur) {
-            return Ok(Ok(cur));
-        }
-        // A reader that first showed in the scan that ran into the bound gets
-        // the one scan that can confirm it: on a loaded machine a scan of
-        // every task can take a good part of the bound, and refusing the node
-        // for that would restart it for nothing. Nothing is written unless two
-        // scans in a row agree, however long they take.
-        let just_appeared = !cur.is_empty() && prev.as_ref().map_or(true, Vec::is_empty);
-        if Instant::now() >= deadline && (confirming || !just_appeared) {
-            return Ok(Err(if cur.is_empty() {
-                format!("no reader became visible in /proc within {SETTLE_BOUND:?}")
-            } else {
-                format!(
-                    "the set of readers kept changing for {SETTLE_BOUND:?} (last two scans: {} then {})",
-                    holders_brief(prev.as_deref().unwrap_or_default()),
-                    holders_brief(&cur)
-                )
-            }));
+        let past_deadline = Instant::now() >= deadline;
+        match settle_step(prev.as_deref(), &cur, past_deadline, confirming) {
+            Settle::Stable => return Ok(Ok(cur)),
+            Settle::GiveUp(reason) => return Ok(Err(reason)),
+            Settle::Again => {}
         }
         confirming = Instant::now() >= deadline;
         prev = Some(cur);
         std::thread::sleep(backoff);
         backoff = (backoff * 2).min(Duration::from_millis(10));
     }
+}
+
+/// What one scan of the holders tells the settling loop.
+#[derive(Debug, PartialEq, Eq)]
+enum Settle {
+    /// Non-empty and the same as the scan before: decide on it.
+    Stable,
+    /// Scan again.
+    Again,
+    /// Undecidable within the bound: refuse, for this reason.
+    GiveUp(String),
+}
+
+/// One step of [`settle_holders`]: `cur` after `prev` (`None` before the
+/// first scan), whether the bound has passed, and whether the scan before
+/// already ran into it.
+fn settle_step(
+    prev: Option<&[Holder]>,
+    cur: &[Holder],
+    past_deadline: bool,
+    confirming: bool,
+) -> Settle {
+    if !cur.is_empty() && prev == Some(cur) {
+        return Settle::Stable;
+    }
+    // A reader that first showed in the scan that ran into the bound gets
+    // the one scan that can confirm it: on a loaded machine a scan of
+    // every task can take a good part of the bound, and refusing the node
+    // for that would restart it for nothing. Nothing is written unless two
+    // scans in a row agree, however long they take.
+    let just_appeared = !cur.is_empty() && prev.map_or(true, <[Holder]>::is_empty);
+    if !past_deadline || (just_appeared && !confirming) {
+        return Settle::Again;
+    }
+    Settle::GiveUp(if cur.is_empty() {
+        format!("no reader became visible in /proc within {SETTLE_BOUND:?}")
+    } else {
+        format!(
+            "the set of readers kept changing for {SETTLE_BOUND:?} (last two scans: {} then {})",
+            holders_brief(prev.unwrap_or_default()),
+            holders_brief(cur)
+        )
+    })
 }
 
 /// `[pid 12 task 12, pid 40 task 41]`, for a refusal's reason.
@@ -427,5 +523,354 @@ fn confirm_drained(writer: &OwnedFd) -> Result<Drain, DeliverError> {
             return Ok(Drain::Timeout);
         }
         wait = (wait * 2).min(Duration::from_millis(5));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+    use std::io::Read;
+    use std::process::{Command, Stdio};
+
+    use super::*;
+    use crate::slot::tests::{OTHER as CONSENSUS, SAFE};
+
+    /// Our child (cosmovisor) is pid 100; the node is its descendant 101;
+    /// pid 300 is elsewhere in the tree.
+    const CHILD: i32 = 100;
+    const NODE: i32 = 101;
+    const ELSEWHERE: i32 = 300;
+    const NODE_UID: u32 = 1000;
+
+    fn policy() -> ReaderPolicy {
+        ReaderPolicy {
+            root: Pid(CHILD),
+            node: NodeIdentity::new(NODE_UID, NODE_UID),
+            me: Pid(1),
+        }
+    }
+
+    /// Descendants of our child, as `/proc` would say.
+    fn family(pid: Pid) -> bool {
+        BTreeSet::from([CHILD, NODE, NODE + 1, NODE + 2]).contains(&pid.0)
+    }
+
+    fn holder(pid: i32, uids: [u32; 4]) -> Holder {
+        Holder {
+            pid: Pid(pid),
+            tid: Pid(pid),
+            uids,
+            exe: None,
+        }
+    }
+
+    fn node(pid: i32) -> Holder {
+        holder(pid, [NODE_UID; 4])
+    }
+
+    fn refused(holders: &[Holder]) -> String {
+        match decide(holders, &policy(), family) {
+            Decision::Refuse(reason) => reason,
+            Decision::Write(h) => panic!("wrote to {h:?} for {holders:?}"),
+        }
+    }
+
+    const NOT_OUR_NODE: &str =
+        "the reader is not our node (not a descendant of our child with the node's uid)";
+
+    #[test]
+    fn writes_to_the_node_alone() {
+        let n = node(NODE);
+        assert_eq!(
+            decide(std::slice::from_ref(&n), &policy(), family),
+            Decision::Write(n)
+        );
+        // In `exec` mode our child is the node itself.
+        let child = node(CHILD);
+        assert_eq!(
+            decide(std::slice::from_ref(&child), &policy(), family),
+            Decision::Write(child)
+        );
+        // Through one of its threads.
+        let thread = Holder {
+            tid: Pid(NODE + 50),
+            ..node(NODE)
+        };
+        assert_eq!(
+            decide(std::slice::from_ref(&thread), &policy(), family),
+            Decision::Write(thread)
+        );
+    }
+
+    #[test]
+    fn refuses_a_process_outside_our_child_even_with_the_node_uid() {
+        assert_eq!(refused(&[node(ELSEWHERE)]), NOT_OUR_NODE);
+    }
+
+    /// The effective uid decides: a descendant that kept the node's real uid
+    /// but runs as another is not the node.
+    #[test]
+    fn refuses_a_descendant_of_another_uid() {
+        assert_eq!(refused(&[holder(NODE, [0; 4])]), NOT_OUR_NODE);
+        assert_eq!(
+            refused(&[holder(NODE, [NODE_UID, 0, NODE_UID, NODE_UID])]),
+            NOT_OUR_NODE
+        );
+        assert_eq!(refused(&[holder(NODE, [2000; 4])]), NOT_OUR_NODE);
+    }
+
+    #[test]
+    fn refuses_a_stranger_beside_the_node() {
+        for stranger in [node(ELSEWHERE), holder(NODE + 1, [0; 4])] {
+            let reason = refused(&[node(NODE), stranger.clone()]);
+            assert_eq!(
+                reason, "a stranger attached at the same time as the node",
+                "{stranger:?}"
+            );
+        }
+    }
+
+    /// Two node processes on one pipe: which one would read is a race.
+    #[test]
+    fn refuses_two_node_processes() {
+        assert_eq!(
+            refused(&[node(NODE), node(NODE + 1)]),
+            "2 node processes attached at once"
+        );
+    }
+
+    /// The settling loop never decides on an empty set; if it did, nothing is written.
+    #[test]
+    fn refuses_when_nobody_holds_the_pipe() {
+        assert_eq!(refused(&[]), "0 node processes attached at once");
+    }
+
+    #[test]
+    fn ancestry_is_asked_only_for_the_node_uid() {
+        let asked = std::cell::Cell::new(0);
+        let count = |pid| {
+            asked.set(asked.get() + 1);
+            family(pid)
+        };
+        let _ = decide(&[holder(NODE, [0; 4]), node(NODE)], &policy(), count);
+        assert_eq!(asked.get(), 1);
+    }
+
+    /// Step 5: everyone but the node on the pipe after the write.
+    #[test]
+    fn strangers_after_the_write_are_everyone_but_the_node() {
+        let others = vec![node(ELSEWHERE), holder(NODE + 1, [0; 4])];
+        let mut after = vec![node(NODE)];
+        after.extend(others.iter().cloned());
+        assert_eq!(strangers(after, &policy(), family), others);
+        assert!(strangers(vec![node(NODE)], &policy(), family).is_empty());
+    }
+
+    /// `allows` asks the real `/proc`: this test process is its own
+    /// descendant, init is not ours.
+    #[test]
+    fn allows_reads_ancestry_from_proc() {
+        let me = Pid(rustix::process::getpid().as_raw_nonzero().get());
+        let uid = rustix::process::geteuid().as_raw();
+        let p = ReaderPolicy {
+            root: me,
+            node: NodeIdentity::new(uid, 0),
+            me,
+        };
+        assert!(p.allows(&holder(me.0, [uid; 4])));
+        assert!(!p.allows(&holder(me.0, [uid.wrapping_add(1); 4])));
+        if me.0 != 1 {
+            assert!(!p.allows(&holder(1, [uid; 4])));
+        }
+    }
+
+    // -- settling the holder set --------------------------------------------------------------
+
+    #[test]
+    fn settles_on_two_equal_non_empty_scans_even_past_the_bound() {
+        let a = [node(NODE)];
+        assert_eq!(settle_step(Some(&a), &a, false, false), Settle::Stable);
+        assert_eq!(settle_step(Some(&a), &a, true, true), Settle::Stable);
+    }
+
+    #[test]
+    fn scans_again_within_the_bound() {
+        let a = [node(NODE)];
+        let b = [node(NODE), node(ELSEWHERE)];
+        assert_eq!(settle_step(None, &[], false, false), Settle::Again);
+        assert_eq!(settle_step(Some(&[]), &[], false, false), Settle::Again);
+        assert_eq!(settle_step(None, &a, false, false), Settle::Again);
+        assert_eq!(settle_step(Some(&a), &b, false, false), Settle::Again);
+    }
+
+    #[test]
+    fn gives_up_when_no_reader_shows_within_the_bound() {
+        for prev in [None, Some(&[][..]), Some(&[node(NODE)][..])] {
+            assert_eq!(
+                settle_step(prev, &[], true, false),
+                Settle::GiveUp("no reader became visible in /proc within 200ms".into()),
+                "{prev:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn gives_up_when_the_readers_keep_changing() {
+        let a = [holder(NODE, [NODE_UID; 4])];
+        let b = [Holder {
+            tid: Pid(NODE + 7),
+            ..node(NODE)
+        }];
+        assert_eq!(
+            settle_step(Some(&a), &b, true, false),
+            Settle::GiveUp(
+                "the set of readers kept changing for 200ms (last two scans: \
+                 [pid 101 task 101 uid 1000] then [pid 101 task 108 uid 1000])"
+                    .into()
+            )
+        );
+    }
+
+    /// A reader first seen by the scan that ran into the bound gets one more
+    /// scan to confirm it, and only one.
+    #[test]
+    fn a_reader_seen_first_at_the_bound_gets_one_confirming_scan() {
+        let a = [node(NODE)];
+        assert_eq!(settle_step(None, &a, true, false), Settle::Again);
+        assert_eq!(settle_step(Some(&[]), &a, true, false), Settle::Again);
+        assert!(matches!(
+            settle_step(Some(&[]), &a, true, true),
+            Settle::GiveUp(r) if r.contains("kept changing")
+        ));
+        // The confirming scan agrees: decide on it.
+        assert_eq!(settle_step(Some(&a), &a, true, true), Settle::Stable);
+    }
+
+    // -- the hand-off on a real FIFO --------------------------------------------------------
+
+    /// An armed slot in a tempdir whose node has `uid` (the FIFO is its own).
+    fn armed_slot(uid: u32) -> (tempfile::TempDir, KeySlot, ArmedFifo) {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("priv_validator_key.json");
+        std::fs::write(&path, SAFE).unwrap();
+        let slot = KeySlot::open(
+            &path,
+            NodeIdentity::new(uid, rustix::process::getegid().as_raw()),
+        )
+        .unwrap();
+        slot.backup().unwrap();
+        let armed = slot.arm().unwrap();
+        (tmp, slot, armed)
+    }
+
+    fn our_policy(root: Pid, uid: u32) -> ReaderPolicy {
+        let me = Pid(rustix::process::getpid().as_raw_nonzero().get());
+        ReaderPolicy {
+            root,
+            node: NodeIdentity::new(uid, rustix::process::getegid().as_raw()),
+            me,
+        }
+    }
+
+    /// `cat` reading the key path: a real reader process of our uid.
+    fn reader(slot: &KeySlot) -> std::process::Child {
+        Command::new("cat")
+            .arg(slot.path())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap()
+    }
+
+    /// What the reader got; killed first if the hand-off failed (it would
+    /// wait for a writer forever).
+    fn read_all<T>(child: &mut std::process::Child, run: &Result<T, DeliverError>) -> Vec<u8> {
+        if run.is_err() {
+            let _ = child.kill();
+        }
+        let mut out = Vec::new();
+        child.stdout.take().unwrap().read_to_end(&mut out).unwrap();
+        child.wait().unwrap();
+        out
+    }
+
+    #[test]
+    fn the_node_gets_the_key_once_and_the_stripped_key_takes_its_place() {
+        let me = rustix::process::geteuid().as_raw();
+        let (_tmp, slot, armed) = armed_slot(me);
+        let key = ValidatorKey::parse(CONSENSUS.as_bytes()).unwrap();
+        let mut cat = reader(&slot);
+        let policy = our_policy(Pid(cat.id() as i32), me);
+        let out = Pending::new(armed, &policy).run(&slot, &key, &policy, Next::Stripped);
+        let got = read_all(&mut cat, &out);
+        match out {
+            Ok(Outcome::Delivered { reader, next, .. }) => {
+                assert_eq!(reader.pid.0, cat.id() as i32);
+                assert!(next.is_none());
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(
+            ValidatorKey::parse(&got).unwrap().identity(),
+            key.identity()
+        );
+        assert_eq!(std::fs::read(slot.path()).unwrap(), key.stripped_json());
+    }
+
+    /// A reader of another uid than the node's reads EOF, and the slot moves on all the same.
+    #[test]
+    fn a_reader_of_another_uid_reads_nothing() {
+        // As root the FIFO is the node's, as in production: we open it as the node.
+        let node_uid = rustix::process::geteuid().as_raw().wrapping_add(4242);
+        let (_tmp, slot, armed) = armed_slot(node_uid);
+        let key = ValidatorKey::parse(CONSENSUS.as_bytes()).unwrap();
+        let mut cat = reader(&slot);
+        let policy = our_policy(Pid(cat.id() as i32), node_uid);
+        let out = Pending::new(armed, &policy).run(&slot, &key, &policy, Next::Fifo);
+        assert!(
+            read_all(&mut cat, &out).is_empty(),
+            "the stranger read something"
+        );
+        match out {
+            Ok(Outcome::Refused {
+                holders,
+                reason,
+                next,
+            }) => {
+                assert_eq!(reason, NOT_OUR_NODE);
+                assert_eq!(holders.len(), 1);
+                assert_eq!(holders[0].pid.0, cat.id() as i32);
+                let next = next.expect("always-armed: a fresh FIFO");
+                use std::os::unix::fs::MetadataExt;
+                let at_p = std::fs::symlink_metadata(slot.path()).unwrap();
+                assert_eq!(at_p.ino(), next.ino);
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(
+            !slot.holds_regular_file(),
+            "a fresh FIFO is at the key path"
+        );
+    }
+
+    #[test]
+    fn cancel_wakes_the_writer_and_leaves_the_fifo_armed() {
+        let (_tmp, slot, armed) = armed_slot(rustix::process::geteuid().as_raw());
+        let key = ValidatorKey::parse(CONSENSUS.as_bytes()).unwrap();
+        let ino = armed.ino;
+        let policy = our_policy(Pid(1), rustix::process::geteuid().as_raw());
+        let pending = Pending::new(armed, &policy);
+        let cancel = pending.canceller();
+        let out = std::thread::scope(|s| {
+            let t = s.spawn(|| pending.run(&slot, &key, &policy, Next::Stripped));
+            std::thread::sleep(Duration::from_millis(50));
+            cancel.cancel();
+            t.join().unwrap()
+        });
+        assert!(matches!(out, Ok(Outcome::Cancelled)), "{out:?}");
+        assert!(cancel.is_cancelled());
+        let (repair, _) = slot.diagnose().unwrap();
+        assert_eq!(repair.found, "armed");
+        use std::os::unix::fs::MetadataExt;
+        assert_eq!(std::fs::symlink_metadata(slot.path()).unwrap().ino(), ino);
     }
 }

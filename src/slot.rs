@@ -213,72 +213,56 @@ fn same_inode(a: &Stat, b: &Stat) -> bool {
 /// unless sticky, and the key's own directory must belong to root or the node
 /// user and be writable by nobody else.
 fn open_dir_secure(dir: &Path, node_uid: u32) -> Result<OwnedFd, SlotError> {
-    let io = |op, source| SlotError::Io {
-        op,
-        path: dir.to_path_buf(),
-        source,
-    };
     if !dir.is_absolute() {
-        return Err(io(
+        return Err(dir_io(
+            dir,
             "resolve",
             io::Error::other("key directory must be absolute"),
         ));
     }
-    // Walk component by component with O_NOFOLLOW so every ancestor is checked
-    // on the fd we actually traverse.
+    let walked = walk_nofollow(dir)?;
+    let fd = open_walked(dir, &walked)?;
+    let st = rustix::fs::fstat(&fd).map_err(|e| dir_io(dir, "fstat", e.into()))?;
+    check_key_dir(dir, &st, node_uid)?;
+    Ok(fd)
+}
+
+fn dir_io(path: &Path, op: &'static str, source: io::Error) -> SlotError {
+    SlotError::Io {
+        op,
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// Walks `dir` component by component with `O_NOFOLLOW`, so every ancestor
+/// is checked on the fd we actually traverse. Returns the `O_PATH` fd of `dir`.
+fn walk_nofollow(dir: &Path) -> Result<OwnedFd, SlotError> {
     let mut cur = rustix::fs::open(
         "/",
         OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
         Mode::empty(),
     )
-    .map_err(|e| io("open /", e.into()))?;
+    .map_err(|e| dir_io(dir, "open /", e.into()))?;
     let mut walked = PathBuf::from("/");
     for comp in dir.components() {
         let name = match comp {
             Component::RootDir => continue,
             Component::Normal(n) => n,
             _ => {
-                return Err(io(
+                return Err(dir_io(
+                    dir,
                     "resolve",
                     io::Error::other("key path must not contain . or .."),
                 ))
             }
         };
         walked.push(name);
-        let next = rustix::fs::openat(
-            &cur,
-            name,
-            OFlags::PATH | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-            Mode::empty(),
-        )
-        .map_err(|e| match e {
-            rustix::io::Errno::LOOP | rustix::io::Errno::NOTDIR
-                if rustix::fs::statat(&cur, name, AtFlags::SYMLINK_NOFOLLOW)
-                    .map(|s| kind_of(&s) == FileType::Symlink)
-                    .unwrap_or(false) =>
-            {
-                SlotError::Symlink {
-                    path: walked.clone(),
-                }
-            }
-            e => SlotError::Io {
-                op: "open directory",
-                path: walked.clone(),
-                source: e.into(),
-            },
-        })?;
-        let st = rustix::fs::fstat(&next).map_err(|e| io("fstat", e.into()))?;
-        // Whoever may write to an ancestor (without the sticky bit) can rename
-        // the directories below it and put their own in place, whoever owns
-        // it: a world-writable one is refused even when root owns it (only a
-        // root-owned group-writable one is tolerated, its group trusted like root).
-        let others_write = st.st_mode & 0o002 != 0;
-        if walked != dir
-            && !sticky(&st)
-            && (others_write || (group_or_world_writable(&st) && st.st_uid != 0))
-        {
+        let next = open_component(&cur, name, &walked)?;
+        let st = rustix::fs::fstat(&next).map_err(|e| dir_io(dir, "fstat", e.into()))?;
+        if walked != dir && ancestor_replaceable(&st) {
             return Err(SlotError::UnsafeDir {
-                path: walked.clone(),
+                path: walked,
                 why: format!(
                     "an ancestor directory is writable by group/others (mode {:04o})",
                     st.st_mode & 0o7777
@@ -287,8 +271,49 @@ fn open_dir_secure(dir: &Path, node_uid: u32) -> Result<OwnedFd, SlotError> {
         }
         cur = next;
     }
-    // The authoritative open: openat2 refuses symlinks in the kernel, closing
-    // the window between the walk above and this open.
+    Ok(cur)
+}
+
+/// One step of the walk: `name` under `cur`, refused if it is a symlink.
+fn open_component(cur: &OwnedFd, name: &OsStr, walked: &Path) -> Result<OwnedFd, SlotError> {
+    rustix::fs::openat(
+        cur,
+        name,
+        OFlags::PATH | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|e| match e {
+        rustix::io::Errno::LOOP | rustix::io::Errno::NOTDIR
+            if rustix::fs::statat(cur, name, AtFlags::SYMLINK_NOFOLLOW)
+                .map(|s| kind_of(&s) == FileType::Symlink)
+                .unwrap_or(false) =>
+        {
+            SlotError::Symlink {
+                path: walked.to_path_buf(),
+            }
+        }
+        e => SlotError::Io {
+            op: "open directory",
+            path: walked.to_path_buf(),
+            source: e.into(),
+        },
+    })
+}
+
+/// Whoever may write to an ancestor (without the sticky bit) can rename the
+/// directories below it and put their own in place, whoever owns it: a
+/// world-writable one is refused even when root owns it (only a root-owned
+/// group-writable one is tolerated, its group trusted like root).
+fn ancestor_replaceable(st: &Stat) -> bool {
+    let others_write = st.st_mode & 0o002 != 0;
+    !sticky(st) && (others_write || (group_or_world_writable(st) && st.st_uid != 0))
+}
+
+/// The authoritative open: openat2 refuses symlinks in the kernel, closing
+/// the window between the walk and this open; the result must be the
+/// directory the walk reached.
+fn open_walked(dir: &Path, walked: &OwnedFd) -> Result<OwnedFd, SlotError> {
+    let io = |op, source| dir_io(dir, op, source);
     let fd = match rustix::fs::openat2(
         rustix::fs::CWD,
         dir,
@@ -299,7 +324,7 @@ fn open_dir_secure(dir: &Path, node_uid: u32) -> Result<OwnedFd, SlotError> {
         Ok(fd) => fd,
         Err(rustix::io::Errno::LOOP) => return Err(SlotError::Symlink { path: dir.into() }),
         Err(rustix::io::Errno::NOSYS) => rustix::fs::openat(
-            &cur,
+            walked,
             ".",
             OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
             Mode::empty(),
@@ -308,14 +333,20 @@ fn open_dir_secure(dir: &Path, node_uid: u32) -> Result<OwnedFd, SlotError> {
         Err(e) => return Err(io("open directory", e.into())),
     };
     let st = rustix::fs::fstat(&fd).map_err(|e| io("fstat", e.into()))?;
-    let walked_st = rustix::fs::fstat(&cur).map_err(|e| io("fstat", e.into()))?;
+    let walked_st = rustix::fs::fstat(walked).map_err(|e| io("fstat", e.into()))?;
     if !same_inode(&st, &walked_st) {
         return Err(io(
             "open directory",
             io::Error::other("directory changed while being opened"),
         ));
     }
-    if !owner_trusted(&st, node_uid) {
+    Ok(fd)
+}
+
+/// The key's own directory: owned by root or the node user, writable by
+/// nobody else.
+fn check_key_dir(dir: &Path, st: &Stat, node_uid: u32) -> Result<(), SlotError> {
+    if !owner_trusted(st, node_uid) {
         return Err(SlotError::UnsafeDir {
             path: dir.into(),
             why: format!(
@@ -324,7 +355,7 @@ fn open_dir_secure(dir: &Path, node_uid: u32) -> Result<OwnedFd, SlotError> {
             ),
         });
     }
-    if group_or_world_writable(&st) {
+    if group_or_world_writable(st) {
         return Err(SlotError::UnsafeDir {
             path: dir.into(),
             why: format!(
@@ -333,7 +364,96 @@ fn open_dir_secure(dir: &Path, node_uid: u32) -> Result<OwnedFd, SlotError> {
             ),
         });
     }
-    Ok(fd)
+    Ok(())
+}
+
+/// The move that brings a recognised slot back to idle.
+#[derive(Debug, PartialEq, Eq)]
+enum Move<'e> {
+    /// `P` is the safe key and there is no backup: nothing to move.
+    Stay(&'e PublicIdentity),
+    /// `P.orig` is the same safe key as `P` (a second link, or a copy): unlink it.
+    DropOrig(&'e PublicIdentity),
+    /// `P` is not the safe key and `P.orig` is (the state found is named): rename it over `P`.
+    RestoreOrig(&'static str, &'e PublicIdentity),
+}
+
+/// Judges what is at `P` (`p`) and `P.orig` (`o`): the move back to idle, or
+/// why an operator must decide. Reads and changes nothing, so `repair` and
+/// `diagnose` cannot disagree.
+fn judge<'e>(
+    path: &Path,
+    orig_path: &Path,
+    p: &'e Entry,
+    o: &'e Entry,
+) -> Result<Move<'e>, SlotError> {
+    let path = path.to_path_buf();
+    match (p, o) {
+        (Entry::Complete(_, id, _), Entry::Absent) => Ok(Move::Stay(id)),
+        (Entry::Complete(pst, id, pbytes), Entry::Complete(ost, _, obytes)) => {
+            if same_inode(pst, ost) || pbytes == obytes {
+                Ok(Move::DropOrig(id))
+            } else {
+                Err(SlotError::Conflict { path })
+            }
+        }
+        (Entry::Complete(..), _) => Err(SlotError::BadBackup {
+            path,
+            what: "a complete key",
+            source: match o {
+                Entry::Invalid(e) => e.clone(),
+                _ => KeyError::Stripped,
+            },
+        }),
+        (Entry::Fifo, Entry::Absent) => Err(SlotError::Orphaned {
+            path,
+            what: "a FIFO",
+        }),
+        (Entry::Stripped, Entry::Absent) => Err(SlotError::Orphaned {
+            path,
+            what: "a stripped key",
+        }),
+        (Entry::Absent, Entry::Absent) => Err(SlotError::Missing { path }),
+        (Entry::Invalid(e), Entry::Absent) => Err(SlotError::Invalid {
+            path,
+            source: e.clone(),
+        }),
+        (Entry::Other(kind), _) => Err(SlotError::WrongType { path, kind }),
+        (Entry::Fifo, _) => restorable(path, orig_path, "armed", o),
+        (Entry::Stripped, _) => restorable(path, orig_path, "delivered", o),
+        (Entry::Absent, _) => restorable(path, orig_path, "missing key path with a backup", o),
+        (Entry::Invalid(..), _) => {
+            restorable(path, orig_path, "a truncated or invalid key file", o)
+        }
+    }
+}
+
+/// A present `P.orig` as the safe key to restore: usable only when it is a
+/// complete key (owned by a trusted user: [`KeySlot::inspect`] checked that).
+fn restorable<'e>(
+    path: PathBuf,
+    orig_path: &Path,
+    found: &'static str,
+    o: &'e Entry,
+) -> Result<Move<'e>, SlotError> {
+    match o {
+        Entry::Complete(_, id, _) => Ok(Move::RestoreOrig(found, id)),
+        Entry::Invalid(e) => Err(SlotError::BadBackup {
+            path,
+            what: found,
+            source: e.clone(),
+        }),
+        Entry::Stripped => Err(SlotError::BadBackup {
+            path,
+            what: found,
+            source: KeyError::Stripped,
+        }),
+        Entry::Fifo | Entry::Other(_) => Err(SlotError::WrongType {
+            path: orig_path.to_path_buf(),
+            kind: "non-regular file",
+        }),
+        Entry::Absent => unreachable!("judge handles an absent backup"),
+    }
 }
 
 /// An armed FIFO: the `O_PATH` fd through which the writer end is opened,
@@ -590,117 +710,58 @@ impl KeySlot {
         };
         let p = self.inspect(&self.name)?;
         let o = self.inspect(&self.orig)?;
-        let path = self.path.clone();
-        // A usable backup: a complete key owned by a trusted user.
-        let restore_from_orig =
-            |found: &'static str| -> Result<(Repair, PublicIdentity), SlotError> {
-                match &o {
-                    Entry::Complete(_, id, _) if !apply => Ok((
-                        Repair {
-                            found,
-                            action: Some("would rename .orig over the key path"),
-                        },
-                        (**id).clone(),
-                    )),
-                    Entry::Complete(_, id, _) => {
-                        crate::failpoint!("before-restore-rename");
-                        rustix::fs::renameat(&self.dir, &self.orig, &self.dir, &self.name)
-                            .map_err(self.io("rename backup over", &self.name))?;
-                        crate::failpoint!("after-restore-rename");
-                        self.sync_dir()?;
-                        tracing::info!(event = "restored", path = %path.display(), address = %id.address_hex(), "restored original key file");
-                        Ok((
-                            Repair {
-                                found,
-                                action: Some("renamed .orig over the key path"),
-                            },
-                            (**id).clone(),
-                        ))
-                    }
-                    Entry::Invalid(e) => Err(SlotError::BadBackup {
-                        path: path.clone(),
-                        what: found,
-                        source: e.clone(),
-                    }),
-                    Entry::Stripped => Err(SlotError::BadBackup {
-                        path: path.clone(),
-                        what: found,
-                        source: KeyError::Stripped,
-                    }),
-                    Entry::Fifo | Entry::Other(_) => Err(SlotError::WrongType {
-                        path: self.orig_path(),
-                        kind: "non-regular file",
-                    }),
-                    Entry::Absent => unreachable!("checked by caller"),
-                }
-            };
-        match (&p, &o) {
-            (Entry::Complete(_, id, _), Entry::Absent) => Ok((
-                Repair {
-                    found: if temps { "idle with leftovers" } else { "idle" },
-                    action: temps.then_some(if apply {
-                        "removed leftover temporary files"
-                    } else {
-                        "would remove leftover temporary files"
-                    }),
-                },
-                (**id).clone(),
-            )),
-            (Entry::Complete(pst, id, pbytes), Entry::Complete(ost, _, obytes)) => {
-                if (same_inode(pst, ost) || pbytes == obytes) && !apply {
-                    Ok((
-                        Repair {
-                            found: "backed-up",
-                            action: Some("would remove the redundant .orig link"),
-                        },
-                        (**id).clone(),
-                    ))
-                } else if same_inode(pst, ost) || pbytes == obytes {
-                    // Backed-up (two links to one inode), or the Go tool's
-                    // finished copy. rename() between two links of one inode
-                    // is a no-op, so unlink the backup name instead.
-                    rustix::fs::unlinkat(&self.dir, self.orig.as_os_str(), AtFlags::empty())
-                        .map_err(self.io("unlink", &self.orig))?;
-                    self.sync_dir()?;
-                    tracing::info!(event = "restored", path = %path.display(), "removed redundant backup link");
-                    Ok((
-                        Repair {
-                            found: "backed-up",
-                            action: Some("removed the redundant .orig link"),
-                        },
-                        (**id).clone(),
-                    ))
+        let (repair, id) = match judge(&self.path, &self.orig_path(), &p, &o)? {
+            Move::Stay(id) => {
+                let found = if temps { "idle with leftovers" } else { "idle" };
+                let action = temps.then_some(if apply {
+                    "removed leftover temporary files"
                 } else {
-                    Err(SlotError::Conflict { path })
-                }
+                    "would remove leftover temporary files"
+                });
+                (Repair { found, action }, id)
             }
-            (Entry::Complete(..), _) => Err(SlotError::BadBackup {
-                path: path.clone(),
-                what: "a complete key",
-                source: match &o {
-                    Entry::Invalid(e) => e.clone(),
-                    _ => KeyError::Stripped,
-                },
-            }),
-            (Entry::Fifo, Entry::Absent) => Err(SlotError::Orphaned {
-                path,
-                what: "a FIFO",
-            }),
-            (Entry::Stripped, Entry::Absent) => Err(SlotError::Orphaned {
-                path,
-                what: "a stripped key",
-            }),
-            (Entry::Absent, Entry::Absent) => Err(SlotError::Missing { path }),
-            (Entry::Invalid(e), Entry::Absent) => Err(SlotError::Invalid {
-                path,
-                source: e.clone(),
-            }),
-            (Entry::Other(kind), _) => Err(SlotError::WrongType { path, kind }),
-            (Entry::Fifo, _) => restore_from_orig("armed"),
-            (Entry::Stripped, _) => restore_from_orig("delivered"),
-            (Entry::Absent, _) => restore_from_orig("missing key path with a backup"),
-            (Entry::Invalid(..), _) => restore_from_orig("a truncated or invalid key file"),
+            Move::DropOrig(id) => (self.drop_orig(apply)?, id),
+            Move::RestoreOrig(found, id) => (self.restore_orig(found, id, apply)?, id),
+        };
+        Ok((repair, id.clone()))
+    }
+
+    /// backed-up → idle. Two links to one inode, or the Go tool's finished
+    /// copy: rename() between two links of one inode is a no-op, so the
+    /// backup name is unlinked instead.
+    fn drop_orig(&self, apply: bool) -> Result<Repair, SlotError> {
+        let found = "backed-up";
+        if !apply {
+            let action = Some("would remove the redundant .orig link");
+            return Ok(Repair { found, action });
         }
+        rustix::fs::unlinkat(&self.dir, self.orig.as_os_str(), AtFlags::empty())
+            .map_err(self.io("unlink", &self.orig))?;
+        self.sync_dir()?;
+        tracing::info!(event = "restored", path = %self.path.display(), "removed redundant backup link");
+        let action = Some("removed the redundant .orig link");
+        Ok(Repair { found, action })
+    }
+
+    /// armed/delivered/… → idle: the backup renamed over `P`.
+    fn restore_orig(
+        &self,
+        found: &'static str,
+        id: &PublicIdentity,
+        apply: bool,
+    ) -> Result<Repair, SlotError> {
+        if !apply {
+            let action = Some("would rename .orig over the key path");
+            return Ok(Repair { found, action });
+        }
+        crate::failpoint!("before-restore-rename");
+        rustix::fs::renameat(&self.dir, &self.orig, &self.dir, &self.name)
+            .map_err(self.io("rename backup over", &self.name))?;
+        crate::failpoint!("after-restore-rename");
+        self.sync_dir()?;
+        tracing::info!(event = "restored", path = %self.path.display(), address = %id.address_hex(), "restored original key file");
+        let action = Some("renamed .orig over the key path");
+        Ok(Repair { found, action })
     }
 
     /// Refuses a safe key that is the consensus key itself.
@@ -932,5 +993,892 @@ impl KeySlot {
         rustix::fs::statat(&self.dir, self.name.as_os_str(), AtFlags::SYMLINK_NOFOLLOW)
             .map(|st| kind_of(&st) == FileType::RegularFile)
             .unwrap_or(false)
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    //! Every state `repair`/`diagnose` recognise and every move, on real files in
+    //! a temporary directory, checked name by name: type, mode, owner, inode,
+    //! link count and bytes.
+
+    use std::collections::BTreeMap;
+    use std::fs;
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+
+    use super::*;
+    use crate::key::ValidatorKey;
+
+    /// The host's safe key (ed25519, seed 0x11…).
+    pub(crate) const SAFE: &str = r#"{"address":"10BA682C8AD13513971E8B56881AAB8BD702BB80","pub_key":{"type":"tendermint/PubKeyEd25519","value":"0EqyMnQrtKs6E2i9RhXk5tAiSrcaAWuvhSCjMsl3hzc="},"priv_key":{"type":"tendermint/PrivKeyEd25519","value":"ERERERERERERERERERERERERERERERERERERERERERHQSrIydCu0qzoTaL1GFeTm0CJKtxoBa6+FIKMyyXeHNw=="}}"#;
+    /// Another complete key (seed 0x22…): the consensus key, or a conflicting backup.
+    pub(crate) const OTHER: &str = r#"{"address":"1325B850C2871916EAE203F0EFC3C8987F64E5E3","pub_key":{"type":"tendermint/PubKeyEd25519","value":"oJql9HpnWYAv+VX43C0qFKXJnSO+l/hkEn/5ODRVpPA="},"priv_key":{"type":"tendermint/PrivKeyEd25519","value":"IiIiIiIiIiIiIiIiIiIiIiIiIiIiIiIiIiIiIiIiIiKgmqX0emdZgC/5VfjcLSoUpcmdI76X+GQSf/k4NFWk8A=="}}"#;
+    /// An unprivileged uid/gid for the node when the tests run as root.
+    const NOBODY: u32 = 65534;
+    const NAME: &str = "priv_validator_key.json";
+
+    fn safe_id() -> PublicIdentity {
+        ValidatorKey::parse(SAFE.as_bytes())
+            .unwrap()
+            .identity()
+            .clone()
+    }
+
+    fn stripped(json: &str) -> Vec<u8> {
+        ValidatorKey::parse(json.as_bytes())
+            .unwrap()
+            .stripped_json()
+    }
+
+    /// A safe key cut short, as a power loss leaves an unsynced copy.
+    fn truncated() -> &'static [u8] {
+        &SAFE.as_bytes()[..97]
+    }
+
+    fn am_root() -> bool {
+        rustix::process::geteuid().is_root()
+    }
+
+    /// Whether a root-only test may run; prints why it is skipped otherwise.
+    fn root_or_skip(test: &str) -> bool {
+        if !am_root() {
+            eprintln!("skipping {test}: needs root (files owned by another uid)");
+        }
+        am_root()
+    }
+
+    /// A key directory in a fresh tempdir and the slot opened on it.
+    struct Fx {
+        _tmp: tempfile::TempDir,
+        dir: PathBuf,
+        slot: KeySlot,
+    }
+
+    impl Fx {
+        /// The node is whoever runs the test.
+        fn new() -> Fx {
+            let me = rustix::process::geteuid().as_raw();
+            Fx::with_node(me, rustix::process::getegid().as_raw())
+        }
+
+        fn with_node(uid: u32, gid: u32) -> Fx {
+            let tmp = tempfile::tempdir().unwrap();
+            let dir = tmp.path().to_path_buf();
+            let slot = KeySlot::open(&dir.join(NAME), NodeIdentity::new(uid, gid)).unwrap();
+            Fx {
+                _tmp: tmp,
+                dir,
+                slot,
+            }
+        }
+
+        fn p(&self) -> PathBuf {
+            self.dir.join(NAME)
+        }
+
+        fn orig(&self) -> PathBuf {
+            self.dir.join(format!("{NAME}.orig"))
+        }
+
+        fn tmp(&self, which: &str) -> PathBuf {
+            self.dir.join(format!(".{NAME}.ssm-cosmovisor-{which}.tmp"))
+        }
+
+        fn snapshot(&self) -> BTreeMap<String, Found> {
+            snapshot(&self.dir)
+        }
+    }
+
+    /// One name in the key directory, as found without following or opening it.
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    struct Found {
+        kind: &'static str,
+        mode: u32,
+        uid: u32,
+        gid: u32,
+        ino: u64,
+        nlink: u64,
+        /// A regular file's bytes, a symlink's target.
+        bytes: Vec<u8>,
+    }
+
+    fn snapshot(dir: &Path) -> BTreeMap<String, Found> {
+        let mut out = BTreeMap::new();
+        for e in fs::read_dir(dir).unwrap() {
+            let e = e.unwrap();
+            let md = fs::symlink_metadata(e.path()).unwrap();
+            let t = md.file_type();
+            let (kind, bytes) = if t.is_file() {
+                ("file", fs::read(e.path()).unwrap())
+            } else if t.is_symlink() {
+                let target = fs::read_link(e.path()).unwrap();
+                ("symlink", target.into_os_string().into_encoded_bytes())
+            } else if t.is_dir() {
+                ("dir", vec![])
+            } else if rustix::fs::FileType::from_raw_mode(md.mode()) == FileType::Fifo {
+                ("fifo", vec![])
+            } else {
+                ("other", vec![])
+            };
+            let found = Found {
+                kind,
+                mode: md.mode() & 0o7777,
+                uid: md.uid(),
+                gid: md.gid(),
+                ino: md.ino(),
+                nlink: md.nlink(),
+                bytes,
+            };
+            out.insert(e.file_name().into_string().unwrap(), found);
+        }
+        out
+    }
+
+    fn put(path: &Path, bytes: &[u8], mode: u32) {
+        fs::write(path, bytes).unwrap();
+        fs::set_permissions(path, fs::Permissions::from_mode(mode)).unwrap();
+    }
+
+    fn mkfifo(path: &Path) {
+        rustix::fs::mknodat(
+            rustix::fs::CWD,
+            path,
+            FileType::Fifo,
+            Mode::from_raw_mode(0o600),
+            0,
+        )
+        .unwrap();
+    }
+
+    fn ino(path: &Path) -> u64 {
+        fs::symlink_metadata(path).unwrap().ino()
+    }
+
+    /// What `diagnose` says it would do for what `repair` did.
+    fn would(done: &'static str) -> &'static str {
+        match done {
+            "removed leftover temporary files" => "would remove leftover temporary files",
+            "removed the redundant .orig link" => "would remove the redundant .orig link",
+            "renamed .orig over the key path" => "would rename .orig over the key path",
+            other => panic!("repair reported an action with no diagnose form: {other}"),
+        }
+    }
+
+    /// Runs `diagnose` (which must change nothing), then `repair`, and checks
+    /// that they agree: the same state found and identity and the same move
+    /// (announced, then done), or the same refusal, which changes nothing.
+    fn diagnose_then_repair(fx: &Fx) -> Result<Repair, SlotError> {
+        diagnose_then_repair_on(fx, &|call| call())
+    }
+
+    type Judged = Result<(Repair, PublicIdentity), SlotError>;
+
+    /// [`diagnose_then_repair`], each call made through `on` (on a thread of
+    /// its own, say); the directory is looked at from the test's thread.
+    fn diagnose_then_repair_on(
+        fx: &Fx,
+        on: &dyn Fn(&(dyn Fn() -> Judged + Sync)) -> Judged,
+    ) -> Result<Repair, SlotError> {
+        let before = fx.snapshot();
+        let diag = on(&|| fx.slot.diagnose());
+        assert_eq!(fx.snapshot(), before, "diagnose changed the directory");
+        let rep = on(&|| fx.slot.repair());
+        match (diag, rep) {
+            (Ok((d, did)), Ok((r, rid))) => {
+                assert_eq!(
+                    d.found, r.found,
+                    "diagnose and repair found different states"
+                );
+                assert_eq!(d.action, r.action.map(would), "for found {}", r.found);
+                assert_eq!(did, rid);
+                assert_eq!(rid, safe_id(), "repair returned another identity");
+                Ok(r)
+            }
+            (Err(d), Err(r)) => {
+                assert_eq!(d.to_string(), r.to_string());
+                assert_eq!(
+                    fx.snapshot(),
+                    before,
+                    "a refused repair changed the directory"
+                );
+                Err(r)
+            }
+            (d, r) => panic!("diagnose and repair disagree: {d:?} / {r:?}"),
+        }
+    }
+
+    /// The idle state, exactly: `P` alone, the safe key's inode `ino` with one
+    /// link, `mode`, and the safe key's bytes; a second repair has nothing to do.
+    fn assert_idle(fx: &Fx, ino: u64, mode: u32) {
+        let snap = fx.snapshot();
+        assert_eq!(snap.keys().collect::<Vec<_>>(), [NAME], "{snap:#?}");
+        let p = &snap[NAME];
+        assert_eq!((p.kind, p.mode, p.nlink), ("file", mode, 1), "{p:?}");
+        assert_eq!(p.ino, ino, "P is not the safe key's inode");
+        assert_eq!(p.bytes, SAFE.as_bytes());
+        let again = diagnose_then_repair(fx).unwrap();
+        assert_eq!((again.found, again.action), ("idle", None));
+    }
+
+    // -- repair and diagnose: the states that come back to idle -------------------------
+
+    #[test]
+    fn repair_idle_changes_nothing() {
+        let fx = Fx::new();
+        put(&fx.p(), SAFE.as_bytes(), 0o640);
+        let i = ino(&fx.p());
+        let r = diagnose_then_repair(&fx).unwrap();
+        assert_eq!((r.found, r.action), ("idle", None));
+        assert_idle(&fx, i, 0o640);
+    }
+
+    #[test]
+    fn repair_idle_removes_each_leftover_temporary_name() {
+        let fx = Fx::new();
+        put(&fx.p(), SAFE.as_bytes(), 0o600);
+        let i = ino(&fx.p());
+        mkfifo(&fx.tmp("fifo"));
+        put(&fx.tmp("stripped"), &stripped(SAFE), 0o600);
+        put(&fx.tmp("safe"), SAFE.as_bytes(), 0o600);
+        let r = diagnose_then_repair(&fx).unwrap();
+        assert_eq!(
+            (r.found, r.action),
+            (
+                "idle with leftovers",
+                Some("removed leftover temporary files")
+            )
+        );
+        assert_idle(&fx, i, 0o600);
+    }
+
+    #[test]
+    fn repair_backed_up_unlinks_the_second_link() {
+        let fx = Fx::new();
+        put(&fx.p(), SAFE.as_bytes(), 0o640);
+        fs::hard_link(fx.p(), fx.orig()).unwrap();
+        let i = ino(&fx.p());
+        let r = diagnose_then_repair(&fx).unwrap();
+        assert_eq!(
+            (r.found, r.action),
+            ("backed-up", Some("removed the redundant .orig link"))
+        );
+        assert_idle(&fx, i, 0o640);
+    }
+
+    /// The Go tool backs up by copying: an identical `.orig` on its own inode.
+    #[test]
+    fn repair_backed_up_by_copy_keeps_p_and_drops_the_copy() {
+        let fx = Fx::new();
+        put(&fx.p(), SAFE.as_bytes(), 0o600);
+        put(&fx.orig(), SAFE.as_bytes(), 0o600);
+        let i = ino(&fx.p());
+        assert_ne!(i, ino(&fx.orig()));
+        let r = diagnose_then_repair(&fx).unwrap();
+        assert_eq!(r.found, "backed-up");
+        assert_idle(&fx, i, 0o600);
+    }
+
+    /// Each state whose `P` is not the safe key and whose `.orig` is: the
+    /// backup itself (its inode) goes back to `P`.
+    fn restores_orig(found: &str, make_p: impl FnOnce(&Path), with_leftovers: bool) {
+        let fx = Fx::new();
+        put(&fx.orig(), SAFE.as_bytes(), 0o640);
+        let i = ino(&fx.orig());
+        make_p(&fx.p());
+        if with_leftovers {
+            mkfifo(&fx.tmp("fifo"));
+            put(&fx.tmp("stripped"), &stripped(SAFE), 0o600);
+        }
+        let r = diagnose_then_repair(&fx).unwrap();
+        assert_eq!(
+            (r.found, r.action),
+            (found, Some("renamed .orig over the key path"))
+        );
+        assert_idle(&fx, i, 0o640);
+    }
+
+    #[test]
+    fn repair_armed_renames_the_backup_over_the_fifo() {
+        restores_orig("armed", mkfifo, false);
+    }
+
+    #[test]
+    fn repair_armed_with_leftovers_removes_them_too() {
+        restores_orig("armed", mkfifo, true);
+    }
+
+    #[test]
+    fn repair_delivered_renames_the_backup_over_the_stripped_key() {
+        restores_orig("delivered", |p| put(p, &stripped(OTHER), 0o600), false);
+    }
+
+    /// The Go tool's remove + mkfifo, interrupted between the two.
+    #[test]
+    fn repair_missing_key_path_with_a_backup_restores_it() {
+        restores_orig("missing key path with a backup", |_| {}, false);
+    }
+
+    #[test]
+    fn repair_truncated_key_path_with_a_backup_restores_it() {
+        restores_orig(
+            "a truncated or invalid key file",
+            |p| put(p, truncated(), 0o600),
+            false,
+        );
+    }
+
+    // -- repair and diagnose: the states an operator must decide ------------------------
+
+    #[test]
+    fn repair_refuses_two_different_complete_keys() {
+        let fx = Fx::new();
+        put(&fx.p(), SAFE.as_bytes(), 0o600);
+        put(&fx.orig(), OTHER.as_bytes(), 0o600);
+        match diagnose_then_repair(&fx) {
+            Err(SlotError::Conflict { path }) => assert_eq!(path, fx.p()),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    /// `P` a complete key and `.orig` anything but one.
+    #[test]
+    fn repair_refuses_a_complete_key_with_an_unusable_backup() {
+        for (what, make_orig) in [
+            (
+                "truncated",
+                &(|o: &Path| put(o, truncated(), 0o600)) as &dyn Fn(&Path),
+            ),
+            ("stripped", &|o: &Path| put(o, &stripped(SAFE), 0o600)),
+            ("fifo", &|o: &Path| mkfifo(o)),
+        ] {
+            let fx = Fx::new();
+            put(&fx.p(), SAFE.as_bytes(), 0o600);
+            make_orig(&fx.orig());
+            match diagnose_then_repair(&fx) {
+                Err(SlotError::BadBackup {
+                    path,
+                    what: "a complete key",
+                    source,
+                }) => {
+                    assert_eq!(path, fx.p(), "{what}");
+                    // A FIFO backup is reported as "stripped" too (see the report).
+                    assert_eq!(source == KeyError::Stripped, what != "truncated", "{what}");
+                }
+                other => panic!("{what}: {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn repair_refuses_a_fifo_or_stripped_key_without_a_backup() {
+        for (what, make_p) in [
+            ("a FIFO", &(|p: &Path| mkfifo(p)) as &dyn Fn(&Path)),
+            ("a stripped key", &|p: &Path| put(p, &stripped(SAFE), 0o600)),
+        ] {
+            let fx = Fx::new();
+            make_p(&fx.p());
+            match diagnose_then_repair(&fx) {
+                Err(SlotError::Orphaned { path, what: w }) => {
+                    assert_eq!((path, w), (fx.p(), what));
+                }
+                other => panic!("{what}: {other:?}"),
+            }
+        }
+    }
+
+    /// CometBFT would generate a new key at an empty key path.
+    #[test]
+    fn repair_refuses_an_empty_slot() {
+        let fx = Fx::new();
+        match diagnose_then_repair(&fx) {
+            Err(SlotError::Missing { path }) => assert_eq!(path, fx.p()),
+            other => panic!("{other:?}"),
+        }
+        assert!(fx.snapshot().is_empty());
+    }
+
+    #[test]
+    fn repair_refuses_an_invalid_key_without_a_backup() {
+        let fx = Fx::new();
+        put(&fx.p(), truncated(), 0o600);
+        match diagnose_then_repair(&fx) {
+            Err(SlotError::Invalid { path, source }) => {
+                assert_eq!(path, fx.p());
+                assert_ne!(source, KeyError::Stripped);
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn repair_refuses_a_key_path_of_another_type_with_or_without_a_backup() {
+        for backup in [false, true] {
+            let fx = Fx::new();
+            fs::create_dir(fx.p()).unwrap();
+            if backup {
+                put(&fx.orig(), SAFE.as_bytes(), 0o600);
+            }
+            match diagnose_then_repair(&fx) {
+                Err(SlotError::WrongType { path, kind }) => {
+                    assert_eq!((path, kind), (fx.p(), "directory"), "backup {backup}");
+                }
+                other => panic!("backup {backup}: {other:?}"),
+            }
+        }
+    }
+
+    /// `P` needs the backup (armed, here) and the backup is not a complete key.
+    #[test]
+    fn repair_refuses_to_restore_an_unusable_backup() {
+        let fx = Fx::new();
+        mkfifo(&fx.p());
+        put(&fx.orig(), truncated(), 0o600);
+        match diagnose_then_repair(&fx) {
+            Err(SlotError::BadBackup { path, what, source }) => {
+                assert_eq!((path, what), (fx.p(), "armed"));
+                assert_ne!(source, KeyError::Stripped);
+            }
+            other => panic!("{other:?}"),
+        }
+
+        let fx = Fx::new();
+        put(&fx.p(), truncated(), 0o600);
+        put(&fx.orig(), &stripped(SAFE), 0o600);
+        match diagnose_then_repair(&fx) {
+            Err(SlotError::BadBackup { path, what, source }) => {
+                assert_eq!((path, what), (fx.p(), "a truncated or invalid key file"));
+                assert_eq!(source, KeyError::Stripped);
+            }
+            other => panic!("{other:?}"),
+        }
+
+        let fx = Fx::new();
+        put(&fx.p(), &stripped(SAFE), 0o600);
+        mkfifo(&fx.orig());
+        match diagnose_then_repair(&fx) {
+            Err(SlotError::WrongType { path, kind }) => {
+                assert_eq!((path, kind), (fx.orig(), "non-regular file"));
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn repair_refuses_a_symlink_at_p_or_at_the_backup() {
+        let fx = Fx::new();
+        put(&fx.dir.join("elsewhere.json"), SAFE.as_bytes(), 0o600);
+        std::os::unix::fs::symlink("elsewhere.json", fx.p()).unwrap();
+        match diagnose_then_repair(&fx) {
+            Err(SlotError::Symlink { path }) => assert_eq!(path, fx.p()),
+            other => panic!("{other:?}"),
+        }
+
+        let fx = Fx::new();
+        mkfifo(&fx.p());
+        put(&fx.dir.join("elsewhere.json"), SAFE.as_bytes(), 0o600);
+        std::os::unix::fs::symlink("elsewhere.json", fx.orig()).unwrap();
+        match diagnose_then_repair(&fx) {
+            Err(SlotError::Symlink { path }) => assert_eq!(path, fx.orig()),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn repair_refuses_a_key_or_backup_owned_by_another_user() {
+        if !root_or_skip("repair_refuses_a_key_or_backup_owned_by_another_user") {
+            return;
+        }
+        let stranger = 12345;
+        let fx = Fx::with_node(NOBODY, NOBODY);
+        put(&fx.p(), SAFE.as_bytes(), 0o600);
+        std::os::unix::fs::lchown(fx.p(), Some(stranger), None).unwrap();
+        match diagnose_then_repair(&fx) {
+            Err(SlotError::ForeignOwner {
+                path,
+                uid,
+                expected,
+            }) => assert_eq!((path, uid, expected), (fx.p(), stranger, NOBODY)),
+            other => panic!("{other:?}"),
+        }
+
+        let fx = Fx::with_node(NOBODY, NOBODY);
+        mkfifo(&fx.p());
+        put(&fx.orig(), SAFE.as_bytes(), 0o600);
+        std::os::unix::fs::lchown(fx.orig(), Some(stranger), None).unwrap();
+        match diagnose_then_repair(&fx) {
+            Err(SlotError::ForeignOwner { path, uid, .. }) => {
+                assert_eq!((path, uid), (fx.orig(), stranger))
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    // -- the moves --------------------------------------------------------------------------
+
+    /// What `diagnose` reports for the state the moves just left.
+    fn state_found(fx: &Fx) -> &'static str {
+        fx.slot.diagnose().unwrap().0.found
+    }
+
+    /// idle → backed-up → armed → delivered → armed (re-arm) → idle, with the
+    /// directory checked after each move.
+    #[test]
+    fn each_move_leaves_exactly_its_state() {
+        let fx = Fx::new();
+        let (uid, gid) = (fx.slot.node.uid(), fx.slot.node.gid());
+        put(&fx.p(), SAFE.as_bytes(), 0o640);
+        let safe = fx.snapshot()[NAME].clone();
+        assert_eq!(state_found(&fx), SlotState::Idle.to_string());
+
+        fx.slot.backup().unwrap();
+        let snap = fx.snapshot();
+        let linked = Found {
+            nlink: 2,
+            ..safe.clone()
+        };
+        assert_eq!(snap.len(), 2, "{snap:#?}");
+        assert_eq!(snap[NAME], linked);
+        assert_eq!(snap[&format!("{NAME}.orig")], linked);
+        assert_eq!(state_found(&fx), SlotState::BackedUp.to_string());
+
+        let armed = fx.slot.arm().unwrap();
+        assert_fifo_at_p(&fx, &armed, &safe, uid, gid);
+        assert!(!fx.slot.holds_regular_file());
+        assert_eq!(state_found(&fx), SlotState::Armed.to_string());
+
+        fx.slot.strip(&stripped(SAFE)).unwrap();
+        let snap = fx.snapshot();
+        assert_eq!(snap.len(), 2, "{snap:#?}");
+        let p = &snap[NAME];
+        assert_eq!(
+            (p.kind, p.mode, p.uid, p.gid, p.nlink),
+            ("file", 0o600, uid, gid, 1)
+        );
+        assert_eq!(p.bytes, stripped(SAFE));
+        assert_eq!(snap[&format!("{NAME}.orig")], safe);
+        let fifo = rustix::fs::fstat(&armed.path_fd).unwrap();
+        assert_eq!(fifo.st_nlink, 0, "the delivered FIFO kept a name");
+        assert!(fx.slot.holds_regular_file());
+        assert_eq!(state_found(&fx), SlotState::Delivered.to_string());
+
+        let rearmed = fx.slot.arm().unwrap();
+        assert_ne!(rearmed.ino, armed.ino, "re-arm must make a fresh FIFO");
+        assert_fifo_at_p(&fx, &rearmed, &safe, uid, gid);
+        assert_eq!(state_found(&fx), SlotState::Armed.to_string());
+
+        let r = fx.slot.restore().unwrap();
+        assert_eq!(r.found, "armed");
+        assert_idle(&fx, safe.ino, 0o640);
+    }
+
+    /// Armed: `P` the FIFO `armed` (0600, the node's), `.orig` the safe key alone.
+    fn assert_fifo_at_p(fx: &Fx, armed: &ArmedFifo, safe: &Found, uid: u32, gid: u32) {
+        let snap = fx.snapshot();
+        assert_eq!(snap.len(), 2, "temporary names left: {snap:#?}");
+        let p = &snap[NAME];
+        assert_eq!(
+            (p.kind, p.mode, p.uid, p.gid, p.nlink),
+            ("fifo", 0o600, uid, gid, 1)
+        );
+        let md = fs::symlink_metadata(fx.p()).unwrap();
+        assert_eq!((md.dev(), md.ino()), (armed.dev, armed.ino));
+        assert_eq!(snap[&format!("{NAME}.orig")], *safe);
+    }
+
+    /// The temporary names of a crashed move are taken over, not tripped on.
+    #[test]
+    fn arm_and_strip_replace_their_leftover_temporary_names() {
+        let fx = Fx::new();
+        put(&fx.p(), SAFE.as_bytes(), 0o600);
+        fx.slot.backup().unwrap();
+        mkfifo(&fx.tmp("fifo"));
+        let armed = fx.slot.arm().unwrap();
+        put(&fx.tmp("stripped"), b"half a stripped key", 0o600);
+        fx.slot.strip(&stripped(SAFE)).unwrap();
+        let snap = fx.snapshot();
+        assert_eq!(snap.len(), 2, "{snap:#?}");
+        assert_eq!(snap[NAME].bytes, stripped(SAFE));
+        assert_eq!(rustix::fs::fstat(&armed.path_fd).unwrap().st_nlink, 0);
+    }
+
+    #[test]
+    fn moves_give_the_fifo_and_the_stripped_key_to_the_node() {
+        if !root_or_skip("moves_give_the_fifo_and_the_stripped_key_to_the_node") {
+            return;
+        }
+        let fx = Fx::with_node(NOBODY, NOBODY);
+        put(&fx.p(), SAFE.as_bytes(), 0o640);
+        let safe = fx.snapshot()[NAME].clone();
+        fx.slot.backup().unwrap();
+        let armed = fx.slot.arm().unwrap();
+        assert_fifo_at_p(&fx, &armed, &safe, NOBODY, NOBODY);
+        fx.slot.strip(&stripped(SAFE)).unwrap();
+        let p = &fx.snapshot()[NAME];
+        assert_eq!(
+            (p.kind, p.mode, p.uid, p.gid),
+            ("file", 0o600, NOBODY, NOBODY)
+        );
+        assert_eq!(fx.slot.restore().unwrap().found, "delivered");
+        assert_idle(&fx, safe.ino, 0o640);
+    }
+
+    /// Runs `f` on a thread of its own that has lost `caps` (effective and
+    /// permitted: a return to fsuid 0 would otherwise raise them again), as
+    /// root runs in the split-trust unit.
+    fn without_caps<T: Send>(caps: &[caps::Capability], f: impl FnOnce() -> T + Send) -> T {
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                for &c in caps {
+                    caps::drop(None, caps::CapSet::Effective, c).unwrap();
+                    caps::drop(None, caps::CapSet::Permitted, c).unwrap();
+                }
+                f()
+            })
+            .join()
+            .unwrap()
+        })
+    }
+
+    const SPLIT_TRUST: [caps::Capability; 3] = [
+        caps::Capability::CAP_DAC_OVERRIDE,
+        caps::Capability::CAP_DAC_READ_SEARCH,
+        caps::Capability::CAP_FOWNER,
+    ];
+
+    /// fs.protected_hardlinks: root without CAP_FOWNER may not link the node's file.
+    #[test]
+    fn backup_of_a_node_owned_safe_key_is_refused_with_the_fix() {
+        if !root_or_skip("backup_of_a_node_owned_safe_key_is_refused_with_the_fix") {
+            return;
+        }
+        if fs::read_to_string("/proc/sys/fs/protected_hardlinks")
+            .unwrap()
+            .trim()
+            != "1"
+        {
+            eprintln!("skipping: fs.protected_hardlinks is off here");
+            return;
+        }
+        let fx = Fx::with_node(NOBODY, NOBODY);
+        put(&fx.p(), SAFE.as_bytes(), 0o600);
+        std::os::unix::fs::lchown(fx.p(), Some(NOBODY), Some(NOBODY)).unwrap();
+        let before = fx.snapshot();
+        match without_caps(&SPLIT_TRUST, || fx.slot.backup()) {
+            Err(SlotError::BackupRefused { path, node_gid }) => {
+                assert_eq!((path, node_gid), (fx.p(), NOBODY))
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(fx.snapshot(), before);
+    }
+
+    /// Split trust: the stripped key is the node's 0600 file, which root
+    /// without CAP_DAC_OVERRIDE reads as the node.
+    #[test]
+    fn repair_reads_the_nodes_stripped_key_without_dac_override() {
+        if !root_or_skip("repair_reads_the_nodes_stripped_key_without_dac_override") {
+            return;
+        }
+        let fx = Fx::with_node(NOBODY, NOBODY);
+        put(&fx.p(), SAFE.as_bytes(), 0o600);
+        let i = ino(&fx.p());
+        fx.slot.backup().unwrap();
+        fx.slot.arm().unwrap();
+        fx.slot.strip(&stripped(SAFE)).unwrap();
+        let r = diagnose_then_repair_on(&fx, &|call| without_caps(&SPLIT_TRUST, call)).unwrap();
+        assert_eq!(r.found, "delivered");
+        assert_idle(&fx, i, 0o600);
+    }
+
+    // -- install-safe, the consensus check, opening ------------------------------------
+
+    #[test]
+    fn install_safe_places_the_key_with_its_group_and_mode() {
+        let fx = Fx::new();
+        let gid = if am_root() {
+            NOBODY
+        } else {
+            rustix::process::getegid().as_raw()
+        };
+        match fx
+            .slot
+            .install_safe(SAFE.as_bytes(), Some(gid), 0o640)
+            .unwrap()
+        {
+            Installed::Placed(id) => assert_eq!(*id, safe_id()),
+            other => panic!("{other:?}"),
+        }
+        let snap = fx.snapshot();
+        assert_eq!(snap.keys().collect::<Vec<_>>(), [NAME], "{snap:#?}");
+        let p = &snap[NAME];
+        assert_eq!((p.kind, p.mode, p.gid, p.nlink), ("file", 0o640, gid, 1));
+        assert_eq!(p.bytes, SAFE.as_bytes());
+        assert_eq!(state_found(&fx), "idle");
+    }
+
+    /// Whatever is at `P` or `P.orig` is a slot from an earlier start: repair judges it.
+    #[test]
+    fn install_safe_changes_nothing_when_p_or_the_backup_exists() {
+        for (what, make) in [
+            ("a FIFO at P", &(|fx: &Fx| mkfifo(&fx.p())) as &dyn Fn(&Fx)),
+            ("another key at P", &|fx: &Fx| {
+                put(&fx.p(), OTHER.as_bytes(), 0o600)
+            }),
+            ("a backup only", &|fx: &Fx| {
+                put(&fx.orig(), OTHER.as_bytes(), 0o600)
+            }),
+        ] {
+            let fx = Fx::new();
+            make(&fx);
+            let before = fx.snapshot();
+            let r = fx.slot.install_safe(SAFE.as_bytes(), None, 0o600).unwrap();
+            assert!(matches!(r, Installed::AlreadyPresent), "{what}: {r:?}");
+            assert_eq!(fx.snapshot(), before, "{what}");
+        }
+    }
+
+    #[test]
+    fn install_safe_refuses_anything_but_a_complete_key_and_leaves_nothing() {
+        for (what, bytes) in [
+            ("stripped", stripped(SAFE)),
+            ("truncated", truncated().to_vec()),
+        ] {
+            let fx = Fx::new();
+            match fx.slot.install_safe(&bytes, None, 0o600) {
+                Err(SlotError::Invalid { path, source }) => {
+                    assert_eq!(path, fx.p(), "{what}");
+                    assert_eq!(source == KeyError::Stripped, what == "stripped");
+                }
+                other => panic!("{what}: {other:?}"),
+            }
+            assert!(fx.snapshot().is_empty(), "{what}");
+        }
+    }
+
+    #[test]
+    fn ensure_safe_differs_refuses_the_consensus_key_itself() {
+        let fx = Fx::new();
+        let other = ValidatorKey::parse(OTHER.as_bytes()).unwrap();
+        fx.slot
+            .ensure_safe_differs(&safe_id(), other.identity())
+            .unwrap();
+        match fx.slot.ensure_safe_differs(&safe_id(), &safe_id()) {
+            Err(SlotError::SafeIsConsensus { path, address }) => {
+                assert_eq!((path, address), (fx.p(), safe_id().address_hex()))
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    fn open_in(dir: &Path) -> Result<KeySlot, SlotError> {
+        let me = rustix::process::geteuid().as_raw();
+        KeySlot::open(
+            &dir.join(NAME),
+            NodeIdentity::new(me, rustix::process::getegid().as_raw()),
+        )
+    }
+
+    #[test]
+    fn open_refuses_a_second_instance() {
+        let fx = Fx::new();
+        match open_in(&fx.dir) {
+            Err(SlotError::Locked { path }) => assert_eq!(path, fx.dir),
+            other => panic!("{other:?}"),
+        }
+        drop(fx.slot);
+        open_in(&fx.dir).unwrap();
+    }
+
+    #[test]
+    fn open_refuses_a_symlink_on_the_way() {
+        let tmp = tempfile::tempdir().unwrap();
+        let real = tmp.path().join("real");
+        fs::create_dir(&real).unwrap();
+        fs::set_permissions(&real, fs::Permissions::from_mode(0o700)).unwrap();
+        let link = tmp.path().join("link");
+        std::os::unix::fs::symlink(&real, &link).unwrap();
+        for dir in [link.clone(), link.join("below")] {
+            if dir != link {
+                fs::create_dir(real.join("below")).unwrap();
+            }
+            match open_in(&dir) {
+                Err(SlotError::Symlink { path }) => assert_eq!(path, link),
+                other => panic!("{dir:?}: {other:?}"),
+            }
+        }
+        open_in(&real).unwrap();
+    }
+
+    #[test]
+    fn open_refuses_a_key_directory_writable_by_group_or_others() {
+        for mode in [0o770, 0o707, 0o1777] {
+            let tmp = tempfile::tempdir().unwrap();
+            fs::set_permissions(tmp.path(), fs::Permissions::from_mode(mode)).unwrap();
+            match open_in(tmp.path()) {
+                Err(SlotError::UnsafeDir { path, why }) => {
+                    assert_eq!(path, tmp.path(), "{mode:o}");
+                    assert!(why.contains("writable by group or others"), "{why}");
+                }
+                other => panic!("{mode:o}: {other:?}"),
+            }
+        }
+    }
+
+    /// Whoever may write to an ancestor can swap the directories below it,
+    /// unless it is sticky; a group-writable one is trusted only when root's.
+    #[test]
+    fn open_refuses_an_ancestor_others_may_replace() {
+        let tmp = tempfile::tempdir().unwrap();
+        let up = tmp.path().join("up");
+        let keys = up.join("keys");
+        fs::create_dir_all(&keys).unwrap();
+        fs::set_permissions(&keys, fs::Permissions::from_mode(0o700)).unwrap();
+        let group_ok = am_root();
+        for (mode, ok) in [
+            (0o757, false),
+            (0o777, false),
+            (0o1777, true),
+            (0o775, group_ok),
+        ] {
+            fs::set_permissions(&up, fs::Permissions::from_mode(mode)).unwrap();
+            match open_in(&keys) {
+                Ok(_) if ok => {}
+                Err(SlotError::UnsafeDir { path, why }) if !ok => {
+                    assert_eq!(path, up, "{mode:o}");
+                    assert!(why.contains("ancestor"), "{why}");
+                }
+                other => panic!("ancestor {mode:o}: {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn open_refuses_a_key_directory_owned_by_a_stranger() {
+        if !root_or_skip("open_refuses_a_key_directory_owned_by_a_stranger") {
+            return;
+        }
+        let tmp = tempfile::tempdir().unwrap();
+        std::os::unix::fs::lchown(tmp.path(), Some(12345), None).unwrap();
+        match KeySlot::open(&tmp.path().join(NAME), NodeIdentity::new(NOBODY, NOBODY)) {
+            Err(SlotError::UnsafeDir { path, why }) => {
+                assert_eq!(path, tmp.path());
+                assert!(why.contains("owned by uid 12345"), "{why}");
+            }
+            other => panic!("{other:?}"),
+        }
+        // The node's own directory is fine.
+        KeySlot::open(&tmp.path().join(NAME), NodeIdentity::new(12345, NOBODY)).unwrap();
+    }
+
+    #[test]
+    fn open_refuses_dot_dot_in_the_key_path() {
+        let fx = Fx::new();
+        let sub = fx.dir.join("sub");
+        fs::create_dir(&sub).unwrap();
+        let path = sub.join("..").join("sub").join(NAME);
+        match KeySlot::open(&path, NodeIdentity::new(0, 0)) {
+            Err(SlotError::Io { op: "resolve", .. }) => {}
+            other => panic!("{other:?}"),
+        }
     }
 }
