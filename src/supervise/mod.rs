@@ -44,25 +44,7 @@ pub use signals::{Signals, FORWARDED};
 /// Grace period between SIGTERM and SIGKILL for orphaned nodes.
 pub const ORPHAN_GRACE: Duration = Duration::from_secs(10);
 
-/// Documented exit codes of our own (the child's status is passed through otherwise).
-pub mod exit {
-    /// Usage or configuration error.
-    pub const CONFIG: u8 = 2;
-    /// The key source failed or held an invalid key.
-    pub const SOURCE: u8 = 3;
-    /// The key slot needs an operator.
-    pub const SLOT: u8 = 4;
-    /// The node never read the key (timeout) or delivery failed.
-    pub const DELIVERY: u8 = 5;
-    /// A stranger held the pipe after the key was written: rotate the key.
-    pub const EXPOSED: u8 = 6;
-    /// The child could not be started.
-    pub const SPAWN: u8 = 7;
-    /// The failover lease was lost (node stopped) or cannot be used.
-    pub const LEASE: u8 = 8;
-}
-
-/// A fatal supervision error, with the exit code it maps to.
+/// A fatal supervision error (its exit status: `crate::error`).
 #[derive(Debug, thiserror::Error)]
 pub enum SuperviseError {
     /// The slot failed.
@@ -91,20 +73,6 @@ pub enum SuperviseError {
     /// Internal failure (threads, signals).
     #[error("{0}")]
     Internal(String),
-}
-
-impl SuperviseError {
-    /// The process exit code for this error.
-    pub fn exit_code(&self) -> u8 {
-        match self {
-            SuperviseError::Slot(_) => exit::SLOT,
-            SuperviseError::Spawn { .. } => exit::SPAWN,
-            SuperviseError::Deliver(_) | SuperviseError::Timeout(..) => exit::DELIVERY,
-            SuperviseError::Exposed(_) => exit::EXPOSED,
-            SuperviseError::Lease(_) => exit::LEASE,
-            SuperviseError::Internal(_) => 1,
-        }
-    }
 }
 
 /// What the run's threads tell the supervisor.
