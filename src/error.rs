@@ -242,7 +242,7 @@ fn supervise_exit(e: &SuperviseError) -> Exit {
         SuperviseError::Deliver(_) | SuperviseError::Timeout(..) => Exit::Delivery,
         SuperviseError::Exposed(_) => Exit::Exposed,
         SuperviseError::Lease(_) => Exit::Lease,
-        SuperviseError::Internal(_) => Exit::Failure,
+        SuperviseError::Internal { .. } | SuperviseError::SignalsStartedTwice => Exit::Failure,
     }
 }
 
@@ -299,7 +299,14 @@ mod tests {
                 )),
                 5,
             ),
-            (Error::Supervise(SuperviseError::Internal("x".into())), 1),
+            (
+                Error::Supervise(SuperviseError::Internal {
+                    what: "signal thread",
+                    source: io(),
+                }),
+                1,
+            ),
+            (Error::Supervise(SuperviseError::SignalsStartedTwice), 1),
             (
                 Error::Exec {
                     program: "cosmovisor".into(),

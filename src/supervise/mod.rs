@@ -70,9 +70,25 @@ pub enum SuperviseError {
     /// The failover lease was lost or cannot be used.
     #[error("failover lease: {0}")]
     Lease(String),
-    /// Internal failure (threads, signals).
-    #[error("{0}")]
-    Internal(String),
+    /// A thread, the signal mask or the subreaper could not be set up.
+    #[error("{what}: {source}")]
+    Internal {
+        /// What was being set up.
+        what: &'static str,
+        /// Cause.
+        source: std::io::Error,
+    },
+    /// [`Signals::start`] was called a second time (a bug).
+    #[error("the signal thread was started twice")]
+    SignalsStartedTwice,
+}
+
+/// `map_err` for a setup step that failed with an I/O error.
+fn internal<E: Into<std::io::Error>>(what: &'static str) -> impl FnOnce(E) -> SuperviseError {
+    move |e| SuperviseError::Internal {
+        what,
+        source: e.into(),
+    }
 }
 
 /// What the run's threads tell the supervisor.
@@ -189,19 +205,19 @@ pub fn run(
                 }
             };
             let k = Keeper::start(client, held, state.clone(), holder::lease_news(&tx))
-                .map_err(|e| SuperviseError::Internal(format!("lease thread: {e}")))?;
+                .map_err(internal("lease thread"))?;
             (holder::LeaseThread::Keeper(k, state), Some(g), grace)
         }
         LeaseRole::Standby { client, state } => {
             let w = Waiter::start(client, state, holder::lease_news(&tx))
-                .map_err(|e| SuperviseError::Internal(format!("lease thread: {e}")))?;
+                .map_err(internal("lease thread"))?;
             (holder::LeaseThread::Waiter(w), None, ORPHAN_GRACE)
         }
     };
     // Orphaned descendants (a node whose cosmovisor died) are reparented to
     // us instead of init, so we can stop them.
     rustix::process::set_child_subreaper(Some(rustix::process::getpid()))
-        .map_err(|e| SuperviseError::Internal(format!("PR_SET_CHILD_SUBREAPER: {e}")))?;
+        .map_err(internal("PR_SET_CHILD_SUBREAPER"))?;
     // Arm before the child exists: the node may look for its key at once.
     let armed = match &job {
         Some(j) => {
