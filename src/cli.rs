@@ -507,3 +507,18 @@ fn passthrough(ov: &Overrides, args: Vec<OsString>) -> Result<u8, Error> {
         source: e,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    #[test]
+    fn help_carries_the_exit_status_table() {
+        let after = super::Cli::command()
+            .get_after_help()
+            .expect("after_help")
+            .to_string();
+        let table = crate::error::exit_status_help();
+        assert!(after.contains(&table), "{after}");
+    }
+}

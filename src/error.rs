@@ -350,9 +350,6 @@ mod tests {
             let item = format!("{} {}", e.code(), e.summary());
             assert!(help.contains(&item), "--help lacks {item:?}: {help}");
         }
-        let cli = <crate::cli::Cli as clap::CommandFactory>::command();
-        let after = cli.get_after_help().expect("after_help").to_string();
-        assert!(after.contains(&help), "{after}");
     }
 
     /// The README's summary sentence is the `--help` one, and its restart
