@@ -3,11 +3,10 @@
 
 use std::path::Path;
 
-use crate::cli::CliError;
 use crate::config::{Config, Overrides, ProcessEnv, SourceSpec};
+use crate::error::Exit;
 use crate::slot::KeySlot;
 use crate::source::{self, Origin};
-use crate::supervise::exit;
 
 #[derive(Default)]
 struct Report {
@@ -276,14 +275,16 @@ fn source_checks(r: &mut Report, cfg: &Config, safe: Option<&crate::key::PublicI
     }
 }
 
-/// Runs the preflight. Exit 0 when every check passes (warnings allowed).
-pub fn run(ov: &Overrides) -> Result<u8, CliError> {
+/// Runs the preflight; returns the exit status: 0 when every check passes
+/// (warnings allowed), [`Exit::Config`] when the configuration cannot be
+/// resolved, [`Exit::Failure`] when any check fails.
+pub fn run(ov: &Overrides) -> u8 {
     let mut r = Report::default();
     let cfg = match Config::resolve(ov, &ProcessEnv, &[]) {
         Ok(c) => c,
         Err(e) => {
             r.fail("configuration", &e);
-            return Ok(exit::CONFIG);
+            return Exit::Config.code();
         }
     };
     match cfg.check_before_run(&ProcessEnv) {
@@ -366,9 +367,9 @@ pub fn run(ov: &Overrides) -> Result<u8, CliError> {
     }
     if r.failures == 0 {
         println!("check passed");
-        Ok(0)
+        0
     } else {
         println!("check FAILED: {} problem(s)", r.failures);
-        Ok(1)
+        Exit::Failure.code()
     }
 }

@@ -8,20 +8,19 @@ use std::sync::Arc;
 use clap::{Parser, Subcommand};
 
 use crate::config::{Config, ConfigError, Env, LogFormat, Overrides, ProcessEnv};
+use crate::error::{Error, ImportInput};
 use crate::key::ValidatorKey;
 use crate::lease::{self, LeaseClient, LeaseError, Raised, StateFile};
 use crate::secret::{SecretBuf, MAX_SECRET_LEN};
 use crate::slot::KeySlot;
 use crate::source::{self, Origin};
-use crate::supervise::{self, exit, Ended, KeyJob, LeaseRole};
+use crate::supervise::{self, Ended, KeyJob, LeaseRole};
 
 /// Runs cosmovisor with the validator key fetched from AWS SSM and handed to
 /// the node once, through a verified FIFO, never written to disk.
 #[derive(Debug, Parser)]
 #[command(name = "ssm-cosmovisor", version, about, long_about = None, allow_external_subcommands = true)]
-#[command(
-    after_help = "Any other subcommand (version, add-upgrade, config, ...) is passed to cosmovisor unchanged.\n\nExit status: the child's status (128+N if killed by signal N); 2 configuration, 3 key source, 4 key slot needs an operator, 5 delivery failed or timed out, 6 key may be exposed (rotate it), 7 cannot start the child, 8 failover lease lost (node stopped) or unusable."
-)]
+#[command(after_help = after_help())]
 pub struct Cli {
     /// Whether this host is the active signer [env: USE_SSM_KEY] (true/false, 1/0, yes/no).
     #[arg(long, global = true, value_name = "BOOL")]
@@ -165,39 +164,15 @@ impl Cli {
     }
 }
 
-/// An error at the command level, with its exit code.
-#[derive(Debug, thiserror::Error)]
-#[error("{message}")]
-pub struct CliError {
-    /// Exit code.
-    pub code: u8,
-    /// What to tell the operator.
-    pub message: String,
-}
-
-impl CliError {
-    fn new(code: u8, e: impl std::fmt::Display) -> Self {
-        CliError {
-            code,
-            message: e.to_string(),
-        }
-    }
-}
-
-impl From<ConfigError> for CliError {
-    fn from(e: ConfigError) -> Self {
-        CliError::new(exit::CONFIG, e)
-    }
-}
-
-impl From<supervise::SuperviseError> for CliError {
-    fn from(e: supervise::SuperviseError) -> Self {
-        CliError::new(e.exit_code(), e)
-    }
+fn after_help() -> String {
+    format!(
+        "Any other subcommand (version, add-upgrade, config, ...) is passed to cosmovisor unchanged.\n\n{}",
+        crate::error::exit_status_help()
+    )
 }
 
 /// Runs the parsed command line; returns the process exit code.
-pub fn main(cli: Cli) -> Result<u8, CliError> {
+pub fn main(cli: Cli) -> Result<u8, Error> {
     let ov = cli.overrides();
     let fmt = match ov
         .log_format
@@ -223,9 +198,13 @@ pub fn main(cli: Cli) -> Result<u8, CliError> {
             cfg.check_before_run(&ProcessEnv)?;
             run_with_key(&cfg, &command[0], &command[1..])
         }
-        Cmd::Check => crate::check::run(&ov),
+        Cmd::Check => Ok(crate::check::run(&ov)),
         Cmd::Restore => restore(&ov),
-        Cmd::InstallSafeKey { source } => crate::install::run(&ov, &source),
+        Cmd::InstallSafeKey { source } => {
+            let cfg = Config::resolve(&ov, &ProcessEnv, &[])?;
+            crate::install::install(&cfg, &source)?;
+            Ok(0)
+        }
         Cmd::Import {
             file,
             kms_key_id,
@@ -240,22 +219,17 @@ pub fn main(cli: Cli) -> Result<u8, CliError> {
 }
 
 /// Opens and repairs the slot, fetches the key (when active), and supervises.
-fn run_with_key(cfg: &Config, program: &OsString, args: &[OsString]) -> Result<u8, CliError> {
+fn run_with_key(cfg: &Config, program: &OsString, args: &[OsString]) -> Result<u8, Error> {
     // Before any other thread exists (runtimes, lease threads): they all
     // inherit the blocked signals, so only our sigwait thread ever takes one.
     // Until the slot is first changed, a stop signal ends the process at once.
     let signals = supervise::Signals::start()?;
     // Before any secret exists in this process.
-    crate::harden::harden_self().map_err(|e| {
-        CliError::new(
-            1,
-            format!("cannot harden the process (PR_SET_DUMPABLE/RLIMIT_CORE): {e}"),
-        )
-    })?;
-    let slot = KeySlot::open(&cfg.key_path, cfg.node).map_err(|e| CliError::new(exit::SLOT, e))?;
+    crate::harden::harden_self().map_err(Error::Harden)?;
+    let slot = KeySlot::open(&cfg.key_path, cfg.node)?;
     // Repair runs on every start, also as a standby: a FIFO left by a crash
     // would hang the node, a stripped file would crash it.
-    let (repair, safe) = slot.repair().map_err(|e| CliError::new(exit::SLOT, e))?;
+    let (repair, safe) = slot.repair()?;
     tracing::info!(event = "slot_checked", path = %slot.path().display(), found = repair.found, action = repair.action.unwrap_or("none"), safe_address = %safe.address_hex(), "key slot ready");
     if !cfg.use_ssm_key {
         if cfg.lease.is_some() {
@@ -275,40 +249,24 @@ fn run_with_key(cfg: &Config, program: &OsString, args: &[OsString]) -> Result<u
             LeaseRole::None,
         )?);
     }
-    let spec = cfg
-        .source
-        .as_ref()
-        .ok_or_else(|| CliError::new(exit::CONFIG, "no key source configured"))?;
-    let lease_err = |e: LeaseError| {
-        CliError::new(
-            exit::LEASE,
-            format!("failover lease: {e}; the key was not delivered"),
-        )
-    };
+    let spec = cfg.source.as_ref().ok_or(Error::NoKeySource)?;
     // With a lease, nothing below happens before this host holds it; every
     // error from here on releases it (HeldLease is released on drop).
     let mut lease = match &cfg.lease {
         Some(settings) => match take_lease(&signals, cfg, settings, program, args)? {
             lease::Acquired::Held(l) => Some(l),
             lease::Acquired::Ended(0) => return Ok(0),
-            lease::Acquired::Ended(code) => {
-                return Err(CliError::new(
-                    code,
-                    format!("the standby child exited with status {code}"),
-                ))
-            }
+            lease::Acquired::Ended(status) => return Err(Error::StandbyExited { status }),
         },
         None => None,
     };
     tracing::info!(event = "fetching", source = %spec.describe(), "attempting to fetch consensus key");
-    let fetched = source::fetch(spec, cfg.expected_address.as_deref())
-        .map_err(|e| CliError::new(exit::SOURCE, e))?;
+    let fetched = source::fetch(spec, cfg.expected_address.as_deref())?;
     log_fetched(&fetched.origin, fetched.key.identity());
-    slot.ensure_safe_differs(&safe, fetched.key.identity())
-        .map_err(|e| CliError::new(exit::SLOT, e))?;
+    slot.ensure_safe_differs(&safe, fetched.key.identity())?;
     if let Some(l) = &mut lease {
         l.prepare(&fetched.key.identity().address_hex())
-            .map_err(lease_err)?;
+            .map_err(Error::LeasePrepare)?;
     }
     // From here on the slot changes: a stop must restore it, not just exit.
     signals.defer_stop();
@@ -320,7 +278,7 @@ fn run_with_key(cfg: &Config, program: &OsString, args: &[OsString]) -> Result<u
         );
         return Ok(0);
     }
-    slot.backup().map_err(|e| CliError::new(exit::SLOT, e))?;
+    slot.backup()?;
     // The SDK is done: give its code pages back (most of our RSS otherwise).
     if let Err(e) = crate::sys::page_out_own_executable() {
         tracing::debug!(error = %e, "MADV_PAGEOUT of the executable failed");
@@ -347,10 +305,10 @@ fn run_with_key(cfg: &Config, program: &OsString, args: &[OsString]) -> Result<u
     )?)
 }
 
-fn ended(e: Ended) -> Result<u8, CliError> {
+fn ended(e: Ended) -> Result<u8, Error> {
     match e {
         Ended::Exit(code) => Ok(code),
-        Ended::Acquired(..) => Err(CliError::new(1, "internal error: lease acquired twice")),
+        Ended::Acquired(..) => Err(Error::AcquiredTwice),
     }
 }
 
@@ -362,7 +320,7 @@ fn take_lease(
     settings: &lease::LeaseSettings,
     program: &OsString,
     args: &[OsString],
-) -> Result<lease::Acquired, CliError> {
+) -> Result<lease::Acquired, Error> {
     let state = state_file(cfg)?;
     lease::acquire(
         settings,
@@ -383,12 +341,6 @@ fn state_file(cfg: &Config) -> Result<StateFile, LeaseError> {
     StateFile::of_home(&cfg.home, cfg.node)
 }
 
-impl From<LeaseError> for CliError {
-    fn from(e: LeaseError) -> Self {
-        CliError::new(exit::LEASE, format!("failover lease: {e}"))
-    }
-}
-
 fn parse_ids(s: &str) -> Option<(u32, u32)> {
     let (u, g) = s.split_once(':')?;
     Some((u.parse().ok()?, g.parse().ok()?))
@@ -397,35 +349,27 @@ fn parse_ids(s: &str) -> Option<(u32, u32)> {
 /// `accept-lease-state`: the operator confirms the state a lease carries
 /// after a refusal for too large a jump. Raises this host's sign state to it
 /// only if the lease still carries exactly that height.
-fn accept_lease_state(ov: &Overrides, height: i64) -> Result<u8, CliError> {
+fn accept_lease_state(ov: &Overrides, height: i64) -> Result<u8, Error> {
     let cfg = Config::resolve(ov, &ProcessEnv, &[])?;
-    let lease_err =
-        |e: crate::lease::LeaseError| CliError::new(exit::LEASE, format!("failover lease: {e}"));
-    let settings = cfg.lease.clone().ok_or_else(|| {
-        CliError::new(
-            exit::CONFIG,
-            "SSM_COSMOVISOR_LEASE_TABLE is not set: there is no lease whose state to accept",
-        )
+    let settings = cfg.lease.clone().ok_or(ConfigError::Missing {
+        name: "SSM_COSMOVISOR_LEASE_TABLE",
+        hint: "there is no lease whose state to accept",
     })?;
-    let state = state_file(&cfg).map_err(lease_err)?;
-    let client = LeaseClient::new(settings.clone()).map_err(lease_err)?;
-    let rec = client.read().map_err(lease_err)?.ok_or_else(|| {
-        CliError::new(
-            exit::LEASE,
-            format!("lease {} does not exist: nothing to accept", settings.name),
-        )
+    let state = state_file(&cfg)?;
+    let client = LeaseClient::new(settings.clone())?;
+    let rec = client.read()?.ok_or_else(|| Error::NoLeaseToAccept {
+        name: settings.name.clone(),
     })?;
     if rec.state.height != height {
-        return Err(CliError::new(
-            exit::LEASE,
-            format!(
-                "lease {} now carries {} (holder {}), not height {height}: nothing changed; check again and confirm the height it carries",
-                settings.name, rec.state, rec.holder
-            ),
-        ));
+        return Err(Error::LeaseMoved {
+            name: settings.name,
+            carried: rec.state,
+            holder: rec.holder,
+            height,
+        });
     }
-    let before = state.read().map_err(lease_err)?;
-    let raised = state.raise_to(rec.state).map_err(lease_err)?;
+    let before = state.read()?;
+    let raised = state.raise_to(rec.state)?;
     tracing::info!(event = "lease_state_accepted", lease = %settings.name, from = %before.map(|s| s.to_string()).unwrap_or_else(|| "none".into()), to = %rec.state, "sign state raised to the lease's, as the operator confirmed");
     println!(
         "{}: {} (lease {} by {} carries {})",
@@ -464,10 +408,10 @@ fn log_fetched(origin: &Origin, id: &crate::key::PublicIdentity) {
     }
 }
 
-fn restore(ov: &Overrides) -> Result<u8, CliError> {
+fn restore(ov: &Overrides) -> Result<u8, Error> {
     let cfg = Config::resolve(ov, &ProcessEnv, &[])?;
-    let slot = KeySlot::open(&cfg.key_path, cfg.node).map_err(|e| CliError::new(exit::SLOT, e))?;
-    let (r, safe) = slot.repair().map_err(|e| CliError::new(exit::SLOT, e))?;
+    let slot = KeySlot::open(&cfg.key_path, cfg.node)?;
+    let (r, safe) = slot.repair()?;
     println!(
         "{}: found {}; {}; safe key {} in place",
         slot.path().display(),
@@ -483,52 +427,51 @@ fn import(
     file: Option<PathBuf>,
     kms: Option<&str>,
     overwrite: bool,
-) -> Result<u8, CliError> {
+) -> Result<u8, Error> {
     use secrecy::ExposeSecret;
-    crate::harden::harden_self().map_err(|e| CliError::new(1, e))?;
+    crate::harden::harden_self().map_err(Error::Harden)?;
     let name = ov
         .parameter
         .clone()
         .filter(|p| !p.is_empty())
         .map_or_else(|| ProcessEnv.setting("AWS_PARAMETER"), |p| Ok(Some(p)))?
-        .ok_or_else(|| {
-            CliError::new(
-                exit::CONFIG,
-                "AWS_PARAMETER is not set: name the SSM parameter to create (or --parameter)",
-            )
+        .ok_or(ConfigError::Missing {
+            name: "AWS_PARAMETER",
+            hint: "name the SSM parameter to create (or --parameter)",
         })?;
-    let what = match &file {
-        Some(p) if p.as_os_str() != "-" => p.display().to_string(),
-        _ => "standard input".to_string(),
+    let input = match file {
+        Some(p) if p.as_os_str() != "-" => ImportInput::File(p),
+        _ => ImportInput::Stdin,
     };
-    let mut reader: Box<dyn Read> = match &file {
-        Some(p) if p.as_os_str() != "-" => Box::new(std::fs::File::open(p).map_err(|e| {
-            CliError::new(exit::CONFIG, format!("cannot read {}: {e}", p.display()))
-        })?),
-        _ => Box::new(std::io::stdin()),
+    let mut reader: Box<dyn Read> = match &input {
+        ImportInput::File(p) => {
+            Box::new(std::fs::File::open(p).map_err(|source| Error::ImportOpen {
+                path: p.clone(),
+                source,
+            })?)
+        }
+        ImportInput::Stdin => Box::new(std::io::stdin()),
     };
-    let mut buf = SecretBuf::with_capacity(MAX_SECRET_LEN + 1).map_err(|e| CliError::new(1, e))?;
+    let mut buf = SecretBuf::with_capacity(MAX_SECRET_LEN + 1)?;
     loop {
         let n = buf
             .append_with(|spare| {
                 let n = spare.len().min(MAX_SECRET_LEN + 1);
                 reader.read(&mut spare[..n])
             })
-            .map_err(|e| CliError::new(exit::CONFIG, format!("reading {what}: {e}")))?;
+            .map_err(|source| Error::ImportRead {
+                input: input.clone(),
+                source,
+            })?;
         if n == 0 || buf.len() > MAX_SECRET_LEN {
             break;
         }
     }
-    let key = ValidatorKey::parse(buf.expose_secret()).map_err(|e| {
-        CliError::new(
-            exit::SOURCE,
-            format!("{what} is not a valid key, nothing stored: {e}"),
-        )
-    })?;
+    let key = ValidatorKey::parse(buf.expose_secret())
+        .map_err(|source| Error::ImportInvalid { input, source })?;
     drop(buf);
-    let canonical = key.to_secret_json().map_err(|e| CliError::new(1, e))?;
-    let version = crate::source::ssm::put(&name, &canonical, kms, overwrite)
-        .map_err(|e| CliError::new(exit::SOURCE, e))?;
+    let canonical = key.to_secret_json().map_err(Error::Encode)?;
+    let version = crate::source::ssm::put(&name, &canonical, kms, overwrite)?;
     let id = key.identity();
     tracing::info!(event = "imported", parameter = %name, version, address = %id.address_hex(), "stored key as SecureString");
     println!(
@@ -540,18 +483,30 @@ fn import(
     Ok(0)
 }
 
-fn passthrough(ov: &Overrides, args: Vec<OsString>) -> Result<u8, CliError> {
+fn passthrough(ov: &Overrides, args: Vec<OsString>) -> Result<u8, Error> {
     use std::os::unix::process::CommandExt;
     let program = crate::config::cosmovisor_bin(ov, &ProcessEnv)?;
     let mut cmd = std::process::Command::new(&program);
     cmd.args(&args);
     crate::harden::scrub_env(&mut cmd);
     let e = cmd.exec();
-    Err(CliError::new(
-        exit::SPAWN,
-        format!(
-            "cannot run {}: {e}; set COSMOVISOR_BIN or put cosmovisor on PATH",
-            PathBuf::from(program).display()
-        ),
-    ))
+    Err(Error::Exec {
+        program: PathBuf::from(program),
+        source: e,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    #[test]
+    fn help_carries_the_exit_status_table() {
+        let after = super::Cli::command()
+            .get_after_help()
+            .expect("after_help")
+            .to_string();
+        let table = crate::error::exit_status_help();
+        assert!(after.contains(&table), "{after}");
+    }
 }

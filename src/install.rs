@@ -19,11 +19,9 @@ use std::path::{Path, PathBuf};
 
 use rustix::fs::{FileType, Mode, OFlags};
 
-use crate::cli::CliError;
-use crate::config::{Config, Overrides, ProcessEnv};
+use crate::config::Config;
 use crate::key::{KeyError, KeyFile};
 use crate::slot::{Installed, KeySlot, SlotError};
-use crate::supervise::exit;
 
 /// Why the safe key could not be installed.
 #[derive(Debug, thiserror::Error)]
@@ -145,14 +143,4 @@ pub fn install(cfg: &Config, source: &Path) -> Result<Installed, InstallError> {
         ),
     }
     Ok(done)
-}
-
-/// The `install-safe-key` command.
-pub fn run(ov: &Overrides, source: &Path) -> Result<u8, CliError> {
-    let cfg = Config::resolve(ov, &ProcessEnv, &[])?;
-    install(&cfg, source).map_err(|e| CliError {
-        code: exit::SLOT,
-        message: e.to_string(),
-    })?;
-    Ok(0)
 }

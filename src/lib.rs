@@ -4,7 +4,8 @@
 //!
 //! Modules follow the design: [`config`], [`key`], [`source`], [`slot`] (the
 //! key path's state machine), [`deliver`] (the FIFO hand-off), [`harden`],
-//! [`supervise`], [`cli`]; all `unsafe` lives in [`sys`].
+//! [`supervise`], [`cli`], [`error`] (the one error type and the exit
+//! statuses); all `unsafe` lives in [`sys`].
 
 #![deny(unsafe_op_in_unsafe_fn)]
 #![warn(missing_docs)]
@@ -13,6 +14,7 @@ pub mod check;
 pub mod cli;
 pub mod config;
 pub mod deliver;
+pub mod error;
 pub mod fence;
 pub mod harden;
 pub mod identity;

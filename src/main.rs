@@ -14,13 +14,14 @@ fn main() -> ExitCode {
     match ssm_cosmovisor::cli::main(cli) {
         Ok(code) => ExitCode::from(code),
         Err(e) => {
+            let code = e.exit_code();
             // Also through tracing when it is set up, so JSON logs carry it.
-            tracing::error!(event = "fatal", exit_code = e.code, error = %e.message, "stopping");
+            tracing::error!(event = "fatal", exit_code = code, error = %e, "stopping");
             // One write, so the line cannot interleave with the child's output.
             use std::io::Write as _;
-            let line = format!("ssm-cosmovisor: error: {}\n", e.message);
+            let line = format!("ssm-cosmovisor: error: {e}\n");
             let _ = std::io::stderr().write_all(line.as_bytes());
-            ExitCode::from(e.code)
+            ExitCode::from(code)
         }
     }
 }

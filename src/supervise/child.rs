@@ -58,7 +58,7 @@ impl Child {
             .spawn(move || {
                 let _ = tx.send(Event::ChildExited(child.wait()));
             })
-            .map_err(|e| SuperviseError::Internal(format!("child wait thread: {e}")))?;
+            .map_err(super::internal("child wait thread"))?;
         Ok(Child { pid, pidfd })
     }
 

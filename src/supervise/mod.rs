@@ -44,25 +44,7 @@ pub use signals::{Signals, FORWARDED};
 /// Grace period between SIGTERM and SIGKILL for orphaned nodes.
 pub const ORPHAN_GRACE: Duration = Duration::from_secs(10);
 
-/// Documented exit codes of our own (the child's status is passed through otherwise).
-pub mod exit {
-    /// Usage or configuration error.
-    pub const CONFIG: u8 = 2;
-    /// The key source failed or held an invalid key.
-    pub const SOURCE: u8 = 3;
-    /// The key slot needs an operator.
-    pub const SLOT: u8 = 4;
-    /// The node never read the key (timeout) or delivery failed.
-    pub const DELIVERY: u8 = 5;
-    /// A stranger held the pipe after the key was written: rotate the key.
-    pub const EXPOSED: u8 = 6;
-    /// The child could not be started.
-    pub const SPAWN: u8 = 7;
-    /// The failover lease was lost (node stopped) or cannot be used.
-    pub const LEASE: u8 = 8;
-}
-
-/// A fatal supervision error, with the exit code it maps to.
+/// A fatal supervision error (its exit status: `crate::error`).
 #[derive(Debug, thiserror::Error)]
 pub enum SuperviseError {
     /// The slot failed.
@@ -88,22 +70,24 @@ pub enum SuperviseError {
     /// The failover lease was lost or cannot be used.
     #[error("failover lease: {0}")]
     Lease(String),
-    /// Internal failure (threads, signals).
-    #[error("{0}")]
-    Internal(String),
+    /// A thread, the signal mask or the subreaper could not be set up.
+    #[error("{what}: {source}")]
+    Internal {
+        /// What was being set up.
+        what: &'static str,
+        /// Cause.
+        source: std::io::Error,
+    },
+    /// [`Signals::start`] was called a second time (a bug).
+    #[error("the signal thread was started twice")]
+    SignalsStartedTwice,
 }
 
-impl SuperviseError {
-    /// The process exit code for this error.
-    pub fn exit_code(&self) -> u8 {
-        match self {
-            SuperviseError::Slot(_) => exit::SLOT,
-            SuperviseError::Spawn { .. } => exit::SPAWN,
-            SuperviseError::Deliver(_) | SuperviseError::Timeout(..) => exit::DELIVERY,
-            SuperviseError::Exposed(_) => exit::EXPOSED,
-            SuperviseError::Lease(_) => exit::LEASE,
-            SuperviseError::Internal(_) => 1,
-        }
+/// `map_err` for a setup step that failed with an I/O error.
+fn internal<E: Into<std::io::Error>>(what: &'static str) -> impl FnOnce(E) -> SuperviseError {
+    move |e| SuperviseError::Internal {
+        what,
+        source: e.into(),
     }
 }
 
@@ -221,19 +205,19 @@ pub fn run(
                 }
             };
             let k = Keeper::start(client, held, state.clone(), holder::lease_news(&tx))
-                .map_err(|e| SuperviseError::Internal(format!("lease thread: {e}")))?;
+                .map_err(internal("lease thread"))?;
             (holder::LeaseThread::Keeper(k, state), Some(g), grace)
         }
         LeaseRole::Standby { client, state } => {
             let w = Waiter::start(client, state, holder::lease_news(&tx))
-                .map_err(|e| SuperviseError::Internal(format!("lease thread: {e}")))?;
+                .map_err(internal("lease thread"))?;
             (holder::LeaseThread::Waiter(w), None, ORPHAN_GRACE)
         }
     };
     // Orphaned descendants (a node whose cosmovisor died) are reparented to
     // us instead of init, so we can stop them.
     rustix::process::set_child_subreaper(Some(rustix::process::getpid()))
-        .map_err(|e| SuperviseError::Internal(format!("PR_SET_CHILD_SUBREAPER: {e}")))?;
+        .map_err(internal("PR_SET_CHILD_SUBREAPER"))?;
     // Arm before the child exists: the node may look for its key at once.
     let armed = match &job {
         Some(j) => {

@@ -39,14 +39,11 @@ impl Signals {
     pub fn start() -> Result<Signals, SuperviseError> {
         static STARTED: AtomicBool = AtomicBool::new(false);
         if STARTED.swap(true, Ordering::SeqCst) {
-            return Err(SuperviseError::Internal(
-                "the signal thread was started twice".into(),
-            ));
+            return Err(SuperviseError::SignalsStartedTwice);
         }
         let mut sigs = FORWARDED.to_vec();
         sigs.push(libc::SIGCHLD);
-        crate::sys::block_signals(&sigs)
-            .map_err(|e| SuperviseError::Internal(format!("blocking signals: {e}")))?;
+        crate::sys::block_signals(&sigs).map_err(super::internal("blocking signals"))?;
         let shared = Arc::new(Shared::default());
         shared.exit_on_stop.store(true, Ordering::SeqCst);
         let me = shared.clone();
@@ -58,7 +55,7 @@ impl Signals {
                 };
                 me.take(sig);
             })
-            .map_err(|e| SuperviseError::Internal(format!("signal thread: {e}")))?;
+            .map_err(super::internal("signal thread"))?;
         Ok(Signals(shared))
     }
 
