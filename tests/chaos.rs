@@ -202,11 +202,10 @@ fn proxy_faults_do_what_they_say() {
         e.contains("AccessDeniedException") && e.contains("kms:Decrypt"),
         "{e}"
     );
-    let out = boto3(
-        &relay.endpoint(),
-        &format!("import boto3, os\nc = boto3.client('dynamodb', endpoint_url=os.environ['MOTO_ENDPOINT'])\nprint(c.describe_table(TableName='{TABLE}')['Table']['TableName'])\n"),
+    assert_eq!(
+        dynamodb_describe_table(&relay.endpoint(), TABLE).unwrap(),
+        TABLE
     );
-    assert_eq!(out.trim(), TABLE);
 
     // Refuse: connection refused, and back after the heal.
     relay.set_fault(Fault::Refuse);

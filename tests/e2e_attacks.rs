@@ -23,14 +23,9 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
-use serde_json::Value;
 use support::*;
 
 const PARAM: &str = "/validators/attacks/priv_validator_key";
-
-fn is_root() -> bool {
-    nix::unistd::geteuid().is_root()
-}
 
 fn env_usize(name: &str, default: usize) -> usize {
     std::env::var(name)
@@ -178,10 +173,6 @@ impl Victim {
     }
 }
 
-fn events(tool: &Tool, ev: &str) -> Vec<Value> {
-    log_events(&tool.log_text(), ev)
-}
-
 /// Stops a tool that is still running (SIGTERM) and returns its exit code.
 fn finish(tool: &mut Tool) -> Option<i32> {
     match tool.child.wait_timeout(Duration::ZERO) {
@@ -219,21 +210,22 @@ fn hidden_reader_round(v: &Victim, i: usize, out: &Path) -> Round {
             "delivery_failed",
         ]
         .iter()
-        .any(|e| !events(&tool, e).is_empty())
+        .any(|e| !tool.events(e).is_empty())
     };
     assert!(
         wait_for(decided, Duration::from_secs(40)),
         "round {i}: no outcome; log:\n{}",
         tool.log_text()
     );
-    let node = events(&tool, "child_started")[0]["pid"].as_i64().unwrap();
+    let node = tool.events("child_started")[0]["pid"].as_i64().unwrap();
     let copy = out.join(format!("copied-{node}"));
     let attached = wait_for(|| copy.exists(), Duration::from_secs(10));
     let r = Round {
-        delivered: !events(&tool, "delivered").is_empty(),
-        refused: !events(&tool, "refused_reader").is_empty(),
-        exposed: !events(&tool, "key_exposed").is_empty(),
-        failed: events(&tool, "delivery_failed")
+        delivered: !tool.events("delivered").is_empty(),
+        refused: !tool.events("refused_reader").is_empty(),
+        exposed: !tool.events("key_exposed").is_empty(),
+        failed: tool
+            .events("delivery_failed")
             .first()
             .map(|e| e["error"].to_string()),
         attached,
@@ -455,8 +447,8 @@ sys.exit(second.wait())
         .env("SSM_COSMOVISOR_ALWAYS_ARMED", "true")
         .env("NODE_EXIT_AFTER_MS", "100");
     let mut tool = v.spawn_tool(&cmd, None, "tool.log");
-    let two = || events(&tool, "delivered").len() >= 2 || !events(&tool, "fatal").is_empty();
-    let ok = wait_for(two, Duration::from_secs(40)) && events(&tool, "fatal").is_empty();
+    let two = || tool.events("delivered").len() >= 2 || !tool.events("fatal").is_empty();
+    let ok = wait_for(two, Duration::from_secs(40)) && tool.events("fatal").is_empty();
     wait_for(
         || complete_reports(&v.home).len() >= 2,
         Duration::from_secs(10),
@@ -510,8 +502,8 @@ fn zombie_and_zombie_leader_hidden_reader_together() {
 
 /// Waits for `tool`'s first delivery; panics with its log (and exit code) if it exits first.
 fn wait_delivered(tool: &mut Tool, what: &str) {
-    let done = || !events(tool, "delivered").is_empty() || !events(tool, "fatal").is_empty();
-    let ok = wait_for(done, Duration::from_secs(40)) && events(tool, "fatal").is_empty();
+    let done = || !tool.events("delivered").is_empty() || !tool.events("fatal").is_empty();
+    let ok = wait_for(done, Duration::from_secs(40)) && tool.events("fatal").is_empty();
     if !ok {
         let code = finish(tool);
         panic!(

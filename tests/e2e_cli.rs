@@ -244,9 +244,7 @@ fn parameter_missing() {
 
 #[test]
 fn aws_region_unset() {
-    let moto = Moto::start();
-    let key = TestKey::ed25519();
-    put_key(&moto.endpoint(), PARAM, &key);
+    let (moto, key) = moto_with_key(PARAM);
     let home = NodeHome::new();
     let before = Snapshot::of(&home);
     let mut cmd = active_run(&home, &moto.endpoint(), &[]);
@@ -264,9 +262,7 @@ fn aws_region_unset() {
 
 #[test]
 fn access_denied() {
-    let moto = Moto::start();
-    let key = TestKey::ed25519();
-    put_key(&moto.endpoint(), PARAM, &key);
+    let (moto, key) = moto_with_key(PARAM);
     let (id, secret) = moto_user_without_ssm_access(&moto.endpoint());
     let home = NodeHome::new();
     let before = Snapshot::of(&home);
