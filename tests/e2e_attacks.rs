@@ -314,8 +314,7 @@ fn assert_hidden_reader_caught(label: &str, rounds: &[Round]) {
 /// in every round, each logged as a clean delivery.
 #[test]
 fn hidden_reader_in_a_thread_with_its_own_fd_table_gets_no_key() {
-    if !is_root() {
-        eprintln!("SKIP: needs root to run the unprivileged unit's user");
+    if !root_or_skip("needs root to run the unprivileged unit's user") {
         return;
     }
     let v = victim(Who::Nobody);
@@ -331,8 +330,7 @@ fn hidden_reader_in_a_thread_with_its_own_fd_table_gets_no_key() {
 /// root node, as root sees every fd table. Before the fix: copied in every round.
 #[test]
 fn hidden_reader_behind_a_zombie_leader_gets_no_key() {
-    if !is_root() {
-        eprintln!("SKIP: needs root");
+    if !root_or_skip("needs root") {
         return;
     }
     let v = victim(Who::Root);
@@ -370,8 +368,7 @@ fn zombie_of(v: &Victim) -> (KillOnDrop, i32) {
 /// whose every task is dead holds no fd: it is skipped, and the node gets its key.
 #[test]
 fn a_zombie_of_the_node_uid_does_not_fail_the_delivery() {
-    if !is_root() {
-        eprintln!("SKIP: needs root to run the unprivileged unit's user");
+    if !root_or_skip("needs root to run the unprivileged unit's user") {
         return;
     }
     let v = victim(Who::Nobody);
@@ -407,8 +404,7 @@ fn a_zombie_of_the_node_uid_does_not_fail_the_delivery() {
 /// stand-in that reaps it 3 s late) when the restarted node opens the re-armed FIFO.
 #[test]
 fn previous_node_still_a_zombie_when_the_restarted_node_reads_the_key() {
-    if !is_root() {
-        eprintln!("SKIP: needs root to run the unprivileged unit's user");
+    if !root_or_skip("needs root to run the unprivileged unit's user") {
         return;
     }
     let v = victim(Who::Nobody);
@@ -474,8 +470,7 @@ sys.exit(second.wait())
 /// Before the fix: every round failed closed (exit 5) instead of naming the reader.
 #[test]
 fn zombie_and_zombie_leader_hidden_reader_together() {
-    if !is_root() {
-        eprintln!("SKIP: needs root to run the unprivileged unit's user");
+    if !root_or_skip("needs root to run the unprivileged unit's user") {
         return;
     }
     let v = victim(Who::Nobody);
@@ -521,8 +516,7 @@ fn wait_delivered(tool: &mut Tool, what: &str) {
 /// and `check` names the other instance as a warning (a dedicated uid per node).
 #[test]
 fn two_validators_under_one_uid_both_get_their_keys() {
-    if !is_root() {
-        eprintln!("SKIP: needs root to run the unprivileged unit's user and make cgroups");
+    if !root_or_skip("needs root to run the unprivileged unit's user and make cgroups") {
         return;
     }
     let Some(slice) = TestSlice::new() else {
@@ -603,8 +597,7 @@ fn posing_process(v: &Victim, cg: Option<&Path>, via_parent: bool) -> (KillOnDro
 /// too; `check` said nothing about such a process.
 #[test]
 fn process_posing_as_a_sibling_instance_fails_the_delivery_closed() {
-    if !is_root() {
-        eprintln!("SKIP: needs root to run the unprivileged unit's user and make cgroups");
+    if !root_or_skip("needs root to run the unprivileged unit's user and make cgroups") {
         return;
     }
     let Some(slice) = TestSlice::new() else {
@@ -792,8 +785,7 @@ fn run_briefly(cmd: &mut Command, log: PathBuf, grace: Duration) -> (Option<i32>
 /// `.orig` link and a FIFO.
 #[test]
 fn split_trust_node_config_toml_cannot_choose_the_key_directory() {
-    if !is_root() {
-        eprintln!("SKIP: split trust needs root");
+    if !root_or_skip("split trust needs root") {
         return;
     }
     let s = split();
@@ -870,8 +862,7 @@ fn split_trust_node_config_toml_cannot_choose_the_key_directory() {
 /// within the first runs.
 #[test]
 fn split_trust_node_user_racing_config_dir_against_a_symlink_changes_nothing_outside() {
-    if !is_root() {
-        eprintln!("SKIP: split trust needs root");
+    if !root_or_skip("split trust needs root") {
         return;
     }
     let s = split();

@@ -48,8 +48,7 @@ fn start_delivered(
 
 #[test]
 fn child_has_no_capabilities_no_new_privs_and_no_aws_credentials() {
-    if !is_root() {
-        eprintln!("SKIP: needs root to observe capability dropping");
+    if !root_or_skip("needs root to observe capability dropping") {
         return;
     }
     let moto = Moto::start();
@@ -173,8 +172,7 @@ fn scan_memory(pid: i32, needles: &[(&str, Vec<u8>)]) -> (BTreeMap<String, usize
 
 #[test]
 fn no_copy_of_the_key_in_readable_memory_after_delivery() {
-    if !is_root() {
-        eprintln!("SKIP: needs root to read /proc/<pid>/mem of a non-dumpable process");
+    if !root_or_skip("needs root to read /proc/<pid>/mem of a non-dumpable process") {
         return;
     }
     let moto = Moto::start();
@@ -346,8 +344,7 @@ fn notify_socket_gets_ready_status_and_stopping_in_order() {
 
 #[test]
 fn unprivileged_tool_is_not_dumpable_and_node_user_switch_works() {
-    if !is_root() {
-        eprintln!("SKIP: needs root to create a node owned by another uid");
+    if !root_or_skip("needs root to create a node owned by another uid") {
         return;
     }
     let (moto, _key) = moto_with_key(PARAM);
@@ -406,8 +403,7 @@ fn unprivileged_tool_is_not_dumpable_and_node_user_switch_works() {
 #[test]
 fn split_trust_child_runs_as_node_user_with_no_capabilities() {
     use std::os::unix::fs::PermissionsExt;
-    if !is_root() {
-        eprintln!("SKIP: the uid switch needs root");
+    if !root_or_skip("the uid switch needs root") {
         return;
     }
     let moto = Moto::start();

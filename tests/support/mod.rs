@@ -34,6 +34,7 @@ pub mod lease;
 pub mod nemesis;
 pub mod systemd;
 
-// One flat namespace for the test files (`use support::*`).
+// One flat namespace for the test files (`use support::*`). The allow is inherent, as
+// dead_code above: a test crate that uses nothing of a module leaves its re-export unused.
 #[allow(unused_imports)]
 pub use self::{aws::*, fake_ssm::*, home::*, keys::*, procs::*, proxy::*, tool::*, watch::*};

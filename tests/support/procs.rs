@@ -19,6 +19,15 @@ pub fn is_root() -> bool {
     nix::unistd::geteuid().is_root()
 }
 
+/// Whether the tests run as root; if not, says the test is skipped and why (`why`).
+pub fn root_or_skip(why: &str) -> bool {
+    let root = is_root();
+    if !root {
+        eprintln!("SKIP: {why}");
+    }
+    root
+}
+
 /// Whether the tests run as root with `setpriv` (util-linux) at hand to bound root's
 /// capabilities; if not, says the test is skipped.
 pub fn root_with_setpriv() -> bool {
