@@ -202,11 +202,10 @@ fn proxy_faults_do_what_they_say() {
         e.contains("AccessDeniedException") && e.contains("kms:Decrypt"),
         "{e}"
     );
-    let out = boto3(
-        &relay.endpoint(),
-        &format!("import boto3, os\nc = boto3.client('dynamodb', endpoint_url=os.environ['MOTO_ENDPOINT'])\nprint(c.describe_table(TableName='{TABLE}')['Table']['TableName'])\n"),
+    assert_eq!(
+        dynamodb_describe_table(&relay.endpoint(), TABLE).unwrap(),
+        TABLE
     );
-    assert_eq!(out.trim(), TABLE);
 
     // Refuse: connection refused, and back after the heal.
     relay.set_fault(Fault::Refuse);
@@ -217,23 +216,21 @@ fn proxy_faults_do_what_they_say() {
 
     // Blackhole: no answer, and the write never reaches moto.
     relay.set_fault(Fault::Blackhole);
-    let put = |v: &str| {
-        format!(r#"{{"Name":"/chaos/p","Value":"{v}","Type":"SecureString","Overwrite":true}}"#)
+    // A PutParameter of `v` that gets no answer within 1.5 s.
+    let put_unanswered = |v: &str| {
+        let put = format!(
+            r#"{{"Name":"/chaos/p","Value":"{v}","Type":"SecureString","Overwrite":true}}"#
+        );
+        let e = raw_ssm(port, "PutParameter", &put, Duration::from_millis(1500)).unwrap_err();
+        assert!(
+            matches!(
+                e.kind(),
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+            ),
+            "{e}"
+        );
     };
-    let e = raw_ssm(
-        port,
-        "PutParameter",
-        &put("v2"),
-        Duration::from_millis(1500),
-    )
-    .unwrap_err();
-    assert!(
-        matches!(
-            e.kind(),
-            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-        ),
-        "{e}"
-    );
+    put_unanswered("v2");
     assert_eq!(
         ssm_get_raw(&ep, "/chaos/p").unwrap().value,
         "v1",
@@ -242,20 +239,7 @@ fn proxy_faults_do_what_they_say() {
 
     // Drop replies: no answer, but the write lands.
     relay.set_fault(Fault::DropReplies);
-    let e = raw_ssm(
-        port,
-        "PutParameter",
-        &put("v3"),
-        Duration::from_millis(1500),
-    )
-    .unwrap_err();
-    assert!(
-        matches!(
-            e.kind(),
-            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-        ),
-        "{e}"
-    );
+    put_unanswered("v3");
     assert!(
         wait_for(
             || ssm_get_raw(&ep, "/chaos/p").unwrap().value == "v3",

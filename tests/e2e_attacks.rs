@@ -23,14 +23,9 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
-use serde_json::Value;
 use support::*;
 
 const PARAM: &str = "/validators/attacks/priv_validator_key";
-
-fn is_root() -> bool {
-    nix::unistd::geteuid().is_root()
-}
 
 fn env_usize(name: &str, default: usize) -> usize {
     std::env::var(name)
@@ -178,10 +173,6 @@ impl Victim {
     }
 }
 
-fn events(tool: &Tool, ev: &str) -> Vec<Value> {
-    log_events(&tool.log_text(), ev)
-}
-
 /// Stops a tool that is still running (SIGTERM) and returns its exit code.
 fn finish(tool: &mut Tool) -> Option<i32> {
     match tool.child.wait_timeout(Duration::ZERO) {
@@ -219,21 +210,22 @@ fn hidden_reader_round(v: &Victim, i: usize, out: &Path) -> Round {
             "delivery_failed",
         ]
         .iter()
-        .any(|e| !events(&tool, e).is_empty())
+        .any(|e| !tool.events(e).is_empty())
     };
     assert!(
         wait_for(decided, Duration::from_secs(40)),
         "round {i}: no outcome; log:\n{}",
         tool.log_text()
     );
-    let node = events(&tool, "child_started")[0]["pid"].as_i64().unwrap();
+    let node = tool.events("child_started")[0]["pid"].as_i64().unwrap();
     let copy = out.join(format!("copied-{node}"));
     let attached = wait_for(|| copy.exists(), Duration::from_secs(10));
     let r = Round {
-        delivered: !events(&tool, "delivered").is_empty(),
-        refused: !events(&tool, "refused_reader").is_empty(),
-        exposed: !events(&tool, "key_exposed").is_empty(),
-        failed: events(&tool, "delivery_failed")
+        delivered: !tool.events("delivered").is_empty(),
+        refused: !tool.events("refused_reader").is_empty(),
+        exposed: !tool.events("key_exposed").is_empty(),
+        failed: tool
+            .events("delivery_failed")
             .first()
             .map(|e| e["error"].to_string()),
         attached,
@@ -322,8 +314,7 @@ fn assert_hidden_reader_caught(label: &str, rounds: &[Round]) {
 /// in every round, each logged as a clean delivery.
 #[test]
 fn hidden_reader_in_a_thread_with_its_own_fd_table_gets_no_key() {
-    if !is_root() {
-        eprintln!("SKIP: needs root to run the unprivileged unit's user");
+    if !root_or_skip("needs root to run the unprivileged unit's user") {
         return;
     }
     let v = victim(Who::Nobody);
@@ -339,8 +330,7 @@ fn hidden_reader_in_a_thread_with_its_own_fd_table_gets_no_key() {
 /// root node, as root sees every fd table. Before the fix: copied in every round.
 #[test]
 fn hidden_reader_behind_a_zombie_leader_gets_no_key() {
-    if !is_root() {
-        eprintln!("SKIP: needs root");
+    if !root_or_skip("needs root") {
         return;
     }
     let v = victim(Who::Root);
@@ -378,8 +368,7 @@ fn zombie_of(v: &Victim) -> (KillOnDrop, i32) {
 /// whose every task is dead holds no fd: it is skipped, and the node gets its key.
 #[test]
 fn a_zombie_of_the_node_uid_does_not_fail_the_delivery() {
-    if !is_root() {
-        eprintln!("SKIP: needs root to run the unprivileged unit's user");
+    if !root_or_skip("needs root to run the unprivileged unit's user") {
         return;
     }
     let v = victim(Who::Nobody);
@@ -415,8 +404,7 @@ fn a_zombie_of_the_node_uid_does_not_fail_the_delivery() {
 /// stand-in that reaps it 3 s late) when the restarted node opens the re-armed FIFO.
 #[test]
 fn previous_node_still_a_zombie_when_the_restarted_node_reads_the_key() {
-    if !is_root() {
-        eprintln!("SKIP: needs root to run the unprivileged unit's user");
+    if !root_or_skip("needs root to run the unprivileged unit's user") {
         return;
     }
     let v = victim(Who::Nobody);
@@ -455,8 +443,8 @@ sys.exit(second.wait())
         .env("SSM_COSMOVISOR_ALWAYS_ARMED", "true")
         .env("NODE_EXIT_AFTER_MS", "100");
     let mut tool = v.spawn_tool(&cmd, None, "tool.log");
-    let two = || events(&tool, "delivered").len() >= 2 || !events(&tool, "fatal").is_empty();
-    let ok = wait_for(two, Duration::from_secs(40)) && events(&tool, "fatal").is_empty();
+    let two = || tool.events("delivered").len() >= 2 || !tool.events("fatal").is_empty();
+    let ok = wait_for(two, Duration::from_secs(40)) && tool.events("fatal").is_empty();
     wait_for(
         || complete_reports(&v.home).len() >= 2,
         Duration::from_secs(10),
@@ -482,8 +470,7 @@ sys.exit(second.wait())
 /// Before the fix: every round failed closed (exit 5) instead of naming the reader.
 #[test]
 fn zombie_and_zombie_leader_hidden_reader_together() {
-    if !is_root() {
-        eprintln!("SKIP: needs root to run the unprivileged unit's user");
+    if !root_or_skip("needs root to run the unprivileged unit's user") {
         return;
     }
     let v = victim(Who::Nobody);
@@ -510,8 +497,8 @@ fn zombie_and_zombie_leader_hidden_reader_together() {
 
 /// Waits for `tool`'s first delivery; panics with its log (and exit code) if it exits first.
 fn wait_delivered(tool: &mut Tool, what: &str) {
-    let done = || !events(tool, "delivered").is_empty() || !events(tool, "fatal").is_empty();
-    let ok = wait_for(done, Duration::from_secs(40)) && events(tool, "fatal").is_empty();
+    let done = || !tool.events("delivered").is_empty() || !tool.events("fatal").is_empty();
+    let ok = wait_for(done, Duration::from_secs(40)) && tool.events("fatal").is_empty();
     if !ok {
         let code = finish(tool);
         panic!(
@@ -529,8 +516,7 @@ fn wait_delivered(tool: &mut Tool, what: &str) {
 /// and `check` names the other instance as a warning (a dedicated uid per node).
 #[test]
 fn two_validators_under_one_uid_both_get_their_keys() {
-    if !is_root() {
-        eprintln!("SKIP: needs root to run the unprivileged unit's user and make cgroups");
+    if !root_or_skip("needs root to run the unprivileged unit's user and make cgroups") {
         return;
     }
     let Some(slice) = TestSlice::new() else {
@@ -611,8 +597,7 @@ fn posing_process(v: &Victim, cg: Option<&Path>, via_parent: bool) -> (KillOnDro
 /// too; `check` said nothing about such a process.
 #[test]
 fn process_posing_as_a_sibling_instance_fails_the_delivery_closed() {
-    if !is_root() {
-        eprintln!("SKIP: needs root to run the unprivileged unit's user and make cgroups");
+    if !root_or_skip("needs root to run the unprivileged unit's user and make cgroups") {
         return;
     }
     let Some(slice) = TestSlice::new() else {
@@ -800,8 +785,7 @@ fn run_briefly(cmd: &mut Command, log: PathBuf, grace: Duration) -> (Option<i32>
 /// `.orig` link and a FIFO.
 #[test]
 fn split_trust_node_config_toml_cannot_choose_the_key_directory() {
-    if !is_root() {
-        eprintln!("SKIP: split trust needs root");
+    if !root_or_skip("split trust needs root") {
         return;
     }
     let s = split();
@@ -878,8 +862,7 @@ fn split_trust_node_config_toml_cannot_choose_the_key_directory() {
 /// within the first runs.
 #[test]
 fn split_trust_node_user_racing_config_dir_against_a_symlink_changes_nothing_outside() {
-    if !is_root() {
-        eprintln!("SKIP: split trust needs root");
+    if !root_or_skip("split trust needs root") {
         return;
     }
     let s = split();

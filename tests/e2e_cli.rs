@@ -154,6 +154,21 @@ fn assert_refused(
 fn refuses_parameter_value(value: &str, needles: &[&str], keys: &[&TestKey]) -> Output {
     let moto = Moto::start();
     ssm_put(&moto.endpoint(), PARAM, value, "SecureString", None);
+    refused_run(&moto, needles, keys)
+}
+
+/// As [`refuses_parameter_value`] for a value real SSM would not store: when moto stores
+/// it, the run must refuse it; when moto refuses it too, its error.
+fn refuses_stored_value(value: &str, needles: &[&str], keys: &[&TestKey]) -> Result<(), String> {
+    let moto = Moto::start();
+    ssm_try_put(&moto.endpoint(), PARAM, value, "SecureString")?;
+    refused_run(&moto, needles, keys);
+    Ok(())
+}
+
+/// An active run against `moto` is refused with exit `EXIT_SOURCE` naming the parameter
+/// and every needle, and changes nothing ([`assert_refused`]).
+fn refused_run(moto: &Moto, needles: &[&str], keys: &[&TestKey]) -> Output {
     let home = NodeHome::new();
     let before = Snapshot::of(&home);
     let out = run(&mut active_run(&home, &moto.endpoint(), &[]));
@@ -244,9 +259,7 @@ fn parameter_missing() {
 
 #[test]
 fn aws_region_unset() {
-    let moto = Moto::start();
-    let key = TestKey::ed25519();
-    put_key(&moto.endpoint(), PARAM, &key);
+    let (moto, key) = moto_with_key(PARAM);
     let home = NodeHome::new();
     let before = Snapshot::of(&home);
     let mut cmd = active_run(&home, &moto.endpoint(), &[]);
@@ -264,9 +277,7 @@ fn aws_region_unset() {
 
 #[test]
 fn access_denied() {
-    let moto = Moto::start();
-    let key = TestKey::ed25519();
-    put_key(&moto.endpoint(), PARAM, &key);
+    let (moto, key) = moto_with_key(PARAM);
     let (id, secret) = moto_user_without_ssm_access(&moto.endpoint());
     let home = NodeHome::new();
     let before = Snapshot::of(&home);
@@ -390,10 +401,10 @@ fn wrong_private_key_length() {
     refuses_parameter_value(&v, &["priv_key.value", "32 bytes", "64"], &[&key]);
 }
 
-#[test]
-fn pub_key_not_derived_from_priv_key() {
-    let key = TestKey::ed25519();
-    let other = TestKey::ed25519();
+/// A key whose public key (and address) are another key's of the same type: refused,
+/// and neither private value shown.
+fn pub_key_of_another_key_is_refused(generate: fn() -> TestKey) {
+    let (key, other) = (generate(), generate());
     let v = edited(&key, |v| {
         v["pub_key"]["value"] = other.pub_b64.clone().into();
         v["address"] = other.address.clone().into();
@@ -403,6 +414,11 @@ fn pub_key_not_derived_from_priv_key() {
         &["pub_key.value is not the public key of priv_key"],
         &[&key, &other],
     );
+}
+
+#[test]
+fn pub_key_not_derived_from_priv_key() {
+    pub_key_of_another_key_is_refused(TestKey::ed25519);
 }
 
 #[test]
@@ -424,17 +440,7 @@ fn address_not_derived_from_pub_key() {
 
 #[test]
 fn secp256k1_pub_key_not_derived_from_priv_key() {
-    let key = TestKey::secp256k1();
-    let other = TestKey::secp256k1();
-    let v = edited(&key, |v| {
-        v["pub_key"]["value"] = other.pub_b64.clone().into();
-        v["address"] = other.address.clone().into();
-    });
-    refuses_parameter_value(
-        &v,
-        &["pub_key.value is not the public key of priv_key"],
-        &[&key, &other],
-    );
+    pub_key_of_another_key_is_refused(TestKey::secp256k1);
 }
 
 #[test]
@@ -443,26 +449,16 @@ fn value_over_8_kib() {
     // A valid key padded with whitespace past SSM's 8 KiB (advanced tier) limit.
     let mut big = key.json.clone();
     big.push_str(&" ".repeat(9000 - big.len()));
-    let moto = Moto::start();
-    match ssm_try_put(&moto.endpoint(), PARAM, &big, "SecureString") {
-        Ok(_) => {
-            // moto stores it (real SSM would not): the parser must refuse it.
-            let home = NodeHome::new();
-            let before = Snapshot::of(&home);
-            let out = run(&mut active_run(&home, &moto.endpoint(), &[]));
-            assert_refused(
-                &home,
-                &before,
-                &out,
-                EXIT_SOURCE,
-                &[PARAM, "9000 bytes", "larger than the 8192-byte maximum"],
-                &[&key],
-            );
-        }
-        Err(e) => eprintln!("moto refuses a 9000-byte value ({e}); tested through import only"),
+    // When moto stores it (real SSM would not), the parser must refuse it.
+    let stored = refuses_stored_value(
+        &big,
+        &["9000 bytes", "larger than the 8192-byte maximum"],
+        &[&key],
+    );
+    if let Err(e) = stored {
+        eprintln!("moto refuses a 9000-byte value ({e}); tested through import only");
     }
     // The same through `import -f`: refused before any AWS call.
-    drop(moto);
     import_file_is_refused(
         "big.json",
         big.as_bytes(),
@@ -476,50 +472,25 @@ fn value_with_nul_bytes() {
     let key = TestKey::ed25519();
     let mut v = key.json.clone();
     v.insert(1, '\0');
-    let moto = Moto::start();
-    match ssm_try_put(&moto.endpoint(), PARAM, &v, "SecureString") {
-        Ok(_) => {
-            let home = NodeHome::new();
-            let before = Snapshot::of(&home);
-            let out = run(&mut active_run(&home, &moto.endpoint(), &[]));
-            assert_refused(
-                &home,
-                &before,
-                &out,
-                EXIT_SOURCE,
-                &[PARAM, "NUL bytes", "offset 1"],
-                &[&key],
-            );
-        }
-        Err(e) => eprintln!("moto refuses a value with NUL ({e}); tested through import only"),
+    if let Err(e) = refuses_stored_value(&v, &["NUL bytes", "offset 1"], &[&key]) {
+        eprintln!("moto refuses a value with NUL ({e}); tested through import only");
     }
-    drop(moto);
     import_file_is_refused("nul.json", v.as_bytes(), &["NUL bytes"], &[&key]);
 }
 
 #[test]
 fn empty_value() {
-    let moto = Moto::start();
-    match ssm_try_put(&moto.endpoint(), PARAM, "", "SecureString") {
-        Ok(_) => {
-            let home = NodeHome::new();
-            let before = Snapshot::of(&home);
-            let out = run(&mut active_run(&home, &moto.endpoint(), &[]));
-            assert_refused(&home, &before, &out, EXIT_SOURCE, &[PARAM, "empty"], &[]);
-        }
-        Err(e) => {
-            // As real SSM: a value has at least one character.
-            assert!(
-                e.contains("ValidationException") || e.contains("length"),
-                "{e}"
-            );
-            eprintln!("moto refuses an empty value; testing a blank one and an empty import");
-        }
+    if let Err(e) = refuses_stored_value("", &["empty"], &[]) {
+        // As real SSM: a value has at least one character.
+        assert!(
+            e.contains("ValidationException") || e.contains("length"),
+            "{e}"
+        );
+        eprintln!("moto refuses an empty value; testing a blank one and an empty import");
     }
     // What SSM can hold: whitespace only.
     refuses_parameter_value(" \n", &["the value is empty"], &[]);
     // An empty file through import.
-    drop(moto);
     import_file_is_refused("empty.json", b"", &["the value is empty"], &[]);
 }
 
@@ -590,39 +561,39 @@ fn expected_address_not_matching() {
 // Bad input: the environment and the node home
 // ---------------------------------------------------------------------------------------
 
+/// `run start` (AWS unreachable) with `edit` applied is refused as a configuration error
+/// naming every needle, and changes nothing ([`assert_refused`]).
+fn config_refused(home: &NodeHome, edit: impl FnOnce(&mut Command), needles: &[&str]) {
+    let before = Snapshot::of(home);
+    let mut cmd = run_start(home, Some("http://127.0.0.1:1"), &[]);
+    edit(&mut cmd);
+    let out = run(&mut cmd);
+    assert_refused(home, &before, &out, EXIT_CONFIG, needles, &[]);
+}
+
 #[test]
 fn aws_parameter_unset_while_active() {
-    let home = NodeHome::new();
-    let before = Snapshot::of(&home);
-    let mut cmd = run_start(&home, Some("http://127.0.0.1:1"), &[]);
-    cmd.env("USE_SSM_KEY", "true");
-    let out = run(&mut cmd);
-    assert_refused(
-        &home,
-        &before,
-        &out,
-        EXIT_CONFIG,
+    config_refused(
+        &NodeHome::new(),
+        |c| {
+            c.env("USE_SSM_KEY", "true");
+        },
         &["AWS_PARAMETER is not set", "USE_SSM_KEY=true"],
-        &[],
     );
 }
 
 #[test]
 fn use_ssm_key_typo() {
     let home = NodeHome::new();
-    let before = Snapshot::of(&home);
-    let mut cmd = run_start(&home, Some("http://127.0.0.1:1"), &[]);
-    cmd.env("USE_SSM_KEY", "treu").env("AWS_PARAMETER", PARAM);
-    let out = run(&mut cmd);
-    assert_refused(
+    config_refused(
         &home,
-        &before,
-        &out,
-        EXIT_CONFIG,
+        |c| {
+            c.env("USE_SSM_KEY", "treu").env("AWS_PARAMETER", PARAM);
+        },
         &["USE_SSM_KEY", "\"treu\"", "not a boolean"],
-        &[],
     );
     // The flag is as strict, and names itself.
+    let before = Snapshot::of(&home);
     let out = run(&mut run_start(&home, None, &["--use-ssm-key", "ja"]));
     assert_refused(
         &home,
@@ -636,40 +607,29 @@ fn use_ssm_key_typo() {
 
 #[test]
 fn daemon_home_unset() {
-    let home = NodeHome::new();
-    let before = Snapshot::of(&home);
-    let mut cmd = run_start(&home, Some("http://127.0.0.1:1"), &[]);
-    cmd.env_remove("DAEMON_HOME")
-        .env("USE_SSM_KEY", "true")
-        .env("AWS_PARAMETER", PARAM);
-    let out = run(&mut cmd);
-    assert_refused(
-        &home,
-        &before,
-        &out,
-        EXIT_CONFIG,
+    config_refused(
+        &NodeHome::new(),
+        |c| {
+            c.env_remove("DAEMON_HOME")
+                .env("USE_SSM_KEY", "true")
+                .env("AWS_PARAMETER", PARAM);
+        },
         &["DAEMON_HOME is not set", "--daemon-home"],
-        &[],
     );
 }
 
 #[test]
 fn daemon_home_missing_directory() {
     let home = NodeHome::new();
-    let before = Snapshot::of(&home);
     let missing = home.scratch("no-such-home");
-    let mut cmd = run_start(&home, Some("http://127.0.0.1:1"), &[]);
-    cmd.env("DAEMON_HOME", &missing)
-        .env("USE_SSM_KEY", "true")
-        .env("AWS_PARAMETER", PARAM);
-    let out = run(&mut cmd);
-    assert_refused(
+    config_refused(
         &home,
-        &before,
-        &out,
-        EXIT_CONFIG,
+        |c| {
+            c.env("DAEMON_HOME", &missing)
+                .env("USE_SSM_KEY", "true")
+                .env("AWS_PARAMETER", PARAM);
+        },
         &["DAEMON_HOME", missing.to_str().unwrap(), "not a directory"],
-        &[],
     );
     assert!(!missing.exists(), "the missing home was created");
 }
@@ -683,18 +643,13 @@ fn config_toml_unparsable() {
         "moniker = \"standin\"\npriv_validator_key_file = [unterminated\n",
     )
     .unwrap();
-    let before = Snapshot::of(&home);
     for active in ["true", "false"] {
-        let mut cmd = run_start(&home, Some("http://127.0.0.1:1"), &[]);
-        cmd.env("USE_SSM_KEY", active).env("AWS_PARAMETER", PARAM);
-        let out = run(&mut cmd);
-        assert_refused(
+        config_refused(
             &home,
-            &before,
-            &out,
-            EXIT_CONFIG,
+            |c| {
+                c.env("USE_SSM_KEY", active).env("AWS_PARAMETER", PARAM);
+            },
             &["cannot parse", cfg.to_str().unwrap(), "line 2"],
-            &[],
         );
     }
 }

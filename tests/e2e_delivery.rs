@@ -45,9 +45,7 @@ struct Setup {
 }
 
 fn setup(upgrades: usize) -> Setup {
-    let moto = Moto::start();
-    let key = TestKey::ed25519();
-    put_key(&moto.endpoint(), PARAM, &key);
+    let (moto, key) = moto_with_key(PARAM);
     let home = NodeHome::with_options(NodeHomeOptions {
         upgrades,
         ..Default::default()
@@ -147,10 +145,6 @@ fn stranger_bytes(s: &mut KillOnDrop) -> usize {
         .unwrap();
     // Never print what it read: it could be the key.
     out.len()
-}
-
-fn events(tool: &Tool, ev: &str) -> Vec<Value> {
-    log_events(&tool.log_text(), ev)
 }
 
 fn u64s(vals: impl Iterator<Item = Option<u64>>) -> Vec<u64> {
@@ -274,8 +268,8 @@ fn reader_that_opens_and_closes_without_reading_gets_rearmed_then_node_gets_key(
     );
     assert_eq!(reports.len(), 1, "{reports:?}");
     s.assert_ok_report(&reports[0]);
-    let refused = events(&tool, "refused_reader");
-    let not_read = events(&tool, "not_read");
+    let refused = tool.events("refused_reader");
+    let not_read = tool.events("not_read");
     assert_eq!(
         refused.len() + not_read.len(),
         1,
@@ -283,11 +277,11 @@ fn reader_that_opens_and_closes_without_reading_gets_rearmed_then_node_gets_key(
         tool.log_text()
     );
     assert!(
-        !events(&tool, "re_armed").is_empty(),
+        !tool.events("re_armed").is_empty(),
         "log:\n{}",
         tool.log_text()
     );
-    let delivered = events(&tool, "delivered");
+    let delivered = tool.events("delivered");
     assert_eq!(delivered.len(), 1);
     assert_eq!(
         delivered[0]["pid"], reports[0]["pid"],
@@ -364,15 +358,15 @@ fn reader_killed_mid_read_gets_rearmed_then_node_gets_key() {
     );
     assert_eq!(reports.len(), 1, "{reports:?}");
     s.assert_ok_report(&reports[0]);
-    let not_read = events(&tool, "not_read");
+    let not_read = tool.events("not_read");
     assert_eq!(not_read.len(), 1, "log:\n{}", tool.log_text());
     assert_eq!(not_read[0]["pid"], reader);
     assert!(
-        events(&tool, "refused_reader").is_empty(),
+        tool.events("refused_reader").is_empty(),
         "log:\n{}",
         tool.log_text()
     );
-    assert!(!events(&tool, "re_armed").is_empty());
+    assert!(!tool.events("re_armed").is_empty());
     println!(
         "killed mid-read: not_read pid {reader}: {}",
         not_read[0]["reason"]
@@ -395,7 +389,7 @@ fn rogue_reader_first_gets_nothing_node_then_gets_key_later_stranger_finds_strip
     let mut tool = Tool::spawn(&mut cmd, s.home.scratch("tool.log"));
     assert!(
         wait_for(
-            || !events(&tool, "child_started").is_empty() && is_fifo(s.key_path()),
+            || !tool.events("child_started").is_empty() && is_fifo(s.key_path()),
             Duration::from_secs(30)
         ),
         "never armed; log:\n{}",
@@ -409,7 +403,7 @@ fn rogue_reader_first_gets_nothing_node_then_gets_key_later_stranger_finds_strip
         "{}",
         tool.log_text()
     );
-    let refused = events(&tool, "refused_reader");
+    let refused = tool.events("refused_reader");
     assert_eq!(refused.len(), 1, "{}", tool.log_text());
     let holders = refused[0]["holders"]
         .as_str()
@@ -650,7 +644,7 @@ fn always_armed_stranger_after_delivery_finds_a_fresh_fifo_and_gets_nothing() {
         "{}",
         tool.log_text()
     );
-    assert!(log_events(&tool.log_text(), "refused_reader")[0]["holders"]
+    assert!(tool.events("refused_reader")[0]["holders"]
         .as_str()
         .unwrap_or_default()
         .contains(&format!("pid {sp} ")));
@@ -748,7 +742,7 @@ fn restarts(always_armed: bool) {
         );
     }
     assert!(wait_for(
-        || events(&tool, "delivered").len() > RESTARTS,
+        || tool.events("delivered").len() > RESTARTS,
         Duration::from_secs(10)
     ));
     let log = tool.log_text();
@@ -917,7 +911,7 @@ fn measure_rearm_and_delivery_latency() {
     for i in 0..2 * ROUNDS {
         assert!(
             wait_for(
-                || complete_reports(&s.home).len() > i && events(&tool, "delivered").len() > i,
+                || complete_reports(&s.home).len() > i && tool.events("delivered").len() > i,
                 Duration::from_secs(30)
             ),
             "delivery {i} missing; log:\n{}",
@@ -974,7 +968,7 @@ fn measure_rearm_and_delivery_latency() {
         }
     }
     assert!(wait_for(
-        || events(&tool, "delivered").len() > 2 * ROUNDS
+        || tool.events("delivered").len() > 2 * ROUNDS
             && complete_reports(&s.home).len() > 2 * ROUNDS,
         Duration::from_secs(30)
     ));

@@ -16,37 +16,6 @@ use support::*;
 
 const PARAM: &str = "/validators/hardening/key";
 
-fn is_root() -> bool {
-    nix::unistd::geteuid().is_root()
-}
-
-fn status_fields(pid: i32) -> BTreeMap<String, String> {
-    fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|l| l.split_once(':'))
-        .map(|(k, v)| (k.to_string(), v.trim().to_string()))
-        .collect()
-}
-
-fn children(pid: i32) -> Vec<i32> {
-    let mut out = vec![];
-    for e in fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(p) = e.file_name().to_string_lossy().parse::<i32>() else {
-            continue;
-        };
-        let Ok(stat) = fs::read_to_string(format!("/proc/{p}/stat")) else {
-            continue;
-        };
-        let after = &stat[stat.rfind(')').unwrap() + 2..];
-        let ppid: i32 = after.split(' ').nth(1).unwrap().parse().unwrap();
-        if ppid == pid {
-            out.push(p);
-        }
-    }
-    out
-}
-
 /// Starts the main job and waits until the node has the key. Returns the tool,
 /// the cosmovisor pid and the node pid.
 fn start_delivered(
@@ -79,8 +48,7 @@ fn start_delivered(
 
 #[test]
 fn child_has_no_capabilities_no_new_privs_and_no_aws_credentials() {
-    if !is_root() {
-        eprintln!("SKIP: needs root to observe capability dropping");
+    if !root_or_skip("needs root to observe capability dropping") {
         return;
     }
     let moto = Moto::start();
@@ -204,8 +172,7 @@ fn scan_memory(pid: i32, needles: &[(&str, Vec<u8>)]) -> (BTreeMap<String, usize
 
 #[test]
 fn no_copy_of_the_key_in_readable_memory_after_delivery() {
-    if !is_root() {
-        eprintln!("SKIP: needs root to read /proc/<pid>/mem of a non-dumpable process");
+    if !root_or_skip("needs root to read /proc/<pid>/mem of a non-dumpable process") {
         return;
     }
     let moto = Moto::start();
@@ -272,9 +239,7 @@ fn each_forwarded_signal_reaches_cosmovisor_and_sets_the_exit_status() {
 /// systemd must not wait for the fetch's own timeouts.
 #[test]
 fn stop_during_a_hanging_fetch_exits_at_once_and_changes_nothing() {
-    let moto = Moto::start();
-    let key = TestKey::ed25519();
-    put_key(&moto.endpoint(), PARAM, &key);
+    let (moto, _key) = moto_with_key(PARAM);
     let relay = Relay::start(moto.port());
     relay
         .drop_replies
@@ -379,13 +344,10 @@ fn notify_socket_gets_ready_status_and_stopping_in_order() {
 
 #[test]
 fn unprivileged_tool_is_not_dumpable_and_node_user_switch_works() {
-    if !is_root() {
-        eprintln!("SKIP: needs root to create a node owned by another uid");
+    if !root_or_skip("needs root to create a node owned by another uid") {
         return;
     }
-    let moto = Moto::start();
-    let key = TestKey::ed25519();
-    put_key(&moto.endpoint(), PARAM, &key);
+    let (moto, _key) = moto_with_key(PARAM);
     let home = NodeHome::new();
     let nobody = nix::unistd::User::from_name("nobody").unwrap().unwrap();
     // Let the node user reach its home: the whole tree becomes its own.
@@ -441,8 +403,7 @@ fn unprivileged_tool_is_not_dumpable_and_node_user_switch_works() {
 #[test]
 fn split_trust_child_runs_as_node_user_with_no_capabilities() {
     use std::os::unix::fs::PermissionsExt;
-    if !is_root() {
-        eprintln!("SKIP: the uid switch needs root");
+    if !root_or_skip("the uid switch needs root") {
         return;
     }
     let moto = Moto::start();
@@ -507,13 +468,10 @@ fn split_trust_child_runs_as_node_user_with_no_capabilities() {
 #[test]
 fn split_trust_with_bounded_root_capabilities_delivers() {
     use std::os::unix::fs::PermissionsExt;
-    if !is_root() || which("setpriv").is_none() {
-        eprintln!("SKIP: needs root and setpriv (util-linux) to bound root's capabilities");
+    if !root_with_setpriv() {
         return;
     }
-    let moto = Moto::start();
-    let key = TestKey::ed25519();
-    put_key(&moto.endpoint(), PARAM, &key);
+    let (moto, key) = moto_with_key(PARAM);
     // The relocated slot directory lives outside the node's home, root-owned.
     let outer = tempfile::Builder::new()
         .prefix("ssmcv-split-")
@@ -592,12 +550,6 @@ fn split_trust_with_bounded_root_capabilities_delivers() {
     );
     assert_eq!(fs::read(&key_file).unwrap(), home.safe_bytes);
     assert!(!slot_dir.join("priv_validator_key.json.orig").exists());
-}
-
-fn which(prog: &str) -> Option<std::path::PathBuf> {
-    std::env::split_paths(&std::env::var_os("PATH")?)
-        .map(|d| d.join(prog))
-        .find(|p| p.is_file())
 }
 
 #[test]

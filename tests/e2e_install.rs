@@ -14,16 +14,6 @@ use support::*;
 
 const PARAM: &str = "/validators/install/key";
 
-fn is_root() -> bool {
-    nix::unistd::geteuid().is_root()
-}
-
-fn which(prog: &str) -> Option<PathBuf> {
-    std::env::split_paths(&std::env::var_os("PATH")?)
-        .map(|d| d.join(prog))
-        .find(|p| p.is_file())
-}
-
 /// A node home whose key path lies in an empty directory of its own (like the split unit's
 /// runtime directory), and the safe key kept elsewhere as the source.
 struct Setup {
@@ -199,13 +189,10 @@ fn refuses_missing_unsafe_or_invalid_sources_and_creates_nothing() {
 /// set is emptied (without it, the tool says so).
 #[test]
 fn split_trust_installs_for_the_node_group_and_delivers_under_the_units_capabilities() {
-    if !is_root() || which("setpriv").is_none() {
-        eprintln!("SKIP: needs root and setpriv (util-linux) to bound root's capabilities");
+    if !root_with_setpriv() {
         return;
     }
-    let moto = Moto::start();
-    let key = TestKey::ed25519();
-    put_key(&moto.endpoint(), PARAM, &key);
+    let (moto, key) = moto_with_key(PARAM);
     let s = Setup::new();
     let nobody = nix::unistd::User::from_name("nobody").unwrap().unwrap();
     fs::set_permissions(&s.key_dir, fs::Permissions::from_mode(0o711)).unwrap();
@@ -277,12 +264,7 @@ fn split_trust_installs_for_the_node_group_and_delivers_under_the_units_capabili
         assert_eq!(r["pub_key"], key.pub_b64.as_str(), "{r}");
         assert_eq!(r["uid"], nobody.uid.as_raw());
         let node = r["pid"].as_i64().unwrap();
-        let bnd = fs::read_to_string(format!("/proc/{node}/status"))
-            .unwrap()
-            .lines()
-            .find(|l| l.starts_with("CapBnd:"))
-            .map(|l| l[7..].trim().to_owned())
-            .unwrap();
+        let bnd = status_fields(node as i32)["CapBnd"].clone();
         match child_bnd {
             Some(want) => {
                 assert_eq!(bnd, want, "node's bounding set with CAP_SETPCAP");
@@ -314,13 +296,10 @@ fn split_trust_installs_for_the_node_group_and_delivers_under_the_units_capabili
 /// slot left idle.
 #[test]
 fn node_owned_safe_key_in_a_root_directory_is_refused_with_the_fix() {
-    if !is_root() || which("setpriv").is_none() {
-        eprintln!("SKIP: needs root and setpriv (util-linux) to bound root's capabilities");
+    if !root_with_setpriv() {
         return;
     }
-    let moto = Moto::start();
-    let key = TestKey::ed25519();
-    put_key(&moto.endpoint(), PARAM, &key);
+    let (moto, _key) = moto_with_key(PARAM);
     let s = Setup::new();
     let nobody = nix::unistd::User::from_name("nobody").unwrap().unwrap();
     // The node's home is the node's (split trust reads its config.toml as the node); only

@@ -35,7 +35,7 @@ fn clean_stop_hands_over_and_carries_the_sign_state() {
         b.key_reports(&key).is_empty(),
         "B got the key while A held the lease"
     );
-    assert!(log_events(&tb.log_text(), "lease_acquired").is_empty());
+    assert!(tb.events("lease_acquired").is_empty());
 
     // A signs once more after its last renewal; the release carries it too.
     a.sign(1235, 0, 2);
@@ -44,7 +44,7 @@ fn clean_stop_hands_over_and_carries_the_sign_state() {
     assert_eq!(st.code(), Some(0), "A log:\n{}", ta.log_text());
     a.home.assert_idle();
     assert_eq!(std::fs::read(a.home.key_path()).unwrap(), a.home.safe_bytes);
-    let released = log_events(&ta.log_text(), "lease_released");
+    let released = ta.events("lease_released");
     assert_eq!(released.len(), 1, "A log:\n{}", ta.log_text());
     // (The item itself is not read here: B may already have taken it.)
 
@@ -57,11 +57,11 @@ fn clean_stop_hands_over_and_carries_the_sign_state() {
     let handover = t0.elapsed();
     // Released, so taken at once, not after an expiry.
     assert!(
-        log_events(&tb.log_text(), "lease_taking_over").is_empty(),
+        tb.events("lease_taking_over").is_empty(),
         "B waited for expiry instead of taking the released lease: {}",
         tb.log_text()
     );
-    let acquired = log_events(&tb.log_text(), "lease_acquired");
+    let acquired = tb.events("lease_acquired");
     assert_eq!(acquired.len(), 1, "{}", tb.log_text());
     assert_eq!(
         acquired[0]["took_over_from"], "-",
@@ -79,7 +79,7 @@ fn clean_stop_hands_over_and_carries_the_sign_state() {
         assert!(!pid_alive(*p as i32), "B's standby node {p} still runs");
     }
     assert_eq!(b.sign_state(), (1235, 0, 2), "B's sign state not raised");
-    assert_eq!(log_events(&tb.log_text(), "sign_state_raised").len(), 1);
+    assert_eq!(tb.events("sign_state_raised").len(), 1);
     println!("MEASURE clean handover: A exited -> B's node has the key in {handover:?}");
 
     assert_eq!(
@@ -143,19 +143,19 @@ fn partition_scenario(blackhole: bool) {
     );
     let st = ta.wait(T);
     assert_eq!(st.code(), Some(8), "A log:\n{}", ta.log_text());
-    let lost = log_events(&ta.log_text(), "lease_lost");
+    let lost = ta.events("lease_lost");
     assert_eq!(lost.len(), 1, "{}", ta.log_text());
     a.home.assert_idle();
     assert_eq!(std::fs::read(a.home.key_path()).unwrap(), a.home.safe_bytes);
     for ev in ["lease_released", "lease_release_failed"] {
         assert!(
-            log_events(&ta.log_text(), ev).is_empty(),
+            ta.events(ev).is_empty(),
             "a lost lease must not even be offered back ({ev}): {}",
             ta.log_text()
         );
     }
 
-    let acquired = log_events(&tb.log_text(), "lease_acquired");
+    let acquired = tb.events("lease_acquired");
     assert_eq!(acquired.len(), 1, "{}", tb.log_text());
     assert_eq!(
         acquired[0]["took_over_from"].as_str(),
@@ -263,7 +263,7 @@ fn holder_killed_the_standby_waits_for_expiry_then_takes_over() {
         a_dead < b_taking,
         "A's node seen alive at {a_dead} us, B took over at {b_taking} us"
     );
-    let acquired = log_events(&tb.log_text(), "lease_acquired");
+    let acquired = tb.events("lease_acquired");
     assert_eq!(
         acquired[0]["took_over_from"].as_str(),
         Some(a_holder.as_str())
@@ -335,9 +335,7 @@ fn stop_during_the_handover_delivers_nothing_and_releases_the_lease() {
 /// code, and leave the key path as it was.
 #[test]
 fn lease_misconfiguration_is_named_and_changes_nothing() {
-    let moto = Moto::start();
-    let key = TestKey::ed25519();
-    put_key(&moto.endpoint(), PARAM, &key);
+    let (moto, _key) = moto_with_key(PARAM);
     let a = Host::new("a");
     // No table.
     let out = run_with_timeout(&mut a.cmd(&moto.endpoint()), T);
@@ -409,7 +407,7 @@ fn check_reports_the_lease_and_never_takes_it() {
         "{}",
         ta.log_text()
     );
-    let holder = log_events(&ta.log_text(), "lease_config")[0]["holder"]
+    let holder = ta.events("lease_config")[0]["holder"]
         .as_str()
         .unwrap()
         .to_string();
@@ -468,17 +466,13 @@ fn renewal_whose_reply_is_lost_is_adopted_not_mistaken_for_a_takeover() {
     );
     // Well past the node's 4 s: still the holder, node untouched.
     thread::sleep(Duration::from_secs(5));
-    assert!(
-        log_events(&ta.log_text(), "lease_lost").is_empty(),
-        "{}",
-        ta.log_text()
-    );
+    assert!(ta.events("lease_lost").is_empty(), "{}", ta.log_text());
     assert!(
         pid_alive(node),
         "the node was stopped; log:\n{}",
         ta.log_text()
     );
-    let holder = log_events(&ta.log_text(), "lease_config")[0]["holder"].clone();
+    let holder = ta.events("lease_config")[0]["holder"].clone();
     assert_eq!(lease_item(&ep)["holder"], holder);
     assert_eq!(
         ta.stop(Signal::SIGTERM).code(),

@@ -11,43 +11,48 @@
 
 mod support;
 
+use std::collections::HashMap;
 use std::thread;
 use std::time::{Duration, Instant};
 
+use aws_sdk_dynamodb::types::AttributeValue;
 use nix::sys::signal::Signal;
 use support::lease::*;
 use support::*;
 
-/// Overwrites the lease item with `attrs` (a Python dict literal of
-/// DynamoDB attribute values, without the key).
-fn forge(endpoint: &str, attrs: &str) {
-    boto3(
-        endpoint,
-        &format!(
-            "import boto3, os\n\
-             c = boto3.client('dynamodb', endpoint_url=os.environ['MOTO_ENDPOINT'])\n\
-             item = {attrs}\n\
-             item['lease'] = {{'S': '{PARAM}'}}\n\
-             c.put_item(TableName='{TABLE}', Item=item)\n"
-        ),
-    );
+/// A lease item's attributes.
+type Item = HashMap<String, AttributeValue>;
+
+/// Overwrites the lease item with `item` (its attributes, without the key).
+fn forge(endpoint: &str, mut item: Item) {
+    item.insert("lease".into(), AttributeValue::S(PARAM.into()));
+    dynamodb_put_item(endpoint, TABLE, item);
 }
 
 /// A record as our writes make it, released or held, with these values.
-fn record(released: bool, height: &str, duration_ms: &str) -> String {
-    format!(
-        "{{'holder': {{'S': 'forger/1/x'}}, 'rvn': {{'S': 'f0'}}, 'duration_ms': {{'N': '{duration_ms}'}}, \
-         'released': {{'BOOL': {}}}, 'height': {{'N': '{height}'}}, 'round': {{'N': '0'}}, 'step': {{'N': '0'}}}}",
-        if released { "True" } else { "False" }
-    )
+fn record(released: bool, height: &str, duration_ms: &str) -> Item {
+    let (s, n) = (
+        |v: &str| AttributeValue::S(v.into()),
+        |v: &str| AttributeValue::N(v.into()),
+    );
+    [
+        ("holder", s("forger/1/x")),
+        ("rvn", s("f0")),
+        ("duration_ms", n(duration_ms)),
+        ("released", AttributeValue::Bool(released)),
+        ("height", n(height)),
+        ("round", n("0")),
+        ("step", n("0")),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect()
 }
 
 /// The pid of a tool's fencer, from its `fence_started` event.
 fn fencer_of(tool: &Tool) -> i32 {
     assert!(tool.wait_log("fence_started", T), "{}", tool.log_text());
-    log_events(&tool.log_text(), "fence_started")[0]["pid"]
-        .as_i64()
-        .unwrap() as i32
+    tool.events("fence_started")[0]["pid"].as_i64().unwrap() as i32
 }
 
 /// A holds the lease and has signed 900 (carried by a renewal); B stands by.
@@ -325,25 +330,25 @@ fn refused(endpoint: &str, needle: &str) -> String {
 fn forged_and_malformed_lease_records_are_refused_and_the_node_never_gets_the_key() {
     let (moto, _key) = setup();
     let ep = moto.endpoint();
-    forge(&ep, &record(true, &i64::MAX.to_string(), "6000"));
+    forge(&ep, record(true, &i64::MAX.to_string(), "6000"));
     let t = refused(&ep, "SSM_COSMOVISOR_LEASE_MAX_HEIGHT_JUMP");
     assert!(
         t.contains("accept-lease-state --height 9223372036854775807"),
         "{t}"
     );
-    forge(&ep, &record(false, "10", &i64::MAX.to_string()));
+    forge(&ep, record(false, "10", &i64::MAX.to_string()));
     refused(&ep, "duration_ms");
-    forge(&ep, &record(false, "10", "100"));
+    forge(&ep, record(false, "10", "100"));
     refused(&ep, "duration_ms");
-    let wrong_type =
-        record(true, "10", "6000").replace("'height': {'N': '10'}", "'height': {'S': '10'}");
-    forge(&ep, &wrong_type);
+    let mut wrong_type = record(true, "10", "6000");
+    wrong_type.insert("height".into(), AttributeValue::S("10".into()));
+    forge(&ep, wrong_type);
     refused(&ep, "`height` is not a number");
-    let no_rvn = record(true, "10", "6000").replace("'rvn': {'S': 'f0'}, ", "");
-    forge(&ep, &no_rvn);
+    let mut no_rvn = record(true, "10", "6000");
+    no_rvn.remove("rvn");
+    forge(&ep, no_rvn);
     refused(&ep, "no `rvn`");
-    let neg = record(true, "-5", "6000");
-    forge(&ep, &neg);
+    forge(&ep, record(true, "-5", "6000"));
     refused(&ep, "`height` = -5");
 }
 
@@ -354,7 +359,7 @@ fn forged_and_malformed_lease_records_are_refused_and_the_node_never_gets_the_ke
 fn a_large_but_genuine_height_jump_is_accepted_by_the_operator() {
     let (moto, key) = setup();
     let ep = moto.endpoint();
-    forge(&ep, &record(true, "500000", "6000"));
+    forge(&ep, record(true, "500000", "6000"));
     refused(&ep, "jump of 500000 heights");
     let a = Host::new("a");
     let out = run_with_timeout(a.base_cmd(&ep).arg("check"), T);
@@ -396,15 +401,7 @@ fn a_table_with_another_key_schema_is_named() {
     let ep = moto.endpoint();
     let key = TestKey::ed25519();
     put_key(&ep, PARAM, &key);
-    boto3(
-        &ep,
-        &format!(
-            "import boto3, os\n\
-             c = boto3.client('dynamodb', endpoint_url=os.environ['MOTO_ENDPOINT'])\n\
-             c.create_table(TableName='{TABLE}', KeySchema=[{{'AttributeName':'id','KeyType':'HASH'}}],\n\
-             \x20   AttributeDefinitions=[{{'AttributeName':'id','AttributeType':'S'}}], BillingMode='PAY_PER_REQUEST')\n"
-        ),
-    );
+    dynamodb_create_table(&ep, TABLE, "id");
     let t = refused(&ep, "does not have the lease key schema");
     assert!(t.contains(TABLE), "{t}");
 }

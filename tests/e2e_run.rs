@@ -11,9 +11,7 @@ const PARAM: &str = "/validators/test/priv_validator_key";
 
 #[test]
 fn main_job_delivers_strips_and_restores_byte_for_byte() {
-    let moto = Moto::start();
-    let key = TestKey::ed25519();
-    put_key(&moto.endpoint(), PARAM, &key);
+    let (moto, key) = moto_with_key(PARAM);
     let home = NodeHome::new();
     let mut cmd = tool_cmd(&home, Some(&moto.endpoint()));
     cmd.env("USE_SSM_KEY", "true").env("AWS_PARAMETER", PARAM);

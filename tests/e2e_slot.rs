@@ -563,7 +563,7 @@ fn standby_run_repairs_a_leftover_fifo_or_stripped_file_before_starting_the_node
             home.safe_key.pub_b64.as_str(),
             "{state}: node did not get the safe key"
         );
-        let checked = log_events(&tool.log_text(), "slot_checked");
+        let checked = tool.events("slot_checked");
         assert_eq!(checked.len(), 1, "{}", tool.log_text());
         assert_eq!(checked[0]["found"], state);
         assert_clean_idle(&home);
@@ -603,7 +603,7 @@ fn crash_at(home: &NodeHome, endpoint: &str, fp: &str) -> String {
         // The restore happens on shutdown: let the node get the key, then SIGTERM.
         assert!(
             wait_for(
-                || !log_events(&tool.log_text(), "delivered").is_empty(),
+                || !tool.events("delivered").is_empty(),
                 Duration::from_secs(30)
             ),
             "{fp}: no delivery; log:\n{}",
@@ -779,9 +779,7 @@ fn crash_then_fresh_run(endpoint: &str, key: &TestKey, fp: &'static str) -> Case
 /// Issue 4, Must show 2.
 #[test]
 fn crash_matrix_every_failpoint_recovers_byte_for_byte() {
-    let moto = Moto::start();
-    let key = TestKey::ed25519();
-    put_key(&moto.endpoint(), PARAM, &key);
+    let (moto, key) = moto_with_key(PARAM);
     let started = Instant::now();
     let mut results = Vec::new();
     let mut failures = Vec::new();

@@ -28,12 +28,14 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use aws_sdk_dynamodb::types::AttributeValue;
+use rand_core::RngCore as _;
 use serde_json::Value;
+use support::lease::TABLE;
 use support::systemd::{unavailable, SystemdNs, STAGE};
 use support::*;
 
 const T: Duration = Duration::from_secs(60);
-const TABLE: &str = "ssm-cosmovisor-lease";
 /// The restart delay of the test drop-in.
 const RESTART: Duration = Duration::from_secs(1);
 /// Long enough after a failure to have seen a restart at `RESTART`.
@@ -82,7 +84,7 @@ fn both_units_under_a_real_systemd() {
     }
     let t0 = Instant::now();
     let moto = Moto::start();
-    create_lease_table(&moto.endpoint());
+    support::lease::create_table(&moto.endpoint());
     let stage = tempfile::Builder::new()
         .prefix("ssmcv-stage-")
         .tempdir()
@@ -139,16 +141,6 @@ fn both_units_under_a_real_systemd() {
     drop(ns);
 }
 
-fn sandbox_probe_bin() -> std::path::PathBuf {
-    let bin = target_dir().join("debug/examples/sandbox-probe");
-    assert!(
-        bin.is_file(),
-        "{} is not built: run `cargo build --examples` (or scripts/test) first",
-        bin.display()
-    );
-    bin
-}
-
 /// Builds the .deb from this test build's binary with `scripts/package --binary`.
 fn package(out: &Path) -> std::path::PathBuf {
     let t = Instant::now();
@@ -179,48 +171,14 @@ fn package(out: &Path) -> std::path::PathBuf {
     deb
 }
 
-fn create_lease_table(endpoint: &str) {
-    boto3(
-        endpoint,
-        &format!(
-            "import boto3, os\n\
-             c = boto3.client('dynamodb', endpoint_url=os.environ['MOTO_ENDPOINT'])\n\
-             c.create_table(TableName='{TABLE}', KeySchema=[{{'AttributeName':'lease','KeyType':'HASH'}}],\n\
-             \x20   AttributeDefinitions=[{{'AttributeName':'lease','AttributeType':'S'}}], BillingMode='PAY_PER_REQUEST')\n"
-        ),
-    );
-}
-
 /// Another host taking the lease: the record keeps everything but its holder and version.
 fn steal_lease(endpoint: &str, name: &str) {
-    boto3(
-        endpoint,
-        &format!(
-            "import boto3, os\n\
-             c = boto3.client('dynamodb', endpoint_url=os.environ['MOTO_ENDPOINT'])\n\
-             it = c.get_item(TableName='{TABLE}', Key={{'lease':{{'S':'{name}'}}}}, ConsistentRead=True)['Item']\n\
-             it['holder'] = {{'S': 'another-host'}}\n\
-             it['rvn'] = {{'S': 'stolen-' + os.urandom(8).hex()}}\n\
-             c.put_item(TableName='{TABLE}', Item=it)\n"
-        ),
-    );
-}
-
-/// `/proc/<pid>/status` as a map.
-fn status_of(pid: i32) -> BTreeMap<String, String> {
-    fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|l| l.split_once(':'))
-        .map(|(k, v)| (k.to_owned(), v.trim().to_owned()))
-        .collect()
-}
-
-fn exe_name(pid: i32) -> String {
-    fs::read_link(format!("/proc/{pid}/exe"))
-        .ok()
-        .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
-        .unwrap_or_default()
+    let mut item = dynamodb_get_item(endpoint, TABLE, "lease", name)
+        .unwrap_or_else(|| panic!("no lease item {name} to steal"));
+    let rvn = format!("stolen-{:016x}", rand_core::OsRng.next_u64());
+    item.insert("holder".into(), AttributeValue::S("another-host".into()));
+    item.insert("rvn".into(), AttributeValue::S(rvn));
+    dynamodb_put_item(endpoint, TABLE, item);
 }
 
 /// A log line's fields: the JSON object (json format) or `key=value` pairs after the message
@@ -736,7 +694,7 @@ impl Node<'_> {
             .to_owned();
         let mut children = Vec::new();
         for pid in pids {
-            let st = status_of(pid);
+            let st = status_fields(pid);
             if st.is_empty() {
                 continue; // exited meanwhile
             }

@@ -31,8 +31,8 @@ use serde_json::Value;
 
 use super::checker::{Entry, FaultRec, KeyHold, Observations, RestoreRec, Signature};
 use super::{
-    pid_alive, pids_mentioning, put_key, run_with_timeout, secret_in, slot_leftovers, tool_cmd,
-    Fault, Moto, NodeHome, Relay, TestKey,
+    children, cmdline_contains, group_members, pid_alive, pids_mentioning, put_key,
+    run_with_timeout, secret_in, slot_leftovers, tool_cmd, Fault, Moto, NodeHome, Relay, TestKey,
 };
 
 /// The validator key's SSM parameter.
@@ -159,45 +159,11 @@ pub struct Cluster {
     watcher: Option<JoinHandle<()>>,
 }
 
-/// Live processes whose process group is `pgid`.
-fn group_members(pgid: i32) -> Vec<i32> {
-    let mut out = Vec::new();
-    let Ok(rd) = fs::read_dir("/proc") else {
-        return out;
-    };
-    for e in rd.flatten() {
-        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
-            continue;
-        };
-        let Ok(stat) = fs::read_to_string(format!("/proc/{pid}/stat")) else {
-            continue;
-        };
-        let Some(rest) = stat.rfind(')').map(|i| &stat[i + 2..]) else {
-            continue;
-        };
-        // state ppid pgrp …
-        let f: Vec<&str> = rest.split_whitespace().collect();
-        if f.get(2).and_then(|g| g.parse::<i32>().ok()) == Some(pgid) && f[0] != "Z" {
-            out.push(pid);
-        }
-    }
-    out
-}
-
 /// The fencer the tool `tool` started: its child whose command line says `__fence`.
 fn fencer_of(tool: i32) -> Option<i32> {
-    let rd = fs::read_dir("/proc").ok()?;
-    rd.flatten().find_map(|e| {
-        let pid = e.file_name().to_str()?.parse::<i32>().ok()?;
-        let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-        let ppid: i32 = stat[stat.rfind(')')? + 2..]
-            .split_whitespace()
-            .nth(1)?
-            .parse()
-            .ok()?;
-        let cmdline = fs::read(format!("/proc/{pid}/cmdline")).ok()?;
-        (ppid == tool && cmdline.windows(7).any(|w| w == b"__fence")).then_some(pid)
-    })
+    children(tool)
+        .into_iter()
+        .find(|&pid| cmdline_contains(pid, b"__fence"))
 }
 
 impl Host {
@@ -728,10 +694,7 @@ fn register_node(
     let pidfd = rustix::process::Pid::from_raw(pid)
         .and_then(|p| rustix::process::pidfd_open(p, rustix::process::PidfdFlags::empty()).ok())
         // The pidfd pins the process: if its command line names this host, it is our node.
-        .filter(|_| {
-            fs::read(format!("/proc/{pid}/cmdline"))
-                .is_ok_and(|c| c.windows(root.len()).any(|w| w == root.as_slice()))
-        });
+        .filter(|_| cmdline_contains(pid, &root));
     let mut g = j.lock();
     let idx = g.holds.len();
     g.holds.push(KeyHold {

@@ -24,30 +24,16 @@ pub const DURATION_S: u64 = 6;
 pub const TAKEOVER_HEIGHTS: i64 = DURATION_S as i64 + 1;
 pub const T: Duration = Duration::from_secs(40);
 
+/// Creates the lease table (partition key `lease`).
 pub fn create_table(endpoint: &str) {
-    boto3(
-        endpoint,
-        &format!(
-            "import boto3, os\n\
-             c = boto3.client('dynamodb', endpoint_url=os.environ['MOTO_ENDPOINT'])\n\
-             c.create_table(TableName='{TABLE}', KeySchema=[{{'AttributeName':'lease','KeyType':'HASH'}}],\n\
-             \x20   AttributeDefinitions=[{{'AttributeName':'lease','AttributeType':'S'}}], BillingMode='PAY_PER_REQUEST')\n"
-        ),
-    );
+    dynamodb_create_table(endpoint, TABLE, "lease");
 }
 
 /// The lease item as plain JSON (`{}` if absent).
 pub fn lease_item(endpoint: &str) -> Value {
-    let out = boto3(
-        endpoint,
-        &format!(
-            "import boto3, os, json\n\
-             c = boto3.client('dynamodb', endpoint_url=os.environ['MOTO_ENDPOINT'])\n\
-             it = c.get_item(TableName='{TABLE}', Key={{'lease':{{'S':'{PARAM}'}}}}, ConsistentRead=True).get('Item', {{}})\n\
-             print(json.dumps({{k: list(v.values())[0] for k, v in it.items()}}))\n"
-        ),
-    );
-    serde_json::from_str(out.trim()).expect("lease item JSON")
+    dynamodb_get_item(endpoint, TABLE, "lease", PARAM)
+        .map(|item| item_json(&item))
+        .unwrap_or_else(|| Value::Object(Default::default()))
 }
 
 pub fn item_height(endpoint: &str) -> i64 {
@@ -196,7 +182,7 @@ pub fn rfc3339_us(ts: &str) -> u64 {
 
 /// When (µs since the epoch) `event` was logged by a JSON-logging tool.
 pub fn event_us(tool: &Tool, event: &str) -> u64 {
-    let ev = log_events(&tool.log_text(), event);
+    let ev = tool.events(event);
     let e = ev
         .first()
         .unwrap_or_else(|| panic!("no {event} in:\n{}", tool.log_text()));
@@ -229,19 +215,7 @@ impl Poller {
                 .enable_all()
                 .build()
                 .unwrap();
-            let conf = aws_sdk_dynamodb::Config::builder()
-                .behavior_version(aws_sdk_dynamodb::config::BehaviorVersion::latest())
-                .region(aws_sdk_dynamodb::config::Region::new(TEST_REGION))
-                .endpoint_url(&ep)
-                .credentials_provider(aws_sdk_dynamodb::config::Credentials::new(
-                    TEST_ACCESS_KEY_ID,
-                    TEST_SECRET_ACCESS_KEY,
-                    None,
-                    None,
-                    "tests",
-                ))
-                .build();
-            let c = aws_sdk_dynamodb::Client::from_conf(conf);
+            let c = dynamodb_client(&ep);
             let mut last_sent = 0u64;
             let mut last_rvn = String::new();
             while !flag.load(Ordering::SeqCst) {
@@ -294,7 +268,7 @@ impl Drop for Poller {
 
 /// The holder id a tool logged.
 pub fn holder_of(tool: &Tool) -> String {
-    log_events(&tool.log_text(), "lease_config")[0]["holder"]
+    tool.events("lease_config")[0]["holder"]
         .as_str()
         .unwrap()
         .to_string()
@@ -321,10 +295,9 @@ pub fn watch_takeover(a_node: i32, b: &Host, key: &TestKey, tb: &Tool, ta: &Tool
     a_node_dead_us
 }
 
+/// moto with the consensus key at [`PARAM`] and the lease table.
 pub fn setup() -> (Moto, TestKey) {
-    let moto = Moto::start();
-    let key = TestKey::ed25519();
-    put_key(&moto.endpoint(), PARAM, &key);
+    let (moto, key) = moto_with_key(PARAM);
     create_table(&moto.endpoint());
     (moto, key)
 }
@@ -347,7 +320,7 @@ pub fn holder_and_standby(
         "A never got the key; log:\n{}",
         ta.log_text()
     );
-    assert_eq!(log_events(&ta.log_text(), "lease_acquired").len(), 1);
+    assert_eq!(ta.events("lease_acquired").len(), 1);
     let tb = b.spawn(&mut b.cmd(endpoint_b));
     assert!(
         wait_for(

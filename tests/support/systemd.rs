@@ -25,6 +25,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
+use ssm_cosmovisor::procfs::{self, Pid};
 
 /// Prefix of our cgroup directories (`<prefix><test pid>-<n>`).
 const CGROUP_PREFIX: &str = "ssm-cosmovisor-test-";
@@ -263,8 +264,7 @@ impl SystemdNs {
     fn wait_running(&self) {
         let deadline = Instant::now() + BOOT_TIMEOUT;
         loop {
-            let comm = fs::read_to_string(format!("/proc/{}/comm", self.pid1)).unwrap_or_default();
-            if comm.trim() == "systemd" {
+            if procfs::comm_of(Pid(self.pid1)) == "systemd" {
                 let out = self.cmd("systemctl").arg("is-system-running").output();
                 if let Ok(o) = out {
                     let state = String::from_utf8_lossy(&o.stdout).trim().to_owned();
@@ -393,20 +393,13 @@ impl SystemdNs {
     /// The host pid of a pid in the namespace (`NSpid` of the host's /proc).
     pub fn host_pid(&self, ns_pid: i32) -> Option<i32> {
         let our_ns = fs::read_link(format!("/proc/{}/ns/pid", self.pid1)).ok()?;
-        for e in fs::read_dir("/proc").ok()?.flatten() {
-            let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
-                continue;
-            };
-            if fs::read_link(format!("/proc/{pid}/ns/pid")).ok().as_ref() != Some(&our_ns) {
-                continue;
-            }
-            let status = fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-            let nspid = status.lines().find(|l| l.starts_with("NSpid:"));
-            if nspid.and_then(|l| l.split_whitespace().last()) == Some(&ns_pid.to_string()) {
-                return Some(pid);
-            }
-        }
-        None
+        super::all_pids().into_iter().find(|&pid| {
+            fs::read_link(format!("/proc/{pid}/ns/pid")).ok().as_ref() == Some(&our_ns)
+                && super::status_fields(pid)
+                    .get("NSpid")
+                    .and_then(|l| l.split_whitespace().last())
+                    == Some(&ns_pid.to_string())
+        })
     }
 
     /// The harness's scratch directory on the host (removed on drop).
