@@ -27,7 +27,7 @@ use support::*;
 const PARAM: &str = "/validators/test/priv_validator_key";
 const TIMEOUT: Duration = Duration::from_secs(120);
 
-/// Exit codes documented in `--help` and DESIGN section 2.
+/// Exit codes from the table in `src/error.rs` (also in `--help` and the README).
 const EXIT_CONFIG: i32 = 2;
 const EXIT_SOURCE: i32 = 3;
 
