@@ -5,6 +5,7 @@ use std::path::Path;
 
 use crate::config::{Config, Overrides, ProcessEnv, SourceSpec};
 use crate::error::Exit;
+use crate::lease::LeaseSettings;
 use crate::slot::KeySlot;
 use crate::source::{self, Origin};
 
@@ -134,9 +135,9 @@ fn reader_check(r: &mut Report, node: crate::identity::NodeIdentity) {
 
 /// The failover lease: settings, the sign state it would carry, the table and
 /// who holds the lease now (read only: `check` never takes it).
-fn lease_checks(r: &mut Report, cfg: &Config) {
+fn lease_checks(r: &mut Report, cfg: &Config, lease: Option<&LeaseSettings>) {
     use crate::lease::{LeaseClient, StateFile};
-    let Some(s) = &cfg.lease else {
+    let Some(s) = lease else {
         r.info(
             "failover lease",
             "none (SSM_COSMOVISOR_LEASE_TABLE unset): USE_SSM_KEY alone decides whether this host signs",
@@ -280,8 +281,10 @@ fn source_checks(r: &mut Report, cfg: &Config, safe: Option<&crate::key::PublicI
 /// resolved, [`Exit::Failure`] when any check fails.
 pub fn run(ov: &Overrides) -> u8 {
     let mut r = Report::default();
-    let cfg = match Config::resolve(ov, &ProcessEnv, &[]) {
-        Ok(c) => c,
+    let resolved = Config::resolve(ov, &ProcessEnv, &[])
+        .and_then(|c| LeaseSettings::resolve(ov, &ProcessEnv, c.source.as_ref()).map(|l| (c, l)));
+    let (cfg, lease) = match resolved {
+        Ok(both) => both,
         Err(e) => {
             r.fail("configuration", &e);
             return Exit::Config.code();
@@ -363,7 +366,7 @@ pub fn run(ov: &Overrides) -> u8 {
     // The SDK is not used at all while its body logging is on (reported above).
     if crate::config::refuse_sdk_body_logging(&ProcessEnv).is_ok() {
         source_checks(&mut r, &cfg, safe.as_ref());
-        lease_checks(&mut r, &cfg);
+        lease_checks(&mut r, &cfg, lease.as_ref());
     }
     if r.failures == 0 {
         println!("check passed");

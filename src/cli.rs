@@ -10,7 +10,7 @@ use clap::{Parser, Subcommand};
 use crate::config::{Config, ConfigError, Env, LogFormat, Overrides, ProcessEnv};
 use crate::error::{Error, ImportInput};
 use crate::key::ValidatorKey;
-use crate::lease::{self, LeaseClient, LeaseError, Raised, StateFile};
+use crate::lease::{self, LeaseClient, LeaseError, LeaseSettings, Raised, StateFile};
 use crate::secret::{SecretBuf, MAX_SECRET_LEN};
 use crate::slot::KeySlot;
 use crate::source::{self, Origin};
@@ -187,16 +187,18 @@ pub fn main(cli: Cli) -> Result<u8, Error> {
     match cli.command {
         Cmd::Run { args } => {
             let cfg = Config::resolve(&ov, &ProcessEnv, &args)?;
+            let lease = LeaseSettings::resolve(&ov, &ProcessEnv, cfg.source.as_ref())?;
             cfg.check_before_run(&ProcessEnv)?;
             let mut child_args = vec![OsString::from("run")];
             child_args.extend(args);
             let program = cfg.cosmovisor_bin.clone();
-            run_with_key(&cfg, &program, &child_args)
+            run_with_key(&cfg, lease.as_ref(), &program, &child_args)
         }
         Cmd::Exec { command } => {
             let cfg = Config::resolve(&ov, &ProcessEnv, &command[1..])?;
+            let lease = LeaseSettings::resolve(&ov, &ProcessEnv, cfg.source.as_ref())?;
             cfg.check_before_run(&ProcessEnv)?;
-            run_with_key(&cfg, &command[0], &command[1..])
+            run_with_key(&cfg, lease.as_ref(), &command[0], &command[1..])
         }
         Cmd::Check => Ok(crate::check::run(&ov)),
         Cmd::Restore => restore(&ov),
@@ -219,7 +221,12 @@ pub fn main(cli: Cli) -> Result<u8, Error> {
 }
 
 /// Opens and repairs the slot, fetches the key (when active), and supervises.
-fn run_with_key(cfg: &Config, program: &OsString, args: &[OsString]) -> Result<u8, Error> {
+fn run_with_key(
+    cfg: &Config,
+    lease: Option<&LeaseSettings>,
+    program: &OsString,
+    args: &[OsString],
+) -> Result<u8, Error> {
     // Before any other thread exists (runtimes, lease threads): they all
     // inherit the blocked signals, so only our sigwait thread ever takes one.
     // Until the slot is first changed, a stop signal ends the process at once.
@@ -232,7 +239,7 @@ fn run_with_key(cfg: &Config, program: &OsString, args: &[OsString]) -> Result<u
     let (repair, safe) = slot.repair()?;
     tracing::info!(event = "slot_checked", path = %slot.path().display(), found = repair.found, action = repair.action.unwrap_or("none"), safe_address = %safe.address_hex(), "key slot ready");
     if !cfg.use_ssm_key {
-        if cfg.lease.is_some() {
+        if lease.is_some() {
             tracing::info!("USE_SSM_KEY is false: the failover lease is not used");
         }
         tracing::info!(
@@ -252,7 +259,7 @@ fn run_with_key(cfg: &Config, program: &OsString, args: &[OsString]) -> Result<u
     let spec = cfg.source.as_ref().ok_or(Error::NoKeySource)?;
     // With a lease, nothing below happens before this host holds it; every
     // error from here on releases it (HeldLease is released on drop).
-    let mut lease = match &cfg.lease {
+    let mut lease = match lease {
         Some(settings) => match take_lease(&signals, cfg, settings, program, args)? {
             lease::Acquired::Held(l) => Some(l),
             lease::Acquired::Ended(0) => return Ok(0),
@@ -351,10 +358,12 @@ fn parse_ids(s: &str) -> Option<(u32, u32)> {
 /// only if the lease still carries exactly that height.
 fn accept_lease_state(ov: &Overrides, height: i64) -> Result<u8, Error> {
     let cfg = Config::resolve(ov, &ProcessEnv, &[])?;
-    let settings = cfg.lease.clone().ok_or(ConfigError::Missing {
-        name: "SSM_COSMOVISOR_LEASE_TABLE",
-        hint: "there is no lease whose state to accept",
-    })?;
+    let settings = LeaseSettings::resolve(ov, &ProcessEnv, cfg.source.as_ref())?.ok_or(
+        ConfigError::Missing {
+            name: "SSM_COSMOVISOR_LEASE_TABLE",
+            hint: "there is no lease whose state to accept",
+        },
+    )?;
     let state = state_file(&cfg)?;
     let client = LeaseClient::new(settings.clone())?;
     let rec = client.read()?.ok_or_else(|| Error::NoLeaseToAccept {

@@ -408,13 +408,11 @@ pub struct Config {
     pub always_armed: bool,
     /// cosmovisor binary (or name to look up on PATH).
     pub cosmovisor_bin: OsString,
-    /// Failover lease (docs/design.md); `None`: `USE_SSM_KEY` alone decides.
-    pub lease: Option<crate::lease::LeaseSettings>,
 }
 
 /// A flag's value, else the variable's; an empty one counts as unset (the
 /// setting's documented default applies).
-fn pick(
+pub(crate) fn pick(
     flag: Option<String>,
     env: &dyn Env,
     var: &'static str,
@@ -426,7 +424,7 @@ fn pick(
 }
 
 /// As [`pick`] for a security setting: an empty flag or variable is an error.
-fn pick_strict(
+pub(crate) fn pick_strict(
     flag: Option<String>,
     flag_name: &'static str,
     env: &dyn Env,
@@ -789,7 +787,6 @@ impl Config {
                 None => false,
             };
         let cosmovisor_bin = cosmovisor_bin(ov, env)?;
-        let lease = resolve_lease(ov, env, source.as_ref())?;
 
         Ok(Config {
             use_ssm_key,
@@ -803,7 +800,6 @@ impl Config {
             expected_address,
             always_armed,
             cosmovisor_bin,
-            lease,
         })
     }
 }
@@ -858,121 +854,6 @@ fn resolve_source(
             hint: "use ssm or credential:NAME".into(),
         }),
     }
-}
-
-/// The lease settings, if a lease table is configured.
-fn resolve_lease(
-    ov: &Overrides,
-    env: &dyn Env,
-    source: Option<&SourceSpec>,
-) -> Result<Option<crate::lease::LeaseSettings>, ConfigError> {
-    use crate::lease::{LeaseSettings, DEFAULT_DURATION, MAX_DURATION, MIN_DURATION};
-    let Some(table) = pick_strict(
-        ov.lease_table.clone(),
-        "--lease-table",
-        env,
-        "SSM_COSMOVISOR_LEASE_TABLE",
-    )?
-    else {
-        return Ok(None);
-    };
-    let name = match (
-        pick_strict(
-            ov.lease_name.clone(),
-            "--lease-name",
-            env,
-            "SSM_COSMOVISOR_LEASE_NAME",
-        )?,
-        source,
-    ) {
-        (Some(n), _) => n,
-        (None, Some(SourceSpec::Ssm { parameter, .. })) => {
-            crate::lease::lease_name_for_parameter(parameter)
-        }
-        (None, _) => {
-            return Err(ConfigError::Missing {
-                name: "SSM_COSMOVISOR_LEASE_NAME",
-                hint: "with a lease table and a key source other than SSM, name the lease (the same on every host that may sign with this key)",
-            })
-        }
-    };
-    let duration = match pick(
-        ov.lease_duration.clone(),
-        env,
-        "SSM_COSMOVISOR_LEASE_DURATION",
-    )? {
-        Some(v) => {
-            let d = parse_duration("SSM_COSMOVISOR_LEASE_DURATION", &v)?;
-            if d < MIN_DURATION || d > MAX_DURATION {
-                return Err(ConfigError::Invalid {
-                    name: "SSM_COSMOVISOR_LEASE_DURATION",
-                    value: v,
-                    hint: format!(
-                        "between {}s and {}m: the holder renews every third of it and needs the last third to stop its node",
-                        MIN_DURATION.as_secs(),
-                        MAX_DURATION.as_secs() / 60
-                    ),
-                });
-            }
-            d
-        }
-        None => DEFAULT_DURATION,
-    };
-    let takeover_heights = match pick(
-        ov.lease_takeover_heights.clone(),
-        env,
-        "SSM_COSMOVISOR_LEASE_TAKEOVER_HEIGHTS",
-    )? {
-        Some(v) => {
-            let least = crate::lease::default_takeover_heights(duration);
-            v.trim()
-                .parse::<u32>()
-                .map(i64::from)
-                .ok()
-                .filter(|n| *n >= least)
-                .ok_or_else(|| ConfigError::Invalid {
-                    name: "SSM_COSMOVISOR_LEASE_TAKEOVER_HEIGHTS",
-                    value: v.clone(),
-                    hint: format!("a number of block heights, at least {least} (the lease in seconds + 1): a holder that stopped renewing may sign that many before it is stopped; raise it for blocks faster than 1 s"),
-                })?
-        }
-        // One height per second of the lease and one more: covers what the
-        // old holder can sign between its last renewal and its stop for
-        // chains with blocks of 1 s or slower.
-        None => crate::lease::default_takeover_heights(duration),
-    };
-    let max_height_jump = match pick(
-        ov.lease_max_height_jump.clone(),
-        env,
-        "SSM_COSMOVISOR_LEASE_MAX_HEIGHT_JUMP",
-    )? {
-        Some(v) => v
-            .trim()
-            .parse::<u32>()
-            .ok()
-            .filter(|n| i64::from(*n) >= takeover_heights)
-            .map(i64::from)
-            .ok_or_else(|| ConfigError::Invalid {
-                name: "SSM_COSMOVISOR_LEASE_MAX_HEIGHT_JUMP",
-                value: v.clone(),
-                hint: format!("a number of heights, at least the takeover skip ({takeover_heights}), at most {}", u32::MAX),
-            })?,
-        None => crate::lease::DEFAULT_MAX_HEIGHT_JUMP.max(takeover_heights),
-    };
-    Ok(Some(LeaseSettings {
-        table,
-        name,
-        holder: crate::lease::holder_id(),
-        duration,
-        region: pick_strict(
-            ov.lease_region.clone(),
-            "--lease-region",
-            env,
-            "SSM_COSMOVISOR_LEASE_REGION",
-        )?,
-        takeover_heights,
-        max_height_jump,
-    }))
 }
 
 #[cfg(test)]
@@ -1111,7 +992,6 @@ mod tests {
             "USE_SSM_KEY",
             "SSM_COSMOVISOR_EXPECTED_ADDRESS",
             "SSM_COSMOVISOR_KEY_FILE",
-            "SSM_COSMOVISOR_LEASE_TABLE",
             "AWS_PARAMETER",
             "SSM_COSMOVISOR_KEY_TIMEOUT",
             "DAEMON_HOME",
@@ -1139,7 +1019,6 @@ mod tests {
             "SSM_COSMOVISOR_NODE_USER",
             "SSM_COSMOVISOR_EXPECTED_ADDRESS",
             "SSM_COSMOVISOR_KEY_FILE",
-            "SSM_COSMOVISOR_LEASE_TABLE",
         ] {
             let e = Config::resolve(
                 &Overrides::default(),
@@ -1152,20 +1031,7 @@ mod tests {
                 "{var}: {e}"
             );
         }
-        let with_table = [
-            ("DAEMON_HOME", home),
-            ("AWS_PARAMETER", "/p"),
-            ("SSM_COSMOVISOR_LEASE_TABLE", "t"),
-        ];
-        for var in ["SSM_COSMOVISOR_LEASE_NAME", "SSM_COSMOVISOR_LEASE_REGION"] {
-            let mut pairs = with_table.to_vec();
-            pairs.push((var, ""));
-            let e = Config::resolve(&Overrides::default(), &env(&pairs), &[]).unwrap_err();
-            assert!(
-                matches!(&e, ConfigError::Empty { name, .. } if *name == var),
-                "{e}"
-            );
-        }
+        // The lease's own settings: lease::settings::tests.
         // An explicitly empty flag is no way around it.
         let ov = Overrides {
             node_user: Some(String::new()),
