@@ -239,9 +239,10 @@ fn source_checks(r: &mut Report, cfg: &Config, safe: Option<&crate::key::PublicI
                                     Ok(m) => r.pass(
                                         "KMS key",
                                         format!(
-                                            "{} (tier {})",
+                                            "{} (tier {}; parameter last modified by {})",
                                             m.kms_key_id.as_deref().unwrap_or("unknown"),
-                                            m.tier.as_deref().unwrap_or("unknown")
+                                            m.tier.as_deref().unwrap_or("unknown"),
+                                            m.last_modified_user.as_deref().unwrap_or("unknown")
                                         ),
                                     ),
                                     Err(e) => r.warn(
@@ -279,7 +280,7 @@ fn source_checks(r: &mut Report, cfg: &Config, safe: Option<&crate::key::PublicI
 /// Runs the preflight; returns the exit status: 0 when every check passes
 /// (warnings allowed), [`Exit::Config`] when the configuration cannot be
 /// resolved, [`Exit::Failure`] when any check fails.
-pub fn run(ov: &Overrides) -> u8 {
+pub(crate) fn run(ov: &Overrides) -> u8 {
     let mut r = Report::default();
     let resolved = Config::resolve(ov, &ProcessEnv, &[])
         .and_then(|c| LeaseSettings::resolve(ov, &ProcessEnv, c.source.as_ref()).map(|l| (c, l)));

@@ -24,66 +24,66 @@ use crate::supervise::{self, Ended, KeyJob, LeaseRole};
 pub struct Cli {
     /// Whether this host is the active signer [env: USE_SSM_KEY] (true/false, 1/0, yes/no).
     #[arg(long, global = true, value_name = "BOOL")]
-    pub use_ssm_key: Option<String>,
+    pub(crate) use_ssm_key: Option<String>,
     /// SSM parameter holding the key [env: AWS_PARAMETER].
     #[arg(long, global = true, value_name = "NAME")]
-    pub parameter: Option<String>,
+    pub(crate) parameter: Option<String>,
     /// Key source: `ssm` or `credential:NAME` [env: KEY_SOURCE].
     #[arg(long, global = true, value_name = "SOURCE")]
-    pub key_source: Option<String>,
+    pub(crate) key_source: Option<String>,
     /// Node home [env: DAEMON_HOME].
     #[arg(long, global = true, value_name = "DIR")]
-    pub daemon_home: Option<PathBuf>,
+    pub(crate) daemon_home: Option<PathBuf>,
     /// Key path, overriding config.toml's priv_validator_key_file [env: SSM_COSMOVISOR_KEY_FILE].
     #[arg(long, global = true, value_name = "PATH")]
-    pub key_file: Option<PathBuf>,
+    pub(crate) key_file: Option<PathBuf>,
     /// How long the node may take to read the key, e.g. 15m [env: SSM_COSMOVISOR_KEY_TIMEOUT].
     #[arg(long, global = true, value_name = "DURATION")]
-    pub key_timeout: Option<String>,
+    pub(crate) key_timeout: Option<String>,
     /// Run the child as this user (split-trust mode, needs root) [env: SSM_COSMOVISOR_NODE_USER].
     #[arg(long, global = true, value_name = "USER")]
-    pub node_user: Option<String>,
+    pub(crate) node_user: Option<String>,
     /// Log format: text or json [env: SSM_COSMOVISOR_LOG_FORMAT].
     #[arg(long, global = true, value_name = "FORMAT")]
-    pub log_format: Option<String>,
+    pub(crate) log_format: Option<String>,
     /// Refuse a key with any other address [env: SSM_COSMOVISOR_EXPECTED_ADDRESS].
     #[arg(long, global = true, value_name = "HEX")]
-    pub expected_address: Option<String>,
+    pub(crate) expected_address: Option<String>,
     /// Keep a fresh FIFO at the key path after every delivery instead of the stripped file [env: SSM_COSMOVISOR_ALWAYS_ARMED].
     #[arg(long, global = true)]
-    pub always_armed: bool,
+    pub(crate) always_armed: bool,
     /// Accept a plain String parameter (unencrypted in SSM) [env: SSM_COSMOVISOR_ALLOW_PLAIN_STRING].
     #[arg(long, global = true)]
-    pub allow_plain_string: bool,
+    pub(crate) allow_plain_string: bool,
     /// cosmovisor binary [env: COSMOVISOR_BIN; default: cosmovisor on PATH].
     #[arg(long, global = true, value_name = "PATH")]
-    pub cosmovisor_bin: Option<PathBuf>,
+    pub(crate) cosmovisor_bin: Option<PathBuf>,
     /// DynamoDB table for the failover lease; unset: no lease [env: SSM_COSMOVISOR_LEASE_TABLE].
     #[arg(long, global = true, value_name = "TABLE")]
-    pub lease_table: Option<String>,
+    pub(crate) lease_table: Option<String>,
     /// Lease name, the same on every host of this validator [env: SSM_COSMOVISOR_LEASE_NAME; default: the parameter name].
     #[arg(long, global = true, value_name = "NAME")]
-    pub lease_name: Option<String>,
+    pub(crate) lease_name: Option<String>,
     /// Lease duration, e.g. 30s [env: SSM_COSMOVISOR_LEASE_DURATION; default 30s, 3s to 10m].
     #[arg(long, global = true, value_name = "DURATION")]
-    pub lease_duration: Option<String>,
+    pub(crate) lease_duration: Option<String>,
     /// Region of the lease table [env: SSM_COSMOVISOR_LEASE_REGION; default: AWS_REGION].
     #[arg(long, global = true, value_name = "REGION")]
-    pub lease_region: Option<String>,
+    pub(crate) lease_region: Option<String>,
     /// Heights skipped after taking over an expired lease [env: SSM_COSMOVISOR_LEASE_TAKEOVER_HEIGHTS; default: duration in seconds + 1].
     #[arg(long, global = true, value_name = "N")]
-    pub lease_takeover_heights: Option<String>,
+    pub(crate) lease_takeover_heights: Option<String>,
     /// Largest rise of this host's sign state a lease may cause unconfirmed [env: SSM_COSMOVISOR_LEASE_MAX_HEIGHT_JUMP; default 100000].
     #[arg(long, global = true, value_name = "N")]
-    pub lease_max_height_jump: Option<String>,
+    pub(crate) lease_max_height_jump: Option<String>,
     /// What to do.
     #[command(subcommand)]
-    pub command: Cmd,
+    pub(crate) command: Cmd,
 }
 
 /// Subcommands.
 #[derive(Debug, Subcommand)]
-pub enum Cmd {
+pub(crate) enum Cmd {
     /// The main job: `cosmovisor run <ARGS>` with the key delivered to the node.
     #[command(disable_help_flag = true)]
     Run {
@@ -171,8 +171,26 @@ fn after_help() -> String {
     )
 }
 
-/// Runs the parsed command line; returns the process exit code.
-pub fn main(cli: Cli) -> Result<u8, Error> {
+/// Runs the parsed command line; returns the process exit status, after
+/// reporting a fatal error (its status from the table in `error.rs`).
+pub fn main(cli: Cli) -> std::process::ExitCode {
+    match dispatch(cli) {
+        Ok(code) => std::process::ExitCode::from(code),
+        Err(e) => {
+            let code = e.exit_code();
+            // Also through tracing when it is set up, so JSON logs carry it.
+            tracing::error!(event = "fatal", exit_code = code, error = %e, "stopping");
+            // One write, so the line cannot interleave with the child's output.
+            use std::io::Write as _;
+            let line = format!("ssm-cosmovisor: error: {e}\n");
+            let _ = std::io::stderr().write_all(line.as_bytes());
+            std::process::ExitCode::from(code)
+        }
+    }
+}
+
+/// The command, up to its exit status or the error that ends it.
+fn dispatch(cli: Cli) -> Result<u8, Error> {
     let ov = cli.overrides();
     let fmt = match ov
         .log_format

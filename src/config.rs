@@ -9,14 +9,14 @@ use std::time::Duration;
 use crate::identity::NodeIdentity;
 
 /// Default wait for the node to open the key FIFO, as the original tool.
-pub const DEFAULT_KEY_TIMEOUT: Duration = Duration::from_secs(15 * 60);
+pub(crate) const DEFAULT_KEY_TIMEOUT: Duration = Duration::from_secs(15 * 60);
 
 /// Name of CometBFT's key file under `<home>/config/`.
-pub const DEFAULT_KEY_FILE: &str = "config/priv_validator_key.json";
+pub(crate) const DEFAULT_KEY_FILE: &str = "config/priv_validator_key.json";
 
 /// A configuration problem: which setting, and what is wrong with it.
 #[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
+pub(crate) enum ConfigError {
     /// A boolean setting with a value that is neither true nor false.
     #[error("{name}={value:?} is not a boolean: use true or false (also accepted: 1/0, yes/no, on/off, any case)")]
     Bool {
@@ -104,7 +104,7 @@ pub enum ConfigError {
 }
 
 /// Parses a boolean strictly: a typo must never silently pick a side.
-pub fn parse_bool(name: &'static str, value: &str) -> Result<bool, ConfigError> {
+pub(crate) fn parse_bool(name: &'static str, value: &str) -> Result<bool, ConfigError> {
     match value.trim().to_ascii_lowercase().as_str() {
         "true" | "1" | "yes" | "on" => Ok(true),
         "false" | "0" | "no" | "off" => Ok(false),
@@ -116,7 +116,7 @@ pub fn parse_bool(name: &'static str, value: &str) -> Result<bool, ConfigError> 
 }
 
 /// Parses `15m`, `30s`, `500ms`, `1h` or plain seconds.
-pub fn parse_duration(name: &'static str, value: &str) -> Result<Duration, ConfigError> {
+pub(crate) fn parse_duration(name: &'static str, value: &str) -> Result<Duration, ConfigError> {
     let v = value.trim();
     let invalid = || ConfigError::Invalid {
         name,
@@ -143,7 +143,7 @@ pub fn parse_duration(name: &'static str, value: &str) -> Result<Duration, Confi
 
 /// Output format of our log lines.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum LogFormat {
+pub(crate) enum LogFormat {
     /// Human-readable, one line per event (journald adds the timestamp).
     #[default]
     Text,
@@ -153,7 +153,7 @@ pub enum LogFormat {
 
 impl LogFormat {
     /// Parses `text` or `json`.
-    pub fn parse(name: &'static str, v: &str) -> Result<Self, ConfigError> {
+    pub(crate) fn parse(name: &'static str, v: &str) -> Result<Self, ConfigError> {
         match v.trim().to_ascii_lowercase().as_str() {
             "text" => Ok(LogFormat::Text),
             "json" => Ok(LogFormat::Json),
@@ -168,7 +168,7 @@ impl LogFormat {
 
 /// Where the consensus key comes from.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum SourceSpec {
+pub(crate) enum SourceSpec {
     /// An SSM parameter (SecureString unless explicitly overridden).
     Ssm {
         /// Parameter name or ARN.
@@ -187,7 +187,7 @@ pub enum SourceSpec {
 
 impl SourceSpec {
     /// A short description for logs and `check` (never secret).
-    pub fn describe(&self) -> String {
+    pub(crate) fn describe(&self) -> String {
         match self {
             SourceSpec::Ssm { parameter, .. } => format!("ssm parameter {parameter}"),
             SourceSpec::Credential { name, dir } => {
@@ -199,20 +199,20 @@ impl SourceSpec {
 
 /// The unprivileged user the child is switched to (split-trust mode).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct NodeUser {
+pub(crate) struct NodeUser {
     /// As configured.
-    pub name: String,
+    pub(crate) name: String,
     /// Resolved uid.
-    pub uid: u32,
+    pub(crate) uid: u32,
     /// Resolved primary gid.
-    pub gid: u32,
+    pub(crate) gid: u32,
     /// Supplementary groups (including the primary one).
-    pub groups: Vec<u32>,
+    pub(crate) groups: Vec<u32>,
 }
 
 impl NodeUser {
     /// Resolves a user name or numeric uid through the user database.
-    pub fn resolve(spec: &str) -> Result<Self, ConfigError> {
+    pub(crate) fn resolve(spec: &str) -> Result<Self, ConfigError> {
         use nix::unistd::{Uid, User};
         let user = match spec.parse::<u32>() {
             Ok(uid) => User::from_uid(Uid::from_raw(uid)),
@@ -237,51 +237,51 @@ impl NodeUser {
 
 /// Settings given on the command line; `None` falls back to the environment.
 #[derive(Debug, Default, Clone)]
-pub struct Overrides {
+pub(crate) struct Overrides {
     /// `--use-ssm-key`.
-    pub use_ssm_key: Option<String>,
+    pub(crate) use_ssm_key: Option<String>,
     /// `--parameter`.
-    pub parameter: Option<String>,
+    pub(crate) parameter: Option<String>,
     /// `--daemon-home`.
-    pub daemon_home: Option<PathBuf>,
+    pub(crate) daemon_home: Option<PathBuf>,
     /// `--key-file`.
-    pub key_file: Option<PathBuf>,
+    pub(crate) key_file: Option<PathBuf>,
     /// `--key-timeout`.
-    pub key_timeout: Option<String>,
+    pub(crate) key_timeout: Option<String>,
     /// `--node-user`.
-    pub node_user: Option<String>,
+    pub(crate) node_user: Option<String>,
     /// `--log-format`.
-    pub log_format: Option<String>,
+    pub(crate) log_format: Option<String>,
     /// `--expected-address`.
-    pub expected_address: Option<String>,
+    pub(crate) expected_address: Option<String>,
     /// `--always-armed`.
-    pub always_armed: bool,
+    pub(crate) always_armed: bool,
     /// `--allow-plain-string`.
-    pub allow_plain_string: bool,
+    pub(crate) allow_plain_string: bool,
     /// `--key-source`.
-    pub key_source: Option<String>,
+    pub(crate) key_source: Option<String>,
     /// `--cosmovisor-bin`.
-    pub cosmovisor_bin: Option<PathBuf>,
+    pub(crate) cosmovisor_bin: Option<PathBuf>,
     /// `--lease-table`.
-    pub lease_table: Option<String>,
+    pub(crate) lease_table: Option<String>,
     /// `--lease-name`.
-    pub lease_name: Option<String>,
+    pub(crate) lease_name: Option<String>,
     /// `--lease-duration`.
-    pub lease_duration: Option<String>,
+    pub(crate) lease_duration: Option<String>,
     /// `--lease-region`.
-    pub lease_region: Option<String>,
+    pub(crate) lease_region: Option<String>,
     /// `--lease-takeover-heights`.
-    pub lease_takeover_heights: Option<String>,
+    pub(crate) lease_takeover_heights: Option<String>,
     /// `--lease-max-height-jump`.
-    pub lease_max_height_jump: Option<String>,
+    pub(crate) lease_max_height_jump: Option<String>,
 }
 
 /// The AWS SDK's switch that puts request and response bodies into its trace log.
-pub const SDK_BODY_LOGGING: &str = "LOG_SENSITIVE_BODIES";
+pub(crate) const SDK_BODY_LOGGING: &str = "LOG_SENSITIVE_BODIES";
 
 /// Refuses the SDK's body logging: set to any value, it is an error (the
 /// SDK honours `true` in any case; no value of it is ever needed here).
-pub fn refuse_sdk_body_logging(env: &dyn Env) -> Result<(), ConfigError> {
+pub(crate) fn refuse_sdk_body_logging(env: &dyn Env) -> Result<(), ConfigError> {
     match env.var_os(SDK_BODY_LOGGING) {
         Some(_) => Err(ConfigError::SdkBodyLogging),
         None => Ok(()),
@@ -289,7 +289,7 @@ pub fn refuse_sdk_body_logging(env: &dyn Env) -> Result<(), ConfigError> {
 }
 
 /// A source of environment variables (the process environment, or a map in tests).
-pub trait Env {
+pub(crate) trait Env {
     /// The variable's raw value, if set (also when empty or not UTF-8).
     fn var_os(&self, name: &str) -> Option<OsString>;
 
@@ -362,7 +362,7 @@ fn empty_means(name: &str) -> &'static str {
 }
 
 /// The real process environment.
-pub struct ProcessEnv;
+pub(crate) struct ProcessEnv;
 
 impl Env for ProcessEnv {
     fn var_os(&self, name: &str) -> Option<OsString> {
@@ -384,30 +384,30 @@ impl Env for std::collections::HashMap<String, OsString> {
 
 /// Settings every command needs, resolved once.
 #[derive(Debug, Clone)]
-pub struct Config {
+pub(crate) struct Config {
     /// Whether this host is the active signer.
-    pub use_ssm_key: bool,
+    pub(crate) use_ssm_key: bool,
     /// Where the key comes from (resolved even when `use_ssm_key` is false,
     /// if configured, so `check` can report it).
-    pub source: Option<SourceSpec>,
+    pub(crate) source: Option<SourceSpec>,
     /// The node home whose key slot we manage.
-    pub home: PathBuf,
+    pub(crate) home: PathBuf,
     /// The key path `P`.
-    pub key_path: PathBuf,
+    pub(crate) key_path: PathBuf,
     /// How long to wait for the node to read the key.
-    pub key_timeout: Duration,
+    pub(crate) key_timeout: Duration,
     /// Optional uid switch for the child.
-    pub node_user: Option<NodeUser>,
+    pub(crate) node_user: Option<NodeUser>,
     /// The node's uid/gid (the node user's, else ours), for what we do as the node.
-    pub node: NodeIdentity,
+    pub(crate) node: NodeIdentity,
     /// Log format.
-    pub log_format: LogFormat,
+    pub(crate) log_format: LogFormat,
     /// Refuse a key with another address.
-    pub expected_address: Option<String>,
+    pub(crate) expected_address: Option<String>,
     /// Keep a FIFO at the key path after every delivery instead of the stripped file.
-    pub always_armed: bool,
+    pub(crate) always_armed: bool,
     /// cosmovisor binary (or name to look up on PATH).
-    pub cosmovisor_bin: OsString,
+    pub(crate) cosmovisor_bin: OsString,
 }
 
 /// A flag's value, else the variable's; an empty one counts as unset (the
@@ -442,7 +442,7 @@ pub(crate) fn pick_strict(
 
 /// The cosmovisor program: `--cosmovisor-bin`, else `COSMOVISOR_BIN`, else
 /// `cosmovisor` looked up on `PATH`.
-pub fn cosmovisor_bin(ov: &Overrides, env: &dyn Env) -> Result<OsString, ConfigError> {
+pub(crate) fn cosmovisor_bin(ov: &Overrides, env: &dyn Env) -> Result<OsString, ConfigError> {
     if let Some(p) = ov
         .cosmovisor_bin
         .clone()
@@ -458,7 +458,7 @@ pub fn cosmovisor_bin(ov: &Overrides, env: &dyn Env) -> Result<OsString, ConfigE
 
 /// Finds `--home <dir>` or `--home=<dir>` in the node's arguments: the node
 /// reads its key under that home, which may differ from `DAEMON_HOME`.
-pub fn node_home_from_args(args: &[OsString]) -> Option<PathBuf> {
+pub(crate) fn node_home_from_args(args: &[OsString]) -> Option<PathBuf> {
     let mut it = args.iter();
     while let Some(a) = it.next() {
         let s = a.to_string_lossy();
@@ -555,7 +555,7 @@ fn read_config_toml(home: &Path, no_symlinks: bool) -> std::io::Result<Option<St
 /// relative to the home or absolute; `default` when the setting or the file is
 /// absent). `Err((config.toml, reason))` when the file cannot be used. As
 /// root, config.toml is read without following symlinks below the home.
-pub fn node_file_from_config(
+pub(crate) fn node_file_from_config(
     home: &Path,
     setting: &str,
     default: &str,
@@ -566,7 +566,7 @@ pub fn node_file_from_config(
 /// As [`node_file_from_config`], reading config.toml as `node` (with its
 /// filesystem ids when we are root for another user). Also says whether
 /// config.toml set it (`true`) or the default applied.
-pub fn node_file_from_config_as(
+pub(crate) fn node_file_from_config_as(
     home: &Path,
     setting: &str,
     default: &str,
@@ -608,7 +608,7 @@ pub fn node_file_from_config_as(
 }
 
 /// Resolves the key path from the node's `config/config.toml`.
-pub fn key_path_for_home(home: &Path) -> Result<PathBuf, ConfigError> {
+pub(crate) fn key_path_for_home(home: &Path) -> Result<PathBuf, ConfigError> {
     node_file_from_config(home, "priv_validator_key_file", DEFAULT_KEY_FILE)
         .map_err(|(path, reason)| ConfigError::ConfigToml { path, reason })
 }
@@ -654,7 +654,7 @@ fn same_path(a: &Path, b: &Path) -> bool {
 impl Config {
     /// The node user when we are root running the node as that user
     /// (split-trust mode).
-    pub fn split_trust_user(&self) -> Option<&NodeUser> {
+    pub(crate) fn split_trust_user(&self) -> Option<&NodeUser> {
         self.node_user
             .as_ref()
             .filter(|_| rustix::process::geteuid().is_root())
@@ -664,7 +664,7 @@ impl Config {
     /// without following symlinks) must name root's key path, or the node
     /// would read something else. Not checked by `restore`, which must put
     /// the safe key back whatever the node user did to its files.
-    pub fn verify_node_key_path(&self) -> Result<(), ConfigError> {
+    pub(crate) fn verify_node_key_path(&self) -> Result<(), ConfigError> {
         if self.split_trust_user().is_none() {
             return Ok(());
         }
@@ -692,14 +692,14 @@ impl Config {
 
     /// What `run` and `exec` refuse before anything changes: the SDK's body
     /// logging, and in split trust a config.toml naming another key path.
-    pub fn check_before_run(&self, env: &dyn Env) -> Result<(), ConfigError> {
+    pub(crate) fn check_before_run(&self, env: &dyn Env) -> Result<(), ConfigError> {
         refuse_sdk_body_logging(env)?;
         self.verify_node_key_path()
     }
 
     /// Resolves the configuration from flags, then environment, then defaults.
     /// `node_args` are the arguments for the node (to find its `--home`).
-    pub fn resolve(
+    pub(crate) fn resolve(
         ov: &Overrides,
         env: &dyn Env,
         node_args: &[OsString],

@@ -30,26 +30,27 @@ use crate::procfs::{self, Holder, Pid, ProcError};
 use crate::slot::{ArmedFifo, KeySlot, SlotError};
 
 /// How long to wait for the holder set to settle after the writer open returns.
-pub const SETTLE_BOUND: Duration = Duration::from_millis(200);
+pub(crate) const SETTLE_BOUND: Duration = Duration::from_millis(200);
 
 /// How long the verified reader has to drain the pipe.
-pub const DRAIN_BOUND: Duration = Duration::from_secs(10);
+pub(crate) const DRAIN_BOUND: Duration = Duration::from_secs(10);
 
 /// Who may receive the key.
 #[derive(Debug, Clone)]
-pub struct ReaderPolicy {
+pub(crate) struct ReaderPolicy {
     /// Our child (cosmovisor, or the node in `exec` mode): readers must descend from it.
-    pub root: Pid,
+    pub(crate) root: Pid,
     /// The node's identity (its uid; its /proc entries are inspected as it).
-    pub node: NodeIdentity,
+    pub(crate) node: NodeIdentity,
     /// Ourselves (our own fds are ignored).
-    pub me: Pid,
+    pub(crate) me: Pid,
 }
 
 impl ReaderPolicy {
     /// The node: our child or one of its descendants, running as the node's uid.
     /// (In `exec` mode the child itself is the node.)
-    pub fn allows(&self, h: &Holder) -> bool {
+    #[cfg(test)]
+    pub(crate) fn allows(&self, h: &Holder) -> bool {
         self.admits(h, |pid| procfs::is_descendant_of(pid, self.root))
     }
 
@@ -62,7 +63,7 @@ impl ReaderPolicy {
 
 /// What to put at `P` the moment a reader is attached.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Next {
+pub(crate) enum Next {
     /// The stripped key file (default).
     Stripped,
     /// A fresh FIFO (always-armed mode).
@@ -71,7 +72,7 @@ pub enum Next {
 
 /// The result of one hand-off attempt.
 #[derive(Debug)]
-pub enum Outcome {
+pub(crate) enum Outcome {
     /// The node read the whole key.
     Delivered {
         /// The reader.
@@ -113,7 +114,7 @@ pub enum Outcome {
 
 /// Delivery failed in a way that is not about the reader.
 #[derive(Debug, thiserror::Error)]
-pub enum DeliverError {
+pub(crate) enum DeliverError {
     /// A slot move failed.
     #[error(transparent)]
     Slot(#[from] SlotError),
@@ -153,7 +154,7 @@ fn io_err(op: &'static str) -> impl FnOnce(rustix::io::Errno) -> DeliverError {
 
 /// Cancels a pending hand-off from another thread.
 #[derive(Clone)]
-pub struct Canceller {
+pub(crate) struct Canceller {
     flag: Arc<AtomicBool>,
     path_fd: Arc<OwnedFd>,
     node: NodeIdentity,
@@ -162,7 +163,7 @@ pub struct Canceller {
 impl Canceller {
     /// Wakes the blocked writer open (by attaching a reader of our own) after
     /// setting the flag that tells the writer thread to stand down.
-    pub fn cancel(&self) {
+    pub(crate) fn cancel(&self) {
         self.flag.store(true, Ordering::SeqCst);
         // The open of a FIFO for writing waits for the reader counter to
         // change, so closing our reader right away still wakes it.
@@ -170,7 +171,7 @@ impl Canceller {
     }
 
     /// Whether cancel was called.
-    pub fn is_cancelled(&self) -> bool {
+    pub(crate) fn is_cancelled(&self) -> bool {
         self.flag.load(Ordering::SeqCst)
     }
 }
@@ -191,14 +192,14 @@ fn proc_self_reopen(fd: &OwnedFd, flags: OFlags) -> rustix::io::Result<OwnedFd> 
 }
 
 /// One armed FIFO waiting for its reader.
-pub struct Pending {
+pub(crate) struct Pending {
     armed: ArmedFifo,
     canceller: Canceller,
 }
 
 impl Pending {
     /// Wraps an armed FIFO for delivery to the node of `policy`.
-    pub fn new(armed: ArmedFifo, policy: &ReaderPolicy) -> Self {
+    pub(crate) fn new(armed: ArmedFifo, policy: &ReaderPolicy) -> Self {
         let path_fd = Arc::new(armed.path_fd.try_clone().expect("dup of O_PATH fd"));
         Pending {
             armed,
@@ -211,17 +212,17 @@ impl Pending {
     }
 
     /// A handle to cancel the wait.
-    pub fn canceller(&self) -> Canceller {
+    pub(crate) fn canceller(&self) -> Canceller {
         self.canceller.clone()
     }
 
     /// Inode of the armed FIFO.
-    pub fn inode(&self) -> u64 {
+    pub(crate) fn inode(&self) -> u64 {
         self.armed.ino
     }
 
     /// Blocks until a reader opens the FIFO (or cancel), then runs the hand-off.
-    pub fn run(
+    pub(crate) fn run(
         self,
         slot: &KeySlot,
         key: &ValidatorKey,

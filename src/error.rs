@@ -91,7 +91,7 @@ pub(crate) fn exit_status_help() -> String {
 
 /// What `import` reads the key from.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ImportInput {
+pub(crate) enum ImportInput {
     /// Standard input (`-f -` or no `-f`).
     Stdin,
     /// A file.
@@ -110,7 +110,7 @@ impl std::fmt::Display for ImportInput {
 /// Why a command failed. Each message names the setting, path or parameter
 /// at fault and what to do.
 #[derive(Debug, thiserror::Error)]
-pub enum Error {
+pub(crate) enum Error {
     /// A setting is missing or invalid.
     #[error(transparent)]
     Config(#[from] ConfigError),
@@ -212,7 +212,7 @@ pub enum Error {
 
 impl Error {
     /// The process exit status for this error.
-    pub fn exit_code(&self) -> u8 {
+    pub(crate) fn exit_code(&self) -> u8 {
         let exit = match self {
             Error::StandbyExited { status } => return *status,
             Error::Config(_)

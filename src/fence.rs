@@ -41,7 +41,7 @@ use rustix::process::{Pid as RPid, Signal};
 use crate::identity::NodeIdentity;
 
 /// The hidden subcommand the fencer runs as.
-pub const SUBCOMMAND: &str = "__fence";
+pub(crate) const SUBCOMMAND: &str = "__fence";
 
 /// Message tags, tool to fencer.
 const MSG_DEADLINE: u64 = 1;
@@ -75,7 +75,7 @@ fn read_msg(r: &mut impl Read) -> Option<(u64, u64)> {
 
 /// What the tool hears from its fencer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum FenceNews {
+pub(crate) enum FenceNews {
     /// The fencer killed the node's tree (this many processes).
     Fired(u64),
     /// The fencer is gone (exited, or closed its pipe).
@@ -83,7 +83,7 @@ pub enum FenceNews {
 }
 
 /// The tool's handle on its fencer process.
-pub struct Fence {
+pub(crate) struct Fence {
     child: Child,
     to: Arc<std::fs::File>,
     /// The latest kill deadline the fencer acknowledged (boot clock, ns).
@@ -100,17 +100,17 @@ impl std::fmt::Debug for Fence {
 
 /// Fencer settings passed on its command line.
 #[derive(Debug, Clone, Copy)]
-pub struct FenceOptions {
+pub(crate) struct FenceOptions {
     /// The node; passed on when the tool runs as root for another user
     /// (the fencer looks at the node's `/proc` entries as the node).
-    pub node: NodeIdentity,
+    pub(crate) node: NodeIdentity,
     /// Log as JSON.
-    pub json: bool,
+    pub(crate) json: bool,
 }
 
 impl Fence {
     /// Starts the fencer; `news` is called from its reader thread.
-    pub fn start(
+    pub(crate) fn start(
         opts: FenceOptions,
         news: impl Fn(FenceNews) + Send + 'static,
     ) -> std::io::Result<Fence> {
@@ -166,7 +166,7 @@ impl Fence {
     }
 
     /// The fencer's pid.
-    pub fn pid(&self) -> u32 {
+    pub(crate) fn pid(&self) -> u32 {
         self.child.id()
     }
 
@@ -175,7 +175,7 @@ impl Fence {
     }
 
     /// A sender of kill deadlines, for the lease's renewal thread.
-    pub fn extender(&self) -> impl Fn(Duration) + Send + 'static {
+    pub(crate) fn extender(&self) -> impl Fn(Duration) + Send + 'static {
         let to = self.to.clone();
         move |kill_at: Duration| {
             let _ = (&*to).write_all(&encode(MSG_DEADLINE, kill_at.as_nanos() as u64));
@@ -184,12 +184,12 @@ impl Fence {
 
     /// The latest kill deadline the fencer acknowledged (boot clock; zero
     /// before the first).
-    pub fn enforced(&self) -> Duration {
+    pub(crate) fn enforced(&self) -> Duration {
         Duration::from_nanos(self.enforced.load(Ordering::SeqCst))
     }
 
     /// Sends `kill_at` and waits until the fencer enforces it.
-    pub fn extend_and_confirm(&self, kill_at: Duration, within: Duration) -> bool {
+    pub(crate) fn extend_and_confirm(&self, kill_at: Duration, within: Duration) -> bool {
         if !self.send(MSG_DEADLINE, kill_at.as_nanos() as u64) {
             return false;
         }
@@ -204,14 +204,14 @@ impl Fence {
     }
 
     /// Names the node's process group (cosmovisor's pid).
-    pub fn arm(&self, pgid: u32) -> bool {
+    pub(crate) fn arm(&self, pgid: u32) -> bool {
         self.send(MSG_ARM, u64::from(pgid))
     }
 
     /// The node's tree is gone: nothing to kill any more; then stops the
     /// fencer and reaps it. (Dropping a `Fence` instead closes the pipe
     /// without disarming: the fencer then kills whatever is left.)
-    pub fn finish(self) {
+    pub(crate) fn finish(self) {
         self.send(MSG_DISARM, 0);
         let Fence { mut child, to, .. } = self;
         // Closing our end is the fencer's cue to exit.
@@ -416,7 +416,7 @@ impl Fencer {
 
 /// The fencer process's main function (the hidden `__fence` subcommand);
 /// `node`: its `--node-ids`. Returns its exit code.
-pub fn fencer_main(node: Option<(u32, u32)>) -> u8 {
+pub(crate) fn fencer_main(node: Option<(u32, u32)>) -> u8 {
     let node = node.map_or_else(NodeIdentity::ours, |(u, g)| NodeIdentity::new(u, g));
     if let Err(e) = crate::harden::harden_self() {
         tracing::warn!(error = %e, "fencer: cannot harden itself");

@@ -9,14 +9,14 @@ use crate::sys::{self, ChildCreds};
 
 /// Applies `PR_SET_DUMPABLE 0` and `RLIMIT_CORE 0` to this process; call
 /// before any secret is fetched.
-pub fn harden_self() -> std::io::Result<()> {
+pub(crate) fn harden_self() -> std::io::Result<()> {
     sys::harden_self()
 }
 
 /// Environment variables never passed to the child: AWS credentials and
 /// settings (the node needs none), our own settings, systemd's notify socket
 /// and credentials directory (meant for us only).
-pub fn is_scrubbed(name: &str) -> bool {
+pub(crate) fn is_scrubbed(name: &str) -> bool {
     name.starts_with("AWS_")
         || name.starts_with("SSM_COSMOVISOR_")
         || matches!(
@@ -33,7 +33,7 @@ pub fn is_scrubbed(name: &str) -> bool {
 
 /// Computes the child's credentials before `fork`, so that `pre_exec` only
 /// issues syscalls.
-pub fn child_creds(node_user: Option<&NodeUser>) -> ChildCreds {
+pub(crate) fn child_creds(node_user: Option<&NodeUser>) -> ChildCreds {
     // Dropping from the bounding set needs CAP_SETPCAP; without it even an
     // absent capability gives EPERM. An unprivileged parent cannot drop it
     // (under the unprivileged unit the set is empty anyway), and
@@ -77,13 +77,13 @@ fn warn_bounding_kept(n: usize) {
 
 /// Configures `cmd` to start hardened: environment scrubbed, and the
 /// `pre_exec` hook applying `creds`.
-pub fn prepare(cmd: &mut Command, creds: ChildCreds) {
+pub(crate) fn prepare(cmd: &mut Command, creds: ChildCreds) {
     scrub_env(cmd);
     sys::install_child_hardening(cmd, creds);
 }
 
 /// Removes every [`is_scrubbed`] variable of our environment from `cmd`'s.
-pub fn scrub_env(cmd: &mut Command) {
+pub(crate) fn scrub_env(cmd: &mut Command) {
     for (k, _) in std::env::vars_os() {
         if is_scrubbed(&k.to_string_lossy()) {
             cmd.env_remove(&k);

@@ -25,7 +25,7 @@ use crate::slot::{Installed, KeySlot, SlotError};
 
 /// Why the safe key could not be installed.
 #[derive(Debug, thiserror::Error)]
-pub enum InstallError {
+pub(crate) enum InstallError {
     /// The source file cannot be opened or read.
     #[error("cannot read the safe key {path:?}: {source}. Put the host's safe (throwaway) key there, owned by root, mode 0600 (never the consensus key)")]
     Read {
@@ -105,7 +105,7 @@ fn read_source(path: &Path) -> Result<Vec<u8>, InstallError> {
         .map_err(read_err)?;
     match KeyFile::parse(&bytes) {
         Ok(KeyFile::Complete(_)) => Ok(bytes),
-        Ok(KeyFile::Stripped(_)) => Err(InstallError::NotAKey {
+        Ok(KeyFile::Stripped) => Err(InstallError::NotAKey {
             path: path.into(),
             source: KeyError::Stripped,
         }),
@@ -118,7 +118,7 @@ fn read_source(path: &Path) -> Result<Vec<u8>, InstallError> {
 
 /// Puts the safe key from `source` at the configured key path unless the slot
 /// already holds something there (then [`KeySlot::repair`] at `run` decides).
-pub fn install(cfg: &Config, source: &Path) -> Result<Installed, InstallError> {
+pub(crate) fn install(cfg: &Config, source: &Path) -> Result<Installed, InstallError> {
     let bytes = read_source(source)?;
     let (group, mode) = if cfg.node.switches() {
         (Some(cfg.node.gid()), 0o640)

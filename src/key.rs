@@ -18,7 +18,7 @@ use crate::secret::{SecretBuf, SecretError, MAX_SECRET_LEN};
 
 /// The key algorithms CometBFT validators use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum KeyType {
+pub(crate) enum KeyType {
     /// `tendermint/PrivKeyEd25519`: 64 bytes, seed ‖ public key.
     Ed25519,
     /// `tendermint/PrivKeySecp256k1`: a 32-byte scalar; 33-byte compressed public key.
@@ -35,7 +35,7 @@ impl KeyType {
     }
 
     /// The `priv_key.type` string.
-    pub fn priv_type(self) -> &'static str {
+    pub(crate) fn priv_type(self) -> &'static str {
         match self {
             KeyType::Ed25519 => "tendermint/PrivKeyEd25519",
             KeyType::Secp256k1 => "tendermint/PrivKeySecp256k1",
@@ -43,7 +43,7 @@ impl KeyType {
     }
 
     /// The `pub_key.type` string.
-    pub fn pub_type(self) -> &'static str {
+    pub(crate) fn pub_type(self) -> &'static str {
         match self {
             KeyType::Ed25519 => "tendermint/PubKeyEd25519",
             KeyType::Secp256k1 => "tendermint/PubKeySecp256k1",
@@ -78,7 +78,7 @@ impl fmt::Display for KeyType {
 /// key material: serde's and base64's own messages can echo input, so they
 /// are replaced by positions and field names.
 #[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
-pub enum KeyError {
+pub(crate) enum KeyError {
     /// Zero bytes.
     #[error("the value is empty (expected a CometBFT priv_validator_key.json document)")]
     Empty,
@@ -186,7 +186,7 @@ impl From<SecretError> for KeyError {
 
 /// The public identity of a key: algorithm, public key and address.
 #[derive(Clone, PartialEq, Eq)]
-pub struct PublicIdentity {
+pub(crate) struct PublicIdentity {
     key_type: KeyType,
     pub_key: Vec<u8>,
     address: [u8; 20],
@@ -194,22 +194,22 @@ pub struct PublicIdentity {
 
 impl PublicIdentity {
     /// Algorithm.
-    pub fn key_type(&self) -> KeyType {
+    pub(crate) fn key_type(&self) -> KeyType {
         self.key_type
     }
 
     /// Address as CometBFT prints it (uppercase hex).
-    pub fn address_hex(&self) -> String {
+    pub(crate) fn address_hex(&self) -> String {
         hex_upper(&self.address)
     }
 
     /// Public key in base64, as in the key file.
-    pub fn pub_key_b64(&self) -> String {
+    pub(crate) fn pub_key_b64(&self) -> String {
         B64.encode(&self.pub_key)
     }
 
     /// Raw public key bytes.
-    pub fn pub_key(&self) -> &[u8] {
+    pub(crate) fn pub_key(&self) -> &[u8] {
         &self.pub_key
     }
 }
@@ -228,7 +228,7 @@ impl fmt::Debug for PublicIdentity {
 
 /// A complete, validated consensus key. The only way to get one is
 /// [`ValidatorKey::parse`], so holding one means every check passed.
-pub struct ValidatorKey {
+pub(crate) struct ValidatorKey {
     identity: PublicIdentity,
     /// Raw private key bytes exactly as CometBFT stores them.
     private: SecretBuf,
@@ -242,11 +242,12 @@ impl fmt::Debug for ValidatorKey {
 
 /// What a key file turned out to be.
 #[derive(Debug)]
-pub enum KeyFile {
+pub(crate) enum KeyFile {
     /// A complete key with its private half.
     Complete(ValidatorKey),
-    /// A stripped key: public half only, `priv_key.value` empty.
-    Stripped(PublicIdentity),
+    /// A stripped key: public half only, `priv_key.value` empty (its address
+    /// checked against its public key).
+    Stripped,
 }
 
 #[derive(Deserialize)]
@@ -371,7 +372,7 @@ fn check_size(bytes: &[u8]) -> Result<(), KeyError> {
 impl KeyFile {
     /// Parses a key document and classifies it as complete or stripped.
     /// Complete keys pass every check of [`ValidatorKey::parse`].
-    pub fn parse(bytes: &[u8]) -> Result<KeyFile, KeyError> {
+    pub(crate) fn parse(bytes: &[u8]) -> Result<KeyFile, KeyError> {
         check_size(bytes)?;
         let raw: RawKey<'_> = serde_json::from_slice(bytes).map_err(|e| json_error(&e))?;
         let priv_key = raw.priv_key.ok_or(KeyError::Missing("priv_key"))?;
@@ -394,12 +395,8 @@ impl KeyFile {
         let file_pub = decode_pub(key_type, pub_value)?;
 
         if priv_value.is_empty() {
-            let identity = PublicIdentity {
-                key_type,
-                address: check_address(key_type, &file_pub, file_address)?,
-                pub_key: file_pub,
-            };
-            return Ok(KeyFile::Stripped(identity));
+            check_address(key_type, &file_pub, file_address)?;
+            return Ok(KeyFile::Stripped);
         }
 
         // Decode straight into secret memory.
@@ -447,20 +444,20 @@ fn check_address(key_type: KeyType, pub_key: &[u8], found: [u8; 20]) -> Result<[
 
 impl ValidatorKey {
     /// Parses and validates a complete key; a stripped key is an error.
-    pub fn parse(bytes: &[u8]) -> Result<ValidatorKey, KeyError> {
+    pub(crate) fn parse(bytes: &[u8]) -> Result<ValidatorKey, KeyError> {
         match KeyFile::parse(bytes)? {
             KeyFile::Complete(k) => Ok(k),
-            KeyFile::Stripped(_) => Err(KeyError::Stripped),
+            KeyFile::Stripped => Err(KeyError::Stripped),
         }
     }
 
     /// The public identity.
-    pub fn identity(&self) -> &PublicIdentity {
+    pub(crate) fn identity(&self) -> &PublicIdentity {
         &self.identity
     }
 
     /// Serialises the complete key, in CometBFT's layout, inside secret memory.
-    pub fn to_secret_json(&self) -> Result<SecretBuf, KeyError> {
+    pub(crate) fn to_secret_json(&self) -> Result<SecretBuf, KeyError> {
         let (head, tail) = self.json_parts();
         let b64_len = self.private.len().div_ceil(3) * 4;
         let mut out = SecretBuf::with_capacity(head.len() + b64_len + tail.len())?;
@@ -473,7 +470,7 @@ impl ValidatorKey {
 
     /// The stripped form: address and public key kept, `priv_key.value` empty,
     /// as the original tool writes it. Contains nothing secret.
-    pub fn stripped_json(&self) -> Vec<u8> {
+    pub(crate) fn stripped_json(&self) -> Vec<u8> {
         let (head, tail) = self.json_parts();
         let mut v = head.into_bytes();
         v.extend_from_slice(tail.as_bytes());
@@ -535,7 +532,7 @@ mod tests {
         assert_eq!(again.identity(), k.identity());
         let stripped = k.stripped_json();
         match KeyFile::parse(&stripped).unwrap() {
-            KeyFile::Stripped(id) => assert_eq!(&id, k.identity()),
+            KeyFile::Stripped => {}
             other => panic!("{other:?}"),
         }
         assert_eq!(

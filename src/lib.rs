@@ -10,25 +10,25 @@
 #![deny(unsafe_op_in_unsafe_fn)]
 #![warn(missing_docs)]
 
-pub mod check;
+pub(crate) mod check;
 pub mod cli;
-pub mod config;
-pub mod deliver;
-pub mod error;
-pub mod fence;
-pub mod harden;
+pub(crate) mod config;
+pub(crate) mod deliver;
+pub(crate) mod error;
+pub(crate) mod fence;
+pub(crate) mod harden;
 pub mod identity;
-pub mod install;
-pub mod key;
-pub mod lease;
-pub mod logging;
-pub mod notify;
+pub(crate) mod install;
+pub(crate) mod key;
+pub(crate) mod lease;
+pub(crate) mod logging;
+pub(crate) mod notify;
 pub mod procfs;
 pub mod secret;
-pub mod slot;
-pub mod source;
-pub mod supervise;
-pub mod sys;
+pub(crate) mod slot;
+pub(crate) mod source;
+pub(crate) mod supervise;
+pub(crate) mod sys;
 
 /// Test-only crash injection: with the `failpoints` feature, a process whose
 /// `SSM_COSMOVISOR_FAILPOINT` equals the name kills itself with SIGKILL at

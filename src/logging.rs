@@ -17,7 +17,7 @@ fn allowed(meta: &tracing::Metadata<'_>) -> bool {
 
 /// Installs the global subscriber. `SSM_COSMOVISOR_LOG` may raise or lower
 /// the level (TRACE stays limited to our own events, see [`allowed`]).
-pub fn init(format: LogFormat) {
+pub(crate) fn init(format: LogFormat) {
     use tracing_subscriber::layer::SubscriberExt;
     use tracing_subscriber::EnvFilter;
     let filter =

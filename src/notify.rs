@@ -6,14 +6,14 @@ use std::time::Duration;
 
 /// A connection to systemd's notify socket, or nothing when not under systemd.
 #[derive(Debug, Default)]
-pub struct Notifier {
+pub(crate) struct Notifier {
     sock: Option<(UnixDatagram, SocketAddr)>,
     watchdog: Option<Duration>,
 }
 
 impl Notifier {
     /// Reads `NOTIFY_SOCKET` and `WATCHDOG_USEC` (honouring `WATCHDOG_PID`).
-    pub fn from_env() -> Notifier {
+    pub(crate) fn from_env() -> Notifier {
         let sock = std::env::var_os("NOTIFY_SOCKET").and_then(|p| {
             let s = p.to_string_lossy().into_owned();
             let addr = if let Some(abs) = s.strip_prefix('@') {
@@ -37,34 +37,34 @@ impl Notifier {
 
     /// Sends one notify message (`KEY=value` lines); errors are ignored, as
     /// systemd's own `sd_notify` callers do.
-    pub fn send(&self, msg: &str) {
+    pub(crate) fn send(&self, msg: &str) {
         if let Some((sock, addr)) = &self.sock {
             let _ = sock.send_to_addr(msg.as_bytes(), addr);
         }
     }
 
     /// `READY=1` with a status line.
-    pub fn ready(&self, status: &str) {
+    pub(crate) fn ready(&self, status: &str) {
         self.send(&format!("READY=1\nSTATUS={status}"));
     }
 
     /// A status line.
-    pub fn status(&self, status: &str) {
+    pub(crate) fn status(&self, status: &str) {
         self.send(&format!("STATUS={status}"));
     }
 
     /// `STOPPING=1`.
-    pub fn stopping(&self) {
+    pub(crate) fn stopping(&self) {
         self.send("STOPPING=1");
     }
 
     /// How often to ping the watchdog (half its timeout), if one is configured.
-    pub fn watchdog_interval(&self) -> Option<Duration> {
+    pub(crate) fn watchdog_interval(&self) -> Option<Duration> {
         self.watchdog.map(|d| d / 2)
     }
 
     /// `WATCHDOG=1`.
-    pub fn ping(&self) {
+    pub(crate) fn ping(&self) {
         self.send("WATCHDOG=1");
     }
 }

@@ -27,34 +27,34 @@ impl std::fmt::Display for Pid {
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Holder {
     /// Its pid (thread group).
-    pub pid: Pid,
+    pub(crate) pid: Pid,
     /// The task whose fd table holds the FIFO (the pid itself, or a thread).
-    pub tid: Pid,
+    pub(crate) tid: Pid,
     /// That task's real, effective, saved and filesystem uids.
-    pub uids: [u32; 4],
+    pub(crate) uids: [u32; 4],
     /// `/proc/<pid>/exe`, if readable.
-    pub exe: Option<PathBuf>,
+    pub(crate) exe: Option<PathBuf>,
 }
 
 impl Holder {
     /// Effective uid.
-    pub fn euid(&self) -> u32 {
+    pub(crate) fn euid(&self) -> u32 {
         self.uids[1]
     }
 }
 
 /// A task of the node's uid whose fd table we cannot read.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Uninspectable {
+pub(crate) struct Uninspectable {
     /// Its pid (thread group).
-    pub pid: Pid,
+    pub(crate) pid: Pid,
     /// The task.
-    pub tid: Pid,
+    pub(crate) tid: Pid,
     /// Its name (`/proc/<pid>/comm`), for the operator.
-    pub comm: String,
+    pub(crate) comm: String,
     /// Recognised as another instance of our own systemd unit (see
     /// `SiblingView`): skipped by the reader check.
-    pub sibling: bool,
+    pub(crate) sibling: bool,
 }
 
 /// A `/proc` scan could not be completed; the caller must fail closed.
@@ -91,7 +91,7 @@ pub fn parent_of(pid: Pid) -> Option<Pid> {
 }
 
 /// Whether `pid` is `ancestor` or one of its descendants.
-pub fn is_descendant_of(pid: Pid, ancestor: Pid) -> bool {
+pub(crate) fn is_descendant_of(pid: Pid, ancestor: Pid) -> bool {
     let mut cur = pid;
     // Bounded walk: pid chains are short; a cycle is impossible but a bound
     // costs nothing.
@@ -158,7 +158,7 @@ pub fn children_of(parent: Pid) -> Vec<Pid> {
 }
 
 /// All descendants of `root` (children first), from one snapshot of `/proc`.
-pub fn descendants_of(root: Pid) -> Vec<Pid> {
+pub(crate) fn descendants_of(root: Pid) -> Vec<Pid> {
     let all: Vec<(Pid, Option<Pid>)> = all_pids()
         .unwrap_or_default()
         .into_iter()
@@ -531,7 +531,10 @@ pub fn holders(
 /// delivery closed, for `check`. Run outside a unit (from a shell), an
 /// instance of any template unit counts as a sibling, as the instances of
 /// that template would see each other.
-pub fn uninspectable(exclude: Pid, node: NodeIdentity) -> Result<Vec<Uninspectable>, ProcError> {
+pub(crate) fn uninspectable(
+    exclude: Pid,
+    node: NodeIdentity,
+) -> Result<Vec<Uninspectable>, ProcError> {
     // An inode no fd can refer to: only inspectability is asked.
     let scan = Scan::new(u64::MAX, u64::MAX, node, true);
     let mut out = Vec::new();

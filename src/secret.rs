@@ -7,24 +7,24 @@ use std::io;
 use secrecy::{ExposeSecret, ExposeSecretMut};
 use zeroize::{Zeroize, ZeroizeOnDrop};
 
-use crate::sys::{SecretMapping, SecretMemFallback, SecretMemKind};
+use crate::sys::{SecretMapping, SecretMemFallback};
 
 /// Largest value we accept: SSM's advanced tier stores at most 8 KiB.
-pub const MAX_SECRET_LEN: usize = 8192;
+pub(crate) const MAX_SECRET_LEN: usize = 8192;
 
 /// A fixed-capacity byte buffer in secret memory (see [`SecretMemKind`]).
 ///
 /// It cannot be printed (`Debug` is redacted, no `Display`), cannot be cloned,
 /// and is zeroed before its pages are unmapped. Reading it takes an explicit
 /// [`ExposeSecret::expose_secret`], which makes every use easy to audit.
-pub struct SecretBuf {
+pub(crate) struct SecretBuf {
     map: SecretMapping,
     len: usize,
 }
 
 /// Raised when a secret does not fit or secret memory cannot be had.
 #[derive(Debug, thiserror::Error)]
-pub enum SecretError {
+pub(crate) enum SecretError {
     /// More bytes than the buffer was created for.
     #[error("secret is larger than {cap} bytes")]
     TooLarge {
@@ -38,7 +38,7 @@ pub enum SecretError {
 
 impl SecretBuf {
     /// An empty buffer able to hold `cap` bytes.
-    pub fn with_capacity(cap: usize) -> Result<Self, SecretError> {
+    pub(crate) fn with_capacity(cap: usize) -> Result<Self, SecretError> {
         let (map, fallback) = SecretMapping::new(cap).map_err(SecretError::Alloc)?;
         if let Some(SecretMemFallback { step, error }) = fallback {
             tracing::warn!(
@@ -51,14 +51,14 @@ impl SecretBuf {
     }
 
     /// Copies `bytes` into a new buffer.
-    pub fn from_slice(bytes: &[u8]) -> Result<Self, SecretError> {
+    pub(crate) fn from_slice(bytes: &[u8]) -> Result<Self, SecretError> {
         let mut b = Self::with_capacity(bytes.len())?;
         b.extend_from_slice(bytes)?;
         Ok(b)
     }
 
     /// Appends bytes.
-    pub fn extend_from_slice(&mut self, bytes: &[u8]) -> Result<(), SecretError> {
+    pub(crate) fn extend_from_slice(&mut self, bytes: &[u8]) -> Result<(), SecretError> {
         let end = self.len + bytes.len();
         if end > self.map.len() {
             return Err(SecretError::TooLarge {
@@ -72,7 +72,7 @@ impl SecretBuf {
 
     /// Lets `f` write into the unused capacity and returns how much it wrote,
     /// so encoders can produce output directly in secret memory.
-    pub fn append_with<E>(
+    pub(crate) fn append_with<E>(
         &mut self,
         f: impl FnOnce(&mut [u8]) -> Result<usize, E>,
     ) -> Result<usize, E> {
@@ -87,22 +87,19 @@ impl SecretBuf {
     }
 
     /// Number of bytes held.
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.len
     }
 
-    /// Whether no bytes are held.
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
-    }
-
     /// Kind of memory behind the buffer.
-    pub fn mem_kind(&self) -> SecretMemKind {
+    #[cfg(test)]
+    pub(crate) fn mem_kind(&self) -> crate::sys::SecretMemKind {
         self.map.kind()
     }
 
     /// Address of the mapping (for `/proc/<pid>/maps` checks in tests).
-    pub fn mapping_addr(&self) -> usize {
+    #[cfg(test)]
+    pub(crate) fn mapping_addr(&self) -> usize {
         self.map.addr()
     }
 }
@@ -152,6 +149,7 @@ pub use crate::sys::ZeroizingAlloc;
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::sys::SecretMemKind;
 
     #[test]
     fn debug_is_redacted() {

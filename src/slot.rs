@@ -28,11 +28,11 @@ use crate::identity::NodeIdentity;
 use crate::key::{KeyError, KeyFile, PublicIdentity};
 
 /// Suffix of the backup, as the original tool names it.
-pub const ORIG_SUFFIX: &str = ".orig";
+pub(crate) const ORIG_SUFFIX: &str = ".orig";
 
 /// The states the slot can be in while we run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SlotState {
+pub(crate) enum SlotState {
     /// `P` is the safe key; no backup.
     Idle,
     /// `P` and `P.orig` are hard links to the safe key.
@@ -43,20 +43,27 @@ pub enum SlotState {
     Delivered,
 }
 
-impl fmt::Display for SlotState {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
+impl SlotState {
+    /// The state's name in reports and logs (`slot_checked found=...`).
+    pub(crate) const fn as_str(self) -> &'static str {
+        match self {
             SlotState::Idle => "idle",
             SlotState::BackedUp => "backed-up",
             SlotState::Armed => "armed",
             SlotState::Delivered => "delivered",
-        })
+        }
+    }
+}
+
+impl fmt::Display for SlotState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
     }
 }
 
 /// A slot problem. Each message names the path and says what the operator should do.
 #[derive(Debug, thiserror::Error)]
-pub enum SlotError {
+pub(crate) enum SlotError {
     /// An I/O call failed.
     #[error("{op} {path:?}: {source}")]
     Io {
@@ -419,8 +426,8 @@ fn judge<'e>(
             source: e.clone(),
         }),
         (Entry::Other(kind), _) => Err(SlotError::WrongType { path, kind }),
-        (Entry::Fifo, _) => restorable(path, orig_path, "armed", o),
-        (Entry::Stripped, _) => restorable(path, orig_path, "delivered", o),
+        (Entry::Fifo, _) => restorable(path, orig_path, SlotState::Armed.as_str(), o),
+        (Entry::Stripped, _) => restorable(path, orig_path, SlotState::Delivered.as_str(), o),
         (Entry::Absent, _) => restorable(path, orig_path, "missing key path with a backup", o),
         (Entry::Invalid(..), _) => {
             restorable(path, orig_path, "a truncated or invalid key file", o)
@@ -458,13 +465,13 @@ fn restorable<'e>(
 
 /// An armed FIFO: the `O_PATH` fd through which the writer end is opened,
 /// and its identity.
-pub struct ArmedFifo {
+pub(crate) struct ArmedFifo {
     /// `O_PATH` fd of the FIFO inode.
-    pub path_fd: OwnedFd,
+    pub(crate) path_fd: OwnedFd,
     /// Device of the inode.
-    pub dev: u64,
+    pub(crate) dev: u64,
     /// Inode number.
-    pub ino: u64,
+    pub(crate) ino: u64,
 }
 
 impl fmt::Debug for ArmedFifo {
@@ -474,7 +481,7 @@ impl fmt::Debug for ArmedFifo {
 }
 
 /// The key slot, with its directory opened once and locked.
-pub struct KeySlot {
+pub(crate) struct KeySlot {
     dir: OwnedFd,
     path: PathBuf,
     name: OsString,
@@ -500,7 +507,7 @@ fn with_suffix(name: &OsStr, prefix: &str, suffix: &str) -> OsString {
 
 /// Outcome of [`KeySlot::install_safe`].
 #[derive(Debug)]
-pub enum Installed {
+pub(crate) enum Installed {
     /// The safe key was put at `P`; its identity.
     Placed(Box<PublicIdentity>),
     /// `P` or `P.orig` was there already; nothing was changed.
@@ -509,17 +516,17 @@ pub enum Installed {
 
 /// Outcome of [`KeySlot::repair`]: what was found and what was done.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Repair {
+pub(crate) struct Repair {
     /// The state found (after leftovers were recognised).
-    pub found: &'static str,
+    pub(crate) found: &'static str,
     /// What was done, if anything.
-    pub action: Option<&'static str>,
+    pub(crate) action: Option<&'static str>,
 }
 
 impl KeySlot {
     /// Opens the slot for key path `path`. `node` owns the FIFO and stripped
     /// file (the node must be able to open them).
-    pub fn open(path: &Path, node: NodeIdentity) -> Result<KeySlot, SlotError> {
+    pub(crate) fn open(path: &Path, node: NodeIdentity) -> Result<KeySlot, SlotError> {
         let dir_path = path
             .parent()
             .filter(|p| !p.as_os_str().is_empty())
@@ -567,12 +574,12 @@ impl KeySlot {
     }
 
     /// The key path `P`.
-    pub fn path(&self) -> &Path {
+    pub(crate) fn path(&self) -> &Path {
         &self.path
     }
 
     /// The backup path `P.orig`.
-    pub fn orig_path(&self) -> PathBuf {
+    pub(crate) fn orig_path(&self) -> PathBuf {
         self.path.with_file_name(&self.orig)
     }
 
@@ -605,7 +612,7 @@ impl KeySlot {
                     Ok(KeyFile::Complete(k)) => {
                         Entry::Complete(st, Box::new(k.identity().clone()), bytes)
                     }
-                    Ok(KeyFile::Stripped(_)) => Entry::Stripped,
+                    Ok(KeyFile::Stripped) => Entry::Stripped,
                     Err(e) => Entry::Invalid(e),
                 })
             }
@@ -693,12 +700,12 @@ impl KeySlot {
     /// Recognises any state (ours, leftovers, the Go tool's) and brings the
     /// slot back to idle, or explains why an operator must decide.
     /// Returns the safe key's identity on success.
-    pub fn repair(&self) -> Result<(Repair, PublicIdentity), SlotError> {
+    pub(crate) fn repair(&self) -> Result<(Repair, PublicIdentity), SlotError> {
         self.repair_inner(true)
     }
 
     /// What [`KeySlot::repair`] would find and do, without changing anything.
-    pub fn diagnose(&self) -> Result<(Repair, PublicIdentity), SlotError> {
+    pub(crate) fn diagnose(&self) -> Result<(Repair, PublicIdentity), SlotError> {
         self.repair_inner(false)
     }
 
@@ -712,7 +719,11 @@ impl KeySlot {
         let o = self.inspect(&self.orig)?;
         let (repair, id) = match judge(&self.path, &self.orig_path(), &p, &o)? {
             Move::Stay(id) => {
-                let found = if temps { "idle with leftovers" } else { "idle" };
+                let found = if temps {
+                    "idle with leftovers"
+                } else {
+                    SlotState::Idle.as_str()
+                };
                 let action = temps.then_some(if apply {
                     "removed leftover temporary files"
                 } else {
@@ -730,7 +741,7 @@ impl KeySlot {
     /// copy: rename() between two links of one inode is a no-op, so the
     /// backup name is unlinked instead.
     fn drop_orig(&self, apply: bool) -> Result<Repair, SlotError> {
-        let found = "backed-up";
+        let found = SlotState::BackedUp.as_str();
         if !apply {
             let action = Some("would remove the redundant .orig link");
             return Ok(Repair { found, action });
@@ -765,7 +776,7 @@ impl KeySlot {
     }
 
     /// Refuses a safe key that is the consensus key itself.
-    pub fn ensure_safe_differs(
+    pub(crate) fn ensure_safe_differs(
         &self,
         safe: &PublicIdentity,
         consensus: &PublicIdentity,
@@ -780,7 +791,7 @@ impl KeySlot {
     }
 
     /// idle → backed-up: hard-link the safe key as `P.orig`.
-    pub fn backup(&self) -> Result<(), SlotError> {
+    pub(crate) fn backup(&self) -> Result<(), SlotError> {
         let linked = rustix::fs::linkat(
             &self.dir,
             self.name.as_os_str(),
@@ -824,7 +835,7 @@ impl KeySlot {
     /// one `renameat(RENAME_NOREPLACE)` of a fsynced temporary file. Changes
     /// nothing when `P` or `P.orig` exists, whatever they hold: that is a
     /// slot from an earlier start, and [`KeySlot::repair`] judges it.
-    pub fn install_safe(
+    pub(crate) fn install_safe(
         &self,
         safe: &[u8],
         group: Option<u32>,
@@ -837,7 +848,7 @@ impl KeySlot {
         }
         let identity = match KeyFile::parse(safe) {
             Ok(KeyFile::Complete(k)) => k.identity().clone(),
-            Ok(KeyFile::Stripped(_)) => {
+            Ok(KeyFile::Stripped) => {
                 return Err(SlotError::Invalid {
                     path: self.path.clone(),
                     source: KeyError::Stripped,
@@ -899,7 +910,7 @@ impl KeySlot {
     }
 
     /// backed-up/delivered/armed → armed: a fresh FIFO renamed over `P`.
-    pub fn arm(&self) -> Result<ArmedFifo, SlotError> {
+    pub(crate) fn arm(&self) -> Result<ArmedFifo, SlotError> {
         let tmp = self.fifo_tmp.as_os_str();
         // A leftover of ours from a crash is removed first (it can only ever be a FIFO).
         let _ = rustix::fs::unlinkat(&self.dir, tmp, AtFlags::empty());
@@ -940,7 +951,7 @@ impl KeySlot {
 
     /// armed → delivered: the stripped key, written and fsynced under a
     /// temporary name, renamed over `P`.
-    pub fn strip(&self, stripped: &[u8]) -> Result<(), SlotError> {
+    pub(crate) fn strip(&self, stripped: &[u8]) -> Result<(), SlotError> {
         let tmp = self.stripped_tmp.as_os_str();
         let _ = rustix::fs::unlinkat(&self.dir, tmp, AtFlags::empty());
         let fd = rustix::fs::openat(
@@ -983,13 +994,13 @@ impl KeySlot {
     }
 
     /// Whatever the state: back to idle (the safe key at `P`, no backup).
-    pub fn restore(&self) -> Result<Repair, SlotError> {
+    pub(crate) fn restore(&self) -> Result<Repair, SlotError> {
         self.repair().map(|(r, _)| r)
     }
 
     /// Whether `P` is, right now, a regular file: while we run, the stripped
     /// key (a reader attached and no FIFO was armed since).
-    pub fn holds_regular_file(&self) -> bool {
+    pub(crate) fn holds_regular_file(&self) -> bool {
         rustix::fs::statat(&self.dir, self.name.as_os_str(), AtFlags::SYMLINK_NOFOLLOW)
             .map(|st| kind_of(&st) == FileType::RegularFile)
             .unwrap_or(false)

@@ -15,18 +15,18 @@ use super::{boot_time, Deadline, LeaseError, LeaseSettings, Record, SignState, S
 
 /// A lease this process holds.
 #[derive(Debug)]
-pub struct Held {
+pub(crate) struct Held {
     rvn: String,
     /// When the last confirmed write was sent (boot clock).
     sent: Tick,
     /// Until when the node may run: `sent` + the holder's share.
-    pub deadline: Deadline,
+    pub(crate) deadline: Deadline,
     /// Highest sign state the record carries (takeover skip included).
-    pub state: SignState,
+    pub(crate) state: SignState,
     /// How we got it, if by a takeover after expiry.
-    pub took_over: Option<Takeover>,
+    pub(crate) took_over: Option<Takeover>,
     /// Validator address recorded with the lease, if any.
-    pub address: Option<String>,
+    pub(crate) address: Option<String>,
 }
 
 impl Held {
@@ -37,11 +37,11 @@ impl Held {
 }
 
 /// DynamoDB access for one lease: a current-thread runtime and a client.
-pub struct LeaseClient {
+pub(crate) struct LeaseClient {
     rt: Option<tokio::runtime::Runtime>,
     client: aws_sdk_dynamodb::Client,
     /// The settings.
-    pub settings: LeaseSettings,
+    pub(crate) settings: LeaseSettings,
 }
 
 impl std::fmt::Debug for LeaseClient {
@@ -72,7 +72,7 @@ impl LeaseClient {
     /// Builds the client (standard AWS credential chain, `AWS_ENDPOINT_URL`
     /// or `AWS_ENDPOINT_URL_DYNAMODB`). Requests time out well inside one
     /// renewal period, so a hung connection cannot eat the lease.
-    pub fn new(settings: LeaseSettings) -> Result<LeaseClient, LeaseError> {
+    pub(crate) fn new(settings: LeaseSettings) -> Result<LeaseClient, LeaseError> {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -162,7 +162,7 @@ impl LeaseClient {
 
     /// Reads the lease item (strongly consistent), refusing one our writes
     /// would never produce.
-    pub fn read(&self) -> Result<Option<Record>, LeaseError> {
+    pub(crate) fn read(&self) -> Result<Option<Record>, LeaseError> {
         let s = &self.settings;
         let out = self
             .block_on(
@@ -279,7 +279,10 @@ impl LeaseClient {
 
     /// Takes the lease if it is free or released right now; `None` if
     /// another host holds it (or won the race for it).
-    pub fn try_acquire_now(&self, local: Option<SignState>) -> Result<Option<Held>, LeaseError> {
+    pub(crate) fn try_acquire_now(
+        &self,
+        local: Option<SignState>,
+    ) -> Result<Option<Held>, LeaseError> {
         let cur = self.read()?;
         let mut watch = Watch::default();
         let d = watch.decide(cur.as_ref(), &self.settings.holder, boot_time());
@@ -297,7 +300,7 @@ impl LeaseClient {
 
     /// Blocks until this process holds the lease (or `cancel` is set).
     /// `on_wait` is told who holds it whenever that changes.
-    pub fn acquire(
+    pub(crate) fn acquire(
         &self,
         cancel: &Stop,
         local: Option<SignState>,
@@ -382,7 +385,7 @@ impl LeaseClient {
     /// until the deadline counted from it, so counted from the read (a stall
     /// between read and send must not lengthen what the skip has to cover;
     /// found by the model checker).
-    pub fn renew(
+    pub(crate) fn renew(
         &self,
         held: &mut Held,
         read_state: impl FnOnce() -> Option<SignState>,
@@ -440,7 +443,7 @@ impl LeaseClient {
     /// Binds the lease to the key this host is about to deliver: refuses a
     /// lease recorded for another validator (two validators sharing one lease
     /// name would each block the other, or worse, look like one).
-    pub fn bind_address(&self, held: &mut Held, address: &str) -> Result<(), LeaseError> {
+    pub(crate) fn bind_address(&self, held: &mut Held, address: &str) -> Result<(), LeaseError> {
         match &held.address {
             Some(a) if a != address => Err(LeaseError::OtherValidator {
                 name: self.settings.name.clone(),
@@ -457,7 +460,11 @@ impl LeaseClient {
     /// Gives the lease up (after our node has stopped), carrying the final
     /// state, never below what the record carries (a takeover skip stays).
     /// Returns the state released.
-    pub fn release(&self, held: &Held, last: Option<SignState>) -> Result<SignState, LeaseError> {
+    pub(crate) fn release(
+        &self,
+        held: &Held,
+        last: Option<SignState>,
+    ) -> Result<SignState, LeaseError> {
         let rec = self.ours(
             protocol::carried(held.state, last),
             held.address.clone(),

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 /// A lease failure. Each message says what to check.
 #[derive(Debug, thiserror::Error)]
-pub enum LeaseError {
+pub(crate) enum LeaseError {
     /// The table does not exist.
     #[error("DynamoDB table {table} not found: create it (partition key `lease`, type S; see README \"Failover lease\") or fix SSM_COSMOVISOR_LEASE_TABLE")]
     NoTable {
@@ -129,7 +129,7 @@ pub enum LeaseError {
 
 impl LeaseError {
     /// Worth retrying (transport trouble), as opposed to a configuration fault.
-    pub fn is_transient(&self) -> bool {
+    pub(crate) fn is_transient(&self) -> bool {
         matches!(self, LeaseError::Unreachable { .. })
     }
 }

@@ -10,7 +10,7 @@ use super::{
 /// A lease this process holds, with its client and the node's state file.
 /// Dropped, it is released (carrying the record's state, takeover skip
 /// included); [`HeldLease::into_parts`] hands it on instead.
-pub struct HeldLease(Option<(LeaseClient, Held, StateFile)>);
+pub(crate) struct HeldLease(Option<(LeaseClient, Held, StateFile)>);
 
 impl std::fmt::Debug for HeldLease {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -39,7 +39,7 @@ impl HeldLease {
     /// the lease once more (the fetch may have taken a while). A renewal
     /// that cannot reach DynamoDB is tolerated while the deadline holds: the
     /// renewal thread retries.
-    pub fn prepare(&mut self, address: &str) -> Result<(), LeaseError> {
+    pub(crate) fn prepare(&mut self, address: &str) -> Result<(), LeaseError> {
         let (client, held, state) = self.parts();
         client.bind_address(held, address)?;
         raise_sign_state(held.state, state)?;
@@ -54,7 +54,7 @@ impl HeldLease {
     }
 
     /// Hands the lease on (to the supervisor), without releasing it.
-    pub fn into_parts(mut self) -> (LeaseClient, Held, StateFile) {
+    pub(crate) fn into_parts(mut self) -> (LeaseClient, Held, StateFile) {
         self.0.take().expect("held until handed on")
     }
 }
@@ -77,7 +77,7 @@ fn raise_sign_state(target: SignState, state: &StateFile) -> Result<(), LeaseErr
 }
 
 /// Releases a lease we hold, carrying `last`; logs the outcome.
-pub fn release_logged(c: &LeaseClient, h: &Held, last: Option<SignState>) {
+pub(crate) fn release_logged(c: &LeaseClient, h: &Held, last: Option<SignState>) {
     match c.release(h, last) {
         Ok(released) => tracing::info!(
             event = "lease_released",
@@ -96,7 +96,7 @@ pub fn release_logged(c: &LeaseClient, h: &Held, last: Option<SignState>) {
 }
 
 /// How a standby's run (the keyless node, started by the caller) ended.
-pub enum StandbyEnd {
+pub(crate) enum StandbyEnd {
     /// The child ended first, with this exit code.
     Exited(u8),
     /// The lease is ours; the keyless child has stopped.
@@ -104,7 +104,7 @@ pub enum StandbyEnd {
 }
 
 /// What [`acquire`] came to.
-pub enum Acquired {
+pub(crate) enum Acquired {
     /// The lease is ours.
     Held(Box<HeldLease>),
     /// The standby's child ended first (its exit code), or a stop came
@@ -115,7 +115,7 @@ pub enum Acquired {
 /// Takes the lease: at once if it is free or released, else by running
 /// `standby` (the keyless node, waiting for the lease) until it is ours.
 /// `stop_requested` is asked after a handover: a stop then delivers nothing.
-pub fn acquire<E: From<LeaseError>>(
+pub(crate) fn acquire<E: From<LeaseError>>(
     settings: &LeaseSettings,
     state: StateFile,
     stop_requested: impl Fn() -> Option<i32>,

@@ -46,20 +46,16 @@ mod settings;
 mod state;
 mod threads;
 
-pub use client::{Held, LeaseClient};
-pub use error::LeaseError;
-pub use holder::{acquire, release_logged, Acquired, HeldLease, StandbyEnd};
-pub use protocol::Takeover;
-pub use record::Record;
-pub use settings::{
-    default_takeover_heights, holder_id, lease_name_for_parameter, LeaseSettings, DEFAULT_DURATION,
-    DEFAULT_MAX_HEIGHT_JUMP, KEY_ATTR, MAX_DURATION, MIN_DURATION,
-};
-pub use state::{state_path_for_home, Raised, SignState, StateFile};
-pub use threads::{log_waiting, Keeper, LeaseNews, Stop, Waiter};
+pub(crate) use client::{Held, LeaseClient};
+pub(crate) use error::LeaseError;
+pub(crate) use holder::{acquire, release_logged, Acquired, StandbyEnd};
+pub(crate) use record::Record;
+pub(crate) use settings::LeaseSettings;
+pub(crate) use state::{Raised, SignState, StateFile};
+pub(crate) use threads::{Keeper, LeaseNews, Stop, Waiter};
 
 /// Now on `CLOCK_BOOTTIME`, the clock every lease time is measured on.
-pub fn boot_time() -> Duration {
+pub(crate) fn boot_time() -> Duration {
     crate::sys::boot_time()
 }
 
@@ -68,7 +64,7 @@ pub fn boot_time() -> Duration {
 /// renewal thread is doing (blocked in a request, or dead), and passed on to
 /// the fencer by a subscriber.
 #[derive(Clone)]
-pub struct Deadline {
+pub(crate) struct Deadline {
     nanos: Arc<AtomicU64>,
     #[allow(clippy::type_complexity)]
     subscriber: Arc<Mutex<Option<Box<dyn Fn(Duration) + Send>>>>,
@@ -89,7 +85,7 @@ impl Deadline {
     }
 
     /// The current deadline (boot clock).
-    pub fn get(&self) -> Duration {
+    pub(crate) fn get(&self) -> Duration {
         Duration::from_nanos(self.nanos.load(Ordering::SeqCst))
     }
 
@@ -102,14 +98,14 @@ impl Deadline {
     }
 
     /// Calls `f` with the deadline now and after every move.
-    pub fn subscribe(&self, f: impl Fn(Duration) + Send + 'static) {
+    pub(crate) fn subscribe(&self, f: impl Fn(Duration) + Send + 'static) {
         let mut s = self.subscriber.lock().unwrap_or_else(|e| e.into_inner());
         f(self.get());
         *s = Some(Box::new(f));
     }
 
     /// No more calls to the subscriber.
-    pub fn unsubscribe(&self) {
+    pub(crate) fn unsubscribe(&self) {
         *self.subscriber.lock().unwrap_or_else(|e| e.into_inner()) = None;
     }
 }

@@ -208,52 +208,52 @@ pub(crate) enum RenewOrder {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub(crate) struct Budget {
     /// kill -9 of the tool, the fencer or the whole tree.
-    pub crashes: u8,
+    pub(crate) crashes: u8,
     /// Lost replies (and one failed confirming renewal).
-    pub replies: u8,
+    pub(crate) replies: u8,
     /// Stalls of the tool, the fencer or (if allowed) the whole tree.
-    pub stalls: u8,
+    pub(crate) stalls: u8,
     /// A new holder failing or told to stop between its take and delivery.
-    pub aborts: u8,
+    pub(crate) aborts: u8,
     /// Graceful stops of a holder (SIGTERM).
-    pub stops: u8,
+    pub(crate) stops: u8,
     /// Restarts of a tool that ended (new holder id).
-    pub restarts: u8,
+    pub(crate) restarts: u8,
     /// A host cut off from the table (every request fails) until healed.
-    pub cuts: u8,
+    pub(crate) cuts: u8,
     /// Clock slips (at most one per `drift_window`).
-    pub slips: u8,
+    pub(crate) slips: u8,
 }
 
 /// One configuration of the model.
 #[derive(Clone, Debug)]
 pub(crate) struct Config {
     /// Number of hosts.
-    pub hosts: u8,
+    pub(crate) hosts: u8,
     /// The protocol.
-    pub variant: Variant,
+    pub(crate) variant: Variant,
     /// Global ticks explored.
-    pub horizon: u8,
+    pub(crate) horizon: u8,
     /// Ticks per second of lease and chain time (1, 2 or 3).
-    pub ticks_per_s: u8,
+    pub(crate) ticks_per_s: u8,
     /// What nodes sign.
-    pub signing: Signing,
+    pub(crate) signing: Signing,
     /// The renewal thread's order.
-    pub renew_order: RenewOrder,
+    pub(crate) renew_order: RenewOrder,
     /// Whether the fencer process exists (false: the tool alone fences).
-    pub fencer: bool,
+    pub(crate) fencer: bool,
     /// At most one clock slip per this many ticks; `None`: perfect clocks.
-    pub drift_window: Option<u8>,
+    pub(crate) drift_window: Option<u8>,
     /// Whether a stall may freeze the whole tree (node included).
-    pub tree_freeze: bool,
+    pub(crate) tree_freeze: bool,
     /// Fault budgets.
-    pub budget: Budget,
+    pub(crate) budget: Budget,
     /// Faults strike only this host (a narrower search for a witness).
-    pub fault_host: Option<u8>,
+    pub(crate) fault_host: Option<u8>,
     /// [`Signing::ChainHeight`]: the chain advances at full speed until it
     /// halts for good (a narrower search for a witness), instead of
     /// advancing or not at every chance.
-    pub chain_runs_then_halts: bool,
+    pub(crate) chain_runs_then_halts: bool,
 }
 
 impl Config {
@@ -1448,11 +1448,11 @@ pub(crate) const TWO_SIGNERS: &str = "two hosts sign";
 
 /// What one check found.
 pub(crate) struct Outcome {
-    pub model: LeaseModel,
-    pub unique: usize,
-    pub depth: usize,
-    pub secs: f64,
-    pub found: Vec<(&'static str, Path<State, Action>)>,
+    pub(crate) model: LeaseModel,
+    pub(crate) unique: usize,
+    pub(crate) depth: usize,
+    pub(crate) secs: f64,
+    pub(crate) found: Vec<(&'static str, Path<State, Action>)>,
 }
 
 impl Outcome {

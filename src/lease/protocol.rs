@@ -129,24 +129,24 @@ pub(crate) fn is_ours(r: &Record, me: &str) -> bool {
 
 /// A takeover of an expired lease, as recorded in the held lease.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Takeover {
+pub(crate) struct Takeover {
     /// The holder whose lease ran out.
-    pub from: String,
+    pub(crate) from: String,
     /// The state its record carried.
-    pub carried: SignState,
+    pub(crate) carried: SignState,
     /// Heights skipped past it (already in the record we wrote).
-    pub skip: i64,
+    pub(crate) skip: i64,
 }
 
 /// The content of a write that takes the lease.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Claim {
     /// The sign state the new record carries.
-    pub state: SignState,
+    pub(crate) state: SignState,
     /// The validator address the record is bound to, kept as it was.
-    pub address: Option<String>,
+    pub(crate) address: Option<String>,
     /// Set for a takeover after expiry.
-    pub took_over: Option<Takeover>,
+    pub(crate) took_over: Option<Takeover>,
 }
 
 /// What a host writes to take the lease after `decision` about `basis` (the

@@ -17,20 +17,20 @@ use super::SignState;
 
 /// The lease item as read.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct Record {
+pub(crate) struct Record {
     /// Who wrote it.
-    pub holder: String,
+    pub(crate) holder: String,
     /// Record version: random, replaced by every write.
-    pub rvn: String,
+    pub(crate) rvn: String,
     /// The writer's lease duration.
-    pub duration: Duration,
+    pub(crate) duration: Duration,
     /// Released by its holder (free to take at once).
-    pub released: bool,
+    pub(crate) released: bool,
     /// Highest sign state any holder so far may have signed, takeover
     /// skips included.
-    pub state: SignState,
+    pub(crate) state: SignState,
     /// Address of the validator whose key the holder delivered, once known.
-    pub address: Option<String>,
+    pub(crate) address: Option<String>,
 }
 
 type Item = HashMap<String, AttributeValue>;

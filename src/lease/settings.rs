@@ -5,59 +5,59 @@ use std::time::Duration;
 use crate::config::{parse_duration, pick, pick_strict, ConfigError, Env, Overrides, SourceSpec};
 
 /// Default lease duration.
-pub const DEFAULT_DURATION: Duration = Duration::from_secs(30);
+pub(crate) const DEFAULT_DURATION: Duration = Duration::from_secs(30);
 
 /// Shortest lease duration accepted (the tests use 3 s to 6 s).
-pub const MIN_DURATION: Duration = Duration::from_secs(3);
+pub(crate) const MIN_DURATION: Duration = Duration::from_secs(3);
 
 /// Longest lease duration accepted, also for a duration read from a record:
 /// a record claiming more would make every standby wait that long.
-pub const MAX_DURATION: Duration = Duration::from_secs(600);
+pub(crate) const MAX_DURATION: Duration = Duration::from_secs(600);
 
 /// Default for the largest rise of this host's sign state a lease record
 /// may cause without the operator confirming it (`accept-lease-state`).
 /// A host that signed last more than this many heights ago must be brought
 /// up to date once, as when a validator moves host (copy its state file).
-pub const DEFAULT_MAX_HEIGHT_JUMP: i64 = 100_000;
+pub(crate) const DEFAULT_MAX_HEIGHT_JUMP: i64 = 100_000;
 
 /// Name of the table's partition key attribute.
-pub const KEY_ATTR: &str = "lease";
+pub(crate) const KEY_ATTR: &str = "lease";
 
 /// Lease settings, resolved from the configuration.
 #[derive(Debug, Clone)]
-pub struct LeaseSettings {
+pub(crate) struct LeaseSettings {
     /// DynamoDB table.
-    pub table: String,
+    pub(crate) table: String,
     /// The item's key: one lease per validator key.
-    pub name: String,
+    pub(crate) name: String,
     /// This process's holder id (host, pid, random suffix).
-    pub holder: String,
+    pub(crate) holder: String,
     /// Lease duration.
-    pub duration: Duration,
+    pub(crate) duration: Duration,
     /// Region of the table (`None`: the standard chain's region).
-    pub region: Option<String>,
+    pub(crate) region: Option<String>,
     /// Heights a host skips after taking over an *expired* lease (the old
     /// holder may have signed after its last renewal carried its state).
-    pub takeover_heights: i64,
+    pub(crate) takeover_heights: i64,
     /// Largest rise of our own sign state a record may cause unconfirmed.
-    pub max_height_jump: i64,
+    pub(crate) max_height_jump: i64,
 }
 
 impl LeaseSettings {
     /// Time between renewals.
-    pub fn renew_every(&self) -> Duration {
+    pub(crate) fn renew_every(&self) -> Duration {
         self.duration / 3
     }
 
     /// How long after sending its last successful write the holder keeps its
     /// node; the last third of the duration is for stopping it.
-    pub fn keep_for(&self) -> Duration {
+    pub(crate) fn keep_for(&self) -> Duration {
         self.duration - self.duration / 3
     }
 
     /// How long the stop may take before SIGKILL (by the supervisor and, if
     /// it is stalled, by the fencer).
-    pub fn stop_grace(&self) -> Duration {
+    pub(crate) fn stop_grace(&self) -> Duration {
         self.duration / 6
     }
 
@@ -65,7 +65,7 @@ impl LeaseSettings {
     /// with this duration: the configured skip, and at least one height per
     /// second of *its* duration and one more (a holder with a longer lease
     /// than ours kept its node longer).
-    pub fn skip_after(&self, their_duration: Duration) -> i64 {
+    pub(crate) fn skip_after(&self, their_duration: Duration) -> i64 {
         self.takeover_heights
             .max(default_takeover_heights(their_duration.min(MAX_DURATION)))
     }
@@ -202,13 +202,13 @@ fn resolve_max_height_jump(
 
 /// The default takeover skip for a lease duration: one height per second of
 /// it and one more, for chains with blocks of 1 s or slower.
-pub fn default_takeover_heights(duration: Duration) -> i64 {
+pub(crate) fn default_takeover_heights(duration: Duration) -> i64 {
     duration.as_secs() as i64 + 1
 }
 
 /// The lease name for an SSM parameter given by name or by ARN: both forms
 /// must name the same lease, or two hosts could each hold "their" lease.
-pub fn lease_name_for_parameter(parameter: &str) -> String {
+pub(crate) fn lease_name_for_parameter(parameter: &str) -> String {
     let name = match parameter.split_once(":parameter") {
         Some((head, tail)) if head.starts_with("arn:") => tail,
         _ => parameter,
@@ -223,7 +223,7 @@ pub fn lease_name_for_parameter(parameter: &str) -> String {
 /// A holder id: hostname, pid and a random suffix, so a restarted process on
 /// the same host is a different holder (it cannot know whether its previous
 /// life's node is really gone).
-pub fn holder_id() -> String {
+pub(crate) fn holder_id() -> String {
     let host = rustix::system::uname()
         .nodename()
         .to_string_lossy()

@@ -9,13 +9,13 @@ use crate::identity::NodeIdentity;
 /// The last height/round/step a validator signed (CometBFT's
 /// `FilePVLastSignState` without the signature), ordered as CometBFT orders them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default, Hash)]
-pub struct SignState {
+pub(crate) struct SignState {
     /// Block height.
-    pub height: i64,
+    pub(crate) height: i64,
     /// Round.
-    pub round: i32,
+    pub(crate) round: i32,
     /// Step (1 propose, 2 prevote, 3 precommit).
-    pub step: i8,
+    pub(crate) step: i8,
 }
 
 impl std::fmt::Display for SignState {
@@ -26,7 +26,7 @@ impl std::fmt::Display for SignState {
 
 impl SignState {
     /// Parses `priv_validator_state.json` (`height` is a JSON string there).
-    pub fn parse(bytes: &[u8]) -> Result<SignState, String> {
+    pub(crate) fn parse(bytes: &[u8]) -> Result<SignState, String> {
         let v: serde_json::Value =
             serde_json::from_slice(bytes).map_err(|e| format!("not JSON: {e}"))?;
         let height = match &v["height"] {
@@ -55,7 +55,7 @@ impl SignState {
 
     /// The state `heights` above this one, at its first round and step (the
     /// target after a takeover skip; saturating, never wrapping).
-    pub fn skipped(self, heights: i64) -> SignState {
+    pub(crate) fn skipped(self, heights: i64) -> SignState {
         SignState {
             height: self.height.saturating_add(heights),
             round: 0,
@@ -65,7 +65,7 @@ impl SignState {
 
     /// The file's content for this state: no signature, so CometBFT signs
     /// nothing at this very height/round/step either ("no SignBytes found").
-    pub fn to_json(self) -> String {
+    pub(crate) fn to_json(self) -> String {
         format!(
             "{{\n  \"height\": \"{}\",\n  \"round\": {},\n  \"step\": {}\n}}",
             self.height, self.round, self.step
@@ -77,7 +77,7 @@ impl SignState {
 /// `priv_validator_state_file` (default `data/priv_validator_state.json`).
 /// A `config.toml` we cannot parse is an error: raising a file the node does
 /// not read would protect nothing.
-pub fn state_path_for_home(home: &Path) -> Result<PathBuf, LeaseError> {
+pub(crate) fn state_path_for_home(home: &Path) -> Result<PathBuf, LeaseError> {
     crate::config::node_file_from_config(
         home,
         "priv_validator_state_file",
@@ -91,11 +91,11 @@ pub fn state_path_for_home(home: &Path) -> Result<PathBuf, LeaseError> {
 
 /// The node's sign-state file, read and written as the node's user.
 #[derive(Debug, Clone)]
-pub struct StateFile {
+pub(crate) struct StateFile {
     /// The file.
-    pub path: PathBuf,
+    pub(crate) path: PathBuf,
     /// The node, as whom it is read and written.
-    pub node: NodeIdentity,
+    pub(crate) node: NodeIdentity,
 }
 
 impl StateFile {
@@ -104,7 +104,7 @@ impl StateFile {
     /// `CAP_DAC_READ_SEARCH` may not read the node's files otherwise, and the
     /// node-owned `config.toml` must not make root reach further than the
     /// node could.
-    pub fn of_home(home: &Path, node: NodeIdentity) -> Result<StateFile, LeaseError> {
+    pub(crate) fn of_home(home: &Path, node: NodeIdentity) -> Result<StateFile, LeaseError> {
         let path = node.as_node(|| state_path_for_home(home))?;
         Ok(StateFile { path, node })
     }
@@ -114,7 +114,7 @@ impl StateFile {
     }
 
     /// The current state; `None` if the file does not exist yet.
-    pub fn read(&self) -> Result<Option<SignState>, LeaseError> {
+    pub(crate) fn read(&self) -> Result<Option<SignState>, LeaseError> {
         match self.as_node(|| std::fs::read(&self.path)) {
             Ok(b) => SignState::parse(&b)
                 .map(Some)
@@ -131,7 +131,7 @@ impl StateFile {
     }
 
     /// Raises the file to `to` if it is lower (atomic replace, fsynced).
-    pub fn raise_to(&self, to: SignState) -> Result<Raised, LeaseError> {
+    pub(crate) fn raise_to(&self, to: SignState) -> Result<Raised, LeaseError> {
         let now = self.read()?;
         if now.is_some_and(|n| n >= to) {
             return Ok(Raised::Unchanged);
@@ -178,7 +178,7 @@ impl StateFile {
 
 /// What [`StateFile::raise_to`] did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Raised {
+pub(crate) enum Raised {
     /// The file was already at or above the state.
     Unchanged,
     /// The file was raised from this state (`None`: there was no file).

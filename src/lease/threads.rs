@@ -10,23 +10,23 @@ use super::{boot_time, Held, LeaseClient, LeaseError, Record, StateFile};
 /// A stop flag a thread can sleep on: it wakes at the timeout or at once when
 /// stopped, with no polling (an idle holder must not wake every few ms).
 #[derive(Debug, Clone, Default)]
-pub struct Stop(Arc<(std::sync::Mutex<bool>, std::sync::Condvar)>);
+pub(crate) struct Stop(Arc<(std::sync::Mutex<bool>, std::sync::Condvar)>);
 
 impl Stop {
     /// Sets the flag and wakes the sleeper.
-    pub fn stop(&self) {
+    pub(crate) fn stop(&self) {
         let (m, c) = &*self.0;
         *m.lock().unwrap_or_else(|e| e.into_inner()) = true;
         c.notify_all();
     }
 
     /// Whether it was stopped.
-    pub fn is_stopped(&self) -> bool {
+    pub(crate) fn is_stopped(&self) -> bool {
         *self.0 .0.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Sleeps up to `d`; true if stopped.
-    pub fn sleep(&self, d: Duration) -> bool {
+    pub(crate) fn sleep(&self, d: Duration) -> bool {
         let (m, c) = &*self.0;
         let end = Instant::now() + d;
         let mut stopped = m.lock().unwrap_or_else(|e| e.into_inner());
@@ -46,7 +46,7 @@ impl Stop {
 
 /// What a lease thread tells the supervisor.
 #[derive(Debug)]
-pub enum LeaseNews {
+pub(crate) enum LeaseNews {
     /// The standby got the lease.
     Acquired,
     /// The holder could not keep the lease: stop the node now.
@@ -56,7 +56,7 @@ pub enum LeaseNews {
 }
 
 /// The renewal thread of a held lease.
-pub struct Keeper {
+pub(crate) struct Keeper {
     stop: Stop,
     done: std::sync::mpsc::Receiver<(LeaseClient, Held, bool)>,
     /// How long `stop` waits for the thread (it may be inside a request).
@@ -67,7 +67,7 @@ impl Keeper {
     /// Starts renewing; `news` is called once if the lease is lost. The
     /// supervisor enforces [`Held::deadline`] itself as well: this thread
     /// may be stuck in a request when it passes.
-    pub fn start(
+    pub(crate) fn start(
         client: LeaseClient,
         mut held: Held,
         state: StateFile,
@@ -143,7 +143,7 @@ impl Keeper {
 
     /// Stops renewing; returns the client and the lease, unless it was lost,
     /// or the thread died or is stuck (then the lease simply expires).
-    pub fn stop(self) -> Option<(LeaseClient, Held)> {
+    pub(crate) fn stop(self) -> Option<(LeaseClient, Held)> {
         self.stop.stop();
         match self.done.recv_timeout(self.patience) {
             Ok((c, h, false)) if boot_time() < h.deadline.get() => Some((c, h)),
@@ -159,7 +159,7 @@ impl Keeper {
 }
 
 /// The thread a standby waits for the lease in.
-pub struct Waiter {
+pub(crate) struct Waiter {
     cancel: Stop,
     done: std::sync::mpsc::Receiver<Result<(LeaseClient, Held), LeaseError>>,
     patience: Duration,
@@ -168,7 +168,7 @@ pub struct Waiter {
 impl Waiter {
     /// Starts waiting; `news` is called with [`LeaseNews::Acquired`] once the
     /// lease is ours.
-    pub fn start(
+    pub(crate) fn start(
         client: LeaseClient,
         state: StateFile,
         news: Box<dyn Fn(LeaseNews) + Send>,
@@ -208,7 +208,7 @@ impl Waiter {
     }
 
     /// Stops waiting; returns the lease if it was acquired meanwhile.
-    pub fn finish(self) -> Result<(LeaseClient, Held), LeaseError> {
+    pub(crate) fn finish(self) -> Result<(LeaseClient, Held), LeaseError> {
         self.cancel.stop();
         self.done
             .recv_timeout(self.patience)
@@ -217,7 +217,7 @@ impl Waiter {
 }
 
 /// Logs who holds the lease we wait for (called when the holder changes).
-pub fn log_waiting(r: &Record) {
+pub(crate) fn log_waiting(r: &Record) {
     tracing::info!(
         event = "lease_waiting",
         holder = %r.holder,

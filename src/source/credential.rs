@@ -10,7 +10,7 @@ use crate::secret::{SecretBuf, MAX_SECRET_LEN};
 
 /// Why the credential could not be read.
 #[derive(Debug, thiserror::Error)]
-pub enum CredentialError {
+pub(crate) enum CredentialError {
     /// Open/read failed.
     #[error(
         "cannot read credential {path:?}: {source}; check LoadCredentialEncrypted= in the unit"
@@ -48,7 +48,7 @@ pub enum CredentialError {
 
 /// Reads credential `name` from `dir` into secret memory after checking that
 /// neither the directory nor the file is accessible to group or others.
-pub fn read(dir: &Path, name: &str) -> Result<SecretBuf, CredentialError> {
+pub(crate) fn read(dir: &Path, name: &str) -> Result<SecretBuf, CredentialError> {
     let io = |path: &Path| {
         let path = path.to_path_buf();
         move |source| CredentialError::Io { path, source }

@@ -2,8 +2,8 @@
 //! credential. Every source returns a validated [`ValidatorKey`] plus a
 //! description of its origin for the audit log; none keeps a copy.
 
-pub mod credential;
-pub mod ssm;
+pub(crate) mod credential;
+pub(crate) mod ssm;
 
 use secrecy::ExposeSecret;
 
@@ -12,7 +12,7 @@ use crate::key::{KeyError, ValidatorKey};
 
 /// Where a fetched key came from (logged, never secret).
 #[derive(Debug, Clone)]
-pub enum Origin {
+pub(crate) enum Origin {
     /// An SSM parameter.
     Ssm(ssm::ParameterInfo),
     /// A systemd credential.
@@ -24,16 +24,16 @@ pub enum Origin {
 
 /// A validated key and where it came from.
 #[derive(Debug)]
-pub struct Fetched {
+pub(crate) struct Fetched {
     /// The key.
-    pub key: ValidatorKey,
+    pub(crate) key: ValidatorKey,
     /// Its origin.
-    pub origin: Origin,
+    pub(crate) origin: Origin,
 }
 
 /// Why the key could not be obtained.
 #[derive(Debug, thiserror::Error)]
-pub enum SourceError {
+pub(crate) enum SourceError {
     /// SSM failed.
     #[error(transparent)]
     Ssm(#[from] ssm::SsmError),
@@ -61,7 +61,10 @@ pub enum SourceError {
 }
 
 /// Fetches and validates the key from the configured source.
-pub fn fetch(spec: &SourceSpec, expected_address: Option<&str>) -> Result<Fetched, SourceError> {
+pub(crate) fn fetch(
+    spec: &SourceSpec,
+    expected_address: Option<&str>,
+) -> Result<Fetched, SourceError> {
     let fetched = match spec {
         SourceSpec::Ssm {
             parameter,

@@ -25,24 +25,24 @@ use crate::secret::SecretBuf;
 
 /// Attempts per request (the SDK backs off exponentially with jitter between
 /// them, and retries throttling and transient network errors only).
-pub const MAX_ATTEMPTS: u32 = 5;
+pub(crate) const MAX_ATTEMPTS: u32 = 5;
 
 /// What the parameter is, as SSM reports it (no secret).
 #[derive(Debug, Clone)]
-pub struct ParameterInfo {
+pub(crate) struct ParameterInfo {
     /// Parameter name.
-    pub name: String,
+    pub(crate) name: String,
     /// Version number.
-    pub version: i64,
+    pub(crate) version: i64,
     /// `SecureString`, `String`, …
-    pub kind: String,
+    pub(crate) kind: String,
     /// ARN, if returned.
-    pub arn: Option<String>,
+    pub(crate) arn: Option<String>,
 }
 
 /// Classified SSM failure. Each message says what to check.
 #[derive(Debug, thiserror::Error)]
-pub enum SsmError {
+pub(crate) enum SsmError {
     /// No region configured.
     #[error("no AWS region configured: set AWS_REGION (e.g. us-east-1)")]
     NoRegion,
@@ -158,7 +158,7 @@ fn runtime() -> Result<tokio::runtime::Runtime, SsmError> {
 /// The largest answer accepted from SSM. A parameter value is at most
 /// 8 KiB (advanced tier), JSON-escaped at most 6 times that, plus the
 /// envelope: anything larger is not an SSM answer, and is not read.
-pub const MAX_ANSWER: u64 = 64 * 1024;
+pub(crate) const MAX_ANSWER: u64 = 64 * 1024;
 
 /// Per-attempt and whole-operation timeouts.
 fn timeouts() -> (Duration, Duration) {
@@ -446,7 +446,10 @@ fn extract_xml_message(body: &str) -> Option<String> {
 
 /// Fetches a parameter with decryption. The value is moved into secret
 /// memory and the SDK's `String` is wiped before it is freed.
-pub fn fetch(name: &str, allow_plain_string: bool) -> Result<(ParameterInfo, SecretBuf), SsmError> {
+pub(crate) fn fetch(
+    name: &str,
+    allow_plain_string: bool,
+) -> Result<(ParameterInfo, SecretBuf), SsmError> {
     runtime()?.block_on(async {
         let (client, region) = client().await?;
         let out = client
@@ -494,18 +497,18 @@ pub fn fetch(name: &str, allow_plain_string: bool) -> Result<(ParameterInfo, Sec
 
 /// Metadata for `check`: the KMS key id, tier and last modification.
 #[derive(Debug, Clone, Default)]
-pub struct ParameterMeta {
+pub(crate) struct ParameterMeta {
     /// KMS key id or alias (`alias/aws/ssm` when the default key is used).
-    pub kms_key_id: Option<String>,
+    pub(crate) kms_key_id: Option<String>,
     /// Standard / Advanced / Intelligent-Tiering.
-    pub tier: Option<String>,
+    pub(crate) tier: Option<String>,
     /// Last modified by (IAM principal).
-    pub last_modified_user: Option<String>,
+    pub(crate) last_modified_user: Option<String>,
 }
 
 /// Reads the parameter's metadata with `DescribeParameters` (needs
 /// `ssm:DescribeParameters`; `check` reports a denial as a warning).
-pub fn describe(name: &str) -> Result<ParameterMeta, SsmError> {
+pub(crate) fn describe(name: &str) -> Result<ParameterMeta, SsmError> {
     use aws_sdk_ssm::types::ParameterStringFilter;
     runtime()?.block_on(async {
         let (client, region) = client().await?;
@@ -542,7 +545,7 @@ pub fn describe(name: &str) -> Result<ParameterMeta, SsmError> {
 }
 
 /// Stores `value` as a SecureString. Returns the new version.
-pub fn put(
+pub(crate) fn put(
     name: &str,
     value: &SecretBuf,
     kms_key_id: Option<&str>,

@@ -100,7 +100,7 @@ impl Child {
 }
 
 /// Maps a child's status to our exit code (128+N for a signal death).
-pub fn status_code(st: &ExitStatus) -> u8 {
+pub(crate) fn status_code(st: &ExitStatus) -> u8 {
     use std::os::unix::process::ExitStatusExt;
     match (st.code(), st.signal()) {
         (Some(c), _) => c as u8,

@@ -38,15 +38,14 @@ mod machine;
 mod rearm;
 mod signals;
 
-pub use child::status_code;
-pub use signals::{Signals, FORWARDED};
+pub(crate) use signals::Signals;
 
 /// Grace period between SIGTERM and SIGKILL for orphaned nodes.
-pub const ORPHAN_GRACE: Duration = Duration::from_secs(10);
+pub(crate) const ORPHAN_GRACE: Duration = Duration::from_secs(10);
 
 /// A fatal supervision error (its exit status: `crate::error`).
 #[derive(Debug, thiserror::Error)]
-pub enum SuperviseError {
+pub(crate) enum SuperviseError {
     /// The slot failed.
     #[error(transparent)]
     Slot(#[from] SlotError),
@@ -109,15 +108,15 @@ pub(crate) enum Event {
 }
 
 /// What the key handling needs; `None` runs the child like plain cosmovisor.
-pub struct KeyJob {
+pub(crate) struct KeyJob {
     /// The slot, already repaired and backed up.
-    pub slot: Arc<KeySlot>,
+    pub(crate) slot: Arc<KeySlot>,
     /// The validated consensus key.
-    pub key: Arc<ValidatorKey>,
+    pub(crate) key: Arc<ValidatorKey>,
 }
 
 /// The failover lease's part in a run.
-pub enum LeaseRole {
+pub(crate) enum LeaseRole {
     /// No lease configured.
     None,
     /// We hold the lease: renew it while the child runs, stop the node if it
@@ -141,7 +140,7 @@ pub enum LeaseRole {
 }
 
 /// How a run ended.
-pub enum Ended {
+pub(crate) enum Ended {
     /// Exit with this code.
     Exit(u8),
     /// A standby got the lease and stopped its keyless child.
@@ -149,7 +148,7 @@ pub enum Ended {
 }
 
 /// Runs `program args` as our child and supervises it to the end.
-pub fn run(
+pub(crate) fn run(
     signals: &Signals,
     cfg: &Config,
     program: &OsString,

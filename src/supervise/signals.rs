@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex};
 use super::{Event, SuperviseError};
 
 /// Signals forwarded to the child.
-pub const FORWARDED: [i32; 4] = [libc::SIGINT, libc::SIGTERM, libc::SIGHUP, libc::SIGQUIT];
+pub(crate) const FORWARDED: [i32; 4] = [libc::SIGINT, libc::SIGTERM, libc::SIGHUP, libc::SIGQUIT];
 
 #[derive(Default)]
 struct Shared {
@@ -30,13 +30,13 @@ struct Shared {
 
 /// The signal thread's handle.
 #[derive(Clone)]
-pub struct Signals(Arc<Shared>);
+pub(crate) struct Signals(Arc<Shared>);
 
 impl Signals {
     /// Blocks the signals in this thread (and so in every thread created
     /// after it: call before any runtime or helper thread exists) and
     /// starts the thread. Only once per process.
-    pub fn start() -> Result<Signals, SuperviseError> {
+    pub(crate) fn start() -> Result<Signals, SuperviseError> {
         static STARTED: AtomicBool = AtomicBool::new(false);
         if STARTED.swap(true, Ordering::SeqCst) {
             return Err(SuperviseError::SignalsStartedTwice);
@@ -62,12 +62,12 @@ impl Signals {
     /// From now on a stop signal between runs is only recorded
     /// ([`Signals::stop_requested`]): the caller is about to change the key
     /// slot and must put it back itself.
-    pub fn defer_stop(&self) {
+    pub(crate) fn defer_stop(&self) {
         self.0.exit_on_stop.store(false, Ordering::SeqCst);
     }
 
     /// A stop signal (INT/TERM/HUP/QUIT) received so far, if any.
-    pub fn stop_requested(&self) -> Option<i32> {
+    pub(crate) fn stop_requested(&self) -> Option<i32> {
         match self.0.stop.load(Ordering::SeqCst) {
             0 => None,
             s => Some(s),

@@ -8,17 +8,17 @@ use std::io;
 /// Everything the child needs after `fork`, computed beforehand so that the
 /// `pre_exec` hook allocates nothing and takes no lock.
 #[derive(Debug, Clone)]
-pub struct ChildCreds {
+pub(crate) struct ChildCreds {
     /// Capabilities to drop from the bounding set (those present before spawn).
-    pub bounding_to_drop: Vec<u32>,
+    pub(crate) bounding_to_drop: Vec<u32>,
     /// Switch to this uid/gid/supplementary groups, if a node user is set.
-    pub switch_to: Option<(u32, u32, Vec<u32>)>,
+    pub(crate) switch_to: Option<(u32, u32, Vec<u32>)>,
     /// Whether `capset` to all-zero should run.
-    pub clear_caps: bool,
+    pub(crate) clear_caps: bool,
     /// Signal the child gets if we die (set after the uid switch, which clears it).
-    pub parent_death_signal: Option<i32>,
+    pub(crate) parent_death_signal: Option<i32>,
     /// Our pid, to detect that we died before the death signal was armed.
-    pub parent: i32,
+    pub(crate) parent: i32,
 }
 
 /// Hardens the freshly forked child before `exec`. Call only from `pre_exec`.
@@ -147,7 +147,7 @@ fn libc_cap_header() -> CapHeader {
 }
 
 /// Installs the child's hardening as its `pre_exec` hook.
-pub fn install_child_hardening(cmd: &mut std::process::Command, creds: ChildCreds) {
+pub(crate) fn install_child_hardening(cmd: &mut std::process::Command, creds: ChildCreds) {
     use std::os::unix::process::CommandExt;
     // Between fork and exec in a multi-threaded process only async-signal-safe
     // work is allowed. SAFETY: the hook runs raw syscalls on data computed

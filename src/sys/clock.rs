@@ -3,7 +3,7 @@
 /// Now on `CLOCK_BOOTTIME`: like the monotonic clock, but it also counts
 /// time the system spent suspended, so a lease deadline measured on it
 /// passes during a suspend as it does for the other hosts.
-pub fn boot_time() -> std::time::Duration {
+pub(crate) fn boot_time() -> std::time::Duration {
     let t = rustix::time::clock_gettime(rustix::time::ClockId::Boottime);
     std::time::Duration::new(t.tv_sec as u64, t.tv_nsec as u32)
 }

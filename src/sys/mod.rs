@@ -17,21 +17,22 @@ mod process;
 mod secret_mem;
 mod signals;
 
-pub use child::{install_child_hardening, ChildCreds};
-pub use clock::boot_time;
+pub(crate) use child::{install_child_hardening, ChildCreds};
+pub(crate) use clock::boot_time;
 pub(crate) use fs_ids::with_fs_ids;
-pub use process::{
-    core_limit_is_zero, harden_self, make_thread_realtime, page_out_own_executable, same_fd_table,
+pub(crate) use process::{
+    harden_self, make_thread_realtime, page_out_own_executable, same_fd_table,
 };
-pub use secret_mem::{
-    memfd_secret_available, SecretMapping, SecretMemFallback, SecretMemKind, ZeroizingAlloc,
-};
-pub use signals::{block_signals, wait_signal};
+#[cfg(test)]
+pub(crate) use secret_mem::SecretMemKind;
+pub use secret_mem::ZeroizingAlloc;
+pub(crate) use secret_mem::{memfd_secret_available, SecretMapping, SecretMemFallback};
+pub(crate) use signals::{block_signals, wait_signal};
 
 use std::io;
 
 /// Turns a C-style return value (-1 with `errno` set) into an `io::Result`.
-pub fn cvt<T: Into<i64> + Copy>(ret: T) -> io::Result<T> {
+pub(crate) fn cvt<T: Into<i64> + Copy>(ret: T) -> io::Result<T> {
     if ret.into() == -1 {
         Err(io::Error::last_os_error())
     } else {

@@ -7,7 +7,7 @@ use std::io;
 /// Forks nothing, reads nothing secret: sets this process non-dumpable and its
 /// core limit to zero, so neither a crash nor `gcore`-style reads by the same
 /// uid (without CAP_SYS_PTRACE) can capture the key.
-pub fn harden_self() -> io::Result<()> {
+pub(crate) fn harden_self() -> io::Result<()> {
     rustix::process::set_dumpable_behavior(rustix::process::DumpableBehavior::NotDumpable)?;
     if let Err(e) = rustix::process::setrlimit(
         rustix::process::Resource::Core,
@@ -30,7 +30,7 @@ pub fn harden_self() -> io::Result<()> {
 }
 
 /// Reads our core-file limit from `/proc/self/limits` (soft and hard both 0).
-pub fn core_limit_is_zero() -> bool {
+pub(crate) fn core_limit_is_zero() -> bool {
     std::fs::read_to_string("/proc/self/limits")
         .ok()
         .and_then(|s| {
@@ -49,7 +49,7 @@ pub fn core_limit_is_zero() -> bool {
 /// without kcmp, or no ptrace read access to either task: kcmp checks the
 /// *real* credentials, so not through `with_fs_ids`); the caller must then
 /// look at both tables.
-pub fn same_fd_table(a: i32, b: i32) -> Option<bool> {
+pub(crate) fn same_fd_table(a: i32, b: i32) -> Option<bool> {
     /// `KCMP_FILES` from `<linux/kcmp.h>`.
     const KCMP_FILES: libc::c_long = 2;
     // SAFETY: kcmp takes five integer arguments here (idx1/idx2 unused for
@@ -78,7 +78,7 @@ pub fn same_fd_table(a: i32, b: i32) -> Option<bool> {
 /// once (measured by tests/e2e_delivery.rs). Needs `CAP_SYS_NICE` or
 /// `RLIMIT_RTPRIO` >= 1 and is refused under systemd's `RestrictRealtime=yes`
 /// or a seccomp filter denying `@resources`; then the thread stays as it was.
-pub fn make_thread_realtime() -> io::Result<()> {
+pub(crate) fn make_thread_realtime() -> io::Result<()> {
     let param = libc::sched_param { sched_priority: 1 };
     // SAFETY: pid 0 is the calling thread; `param` is a valid sched_param
     // that outlives the call.
@@ -97,7 +97,7 @@ pub fn make_thread_realtime() -> io::Result<()> {
 /// fetch; afterwards the supervisor needs a small fraction of the binary, and
 /// clean file pages left resident would be most of its RSS. Pages still
 /// needed simply fault back in. Returns the bytes advised.
-pub fn page_out_own_executable() -> io::Result<usize> {
+pub(crate) fn page_out_own_executable() -> io::Result<usize> {
     let exe = std::fs::read_link("/proc/self/exe")?;
     let maps = std::fs::read_to_string("/proc/self/maps")?;
     let mut advised = 0;

@@ -7,7 +7,7 @@ use std::ptr::NonNull;
 
 /// Which kind of memory backs a secret mapping.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SecretMemKind {
+pub(crate) enum SecretMemKind {
     /// `memfd_secret(2)`: pages removed from the kernel's direct map, unreadable
     /// through `/proc/<pid>/mem` and `ptrace`, never swapped.
     MemfdSecret,
@@ -25,7 +25,7 @@ impl std::fmt::Display for SecretMemKind {
 }
 
 /// A page-aligned, read-write mapping for secret bytes. Zeroed and unmapped on drop.
-pub struct SecretMapping {
+pub(crate) struct SecretMapping {
     ptr: NonNull<u8>,
     len: usize,
     kind: SecretMemKind,
@@ -40,11 +40,11 @@ unsafe impl Sync for SecretMapping {}
 
 /// Why `memfd_secret` could not be used (kept so `check` can report it).
 #[derive(Debug, Clone)]
-pub struct SecretMemFallback {
+pub(crate) struct SecretMemFallback {
     /// The step that failed (`memfd_secret`, `ftruncate`, `mmap`).
-    pub step: &'static str,
+    pub(crate) step: &'static str,
     /// The kernel's answer.
-    pub error: String,
+    pub(crate) error: String,
 }
 
 fn page_size() -> usize {
@@ -64,7 +64,7 @@ fn memfd_secret() -> io::Result<std::os::fd::OwnedFd> {
 impl SecretMapping {
     /// Maps at least `min_len` bytes of secret memory: `memfd_secret` when the
     /// kernel allows it, otherwise locked anonymous memory.
-    pub fn new(min_len: usize) -> io::Result<(Self, Option<SecretMemFallback>)> {
+    pub(crate) fn new(min_len: usize) -> io::Result<(Self, Option<SecretMemFallback>)> {
         let ps = page_size();
         let len = min_len.max(1).div_ceil(ps) * ps;
         match Self::new_memfd_secret(len) {
@@ -166,34 +166,30 @@ impl SecretMapping {
     }
 
     /// The kind of memory behind this mapping.
-    pub fn kind(&self) -> SecretMemKind {
+    pub(crate) fn kind(&self) -> SecretMemKind {
         self.kind
     }
 
     /// Size of the mapping in bytes (a whole number of pages).
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.len
     }
 
-    /// Always false: a mapping has at least one page.
-    pub fn is_empty(&self) -> bool {
-        false
-    }
-
     /// Start address, for tests that look the mapping up in `/proc/self/maps`.
-    pub fn addr(&self) -> usize {
+    #[cfg(test)]
+    pub(crate) fn addr(&self) -> usize {
         self.ptr.as_ptr() as usize
     }
 
     /// The whole mapping.
-    pub fn as_slice(&self) -> &[u8] {
+    pub(crate) fn as_slice(&self) -> &[u8] {
         // SAFETY: `ptr` points to `len` initialised (zeroed at creation), mapped
         // bytes that live as long as `self`.
         unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.len) }
     }
 
     /// The whole mapping, writable.
-    pub fn as_mut_slice(&mut self) -> &mut [u8] {
+    pub(crate) fn as_mut_slice(&mut self) -> &mut [u8] {
         // SAFETY: as `as_slice`, and `&mut self` guarantees exclusivity.
         unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr(), self.len) }
     }
@@ -208,7 +204,7 @@ impl Drop for SecretMapping {
 }
 
 /// Whether `memfd_secret` works here (for `check`): tries it and closes the fd.
-pub fn memfd_secret_available() -> io::Result<()> {
+pub(crate) fn memfd_secret_available() -> io::Result<()> {
     memfd_secret().map(drop)
 }
 

@@ -4,7 +4,7 @@ use std::io;
 
 /// Blocks `signals` in the calling thread (and so in every thread spawned
 /// after it), so they can be received synchronously with [`wait_signal`].
-pub fn block_signals(signals: &[i32]) -> io::Result<()> {
+pub(crate) fn block_signals(signals: &[i32]) -> io::Result<()> {
     // SAFETY: `set` is a local sigset_t initialised by sigemptyset before use.
     let rc = unsafe {
         let mut set: libc::sigset_t = std::mem::zeroed();
@@ -21,7 +21,7 @@ pub fn block_signals(signals: &[i32]) -> io::Result<()> {
 }
 
 /// Waits for one of `signals` (which must be blocked) and returns it.
-pub fn wait_signal(signals: &[i32]) -> io::Result<i32> {
+pub(crate) fn wait_signal(signals: &[i32]) -> io::Result<i32> {
     // SAFETY: `set` is initialised by sigemptyset; `sig` is a live i32.
     unsafe {
         let mut set: libc::sigset_t = std::mem::zeroed();
