@@ -2,10 +2,13 @@
 //! fetched from AWS SSM (or a systemd credential) and handed to the node once
 //! per start through a verified FIFO at the key path, never written to disk.
 //!
-//! Modules follow the design: [`config`], [`key`], [`source`], [`slot`] (the
-//! key path's state machine), [`deliver`] (the FIFO hand-off), [`harden`],
-//! [`supervise`], [`cli`], [`error`] (the one error type and the exit
-//! statuses); all `unsafe` lives in [`sys`].
+//! The library's interface is small: [`cli`] (what the binary runs),
+//! [`secret::ZeroizingAlloc`] (the binary's allocator), and the `/proc` scan
+//! ([`procfs`], [`identity`]) that `bench/scan.rs` and the tests share.
+//! Everything else is crate-private; `docs/design.md` §1 names the one file
+//! that owns each concept (the key slot, the delivery, the lease, the fencer,
+//! the supervisor, the error type with the exit statuses, …); all `unsafe`
+//! lives in `sys/`.
 
 #![deny(unsafe_op_in_unsafe_fn)]
 #![warn(missing_docs)]
