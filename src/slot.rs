@@ -862,25 +862,14 @@ impl KeySlot {
             }
         };
         let tmp = self.safe_tmp.as_os_str();
-        let _ = rustix::fs::unlinkat(&self.dir, tmp, AtFlags::empty());
-        let fd = rustix::fs::openat(
-            &self.dir,
-            tmp,
-            OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-            Mode::from_raw_mode(0o600),
-        )
-        .map_err(self.io("create", tmp))?;
+        let fd = self.create_temporary(tmp)?;
         let filled = (|| {
             if let Some(gid) = group {
                 rustix::fs::fchown(&fd, None, Some(rustix::fs::Gid::from_raw(gid)))
                     .map_err(self.io("chown", tmp))?;
             }
             rustix::fs::fchmod(&fd, Mode::from_raw_mode(mode)).map_err(self.io("chmod", tmp))?;
-            let mut written = 0;
-            while written < safe.len() {
-                written +=
-                    rustix::io::write(&fd, &safe[written..]).map_err(self.io("write", tmp))?;
-            }
+            self.write_all(&fd, safe, tmp)?;
             rustix::fs::fsync(&fd).map_err(self.io("fsync", tmp))
         })();
         drop(fd);
@@ -953,20 +942,9 @@ impl KeySlot {
     /// temporary name, renamed over `P`.
     pub(crate) fn strip(&self, stripped: &[u8]) -> Result<(), SlotError> {
         let tmp = self.stripped_tmp.as_os_str();
-        let _ = rustix::fs::unlinkat(&self.dir, tmp, AtFlags::empty());
-        let fd = rustix::fs::openat(
-            &self.dir,
-            tmp,
-            OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-            Mode::from_raw_mode(0o600),
-        )
-        .map_err(self.io("create", tmp))?;
+        let fd = self.create_temporary(tmp)?;
         self.chown_to_node(&fd, tmp)?;
-        let mut written = 0;
-        while written < stripped.len() {
-            written +=
-                rustix::io::write(&fd, &stripped[written..]).map_err(self.io("write", tmp))?;
-        }
+        self.write_all(&fd, stripped, tmp)?;
         crate::failpoint!("after-stripped-write");
         rustix::fs::fsync(&fd).map_err(self.io("fsync", tmp))?;
         drop(fd);
@@ -974,6 +952,27 @@ impl KeySlot {
             .map_err(self.io("rename stripped key over", &self.name))?;
         crate::failpoint!("after-strip-rename");
         self.sync_dir()?;
+        Ok(())
+    }
+
+    /// A fresh 0600 file at a temporary name (only ever ours: a leftover of
+    /// a crash is removed first), never following a link.
+    fn create_temporary(&self, tmp: &OsStr) -> Result<OwnedFd, SlotError> {
+        let _ = rustix::fs::unlinkat(&self.dir, tmp, AtFlags::empty());
+        rustix::fs::openat(
+            &self.dir,
+            tmp,
+            OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::from_raw_mode(0o600),
+        )
+        .map_err(self.io("create", tmp))
+    }
+
+    fn write_all(&self, fd: &OwnedFd, bytes: &[u8], tmp: &OsStr) -> Result<(), SlotError> {
+        let mut written = 0;
+        while written < bytes.len() {
+            written += rustix::io::write(fd, &bytes[written..]).map_err(self.io("write", tmp))?;
+        }
         Ok(())
     }
 
