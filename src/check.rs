@@ -133,6 +133,60 @@ fn reader_check(r: &mut Report, node: crate::identity::NodeIdentity) {
     }
 }
 
+/// CometBFT's own guard against a second signer: `[consensus]
+/// double_sign_check_height = N` makes the node look for its key's
+/// signatures in the last blocks before it joins consensus (a start after
+/// another signer's takeover, or a lagging state file, docs/design.md §7.6).
+/// 0 is no check, and 1 checks nothing either (the look-back covers N - 1
+/// blocks): a known pitfall.
+fn double_sign_check(r: &mut Report, cfg: &Config) {
+    const ITEM: &str = "double_sign_check_height";
+    let value = match crate::config::double_sign_check_height(&cfg.home, cfg.node) {
+        Ok(v) => v,
+        Err((path, why)) => {
+            r.warn(
+                ITEM,
+                format!("cannot read it from {}: {why}", path.display()),
+            );
+            return;
+        }
+    };
+    let n = value.unwrap_or(0);
+    let shown = match value {
+        Some(n) => n.to_string(),
+        None => "not set (CometBFT's default: 0)".into(),
+    };
+    if n >= 2 {
+        r.pass(
+            ITEM,
+            format!("{n}: the node will not join consensus while its key signed one of the last {} blocks", n - 1),
+        );
+        tracing::info!(
+            event = "double_sign_check_height",
+            double_sign_check_height = n,
+            "node's double-sign check is on"
+        );
+        return;
+    }
+    let why = if n == 1 {
+        "1 looks back over 0 blocks: no check at all"
+    } else {
+        "0: the node never looks for its own recent signatures"
+    };
+    if !cfg.use_ssm_key {
+        r.info(ITEM, format!("{shown} ({why}; matters on the signer)"));
+        return;
+    }
+    let advice = "set [consensus] double_sign_check_height = 10 (2 or more) in config/config.toml: the node then refuses to join consensus while its key signed one of the last N - 1 blocks, which stops a second signer the lease could not (docs/design.md §7.6); the price is that a node restarted right after signing waits about N blocks";
+    r.warn(ITEM, format!("{shown}: {why}; {advice}"));
+    tracing::warn!(
+        event = "double_sign_check_height",
+        double_sign_check_height = n,
+        recommended = 10,
+        "{why}; {advice}"
+    );
+}
+
 /// The failover lease: settings, the sign state it would carry, the table and
 /// who holds the lease now (read only: `check` never takes it).
 fn lease_checks(r: &mut Report, cfg: &Config, lease: Option<&LeaseSettings>) {
@@ -368,6 +422,7 @@ pub(crate) fn run(ov: &Overrides) -> u8 {
     if crate::config::refuse_sdk_body_logging(&ProcessEnv).is_ok() {
         source_checks(&mut r, &cfg, safe.as_ref());
         lease_checks(&mut r, &cfg, lease.as_ref());
+        double_sign_check(&mut r, &cfg);
     }
     if r.failures == 0 {
         println!("check passed");

@@ -563,6 +563,54 @@ pub(crate) fn node_file_from_config(
     node_file_from_config_as(home, setting, default, NodeIdentity::ours()).map(|(p, _)| p)
 }
 
+/// The node's `config/config.toml` (its path, and the table when it exists),
+/// read as `node`; `Err((config.toml, reason))` when it cannot be used.
+fn node_config_table(
+    home: &Path,
+    node: NodeIdentity,
+) -> Result<(PathBuf, Option<toml::Table>), (PathBuf, String)> {
+    let cfg = home.join(CONFIG_TOML.join("/"));
+    let am_root = rustix::process::geteuid().is_root();
+    let text = node
+        .as_node(|| read_config_toml(home, am_root))
+        .map_err(|e| (cfg.clone(), e.to_string()))?;
+    let Some(text) = text else {
+        return Ok((cfg, None));
+    };
+    let doc = text.parse().map_err(|e: toml::de::Error| {
+        (
+            cfg.clone(),
+            e.to_string()
+                .lines()
+                .next()
+                .unwrap_or("syntax error")
+                .to_string(),
+        )
+    })?;
+    Ok((cfg, Some(doc)))
+}
+
+/// The node's `[consensus] double_sign_check_height` (`None`: not set, or no
+/// config.toml; CometBFT's default is then 0).
+pub(crate) fn double_sign_check_height(
+    home: &Path,
+    node: NodeIdentity,
+) -> Result<Option<i64>, (PathBuf, String)> {
+    let (cfg, doc) = node_config_table(home, node)?;
+    let value = doc
+        .as_ref()
+        .and_then(|d| d.get("consensus"))
+        .and_then(|c| c.get("double_sign_check_height"));
+    match value {
+        None => Ok(None),
+        Some(toml::Value::Integer(n)) if *n >= 0 => Ok(Some(*n)),
+        Some(_) => Err((
+            cfg,
+            "[consensus] double_sign_check_height must be a number of blocks (0 or more)".into(),
+        )),
+    }
+}
+
 /// As [`node_file_from_config`], reading config.toml as `node` (with its
 /// filesystem ids when we are root for another user). Also says whether
 /// config.toml set it (`true`) or the default applied.
@@ -572,29 +620,13 @@ pub(crate) fn node_file_from_config_as(
     default: &str,
     node: NodeIdentity,
 ) -> Result<(PathBuf, bool), (PathBuf, String)> {
-    let cfg = home.join(CONFIG_TOML.join("/"));
-    let am_root = rustix::process::geteuid().is_root();
-    let text = node
-        .as_node(|| read_config_toml(home, am_root))
-        .map_err(|e| (cfg.clone(), e.to_string()))?;
-    let (rel, set) = match text {
-        Some(text) => {
-            let doc: toml::Table = text.parse().map_err(|e: toml::de::Error| {
-                (
-                    cfg.clone(),
-                    e.to_string()
-                        .lines()
-                        .next()
-                        .unwrap_or("syntax error")
-                        .to_string(),
-                )
-            })?;
-            match doc.get(setting) {
-                None => (PathBuf::from(default), false),
-                Some(toml::Value::String(s)) if !s.is_empty() => (PathBuf::from(s), true),
-                Some(_) => return Err((cfg, format!("{setting} must be a non-empty string"))),
-            }
-        }
+    let (cfg, doc) = node_config_table(home, node)?;
+    let (rel, set) = match doc {
+        Some(doc) => match doc.get(setting) {
+            None => (PathBuf::from(default), false),
+            Some(toml::Value::String(s)) if !s.is_empty() => (PathBuf::from(s), true),
+            Some(_) => return Err((cfg, format!("{setting} must be a non-empty string"))),
+        },
         None => (PathBuf::from(default), false),
     };
     Ok((

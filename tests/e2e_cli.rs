@@ -658,6 +658,62 @@ fn config_toml_unparsable() {
 // Must show 2: check
 // ---------------------------------------------------------------------------------------
 
+/// `check` reads the node's `[consensus] double_sign_check_height`: on a signer 0 (or unset,
+/// CometBFT's default) and 1 (a look-back over 0 blocks) are warnings that say what to set;
+/// the JSON log carries the value as a field; a standby only notes it.
+#[test]
+fn check_warns_about_a_double_sign_check_that_does_nothing() {
+    let (moto, _key) = moto_with_key(PARAM);
+    let home = NodeHome::new();
+    let config = home.home.join("config/config.toml");
+    let base = std::fs::read_to_string(&config).unwrap();
+    for (setting, want) in [
+        ("", "WARN  double_sign_check_height: not set (CometBFT's default: 0): 0:"),
+        ("0", "WARN  double_sign_check_height: 0: 0: the node never looks"),
+        ("1", "WARN  double_sign_check_height: 1: 1 looks back over 0 blocks: no check at all"),
+        ("10", "PASS  double_sign_check_height: 10: the node will not join consensus while its key signed one of the last 9 blocks"),
+        ("\"ten\"", "WARN  double_sign_check_height: cannot read it from"),
+    ] {
+        let text = if setting.is_empty() {
+            base.clone()
+        } else {
+            format!("{base}\n[consensus]\ndouble_sign_check_height = {setting}\n")
+        };
+        std::fs::write(&config, text).unwrap();
+        let out = run(&mut check_cmd(&home, &moto.endpoint()));
+        let text = output_text(&out);
+        assert_eq!(out.status.code(), Some(0), "{setting}: {text}");
+        assert!(text.contains(want), "{setting}: {text}");
+        if setting == "0" || setting == "1" {
+            assert!(text.contains("set [consensus] double_sign_check_height = 10"), "{text}");
+        }
+    }
+    // The JSON log carries it as a field.
+    std::fs::write(
+        &config,
+        format!("{base}\n[consensus]\ndouble_sign_check_height = 1\n"),
+    )
+    .unwrap();
+    let mut cmd = check_cmd(&home, &moto.endpoint());
+    cmd.env("SSM_COSMOVISOR_LOG_FORMAT", "json");
+    let out = run(&mut cmd);
+    let field = String::from_utf8_lossy(&out.stderr)
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find(|v| v["event"] == "double_sign_check_height")
+        .unwrap_or_else(|| panic!("no double_sign_check_height event: {}", output_text(&out)));
+    assert_eq!(field["double_sign_check_height"], 1, "{field}");
+    assert_eq!(field["level"], "WARN", "{field}");
+    // A standby only notes it.
+    let mut cmd = check_cmd(&home, &moto.endpoint());
+    cmd.env("USE_SSM_KEY", "false");
+    let text = output_text(&run(&mut cmd));
+    assert!(
+        text.contains("INFO  double_sign_check_height: 1 (1 looks back over 0 blocks"),
+        "{text}"
+    );
+}
+
 #[test]
 fn check_prints_identity_and_version_never_the_secret() {
     let moto = Moto::start();
