@@ -10,7 +10,7 @@ use clap::{Parser, Subcommand};
 use crate::config::{Config, ConfigError, Env, LogFormat, Overrides, ProcessEnv};
 use crate::error::{Error, ImportInput};
 use crate::key::ValidatorKey;
-use crate::lease::{self, LeaseClient, LeaseError, LeaseSettings, Raised, StateFile};
+use crate::lease::{self, LeaseError, LeaseSettings, Raised, StateFile};
 use crate::secret::{SecretBuf, MAX_SECRET_LEN};
 use crate::slot::KeySlot;
 use crate::source::{self, Origin};
@@ -383,20 +383,26 @@ fn accept_lease_state(ov: &Overrides, height: i64) -> Result<u8, Error> {
         },
     )?;
     let state = state_file(&cfg)?;
-    let client = LeaseClient::new(settings.clone())?;
-    let rec = client.read()?.ok_or_else(|| Error::NoLeaseToAccept {
-        name: settings.name.clone(),
-    })?;
-    if rec.state.height != height {
-        return Err(Error::LeaseMoved {
-            name: settings.name,
-            carried: rec.state,
-            holder: rec.holder,
-            height,
-        });
-    }
-    let before = state.read()?;
-    let raised = state.raise_to(rec.state)?;
+    let (rec, before, raised) = match lease::accept_state(&settings, &state, height)? {
+        lease::Acceptance::NoLease => {
+            return Err(Error::NoLeaseToAccept {
+                name: settings.name,
+            })
+        }
+        lease::Acceptance::Moved(rec) => {
+            return Err(Error::LeaseMoved {
+                name: settings.name,
+                carried: rec.state,
+                holder: rec.holder,
+                height,
+            })
+        }
+        lease::Acceptance::Accepted {
+            record,
+            before,
+            raised,
+        } => (record, before, raised),
+    };
     tracing::info!(event = "lease_state_accepted", lease = %settings.name, from = %before.map(|s| s.to_string()).unwrap_or_else(|| "none".into()), to = %rec.state, "sign state raised to the lease's, as the operator confirmed");
     println!(
         "{}: {} (lease {} by {} carries {})",

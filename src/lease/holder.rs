@@ -4,7 +4,7 @@
 //! path that ends before the delivery.
 
 use super::{
-    boot_time, Held, LeaseClient, LeaseError, LeaseSettings, Raised, SignState, StateFile,
+    boot_time, Held, LeaseClient, LeaseError, LeaseSettings, Raised, Record, SignState, StateFile,
 };
 
 /// A lease this process holds, with its client and the node's state file.
@@ -177,4 +177,47 @@ pub(crate) fn acquire<E: From<LeaseError>>(
     Ok(Acquired::Held(Box::new(HeldLease(Some((
         client, held, state,
     ))))))
+}
+
+/// What `accept-lease-state` found, and did.
+pub(crate) enum Acceptance {
+    /// The lease has no record: nothing to accept.
+    NoLease,
+    /// The lease carries another height now: nothing changed.
+    Moved(Record),
+    /// The lease carried the confirmed height; our state was raised to it
+    /// (or already at or above it).
+    Accepted {
+        /// The record whose state was accepted.
+        record: Record,
+        /// Our state before.
+        before: Option<SignState>,
+        /// Whether it changed.
+        raised: Raised,
+    },
+}
+
+/// `accept-lease-state`: the operator confirms the state a lease carries
+/// after a refusal for too large a jump. Raises `state` to it only if the
+/// lease still carries exactly `height` (it may have moved since the
+/// operator looked).
+pub(crate) fn accept_state(
+    settings: &LeaseSettings,
+    state: &StateFile,
+    height: i64,
+) -> Result<Acceptance, LeaseError> {
+    let client = LeaseClient::new(settings.clone())?;
+    let Some(record) = client.read()? else {
+        return Ok(Acceptance::NoLease);
+    };
+    if record.state.height != height {
+        return Ok(Acceptance::Moved(record));
+    }
+    let before = state.read()?;
+    let raised = state.raise_to(record.state)?;
+    Ok(Acceptance::Accepted {
+        record,
+        before,
+        raised,
+    })
 }
