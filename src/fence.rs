@@ -331,6 +331,11 @@ enum Guard {
         kill_at: Duration,
         pgid: Option<i32>,
     },
+    /// Killed the node's tree on its deadline: for good. A deadline the tool
+    /// sends afterwards (a renewal confirmed while the tool was stopped, sent
+    /// on when it resumes) is stale and neither re-arms nor is acknowledged;
+    /// the tool, unacknowledged, stops the node itself.
+    Fired,
 }
 
 /// The fencer process: what it guards and how it reports.
@@ -355,7 +360,7 @@ impl Fencer {
                 "fencer: SIGKILLed the node's process tree"
             );
             let _ = self.acks.write_all(&encode(MSG_FIRED, n));
-            self.guard = Guard::Idle;
+            self.guard = Guard::Fired;
         }
     }
 
@@ -365,6 +370,7 @@ impl Fencer {
         let pgid = match self.guard {
             Guard::Armed { pgid, .. } => pgid,
             Guard::Idle => None,
+            Guard::Fired => return,
         };
         self.guard = Guard::Armed { kill_at, pgid };
         let zero = rustix::time::Timespec {
@@ -402,7 +408,11 @@ impl Fencer {
                 }
                 tracing::debug!(pgid, "fencer: guarding the node's process group");
             }
-            Some((MSG_DISARM, _)) => self.guard = Guard::Idle,
+            Some((MSG_DISARM, _)) => {
+                if !matches!(self.guard, Guard::Fired) {
+                    self.guard = Guard::Idle;
+                }
+            }
             Some(_) => {}
             None => return false,
         }
