@@ -11,6 +11,7 @@ use crate::config::{Config, ConfigError, Env, LogFormat, Overrides, ProcessEnv};
 use crate::error::{Error, ImportInput};
 use crate::key::ValidatorKey;
 use crate::lease::{self, LeaseError, LeaseSettings, Raised, StateFile};
+use crate::metrics::{self, MetricsSettings};
 use crate::secret::{SecretBuf, MAX_SECRET_LEN};
 use crate::slot::KeySlot;
 use crate::source::{self, Origin};
@@ -174,7 +175,9 @@ fn after_help() -> String {
 /// Runs the parsed command line; returns the process exit status, after
 /// reporting a fatal error (its status from the table in `error.rs`).
 pub fn main(cli: Cli) -> std::process::ExitCode {
-    match dispatch(cli) {
+    let r = dispatch(cli);
+    crate::metrics::stopped();
+    match r {
         Ok(code) => std::process::ExitCode::from(code),
         Err(e) => {
             let code = e.exit_code();
@@ -206,17 +209,19 @@ fn dispatch(cli: Cli) -> Result<u8, Error> {
         Cmd::Run { args } => {
             let cfg = Config::resolve(&ov, &ProcessEnv, &args)?;
             let lease = LeaseSettings::resolve(&ov, &ProcessEnv, cfg.source.as_ref())?;
+            let metrics = MetricsSettings::from_env(&ProcessEnv)?;
             cfg.check_before_run(&ProcessEnv)?;
             let mut child_args = vec![OsString::from("run")];
             child_args.extend(args);
             let program = cfg.cosmovisor_bin.clone();
-            run_with_key(&cfg, lease.as_ref(), &program, &child_args)
+            run_with_key(&cfg, lease.as_ref(), &metrics, &program, &child_args)
         }
         Cmd::Exec { command } => {
             let cfg = Config::resolve(&ov, &ProcessEnv, &command[1..])?;
             let lease = LeaseSettings::resolve(&ov, &ProcessEnv, cfg.source.as_ref())?;
+            let metrics = MetricsSettings::from_env(&ProcessEnv)?;
             cfg.check_before_run(&ProcessEnv)?;
-            run_with_key(&cfg, lease.as_ref(), &command[0], &command[1..])
+            run_with_key(&cfg, lease.as_ref(), &metrics, &command[0], &command[1..])
         }
         Cmd::Check => Ok(crate::check::run(&ov)),
         Cmd::Restore => restore(&ov),
@@ -242,6 +247,7 @@ fn dispatch(cli: Cli) -> Result<u8, Error> {
 fn run_with_key(
     cfg: &Config,
     lease: Option<&LeaseSettings>,
+    metrics: &MetricsSettings,
     program: &OsString,
     args: &[OsString],
 ) -> Result<u8, Error> {
@@ -251,12 +257,16 @@ fn run_with_key(
     let signals = supervise::Signals::start()?;
     // Before any secret exists in this process.
     crate::harden::harden_self().map_err(Error::Harden)?;
+    // After the signal thread (the endpoint's thread inherits the blocked
+    // signals), before the slot is touched (a bad setting changes nothing).
+    crate::metrics::init(metrics)?;
     let slot = KeySlot::open(&cfg.key_path, cfg.node)?;
     // Repair runs on every start, also as a standby: a FIFO left by a crash
     // would hang the node, a stripped file would crash it.
     let (repair, safe) = slot.repair()?;
     tracing::info!(event = "slot_checked", path = %slot.path().display(), found = repair.found, action = repair.action.unwrap_or("none"), safe_address = %safe.address_hex(), "key slot ready");
     if !cfg.use_ssm_key {
+        metrics::role(metrics::Role::Off);
         if lease.is_some() {
             tracing::info!("USE_SSM_KEY is false: the failover lease is not used");
         }
@@ -286,7 +296,13 @@ fn run_with_key(
         None => None,
     };
     tracing::info!(event = "fetching", source = %spec.describe(), "attempting to fetch consensus key");
-    let fetched = source::fetch(spec, cfg.expected_address.as_deref())?;
+    let began = std::time::Instant::now();
+    let fetched = source::fetch(spec, cfg.expected_address.as_deref());
+    metrics::fetched(
+        began.elapsed(),
+        fetched.as_ref().map(drop).map_err(|e| e.metrics_class()),
+    );
+    let fetched = fetched?;
     log_fetched(&fetched.origin, fetched.key.identity());
     slot.ensure_safe_differs(&safe, fetched.key.identity())?;
     if let Some(l) = &mut lease {

@@ -17,6 +17,7 @@ use crate::config::ConfigError;
 use crate::install::InstallError;
 use crate::key::KeyError;
 use crate::lease::{LeaseError, SignState};
+use crate::metrics::MetricsError;
 use crate::secret::SecretError;
 use crate::slot::SlotError;
 use crate::source::ssm::SsmError;
@@ -208,6 +209,9 @@ pub(crate) enum Error {
     /// The supervisor handed back a lease when none was being waited for.
     #[error("internal error: lease acquired twice")]
     AcquiredTwice,
+    /// A metrics setting cannot be used (checked before anything changes).
+    #[error(transparent)]
+    Metrics(#[from] MetricsError),
 }
 
 impl Error {
@@ -218,7 +222,8 @@ impl Error {
             Error::Config(_)
             | Error::NoKeySource
             | Error::ImportOpen { .. }
-            | Error::ImportRead { .. } => Exit::Config,
+            | Error::ImportRead { .. }
+            | Error::Metrics(_) => Exit::Config,
             Error::Source(_) | Error::Store(_) | Error::ImportInvalid { .. } => Exit::Source,
             Error::Slot(_) | Error::Install(_) => Exit::Slot,
             Error::Supervise(e) => supervise_exit(e),
@@ -316,6 +321,7 @@ mod tests {
             ),
             (Error::StandbyExited { status: 42 }, 42),
             (Error::Harden(io()), 1),
+            (Error::Metrics(MetricsError::Twice), 2),
         ];
         for (e, code) in cases {
             assert_eq!(e.exit_code(), code, "{e}");

@@ -25,6 +25,7 @@ pub(crate) mod install;
 pub(crate) mod key;
 pub(crate) mod lease;
 pub(crate) mod logging;
+pub(crate) mod metrics;
 pub(crate) mod notify;
 pub mod procfs;
 pub mod secret;

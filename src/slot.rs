@@ -55,6 +55,17 @@ impl SlotState {
     }
 }
 
+/// Tells the metrics where the slot is now.
+fn moved(s: SlotState) {
+    use crate::metrics::SlotLabel;
+    crate::metrics::slot(match s {
+        SlotState::Idle => SlotLabel::Idle,
+        SlotState::BackedUp => SlotLabel::BackedUp,
+        SlotState::Armed => SlotLabel::Armed,
+        SlotState::Delivered => SlotLabel::Delivered,
+    });
+}
+
 impl fmt::Display for SlotState {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
@@ -701,7 +712,9 @@ impl KeySlot {
     /// slot back to idle, or explains why an operator must decide.
     /// Returns the safe key's identity on success.
     pub(crate) fn repair(&self) -> Result<(Repair, PublicIdentity), SlotError> {
-        self.repair_inner(true)
+        let r = self.repair_inner(true)?;
+        moved(SlotState::Idle);
+        Ok(r)
     }
 
     /// What [`KeySlot::repair`] would find and do, without changing anything.
@@ -819,6 +832,7 @@ impl KeySlot {
         crate::failpoint!("after-backup-link");
         self.sync_dir()?;
         tracing::info!(event = "backup", path = %self.orig_path().display(), "original key saved as hard link");
+        moved(SlotState::BackedUp);
         Ok(())
     }
 
@@ -931,6 +945,7 @@ impl KeySlot {
             .map_err(self.io("rename FIFO over", &self.name))?;
         crate::failpoint!("after-arm-rename");
         self.sync_dir()?;
+        moved(SlotState::Armed);
         Ok(ArmedFifo {
             path_fd,
             dev: st.st_dev,
@@ -952,6 +967,7 @@ impl KeySlot {
             .map_err(self.io("rename stripped key over", &self.name))?;
         crate::failpoint!("after-strip-rename");
         self.sync_dir()?;
+        moved(SlotState::Delivered);
         Ok(())
     }
 

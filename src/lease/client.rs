@@ -12,6 +12,7 @@ use aws_sdk_dynamodb::types::AttributeValue;
 use super::protocol::{self, Decision, Takeover, Tick, Watch};
 use super::settings::{random_hex, KEY_ATTR};
 use super::{boot_time, Deadline, LeaseError, LeaseSettings, Record, SignState, Stop};
+use crate::metrics;
 
 /// A lease this process holds.
 #[derive(Debug)]
@@ -246,10 +247,18 @@ impl LeaseClient {
         let rec = self.ours(c.state, c.address.clone(), false);
         let sent = boot_time();
         self.write(cur.map(|r| r.rvn.as_str()), &rec)?;
+        let deadline = protocol::node_deadline(sent, &self.settings);
+        let how = match decision {
+            Decision::TakeExpired { .. } => metrics::Takeover::Expired,
+            Decision::TakeReleased => metrics::Takeover::Released,
+            _ => metrics::Takeover::Free,
+        };
+        metrics::lease_taken(how, c.state.hrs());
+        metrics::lease_held(&self.settings.name, Some(deadline));
         Ok(Held {
             rvn: rec.rvn,
             sent,
-            deadline: Deadline::new(protocol::node_deadline(sent, &self.settings)),
+            deadline: Deadline::new(deadline),
             state: c.state,
             took_over: c.took_over,
             address: c.address,
@@ -390,6 +399,18 @@ impl LeaseClient {
         held: &mut Held,
         read_state: impl FnOnce() -> Option<SignState>,
     ) -> Result<(), LeaseError> {
+        let r = self.renew_once(held, read_state);
+        if r.is_err() {
+            metrics::lease_renewal_failed();
+        }
+        r
+    }
+
+    fn renew_once(
+        &self,
+        held: &mut Held,
+        read_state: impl FnOnce() -> Option<SignState>,
+    ) -> Result<(), LeaseError> {
         let sent = boot_time();
         let local = read_state();
         let state = protocol::carried(held.state, local);
@@ -417,8 +438,9 @@ impl LeaseClient {
         held.rvn = rec.rvn;
         held.state = rec.state;
         held.sent = sent;
-        held.deadline
-            .set(protocol::node_deadline(sent, &self.settings));
+        let deadline = protocol::node_deadline(sent, &self.settings);
+        held.deadline.set(deadline);
+        metrics::lease_renewed(&self.settings.name, deadline, held.state.hrs());
         Ok(())
     }
 
@@ -471,6 +493,7 @@ impl LeaseClient {
             true,
         );
         self.write(Some(&held.rvn), &rec)?;
+        metrics::lease_held(&self.settings.name, None);
         Ok(rec.state)
     }
 }

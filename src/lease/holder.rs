@@ -65,6 +65,7 @@ impl HeldLease {
 /// path can lose it.
 fn raise_sign_state(target: SignState, state: &StateFile) -> Result<(), LeaseError> {
     if let Raised::From(prev) = state.raise_to(target)? {
+        crate::metrics::sign_state_raised(target.hrs());
         tracing::info!(
             event = "sign_state_raised",
             path = %state.path.display(),

@@ -25,6 +25,15 @@ impl std::fmt::Display for SignState {
 }
 
 impl SignState {
+    /// As the metrics report it.
+    pub(crate) fn hrs(self) -> crate::metrics::Hrs {
+        crate::metrics::Hrs {
+            height: self.height,
+            round: self.round,
+            step: self.step,
+        }
+    }
+
     /// Parses `priv_validator_state.json` (`height` is a JSON string there).
     pub(crate) fn parse(bytes: &[u8]) -> Result<SignState, String> {
         let v: serde_json::Value =

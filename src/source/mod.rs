@@ -9,6 +9,7 @@ use secrecy::ExposeSecret;
 
 use crate::config::SourceSpec;
 use crate::key::{KeyError, ValidatorKey};
+use crate::metrics::FetchError;
 
 /// Where a fetched key came from (logged, never secret).
 #[derive(Debug, Clone)]
@@ -58,6 +59,29 @@ pub(crate) enum SourceError {
         /// Address configured.
         expected: String,
     },
+}
+
+impl SourceError {
+    /// What the operator has to fix, as the fetch-error metric labels it.
+    pub(crate) fn metrics_class(&self) -> FetchError {
+        use ssm::SsmError as S;
+        match self {
+            SourceError::Ssm(S::NotFound { .. }) => FetchError::NotFound,
+            SourceError::Ssm(S::AccessDenied { .. }) => FetchError::Denied,
+            SourceError::Ssm(S::Kms { .. }) => FetchError::Kms,
+            SourceError::Ssm(S::Credentials { .. } | S::NoRegion) => FetchError::Credentials,
+            SourceError::Ssm(S::Unreachable { .. }) => FetchError::Unreachable,
+            SourceError::Ssm(S::NotSecure { .. } | S::NoValue { .. } | S::Malformed { .. })
+            | SourceError::Invalid { .. }
+            | SourceError::UnexpectedAddress { .. } => FetchError::Invalid,
+            SourceError::Credential(credential::CredentialError::Io { source, .. })
+                if source.kind() == std::io::ErrorKind::NotFound =>
+            {
+                FetchError::NotFound
+            }
+            SourceError::Ssm(_) | SourceError::Credential(_) => FetchError::Other,
+        }
+    }
 }
 
 /// Fetches and validates the key from the configured source.

@@ -52,6 +52,7 @@ impl Child {
         )
         .ok();
         tracing::info!(event = "child_started", pid = pid.0, program = %Path::new(program).display(), "started child");
+        crate::metrics::child_started();
         let tx = tx.clone();
         thread::Builder::new()
             .name("child-wait".into())

@@ -77,7 +77,10 @@ pub(super) fn log_outcome(
     r: Result<Outcome, DeliverError>,
 ) -> (Option<Outcome>, Option<SuperviseError>) {
     let o = match r {
-        Ok(o) => o,
+        Ok(o) => {
+            count(&o);
+            o
+        }
         Err(e) => {
             tracing::error!(event = "delivery_failed", error = %e, "key delivery failed");
             return (None, Some(e.into()));
@@ -119,6 +122,18 @@ pub(super) fn log_outcome(
         Outcome::Cancelled => {}
     }
     (Some(o), None)
+}
+
+/// Counts a hand-off's outcome in the metrics.
+fn count(o: &Outcome) {
+    use crate::metrics::{delivery, DeliveryOutcome as D};
+    match o {
+        Outcome::Delivered { latency, .. } => delivery(D::Delivered, Some(*latency)),
+        Outcome::Refused { .. } => delivery(D::Refused, None),
+        Outcome::NotRead { .. } => delivery(D::NotRead, None),
+        Outcome::Exposed { .. } => delivery(D::Exposed, None),
+        Outcome::Cancelled => {}
+    }
 }
 
 /// What follows a delivery at the key path.

@@ -17,6 +17,7 @@ use crate::config::Config;
 use crate::deliver::{DeliverError, Outcome, ReaderPolicy};
 use crate::fence::FenceNews;
 use crate::lease::{boot_time, LeaseNews};
+use crate::metrics;
 use crate::notify::Notifier;
 use crate::procfs::Pid;
 use crate::slot::ArmedFifo;
@@ -224,6 +225,7 @@ impl<'a> Supervisor<'a> {
             return;
         };
         self.holding = Holding::Lost(g);
+        metrics::lease_lost();
         tracing::error!(event = "lease_lost", reason = %reason, "LEASE LOST: stopping the node");
         self.notifier
             .status("failover lease lost: stopping the node");
@@ -476,6 +478,7 @@ impl<'a> Supervisor<'a> {
         if let Holding::Valid(g) = &self.holding {
             if boot_time() >= g.until() {
                 let reason = "the lease deadline passed before the node exited";
+                metrics::lease_lost();
                 tracing::error!(event = "lease_lost", reason, "LEASE LOST");
                 self.fatal.get_or_insert(SuperviseError::Lease(format!(
                     "{reason}. The safe key is restored; restart the service to stand by for the lease again"
@@ -517,6 +520,11 @@ impl<'a> Supervisor<'a> {
         let code = match &status {
             Ok(st) => {
                 tracing::info!(event = "child_exited", status = %st, "child exited");
+                metrics::child_exited(match (st.success(), st.code()) {
+                    (true, _) => metrics::ChildExit::Success,
+                    (false, Some(_)) => metrics::ChildExit::Failure,
+                    (false, None) => metrics::ChildExit::Signal,
+                });
                 status_code(st)
             }
             Err(e) => {

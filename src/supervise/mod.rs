@@ -157,6 +157,11 @@ pub(crate) fn run(
     lease: LeaseRole,
 ) -> Result<Ended, SuperviseError> {
     let (tx, rx) = mpsc::channel::<Event>();
+    crate::metrics::role(match (&job, &lease) {
+        (Some(_), _) => crate::metrics::Role::Signer,
+        (None, LeaseRole::Standby { .. }) => crate::metrics::Role::Standby,
+        (None, _) => crate::metrics::Role::Off,
+    });
     let attached = signals.attach(tx.clone());
     // Stopped between runs (a standby's handover): no new child.
     if let Some(sig) = signals.stop_requested() {
