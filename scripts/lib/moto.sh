@@ -3,6 +3,9 @@
 # Source it with $repo set to the repository root.
 
 MOTO_VERSION="5.2.5"
+# The metrics tests parse our output with the official Python client's
+# parsers (an implementation independent of the Rust crate that encodes it).
+PROMETHEUS_CLIENT_VERSION="0.21.1"
 venv="$repo/.venv"
 say() { printf '==> %s\n' "$*" >&2; }
 
@@ -56,6 +59,11 @@ ensure_moto() {
         fi
     else
         say "moto $MOTO_VERSION already installed in .venv"
+    fi
+    have="$("$venv/bin/python" -c 'import importlib.metadata as m; print(m.version("prometheus_client"))' 2>/dev/null || true)"
+    if [[ "$have" != "$PROMETHEUS_CLIENT_VERSION" ]]; then
+        say "installing prometheus_client==$PROMETHEUS_CLIENT_VERSION into .venv (the metrics tests' parser; found: ${have:-none})"
+        "$venv/bin/python" -m pip install --quiet --disable-pip-version-check "prometheus_client==$PROMETHEUS_CLIENT_VERSION"
     fi
 }
 

@@ -372,14 +372,11 @@ impl Metrics {
     /// The gauges that follow the clock, as of now.
     fn refresh(&self) {
         let d = self.deadline_ns.load(Ordering::SeqCst);
-        if d == 0 {
-            self.f.lease_remaining.set(0.0);
-            self.f.lease_deadline.set(0.0);
-        } else {
-            let left = Duration::from_nanos(d).saturating_sub(crate::sys::boot_time());
-            self.f.lease_remaining.set(left.as_secs_f64());
-            self.f.lease_deadline.set(unix_now() + left.as_secs_f64());
-        }
+        let left = match d {
+            0 => Duration::ZERO,
+            d => Duration::from_nanos(d).saturating_sub(crate::sys::boot_time()),
+        };
+        self.f.lease_remaining.set(left.as_secs_f64());
         if let Some(t) = *self.last_delivery.lock().unwrap_or_else(|e| e.into_inner()) {
             self.f
                 .since_delivery
@@ -530,6 +527,16 @@ pub(crate) fn lease_held(name: &str, deadline: Option<Duration>) {
 fn set_held(m: &Metrics, name: Option<&str>, deadline: Option<Duration>) {
     let ns = deadline.map_or(0, |d| (d.as_nanos() as u64).max(1));
     m.deadline_ns.store(ns, Ordering::SeqCst);
+    // On the wall clock once, when it moves: a stable value to alert on.
+    let wall = deadline.map_or(0.0, |d| {
+        let now = crate::sys::boot_time();
+        if d >= now {
+            unix_now() + (d - now).as_secs_f64()
+        } else {
+            unix_now() - (now - d).as_secs_f64()
+        }
+    });
+    m.f.lease_deadline.set(wall);
     let mut known = m.lease.lock().unwrap_or_else(|e| e.into_inner());
     if let Some(n) = name {
         *known = Some(n.to_string());

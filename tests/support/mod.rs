@@ -10,6 +10,7 @@
 //! - `home`: a node home and what a test checks of its key slot
 //! - `tool`: running our binary and the stand-ins, bounded waits, our JSON log
 //! - `procs`: `/proc`, other users, cgroups, killing strays
+//! - `prom`: the metrics textfile and endpoint, parsed by the Python client's parsers
 //! - `watch`: watcher threads (the key path missing for an instant, a directory changed)
 //! - `fake_ssm`: one crafted SSM answer to every request
 //! - `lease`, `cluster`, `nemesis`, `checker`, `proxy`: the failover lease and chaos tests
@@ -24,6 +25,7 @@ mod fake_ssm;
 mod home;
 mod keys;
 mod procs;
+mod prom;
 mod proxy;
 mod tool;
 mod watch;
@@ -37,4 +39,6 @@ pub mod systemd;
 // One flat namespace for the test files (`use support::*`). The allow is inherent, as
 // dead_code above: a test crate that uses nothing of a module leaves its re-export unused.
 #[allow(unused_imports)]
-pub use self::{aws::*, fake_ssm::*, home::*, keys::*, procs::*, proxy::*, tool::*, watch::*};
+pub use self::{
+    aws::*, fake_ssm::*, home::*, keys::*, procs::*, prom::*, proxy::*, tool::*, watch::*,
+};

@@ -1,0 +1,485 @@
+//! Metrics from outside (issue 14): the real binary with its textfile and its
+//! `/metrics` endpoint, scraped while real things happen (a delivery, an
+//! upgrade re-arm, a refused reader, a lease handover between two hosts),
+//! parsed by the Python client's parsers, never by our code. Bad settings
+//! fail at start, naming the variable, and change nothing.
+
+mod support;
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use nix::sys::signal::Signal;
+use support::lease::{self as lease_support, Host};
+use support::*;
+
+const PARAM: &str = "/validators/metrics/priv_validator_key";
+const T: Duration = Duration::from_secs(40);
+
+/// Every metric family the README's Monitoring table lists, as sample names
+/// (counters with `_total`; the histograms by their `_count`).
+const ALWAYS: &[&str] = &[
+    "ssm_cosmovisor_build_info",
+    "ssm_cosmovisor_start_time_seconds",
+    "ssm_cosmovisor_role",
+    "ssm_cosmovisor_signer_since_timestamp_seconds",
+    "ssm_cosmovisor_lease_remaining_seconds",
+    "ssm_cosmovisor_lease_deadline_timestamp_seconds",
+    "ssm_cosmovisor_lease_renewals_total",
+    "ssm_cosmovisor_lease_renewal_failures_total",
+    "ssm_cosmovisor_lease_losses_total",
+    "ssm_cosmovisor_lease_takeovers_total",
+    "ssm_cosmovisor_sign_state_height",
+    "ssm_cosmovisor_sign_state_round",
+    "ssm_cosmovisor_sign_state_step",
+    "ssm_cosmovisor_sign_state_raises_total",
+    "ssm_cosmovisor_key_deliveries_total",
+    "ssm_cosmovisor_key_delivery_duration_seconds_count",
+    "ssm_cosmovisor_last_delivery_timestamp_seconds",
+    "ssm_cosmovisor_fetch_duration_seconds_count",
+    "ssm_cosmovisor_fetch_errors_total",
+    "ssm_cosmovisor_child_starts_total",
+    "ssm_cosmovisor_child_exits_total",
+    "ssm_cosmovisor_slot_state",
+    "ssm_cosmovisor_metrics_write_errors_total",
+];
+
+/// A free loopback address for the endpoint.
+fn free_addr() -> String {
+    format!("127.0.0.1:{}", free_port())
+}
+
+/// Both views of one process: its textfile and its endpoint.
+struct Views {
+    file: PathBuf,
+    addr: String,
+}
+
+impl Views {
+    fn new(home: &NodeHome) -> Views {
+        let dir = home.scratch("textfile");
+        std::fs::create_dir_all(&dir).unwrap();
+        Views {
+            file: dir.join("ssm-cosmovisor.prom"),
+            addr: free_addr(),
+        }
+    }
+
+    fn env(&self, c: &mut Command) {
+        c.env("SSM_COSMOVISOR_METRICS_FILE", &self.file)
+            .env("SSM_COSMOVISOR_METRICS_ADDR", &self.addr);
+    }
+
+    fn file(&self) -> Scrape {
+        read_textfile(&self.file)
+    }
+
+    fn endpoint(&self) -> Scrape {
+        scrape_endpoint(&self.addr)
+    }
+
+    /// Waits until `cond` holds in the file *and* the endpoint.
+    fn wait(&self, what: &str, tool: &Tool, cond: impl Fn(&Scrape) -> bool) -> (Scrape, Scrape) {
+        // Neither exists for the first instants of the process.
+        let ok = wait_for(
+            || {
+                self.file.exists()
+                    && http_get(&self.addr, "/metrics", None).is_ok()
+                    && cond(&self.file())
+                    && cond(&self.endpoint())
+            },
+            T,
+        );
+        assert!(
+            ok,
+            "{what}: never seen in both;\nfile:\n{}\nlog:\n{}",
+            std::fs::read_to_string(&self.file).unwrap_or_default(),
+            tool.log_text()
+        );
+        (self.file(), self.endpoint())
+    }
+}
+
+fn deliveries(s: &Scrape, outcome: &str) -> f64 {
+    s.val(
+        "ssm_cosmovisor_key_deliveries_total",
+        &[("outcome", outcome)],
+    )
+}
+
+fn slot_is(s: &Scrape, state: &str) -> bool {
+    s.get("ssm_cosmovisor_slot_state", &[("state", state)]) == Some(1.0)
+}
+
+/// Neither view carries anything of the key (or the safe key's secret).
+fn assert_no_secrets(v: &Views, key: &TestKey, home: &NodeHome) {
+    for text in [
+        std::fs::read_to_string(&v.file).unwrap(),
+        http_get(&v.addr, "/metrics", None).unwrap().body,
+        http_get(&v.addr, "/metrics", Some("application/openmetrics-text"))
+            .unwrap()
+            .body,
+    ] {
+        assert_no_key_material(&text, key);
+        assert_no_key_material(&text, &home.safe_key);
+        assert!(
+            !text.contains("AKID") && !text.contains("test-secret"),
+            "{text}"
+        );
+    }
+}
+
+/// Starts `cat <path>`: a process outside our child's tree opening the FIFO.
+fn stranger(path: &Path) -> KillOnDrop {
+    let mut c = Command::new("cat");
+    c.arg(path)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    KillOnDrop::spawn(&mut c)
+}
+
+#[test]
+fn metrics_follow_a_refused_reader_a_delivery_and_an_upgrade_re_arm() {
+    let (moto, key) = moto_with_key(PARAM);
+    let home = NodeHome::with_options(NodeHomeOptions {
+        upgrades: 1,
+        ..Default::default()
+    });
+    let _reaper = StrayReaper(home.root.path().to_path_buf());
+    let v = Views::new(&home);
+    let mut cmd = tool_cmd(&home, Some(&moto.endpoint()));
+    cmd.env("USE_SSM_KEY", "true")
+        .env("AWS_PARAMETER", PARAM)
+        .env("SSM_COSMOVISOR_LOG_FORMAT", "json")
+        // Each node start waits before it opens the key: time for a stranger
+        // first, and a re-armed FIFO that stays long enough to be scraped.
+        .env("NODE_READ_DELAY_MS", "3000")
+        .env("NODE_UPGRADE_AFTER_MS", "1500")
+        .args(["run", "start", "--home"])
+        .arg(home.path());
+    v.env(&mut cmd);
+    let mut tool = Tool::spawn(&mut cmd, home.scratch("tool.log"));
+
+    // Armed, waiting for the node: a signer, one fetch, nothing delivered.
+    let (f, e) = v.wait("armed", &tool, |s| slot_is(s, "armed"));
+    for s in [&f, &e] {
+        assert_eq!(s.val("ssm_cosmovisor_role", &[("role", "signer")]), 1.0);
+        assert_eq!(s.val("ssm_cosmovisor_role", &[("role", "standby")]), 0.0);
+        assert!(s.val("ssm_cosmovisor_signer_since_timestamp_seconds", &[]) > 1.7e9);
+        assert_eq!(
+            s.val("ssm_cosmovisor_fetch_duration_seconds_count", &[]),
+            1.0
+        );
+        assert_eq!(
+            s.val("ssm_cosmovisor_fetch_errors_total", &[("class", "denied")]),
+            0.0
+        );
+        assert_eq!(s.val("ssm_cosmovisor_child_starts_total", &[]), 1.0);
+        assert_eq!(deliveries(s, "refused"), 0.0);
+        assert_eq!(deliveries(s, "delivered"), 0.0);
+        assert_eq!(
+            s.val("ssm_cosmovisor_last_delivery_timestamp_seconds", &[]),
+            0.0
+        );
+        assert!(s
+            .get("ssm_cosmovisor_seconds_since_last_delivery", &[])
+            .is_none());
+        for name in ALWAYS {
+            assert!(
+                s.names().iter().any(|n| n == name),
+                "{name} missing:\n{}",
+                s.raw
+            );
+        }
+        // The classic text keeps counters typed (node_exporter reads it so).
+        assert_eq!(
+            s.types["ssm_cosmovisor_key_deliveries"], "counter",
+            "{:?}",
+            s.types
+        );
+        assert_eq!(
+            s.types["ssm_cosmovisor_key_delivery_duration_seconds"],
+            "histogram"
+        );
+    }
+    assert!(f
+        .get("ssm_cosmovisor_lease_held", &[("lease", "x")])
+        .is_none());
+
+    // A stranger opens the FIFO first: refused 0 -> 1, nothing delivered.
+    let mut rogue = stranger(home.key_path());
+    assert!(rogue.wait_timeout(Duration::from_secs(15)).is_some());
+    let (f, e) = v.wait("refused", &tool, |s| deliveries(s, "refused") == 1.0);
+    for s in [&f, &e] {
+        assert_eq!(deliveries(s, "delivered"), 0.0, "{}", s.raw);
+        assert_eq!(
+            s.val("ssm_cosmovisor_key_delivery_duration_seconds_count", &[]),
+            0.0
+        );
+    }
+
+    // The node reads: delivered 0 -> 1, the stripped key at the path.
+    let (f, e) = v.wait("delivered", &tool, |s| deliveries(s, "delivered") == 1.0);
+    for s in [&f, &e] {
+        assert_eq!(
+            s.val("ssm_cosmovisor_key_delivery_duration_seconds_count", &[]),
+            1.0
+        );
+        assert!(s.val("ssm_cosmovisor_last_delivery_timestamp_seconds", &[]) > 1.7e9);
+        assert!(s
+            .get("ssm_cosmovisor_seconds_since_last_delivery", &[])
+            .is_some());
+    }
+
+    // Its upgrade marker re-arms the FIFO (seen while the restarted node
+    // waits), then the upgraded node reads: delivered 1 -> 2.
+    v.wait("re-armed for the upgraded node", &tool, |s| {
+        slot_is(s, "armed") && deliveries(s, "delivered") == 1.0
+    });
+    let (f, e) = v.wait("delivered to the upgraded node", &tool, |s| {
+        deliveries(s, "delivered") == 2.0 && slot_is(s, "delivered")
+    });
+    for s in [&f, &e] {
+        assert_eq!(deliveries(s, "refused"), 1.0);
+        assert_eq!(deliveries(s, "exposed"), 0.0);
+        // cosmovisor restarted the node itself: still one child start.
+        assert_eq!(s.val("ssm_cosmovisor_child_starts_total", &[]), 1.0);
+    }
+    assert_no_secrets(&v, &key, &home);
+
+    // Stopped: the file outlives the process and says the slot is idle.
+    let st = tool.stop(Signal::SIGTERM);
+    assert_eq!(st.code(), Some(0), "{}", tool.log_text());
+    assert_clean_idle(&home);
+    let f = v.file();
+    assert!(slot_is(&f, "idle"), "{}", f.raw);
+    assert_eq!(
+        f.val("ssm_cosmovisor_child_exits_total", &[("status", "success")]),
+        1.0
+    );
+    assert_eq!(deliveries(&f, "delivered"), 2.0);
+    assert!(
+        http_get(&v.addr, "/metrics", None).is_err(),
+        "the endpoint outlived the process"
+    );
+    // No temporary file was left in the textfile directory.
+    let names: Vec<_> = std::fs::read_dir(v.file.parent().unwrap())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    assert_eq!(names, vec!["ssm-cosmovisor.prom".to_string()]);
+}
+
+#[test]
+fn a_lease_handover_moves_lease_held_from_the_old_holder_to_the_new_one() {
+    let (moto, key) = lease_support::setup();
+    let ep = moto.endpoint();
+    let a = Host::new("a");
+    let b = Host::new("b");
+    let _ra = StrayReaper(a.home.root.path().to_path_buf());
+    let _rb = StrayReaper(b.home.root.path().to_path_buf());
+    let (va, vb) = (Views::new(&a.home), Views::new(&b.home));
+
+    let mut ca = a.cmd(&ep);
+    va.env(&mut ca);
+    let (mut ta, _) = a.start_holder(&mut ca, &key);
+    let lease = ta.events("lease_config")[0]["lease"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let held = |s: &Scrape| s.get("ssm_cosmovisor_lease_held", &[("lease", lease.as_str())]);
+    let (fa, _) = va.wait("A holds and renews", &ta, |s| {
+        held(s) == Some(1.0) && s.val("ssm_cosmovisor_lease_renewals_total", &[]) >= 1.0
+    });
+    assert_eq!(
+        fa.val("ssm_cosmovisor_lease_takeovers_total", &[("kind", "free")]),
+        1.0
+    );
+    let left = fa.val("ssm_cosmovisor_lease_remaining_seconds", &[]);
+    assert!(
+        left > 0.0 && left <= lease_support::DURATION_S as f64,
+        "{left}"
+    );
+    assert!(fa.val("ssm_cosmovisor_lease_deadline_timestamp_seconds", &[]) > 1.7e9);
+
+    let mut cb = b.cmd(&ep);
+    vb.env(&mut cb);
+    let mut tb = b.spawn(&mut cb);
+    let (fb, _) = vb.wait("B stands by", &tb, |s| {
+        s.val("ssm_cosmovisor_role", &[("role", "standby")]) == 1.0
+    });
+    assert_ne!(held(&fb), Some(1.0), "{}", fb.raw);
+    assert_eq!(deliveries(&fb, "delivered"), 0.0);
+
+    // A's node signs height 40; the renewal carries it into the lease.
+    a.sign_carried(&ep, 40);
+    va.wait("A's carried state", &ta, |s| {
+        s.val("ssm_cosmovisor_sign_state_height", &[("which", "carried")]) == 40.0
+    });
+
+    // A stops and releases: lease held 1 -> 0 on A, 0 -> 1 on B, which
+    // raises its state to what A carried and gets the key.
+    let st = ta.stop(Signal::SIGTERM);
+    assert_eq!(st.code(), Some(0), "{}", ta.log_text());
+    let fa = va.file();
+    assert_eq!(held(&fa), Some(0.0), "{}", fa.raw);
+    assert_eq!(fa.val("ssm_cosmovisor_lease_remaining_seconds", &[]), 0.0);
+    assert_eq!(fa.val("ssm_cosmovisor_lease_losses_total", &[]), 0.0);
+    let (fb, eb) = vb.wait("B took over", &tb, |s| {
+        held(s) == Some(1.0) && deliveries(s, "delivered") == 1.0
+    });
+    for s in [&fb, &eb] {
+        assert_eq!(
+            s.val(
+                "ssm_cosmovisor_lease_takeovers_total",
+                &[("kind", "released")]
+            ),
+            1.0
+        );
+        assert_eq!(
+            s.val(
+                "ssm_cosmovisor_lease_takeovers_total",
+                &[("kind", "expired")]
+            ),
+            0.0
+        );
+        assert_eq!(s.val("ssm_cosmovisor_role", &[("role", "signer")]), 1.0);
+        assert_eq!(s.val("ssm_cosmovisor_role", &[("role", "standby")]), 0.0);
+        assert_eq!(
+            s.val("ssm_cosmovisor_sign_state_height", &[("which", "carried")]),
+            40.0
+        );
+        assert_eq!(
+            s.val("ssm_cosmovisor_sign_state_height", &[("which", "raised")]),
+            40.0
+        );
+        assert_eq!(s.val("ssm_cosmovisor_sign_state_raises_total", &[]), 1.0);
+        // The keyless child made way for the keyed one.
+        assert_eq!(s.val("ssm_cosmovisor_child_starts_total", &[]), 2.0);
+    }
+    assert_no_secrets(&vb, &key, &b.home);
+    let st = tb.stop(Signal::SIGTERM);
+    assert_eq!(st.code(), Some(0), "{}", tb.log_text());
+    assert_eq!(held(&vb.file()), Some(0.0));
+}
+
+/// `cmd` run in a mount namespace where `dir` is mounted read-only (what
+/// `ProtectSystem=strict` does to a path not in `ReadWritePaths=`).
+fn with_read_only(cmd: &Command, dir: &Path) -> Command {
+    let mut c = Command::new("unshare");
+    c.args(["--mount", "--propagation", "private", "sh", "-c"])
+        .arg("mount --bind -o ro \"$0\" \"$0\" && exec \"$@\"")
+        .arg(dir)
+        .arg(cmd.get_program())
+        .args(cmd.get_args())
+        .env_clear();
+    for (k, v) in cmd.get_envs() {
+        if let Some(v) = v {
+            c.env(k, v);
+        }
+    }
+    c
+}
+
+#[test]
+fn bad_metrics_settings_fail_at_start_naming_the_variable_and_change_nothing() {
+    let (moto, _key) = moto_with_key(PARAM);
+    let home = NodeHome::new();
+    let taken = TcpListener::bind("127.0.0.1:0").unwrap();
+    let taken_addr = taken.local_addr().unwrap().to_string();
+    let ro = home.scratch("read-only");
+    std::fs::create_dir_all(&ro).unwrap();
+    let dir = home.scratch("a-directory.prom");
+    std::fs::create_dir_all(&dir).unwrap();
+    let base = || {
+        let mut c = tool_cmd(&home, Some(&moto.endpoint()));
+        c.env("USE_SSM_KEY", "true")
+            .env("AWS_PARAMETER", PARAM)
+            .args(["run", "start", "--home"])
+            .arg(home.path());
+        c
+    };
+    let file = |p: &Path| {
+        let mut c = base();
+        c.env("SSM_COSMOVISOR_METRICS_FILE", p);
+        c
+    };
+    let addr = |a: &str| {
+        let mut c = base();
+        c.env("SSM_COSMOVISOR_METRICS_ADDR", a);
+        c
+    };
+    let mut cases: Vec<(&str, Command, &[&str])> = vec![
+        (
+            "missing directory",
+            file(&home.scratch("no-such-dir/m.prom")),
+            &["SSM_COSMOVISOR_METRICS_FILE", "does not exist"],
+        ),
+        (
+            "a directory",
+            file(&dir),
+            &["SSM_COSMOVISOR_METRICS_FILE", "is a directory"],
+        ),
+        (
+            "not .prom",
+            file(&home.scratch("m.txt")),
+            &["SSM_COSMOVISOR_METRICS_FILE", ".prom"],
+        ),
+        (
+            "taken port",
+            addr(&taken_addr),
+            &["SSM_COSMOVISOR_METRICS_ADDR", "another process"],
+        ),
+        (
+            "non-loopback",
+            addr("0.0.0.0:9464"),
+            &[
+                "SSM_COSMOVISOR_METRICS_ADDR",
+                "SSM_COSMOVISOR_METRICS_ALLOW_REMOTE",
+            ],
+        ),
+        (
+            "host name",
+            addr("localhost:9464"),
+            &["SSM_COSMOVISOR_METRICS_ADDR", "IP:PORT"],
+        ),
+    ];
+    if is_root() && Command::new("unshare").arg("--help").output().is_ok() {
+        cases.push((
+            "read-only directory",
+            with_read_only(&file(&ro.join("m.prom")), &ro),
+            &[
+                "SSM_COSMOVISOR_METRICS_FILE",
+                "read-only",
+                "ReadWritePaths=",
+            ],
+        ));
+    } else {
+        eprintln!("not root or no unshare: the read-only mount case is skipped");
+    }
+    let before = dir_snapshot(home.key_path().parent().unwrap());
+    for (what, mut c, want) in cases {
+        let out = c.output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{what}: {err}");
+        for w in want {
+            assert!(err.contains(w), "{what}: no {w:?} in: {err}");
+        }
+        // Nothing else happened: no child, no fetch, the slot untouched.
+        assert!(
+            !err.contains("child_started") && !err.contains("fetched"),
+            "{what}: {err}"
+        );
+        assert_eq!(
+            dir_snapshot(home.key_path().parent().unwrap()),
+            before,
+            "{what}"
+        );
+        home.assert_idle();
+    }
+    assert_eq!(std::fs::read_dir(&ro).unwrap().count(), 0);
+    drop(taken);
+}
