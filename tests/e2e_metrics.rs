@@ -271,6 +271,33 @@ fn metrics_follow_a_refused_reader_a_delivery_and_an_upgrade_re_arm() {
         .map(|e| e.unwrap().file_name().into_string().unwrap())
         .collect();
     assert_eq!(names, vec!["ssm-cosmovisor.prom".to_string()]);
+
+    // What a real node_exporter makes of the file: read without error, the
+    // counters still counters.
+    let Some(bin) = node_exporter_bin() else {
+        eprintln!("node_exporter not fetched (scripts/test does it when apt-get can): the textfile was checked by the Python parser only");
+        return;
+    };
+    let (_ne, ne_addr) = start_node_exporter(&bin, v.file.parent().unwrap());
+    let body = http_get(&ne_addr, "/metrics", None).unwrap().body;
+    let ne = parse_metrics(&body, PromFormat::Text);
+    assert_eq!(ne.val("node_textfile_scrape_error", &[]), 0.0, "{body}");
+    assert_eq!(deliveries(&ne, "delivered"), 2.0, "{body}");
+    assert_eq!(
+        ne.types["ssm_cosmovisor_key_deliveries"], "counter",
+        "{body}"
+    );
+    assert_eq!(
+        ne.types["ssm_cosmovisor_key_delivery_duration_seconds"],
+        "histogram"
+    );
+    println!(
+        "node_exporter read the textfile: {} ssm_cosmovisor samples",
+        ne.names()
+            .iter()
+            .filter(|n| n.starts_with("ssm_cosmovisor_"))
+            .count()
+    );
 }
 
 #[test]

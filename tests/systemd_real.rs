@@ -616,6 +616,7 @@ impl<'a> Node<'a> {
         self.stop_restores();
         self.standby();
         self.credential();
+        self.metrics();
         self.probes();
         self.configuration_and_slot_errors();
         self.exposure();
@@ -970,6 +971,97 @@ impl Node<'_> {
         self.ns.sh(&format!(
             "rm -f {dropins}/credential.conf {cred} && systemctl daemon-reload"
         ));
+    }
+
+    /// Metrics as the unit's comment and the README say to turn them on: the textfile's
+    /// directory in ReadWritePaths= (a drop-in), the endpoint on loopback. Read from outside:
+    /// the file through the namespace's root, the endpoint from inside.
+    fn metrics(&self) {
+        let i = self.mode.instance;
+        // One directory per unit here, as both run at once; on a host it is node_exporter's.
+        let dir = format!("/var/lib/prometheus/node-exporter-{i}");
+        let file = format!("{dir}/ssm-cosmovisor-{i}.prom");
+        // The plain unit runs the tool as the node user (measured: EACCES in a root-owned
+        // 0755 directory): the README's recipe, group-writable with the sticky bit, so it can
+        // replace only its own file there.
+        let perms = if self.mode.split {
+            "-m 0755".to_string()
+        } else {
+            format!("-m 1775 -g {i}")
+        };
+        let port = if self.mode.split { 9465 } else { 9464 };
+        let addr = format!("127.0.0.1:{port}");
+        let dropins = format!("/etc/systemd/system/{}.d", self.unit());
+        self.ns.sh(&format!(
+            "install -d {perms} {dir} && mkdir -p {dropins} \
+             && printf '[Service]\\nReadWritePaths={dir}\\n' > {dropins}/metrics.conf \
+             && systemctl daemon-reload"
+        ));
+        self.write_env(&[
+            ("SSM_COSMOVISOR_METRICS_FILE", file.as_str()),
+            ("SSM_COSMOVISOR_METRICS_ADDR", addr.as_str()),
+        ]);
+        let r0 = self.reports().len();
+        self.systemctl("start");
+        self.wait_state("active", "running", "metrics start");
+        let r = self.wait_report(r0, &self.key.pub_b64, "metrics start");
+        let on_host = self.ns.path(&file);
+        let delivered = |t: &str| {
+            let s = parse_metrics(t, PromFormat::Text);
+            s.get(
+                "ssm_cosmovisor_key_deliveries_total",
+                &[("outcome", "delivered")],
+            ) == Some(1.0)
+        };
+        assert!(
+            wait_for(
+                || fs::read_to_string(&on_host).is_ok_and(|t| delivered(&t)),
+                Duration::from_secs(20)
+            ),
+            "{file} never showed the delivery: {:?}\n{}",
+            fs::read_to_string(&on_host),
+            self.journal_text(None)
+        );
+        let text = fs::read_to_string(&on_host).unwrap();
+        let f = parse_metrics(&text, PromFormat::Text);
+        assert_eq!(f.val("ssm_cosmovisor_role", &[("role", "signer")]), 1.0);
+        assert_eq!(
+            f.val("ssm_cosmovisor_slot_state", &[("state", "delivered")]),
+            1.0
+        );
+        let body = self.ns.sh(&format!(
+            "python3 -c 'import urllib.request as u; print(u.urlopen(\"http://{addr}/metrics\").read().decode(), end=\"\")'"
+        ));
+        let e = parse_metrics(&body, PromFormat::Text);
+        assert_eq!(
+            e.val(
+                "ssm_cosmovisor_key_deliveries_total",
+                &[("outcome", "delivered")]
+            ),
+            1.0
+        );
+        assert_no_secret(&text, &self.key);
+        assert_no_secret(&body, &self.key);
+        let c = self.ns.cursor();
+        self.systemctl("stop");
+        self.assert_safe_restored(&c, "metrics stop");
+        let after = parse_metrics(&fs::read_to_string(&on_host).unwrap(), PromFormat::Text);
+        assert_eq!(
+            after.val("ssm_cosmovisor_slot_state", &[("state", "idle")]),
+            1.0
+        );
+        self.say(
+            "metrics",
+            format!(
+                "ReadWritePaths={dir} drop-in: {file} (mode {:o}) and http://{addr}/metrics both show node pid {} delivered, role signer; after stop the file says slot idle",
+                fs::metadata(&on_host).unwrap().permissions().mode() & 0o7777,
+                r["pid"]
+            ),
+        );
+        self.ns.sh(&format!(
+            "rm -f {dropins}/metrics.conf && systemctl daemon-reload"
+        ));
+        self.write_env(&[]);
     }
 }
 

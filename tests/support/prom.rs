@@ -133,9 +133,10 @@ pub fn http_get(addr: &str, path: &str, accept: Option<&str>) -> std::io::Result
     let accept = accept
         .map(|a| format!("Accept: {a}\r\n"))
         .unwrap_or_default();
+    // HTTP/1.0: no chunked answer (node_exporter chunks a 1.1 one).
     write!(
         c,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\n{accept}Connection: close\r\n\r\n"
+        "GET {path} HTTP/1.0\r\nHost: {addr}\r\n{accept}Connection: close\r\n\r\n"
     )?;
     let mut out = String::new();
     c.read_to_string(&mut out)?;
@@ -196,4 +197,32 @@ pub fn read_textfile(p: &Path) -> Scrape {
     let text = std::fs::read_to_string(p)
         .unwrap_or_else(|e| panic!("read metrics file {}: {e}", p.display()));
     parse_metrics(&text, PromFormat::Text)
+}
+
+/// node_exporter as scripts/test fetches it (`.cache/prometheus/bin`), if there.
+pub fn node_exporter_bin() -> Option<std::path::PathBuf> {
+    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join(".cache/prometheus/bin/node_exporter");
+    p.exists().then_some(p)
+}
+
+/// A real node_exporter with only its textfile collector, reading `dir`;
+/// returns it (killed on drop) and its scrape address.
+pub fn start_node_exporter(bin: &Path, dir: &Path) -> (super::KillOnDrop, String) {
+    let addr = format!("127.0.0.1:{}", super::free_port());
+    let mut c = Command::new(bin);
+    c.args(["--collector.disable-defaults", "--collector.textfile"])
+        .arg(format!("--collector.textfile.directory={}", dir.display()))
+        .arg(format!("--web.listen-address={addr}"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    let ne = super::KillOnDrop::spawn(&mut c);
+    assert!(
+        super::wait_for(
+            || http_get(&addr, "/metrics", None).is_ok(),
+            Duration::from_secs(20)
+        ),
+        "node_exporter did not start on {addr}"
+    );
+    (ne, addr)
 }
