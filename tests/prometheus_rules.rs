@@ -7,6 +7,8 @@
 //! names is one the tool exports, and every alert has unit tests where it fires and where it
 //! must not.
 
+mod support;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -368,4 +370,26 @@ fn metric_names_are_found_with_their_sample_suffixes() {
     assert!(!is_exported("ssm_cosmovisor_key_deliveries"));
     assert!(!is_exported("ssm_cosmovisor_lease_held_bucket"));
     assert!(!is_exported("ssm_cosmovisor_fetch_errors"));
+}
+
+#[test]
+fn the_readme_table_lists_exactly_these_metrics_with_their_types() {
+    let mut readme = support::readme_metrics();
+    let mut ours: Vec<(String, String)> = METRICS
+        .iter()
+        .map(|(n, k)| {
+            let kind = match k {
+                Kind::Gauge => "gauge",
+                Kind::Counter => "counter",
+                Kind::Histogram => "histogram",
+            };
+            (format!("ssm_cosmovisor_{n}"), kind.to_string())
+        })
+        .collect();
+    readme.sort();
+    ours.sort();
+    assert_eq!(
+        readme, ours,
+        "README Monitoring table vs the metrics the rules may use"
+    );
 }

@@ -161,6 +161,21 @@ mod tests {
     }
 
     #[test]
+    fn a_world_writable_directory_without_the_sticky_bit_is_refused() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let d = tempfile::tempdir().unwrap();
+        std::fs::set_permissions(d.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+        let e = TextFile::open(&d.path().join("m.prom"))
+            .err()
+            .expect("refused")
+            .to_string();
+        assert!(e.contains("world-writable"), "{e}");
+        assert_eq!(std::fs::read_dir(d.path()).unwrap().count(), 0);
+        std::fs::set_permissions(d.path(), std::fs::Permissions::from_mode(0o1777)).unwrap();
+        TextFile::open(&d.path().join("m.prom")).expect("sticky is fine");
+    }
+
+    #[test]
     fn a_symlink_at_the_name_is_refused_not_followed() {
         let d = tempfile::tempdir().unwrap();
         let target = d.path().join("target");

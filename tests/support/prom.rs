@@ -226,3 +226,35 @@ pub fn start_node_exporter(bin: &Path, dir: &Path) -> (super::KillOnDrop, String
     );
     (ne, addr)
 }
+
+/// The README's Monitoring table: each metric's full name and type (the
+/// `sign_state_height`, `_round`, `_step` row expanded).
+pub fn readme_metrics() -> Vec<(String, String)> {
+    let readme = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md"))
+        .expect("README.md");
+    let section = readme
+        .split("\n## Monitoring\n")
+        .nth(1)
+        .expect("README has a Monitoring section");
+    let section = section.split("\n## ").next().unwrap();
+    let mut out = Vec::new();
+    for line in section.lines().filter(|l| l.starts_with("| `")) {
+        let cells: Vec<&str> = line.split('|').map(str::trim).collect();
+        let (names, kind) = (cells[1], cells[2]);
+        let mut base = String::new();
+        for n in names.split(", ") {
+            let n = n.trim_matches('`');
+            let full = if let Some(suffix) = n.strip_prefix('_') {
+                format!("{base}{suffix}")
+            } else {
+                base = n
+                    .rsplit_once('_')
+                    .map(|(b, _)| format!("{b}_"))
+                    .unwrap_or_default();
+                n.to_string()
+            };
+            out.push((format!("ssm_cosmovisor_{full}"), kind.to_string()));
+        }
+    }
+    out
+}
