@@ -139,6 +139,22 @@ fn reader_check(r: &mut Report, node: crate::identity::NodeIdentity) {
 /// another signer's takeover, or a lagging state file, docs/design.md §7.6).
 /// 0 is no check, and 1 checks nothing either (the look-back covers N - 1
 /// blocks): a known pitfall.
+/// The metrics settings as `run` reads them (nothing is written or bound).
+fn metrics_check(r: &mut Report) {
+    match crate::metrics::MetricsSettings::from_env(&ProcessEnv) {
+        Ok(m) if m.is_off() => r.info("metrics", "off (SSM_COSMOVISOR_METRICS_FILE / _ADDR unset)"),
+        Ok(m) => {
+            if let Some(f) = &m.file {
+                r.pass("metrics file", f.display());
+            }
+            if let Some(a) = &m.addr {
+                r.pass("metrics endpoint", format!("http://{a}/metrics"));
+            }
+        }
+        Err(e) => r.fail("metrics", e),
+    }
+}
+
 fn double_sign_check(r: &mut Report, cfg: &Config) {
     const ITEM: &str = "double_sign_check_height";
     let value = match crate::config::double_sign_check_height(&cfg.home, cfg.node) {
@@ -384,6 +400,7 @@ pub(crate) fn run(ov: &Overrides) -> u8 {
         }
     }
     kernel_checks(&mut r);
+    metrics_check(&mut r);
     let state_file = cfg.home.join("data/priv_validator_state.json");
     if state_file.is_file() {
         r.pass("priv_validator_state.json", state_file.display());

@@ -542,4 +542,22 @@ fn bad_metrics_settings_fail_at_start_naming_the_variable_and_change_nothing() {
     }
     assert_eq!(std::fs::read_dir(&ro).unwrap().count(), 0);
     drop(taken);
+
+    // `check` reports the same refusal (and binds or writes nothing).
+    let mut c = tool_cmd(&home, Some(&moto.endpoint()));
+    c.env("USE_SSM_KEY", "true")
+        .env("AWS_PARAMETER", PARAM)
+        .env("SSM_COSMOVISOR_METRICS_ADDR", "0.0.0.0:9464")
+        .arg("check");
+    let out = c.output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    let line = text
+        .lines()
+        .find(|l| l.contains("metrics"))
+        .unwrap_or_else(|| panic!("no metrics line in:\n{text}"));
+    assert!(
+        line.contains("SSM_COSMOVISOR_METRICS_ALLOW_REMOTE"),
+        "{line}"
+    );
 }
