@@ -222,8 +222,9 @@ impl Error {
             Error::Config(_)
             | Error::NoKeySource
             | Error::ImportOpen { .. }
-            | Error::ImportRead { .. }
-            | Error::Metrics(_) => Exit::Config,
+            | Error::ImportRead { .. } => Exit::Config,
+            Error::Metrics(MetricsError::Thread { .. } | MetricsError::Twice) => Exit::Failure,
+            Error::Metrics(_) => Exit::Config,
             Error::Source(_) | Error::Store(_) | Error::ImportInvalid { .. } => Exit::Source,
             Error::Slot(_) | Error::Install(_) => Exit::Slot,
             Error::Supervise(e) => supervise_exit(e),
@@ -321,7 +322,13 @@ mod tests {
             ),
             (Error::StandbyExited { status: 42 }, 42),
             (Error::Harden(io()), 1),
-            (Error::Metrics(MetricsError::Twice), 2),
+            (Error::Metrics(MetricsError::Twice), 1),
+            (
+                Error::Metrics(MetricsError::NonLoopback {
+                    addr: "0.0.0.0:1".parse().unwrap(),
+                }),
+                2,
+            ),
         ];
         for (e, code) in cases {
             assert_eq!(e.exit_code(), code, "{e}");

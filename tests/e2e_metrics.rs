@@ -561,3 +561,47 @@ fn bad_metrics_settings_fail_at_start_naming_the_variable_and_change_nothing() {
         "{line}"
     );
 }
+
+/// A metrics write that never returns (a hung file system) stalls only the
+/// writer thread: the node still gets its key, the endpoint still answers,
+/// and a stop still restores the slot (the exit waits 2 s for the file).
+#[test]
+fn a_hung_metrics_write_does_not_hold_up_the_key() {
+    let (moto, key) = moto_with_key(PARAM);
+    let home = NodeHome::new();
+    let _reaper = StrayReaper(home.root.path().to_path_buf());
+    let v = Views::new(&home);
+    let mut cmd = tool_cmd(&home, Some(&moto.endpoint()));
+    cmd.env("USE_SSM_KEY", "true")
+        .env("AWS_PARAMETER", PARAM)
+        .env("SSM_COSMOVISOR_LOG_FORMAT", "json")
+        .env("SSM_COSMOVISOR_FAILPOINT", "metrics-write-hangs")
+        .args(["run", "start", "--home"])
+        .arg(home.path());
+    v.env(&mut cmd);
+    let mut tool = Tool::spawn(&mut cmd, home.scratch("tool.log"));
+    assert!(
+        wait_for(
+            || complete_reports(&home)
+                .iter()
+                .any(|r| r["pub_key"] == key.pub_b64.as_str()),
+            T
+        ),
+        "the node never got the key; log:\n{}",
+        tool.log_text()
+    );
+    let e = v.endpoint();
+    assert_eq!(deliveries(&e, "delivered"), 1.0);
+    // The file still holds what init wrote: nothing since.
+    let f = v.file();
+    assert_eq!(deliveries(&f, "delivered"), 0.0);
+    assert!(!slot_is(&f, "delivered"), "{}", f.raw);
+    let st = tool.stop(Signal::SIGTERM);
+    assert_eq!(st.code(), Some(0), "{}", tool.log_text());
+    assert_clean_idle(&home);
+    assert!(
+        tool.log_text().contains("was not rewritten in time"),
+        "{}",
+        tool.log_text()
+    );
+}

@@ -3,13 +3,15 @@
 //!
 //! One process-wide registry ([`init`] sets it once, before the slot is
 //! touched); the rest of the crate reports what happens through the small
-//! functions below, which do nothing when metrics are off. Every change is
-//! published at once (the textfile rewritten); the endpoint encodes on each
-//! scrape. Nothing secret is ever a value or a label: the only strings are
-//! the version, the lease name and fixed label values.
+//! functions below, which do nothing when metrics are off. Every change
+//! wakes the textfile's writer thread, which rewrites the file (so no key
+//! path ever waits for a metrics write: a hung file system stalls only that
+//! thread); the endpoint encodes on each scrape. Nothing secret is ever a
+//! value or a label: the only strings are the version, the lease name and
+//! fixed label values.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Mutex, OnceLock};
+use std::sync::{Condvar, Mutex, OnceLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
@@ -195,11 +197,24 @@ struct Metrics {
     /// The lease's name, once one was held (its `lease_held` label).
     lease: Mutex<Option<String>>,
     textfile: Option<textfile::TextFile>,
-    /// Serialises refresh + encode + write: one rewrite at a time, in order.
+    /// Serialises refresh + encode (the clock gauges are set, then read).
     publish: Mutex<()>,
+    /// Textfile rewrites wanted and done, for the writer thread.
+    pending: Pending,
+}
+
+/// Generations of the textfile: wanted (bumped by each change) and written,
+/// and the condvar the writer thread sleeps on (no timer: idle is silent).
+#[derive(Default)]
+struct Pending {
+    gens: Mutex<(u64, u64)>,
+    cv: Condvar,
 }
 
 static METRICS: OnceLock<Metrics> = OnceLock::new();
+
+/// The textfile writer thread's name.
+const WRITER: &str = "metrics-file";
 
 fn unix_now() -> f64 {
     SystemTime::now()
@@ -366,6 +381,7 @@ impl Metrics {
             lease: Mutex::new(None),
             textfile,
             publish: Mutex::new(()),
+            pending: Pending::default(),
         }
     }
 
@@ -399,16 +415,71 @@ impl Metrics {
         s
     }
 
-    /// Rewrites the textfile (if any) after a change.
-    fn publish(&self) {
+    /// Rewrites the textfile (if any) now, in the calling thread: `init`,
+    /// then only the writer thread, so rewrites never overlap. The write is
+    /// outside the encode lock: a hung one does not hold up the endpoint.
+    fn write_textfile(&self) {
         let Some(tf) = &self.textfile else {
             return;
         };
-        let _one = self.publish.lock().unwrap_or_else(|e| e.into_inner());
-        let text = format::to_prometheus_text(&self.encode_locked());
+        let text = format::to_prometheus_text(&self.encode());
+        // Test-only: every rewrite after init's first never returns.
+        if self.pending.gens.lock().unwrap_or_else(|e| e.into_inner()).0 > 0 {
+            crate::failpoint_hang!("metrics-write-hangs");
+        }
         if let Err(e) = tf.write(&text) {
             self.f.write_errors.inc();
             tracing::warn!(event = "metrics_write_failed", path = %tf.path().display(), error = %e, "cannot rewrite the metrics file");
+        }
+    }
+
+    /// After a change: the writer thread rewrites the textfile (changes
+    /// that come while it writes are coalesced into its next rewrite).
+    fn publish(&self) {
+        if self.textfile.is_some() {
+            let mut g = self.pending.gens.lock().unwrap_or_else(|e| e.into_inner());
+            g.0 += 1;
+            self.pending.cv.notify_all();
+        }
+    }
+
+    /// The writer thread's loop.
+    fn writer(&self) {
+        loop {
+            let target = {
+                let mut g = self.pending.gens.lock().unwrap_or_else(|e| e.into_inner());
+                while g.1 == g.0 {
+                    g = self.pending.cv.wait(g).unwrap_or_else(|e| e.into_inner());
+                }
+                g.0
+            };
+            self.write_textfile();
+            let mut g = self.pending.gens.lock().unwrap_or_else(|e| e.into_inner());
+            g.1 = target;
+            self.pending.cv.notify_all();
+        }
+    }
+
+    /// Waits (at most `timeout`) until every change so far is in the file.
+    fn flush(&self, timeout: Duration) {
+        let end = Instant::now() + timeout;
+        let mut g = self.pending.gens.lock().unwrap_or_else(|e| e.into_inner());
+        let target = g.0;
+        while g.1 < target {
+            let left = end.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                tracing::warn!(
+                    event = "metrics_write_failed",
+                    "the metrics file was not rewritten in time; it may miss the last changes"
+                );
+                return;
+            }
+            g = self
+                .pending
+                .cv
+                .wait_timeout(g, left)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
         }
     }
 }
@@ -430,8 +501,12 @@ pub(crate) fn init(s: &MetricsSettings) -> Result<(), MetricsError> {
         return Err(MetricsError::Twice);
     }
     let m = METRICS.get().expect("just set");
-    m.publish();
+    m.write_textfile();
     if let Some(tf) = &m.textfile {
+        std::thread::Builder::new()
+            .name(WRITER.into())
+            .spawn(|| METRICS.get().expect("set before").writer())
+            .map_err(|source| MetricsError::Thread { source })?;
         tracing::info!(event = "metrics_file", path = %tf.path().display(), "writing metrics for node_exporter's textfile collector");
     }
     if let Some(l) = listener {
@@ -563,6 +638,10 @@ pub(crate) fn lease_renewed(name: &str, deadline: Duration, carried: Hrs) {
 /// and must not show it as a holder.
 pub(crate) fn stopped() {
     change(|m| set_held(m, None, None));
+    if let Some(m) = METRICS.get() {
+        // The process exits next: what ended the run must be in the file.
+        m.flush(Duration::from_secs(2));
+    }
 }
 
 /// A renewal failed (it is retried while the deadline holds).

@@ -59,6 +59,12 @@ pub(crate) enum MetricsError {
         /// What to do.
         hint: &'static str,
     },
+    /// The textfile's writer thread could not be started.
+    #[error("{FILE_VAR}: cannot start the thread that writes the metrics file: {source}")]
+    Thread {
+        /// Cause.
+        source: std::io::Error,
+    },
     /// `init` ran twice (a bug).
     #[error("metrics were set up twice")]
     Twice,
