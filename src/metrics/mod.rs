@@ -185,6 +185,168 @@ fn duration_buckets() -> impl Iterator<Item = f64> {
     prometheus_client::metrics::histogram::exponential_buckets(0.001, 2.0, 15)
 }
 
+/// The process's, the role's and the lease's families.
+fn register_run_and_lease(r: &mut Registry, f: &Families) {
+    let build: Family<VersionL, Gauge> = Family::default();
+    build
+        .get_or_create(&VersionL {
+            version: env!("CARGO_PKG_VERSION"),
+        })
+        .set(1);
+    r.register("build_info", "Build of ssm-cosmovisor (value 1)", build);
+    let start: FGauge = Gauge::default();
+    start.set(unix_now());
+    r.register_with_unit(
+        "start_time",
+        "When this process started (unix time)",
+        Unit::Seconds,
+        start,
+    );
+    r.register(
+        "role",
+        "1 for this host's current role (signer: holds the key for its node; standby: waits for the failover lease; off: USE_SSM_KEY=false)",
+        f.role.clone(),
+    );
+    r.register_with_unit(
+        "signer_since_timestamp",
+        "When this process became the signer (unix time); 0 while it is not",
+        Unit::Seconds,
+        f.signer_since.clone(),
+    );
+    r.register(
+        "lease_held",
+        "1 while this host holds the failover lease",
+        f.lease_held.clone(),
+    );
+    r.register_with_unit("lease_remaining", "Seconds until the lease deadline: without a confirmed renewal by then the node is stopped (0 when not held; in the textfile as of its last write)", Unit::Seconds, f.lease_remaining.clone());
+    r.register_with_unit(
+        "lease_deadline_timestamp",
+        "The lease deadline as unix time (0 when not held)",
+        Unit::Seconds,
+        f.lease_deadline.clone(),
+    );
+    r.register(
+        "lease_renewals",
+        "Confirmed lease renewals",
+        f.renewals.clone(),
+    );
+    r.register(
+        "lease_renewal_failures",
+        "Lease renewals that failed (retried until the deadline)",
+        f.renewal_failures.clone(),
+    );
+    r.register(
+        "lease_losses",
+        "Times the lease was declared lost here (the node was stopped)",
+        f.losses.clone(),
+    );
+    r.register("lease_takeovers", "How this host got the lease (free: no record; released: by its holder; expired: after a full duration unrenewed, with the height skip)", f.takeovers.clone());
+    r.register("sign_state_height", "Sign state height: carried by the lease record, or the one this host raised its state file to", f.sign_height.clone());
+    r.register(
+        "sign_state_round",
+        "Sign state round (see sign_state_height)",
+        f.sign_round.clone(),
+    );
+    r.register(
+        "sign_state_step",
+        "Sign state step (see sign_state_height)",
+        f.sign_step.clone(),
+    );
+    r.register(
+        "sign_state_raises",
+        "Times the node's sign state file was raised to the lease's",
+        f.raises.clone(),
+    );
+}
+
+/// The key's, the fetch's, the child's and the slot's families.
+fn register_key_and_child(
+    r: &mut Registry,
+    f: &Families,
+    delivery_latency: &Histogram,
+    fetch_latency: &Histogram,
+) {
+    r.register("key_deliveries", "Key hand-offs by outcome (exposed: a stranger held the pipe after the write; the process stops)", f.deliveries.clone());
+    r.register_with_unit(
+        "key_delivery_duration",
+        "Reader attached to key drained: the tool's verification and write",
+        Unit::Seconds,
+        delivery_latency.clone(),
+    );
+    r.register_with_unit(
+        "last_delivery_timestamp",
+        "Unix time of the last delivery (0 before the first)",
+        Unit::Seconds,
+        f.last_delivery.clone(),
+    );
+    r.register("seconds_since_last_delivery", "Seconds since the last delivery (absent before the first; in the textfile as of its last write)", f.since_delivery.clone());
+    r.register_with_unit(
+        "fetch_duration",
+        "Key fetches (SSM or systemd credential), successful or not",
+        Unit::Seconds,
+        fetch_latency.clone(),
+    );
+    r.register(
+        "fetch_errors",
+        "Key fetches that failed, by what to fix",
+        f.fetch_errors.clone(),
+    );
+    r.register(
+        "child_starts",
+        "Starts of the child (cosmovisor)",
+        f.child_starts.clone(),
+    );
+    r.register(
+        "child_exits",
+        "Exits of the child by how it ended",
+        f.child_exits.clone(),
+    );
+    r.register(
+        "slot_state",
+        "1 for the key slot's current state",
+        f.slot.clone(),
+    );
+    r.register(
+        "metrics_write_errors",
+        "Metrics textfile rewrites that failed",
+        f.write_errors.clone(),
+    );
+}
+
+impl Families {
+    /// Every label value exists from the start: a counter that appears
+    /// only when it first counts is invisible to `increase()`.
+    fn zeros(&self) {
+        let f = self;
+        for &role in Role::ALL {
+            let _ = f.role.get_or_create(&RoleL { role });
+        }
+        for &outcome in DeliveryOutcome::ALL {
+            let _ = f.deliveries.get_or_create(&OutcomeL { outcome });
+        }
+        for &class in FetchError::ALL {
+            let _ = f.fetch_errors.get_or_create(&ClassL { class });
+        }
+        for &kind in Takeover::ALL {
+            let _ = f.takeovers.get_or_create(&KindL { kind });
+        }
+        for &status in ChildExit::ALL {
+            let _ = f.child_exits.get_or_create(&StatusL { status });
+        }
+        for &which in Which::ALL {
+            let l = WhichL { which };
+            let _ = (
+                f.sign_height.get_or_create(&l),
+                f.sign_round.get_or_create(&l),
+            );
+            let _ = f.sign_step.get_or_create(&l);
+        }
+        for &state in SlotLabel::ALL {
+            let _ = f.slot.get_or_create(&StateL { state });
+        }
+    }
+}
+
 /// The registry and what publishes it.
 struct Metrics {
     registry: Registry,
@@ -228,149 +390,9 @@ impl Metrics {
         let delivery_latency = Histogram::new(duration_buckets());
         let fetch_latency = Histogram::new(duration_buckets());
         let mut r = Registry::with_prefix("ssm_cosmovisor");
-        let build: Family<VersionL, Gauge> = Family::default();
-        build
-            .get_or_create(&VersionL {
-                version: env!("CARGO_PKG_VERSION"),
-            })
-            .set(1);
-        r.register("build_info", "Build of ssm-cosmovisor (value 1)", build);
-        let start: FGauge = Gauge::default();
-        start.set(unix_now());
-        r.register_with_unit(
-            "start_time",
-            "When this process started (unix time)",
-            Unit::Seconds,
-            start,
-        );
-        r.register(
-            "role",
-            "1 for this host's current role (signer: holds the key for its node; standby: waits for the failover lease; off: USE_SSM_KEY=false)",
-            f.role.clone(),
-        );
-        r.register_with_unit(
-            "signer_since_timestamp",
-            "When this process became the signer (unix time); 0 while it is not",
-            Unit::Seconds,
-            f.signer_since.clone(),
-        );
-        r.register(
-            "lease_held",
-            "1 while this host holds the failover lease",
-            f.lease_held.clone(),
-        );
-        r.register_with_unit("lease_remaining", "Seconds until the lease deadline: without a confirmed renewal by then the node is stopped (0 when not held; in the textfile as of its last write)", Unit::Seconds, f.lease_remaining.clone());
-        r.register_with_unit(
-            "lease_deadline_timestamp",
-            "The lease deadline as unix time (0 when not held)",
-            Unit::Seconds,
-            f.lease_deadline.clone(),
-        );
-        r.register(
-            "lease_renewals",
-            "Confirmed lease renewals",
-            f.renewals.clone(),
-        );
-        r.register(
-            "lease_renewal_failures",
-            "Lease renewals that failed (retried until the deadline)",
-            f.renewal_failures.clone(),
-        );
-        r.register(
-            "lease_losses",
-            "Times the lease was declared lost here (the node was stopped)",
-            f.losses.clone(),
-        );
-        r.register("lease_takeovers", "How this host got the lease (free: no record; released: by its holder; expired: after a full duration unrenewed, with the height skip)", f.takeovers.clone());
-        r.register("sign_state_height", "Sign state height: carried by the lease record, or the one this host raised its state file to", f.sign_height.clone());
-        r.register(
-            "sign_state_round",
-            "Sign state round (see sign_state_height)",
-            f.sign_round.clone(),
-        );
-        r.register(
-            "sign_state_step",
-            "Sign state step (see sign_state_height)",
-            f.sign_step.clone(),
-        );
-        r.register(
-            "sign_state_raises",
-            "Times the node's sign state file was raised to the lease's",
-            f.raises.clone(),
-        );
-        r.register("key_deliveries", "Key hand-offs by outcome (exposed: a stranger held the pipe after the write; the process stops)", f.deliveries.clone());
-        r.register_with_unit(
-            "key_delivery_duration",
-            "Reader attached to key drained: the tool's verification and write",
-            Unit::Seconds,
-            delivery_latency.clone(),
-        );
-        r.register_with_unit(
-            "last_delivery_timestamp",
-            "Unix time of the last delivery (0 before the first)",
-            Unit::Seconds,
-            f.last_delivery.clone(),
-        );
-        r.register("seconds_since_last_delivery", "Seconds since the last delivery (absent before the first; in the textfile as of its last write)", f.since_delivery.clone());
-        r.register_with_unit(
-            "fetch_duration",
-            "Key fetches (SSM or systemd credential), successful or not",
-            Unit::Seconds,
-            fetch_latency.clone(),
-        );
-        r.register(
-            "fetch_errors",
-            "Key fetches that failed, by what to fix",
-            f.fetch_errors.clone(),
-        );
-        r.register(
-            "child_starts",
-            "Starts of the child (cosmovisor)",
-            f.child_starts.clone(),
-        );
-        r.register(
-            "child_exits",
-            "Exits of the child by how it ended",
-            f.child_exits.clone(),
-        );
-        r.register(
-            "slot_state",
-            "1 for the key slot's current state",
-            f.slot.clone(),
-        );
-        r.register(
-            "metrics_write_errors",
-            "Metrics textfile rewrites that failed",
-            f.write_errors.clone(),
-        );
-        // Every label value exists from the start: a counter that appears
-        // only when it first counts is invisible to `increase()`.
-        for &role in Role::ALL {
-            let _ = f.role.get_or_create(&RoleL { role });
-        }
-        for &outcome in DeliveryOutcome::ALL {
-            let _ = f.deliveries.get_or_create(&OutcomeL { outcome });
-        }
-        for &class in FetchError::ALL {
-            let _ = f.fetch_errors.get_or_create(&ClassL { class });
-        }
-        for &kind in Takeover::ALL {
-            let _ = f.takeovers.get_or_create(&KindL { kind });
-        }
-        for &status in ChildExit::ALL {
-            let _ = f.child_exits.get_or_create(&StatusL { status });
-        }
-        for &which in Which::ALL {
-            let l = WhichL { which };
-            let _ = (
-                f.sign_height.get_or_create(&l),
-                f.sign_round.get_or_create(&l),
-            );
-            let _ = f.sign_step.get_or_create(&l);
-        }
-        for &state in SlotLabel::ALL {
-            let _ = f.slot.get_or_create(&StateL { state });
-        }
+        register_run_and_lease(&mut r, &f);
+        register_key_and_child(&mut r, &f, &delivery_latency, &fetch_latency);
+        f.zeros();
         Metrics {
             registry: r,
             f,
@@ -424,7 +446,14 @@ impl Metrics {
         };
         let text = format::to_prometheus_text(&self.encode());
         // Test-only: every rewrite after init's first never returns.
-        if self.pending.gens.lock().unwrap_or_else(|e| e.into_inner()).0 > 0 {
+        if self
+            .pending
+            .gens
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .0
+            > 0
+        {
             crate::failpoint_hang!("metrics-write-hangs");
         }
         if let Err(e) = tf.write(&text) {
