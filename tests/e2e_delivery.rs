@@ -16,7 +16,7 @@
 mod support;
 
 use std::fs;
-use std::io::{Read, Write};
+use std::io::Write;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::Mutex;
@@ -119,32 +119,6 @@ fn file_type_of(p: &Path) -> fs::FileType {
     fs::symlink_metadata(p)
         .unwrap_or_else(|e| panic!("lstat {}: {e}", p.display()))
         .file_type()
-}
-
-/// Starts `cat <path>` (a process outside our child's tree) with its output captured.
-fn spawn_stranger(path: &Path) -> KillOnDrop {
-    let mut c = Command::new("cat");
-    c.arg(path)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null());
-    KillOnDrop::spawn(&mut c)
-}
-
-/// Waits for the stranger to finish and returns how many bytes it read.
-fn stranger_bytes(s: &mut KillOnDrop) -> usize {
-    let st = s
-        .wait_timeout(Duration::from_secs(15))
-        .expect("stranger still blocked");
-    assert!(st.success(), "cat: {st}");
-    let mut out = Vec::new();
-    s.0.stdout
-        .take()
-        .expect("stdout")
-        .read_to_end(&mut out)
-        .unwrap();
-    // Never print what it read: it could be the key.
-    out.len()
 }
 
 fn u64s(vals: impl Iterator<Item = Option<u64>>) -> Vec<u64> {

@@ -8,7 +8,7 @@ mod support;
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use nix::sys::signal::Signal;
@@ -160,14 +160,16 @@ fn assert_no_secrets(v: &Views, key: &TestKey, home: &NodeHome) {
     }
 }
 
-/// Starts `cat <path>`: a process outside our child's tree opening the FIFO.
-fn stranger(path: &Path) -> KillOnDrop {
-    let mut c = Command::new("cat");
-    c.arg(path)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
-    KillOnDrop::spawn(&mut c)
+/// `run start` as the signer with JSON logs and both metrics views.
+fn signer_cmd(home: &NodeHome, moto: &Moto, v: &Views) -> Command {
+    let mut cmd = tool_cmd(home, Some(&moto.endpoint()));
+    cmd.env("USE_SSM_KEY", "true")
+        .env("AWS_PARAMETER", PARAM)
+        .env("SSM_COSMOVISOR_LOG_FORMAT", "json")
+        .args(["run", "start", "--home"])
+        .arg(home.path());
+    v.env(&mut cmd);
+    cmd
 }
 
 #[test]
@@ -179,17 +181,11 @@ fn metrics_follow_a_refused_reader_a_delivery_and_an_upgrade_re_arm() {
     });
     let _reaper = StrayReaper(home.root.path().to_path_buf());
     let v = Views::new(&home);
-    let mut cmd = tool_cmd(&home, Some(&moto.endpoint()));
-    cmd.env("USE_SSM_KEY", "true")
-        .env("AWS_PARAMETER", PARAM)
-        .env("SSM_COSMOVISOR_LOG_FORMAT", "json")
-        // Each node start waits before it opens the key: time for a stranger
-        // first, and a re-armed FIFO that stays long enough to be scraped.
-        .env("NODE_READ_DELAY_MS", "5000")
-        .env("NODE_UPGRADE_AFTER_MS", "1500")
-        .args(["run", "start", "--home"])
-        .arg(home.path());
-    v.env(&mut cmd);
+    let mut cmd = signer_cmd(&home, &moto, &v);
+    // Each node start waits before it opens the key: time for a stranger
+    // first, and a re-armed FIFO that stays long enough to be scraped.
+    cmd.env("NODE_READ_DELAY_MS", "5000")
+        .env("NODE_UPGRADE_AFTER_MS", "1500");
     let mut tool = Tool::spawn(&mut cmd, home.scratch("tool.log"));
 
     // Armed, waiting for the node: a signer, one fetch, nothing delivered.
@@ -239,8 +235,8 @@ fn metrics_follow_a_refused_reader_a_delivery_and_an_upgrade_re_arm() {
         .is_none());
 
     // A stranger opens the FIFO first: refused 0 -> 1, nothing delivered.
-    let mut rogue = stranger(home.key_path());
-    assert!(rogue.wait_timeout(Duration::from_secs(15)).is_some());
+    let mut rogue = spawn_stranger(home.key_path());
+    assert_eq!(stranger_bytes(&mut rogue), 0, "the stranger got bytes");
     let (f, e) = v.wait("refused", &tool, |s| deliveries(s, "refused") == 1.0);
     for s in [&f, &e] {
         // The node (its read delayed) may have read by now, never twice.
@@ -571,14 +567,8 @@ fn a_hung_metrics_write_does_not_hold_up_the_key() {
     let home = NodeHome::new();
     let _reaper = StrayReaper(home.root.path().to_path_buf());
     let v = Views::new(&home);
-    let mut cmd = tool_cmd(&home, Some(&moto.endpoint()));
-    cmd.env("USE_SSM_KEY", "true")
-        .env("AWS_PARAMETER", PARAM)
-        .env("SSM_COSMOVISOR_LOG_FORMAT", "json")
-        .env("SSM_COSMOVISOR_FAILPOINT", "metrics-write-hangs")
-        .args(["run", "start", "--home"])
-        .arg(home.path());
-    v.env(&mut cmd);
+    let mut cmd = signer_cmd(&home, &moto, &v);
+    cmd.env("SSM_COSMOVISOR_FAILPOINT", "metrics-write-hangs");
     let mut tool = Tool::spawn(&mut cmd, home.scratch("tool.log"));
     assert!(
         wait_for(

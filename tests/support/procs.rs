@@ -4,6 +4,7 @@
 
 use std::collections::BTreeMap;
 use std::fs;
+use std::io::Read as _;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -12,7 +13,7 @@ use std::time::Duration;
 
 use ssm_cosmovisor::procfs::{self, Pid};
 
-use super::{repo_dir, venv_python, wait_for, which};
+use super::{repo_dir, venv_python, wait_for, which, KillOnDrop};
 
 /// Whether the tests run as root.
 pub fn is_root() -> bool {
@@ -317,4 +318,30 @@ impl Drop for TestSlice {
         }
         eprintln!("warning: could not remove {}", self.dir.display());
     }
+}
+
+/// Starts `cat <path>` (a process outside our child's tree) with its output captured.
+pub fn spawn_stranger(path: &Path) -> KillOnDrop {
+    let mut c = Command::new("cat");
+    c.arg(path)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null());
+    KillOnDrop::spawn(&mut c)
+}
+
+/// Waits for the stranger to finish and returns how many bytes it read.
+pub fn stranger_bytes(s: &mut KillOnDrop) -> usize {
+    let st = s
+        .wait_timeout(Duration::from_secs(15))
+        .expect("stranger still blocked");
+    assert!(st.success(), "cat: {st}");
+    let mut out = Vec::new();
+    s.0.stdout
+        .take()
+        .expect("stdout")
+        .read_to_end(&mut out)
+        .unwrap();
+    // Never print what it read: it could be the key.
+    out.len()
 }
