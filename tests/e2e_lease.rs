@@ -431,9 +431,12 @@ fn renewal_whose_reply_is_lost_is_adopted_not_mistaken_for_a_takeover() {
     let relay = Relay::start(moto.port());
     let a = Host::new("a");
     let mut cmd = a.cmd(&ep);
-    // 6 s: renew every 2 s, attempts time out after 1 s, node kept 4 s.
+    // 12 s: renew every 4 s, attempts time out after 2 s, node kept 8 s. The
+    // swallowed renewal costs one attempt timeout, then the retry, the read
+    // that adopts it and the write must all land before the deadline: with
+    // 6 s that left 0.9 s, and it failed once under CPU load (moto slow).
     cmd.env("AWS_ENDPOINT_URL_DYNAMODB", relay.endpoint())
-        .env("SSM_COSMOVISOR_LEASE_DURATION", "6s");
+        .env("SSM_COSMOVISOR_LEASE_DURATION", "12s");
     let mut ta = a.spawn(&mut cmd);
     assert!(
         wait_for(|| !a.key_reports(&key).is_empty(), T),
@@ -464,8 +467,8 @@ fn renewal_whose_reply_is_lost_is_adopted_not_mistaken_for_a_takeover() {
         "{}",
         ta.log_text()
     );
-    // Well past the node's 4 s: still the holder, node untouched.
-    thread::sleep(Duration::from_secs(5));
+    // Well past the node's 8 s: still the holder, node untouched.
+    thread::sleep(Duration::from_secs(9));
     assert!(ta.events("lease_lost").is_empty(), "{}", ta.log_text());
     assert!(
         pid_alive(node),

@@ -17,9 +17,14 @@ starts the moto server on a loopback port and then runs this file, which:
    kept in bench/scan.rs), interleaved, on this machine as it is and with a
    process of 64 threads and 1,000 fds added, also in split trust and as an
    unprivileged scanner;
+7. metrics on and off: the idle supervisor with metrics off, textfile only,
+   endpoint only and both, sampled over the same windows (wakeups/s, threads,
+   RSS, ratios to off), and what one scrape of the endpoint costs;
 
 then prints one markdown table and writes it (with the machine and method) to
-bench/results.md. Everything it starts runs in its own session and is killed on
+bench/results.md, the metrics in their own section ("## metrics on and off").
+With BENCH_ONLY=metrics (`scripts/bench metrics`) only 7. runs, and only that
+section of bench/results.md is replaced. Everything it starts runs in its own session and is killed on
 every exit path.
 """
 
@@ -374,7 +379,7 @@ def time_to_key():
 # --------------------------------------------------------------------------------------
 
 
-def supervise_rounds(name, rounds, after_ms, mode, node_fds, timeout):
+def supervise_rounds(name, rounds, after_ms, mode, node_fds, timeout, env_extra=None):
     """One `ssm-cosmovisor run` under the cosmovisor stand-in whose node reads the key,
     then (mode "marker") writes the upgrade marker and exits, or (mode "exit") exits
     without a marker and is restarted, `rounds` times; the start after that keeps
@@ -386,6 +391,7 @@ def supervise_rounds(name, rounds, after_ms, mode, node_fds, timeout):
         extra.update(NODE_UPGRADE_AFTER_MS=after_ms, NODE_UPGRADES=rounds)
     else:
         extra.update(NODE_EXIT_AFTER_MS=after_ms, NODE_EXITS=rounds, STANDIN_RESTART_ALWAYS=1, STANDIN_MAX_STARTS=rounds * 3)
+    extra.update(env_extra or {})
     cmd = [str(BIN), "--log-format", "json", "run", "start", "--home", str(home)]
     lf = open(logf, "wb")
     p = spawn(cmd, tool_env(home, **extra), stderr=lf)
@@ -764,6 +770,362 @@ def idle_cost(p):
 
 
 # --------------------------------------------------------------------------------------
+# 7. metrics on and off
+# --------------------------------------------------------------------------------------
+
+METRICS_ROUNDS = int(E.get("BENCH_METRICS_ROUNDS", "20"))
+METRICS_WINDOWS = int(E.get("BENCH_METRICS_WINDOWS", "3"))
+SCRAPES = int(E.get("BENCH_SCRAPES", "200"))
+METRICS_DELIVERIES = int(E.get("BENCH_METRICS_DELIVERIES", "40"))
+# name, textfile, endpoint
+METRICS_VARIANTS = [("off", False, False), ("textfile", True, False), ("endpoint", False, True), ("both", True, True)]
+METRICS_HEADING = "## metrics on and off"
+
+
+def free_port():
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def tasks(pid):
+    """{tid: (comm, voluntary+nonvoluntary switches, ns on CPU)} for every thread of pid."""
+    out = {}
+    for t in os.listdir(f"/proc/{pid}/task"):
+        base = f"/proc/{pid}/task/{t}"
+        try:
+            st = proc_status(f"{pid}/task/{t}")
+            with open(f"{base}/schedstat") as f:
+                ns = int(f.read().split()[0])
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+        sw = int(st["voluntary_ctxt_switches"]) + int(st["nonvoluntary_ctxt_switches"])
+        out[int(t)] = (st.get("Name", "?"), sw, ns)
+    return out
+
+
+def task_delta(a, b):
+    """Per thread: (comm, switches, cpu ns) between two tasks() snapshots (threads that
+    came or went count from 0)."""
+    out = {}
+    for tid in set(a) | set(b):
+        comm = (b.get(tid) or a.get(tid))[0]
+        sw0, ns0 = (a[tid][1], a[tid][2]) if tid in a else (0, 0)
+        sw1, ns1 = (b[tid][1], b[tid][2]) if tid in b else (sw0, ns0)
+        out[tid] = (comm, sw1 - sw0, ns1 - ns0)
+    return out
+
+
+def mem(pid):
+    st = proc_status(pid)
+    kb = lambda k: int(st.get(k, "0 kB").split()[0])
+    return {"rss_kb": kb("VmRSS"), "anon_kb": kb("RssAnon"), "file_kb": kb("RssFile"), "hwm_kb": kb("VmHWM"), "threads": int(st["Threads"])}
+
+
+def file_id(path):
+    try:
+        st = os.stat(path)
+        return (st.st_ino, st.st_mtime_ns, st.st_size)
+    except FileNotFoundError:
+        return None
+
+
+def scrape(port, openmetrics=False):
+    """One GET /metrics on a fresh connection (the endpoint answers one request per
+    connection and closes): ms from connect to EOF, and the response."""
+    import socket
+
+    req = b"GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+    if openmetrics:
+        req += b"Accept: application/openmetrics-text;version=1.0.0,text/plain;q=0.5\r\n"
+    req += b"\r\n"
+    t0 = time.perf_counter_ns()
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as c:
+        c.sendall(req)
+        chunks = []
+        while True:
+            b = c.recv(65536)
+            if not b:
+                break
+            chunks.append(b)
+    t1 = time.perf_counter_ns()
+    return (t1 - t0) / 1e6, b"".join(chunks)
+
+
+def idle_windows(sups, n, seconds):
+    """n windows of `seconds`, every supervisor sampled over the same window (the snapshot
+    order rotates): per variant a list of task_delta() per window, and each window's length."""
+    per = {name: [] for name in sups}
+    lengths = []
+    names = list(sups)
+    for w in range(n):
+        order = names[w % len(names):] + names[: w % len(names)]
+        t0 = time.monotonic()
+        a = {name: tasks(sups[name]["p"].pid) for name in order}
+        time.sleep(seconds)
+        b = {name: tasks(sups[name]["p"].pid) for name in order}
+        lengths.append(time.monotonic() - t0)
+        for name in names:
+            per[name].append(task_delta(a[name], b[name]))
+    return per, lengths
+
+
+def metrics_delivery(mdir):
+    """Delivery latency with each metrics variant, interleaved (the order rotates each
+    round): `exec -- node`, one short-lived supervisor per delivery."""
+    home = make_home("metrics-exec")
+    node = home / "cosmovisor/genesis/bin/noded"
+    out = {n: [] for n, _, _ in METRICS_VARIANTS}
+    log(f"metrics: delivery latency, `exec`, {METRICS_DELIVERIES} interleaved rounds per variant")
+    for i in range(METRICS_DELIVERIES):
+        k = i % len(METRICS_VARIANTS)
+        for name, tf, ep in METRICS_VARIANTS[k:] + METRICS_VARIANTS[:k]:
+            extra = {"NODE_EXIT_AFTER_MS": 50}
+            if tf:
+                extra["SSM_COSMOVISOR_METRICS_FILE"] = mdir / f"exec-{name}.prom"
+            if ep:
+                extra["SSM_COSMOVISOR_METRICS_ADDR"] = f"127.0.0.1:{free_port()}"
+            logf = WORK / f"metrics-exec-{name}-{i}.log"
+            with open(logf, "wb") as lf:
+                p = spawn([str(BIN), "--log-format", "json", "exec", "--", str(node), "start", "--home", str(home)], tool_env(home, **extra), stderr=lf)
+            rc = finish(p, timeout=60)
+            d = events(logf, "delivered")
+            if rc != 0 or len(d) != 1:
+                raise RuntimeError(f"metrics delivery {name}#{i}: exit {rc}, {len(d)} deliveries (log {logf})")
+            out[name].append(d[0]["latency_us"] / 1000.0)
+    return out
+
+
+def metrics_cost():
+    """The idle supervisor (after its last delivery) with metrics off, textfile only,
+    endpoint only and both, started back to back and then sampled over the same windows;
+    then SCRAPES GETs of /metrics against each endpoint, interleaved."""
+    log(f"metrics on and off: {len(METRICS_VARIANTS)} supervisors, {METRICS_ROUNDS} upgrade rounds each, then {METRICS_WINDOWS} idle windows of {IDLE_S:.0f} s side by side")
+    mdir = WORK / "textfile-collector"
+    mdir.mkdir(mode=0o755, exist_ok=True)
+    os.chmod(mdir, 0o755)
+    sups = {}
+    try:
+        for name, tf, ep in METRICS_VARIANTS:
+            extra, sup = {}, {"textfile": None, "port": None}
+            if tf:
+                sup["textfile"] = mdir / f"ssm-cosmovisor-{name}.prom"
+                extra["SSM_COSMOVISOR_METRICS_FILE"] = sup["textfile"]
+            if ep:
+                sup["port"] = free_port()
+                extra["SSM_COSMOVISOR_METRICS_ADDR"] = f"127.0.0.1:{sup['port']}"
+            p, logf, _, _ = supervise_rounds(f"metrics-{name}", METRICS_ROUNDS, 50, "marker", 0, timeout=METRICS_ROUNDS * 3 + 60, env_extra=extra)
+            sup.update(p=p, logf=logf)
+            sups[name] = sup
+            # Metrics are what the variant says, no more.
+            has_file, has_ep = bool(events(logf, "metrics_file")), bool(events(logf, "metrics_endpoint"))
+            if (has_file, has_ep) != (tf, ep):
+                raise RuntimeError(f"metrics variant {name}: the tool logged metrics_file={has_file}, metrics_endpoint={has_ep}")
+            if tf:
+                # A writer thread rewrites the file after each change (coalescing): wait for it.
+                want = f'ssm_cosmovisor_key_deliveries_total{{outcome="delivered"}} {METRICS_ROUNDS + 1}\n'
+                wait_for(lambda: want in sup["textfile"].read_text(), 10, f"{want.strip()!r} in {sup['textfile']}", proc=p)
+                sup["textfile_bytes"] = len(sup["textfile"].read_bytes())
+        time.sleep(1.0)  # the last delivery's final scan and logging
+        for sup in sups.values():
+            sup["file_before"] = file_id(sup["textfile"]) if sup["textfile"] else None
+        per, lengths = idle_windows(sups, METRICS_WINDOWS, IDLE_S)
+        for name, sup in sups.items():
+            sup["idle"] = per[name]
+            sup["mem"] = mem(sup["p"].pid)
+            sup["comms"] = sorted(c for c, _, _ in tasks(sup["p"].pid).values())
+            sup["file_after_idle"] = file_id(sup["textfile"]) if sup["textfile"] else None
+
+        # One scrape's cost, interleaved between the two endpoints.
+        eps = [n for n, _, ep in METRICS_VARIANTS if ep]
+        log(f"metrics: {SCRAPES} GETs of /metrics against each of {', '.join(eps)}, interleaved")
+        t_before = {n: tasks(sups[n]["p"].pid) for n in eps}
+        for n in eps:
+            sups[n]["scrape_ms"] = []
+        for i in range(SCRAPES):
+            for n in eps if i % 2 == 0 else reversed(eps):
+                ms, resp = scrape(sups[n]["port"])
+                if not resp.startswith(b"HTTP/1.1 200 OK") or b"ssm_cosmovisor_key_deliveries_total" not in resp:
+                    raise RuntimeError(f"metrics variant {n}: bad /metrics answer: {resp[:200]!r}")
+                sups[n]["scrape_ms"].append(ms)
+                sups[n]["scrape_bytes"] = len(resp)
+        for n in eps:
+            d = task_delta(t_before[n], tasks(sups[n]["p"].pid))
+            sups[n]["scrape_switches"] = sum(sw for _, sw, _ in d.values())
+            sups[n]["scrape_cpu_ns"] = sum(ns for _, _, ns in d.values())
+            sups[n]["scrape_by_thread"] = {}
+            for comm, sw, ns in d.values():
+                a = sups[n]["scrape_by_thread"].setdefault(comm, [0, 0])
+                a[0] += sw
+                a[1] += ns
+        # OpenMetrics answers once, for their size.
+        for n in eps:
+            _, resp = scrape(sups[n]["port"], openmetrics=True)
+            sups[n]["scrape_bytes_om"] = len(resp)
+        time.sleep(1.0)
+        for sup in sups.values():
+            sup["mem_after"] = mem(sup["p"].pid)
+        log(f"metrics: one more idle window of {IDLE_S:.0f} s after the scrapes")
+        per2, lengths2 = idle_windows(sups, 1, IDLE_S)
+        for name, sup in sups.items():
+            sup["idle_after"] = per2[name]
+            sup["file_after_scrapes"] = file_id(sup["textfile"]) if sup["textfile"] else None
+    finally:
+        for sup in sups.values():
+            stop_tool(sup["p"])
+    return {"sups": sups, "lengths": lengths, "lengths_after": lengths2, "delivery": metrics_delivery(mdir)}
+
+
+def metrics_section(mc):
+    sups, lengths = mc["sups"], mc["lengths"]
+    names = [n for n, _, _ in METRICS_VARIANTS]
+    total_s = sum(lengths)
+    after_s = sum(mc["lengths_after"])
+
+    def switches(windows):
+        return sum(sw for w in windows for _, sw, _ in w.values())
+
+    wake = {n: switches(sups[n]["idle"]) / total_s for n in names}
+    wake_max = {n: max(sum(sw for _, sw, _ in w.values()) for w in sups[n]["idle"]) / (total_s / len(lengths)) for n in names}
+    wake_after = {n: switches(sups[n]["idle_after"]) / after_s for n in names}
+
+    def ratio(n, v):
+        base = v["off"]
+        if n == "off":
+            return "1"
+        if base == 0:
+            return "— (both 0)" if v[n] == 0 else f"∞ (off is 0; +{v[n]:.2f})"
+        return f"{v[n] / base:.2f}"
+
+    mb = lambda kb: f"{kb / 1024:.2f} MB"
+    header = ["", "off", "textfile only", "endpoint only", "both"]
+    lines = [row(header), row(["---"] * len(header))]
+
+    def add(label, vals, fmt):
+        lines.append(row([label] + [fmt(vals[n]) for n in names]))
+
+    def add_ratio(label, vals):
+        lines.append(row([label] + [ratio(n, vals) for n in names]))
+
+    add(f"idle wakeups/s (voluntary+nonvoluntary context switches, all threads), {len(lengths)} window{'s' if len(lengths) != 1 else ''}, {total_s:.1f} s in all", wake, lambda x: f"{x:.2f} /s")
+    add_ratio("ratio to off", wake)
+    add("idle wakeups/s, busiest window", wake_max, lambda x: f"{x:.2f} /s")
+    thr = {n: sups[n]["mem"]["threads"] for n in names}
+    add("threads", thr, str)
+    add_ratio("ratio to off", thr)
+    rss = {n: sups[n]["mem"]["rss_kb"] for n in names}
+    add("RSS (VmRSS), idle", rss, mb)
+    add_ratio("ratio to off", rss)
+    anon = {n: sups[n]["mem"]["anon_kb"] for n in names}
+    add("RssAnon, idle", anon, mb)
+    add_ratio("ratio to off", anon)
+    add("RssFile, idle (mapped pages of the binary and libc)", {n: sups[n]["mem"]["file_kb"] for n in names}, mb)
+    hwm = {n: sups[n]["mem"]["hwm_kb"] for n in names}
+    add("VmHWM (peak RSS)", hwm, mb)
+    dl = {n: statistics.median(mc["delivery"][n]) for n in names}
+    nd = {n: len(mc["delivery"][n]) for n in names}
+    lines.append(row(["delivery latency, `exec`, interleaved, median (tool's `delivered.latency_us`, node holding 0 fds)"] + [f"{fmt_ms(dl[n])} (n {nd[n]})" for n in names]))
+    add_ratio("ratio to off", dl)
+    rss2 = {n: sups[n]["mem_after"]["rss_kb"] for n in names}
+    add(f"RSS (VmRSS) after {SCRAPES} scrapes of each endpoint", rss2, mb)
+    add_ratio("ratio to off", rss2)
+    add(f"idle wakeups/s after the scrapes (1 window, {after_s:.1f} s)", wake_after, lambda x: f"{x:.2f} /s")
+    table = "\n".join(lines)
+
+    eps = [n for n in names if sups[n]["port"]]
+    sl = [row(["one scrape of `/metrics` (fresh connection, text format)", "median", "min", "max", "n", "tool CPU per scrape", "tool context switches per scrape", "answer"]), row(["---"] * 8)]
+    for n in eps:
+        st = stats(sups[n]["scrape_ms"])
+        sup = sups[n]
+        sl.append(
+            row(
+                [
+                    f"{n}: connect → EOF, client side",
+                    fmt_ms(st["median"]),
+                    fmt_ms(st["min"]),
+                    fmt_ms(st["max"]),
+                    str(st["n"]),
+                    f"{sup['scrape_cpu_ns'] / st['n'] / 1000:.0f} µs",
+                    f"{sup['scrape_switches'] / st['n']:.2f}",
+                    f"{sup['scrape_bytes']:,} B (OpenMetrics {sup['scrape_bytes_om']:,} B)",
+                ]
+            )
+        )
+    scrape_table = "\n".join(sl)
+
+    notes = []
+    for n in names:
+        notes.append(f"Threads of `{n}` (comm): {', '.join(sups[n]['comms'])}.")
+    woke = []
+    for n in names:
+        for label, windows in (("idle", sups[n]["idle"]), ("after the scrapes", sups[n]["idle_after"])):
+            for wi, w in enumerate(windows):
+                for tid, (comm, sw, ns) in sorted(w.items()):
+                    if sw:
+                        woke.append(f"`{n}` {label} window {wi + 1}: thread {tid} `{comm}` {sw} switches, {ns / 1000:.0f} µs on CPU")
+    if woke:
+        notes.append("Threads that woke while idle (from /proc/PID/task/TID/status and schedstat): " + "; ".join(woke) + ".")
+    else:
+        notes.append("No thread of any variant switched even once in any idle window (per thread, /proc/PID/task/TID/status).")
+    for n in names:
+        sup = sups[n]
+        if sup["textfile"]:
+            same = sup["file_before"] == sup["file_after_idle"] == sup["file_after_scrapes"]
+            notes.append(
+                f"`{n}`'s textfile ({sup['textfile_bytes']:,} B) was {'not rewritten' if same else '**rewritten**'} while idle or scraped"
+                f" (inode, mtime and size before the idle windows, after them and after the scrapes{': ' + repr([sup['file_before'], sup['file_after_idle'], sup['file_after_scrapes']]) if not same else ''})."
+            )
+    for n in eps:
+        by = ", ".join(f"`{c}` {v[0]} switches, {v[1] / 1e6:.1f} ms CPU" for c, v in sorted(sups[n]["scrape_by_thread"].items()) if v[0] or v[1])
+        notes.append(f"`{n}`: the {SCRAPES} scrapes cost, by thread: {by or 'nothing measurable'}.")
+    return table, scrape_table, notes
+
+
+def metrics_text(mc):
+    table, scrape_table, notes = metrics_section(mc)
+    cpu = cpu_model()
+    head = (
+        f"Machine: {os.cpu_count()} CPUs (nproc {len(os.sched_getaffinity(0))}), {cpu}, Linux {platform.release()}; "
+        f"{datetime.datetime.now(datetime.timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}; commit {E.get('BENCH_COMMIT', '?')}; "
+        f"{METRICS_ROUNDS} upgrade rounds per supervisor, {METRICS_WINDOWS} idle window{'s' if METRICS_WINDOWS != 1 else ''} of {IDLE_S:.0f} s, {SCRAPES} scrapes per endpoint, "
+        f"{METRICS_DELIVERIES} interleaved `exec` deliveries per variant; "
+        f"load average {mc.get('load_before', '?')} before, {loadavg()} after."
+    )
+    how = f"""How: four `ssm-cosmovisor run` supervisors (cosmovisor stand-in, one node home each) are
+started back to back: metrics off, `SSM_COSMOVISOR_METRICS_FILE` only (a `.prom` in a 0755
+directory), `SSM_COSMOVISOR_METRICS_ADDR=127.0.0.1:PORT` only, and both. Each hands the key over
+{METRICS_ROUNDS + 1} times ({METRICS_ROUNDS} upgrade rounds, `NODE_UPGRADE_AFTER_MS=50`) and then idles with
+its node running; the benchmark checks from the log that exactly the configured outputs are on
+and that the textfile counts every delivery. After 1 s of settling all four are sampled over
+the same windows (snapshot order rotated): wakeups are the sum over /proc/PID/task/*/status of
+voluntary+nonvoluntary context switches, before and after each window, per second; threads,
+VmRSS, RssAnon and VmHWM from /proc/PID/status after the windows. Ratios are against "off" from
+the same run. Then {SCRAPES} GETs of `/metrics` (no Accept header: Prometheus text) to each
+endpoint, alternating between them, each on a fresh TCP connection from Python, timed from
+connect to EOF; the tool's CPU time (/proc/PID/task/*/schedstat) and context switches over all
+the scrapes are divided by their number; RSS is read 1 s after the last, followed by one more
+idle window. Delivery latency: {METRICS_DELIVERIES} rounds of `ssm-cosmovisor exec -- node` per variant,
+one short-lived supervisor per delivery, the four variants' order rotating each round
+(`NODE_EXIT_AFTER_MS=50`); each run's `delivered.latency_us`."""
+    body = f"{METRICS_HEADING}\n\n{head}\n\n{table}\n\n{scrape_table}\n\n" + "\n".join(f"- {n}" for n in notes) + "\n\n" + how + "\n"
+    return body
+
+
+def splice_section(text, heading, section):
+    """text with its `heading` section (up to the next "## " heading or the end) replaced
+    by section, or section appended."""
+    lines = text.splitlines(keepends=True)
+    start = next((i for i, l in enumerate(lines) if l.rstrip("\n") == heading), None)
+    if start is None:
+        return text.rstrip("\n") + "\n\n" + section
+    end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")), len(lines))
+    rest = "".join(lines[end:])
+    return "".join(lines[:start]) + section + ("\n" + rest if rest else "")
+
+
+# --------------------------------------------------------------------------------------
 # report
 # --------------------------------------------------------------------------------------
 
@@ -785,6 +1147,20 @@ def loadavg():
         return " ".join(open("/proc/loadavg").read().split()[:3])
     except OSError:
         return "?"
+
+
+def cpu_model():
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return ""
+
+
+RESULTS = Path(E.get("BENCH_RESULTS") or REPO / "bench/results.md")
+ONLY = E.get("BENCH_ONLY", "")  # "" (everything) or "metrics"
 
 
 def become_subreaper():
@@ -820,11 +1196,27 @@ def main():
     if rc != 0:
         raise SystemExit(f"ssm-cosmovisor import failed with status {rc}")
 
+    if ONLY == "metrics":
+        mc = metrics_cost()
+        mc["load_before"] = load_before
+        section = metrics_text(mc)
+        print(section)
+        old = RESULTS.read_text() if RESULTS.exists() else "# scripts/bench results\n\nWritten by `scripts/bench`; rerun it to refresh.\n"
+        RESULTS.parent.mkdir(exist_ok=True)
+        RESULTS.write_text(splice_section(old, METRICS_HEADING, section))
+        (WORK / "table.md").write_text(section)
+        log(f"replaced the {METRICS_HEADING!r} section of {RESULTS} ({time.monotonic() - started:.0f} s of measurements); the rest is as it was")
+        return 0
+    if ONLY:
+        raise SystemExit(f"BENCH_ONLY={ONLY!r}: only 'metrics' can be run alone")
+
     ttk, stages, ttk_fail = time_to_key()
     dr = delivery_and_rearm()
     lf = lease_failover()
     sc = scan_cost()
     vb = delivery_vs_baseline()
+    mc = metrics_cost()
+    mc["load_before"] = load_before
     size = BIN.stat().st_size
 
     m = {v: stats(xs) for v, xs in ttk.items() if xs}
@@ -951,14 +1343,7 @@ def main():
         total = f"; `scripts/bench` as a whole (installs, build, measurements) {time.time() - float(E['BENCH_T0']):.0f} s"
     notes.append(f"Measurements took {elapsed:.0f} s{total}.")
 
-    cpu = ""
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    cpu = cpu_model()
     header = (
         f"Machine: {os.cpu_count()} CPUs (nproc {len(os.sched_getaffinity(0))}), {cpu}, Linux {platform.release()}; "
         f"{datetime.datetime.now(datetime.timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}; commit {E.get('BENCH_COMMIT', '?')}; "
@@ -989,17 +1374,21 @@ full duration after it last saw the lease change, so the ratio to the duration i
 2/3: the holder's last renewal can be up to a third old when it dies). Times run from the
 signal to the standby's node stand-in having parsed the key."""
     text = f"{header}\n\n{table}\n\n" + "\n".join(f"- {n}" for n in notes) + "\n"
+    section = metrics_text(mc)
     print(text)
-    out = REPO / "bench/results.md"
+    print(section)
+    out = RESULTS
     out.parent.mkdir(exist_ok=True)
     out.write_text(
-        "# scripts/bench results\n\nWritten by `scripts/bench`; rerun it to refresh.\n\n"
+        "# scripts/bench results\n\nWritten by `scripts/bench`; rerun it to refresh"
+        " (`scripts/bench metrics` refreshes only the last section).\n\n"
         + text
         + "\n"
         + method
-        + "\n"
+        + "\n\n"
+        + section
     )
-    (WORK / "table.md").write_text(text)
+    (WORK / "table.md").write_text(text + "\n" + section)
     log(f"wrote {out}")
     return 0
 
