@@ -595,3 +595,42 @@ fn a_hung_metrics_write_does_not_hold_up_the_key() {
         tool.log_text()
     );
 }
+
+/// A fetch that fails ends the run (exit 3); the textfile, flushed before
+/// the exit, keeps the error by class for the alert that counts restarts.
+#[test]
+fn a_failed_fetch_is_in_the_textfile_after_the_exit() {
+    let (moto, _key) = moto_with_key(PARAM);
+    let home = NodeHome::new();
+    let v = Views::new(&home);
+    let mut cmd = signer_cmd(&home, &moto, &v);
+    cmd.env("AWS_PARAMETER", "/validators/metrics/no-such-parameter");
+    let out = cmd.output().unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let f = v.file();
+    assert_eq!(
+        f.val(
+            "ssm_cosmovisor_fetch_errors_total",
+            &[("class", "not_found")]
+        ),
+        1.0,
+        "{}",
+        f.raw
+    );
+    assert_eq!(
+        f.val("ssm_cosmovisor_fetch_errors_total", &[("class", "denied")]),
+        0.0
+    );
+    assert_eq!(
+        f.val("ssm_cosmovisor_fetch_duration_seconds_count", &[]),
+        1.0
+    );
+    assert_eq!(f.val("ssm_cosmovisor_child_starts_total", &[]), 0.0);
+    assert!(slot_is(&f, "idle"), "{}", f.raw);
+    home.assert_idle();
+}
