@@ -133,12 +133,6 @@ fn reader_check(r: &mut Report, node: crate::identity::NodeIdentity) {
     }
 }
 
-/// CometBFT's own guard against a second signer: `[consensus]
-/// double_sign_check_height = N` makes the node look for its key's
-/// signatures in the last blocks before it joins consensus (a start after
-/// another signer's takeover, or a lagging state file, docs/design.md §7.6).
-/// 0 is no check, and 1 checks nothing either (the look-back covers N - 1
-/// blocks): a known pitfall.
 /// The metrics settings as `run` reads them (nothing is written or bound).
 fn metrics_check(r: &mut Report) {
     match crate::metrics::MetricsSettings::from_env(&ProcessEnv) {
@@ -155,6 +149,12 @@ fn metrics_check(r: &mut Report) {
     }
 }
 
+/// CometBFT's own guard against a second signer: `[consensus]
+/// double_sign_check_height = N` makes the node look for its key's
+/// signatures in the last blocks before it joins consensus (a start after
+/// another signer's takeover, or a lagging state file, docs/design.md §7.6).
+/// 0 is no check, and 1 checks nothing either (the look-back covers N - 1
+/// blocks): a known pitfall.
 fn double_sign_check(r: &mut Report, cfg: &Config) {
     const ITEM: &str = "double_sign_check_height";
     let value = match crate::config::double_sign_check_height(&cfg.home, cfg.node) {
