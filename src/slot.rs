@@ -26,6 +26,7 @@ use rustix::fs::{AtFlags, FileType, FlockOperation, Mode, OFlags, ResolveFlags, 
 
 use crate::identity::NodeIdentity;
 use crate::key::{KeyError, KeyFile, PublicIdentity};
+use crate::perms::{group_or_world_writable, sticky, world_writable};
 
 /// Suffix of the backup, as the original tool names it.
 pub(crate) const ORIG_SUFFIX: &str = ".orig";
@@ -197,14 +198,6 @@ fn owner_trusted(st: &Stat, node_uid: u32) -> bool {
     st.st_uid == 0 || st.st_uid == node_uid
 }
 
-fn group_or_world_writable(st: &Stat) -> bool {
-    st.st_mode & 0o022 != 0
-}
-
-fn sticky(st: &Stat) -> bool {
-    st.st_mode & 0o1000 != 0
-}
-
 fn kind_of(st: &Stat) -> FileType {
     FileType::from_raw_mode(st.st_mode)
 }
@@ -323,8 +316,7 @@ fn open_component(cur: &OwnedFd, name: &OsStr, walked: &Path) -> Result<OwnedFd,
 /// world-writable one is refused even when root owns it (only a root-owned
 /// group-writable one is tolerated, its group trusted like root).
 fn ancestor_replaceable(st: &Stat) -> bool {
-    let others_write = st.st_mode & 0o002 != 0;
-    !sticky(st) && (others_write || (group_or_world_writable(st) && st.st_uid != 0))
+    !sticky(st) && (world_writable(st) || (group_or_world_writable(st) && st.st_uid != 0))
 }
 
 /// The authoritative open: openat2 refuses symlinks in the kernel, closing

@@ -16,6 +16,7 @@ use rustix::fs::{AtFlags, FileType, Mode, OFlags};
 use rustix::io::Errno;
 
 use super::settings::MetricsError;
+use crate::perms::{sticky, world_writable};
 
 /// An open metrics file location.
 pub(super) struct TextFile {
@@ -46,8 +47,7 @@ impl TextFile {
         )
         .map_err(unwritable)?;
         let st = rustix::fs::fstat(&dir).map_err(unwritable)?;
-        let mode = Mode::from_raw_mode(st.st_mode);
-        if mode.contains(Mode::WOTH) && !mode.contains(Mode::SVTX) {
+        if world_writable(&st) && !sticky(&st) {
             return Err(MetricsError::Unwritable {
                 path: path.to_path_buf(),
                 source: std::io::Error::other("its directory is world-writable without the sticky bit"),
