@@ -335,10 +335,8 @@ impl Families {
         }
         for &which in Which::ALL {
             let l = WhichL { which };
-            let _ = (
-                f.sign_height.get_or_create(&l),
-                f.sign_round.get_or_create(&l),
-            );
+            let _ = f.sign_height.get_or_create(&l);
+            let _ = f.sign_round.get_or_create(&l);
             let _ = f.sign_step.get_or_create(&l);
         }
         for &state in SlotLabel::ALL {
@@ -446,6 +444,7 @@ impl Metrics {
         };
         let text = format::to_prometheus_text(&self.encode());
         // Test-only: every rewrite after init's first never returns.
+        #[cfg(feature = "failpoints")]
         if self
             .pending
             .gens
