@@ -57,10 +57,6 @@ const METRICS: &[(&str, Kind)] = &[
     ("metrics_write_errors_total", Kind::Counter),
 ];
 
-fn repo() -> &'static Path {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-}
-
 /// `$SSM_COSMOVISOR_TEST_PROMTOOL` (must exist), else `.cache/prometheus/bin/promtool` if it does.
 fn promtool() -> Option<PathBuf> {
     if let Some(p) = std::env::var_os("SSM_COSMOVISOR_TEST_PROMTOOL").filter(|p| !p.is_empty()) {
@@ -72,7 +68,7 @@ fn promtool() -> Option<PathBuf> {
         );
         return Some(p);
     }
-    let p = repo().join(".cache/prometheus/bin/promtool");
+    let p = support::repo_dir().join(".cache/prometheus/bin/promtool");
     p.is_file().then_some(p)
 }
 
@@ -88,7 +84,7 @@ fn output_text(o: &Output) -> String {
 fn run_promtool(promtool: &Path, args: &[&str]) -> String {
     let out = Command::new(promtool)
         .args(args)
-        .current_dir(repo())
+        .current_dir(support::repo_dir())
         .output()
         .unwrap_or_else(|e| panic!("cannot run {}: {e}", promtool.display()));
     let text = output_text(&out);
@@ -103,7 +99,7 @@ fn run_promtool(promtool: &Path, args: &[&str]) -> String {
 /// The YAML files as JSON values, parsed by PyYAML in the project's virtualenv (scripts/test
 /// installs it with moto), else by a `python3` on PATH that has PyYAML.
 fn load_yaml(rel: &str) -> Value {
-    let venv = repo().join(".venv/bin/python");
+    let venv = support::venv_python();
     let python = if venv.is_file() {
         venv
     } else {
@@ -114,7 +110,7 @@ fn load_yaml(rel: &str) -> Value {
             "-c",
             "import json, sys, yaml; json.dump(yaml.safe_load(open(sys.argv[1])), sys.stdout)",
         ])
-        .arg(repo().join(rel))
+        .arg(support::repo_dir().join(rel))
         .output()
         .unwrap_or_else(|e| {
             panic!(

@@ -737,15 +737,9 @@ def proc_status(pid):
 
 
 def ctxt_switches(pid):
-    total, threads = 0, 0
-    for t in os.listdir(f"/proc/{pid}/task"):
-        try:
-            s = proc_status(f"{pid}/task/{t}")
-        except FileNotFoundError:
-            continue
-        total += int(s["voluntary_ctxt_switches"]) + int(s["nonvoluntary_ctxt_switches"])
-        threads += 1
-    return total, threads
+    """(voluntary+nonvoluntary switches of all threads, thread count), from tasks()."""
+    ts = tasks(pid)
+    return sum(sw for _, sw, _ in ts.values()), len(ts)
 
 
 def idle_cost(p):
@@ -755,17 +749,16 @@ def idle_cost(p):
     time.sleep(IDLE_S)
     c1, _ = ctxt_switches(p.pid)
     dt = time.monotonic() - t0
-    st = proc_status(p.pid)
-    kb = lambda k: int(st.get(k, "0 kB").split()[0])
+    m = mem(p.pid)
     return {
         "seconds": dt,
         "switches": c1 - c0,
         "per_s": (c1 - c0) / dt,
         "threads": threads,
-        "rss_kb": kb("VmRSS"),
-        "hwm_kb": kb("VmHWM"),
-        "rss_anon_kb": kb("RssAnon"),
-        "rss_file_kb": kb("RssFile"),
+        "rss_kb": m["rss_kb"],
+        "hwm_kb": m["hwm_kb"],
+        "rss_anon_kb": m["anon_kb"],
+        "rss_file_kb": m["file_kb"],
     }
 
 

@@ -201,7 +201,7 @@ pub fn read_textfile(p: &Path) -> Scrape {
 
 /// node_exporter as scripts/test fetches it (`.cache/prometheus/bin`), if there.
 pub fn node_exporter_bin() -> Option<std::path::PathBuf> {
-    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join(".cache/prometheus/bin/node_exporter");
+    let p = super::repo_dir().join(".cache/prometheus/bin/node_exporter");
     p.exists().then_some(p)
 }
 
@@ -230,8 +230,7 @@ pub fn start_node_exporter(bin: &Path, dir: &Path) -> (super::KillOnDrop, String
 /// The README's Monitoring table: each metric's full name and type (the
 /// `sign_state_height`, `_round`, `_step` row expanded).
 pub fn readme_metrics() -> Vec<(String, String)> {
-    let readme = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md"))
-        .expect("README.md");
+    let readme = std::fs::read_to_string(super::repo_dir().join("README.md")).expect("README.md");
     let section = readme
         .split("\n## Monitoring\n")
         .nth(1)
