@@ -15,7 +15,7 @@ use crate::metrics::{self, MetricsSettings};
 use crate::secret::{SecretBuf, MAX_SECRET_LEN};
 use crate::slot::KeySlot;
 use crate::source::{self, Origin};
-use crate::supervise::{self, Ended, KeyJob, LeaseRole};
+use crate::supervise::{self, Ended, KeyJob, LeaseRole, NodeMatch};
 
 /// Runs cosmovisor with the validator key fetched from AWS SSM and handed to
 /// the node once, through a verified FIFO, never written to disk.
@@ -207,21 +207,36 @@ fn dispatch(cli: Cli) -> Result<u8, Error> {
     crate::logging::init(fmt);
     match cli.command {
         Cmd::Run { args } => {
-            let cfg = Config::resolve(&ov, &ProcessEnv, &args)?;
+            let run = crate::cosmovisor::split_run_args(&args)?;
+            let ov = with_cosmovisor_home(ov, run.config.as_deref())?;
+            let cfg = Config::resolve(&ov, &ProcessEnv, &run.node)?;
             let lease = LeaseSettings::resolve(&ov, &ProcessEnv, cfg.source.as_ref())?;
             let metrics = MetricsSettings::from_env(&ProcessEnv)?;
             cfg.check_before_run(&ProcessEnv)?;
             let mut child_args = vec![OsString::from("run")];
             child_args.extend(args);
             let program = cfg.cosmovisor_bin.clone();
-            run_with_key(&cfg, lease.as_ref(), &metrics, &program, &child_args)
+            let node = NodeMatch::Args(run.node);
+            run_with_key(
+                &cfg,
+                lease.as_ref(),
+                &metrics,
+                (&program, &child_args),
+                node,
+            )
         }
         Cmd::Exec { command } => {
             let cfg = Config::resolve(&ov, &ProcessEnv, &command[1..])?;
             let lease = LeaseSettings::resolve(&ov, &ProcessEnv, cfg.source.as_ref())?;
             let metrics = MetricsSettings::from_env(&ProcessEnv)?;
             cfg.check_before_run(&ProcessEnv)?;
-            run_with_key(&cfg, lease.as_ref(), &metrics, &command[0], &command[1..])
+            run_with_key(
+                &cfg,
+                lease.as_ref(),
+                &metrics,
+                (&command[0], &command[1..]),
+                NodeMatch::Child,
+            )
         }
         Cmd::Check => Ok(crate::check::run(&ov)),
         Cmd::Restore => restore(&ov),
@@ -243,13 +258,42 @@ fn dispatch(cli: Cli) -> Result<u8, Error> {
     }
 }
 
+/// With `run --cosmovisor-config <file>`, the home comes from where
+/// cosmovisor takes it (cosmovisor.rs); a `--daemon-home` that disagrees is
+/// refused, as the tool would guard another home than cosmovisor runs.
+fn with_cosmovisor_home(
+    mut ov: Overrides,
+    file: Option<&std::path::Path>,
+) -> Result<Overrides, Error> {
+    let Some(file) = file else {
+        return Ok(ov);
+    };
+    let home = crate::cosmovisor::home_from_file(file, ProcessEnv.setting("DAEMON_HOME")?)?;
+    match &ov.daemon_home {
+        Some(flag) if !flag.as_os_str().is_empty() && *flag != home => Err(ConfigError::Invalid {
+            name: "--daemon-home",
+            value: flag.display().to_string(),
+            hint: format!(
+                "cosmovisor takes its home from {} ({}); drop --daemon-home or make them equal",
+                file.display(),
+                home.display()
+            ),
+        }
+        .into()),
+        _ => {
+            ov.daemon_home = Some(home);
+            Ok(ov)
+        }
+    }
+}
+
 /// Opens and repairs the slot, fetches the key (when active), and supervises.
 fn run_with_key(
     cfg: &Config,
     lease: Option<&LeaseSettings>,
     metrics: &MetricsSettings,
-    program: &OsString,
-    args: &[OsString],
+    (program, args): (&OsString, &[OsString]),
+    node: NodeMatch,
 ) -> Result<u8, Error> {
     // Before any other thread exists (runtimes, lease threads): they all
     // inherit the blocked signals, so only our sigwait thread ever takes one.
@@ -327,6 +371,7 @@ fn run_with_key(
     let job = KeyJob {
         slot: Arc::new(slot),
         key: Arc::new(fetched.key),
+        node,
     };
     let role = match lease.map(|l| l.into_parts()) {
         Some((client, held, state)) => LeaseRole::Holder {

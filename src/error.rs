@@ -115,6 +115,9 @@ pub(crate) enum Error {
     /// A setting is missing or invalid.
     #[error(transparent)]
     Config(#[from] ConfigError),
+    /// `run`'s arguments or cosmovisor's config file cannot be used.
+    #[error(transparent)]
+    Cosmovisor(#[from] crate::cosmovisor::CosmovisorError),
     /// The key is wanted but no source is configured.
     #[error("no key source configured")]
     NoKeySource,
@@ -220,6 +223,7 @@ impl Error {
         let exit = match self {
             Error::StandbyExited { status } => return *status,
             Error::Config(_)
+            | Error::Cosmovisor(_)
             | Error::NoKeySource
             | Error::ImportOpen { .. }
             | Error::ImportRead { .. } => Exit::Config,
@@ -245,7 +249,7 @@ fn supervise_exit(e: &SuperviseError) -> Exit {
     match e {
         SuperviseError::Slot(_) => Exit::Slot,
         SuperviseError::Spawn { .. } => Exit::Spawn,
-        SuperviseError::Deliver(_) | SuperviseError::Timeout(..) => Exit::Delivery,
+        SuperviseError::Deliver(_) | SuperviseError::Timeout { .. } => Exit::Delivery,
         SuperviseError::Exposed(_) => Exit::Exposed,
         SuperviseError::Lease(_) => Exit::Lease,
         SuperviseError::Internal { .. } | SuperviseError::SignalsStartedTwice => Exit::Failure,
@@ -299,10 +303,12 @@ mod tests {
             (Error::Lease(LeaseError::NoRegion), 8),
             (Error::Supervise(SuperviseError::Exposed("held".into())), 6),
             (
-                Error::Supervise(SuperviseError::Timeout(
-                    std::time::Duration::from_secs(1),
-                    "/k".into(),
-                )),
+                Error::Supervise(SuperviseError::Timeout {
+                    timeout: std::time::Duration::from_secs(1),
+                    pid: 9,
+                    after: std::time::Duration::from_secs(1),
+                    path: "/k".into(),
+                }),
                 5,
             ),
             (

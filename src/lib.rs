@@ -16,6 +16,7 @@
 pub(crate) mod check;
 pub mod cli;
 pub(crate) mod config;
+pub(crate) mod cosmovisor;
 pub(crate) mod deliver;
 pub(crate) mod error;
 pub(crate) mod fence;

@@ -157,6 +157,51 @@ pub fn children_of(parent: Pid) -> Vec<Pid> {
         .collect()
 }
 
+/// The argument vector of a process (`/proc/<pid>/cmdline`); empty for a
+/// zombie or a kernel thread, `None` when it is gone or hidden.
+pub(crate) fn cmdline_of(pid: Pid) -> Option<Vec<std::ffi::OsString>> {
+    let b = fs::read(format!("/proc/{}/cmdline", pid.0)).ok()?;
+    Some(
+        b.split(|&c| c == 0)
+            .filter(|a| !a.is_empty())
+            .map(|a| OsStr::from_bytes(a).to_os_string())
+            .collect(),
+    )
+}
+
+/// `root` and its descendants, through each task's `children` file (no walk
+/// of all of `/proc`; cheap enough to repeat every few hundred
+/// milliseconds); from a full snapshot where the kernel has no such file.
+pub(crate) fn tree_of(root: Pid) -> Vec<Pid> {
+    let mut out = vec![root];
+    let mut i = 0;
+    while i < out.len() && out.len() < 65_536 {
+        let Ok(tasks) = fs::read_dir(format!("/proc/{}/task", out[i].0)) else {
+            i += 1;
+            continue;
+        };
+        for t in tasks.flatten() {
+            let path = t.path().join("children");
+            let Ok(text) = fs::read_to_string(&path) else {
+                if i == 0 && !path.exists() {
+                    // No CONFIG_PROC_CHILDREN.
+                    let mut all = descendants_of(root);
+                    all.insert(0, root);
+                    return all;
+                }
+                continue;
+            };
+            for p in text.split_ascii_whitespace().filter_map(|p| p.parse().ok()) {
+                if !out.contains(&Pid(p)) {
+                    out.push(Pid(p));
+                }
+            }
+        }
+        i += 1;
+    }
+    out
+}
+
 /// All descendants of `root` (children first), from one snapshot of `/proc`.
 pub(crate) fn descendants_of(root: Pid) -> Vec<Pid> {
     let all: Vec<(Pid, Option<Pid>)> = all_pids()

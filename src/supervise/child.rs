@@ -88,6 +88,19 @@ impl Child {
         );
     }
 
+    /// Stops it cleanly for a stop signal we `received`: SIGTERM, whatever
+    /// came (signals.rs [`super::signals::for_child`]).
+    pub(super) fn forward_stop(&self, received: i32) {
+        let sig = super::signals::for_child(received);
+        tracing::info!(
+            event = "stop_signal",
+            received,
+            sent = sig,
+            "stop requested: stopping the child with SIGTERM"
+        );
+        self.signal(sig);
+    }
+
     /// SIGKILL to every descendant, then to the child.
     pub(super) fn kill_tree(&self) {
         for p in procfs::descendants_of(self.pid) {

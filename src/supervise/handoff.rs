@@ -4,7 +4,6 @@
 
 use std::sync::mpsc::Sender;
 use std::thread;
-use std::time::Instant;
 
 use super::{Event, KeyJob, SuperviseError};
 use crate::config::Config;
@@ -17,7 +16,6 @@ use crate::slot::ArmedFifo;
 pub(super) struct Delivering {
     pub(super) canceller: Canceller,
     pub(super) inode: u64,
-    pub(super) since: Instant,
 }
 
 /// Starts the hand-off of `armed` on its own thread, and tells systemd that
@@ -35,7 +33,6 @@ pub(super) fn start_delivery(
     let d = Delivering {
         canceller: pending.canceller(),
         inode: pending.inode(),
-        since: Instant::now(),
     };
     let (slot, key, policy, tx) = (
         job.slot.clone(),

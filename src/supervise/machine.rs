@@ -10,16 +10,17 @@ use std::time::{Duration, Instant};
 use super::child::{reap_others, status_code, stop_orphans, Child};
 use super::handoff::{log_outcome, next_mode, start_delivery, Delivering};
 use super::holder::{finish_lease, LeaseGuard, LeaseThread};
+use super::keywait::{KeyWait, NodeMatch};
 use super::rearm::{spawn_marker_thread, spawn_reader_exit_thread, FastRearm};
 use super::signals::Attached;
 use super::{Ended, Event, KeyJob, SuperviseError, ORPHAN_GRACE};
 use crate::config::Config;
 use crate::deliver::{DeliverError, Outcome, ReaderPolicy};
 use crate::fence::FenceNews;
-use crate::lease::{boot_time, LeaseNews};
+use crate::lease::{boot_time, LeaseNews, StateFile};
 use crate::metrics;
 use crate::notify::Notifier;
-use crate::procfs::Pid;
+use crate::procfs::{self, Pid};
 use crate::slot::ArmedFifo;
 
 /// Why we stop the child.
@@ -136,6 +137,10 @@ pub(super) struct Supervisor<'a> {
     /// The first error that ends the run.
     fatal: Option<SuperviseError>,
     delivering: Option<Delivering>,
+    /// The key timeout's clock (keywait.rs).
+    wait: KeyWait,
+    /// The node that read the last key, while it runs.
+    keyed: Option<Pid>,
     holding: Holding,
     /// SIGTERM to SIGKILL when the lease is lost.
     stop_grace: Duration,
@@ -155,6 +160,8 @@ impl<'a> Supervisor<'a> {
             phase: Phase::Running,
             fatal: None,
             delivering: None,
+            wait: KeyWait::Idle,
+            keyed: None,
             holding: s.guard.map_or(Holding::None, Holding::Valid),
             stop_grace: s.stop_grace,
             last_ping: Instant::now(),
@@ -165,9 +172,14 @@ impl<'a> Supervisor<'a> {
     pub(super) fn start(&mut self, armed: Option<ArmedFifo>, standby: bool) {
         match (armed, &self.fast) {
             (Some(a), Some(fast)) => {
+                // Without the sign state every marker counts as due (rearm.rs).
+                let state = StateFile::of_home(&self.cfg.home, self.cfg.node)
+                    .map_err(|e| tracing::warn!(error = %e, "cannot find the node's sign state: every upgrade marker re-arms at once"))
+                    .ok();
                 spawn_marker_thread(
                     &self.cfg.home.join("data"),
                     self.cfg.node,
+                    state,
                     fast.clone(),
                     self.tx.clone(),
                 );
@@ -185,6 +197,8 @@ impl<'a> Supervisor<'a> {
 
     fn deliver(&mut self, a: ArmedFifo) {
         let job = self.job.as_ref().expect("a hand-off needs a key job");
+        let exec_child = (job.node == NodeMatch::Child).then(|| self.child.pid());
+        self.wait = self.wait.armed(self.keyed, exec_child, Instant::now());
         self.delivering = Some(start_delivery(
             job,
             a,
@@ -290,8 +304,8 @@ impl<'a> Supervisor<'a> {
         {
             at = at.min(t);
         }
-        if let Some(d) = &self.delivering {
-            at = at.min(d.since + self.cfg.key_timeout);
+        if let Some(t) = self.wait.wake_at(self.cfg.key_timeout) {
+            at = at.min(t);
         }
         if let Some(iv) = self.notifier.watchdog_interval() {
             at = at.min(self.last_ping + iv);
@@ -313,6 +327,9 @@ impl<'a> Supervisor<'a> {
         loop {
             self.enforce_lease();
             self.escalate_if_due();
+            // Every turn, not only on a quiet wake: a stream of events must
+            // not hold the key timeout off.
+            self.check_key_timeout();
             let wait = self
                 .next_deadline()
                 .saturating_duration_since(Instant::now());
@@ -321,7 +338,7 @@ impl<'a> Supervisor<'a> {
             match ev {
                 Ok(Event::ChildExited(st)) => return st,
                 Ok(ev) => self.on_event(ev),
-                Err(RecvTimeoutError::Timeout) => self.check_key_timeout(),
+                Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => {
                     return Err(std::io::Error::other("event channel closed"))
                 }
@@ -329,14 +346,36 @@ impl<'a> Supervisor<'a> {
         }
     }
 
+    /// Looks for a new node process while cosmovisor is between nodes, and
+    /// fails the run when a started node has not read its key in time.
     fn check_key_timeout(&mut self) {
         let (Some(d), Some(j)) = (&self.delivering, &self.job) else {
             return;
         };
-        if d.since.elapsed() >= self.cfg.key_timeout && self.fatal.is_none() {
-            d.canceller.cancel();
-            let e = SuperviseError::Timeout(self.cfg.key_timeout, j.slot.path().to_path_buf());
-            self.fail(e);
+        let now = Instant::now();
+        if self.wait.look_due(now) {
+            let found = find_node(&j.node, self.child.pid(), self.cfg.node);
+            self.wait = self.wait.looked(found, now);
+            if let (KeyWait::NodeStarted { pid, .. }, Some(_)) = (self.wait, found) {
+                tracing::info!(
+                    event = "node_started",
+                    pid = pid.0,
+                    timeout_s = self.cfg.key_timeout.as_secs(),
+                    "a node process started: it must read the key within the key timeout"
+                );
+            }
+        }
+        if let Some((pid, after)) = self.wait.timed_out(now, self.cfg.key_timeout) {
+            if self.fatal.is_none() {
+                d.canceller.cancel();
+                let e = SuperviseError::Timeout {
+                    timeout: self.cfg.key_timeout,
+                    pid: pid.0,
+                    after,
+                    path: j.slot.path().to_path_buf(),
+                };
+                self.fail(e);
+            }
         }
     }
 
@@ -348,18 +387,24 @@ impl<'a> Supervisor<'a> {
                 // The node is about to stop: no re-arm for it.
                 self.disable_rearm();
                 self.notifier.stopping();
-                self.child.signal(sig);
+                self.child.forward_stop(sig);
                 self.stop(Why::Signal(sig));
             }
             Event::ChildExited(_) => {}
             Event::Delivery(r) => self.on_delivery(r),
             // The watcher thread re-armed before sending it (see Rearmed).
             Event::Marker => {}
-            Event::ReaderExited(pid) => tracing::info!(
-                event = "node_exited",
-                pid = pid.0,
-                "the node that read the key exited"
-            ),
+            Event::ReaderExited(pid) => {
+                tracing::info!(
+                    event = "node_exited",
+                    pid = pid.0,
+                    "the node that read the key exited"
+                );
+                if self.keyed == Some(pid) {
+                    self.keyed = None;
+                }
+                self.wait = self.wait.keyed_node_exited(pid, Instant::now());
+            }
             Event::Rearmed => self.on_rearmed(),
             Event::RearmFailed(e) => self.fail(e.into()),
             Event::Lease(LeaseNews::Lost(reason)) => self.lose_lease(reason),
@@ -415,6 +460,12 @@ impl<'a> Supervisor<'a> {
             Some(Outcome::Delivered { reader, next, .. }) => {
                 self.notifier
                     .status(&format!("key delivered to pid {}", reader.pid));
+                self.wait = self.wait.delivered();
+                self.keyed = Some(reader.pid);
+                // Its exit re-arms (unless a FIFO is at the key path
+                // already) and tells the key timeout cosmovisor is between
+                // nodes.
+                spawn_reader_exit_thread(reader.pid, fast.clone(), self.tx.clone());
                 match (next, fast.take()) {
                     (Some(a), _) => {
                         tracing::info!(
@@ -429,10 +480,7 @@ impl<'a> Supervisor<'a> {
                     // while we were verifying.
                     (None, Some(a)) => (!self.stopping()).then_some(Ok(a)),
                     // From now on the watchers re-arm by themselves.
-                    (None, None) => {
-                        spawn_reader_exit_thread(reader.pid, fast.clone(), self.tx.clone());
-                        None
-                    }
+                    (None, None) => None,
                 }
             }
             Some(Outcome::Refused { next, .. } | Outcome::NotRead { next, .. })
@@ -597,6 +645,18 @@ impl<'a> Supervisor<'a> {
         }
         tracing::debug!(inode = d.inode, "pending delivery cancelled");
     }
+}
+
+/// A process in our child's tree running the node's command, other than
+/// the one that read the last key (read as the node: in split trust the
+/// node's `/proc` entries may be hidden from root without `CAP_SYS_PTRACE`).
+fn find_node(m: &NodeMatch, child: Pid, node: crate::identity::NodeIdentity) -> Option<Pid> {
+    node.as_node(|| {
+        procfs::tree_of(child)
+            .into_iter()
+            .skip(1)
+            .find(|&p| procfs::cmdline_of(p).is_some_and(|argv| m.matches(&argv)))
+    })
 }
 
 #[cfg(test)]

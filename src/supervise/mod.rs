@@ -34,10 +34,12 @@ use crate::slot::{KeySlot, SlotError};
 mod child;
 mod handoff;
 mod holder;
+mod keywait;
 mod machine;
 mod rearm;
 mod signals;
 
+pub(crate) use keywait::NodeMatch;
 pub(crate) use signals::Signals;
 
 /// Grace period between SIGTERM and SIGKILL for orphaned nodes.
@@ -60,9 +62,18 @@ pub(crate) enum SuperviseError {
     /// Delivery failed.
     #[error("key delivery failed: {0}")]
     Deliver(#[from] DeliverError),
-    /// The node did not read the key in time.
-    #[error("the node did not read the key within {0:?} (SSM_COSMOVISOR_KEY_TIMEOUT); stopped the node and restored the safe key. Check that the node starts and that priv_validator_key_file points at {1:?}")]
-    Timeout(Duration, PathBuf),
+    /// A started node did not read the key in time.
+    #[error("the node (pid {pid}) did not read the key within {timeout:?} of its start (SSM_COSMOVISOR_KEY_TIMEOUT; waited {after:?}); stopped the node and restored the safe key. Check that the node starts and that priv_validator_key_file points at {path:?}")]
+    Timeout {
+        /// The setting.
+        timeout: Duration,
+        /// The node process that did not read.
+        pid: i32,
+        /// How long it ran without reading.
+        after: Duration,
+        /// The key path.
+        path: PathBuf,
+    },
     /// Key possibly exposed.
     #[error("KEY MAY BE EXPOSED: {0}. The node was stopped and the safe key restored. Rotate the consensus key")]
     Exposed(String),
@@ -113,6 +124,8 @@ pub(crate) struct KeyJob {
     pub(crate) slot: Arc<KeySlot>,
     /// The validated consensus key.
     pub(crate) key: Arc<ValidatorKey>,
+    /// How the node is found among the child's processes.
+    pub(crate) node: NodeMatch,
 }
 
 /// The failover lease's part in a run.

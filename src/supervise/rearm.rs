@@ -1,6 +1,9 @@
 //! Re-arming the key path before the node may need the key again
 //! (docs/design.md §4): the upgrade-marker watcher and the node-exit watcher
 //! re-arm the FIFO themselves, under one lock, the moment the reason shows.
+//! A marker re-arms only when its upgrade is due ([`judge_marker`]): a plan
+//! written ahead of its height leaves the stripped key in place until the
+//! node exits.
 
 use std::path::Path;
 use std::sync::mpsc::Sender;
@@ -9,6 +12,7 @@ use std::thread;
 
 use super::Event;
 use crate::identity::NodeIdentity;
+use crate::lease::StateFile;
 use crate::procfs::Pid;
 use crate::slot::{ArmedFifo, KeySlot, SlotError};
 
@@ -97,14 +101,93 @@ impl FastRearm {
     }
 }
 
+/// The upgrade marker's name in `<home>/data/`.
+const MARKER: &str = "upgrade-info.json";
+
+/// A marker larger than this is not an upgrade plan.
+const MAX_MARKER: u64 = 64 * 1024;
+
+/// What a written upgrade marker means for the key path.
+#[derive(Debug, PartialEq, Eq)]
+pub(super) enum MarkerVerdict {
+    /// The upgrade is at (or one block past) the height the node signed, or
+    /// we cannot tell: cosmovisor may stop the node at any moment and
+    /// restart it at once, so the FIFO goes back now.
+    Due,
+    /// A plan written ahead of its height (cosmovisor ≥ 1.6's batch watcher
+    /// writes it as soon as the chain is below the next planned height,
+    /// hours or days before it): the node keeps running, and whoever reads
+    /// the key path meanwhile (`<bin> tendermint show-validator`) must find
+    /// the stripped key, not a FIFO. The node-exit watcher re-arms.
+    Ahead {
+        /// The plan's name.
+        name: String,
+        /// The plan's height.
+        plan: i64,
+        /// The highest height the node signed.
+        signed: i64,
+    },
+}
+
+/// Judges a marker's bytes against the height in the node's sign state
+/// (`None`: no state file, or unreadable).
+pub(super) fn judge_marker(marker: &[u8], signed: Option<i64>) -> MarkerVerdict {
+    let Ok(v) = serde_json::from_slice::<serde_json::Value>(marker) else {
+        return MarkerVerdict::Due;
+    };
+    // The SDK writes the height as a JSON number; protobuf's JSON mapping of
+    // an int64 (a Plan) is a string: accept both.
+    let plan = match &v["height"] {
+        serde_json::Value::Number(n) => n.as_i64(),
+        serde_json::Value::String(s) => s.parse().ok(),
+        _ => None,
+    };
+    match (plan, signed) {
+        (Some(plan), Some(signed)) if plan > signed.saturating_add(1) => MarkerVerdict::Ahead {
+            name: v["name"].as_str().unwrap_or("?").to_string(),
+            plan,
+            signed,
+        },
+        _ => MarkerVerdict::Due,
+    }
+}
+
+/// The marker's bytes (empty when it cannot be read: judged due). Read as
+/// the node, without following a symlink, only from a regular file.
+fn read_marker(path: &Path, node: NodeIdentity) -> Vec<u8> {
+    use rustix::fs::{Mode, OFlags};
+    use std::io::Read;
+    node.as_node(|| {
+        let fd = rustix::fs::open(
+            path,
+            OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .ok()?;
+        let st = rustix::fs::fstat(&fd).ok()?;
+        if rustix::fs::FileType::from_raw_mode(st.st_mode) != rustix::fs::FileType::RegularFile {
+            return None;
+        }
+        let mut out = Vec::new();
+        std::fs::File::from(fd)
+            .take(MAX_MARKER)
+            .read_to_end(&mut out)
+            .ok()?;
+        Some(out)
+    })
+    .unwrap_or_default()
+}
+
 /// Watches `<home>/data/` for the upgrade marker. The SDK rewrites
 /// `upgrade-info.json` in place, so close-after-write matters as much as create.
 pub(super) fn spawn_marker_thread(
     data_dir: &Path,
     node: NodeIdentity,
+    state: Option<StateFile>,
     rearm: Arc<FastRearm>,
     tx: Sender<Event>,
 ) {
+    let marker = data_dir.join(MARKER);
     use rustix::fs::inotify;
     let Ok(fd) = inotify::init(inotify::CreateFlags::CLOEXEC) else {
         tracing::warn!("inotify unavailable: re-arming only when the node exits");
@@ -134,13 +217,27 @@ pub(super) fn spawn_marker_thread(
                     Ok(ev) => {
                         let is_marker = ev
                             .file_name()
-                            .map(|n| n.to_bytes() == b"upgrade-info.json")
+                            .map(|n| n.to_bytes() == MARKER.as_bytes())
                             .unwrap_or(false);
-                        if is_marker {
-                            rearm.trigger("upgrade marker written", &tx);
-                            if tx.send(Event::Marker).is_err() {
-                                return;
-                            }
+                        if !is_marker {
+                            continue;
+                        }
+                        let signed = state
+                            .as_ref()
+                            .and_then(|s| s.read().ok().flatten())
+                            .map(|s| s.height);
+                        match judge_marker(&read_marker(&marker, node), signed) {
+                            MarkerVerdict::Due => rearm.trigger("upgrade marker written", &tx),
+                            MarkerVerdict::Ahead { name, plan, signed } => tracing::info!(
+                                event = "upgrade_planned",
+                                name = %name,
+                                height = plan,
+                                signed_height = signed,
+                                "upgrade plan written ahead of its height: the key FIFO goes back when the node exits"
+                            ),
+                        }
+                        if tx.send(Event::Marker).is_err() {
+                            return;
                         }
                     }
                     Err(rustix::io::Errno::INTR) => continue,
@@ -172,4 +269,53 @@ pub(super) fn spawn_reader_exit_thread(pid: Pid, rearm: Arc<FastRearm>, tx: Send
             rearm.trigger("node exited", &tx);
             let _ = tx.send(Event::ReaderExited(pid));
         });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_marker_re_arms_at_once_unless_its_plan_is_ahead_of_the_signed_height() {
+        let gov = br#"{"name":"v2","time":"0001-01-01T00:00:00Z","height":1000,"info":""}"#;
+        // Written by the node at the upgrade height (it signed 1000 or 999).
+        assert_eq!(judge_marker(gov, Some(1000)), MarkerVerdict::Due);
+        assert_eq!(judge_marker(gov, Some(999)), MarkerVerdict::Due);
+        // A plan written ahead: the node keeps running.
+        assert_eq!(
+            judge_marker(gov, Some(998)),
+            MarkerVerdict::Ahead {
+                name: "v2".into(),
+                plan: 1000,
+                signed: 998
+            }
+        );
+        // A Plan in protobuf's JSON (height as a string), as a batch writes it.
+        let batch = br#"{"name":"v3","height":"5000","info":"{}"}"#;
+        assert!(matches!(
+            judge_marker(batch, Some(10)),
+            MarkerVerdict::Ahead { plan: 5000, .. }
+        ));
+        // When we cannot tell, re-arm: a node restarted onto the stripped
+        // key is a crash, a FIFO too early only waits.
+        assert_eq!(judge_marker(gov, None), MarkerVerdict::Due);
+        assert_eq!(judge_marker(b"", Some(10)), MarkerVerdict::Due);
+        assert_eq!(judge_marker(b"{not json", Some(10)), MarkerVerdict::Due);
+        assert_eq!(
+            judge_marker(br#"{"name":"x","height":true}"#, Some(10)),
+            MarkerVerdict::Due
+        );
+        assert_eq!(
+            judge_marker(br#"{"name":"x","height":"12x"}"#, Some(10)),
+            MarkerVerdict::Due
+        );
+        // No overflow at the extremes.
+        assert_eq!(
+            judge_marker(
+                br#"{"name":"x","height":9223372036854775807}"#,
+                Some(i64::MAX)
+            ),
+            MarkerVerdict::Due
+        );
+    }
 }

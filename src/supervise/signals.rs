@@ -12,8 +12,24 @@ use std::sync::{Arc, Mutex};
 
 use super::{Event, SuperviseError};
 
-/// Signals forwarded to the child.
+/// The stop signals we take (each reaches the child as [`for_child`] says).
 pub(crate) const FORWARDED: [i32; 4] = [libc::SIGINT, libc::SIGTERM, libc::SIGHUP, libc::SIGQUIT];
+
+/// The signal the child gets for a stop signal we received: always
+/// SIGTERM. cosmovisor 1.7 catches only SIGQUIT and SIGTERM and forwards the
+/// one it got to the node (process.go, `Launcher.Run`: `signal.Notify` with
+/// those two); SIGINT and SIGHUP end cosmovisor by Go's default action and
+/// leave the node running, orphaned; and a Go node takes SIGQUIT as "dump
+/// every goroutine and exit 2". SIGTERM is the one stop that reaches the
+/// node through cosmovisor and that the node (the SDK's server listens for
+/// SIGINT and SIGTERM) handles as a clean shutdown.
+pub(crate) fn for_child(received: i32) -> i32 {
+    debug_assert!(
+        FORWARDED.contains(&received),
+        "not a stop signal: {received}"
+    );
+    libc::SIGTERM
+}
 
 #[derive(Default)]
 struct Shared {
@@ -122,5 +138,17 @@ impl Attached {
 impl Drop for Attached {
     fn drop(&mut self) {
         *self.0.sink.lock().unwrap_or_else(|e| e.into_inner()) = None;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_stop_signal_reaches_cosmovisor_as_sigterm() {
+        for sig in FORWARDED {
+            assert_eq!(for_child(sig), libc::SIGTERM, "signal {sig}");
+        }
     }
 }
