@@ -24,9 +24,10 @@ use crate::procfs::Pid;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum NodeMatch {
     /// `run`: cosmovisor starts the node as `<bin> <args after run>`
-    /// (process.go `Launcher.Run`: `exec.Command(bin, args...)`); a later
-    /// cosmovisor may append its own flags, so the node's arguments start
-    /// with these.
+    /// (process.go `Launcher.Run`: `exec.Command(bin, args...)`). A later
+    /// cosmovisor may append its own flags (`--halt-height`), so the node's
+    /// arguments may start with these; a `#!` script as the node binary
+    /// runs as `<interpreter> [opt] <script> <args>`, so they may end it.
     Args(Vec<OsString>),
     /// `exec`: our child is the node.
     Child,
@@ -37,7 +38,10 @@ impl NodeMatch {
     /// the node's command.
     pub(super) fn matches(&self, argv: &[OsString]) -> bool {
         match self {
-            NodeMatch::Args(args) => argv.len() > args.len() && argv[1..].starts_with(args),
+            NodeMatch::Args(args) if args.is_empty() => argv.len() == 1,
+            NodeMatch::Args(args) => {
+                argv.len() > args.len() && (argv[1..].starts_with(args) || argv.ends_with(args))
+            }
             NodeMatch::Child => false,
         }
     }
@@ -198,6 +202,13 @@ mod tests {
         assert!(!m.matches(&[]));
         assert!(!m.matches(&os(&["start", "--home"])));
         assert!(!NodeMatch::Child.matches(&os(&["noded", "start", "--home", "/h"])));
+        // A shell or Python script as the node binary, before it execs.
+        assert!(m.matches(&os(&["/bin/sh", "/h/noded", "start", "--home", "/h"])));
+        assert!(m.matches(&os(&["python3", "-c", "...", "start", "--home", "/h"])));
+        // No node arguments at all: the bare binary.
+        let bare = NodeMatch::Args(vec![]);
+        assert!(bare.matches(&os(&["noded"])));
+        assert!(!bare.matches(&os(&["noded", "status"])));
     }
 
     #[test]

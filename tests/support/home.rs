@@ -156,8 +156,13 @@ impl NodeHome {
         self.scratch("node-report.jsonl")
     }
 
+    /// The node starts' reports (see [`complete_reports`] for the
+    /// lines being written).
     pub fn reports(&self) -> Vec<Value> {
         read_report(&self.report_path())
+            .into_iter()
+            .filter(is_start_report)
+            .collect()
     }
 
     pub fn upgrade_info_path(&self) -> PathBuf {
@@ -382,5 +387,20 @@ pub fn complete_reports(home: &NodeHome) -> Vec<Value> {
         .lines()
         .filter(|l| !l.trim().is_empty())
         .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad report line {l:?}: {e}")))
+        .filter(is_start_report)
+        .collect()
+}
+
+/// A node start's report (it has an `outcome`), not a line about how a node
+/// stopped or a `pre-upgrade` call.
+fn is_start_report(v: &Value) -> bool {
+    v.get("outcome").is_some()
+}
+
+/// The node's `{"stopped_by": …, "pid": …}` lines: how each node stopped.
+pub fn stop_reports(home: &NodeHome) -> Vec<Value> {
+    read_report(&home.report_path())
+        .into_iter()
+        .filter(|v| v.get("stopped_by").is_some())
         .collect()
 }
