@@ -9,6 +9,9 @@ use crate::lease::LeaseSettings;
 use crate::slot::KeySlot;
 use crate::source::{self, Origin};
 
+mod cometbft;
+use cometbft::Lookback;
+
 #[derive(Default)]
 struct Report {
     failures: usize,
@@ -153,8 +156,9 @@ fn metrics_check(r: &mut Report) {
 /// double_sign_check_height = N` makes the node look for its key's
 /// signatures in the last blocks before it joins consensus (a start after
 /// another signer's takeover, or a lagging state file, docs/design.md §7.6).
-/// 0 is no check, and 1 checks nothing either (the look-back covers N - 1
-/// blocks): a known pitfall.
+/// 0 is no check; how many blocks N covers depends on the node's CometBFT
+/// version ([`cometbft`]: N − 1 before cometbft#5668, so 1 checked nothing),
+/// which is read from the node binary and said with the verdict.
 fn double_sign_check(r: &mut Report, cfg: &Config) {
     const ITEM: &str = "double_sign_check_height";
     let value = match crate::config::double_sign_check_height(&cfg.home, cfg.node) {
@@ -172,35 +176,89 @@ fn double_sign_check(r: &mut Report, cfg: &Config) {
         Some(n) => n.to_string(),
         None => "not set (CometBFT's default: 0)".into(),
     };
-    if n >= 2 {
+    let (lookback, version, basis) = version_basis(cfg);
+    let (sure, most) = cometbft::blocks_checked(n, lookback);
+    let exact = (lookback != Lookback::Unknown).then_some(sure);
+    if sure >= 1 {
+        let last = if sure == 1 {
+            "the last block".to_string()
+        } else {
+            format!("one of the last {sure} blocks")
+        };
+        let or_more = if most > sure {
+            format!(", or {most} with cometbft#5668's fix")
+        } else {
+            String::new()
+        };
         r.pass(
             ITEM,
-            format!("{n}: the node will not join consensus while its key signed one of the last {} blocks", n - 1),
+            format!("{n}: the node will not join consensus while its key signed {last}{or_more} ({basis})"),
         );
         tracing::info!(
             event = "double_sign_check_height",
             double_sign_check_height = n,
+            cometbft_version = version,
+            lookback_blocks = exact,
             "node's double-sign check is on"
         );
         return;
     }
-    let why = if n == 1 {
-        "1 looks back over 0 blocks: no check at all"
-    } else {
-        "0: the node never looks for its own recent signatures"
+    let why = match (n, lookback) {
+        (0, _) => "0: the node never looks for its own recent signatures",
+        (_, Lookback::NMinusOne) => "1 looks back over 0 blocks: no check at all",
+        _ => "1 looks back over 0 blocks (no check at all) unless the node's CometBFT has cometbft#5668's fix",
     };
     if !cfg.use_ssm_key {
-        r.info(ITEM, format!("{shown} ({why}; matters on the signer)"));
+        r.info(
+            ITEM,
+            format!("{shown} ({why}; matters on the signer; {basis})"),
+        );
         return;
     }
-    let advice = "set [consensus] double_sign_check_height = 10 (2 or more) in config/config.toml: the node then refuses to join consensus while its key signed one of the last N - 1 blocks, which stops a second signer the lease could not (docs/design.md §7.6); the price is that a node restarted right after signing waits about N blocks";
-    r.warn(ITEM, format!("{shown}: {why}; {advice}"));
+    let (at_least, covers) = match lookback {
+        Lookback::N => (1, "N blocks"),
+        Lookback::NMinusOne => (2, "N - 1 blocks"),
+        Lookback::Unknown => (2, "N - 1 blocks (N with cometbft#5668's fix)"),
+    };
+    let advice = format!("set [consensus] double_sign_check_height = 10 ({at_least} or more) in config/config.toml: the node then refuses to join consensus while its key signed one of the last {covers}, which stops a second signer the lease could not (README, \"Failover lease\"; security.md); the price is that a node restarted right after signing waits about N blocks");
+    r.warn(ITEM, format!("{shown}: {why} ({basis}); {advice}"));
     tracing::warn!(
         event = "double_sign_check_height",
         double_sign_check_height = n,
+        cometbft_version = version,
+        lookback_blocks = exact,
         recommended = 10,
         "{why}; {advice}"
     );
+}
+
+/// What a setting covers on the node's CometBFT, the version for the log
+/// (`unknown` when not read), and the words saying which version was read
+/// from where, or why none was.
+fn version_basis(cfg: &Config) -> (Lookback, String, String) {
+    match cometbft::read(cfg) {
+        Ok((v, bin)) => {
+            let lookback = cometbft::lookback(&v);
+            let what = if lookback == Lookback::Unknown {
+                format!("CometBFT replaced by {} (a fork: whether it has cometbft#5668's fix is not known)", v.text)
+            } else {
+                format!("CometBFT {}", v.text)
+            };
+            let basis = format!(
+                "{what}, from `{} version --long`: {}",
+                bin.display(),
+                lookback.rule()
+            );
+            (lookback, v.text, basis)
+        }
+        Err(e) => {
+            let basis = format!(
+                "CometBFT version unknown ({e}): {}",
+                Lookback::Unknown.rule()
+            );
+            (Lookback::Unknown, "unknown".into(), basis)
+        }
+    }
 }
 
 /// The failover lease: settings, the sign state it would carry, the table and

@@ -659,8 +659,9 @@ fn config_toml_unparsable() {
 // ---------------------------------------------------------------------------------------
 
 /// `check` reads the node's `[consensus] double_sign_check_height`: on a signer 0 (or unset,
-/// CometBFT's default) and 1 (a look-back over 0 blocks) are warnings that say what to set;
-/// the JSON log carries the value as a field; a standby only notes it.
+/// CometBFT's default) and 1 (a look-back over 0 blocks unless the node's CometBFT is known
+/// to have the fix, which the next test covers) are warnings that say what to set; the JSON
+/// log carries the value as a field; a standby only notes it.
 #[test]
 fn check_warns_about_a_double_sign_check_that_does_nothing() {
     let (moto, _key) = moto_with_key(PARAM);
@@ -670,7 +671,7 @@ fn check_warns_about_a_double_sign_check_that_does_nothing() {
     for (setting, want) in [
         ("", "WARN  double_sign_check_height: not set (CometBFT's default: 0): 0:"),
         ("0", "WARN  double_sign_check_height: 0: 0: the node never looks"),
-        ("1", "WARN  double_sign_check_height: 1: 1 looks back over 0 blocks: no check at all"),
+        ("1", "WARN  double_sign_check_height: 1: 1 looks back over 0 blocks"),
         ("10", "PASS  double_sign_check_height: 10: the node will not join consensus while its key signed one of the last 9 blocks"),
         ("\"ten\"", "WARN  double_sign_check_height: cannot read it from"),
     ] {
@@ -711,6 +712,228 @@ fn check_warns_about_a_double_sign_check_that_does_nothing() {
     assert!(
         text.contains("INFO  double_sign_check_height: 1 (1 looks back over 0 blocks"),
         "{text}"
+    );
+}
+
+/// Hands the node home to `nobody`, the node user of the tests that need one. The stand-in
+/// becomes a copy: `chown` of the hard link would change target/'s own binary.
+fn give_home_to_nobody(home: &NodeHome) {
+    let bin = home.path().join("cosmovisor/genesis/bin").join(DAEMON_NAME);
+    fs::remove_file(&bin).unwrap();
+    fs::copy(node_standin_bin(), &bin).unwrap();
+    let (uid, gid) = nobody();
+    chown_tree(home.root.path(), uid, gid);
+}
+
+/// `check` as the node user: root's `check` runs the node binary only as a configured node
+/// user, so as root this runs the whole tool as `nobody` (the unprivileged unit's layout).
+fn check_as_node_user(home: &NodeHome, moto: &Moto, env: &[(&str, &str)]) -> Output {
+    let mut cmd = check_cmd(home, &moto.endpoint());
+    cmd.envs(env.iter().copied());
+    if is_root() {
+        let (uid, gid) = nobody();
+        cmd = as_user_in_cgroup(&cmd, None, uid, gid);
+    }
+    run(&mut cmd)
+}
+
+/// The `double_sign_check_height` line of `check`'s output.
+fn double_sign_line(text: &str) -> &str {
+    text.lines()
+        .find(|l| l.contains(" double_sign_check_height: "))
+        .unwrap_or_else(|| panic!("no double_sign_check_height line:\n{text}"))
+}
+
+/// What a setting covers depends on the node's CometBFT (cometbft#5668: N − 1 blocks before
+/// v0.38.24, v0.39.4 and v0.40.0, and still on v1.x/v2.x; N from those on): `check` reads
+/// the version from `<node> version --long` (the stand-in prints the SDK's format) and says
+/// which it read, from where, and what N covers there; without a version in the output it
+/// says so and gives both cases. The JSON log carries the version and the look-back.
+#[test]
+fn check_double_sign_advice_follows_the_nodes_cometbft_version() {
+    let (moto, _key) = moto_with_key(PARAM);
+    let home = NodeHome::new();
+    let _reaper = StrayReaper(home.root.path().to_path_buf());
+    if is_root() {
+        give_home_to_nobody(&home);
+    }
+    let config = home.path().join("config/config.toml");
+    let base = fs::read_to_string(&config).unwrap();
+    let set = |n: u32| {
+        fs::write(
+            &config,
+            format!("{base}\n[consensus]\ndouble_sign_check_height = {n}\n"),
+        )
+        .unwrap()
+    };
+    let bin = home.path().join("cosmovisor/current/bin").join(DAEMON_NAME);
+    let from = format!(", from `{} version --long`: ", bin.display());
+    let old = "a setting of N looks back over N - 1 blocks (only";
+    let fixed = "a setting of N looks back over N blocks (cometbft#5668";
+    let warn_1 = "WARN  double_sign_check_height: 1: 1 looks back over 0 blocks: no check at all";
+    let pass_1 = "PASS  double_sign_check_height: 1: the node will not join consensus while its key signed the last block";
+    let pass_9 = "PASS  double_sign_check_height: 10: the node will not join consensus while its key signed one of the last 9 blocks";
+    let pass_10 = "PASS  double_sign_check_height: 10: the node will not join consensus while its key signed one of the last 10 blocks";
+    for (version, n, want, rule, advice) in [
+        ("v0.38.17", 1, warn_1, old, Some("= 10 (2 or more)")),
+        ("v0.38.17", 10, pass_9, old, None),
+        ("v1.0.1", 1, warn_1, old, Some("= 10 (2 or more)")),
+        ("v1.0.1", 10, pass_9, old, None),
+        ("v0.38.24", 1, pass_1, fixed, None),
+        ("v0.38.25", 1, pass_1, fixed, None),
+        ("v0.38.25", 10, pass_10, fixed, None),
+        ("v0.39.4", 1, pass_1, fixed, None),
+        ("v0.39.4", 10, pass_10, fixed, None),
+        (
+            "v0.39.4",
+            0,
+            "WARN  double_sign_check_height: 0: 0: the node never looks",
+            fixed,
+            Some("= 10 (1 or more)"),
+        ),
+    ] {
+        set(n);
+        let out = check_as_node_user(&home, &moto, &[("NODE_COMETBFT_VERSION", version)]);
+        let text = output_text(&out);
+        assert_eq!(out.status.code(), Some(0), "{version} {n}: {text}");
+        let line = double_sign_line(&text);
+        assert!(line.starts_with(want), "{version} {n}: {line}");
+        let said = format!("(CometBFT {version}{from}{rule}");
+        assert!(
+            line.contains(&said),
+            "{version} {n}: {said:?} not in {line}"
+        );
+        match advice {
+            Some(a) => assert!(line.contains(a), "{version} {n}: {a:?} not in {line}"),
+            None => assert!(!line.contains("set [consensus]"), "{line}"),
+        }
+    }
+    // No version in the output: said, and both cases given.
+    let unknown = format!(
+        "(CometBFT version unknown (no CometBFT or Tendermint version in the output of `{} version --long` (exit status: 0)): a setting of N looks back over N - 1 blocks on CometBFT v0.37 and older",
+        bin.display()
+    );
+    for (n, want) in [
+        (1, "WARN  double_sign_check_height: 1: 1 looks back over 0 blocks (no check at all) unless the node's CometBFT has cometbft#5668's fix"),
+        (10, "PASS  double_sign_check_height: 10: the node will not join consensus while its key signed one of the last 9 blocks, or 10 with cometbft#5668's fix (CometBFT version unknown"),
+    ] {
+        set(n);
+        let text = output_text(&check_as_node_user(&home, &moto, &[]));
+        let line = double_sign_line(&text);
+        assert!(line.starts_with(want), "unknown {n}: {line}");
+        assert!(line.contains(&unknown), "unknown {n}: {unknown:?} not in {line}");
+    }
+    // The JSON log: the version read and the blocks covered (none when unknown).
+    set(1);
+    for (version, level, lookback) in [
+        (Some("v0.39.4"), "INFO", Value::from(1)),
+        (Some("v0.38.17"), "WARN", Value::from(0)),
+        (None, "WARN", Value::Null),
+    ] {
+        let mut env = vec![("SSM_COSMOVISOR_LOG_FORMAT", "json")];
+        env.extend(version.map(|v| ("NODE_COMETBFT_VERSION", v)));
+        let out = check_as_node_user(&home, &moto, &env);
+        let field = String::from_utf8_lossy(&out.stderr)
+            .lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .find(|v| v["event"] == "double_sign_check_height")
+            .unwrap_or_else(|| panic!("no double_sign_check_height event: {}", output_text(&out)));
+        assert_eq!(field["level"], level, "{field}");
+        assert_eq!(field["double_sign_check_height"], 1, "{field}");
+        assert_eq!(
+            field["cometbft_version"],
+            version.unwrap_or("unknown"),
+            "{field}"
+        );
+        assert_eq!(field["lookback_blocks"], lookback, "{field}");
+    }
+}
+
+/// A node binary whose `version --long` never returns costs `check` its 5 s timeout, no
+/// more: the version is then unknown (said, with the timeout), and the binary is killed. As
+/// root (split trust, a node user set) it runs as the node user; as root without one it is
+/// not run at all.
+#[test]
+fn check_bounds_a_hanging_node_version_and_never_runs_it_as_root() {
+    let (moto, _key) = moto_with_key(PARAM);
+    let home = NodeHome::new();
+    let _reaper = StrayReaper(home.root.path().to_path_buf());
+    let hang = [
+        ("NODE_VERSION_HANG", "1"),
+        ("NODE_COMETBFT_VERSION", "v0.39.4"),
+    ];
+    let mut cmd = check_cmd(&home, &moto.endpoint());
+    cmd.envs(hang);
+    if is_root() {
+        give_home_to_nobody(&home);
+        cmd.env("SSM_COSMOVISOR_NODE_USER", "nobody")
+            .env("SSM_COSMOVISOR_KEY_FILE", home.key_path());
+    }
+    let t0 = std::time::Instant::now();
+    let child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The hanging `version --long` (its command line names the home): as the node user.
+    let mut hung = Vec::new();
+    let seen = wait_for(
+        || {
+            hung = pids_mentioning(home.path());
+            !hung.is_empty()
+        },
+        Duration::from_secs(20),
+    );
+    if !seen {
+        let out = child.wait_with_output().unwrap();
+        panic!(
+            "the node binary was never run:
+{}",
+            output_text(&out)
+        );
+    }
+    let (uid, _) = if is_root() {
+        nobody()
+    } else {
+        (nix::unistd::geteuid().as_raw(), 0)
+    };
+    for pid in &hung {
+        let st = status_fields(*pid);
+        assert!(
+            st["Uid"].split_whitespace().all(|u| u == uid.to_string()),
+            "{st:?}"
+        );
+    }
+    let out = child.wait_with_output().unwrap();
+    let took = t0.elapsed();
+    let text = output_text(&out);
+    assert!(
+        took < Duration::from_secs(20),
+        "check took {took:?}: {text}"
+    );
+    let line = double_sign_line(&text);
+    assert!(
+        line.contains("(CometBFT version unknown (`")
+            && line.contains("version --long` did not finish within 5 s (killed))"),
+        "{line}"
+    );
+    assert!(
+        pids_mentioning(home.path()).is_empty(),
+        "the node binary outlived check"
+    );
+    if !is_root() {
+        return;
+    }
+    // Root without a node user: the node binary is not run.
+    let mut cmd = check_cmd(&home, &moto.endpoint());
+    cmd.envs(hang);
+    let t0 = std::time::Instant::now();
+    let text = output_text(&run(&mut cmd));
+    assert!(t0.elapsed() < Duration::from_secs(5), "{text}");
+    let line = double_sign_line(&text);
+    assert!(
+        line.contains("(CometBFT version unknown (not run: we are root and no node user (SSM_COSMOVISOR_NODE_USER) is set"),
+        "{line}"
     );
 }
 

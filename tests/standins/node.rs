@@ -37,6 +37,14 @@
 //! - `NODE_SIGN_LEDGER` (with `NODE_SIGN_ADDRESS`, `NODE_SIGN_EPOCH_MS`, optional
 //!   `NODE_SIGN_HOST`, `NODE_SIGN_BLOCK_MS`, `NODE_SIGN_CATCHUP_MS`) a node that read the
 //!   validator's key signs on a shared chain clock: see `node_sign.rs`.
+//! - `NODE_COMETBFT_VERSION` (e.g. `v0.38.17`) and `NODE_VERSION_HANG`: only when the first
+//!   argument is exactly `version`, the stand-in reads no key and prints what a Cosmos SDK
+//!   app prints for `version --long` (the SDK's `version.NewVersionCommand` YAML-marshals
+//!   `version.Info`: `name`, `server_name`, `version`, `commit`, `build_tags`, `go`,
+//!   `build_deps` as `- <module>@<version>` lines from the Go build info,
+//!   `cosmos_sdk_version`; cosmos/cosmos-sdk `version/version.go`, `version/command.go`),
+//!   with a `github.com/cometbft/cometbft@<NODE_COMETBFT_VERSION>` dependency line, none
+//!   when unset; `NODE_VERSION_HANG=1` sleeps forever instead (a binary that never answers).
 //!
 //! Each report line also carries `read_done_unix_us`: the wall-clock time (µs since the
 //! epoch) at which the key had been read and parsed, for time-to-key measurements.
@@ -116,6 +124,10 @@ impl Report {
 }
 
 fn main() {
+    if std::env::args_os().nth(1).is_some_and(|a| a == "version") {
+        print_version();
+        return;
+    }
     // Block TERM/INT before any other thread exists so every thread inherits the mask and
     // the dedicated waiter below is the only place they are delivered. This keeps the
     // handling free of async-signal-safety concerns (and of `unsafe`).
@@ -501,6 +513,23 @@ fn marker_log(field: &str) {
     if let Err(e) = res {
         fatal_usage(&format!("write NODE_MARKER_LOG: {e}"));
     }
+}
+
+/// `<app> version --long` as the Cosmos SDK prints it (see the header).
+fn print_version() {
+    if std::env::var_os("NODE_VERSION_HANG").is_some_and(|v| v == "1") {
+        loop {
+            thread::sleep(Duration::from_secs(3600));
+        }
+    }
+    let comet = std::env::var("NODE_COMETBFT_VERSION")
+        .map(|v| format!("- github.com/cometbft/cometbft@{v}\n"))
+        .unwrap_or_default();
+    print!(
+        "name: noded\nserver_name: noded\nversion: v1.0.0-standin\ncommit: \"\"\nbuild_tags: netgo\n\
+         go: go version go1.22.5 linux/amd64\nbuild_deps:\n- cosmossdk.io/api@v0.7.6\n\
+         {comet}- github.com/cosmos/cosmos-sdk@v0.50.10\ncosmos_sdk_version: v0.50.10\n\n"
+    );
 }
 
 fn env_u64(name: &str) -> Option<u64> {
