@@ -663,7 +663,8 @@ fn restarts(always_armed: bool) {
             .env("NODE_EXITS", RESTARTS.to_string());
     } else {
         cmd.env("NODE_UPGRADE_AFTER_MS", "20")
-            .env("NODE_UPGRADES", RESTARTS.to_string());
+            .env("NODE_UPGRADES", RESTARTS.to_string())
+            .env("STANDIN_INSTANT_UPGRADE", "1");
     }
     let marker_log = s.home.scratch("marker.jsonl");
     cmd.env("NODE_MARKER_LOG", &marker_log);
@@ -876,6 +877,7 @@ fn measure_rearm_and_delivery_latency() {
     fs::write(&marker, r#"{"name":"genesis","height":1}"#).unwrap();
     let mut cmd = s.run_cmd();
     cmd.env("STANDIN_RESTART_ALWAYS", "1")
+        .env("STANDIN_INSTANT_UPGRADE", "1")
         // Restarted nodes look for the key a little later, so the re-armed FIFO can be seen.
         .env("NODE_READ_DELAY_MS", "300");
     let mut tool = Tool::spawn(&mut cmd, s.home.scratch("tool.log"));

@@ -22,6 +22,7 @@ fn json_logs_parse_line_by_line_and_carry_every_milestone_without_key_material()
     cmd.env("USE_SSM_KEY", "true")
         .env("AWS_PARAMETER", "/audit/key")
         .env("NODE_UPGRADE_AFTER_MS", "50")
+        .env("STANDIN_INSTANT_UPGRADE", "1")
         .env("NODE_UPGRADES", "1")
         .args(["--log-format", "json", "run", "start"]);
     let mut tool = Tool::spawn(&mut cmd, home.scratch("tool.log"));

@@ -185,7 +185,8 @@ fn metrics_follow_a_refused_reader_a_delivery_and_an_upgrade_re_arm() {
     // Each node start waits before it opens the key: time for a stranger
     // first, and a re-armed FIFO that stays long enough to be scraped.
     cmd.env("NODE_READ_DELAY_MS", "5000")
-        .env("NODE_UPGRADE_AFTER_MS", "1500");
+        .env("NODE_UPGRADE_AFTER_MS", "1500")
+        .env("STANDIN_INSTANT_UPGRADE", "1");
     let mut tool = Tool::spawn(&mut cmd, home.scratch("tool.log"));
 
     // Armed, waiting for the node: a signer, one fetch, nothing delivered.

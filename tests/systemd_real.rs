@@ -644,7 +644,11 @@ impl Node<'_> {
     fn signer_start_upgrade_and_processes(&self) {
         // The first node start writes an upgrade marker after 1.5 s and exits; cosmovisor
         // (stand-in) switches to upgrades/upgrade-1 and starts it again.
-        self.write_env(&[("NODE_UPGRADE_AFTER_MS", "1500"), ("NODE_UPGRADES", "1")]);
+        self.write_env(&[
+            ("NODE_UPGRADE_AFTER_MS", "1500"),
+            ("NODE_UPGRADES", "1"),
+            ("STANDIN_INSTANT_UPGRADE", "1"),
+        ]);
         let c = self.ns.cursor();
         let t = Instant::now();
         self.systemctl("start");

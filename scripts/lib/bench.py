@@ -388,7 +388,7 @@ def supervise_rounds(name, rounds, after_ms, mode, node_fds, timeout, env_extra=
     rep, mlog, logf = WORK / f"{name}.report.jsonl", WORK / f"{name}.markers.jsonl", WORK / f"{name}.log"
     extra = dict(NODE_REPORT=rep, NODE_MARKER_LOG=mlog, NODE_HOLD_FDS=node_fds, COSMOVISOR_BIN=EXAMPLES / "cosmovisor-standin")
     if mode == "marker":
-        extra.update(NODE_UPGRADE_AFTER_MS=after_ms, NODE_UPGRADES=rounds)
+        extra.update(NODE_UPGRADE_AFTER_MS=after_ms, NODE_UPGRADES=rounds, STANDIN_INSTANT_UPGRADE=1)
     else:
         extra.update(NODE_EXIT_AFTER_MS=after_ms, NODE_EXITS=rounds, STANDIN_RESTART_ALWAYS=1, STANDIN_MAX_STARTS=rounds * 3)
     extra.update(env_extra or {})

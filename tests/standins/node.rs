@@ -26,9 +26,17 @@
 //! - `NODE_HOLD_FDS` open this many extra fds (`/dev/null`) before reading the key.
 //! - `NODE_UPGRADE_AFTER_MS` after an ok read, sleep, write `data/upgrade-info.json` in
 //!   place and exit 1; only for starts `n <= NODE_UPGRADES` (default 1).
+//!   `NODE_UPGRADE_HALT=1`: after writing the marker stay alive instead of exiting, as an
+//!   SDK node does at an upgrade height (consensus halts with `UPGRADE NEEDED`, the process
+//!   keeps running until its supervisor stops it); it then signs nothing more.
 //! - `NODE_EXIT_AFTER_MS` after an ok read, sleep then exit 0 without a marker; only for
 //!   starts `n <= NODE_EXITS` (default 1). Checked after the upgrade rule.
 //! - `NODE_STOP_DELAY_MS` on SIGTERM/SIGINT, wait this long before exiting (a slow stop).
+//!   Every stop signal (SIGTERM, SIGINT, SIGQUIT) also appends
+//!   `{"stopped_by":"SIGTERM","pid":…,"unix_us":…}` to `NODE_REPORT` when it arrives (tests
+//!   tell a forwarded stop from a SIGKILL, which leaves no line). SIGQUIT is a Go program's
+//!   default: a goroutine dump on stderr and exit 2 at once, no stop delay. SIGHUP keeps its
+//!   default action (the process dies), as in an SDK node, which handles only INT and TERM.
 //! - `NODE_MARKER_LOG` file to append one JSON line to when the upgrade marker has been
 //!   written (`{"marker_written_unix_us":…}`, after the file is closed) and right before a
 //!   planned exit (`{"exit_unix_us":…}`); `scripts/bench` pairs these with the tool's
@@ -37,14 +45,30 @@
 //! - `NODE_SIGN_LEDGER` (with `NODE_SIGN_ADDRESS`, `NODE_SIGN_EPOCH_MS`, optional
 //!   `NODE_SIGN_HOST`, `NODE_SIGN_BLOCK_MS`, `NODE_SIGN_CATCHUP_MS`) a node that read the
 //!   validator's key signs on a shared chain clock: see `node_sign.rs`.
-//! - `NODE_COMETBFT_VERSION` (e.g. `v0.38.17`) and `NODE_VERSION_HANG`: only when the first
-//!   argument is exactly `version`, the stand-in reads no key and prints what a Cosmos SDK
-//!   app prints for `version --long` (the SDK's `version.NewVersionCommand` YAML-marshals
-//!   `version.Info`: `name`, `server_name`, `version`, `commit`, `build_tags`, `go`,
-//!   `build_deps` as `- <module>@<version>` lines from the Go build info,
-//!   `cosmos_sdk_version`; cosmos/cosmos-sdk `version/version.go`, `version/command.go`),
-//!   with a `github.com/cometbft/cometbft@<NODE_COMETBFT_VERSION>` dependency line, none
-//!   when unset; `NODE_VERSION_HANG=1` sleeps forever instead (a binary that never answers).
+//!
+//! Subcommands that cosmovisor runs (neither reads the key nor handles signals):
+//! - `status [--home H]`: what `<app> status` prints (CometBFT's `/status` result, snake
+//!   case since SDK v0.47): `{"node_info":{…},"sync_info":{"latest_block_height":"<h>",
+//!   "catching_up":false}}` on stdout, exit 0. cosmovisor 1.7 runs it to learn the chain's
+//!   height (tools/cosmovisor scanner.go `checkHeight`, see tests/standins/cosmovisor.rs).
+//!   `h` is the `height` of the node's sign state file (`priv_validator_state_file` from
+//!   config.toml, else `data/priv_validator_state.json`; home from `--home`, else
+//!   `DAEMON_HOME`): for a synced signing validator the height it last signed is the chain's
+//!   tip within one, so tests move "the chain" by rewriting that file. Simplification: a
+//!   real `status` asks the running node's RPC (`localhost:26657`), so it fails while the
+//!   node is down; this one reads the file and answers whether a node runs or not. A
+//!   missing or unparsable state file prints an error and exits 1, and
+//!   `NODE_STATUS_FAIL=1` always does (a node whose RPC is down). Each call appends
+//!   `{"status_unix_us":…,"pid":…,"argv":[…],"cwd":"…"}` to `NODE_STATUS_LOG` if set.
+//! - `pre-upgrade`: the SDK's pre-upgrade hook that cosmovisor 1.7 runs on the new binary.
+//!   Its exit codes come from `NODE_PREUPGRADE_EXITS` (comma list, one per call, counted in
+//!   the file `NODE_PREUPGRADE_STATE`, else `$DAEMON_HOME/data/.preupgrade-calls`); past
+//!   the list's end, or without it, it exits 1, the code of an app without the command
+//!   (cosmovisor takes 1 as "no pre-upgrade command, carry on"). Each call appends
+//!   `{"pre_upgrade":<n, from 1>,"exit":<code>,"unix_us":…}` to `NODE_REPORT` if set.
+//!
+//! Lines in `NODE_REPORT` without `"outcome"` (`stopped_by`, `pre_upgrade`) are events, not
+//! starts: `start_index` counts only start lines.
 //!
 //! Each report line also carries `read_done_unix_us`: the wall-clock time (µs since the
 //! epoch) at which the key had been read and parsed, for time-to-key measurements.
@@ -124,21 +148,36 @@ impl Report {
 }
 
 fn main() {
-    if std::env::args_os().nth(1).is_some_and(|a| a == "version") {
-        print_version();
-        return;
+    match std::env::args_os().nth(1) {
+        Some(a) if a == "status" => node_status(),
+        Some(a) if a == "pre-upgrade" => pre_upgrade(),
+        _ => {}
     }
-    // Block TERM/INT before any other thread exists so every thread inherits the mask and
-    // the dedicated waiter below is the only place they are delivered. This keeps the
+    // Block TERM/INT/QUIT before any other thread exists so every thread inherits the mask
+    // and the dedicated waiter below is the only place they are delivered. This keeps the
     // handling free of async-signal-safety concerns (and of `unsafe`).
     let mut term = SigSet::empty();
     term.add(Signal::SIGTERM);
     term.add(Signal::SIGINT);
+    term.add(Signal::SIGQUIT);
     if let Err(e) = term.thread_block() {
         fatal_usage(&format!("cannot block signals: {e}"));
     }
     thread::spawn(move || {
         if let Ok(sig) = term.wait() {
+            report_event(json!({
+                "stopped_by": sig.as_str(),
+                "pid": process::id(),
+                "unix_us": unix_us(),
+            }));
+            if sig == Signal::SIGQUIT {
+                // The Go runtime's SIGQUIT: dump every goroutine, exit 2.
+                say_line!(
+                    stderr,
+                    "SIGQUIT: quit\n\ngoroutine 1 [running]:\n(node-standin: no Go stack)"
+                );
+                process::exit(2);
+            }
             say_line!(stdout, "node-standin: got {}", sig.as_str());
             let _ = std::io::stdout().flush();
             if let Some(ms) = env_u64("NODE_STOP_DELAY_MS") {
@@ -199,6 +238,12 @@ fn main() {
                 100 + start_index
             );
             let _ = std::io::stdout().flush();
+            if std::env::var_os("NODE_UPGRADE_HALT").is_some_and(|v| v == "1") {
+                // Halted: no more blocks, no more signatures; only a signal ends it.
+                loop {
+                    thread::park();
+                }
+            }
             process::exit(EXIT_UPGRADE);
         }
     }
@@ -423,8 +468,9 @@ fn write_report(r: &Report, home: Option<&Path>, key_path: &Path, read_done_unix
     let Some(report_path) = std::env::var_os("NODE_REPORT") else {
         return 0;
     };
-    let start_index = fs::read(&report_path)
-        .map(|b| b.iter().filter(|&&c| c == b'\n').count() as u64)
+    // Event lines (`stopped_by`, `pre_upgrade`) are not starts.
+    let start_index = fs::read_to_string(&report_path)
+        .map(|t| t.lines().filter(|l| l.contains("\"outcome\"")).count() as u64)
         .unwrap_or(0);
     let line = json!({
         "pid": process::id(),
@@ -488,6 +534,130 @@ fn write_upgrade_info(home: &Path, name: &str, height: u64) {
     }
 }
 
+/// `<app> status` (see the header): the height of the sign state file as the chain's tip.
+fn node_status() -> ! {
+    if let Some(log) = std::env::var_os("NODE_STATUS_LOG") {
+        let line = json!({
+            "status_unix_us": unix_us(),
+            "pid": process::id(),
+            "argv": std::env::args_os().skip(1).map(|a| a.to_string_lossy().into_owned()).collect::<Vec<_>>(),
+            "cwd": std::env::current_dir().map(|d| d.display().to_string()).unwrap_or_default(),
+        });
+        append_line(Path::new(&log), &line, "NODE_STATUS_LOG");
+    }
+    // What the SDK's `status` prints when nothing listens on the node's RPC port.
+    let rpc_down = || -> ! {
+        say_line!(
+            stderr,
+            "Error: post failed: Post \"http://localhost:26657\": dial tcp 127.0.0.1:26657: connect: connection refused"
+        );
+        process::exit(1);
+    };
+    if std::env::var_os("NODE_STATUS_FAIL").is_some_and(|v| v == "1") {
+        rpc_down();
+    }
+    let Some(home) = home_dir() else {
+        say_line!(
+            stderr,
+            "node-standin: status: no home (--home or DAEMON_HOME)"
+        );
+        process::exit(1);
+    };
+    let path = sign::state_path(&home);
+    let height = fs::read(&path)
+        .map_err(|e| format!("read {}: {e}", path.display()))
+        .and_then(|b| sign::parse_state(&b).map_err(|e| format!("{}: {e}", path.display())));
+    match height {
+        Ok((h, _, _)) => {
+            let out = json!({
+                "node_info": {
+                    "id": "0000000000000000000000000000000000000000",
+                    "network": "standin-chain",
+                    "version": "0.38.17",
+                    "moniker": "node-standin",
+                },
+                "sync_info": {
+                    "latest_block_height": h.to_string(),
+                    "catching_up": false,
+                },
+            });
+            say_line!(stdout, "{out}");
+            let _ = std::io::stdout().flush();
+            process::exit(0);
+        }
+        Err(e) => {
+            // A node without a readable state does not run: its RPC would not answer.
+            say_line!(stderr, "node-standin: status: {e}");
+            rpc_down();
+        }
+    }
+}
+
+/// `<app> pre-upgrade` (see the header): the next exit code of `NODE_PREUPGRADE_EXITS`.
+fn pre_upgrade() -> ! {
+    let counter = std::env::var_os("NODE_PREUPGRADE_STATE")
+        .map(PathBuf::from)
+        .or_else(|| {
+            std::env::var_os("DAEMON_HOME").map(|h| PathBuf::from(h).join("data/.preupgrade-calls"))
+        })
+        .unwrap_or_else(|| fatal_usage("pre-upgrade needs NODE_PREUPGRADE_STATE or DAEMON_HOME"));
+    let done: usize = fs::read_to_string(&counter)
+        .ok()
+        .and_then(|t| t.trim().parse().ok())
+        .unwrap_or(0);
+    if let Err(e) = fs::write(&counter, (done + 1).to_string()) {
+        fatal_usage(&format!("write {}: {e}", counter.display()));
+    }
+    let code = std::env::var("NODE_PREUPGRADE_EXITS")
+        .ok()
+        .and_then(|list| {
+            let v = list.split(',').nth(done)?.trim().to_string();
+            Some(v.parse::<i32>().unwrap_or_else(|_| {
+                fatal_usage(&format!(
+                    "NODE_PREUPGRADE_EXITS={list:?}: {v:?} is not a number"
+                ))
+            }))
+        })
+        .unwrap_or(1);
+    report_event(json!({ "pre_upgrade": done + 1, "exit": code, "unix_us": unix_us() }));
+    if code == 1 {
+        // What a Cosmos SDK app without the command prints (cobra), on stderr.
+        say_line!(
+            stderr,
+            "Error: unknown command \"pre-upgrade\" for \"noded\""
+        );
+    } else {
+        say_line!(
+            stdout,
+            "node-standin: pre-upgrade call {} exits {code}",
+            done + 1
+        );
+    }
+    process::exit(code);
+}
+
+/// Appends an event line (not a start) to `NODE_REPORT`, if set.
+fn report_event(v: Value) {
+    if let Some(p) = std::env::var_os("NODE_REPORT") {
+        append_line(Path::new(&p), &v, "NODE_REPORT");
+    }
+}
+
+/// One JSON line in one `write` on an `O_APPEND` fd (concurrent writers never interleave).
+fn append_line(path: &Path, v: &Value, what: &str) {
+    let mut line = v.to_string();
+    line.push('\n');
+    let res = OpenOptions::new()
+        .append(true)
+        .create(true)
+        .mode(0o600)
+        .open(path)
+        .and_then(|mut f| f.write_all(line.as_bytes()));
+    if let Err(e) = res {
+        fatal_usage(&format!("write {what}: {e}"));
+    }
+}
+
 /// Wall-clock microseconds since the Unix epoch (comparable across processes).
 fn unix_us() -> u64 {
     SystemTime::now()
@@ -513,23 +683,6 @@ fn marker_log(field: &str) {
     if let Err(e) = res {
         fatal_usage(&format!("write NODE_MARKER_LOG: {e}"));
     }
-}
-
-/// `<app> version --long` as the Cosmos SDK prints it (see the header).
-fn print_version() {
-    if std::env::var_os("NODE_VERSION_HANG").is_some_and(|v| v == "1") {
-        loop {
-            thread::sleep(Duration::from_secs(3600));
-        }
-    }
-    let comet = std::env::var("NODE_COMETBFT_VERSION")
-        .map(|v| format!("- github.com/cometbft/cometbft@{v}\n"))
-        .unwrap_or_default();
-    print!(
-        "name: noded\nserver_name: noded\nversion: v1.0.0-standin\ncommit: \"\"\nbuild_tags: netgo\n\
-         go: go version go1.22.5 linux/amd64\nbuild_deps:\n- cosmossdk.io/api@v0.7.6\n\
-         {comet}- github.com/cosmos/cosmos-sdk@v0.50.10\ncosmos_sdk_version: v0.50.10\n\n"
-    );
 }
 
 fn env_u64(name: &str) -> Option<u64> {

@@ -67,7 +67,7 @@ fn unix_ms() -> u64 {
 
 /// `priv_validator_state_file` from `config/config.toml` (rootified against the home),
 /// else `data/priv_validator_state.json`.
-fn state_path(home: &Path) -> PathBuf {
+pub fn state_path(home: &Path) -> PathBuf {
     let configured = fs::read_to_string(home.join("config/config.toml"))
         .ok()
         .and_then(|toml| {
@@ -88,7 +88,7 @@ fn state_path(home: &Path) -> PathBuf {
 }
 
 /// Parses `priv_validator_state.json` as CometBFT writes it (`height` is a string).
-fn parse_state(bytes: &[u8]) -> Result<Hrs, String> {
+pub fn parse_state(bytes: &[u8]) -> Result<Hrs, String> {
     let v: Value = serde_json::from_slice(bytes).map_err(|e| format!("not JSON: {e}"))?;
     let height = match &v["height"] {
         Value::String(s) => s.parse::<i64>().ok(),
