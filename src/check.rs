@@ -338,6 +338,33 @@ fn lease_checks(r: &mut Report, cfg: &Config, lease: Option<&LeaseSettings>) {
     }
 }
 
+/// cosmovisor's AWS profile (`SSM_COSMOVISOR_CHILD_AWS_PROFILE`): `run`
+/// refuses to start the child while it can read the key parameter.
+fn child_aws_check(r: &mut Report, cfg: &Config) {
+    const ITEM: &str = "cosmovisor AWS profile";
+    let Some(profile) = &cfg.child_aws_profile else {
+        r.info(
+            ITEM,
+            "none (SSM_COSMOVISOR_CHILD_AWS_PROFILE unset): cosmovisor and the node get no AWS_* variable",
+        );
+        return;
+    };
+    let Some(SourceSpec::Ssm { parameter, .. }) = &cfg.source else {
+        r.info(
+            ITEM,
+            format!("{profile} (AWS_PROFILE for cosmovisor and the node); not checked: the key is not read from an SSM parameter"),
+        );
+        return;
+    };
+    match crate::source::child_aws::verify(profile, parameter) {
+        Ok(refusal) => r.pass(
+            ITEM,
+            format!("{profile} (AWS_PROFILE for cosmovisor and the node) cannot read {parameter}: {refusal}"),
+        ),
+        Err(e) => r.fail(ITEM, e),
+    }
+}
+
 /// The key source: fetch, validate, compare with the safe key.
 fn source_checks(r: &mut Report, cfg: &Config, safe: Option<&crate::key::PublicIdentity>) {
     match &cfg.source {
@@ -497,6 +524,7 @@ pub(crate) fn run(ov: &Overrides) -> u8 {
     if crate::config::refuse_sdk_body_logging(&ProcessEnv).is_ok() {
         source_checks(&mut r, &cfg, safe.as_ref());
         lease_checks(&mut r, &cfg, lease.as_ref());
+        child_aws_check(&mut r, &cfg);
         double_sign_check(&mut r, &cfg);
     }
     if r.failures == 0 {

@@ -77,6 +77,9 @@ pub struct Cli {
     /// Largest rise of this host's sign state a lease may cause unconfirmed [env: SSM_COSMOVISOR_LEASE_MAX_HEIGHT_JUMP; default 100000].
     #[arg(long, global = true, value_name = "N")]
     pub(crate) lease_max_height_jump: Option<String>,
+    /// AWS profile for cosmovisor (AWS_PROFILE in its environment); refused if it can read the key [env: SSM_COSMOVISOR_CHILD_AWS_PROFILE; default: no AWS variable for the child].
+    #[arg(long, global = true, value_name = "PROFILE")]
+    pub(crate) child_aws_profile: Option<String>,
     /// What to do.
     #[command(subcommand)]
     pub(crate) command: Cmd,
@@ -161,6 +164,7 @@ impl Cli {
             lease_region: self.lease_region.clone(),
             lease_takeover_heights: self.lease_takeover_heights.clone(),
             lease_max_height_jump: self.lease_max_height_jump.clone(),
+            child_aws_profile: self.child_aws_profile.clone(),
         }
     }
 }
@@ -299,8 +303,12 @@ fn run_with_key(
     // inherit the blocked signals, so only our sigwait thread ever takes one.
     // Until the slot is first changed, a stop signal ends the process at once.
     let signals = supervise::Signals::start()?;
-    // Before any secret exists in this process.
+    // Before any secret exists in this process (a child profile that can
+    // read the key brings it in with the check below).
     crate::harden::harden_self().map_err(Error::Harden)?;
+    // Before anything changes: the child must not get an AWS identity that
+    // can read the key (cosmovisor hands its environment to the node).
+    crate::source::child_aws::verify_before_start(cfg)?;
     // After the signal thread (the endpoint's thread inherits the blocked
     // signals), before the slot is touched (a bad setting changes nothing).
     crate::metrics::init(metrics)?;
@@ -580,9 +588,13 @@ fn import(
 fn passthrough(ov: &Overrides, args: Vec<OsString>) -> Result<u8, Error> {
     use std::os::unix::process::CommandExt;
     let program = crate::config::cosmovisor_bin(ov, &ProcessEnv)?;
+    let profile = crate::config::child_aws_profile(ov, &ProcessEnv)?;
     let mut cmd = std::process::Command::new(&program);
     cmd.args(&args);
+    // No check that the profile cannot read the key here: these commands
+    // start no node, and every `run` checks it before the node starts.
     crate::harden::scrub_env(&mut cmd);
+    crate::harden::give_aws_profile(&mut cmd, profile.as_deref());
     let e = cmd.exec();
     Err(Error::Exec {
         program: PathBuf::from(program),

@@ -274,6 +274,8 @@ pub(crate) struct Overrides {
     pub(crate) lease_takeover_heights: Option<String>,
     /// `--lease-max-height-jump`.
     pub(crate) lease_max_height_jump: Option<String>,
+    /// `--child-aws-profile`.
+    pub(crate) child_aws_profile: Option<String>,
 }
 
 /// The AWS SDK's switch that puts request and response bodies into its trace log.
@@ -357,6 +359,9 @@ fn empty_means(name: &str) -> &'static str {
         "SSM_COSMOVISOR_LEASE_REGION" | "--lease-region" => {
             "an empty lease region would fall back to AWS_REGION, possibly another lease table than the other hosts use"
         }
+        "SSM_COSMOVISOR_CHILD_AWS_PROFILE" | "--child-aws-profile" => {
+            "an empty profile name would leave cosmovisor's AWS identity to the SDKs' defaults, which the check that it cannot read the key does not cover"
+        }
         _ => "this setting has no safe meaning when empty",
     }
 }
@@ -408,6 +413,8 @@ pub(crate) struct Config {
     pub(crate) always_armed: bool,
     /// cosmovisor binary (or name to look up on PATH).
     pub(crate) cosmovisor_bin: OsString,
+    /// The AWS profile the child gets as `AWS_PROFILE` (else no AWS variable at all).
+    pub(crate) child_aws_profile: Option<String>,
 }
 
 /// A flag's value, else the variable's; an empty one counts as unset (the
@@ -454,6 +461,34 @@ pub(crate) fn cosmovisor_bin(ov: &Overrides, env: &dyn Env) -> Result<OsString, 
         .setting("COSMOVISOR_BIN")?
         .map(OsString::from)
         .unwrap_or_else(|| OsString::from("cosmovisor")))
+}
+
+/// The AWS profile given to the child (`--child-aws-profile`, else
+/// `SSM_COSMOVISOR_CHILD_AWS_PROFILE`): a security setting, so empty is an
+/// error. A name that could not be a profile's (blank, surrounding white
+/// space, control characters) is refused here rather than by a child
+/// that would silently fall back to the default profile.
+pub(crate) fn child_aws_profile(
+    ov: &Overrides,
+    env: &dyn Env,
+) -> Result<Option<String>, ConfigError> {
+    let Some(name) = pick_strict(
+        ov.child_aws_profile.clone(),
+        "--child-aws-profile",
+        env,
+        "SSM_COSMOVISOR_CHILD_AWS_PROFILE",
+    )?
+    else {
+        return Ok(None);
+    };
+    if name.trim() != name || name.chars().any(char::is_control) {
+        return Err(ConfigError::Invalid {
+            name: "SSM_COSMOVISOR_CHILD_AWS_PROFILE",
+            value: name,
+            hint: "the name of a profile in the AWS config/credentials files, without white space around it or control characters".into(),
+        });
+    }
+    Ok(Some(name))
 }
 
 /// Finds `--home <dir>` or `--home=<dir>` in the node's arguments: the node
@@ -819,6 +854,7 @@ impl Config {
                 None => false,
             };
         let cosmovisor_bin = cosmovisor_bin(ov, env)?;
+        let child_aws_profile = child_aws_profile(ov, env)?;
 
         Ok(Config {
             use_ssm_key,
@@ -832,6 +868,7 @@ impl Config {
             expected_address,
             always_armed,
             cosmovisor_bin,
+            child_aws_profile,
         })
     }
 }
@@ -1063,6 +1100,25 @@ mod tests {
                 "{var}: {e}"
             );
         }
+        let e = Config::resolve(
+            &Overrides::default(),
+            &env(&[
+                ("DAEMON_HOME", home),
+                ("SSM_COSMOVISOR_CHILD_AWS_PROFILE", ""),
+            ]),
+            &[],
+        )
+        .unwrap_err();
+        assert!(
+            matches!(
+                e,
+                ConfigError::Empty {
+                    name: "SSM_COSMOVISOR_CHILD_AWS_PROFILE",
+                    ..
+                }
+            ),
+            "{e}"
+        );
         // The lease's own settings: lease::settings::tests.
         // An explicitly empty flag is no way around it.
         let ov = Overrides {
@@ -1169,6 +1225,41 @@ mod tests {
         assert!(e.contains("not a regular file"), "{e}");
         std::fs::remove_file(home.join("config/config.toml")).unwrap();
         assert_eq!(read_config_toml(&home, true).unwrap(), None);
+    }
+
+    /// The child's AWS profile: the flag wins, empty is an error for both,
+    /// a name no profile could have is refused, unset is none.
+    #[test]
+    fn child_aws_profile_setting() {
+        let var = "SSM_COSMOVISOR_CHILD_AWS_PROFILE";
+        let ov = |v: Option<&str>| Overrides {
+            child_aws_profile: v.map(str::to_string),
+            ..Default::default()
+        };
+        assert_eq!(child_aws_profile(&ov(None), &env(&[])).unwrap(), None);
+        assert_eq!(
+            child_aws_profile(&ov(None), &env(&[(var, "cosmovisor")])).unwrap(),
+            Some("cosmovisor".into())
+        );
+        assert_eq!(
+            child_aws_profile(&ov(Some("s3-reader")), &env(&[(var, "cosmovisor")])).unwrap(),
+            Some("s3-reader".into())
+        );
+        let e = child_aws_profile(&ov(Some("")), &env(&[(var, "cosmovisor")])).unwrap_err();
+        assert!(
+            matches!(
+                e,
+                ConfigError::Empty {
+                    name: "--child-aws-profile",
+                    ..
+                }
+            ),
+            "{e}"
+        );
+        for bad in [" cosmovisor", "cosmovisor\n", "a\u{7}b", " "] {
+            let e = child_aws_profile(&ov(None), &env(&[(var, bad)])).unwrap_err();
+            assert!(e.to_string().contains(var), "{bad:?}: {e}");
+        }
     }
 
     #[test]

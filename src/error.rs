@@ -20,6 +20,7 @@ use crate::lease::{LeaseError, SignState};
 use crate::metrics::MetricsError;
 use crate::secret::SecretError;
 use crate::slot::SlotError;
+use crate::source::child_aws::ChildAwsError;
 use crate::source::ssm::SsmError;
 use crate::source::SourceError;
 use crate::supervise::SuperviseError;
@@ -124,6 +125,10 @@ pub(crate) enum Error {
     /// The key could not be fetched, or the source holds no valid key.
     #[error(transparent)]
     Source(#[from] SourceError),
+    /// cosmovisor's AWS profile can read the key, does not resolve, or
+    /// could not be checked.
+    #[error(transparent)]
+    ChildAws(#[from] ChildAwsError),
     /// `import` could not store the key in SSM.
     #[error(transparent)]
     Store(#[from] SsmError),
@@ -229,7 +234,11 @@ impl Error {
             | Error::ImportRead { .. } => Exit::Config,
             Error::Metrics(MetricsError::Thread { .. } | MetricsError::Twice) => Exit::Failure,
             Error::Metrics(_) => Exit::Config,
-            Error::Source(_) | Error::Store(_) | Error::ImportInvalid { .. } => Exit::Source,
+            Error::ChildAws(e) if e.is_configuration() => Exit::Config,
+            Error::Source(_)
+            | Error::Store(_)
+            | Error::ImportInvalid { .. }
+            | Error::ChildAws(_) => Exit::Source,
             Error::Slot(_) | Error::Install(_) => Exit::Slot,
             Error::Supervise(e) => supervise_exit(e),
             Error::Lease(_)
@@ -327,6 +336,31 @@ mod tests {
                 7,
             ),
             (Error::StandbyExited { status: 42 }, 42),
+            (
+                Error::ChildAws(ChildAwsError::CanReadKey {
+                    profile: "cv".into(),
+                    parameter: "/k".into(),
+                }),
+                2,
+            ),
+            (
+                Error::ChildAws(ChildAwsError::Unresolved {
+                    profile: "cv".into(),
+                    detail: "not defined".into(),
+                    files: "~/.aws/config".into(),
+                }),
+                2,
+            ),
+            (
+                Error::ChildAws(ChildAwsError::Incomplete {
+                    profile: "cv".into(),
+                    parameter: "/k".into(),
+                    cause: Box::new(crate::source::child_aws::Incomplete::CredentialSource(
+                        "timed out",
+                    )),
+                }),
+                3,
+            ),
             (Error::Harden(io()), 1),
             (Error::Metrics(MetricsError::Twice), 1),
             (

@@ -31,6 +31,30 @@ pub(crate) fn is_scrubbed(name: &str) -> bool {
         )
 }
 
+/// Our AWS settings the child keeps when it is given a profile of its own
+/// (`SSM_COSMOVISOR_CHILD_AWS_PROFILE`): where that profile is defined,
+/// which region, and which endpoint (tests, private endpoints; the child is
+/// meant to reach S3 and its own services, so the service-specific
+/// `AWS_ENDPOINT_URL_SSM` and `_DYNAMODB` of the key and the lease stay
+/// ours). None of them is a credential: keys, session tokens, web-identity
+/// and container-credential variables, and our own `AWS_PROFILE`, never
+/// reach the child.
+pub(crate) const CHILD_AWS_LOCATION: [&str; 6] = [
+    "AWS_CONFIG_FILE",
+    "AWS_SHARED_CREDENTIALS_FILE",
+    "AWS_REGION",
+    "AWS_DEFAULT_REGION",
+    "AWS_ENDPOINT_URL",
+    "AWS_ENDPOINT_URL_S3",
+];
+
+/// Whether our variable `name` reaches the child: not when [`is_scrubbed`],
+/// except the [`CHILD_AWS_LOCATION`] settings when the child has an AWS
+/// profile of its own (its `AWS_PROFILE` is set apart, never inherited).
+pub(crate) fn reaches_child(name: &str, child_aws_profile: bool) -> bool {
+    !is_scrubbed(name) || (child_aws_profile && CHILD_AWS_LOCATION.contains(&name))
+}
+
 /// Computes the child's credentials before `fork`, so that `pre_exec` only
 /// issues syscalls.
 pub(crate) fn child_creds(node_user: Option<&NodeUser>) -> ChildCreds {
@@ -75,8 +99,8 @@ fn warn_bounding_kept(n: usize) {
     });
 }
 
-/// Configures `cmd` to start hardened: environment scrubbed, and the
-/// `pre_exec` hook applying `creds`.
+/// Configures `cmd` to start hardened: environment scrubbed (no AWS
+/// variable at all), and the `pre_exec` hook applying `creds`.
 pub(crate) fn prepare(cmd: &mut Command, creds: ChildCreds) {
     scrub_env(cmd);
     sys::install_child_hardening(cmd, creds);
@@ -89,6 +113,23 @@ pub(crate) fn scrub_env(cmd: &mut Command) {
             cmd.env_remove(&k);
         }
     }
+}
+
+/// After [`prepare`] or [`scrub_env`], with a child profile: puts our
+/// [`CHILD_AWS_LOCATION`] settings back and sets `AWS_PROFILE` to the
+/// profile (`run`/`exec` check first that it cannot read the key). Without
+/// one the child keeps no `AWS_*` at all.
+pub(crate) fn give_aws_profile(cmd: &mut Command, child_aws_profile: Option<&str>) {
+    let Some(profile) = child_aws_profile else {
+        return;
+    };
+    for (k, v) in std::env::vars_os() {
+        let name = k.to_string_lossy();
+        if is_scrubbed(&name) && reaches_child(&name, true) {
+            cmd.env(&k, &v);
+        }
+    }
+    cmd.env("AWS_PROFILE", profile);
 }
 
 #[cfg(test)]
@@ -119,5 +160,69 @@ mod tests {
         ] {
             assert!(!is_scrubbed(v), "{v}");
         }
+    }
+
+    /// Without a child profile no AWS variable reaches the child; with one,
+    /// only the location settings do (and `AWS_PROFILE`, set apart), never
+    /// a credential or our own settings.
+    #[test]
+    fn child_aws_filter() {
+        let credentials = [
+            "AWS_ACCESS_KEY_ID",
+            "AWS_SECRET_ACCESS_KEY",
+            "AWS_SESSION_TOKEN",
+            "AWS_SECURITY_TOKEN",
+            "AWS_WEB_IDENTITY_TOKEN_FILE",
+            "AWS_ROLE_ARN",
+            "AWS_ROLE_SESSION_NAME",
+            "AWS_CONTAINER_CREDENTIALS_FULL_URI",
+            "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI",
+            "AWS_CONTAINER_AUTHORIZATION_TOKEN",
+            "AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE",
+            "AWS_PROFILE",
+            "AWS_DEFAULT_PROFILE",
+            "AWS_EC2_METADATA_DISABLED",
+            "AWS_ENDPOINT_URL_SSM",
+            "AWS_ENDPOINT_URL_DYNAMODB",
+            "AWS_PARAMETER",
+            "SSM_COSMOVISOR_CHILD_AWS_PROFILE",
+            "USE_SSM_KEY",
+            "NOTIFY_SOCKET",
+        ];
+        for v in credentials {
+            assert!(!reaches_child(v, false), "{v} without a profile");
+            assert!(!reaches_child(v, true), "{v} with a profile");
+        }
+        for v in CHILD_AWS_LOCATION {
+            assert!(v.starts_with("AWS_"), "{v}");
+            assert!(!reaches_child(v, false), "{v} without a profile");
+            assert!(reaches_child(v, true), "{v} with a profile");
+        }
+        for v in [
+            "PATH",
+            "HOME",
+            "DAEMON_HOME",
+            "DAEMON_ALLOW_DOWNLOAD_BINARIES",
+        ] {
+            assert!(reaches_child(v, false) && reaches_child(v, true), "{v}");
+        }
+    }
+
+    /// `AWS_PROFILE` is the configured one, whatever ours is.
+    #[test]
+    fn child_gets_its_own_profile() {
+        let profile_of = |cmd: &Command| {
+            cmd.get_envs()
+                .find(|(k, _)| *k == "AWS_PROFILE")
+                .and_then(|(_, v)| v.map(|v| v.to_string_lossy().into_owned()))
+        };
+        let mut cmd = Command::new("true");
+        scrub_env(&mut cmd);
+        give_aws_profile(&mut cmd, Some("cosmovisor"));
+        assert_eq!(profile_of(&cmd).as_deref(), Some("cosmovisor"));
+        let mut cmd = Command::new("true");
+        scrub_env(&mut cmd);
+        give_aws_profile(&mut cmd, None);
+        assert_eq!(profile_of(&cmd), None);
     }
 }

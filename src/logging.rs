@@ -20,8 +20,11 @@ fn allowed(meta: &tracing::Metadata<'_>) -> bool {
 pub(crate) fn init(format: LogFormat) {
     use tracing_subscriber::layer::SubscriberExt;
     use tracing_subscriber::EnvFilter;
-    let filter =
-        EnvFilter::try_from_env("SSM_COSMOVISOR_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    // aws_config's INFO events narrate credential resolution from profile
+    // files (each credential's debug form: access key id, provider), at
+    // every start that checks cosmovisor's profile; its warnings stay.
+    let filter = EnvFilter::try_from_env("SSM_COSMOVISOR_LOG")
+        .unwrap_or_else(|_| EnvFilter::new("info,aws_config=warn"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

@@ -602,3 +602,197 @@ fn check_reports_memlock_memfd_secret_and_ptrace_scope() {
         eprintln!("SKIP (part): prlimit not installed");
     }
 }
+
+/// The `AWS_*` variables of `pid`'s environment, name to value.
+fn aws_environ(pid: i32) -> BTreeMap<String, String> {
+    fs::read(format!("/proc/{pid}/environ"))
+        .unwrap_or_else(|e| panic!("environ of pid {pid}: {e}"))
+        .split(|&b| b == 0)
+        .map(|v| String::from_utf8_lossy(v).into_owned())
+        .filter(|v| v.starts_with("AWS_"))
+        .filter_map(|v| {
+            v.split_once('=')
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+        })
+        .collect()
+}
+
+/// `SSM_COSMOVISOR_CHILD_AWS_PROFILE`, with moto enforcing IAM and the profiles in a
+/// config/credentials file pair as an operator writes them: (a) a profile whose user is
+/// denied the parameter reaches cosmovisor and the node as `AWS_PROFILE`, with the location
+/// settings and no credential of the tool's; (b) a profile whose user may read the
+/// parameter stops `run` (exit 2) before anything starts or the slot is touched; (c) so does
+/// a profile that is not defined (given as `--child-aws-profile`). `check` says the same.
+/// Unset, no `AWS_*` reaches the child at all:
+/// `child_has_no_capabilities_no_new_privs_and_no_aws_credentials`.
+#[test]
+fn child_aws_profile_reaches_cosmovisor_and_the_node_only_if_it_cannot_read_the_key() {
+    let moto = Moto::start();
+    let key = TestKey::ed25519();
+    put_key(&moto.endpoint(), PARAM, &key);
+    let users = moto_users_then_enforce(
+        &moto.endpoint(),
+        &[
+            policy_ssm_read_allowed(),
+            policy_ssm_read_denied(),
+            policy_ssm_read_allowed(),
+        ],
+    );
+    let (ours, denied, reader) = (&users[0], &users[1], &users[2]);
+    let home = NodeHome::new();
+    let config = home.scratch("aws-config");
+    let credentials = home.scratch("aws-credentials");
+    fs::write(
+        &config,
+        "[profile cosmovisor-s3]\nregion = us-east-1\n[profile reads-the-key]\nregion = us-east-1\n",
+    )
+    .unwrap();
+    fs::write(
+        &credentials,
+        format!(
+            "[cosmovisor-s3]\naws_access_key_id = {}\naws_secret_access_key = {}\n\
+             [reads-the-key]\naws_access_key_id = {}\naws_secret_access_key = {}\n",
+            denied.0, denied.1, reader.0, reader.1
+        ),
+    )
+    .unwrap();
+    let endpoint = moto.endpoint();
+    let tool = |args: &[&str], profile: Option<&str>| {
+        let mut cmd = tool_cmd(&home, None);
+        cmd.envs(aws_env_with(&endpoint, &ours.0, &ours.1))
+            .env("AWS_CONFIG_FILE", &config)
+            .env("AWS_SHARED_CREDENTIALS_FILE", &credentials)
+            .env("AWS_DEFAULT_REGION", TEST_REGION)
+            .env("AWS_ENDPOINT_URL_S3", &endpoint)
+            // Unused by the SDK while our keys are in the environment; never for the child.
+            .env(
+                "AWS_CONTAINER_CREDENTIALS_FULL_URI",
+                "http://127.0.0.1:1/creds",
+            )
+            .env("AWS_CONTAINER_AUTHORIZATION_TOKEN", "container-token")
+            .env("AWS_PROFILE", "the-tools-own")
+            .env("USE_SSM_KEY", "true")
+            .env("AWS_PARAMETER", PARAM)
+            .env("SSM_COSMOVISOR_LOG_FORMAT", "json");
+        if let Some(p) = profile {
+            cmd.env("SSM_COSMOVISOR_CHILD_AWS_PROFILE", p);
+        }
+        cmd.args(args);
+        cmd
+    };
+
+    // (a) Denied: delivered, and cosmovisor and the node have the profile, no credential.
+    let mut tool_a = Tool::spawn(
+        &mut tool(&["run", "start"], Some("cosmovisor-s3")),
+        home.scratch("tool-a.log"),
+    );
+    assert!(
+        tool_a.wait_log("\"event\":\"delivered\"", Duration::from_secs(30)),
+        "no delivery; log:\n{}",
+        tool_a.log_text()
+    );
+    assert!(
+        wait_for(|| !home.reports().is_empty(), Duration::from_secs(10)),
+        "node did not report"
+    );
+    let checked = tool_a.events("child_aws_checked");
+    assert_eq!(checked.len(), 1, "log:\n{}", tool_a.log_text());
+    assert_eq!(checked[0]["profile"], "cosmovisor-s3", "{checked:?}");
+    assert_eq!(checked[0]["result"], "access_denied", "{checked:?}");
+    let node = home.reports()[0]["pid"].as_i64().unwrap() as i32;
+    let cosmovisor = children(tool_a.child.pid())[0];
+    let want: BTreeMap<String, String> = [
+        ("AWS_PROFILE", "cosmovisor-s3".to_string()),
+        ("AWS_CONFIG_FILE", config.display().to_string()),
+        (
+            "AWS_SHARED_CREDENTIALS_FILE",
+            credentials.display().to_string(),
+        ),
+        ("AWS_REGION", TEST_REGION.to_string()),
+        ("AWS_DEFAULT_REGION", TEST_REGION.to_string()),
+        ("AWS_ENDPOINT_URL", endpoint.clone()),
+        ("AWS_ENDPOINT_URL_S3", endpoint.clone()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect();
+    for pid in [cosmovisor, node] {
+        let got = aws_environ(pid);
+        assert_eq!(got, want, "AWS_* of pid {pid}");
+        let environ = String::from_utf8_lossy(&fs::read(format!("/proc/{pid}/environ")).unwrap())
+            .into_owned();
+        for secret in [&ours.0, &ours.1, &denied.1, &reader.1] {
+            assert!(
+                !environ.contains(secret.as_str()),
+                "a credential in pid {pid}'s environment"
+            );
+        }
+    }
+    assert_no_secret(&tool_a.log_text(), &key);
+    assert_eq!(
+        tool_a.stop(Signal::SIGTERM).code(),
+        Some(0),
+        "{}",
+        tool_a.log_text()
+    );
+    home.assert_idle();
+    let out = run_with_timeout(
+        &mut tool(&["check"], Some("cosmovisor-s3")),
+        Duration::from_secs(60),
+    );
+    let text = output_text(&out);
+    assert!(
+        text.contains("PASS  cosmovisor AWS profile: cosmovisor-s3")
+            && text.contains(&format!("cannot read {PARAM}: access denied")),
+        "{text}"
+    );
+    assert_no_secret(&text, &key);
+
+    // (b) A profile that can read the key, (c) one that is not defined: exit 2 before
+    // anything starts, the slot untouched.
+    let reports = home.reports().len();
+    for (args, profile, needles) in [
+        (
+            &["run", "start"][..],
+            Some("reads-the-key"),
+            &[
+                "\"reads-the-key\"",
+                PARAM,
+                "can read the consensus key",
+                "kms:Decrypt",
+            ][..],
+        ),
+        (
+            &["--child-aws-profile", "no-such-profile", "run", "start"][..],
+            None,
+            &["\"no-such-profile\"", "does not resolve", "aws-credentials"][..],
+        ),
+    ] {
+        let out = run_with_timeout(&mut tool(args, profile), Duration::from_secs(60));
+        let text = output_text(&out);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {text}");
+        for n in needles {
+            assert!(text.contains(n), "{args:?}: no {n:?} in:\n{text}");
+        }
+        for started in ["slot_checked", "child_started", "fetched"] {
+            assert!(
+                log_events(&text, started).is_empty(),
+                "{args:?}: {started} before the refusal:\n{text}"
+            );
+        }
+        assert_no_secret(&text, &key);
+        home.assert_idle();
+        assert_eq!(home.reports().len(), reports, "{args:?}: a node ran");
+    }
+    let out = run_with_timeout(
+        &mut tool(&["check"], Some("reads-the-key")),
+        Duration::from_secs(60),
+    );
+    let text = output_text(&out);
+    assert_ne!(out.status.code(), Some(0), "{text}");
+    assert!(
+        text.contains("FAIL  cosmovisor AWS profile: SSM_COSMOVISOR_CHILD_AWS_PROFILE=\"reads-the-key\" can read"),
+        "{text}"
+    );
+    assert_no_secret(&text, &key);
+}

@@ -2,6 +2,7 @@
 //! credential. Every source returns a validated [`ValidatorKey`] plus a
 //! description of its origin for the audit log; none keeps a copy.
 
+pub(crate) mod child_aws;
 pub(crate) mod credential;
 pub(crate) mod ssm;
 

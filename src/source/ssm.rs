@@ -148,7 +148,7 @@ pub(crate) enum SsmError {
     Runtime(#[source] std::io::Error),
 }
 
-fn runtime() -> Result<tokio::runtime::Runtime, SsmError> {
+pub(super) fn runtime() -> Result<tokio::runtime::Runtime, SsmError> {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -221,11 +221,20 @@ impl aws_sdk_ssm::config::Intercept for AnswerSizeLimit {
 }
 
 async fn client() -> Result<(aws_sdk_ssm::Client, String), SsmError> {
+    client_with(None).await
+}
+
+/// The SSM client and its region, as the tool's own (region, endpoint,
+/// retries, timeouts, answer size limit from our environment); with
+/// `credentials`, signing with those instead of the default chain's.
+pub(super) async fn client_with(
+    credentials: Option<aws_credential_types::Credentials>,
+) -> Result<(aws_sdk_ssm::Client, String), SsmError> {
     // Before the SDK reads its environment: its body logging would put the
     // key (and container credentials) into our trace log.
     crate::config::refuse_sdk_body_logging(&crate::config::ProcessEnv)?;
     let (attempt, operation) = timeouts();
-    let conf = aws_config::defaults(BehaviorVersion::latest())
+    let mut loader = aws_config::defaults(BehaviorVersion::latest())
         .retry_config(RetryConfig::standard().with_max_attempts(MAX_ATTEMPTS))
         .timeout_config(
             TimeoutConfig::builder()
@@ -233,9 +242,11 @@ async fn client() -> Result<(aws_sdk_ssm::Client, String), SsmError> {
                 .operation_attempt_timeout(attempt)
                 .operation_timeout(operation)
                 .build(),
-        )
-        .load()
-        .await;
+        );
+    if let Some(c) = credentials {
+        loader = loader.credentials_provider(c);
+    }
+    let conf = loader.load().await;
     let region = conf.region().ok_or(SsmError::NoRegion)?.to_string();
     let conf = aws_sdk_ssm::config::Builder::from(&conf)
         .interceptor(AnswerSizeLimit)
@@ -245,7 +256,7 @@ async fn client() -> Result<(aws_sdk_ssm::Client, String), SsmError> {
 
 /// Printable ASCII only, at most `max` characters: what may go into our
 /// message from text we did not write.
-fn clean(s: &str, max: usize) -> String {
+pub(super) fn clean(s: &str, max: usize) -> String {
     let mut out: String = s
         .chars()
         .map(|c| {
@@ -339,7 +350,12 @@ fn error_code(code: Option<&str>) -> String {
     }
 }
 
-fn classify<E>(op: &'static str, name: &str, region: &str, e: SdkError<E, HttpResponse>) -> SsmError
+pub(super) fn classify<E>(
+    op: &'static str,
+    name: &str,
+    region: &str,
+    e: SdkError<E, HttpResponse>,
+) -> SsmError
 where
     E: ProvideErrorMetadata + std::error::Error + 'static,
 {

@@ -36,6 +36,7 @@ impl Child {
         let mut cmd = Command::new(program);
         cmd.args(args);
         harden::prepare(&mut cmd, creds);
+        harden::give_aws_profile(&mut cmd, cfg.child_aws_profile.as_deref());
         if own_group {
             std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
         }

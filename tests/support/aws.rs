@@ -404,40 +404,74 @@ pub fn item_json(item: &HashMap<String, AttributeValue>) -> Value {
     Value::Object(item.iter().map(|(k, v)| (k.clone(), plain(v))).collect())
 }
 
-/// Creates an IAM user whose only policy explicitly denies reading SSM parameters, then
-/// turns moto's IAM enforcement on. Returns `(access_key_id, secret_access_key)`.
+/// An IAM policy that lets a user read SSM parameters (and decrypt them): what the tool's
+/// own identity needs.
+pub fn policy_ssm_read_allowed() -> Value {
+    serde_json::json!({
+        "Version": "2012-10-17",
+        "Statement": [
+            {"Effect": "Allow", "Action": ["sts:GetCallerIdentity", "ssm:GetParameter", "ssm:DescribeParameters", "kms:Decrypt"], "Resource": "*"},
+        ],
+    })
+}
+
+/// An IAM policy that explicitly denies reading SSM parameters (describing them is allowed).
+pub fn policy_ssm_read_denied() -> Value {
+    serde_json::json!({
+        "Version": "2012-10-17",
+        "Statement": [
+            {"Effect": "Allow", "Action": ["sts:GetCallerIdentity", "ssm:DescribeParameters"], "Resource": "*"},
+            {"Effect": "Deny", "Action": ["ssm:GetParameter", "ssm:GetParameters", "ssm:GetParametersByPath"], "Resource": "*"},
+        ],
+    })
+}
+
+/// Creates one IAM user per policy (each with that policy alone and an access key), then
+/// turns moto's IAM enforcement on. Returns each user's `(access_key_id, secret_access_key)`,
+/// in the order of `policies`.
 ///
 /// After this call the `testing` credentials no longer work on this moto: store the
-/// parameters you need first. Three AWS actions (create user, put policy, create key).
-pub fn moto_user_without_ssm_access(endpoint: &str) -> (String, String) {
+/// parameters you need first. Three AWS actions per user (create user, put policy, create
+/// key).
+pub fn moto_users_then_enforce(endpoint: &str, policies: &[Value]) -> Vec<(String, String)> {
     let iam = sdk_client!(
         aws_sdk_iam,
         endpoint,
         TEST_ACCESS_KEY_ID,
         TEST_SECRET_ACCESS_KEY
     );
-    let name = format!("no-ssm-{:08x}", OsRng.next_u32());
-    let policy = serde_json::json!({
-        "Version": "2012-10-17",
-        "Statement": [
-            {"Effect": "Allow", "Action": ["sts:GetCallerIdentity", "ssm:DescribeParameters"], "Resource": "*"},
-            {"Effect": "Deny", "Action": ["ssm:GetParameter", "ssm:GetParameters", "ssm:GetParametersByPath"], "Resource": "*"},
-        ],
-    });
-    let key = block_on(async {
-        iam.create_user().user_name(&name).send().await?;
-        iam.put_user_policy()
-            .user_name(&name)
-            .policy_name("deny-ssm-read")
-            .policy_document(policy.to_string())
-            .send()
-            .await?;
-        let k = iam.create_access_key().user_name(&name).send().await?;
-        Ok::<_, aws_sdk_iam::Error>(k.access_key.expect("access key in the answer"))
-    })
-    .unwrap_or_else(|e| panic!("iam user {name}: {}", sdk_error(&e)));
+    let keys = policies
+        .iter()
+        .map(|policy| {
+            let name = format!("user-{:08x}", OsRng.next_u32());
+            let key = block_on(async {
+                iam.create_user().user_name(&name).send().await?;
+                iam.put_user_policy()
+                    .user_name(&name)
+                    .policy_name("policy")
+                    .policy_document(policy.to_string())
+                    .send()
+                    .await?;
+                let k = iam.create_access_key().user_name(&name).send().await?;
+                Ok::<_, aws_sdk_iam::Error>(k.access_key.expect("access key in the answer"))
+            })
+            .unwrap_or_else(|e| panic!("iam user {name}: {}", sdk_error(&e)));
+            (key.access_key_id, key.secret_access_key)
+        })
+        .collect();
     enable_iam_auth(endpoint);
-    (key.access_key_id, key.secret_access_key)
+    keys
+}
+
+/// Creates an IAM user whose only policy explicitly denies reading SSM parameters, then
+/// turns moto's IAM enforcement on. Returns `(access_key_id, secret_access_key)`.
+///
+/// After this call the `testing` credentials no longer work on this moto: store the
+/// parameters you need first. Three AWS actions (create user, put policy, create key).
+pub fn moto_user_without_ssm_access(endpoint: &str) -> (String, String) {
+    moto_users_then_enforce(endpoint, &[policy_ssm_read_denied()])
+        .pop()
+        .expect("one user")
 }
 
 /// Creates a customer-managed KMS key in moto and returns its key id.
