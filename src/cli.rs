@@ -80,6 +80,10 @@ pub struct Cli {
     /// AWS profile for cosmovisor (AWS_PROFILE in its environment); refused if it can read the key [env: SSM_COSMOVISOR_CHILD_AWS_PROFILE; default: no AWS variable for the child].
     #[arg(long, global = true, value_name = "PROFILE")]
     pub(crate) child_aws_profile: Option<String>,
+    /// cosmovisor's config file, for the subcommands passed to cosmovisor (as
+    /// cosmovisor's own `-c`); `run` takes it as `run --cosmovisor-config FILE ARGS`.
+    #[arg(short = 'c', long = "cosmovisor-config", value_name = "FILE")]
+    pub(crate) cosmovisor_config: Option<OsString>,
     /// What to do.
     #[command(subcommand)]
     pub(crate) command: Cmd,
@@ -209,6 +213,10 @@ fn dispatch(cli: Cli) -> Result<u8, Error> {
         None => LogFormat::Text,
     };
     crate::logging::init(fmt);
+    let cosmovisor_config = cli.cosmovisor_config;
+    if cosmovisor_config.is_some() && !matches!(cli.command, Cmd::External(_)) {
+        return Err(crate::cosmovisor::CosmovisorError::BeforeCommand.into());
+    }
     match cli.command {
         Cmd::Run { args } => {
             let run = crate::cosmovisor::split_run_args(&args)?;
@@ -258,7 +266,7 @@ fn dispatch(cli: Cli) -> Result<u8, Error> {
         Cmd::Fence { node_ids } => Ok(crate::fence::fencer_main(
             node_ids.as_deref().and_then(parse_ids),
         )),
-        Cmd::External(args) => passthrough(&ov, args),
+        Cmd::External(args) => passthrough(&ov, with_config_flag(args, cosmovisor_config)),
     }
 }
 
@@ -585,6 +593,15 @@ fn import(
     Ok(0)
 }
 
+/// `<command> -c FILE <rest>`: cosmovisor's persistent `-c`, placed after
+/// the command name, where every cobra version takes it.
+fn with_config_flag(mut args: Vec<OsString>, file: Option<OsString>) -> Vec<OsString> {
+    if let (Some(f), false) = (file, args.is_empty()) {
+        args.splice(1..1, [OsString::from("-c"), f]);
+    }
+    args
+}
+
 fn passthrough(ov: &Overrides, args: Vec<OsString>) -> Result<u8, Error> {
     use std::os::unix::process::CommandExt;
     let program = crate::config::cosmovisor_bin(ov, &ProcessEnv)?;
@@ -605,6 +622,19 @@ fn passthrough(ov: &Overrides, args: Vec<OsString>) -> Result<u8, Error> {
 #[cfg(test)]
 mod tests {
     use clap::CommandFactory;
+
+    #[test]
+    fn a_leading_config_flag_goes_after_the_cosmovisor_command() {
+        let os = |v: &[&str]| v.iter().map(std::ffi::OsString::from).collect::<Vec<_>>();
+        assert_eq!(
+            super::with_config_flag(os(&["config", "--x"]), Some("/c".into())),
+            os(&["config", "-c", "/c", "--x"])
+        );
+        assert_eq!(
+            super::with_config_flag(os(&["config"]), None),
+            os(&["config"])
+        );
+    }
 
     #[test]
     fn help_carries_the_exit_status_table() {

@@ -35,6 +35,9 @@ pub(crate) enum CosmovisorError {
         /// The argument as given.
         flag: String,
     },
+    /// `-c FILE` before a command of ours.
+    #[error("-c/--cosmovisor-config before the command is only for the commands passed to cosmovisor (config, add-upgrade, …); cosmovisor 1.7's run would hand it to the node: write `run --cosmovisor-config <file> <node args>`")]
+    BeforeCommand,
     /// `--cosmovisor-config` without a path.
     #[error(
         "`run --cosmovisor-config` needs a file: `run --cosmovisor-config <file> <node args>`"

@@ -304,7 +304,9 @@ impl<'a> Supervisor<'a> {
         {
             at = at.min(t);
         }
-        if let Some(t) = self.wait.wake_at(self.cfg.key_timeout) {
+        // Only a hand-off under way waits for a node (a refusal while
+        // stopping leaves none).
+        if let (Some(_), Some(t)) = (&self.delivering, self.wait.wake_at(self.cfg.key_timeout)) {
             at = at.min(t);
         }
         if let Some(iv) = self.notifier.watchdog_interval() {

@@ -24,6 +24,9 @@
 //! - `NODE_OPEN_HOLD_MS` after opening the key path, wait this long before reading it (a
 //!   slow reader: the key then sits in the pipe, where a hidden reader can copy it).
 //! - `NODE_HOLD_FDS` open this many extra fds (`/dev/null`) before reading the key.
+//! - `NODE_UPGRADE_STATE=keep`: with `NODE_UPGRADE_AFTER_MS`, leave the sign state as it is
+//!   (by default it is raised to the marker's height first: a validator halting at the upgrade
+//!   height has signed it).
 //! - `NODE_UPGRADE_AFTER_MS` after an ok read, sleep, write `data/upgrade-info.json` in
 //!   place and exit 1; only for starts `n <= NODE_UPGRADES` (default 1).
 //!   `NODE_UPGRADE_HALT=1`: after writing the marker stay alive instead of exiting, as an
@@ -45,6 +48,14 @@
 //! - `NODE_SIGN_LEDGER` (with `NODE_SIGN_ADDRESS`, `NODE_SIGN_EPOCH_MS`, optional
 //!   `NODE_SIGN_HOST`, `NODE_SIGN_BLOCK_MS`, `NODE_SIGN_CATCHUP_MS`) a node that read the
 //!   validator's key signs on a shared chain clock: see `node_sign.rs`.
+//! - `NODE_COMETBFT_VERSION` (e.g. `v0.38.17`) and `NODE_VERSION_HANG`: only when the first
+//!   argument is exactly `version`, the stand-in reads no key and prints what a Cosmos SDK
+//!   app prints for `version --long` (the SDK's `version.NewVersionCommand` YAML-marshals
+//!   `version.Info`: `name`, `server_name`, `version`, `commit`, `build_tags`, `go`,
+//!   `build_deps` as `- <module>@<version>` lines from the Go build info,
+//!   `cosmos_sdk_version`; cosmos/cosmos-sdk `version/version.go`, `version/command.go`),
+//!   with a `github.com/cometbft/cometbft@<NODE_COMETBFT_VERSION>` dependency line, none
+//!   when unset; `NODE_VERSION_HANG=1` sleeps forever instead (a binary that never answers).
 //!
 //! Subcommands that cosmovisor runs (neither reads the key nor handles signals):
 //! - `status [--home H]`: what `<app> status` prints (CometBFT's `/status` result, snake
@@ -148,6 +159,10 @@ impl Report {
 }
 
 fn main() {
+    if std::env::args_os().nth(1).is_some_and(|a| a == "version") {
+        print_version();
+        return;
+    }
     match std::env::args_os().nth(1) {
         Some(a) if a == "status" => node_status(),
         Some(a) if a == "pre-upgrade" => pre_upgrade(),
@@ -230,6 +245,12 @@ fn main() {
                 fatal_usage("NODE_UPGRADE_AFTER_MS needs a home (--home or DAEMON_HOME)")
             });
             let name = format!("upgrade-{start_no}");
+            // A validator halting at the upgrade height H has signed H (x/upgrade's
+            // PreBlocker runs on the block the validators just committed); a node whose
+            // state lags (not in the active set) keeps it with NODE_UPGRADE_STATE=keep.
+            if std::env::var_os("NODE_UPGRADE_STATE").is_none_or(|v| v != "keep") {
+                raise_state(&home, 100 + start_index);
+            }
             write_upgrade_info(&home, &name, 100 + start_index);
             marker_log("marker_written_unix_us");
             say_line!(
@@ -512,6 +533,24 @@ fn write_report(r: &Report, home: Option<&Path>, key_path: &Path, read_done_unix
     start_index
 }
 
+/// Raises the sign state file to `height` (round 0, step 3: a precommit), if lower; written
+/// to a temporary file and renamed, as CometBFT writes it.
+fn raise_state(home: &Path, height: u64) {
+    let path = sign::state_path(home);
+    let now = fs::read(&path)
+        .ok()
+        .and_then(|b| sign::parse_state(&b).ok())
+        .map_or(0, |(h, _, _)| h);
+    if now >= height as i64 {
+        return;
+    }
+    let tmp = path.with_extension("standin-tmp");
+    let body = format!("{{\"height\":\"{height}\",\"round\":0,\"step\":3}}");
+    if let Err(e) = fs::write(&tmp, body).and_then(|()| fs::rename(&tmp, &path)) {
+        fatal_usage(&format!("raise {}: {e}", path.display()));
+    }
+}
+
 /// Writes `data/upgrade-info.json` the way the Cosmos SDK x/upgrade keeper does: truncate
 /// and rewrite the existing file in place (so a watcher sees no create event after the
 /// first upgrade), then close.
@@ -683,6 +722,42 @@ fn marker_log(field: &str) {
     if let Err(e) = res {
         fatal_usage(&format!("write NODE_MARKER_LOG: {e}"));
     }
+}
+
+/// `<app> version --long` as the Cosmos SDK prints it (see the header).
+fn print_version() {
+    if std::env::var_os("NODE_VERSION_HANG").is_some_and(|v| v == "1") {
+        loop {
+            thread::sleep(Duration::from_secs(3600));
+        }
+    }
+    // `--output json` (the SDK's version command takes it; cosmovisor's `version -o json`
+    // runs the app with `version --long --output json`): the same fields as JSON.
+    let json_out = std::env::args().collect::<Vec<_>>().windows(2).any(|w| {
+        (w[0] == "--output" || w[0] == "-o") && w[1] == "json"
+    });
+    if json_out {
+        let mut deps = vec!["cosmossdk.io/api@v0.7.6".to_string()];
+        if let Ok(v) = std::env::var("NODE_COMETBFT_VERSION") {
+            deps.push(format!("github.com/cometbft/cometbft@{v}"));
+        }
+        deps.push("github.com/cosmos/cosmos-sdk@v0.50.10".into());
+        println!(
+            "{}",
+            json!({"name": "noded", "server_name": "noded", "version": "v1.0.0-standin",
+                "commit": "", "build_tags": "netgo", "go": "go version go1.22.5 linux/amd64",
+                "build_deps": deps, "cosmos_sdk_version": "v0.50.10"})
+        );
+        return;
+    }
+    let comet = std::env::var("NODE_COMETBFT_VERSION")
+        .map(|v| format!("- github.com/cometbft/cometbft@{v}\n"))
+        .unwrap_or_default();
+    print!(
+        "name: noded\nserver_name: noded\nversion: v1.0.0-standin\ncommit: \"\"\nbuild_tags: netgo\n\
+         go: go version go1.22.5 linux/amd64\nbuild_deps:\n- cosmossdk.io/api@v0.7.6\n\
+         {comet}- github.com/cosmos/cosmos-sdk@v0.50.10\ncosmos_sdk_version: v0.50.10\n\n"
+    );
 }
 
 fn env_u64(name: &str) -> Option<u64> {
