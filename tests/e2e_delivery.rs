@@ -475,8 +475,10 @@ fn stranger_attached_together_with_node_both_refused_slot_restored() {
         reports[0]
     );
     assert_eq!(reports[0]["bytes_read"], 0);
-    // The node exits 5 (EOF without data, CometBFT would panic); we pass its status on.
-    assert_eq!(st.code(), Some(5), "log:\n{log}");
+    // The node exits 5 (EOF without data, CometBFT would panic); cosmovisor 1.7 turns any
+    // failed node into its own exit 1 (main.go), which we pass on.
+    assert_eq!(st.code(), Some(1), "log:\n{log}");
+    assert!(log.contains("Error: exit status 5"), "log:\n{log}");
     let refused = log_events(&log, "refused_reader");
     assert_eq!(refused.len(), 1, "log:\n{log}");
     let holders = refused[0]["holders"].as_str().unwrap_or_default();
@@ -871,6 +873,12 @@ fn measure_rearm_and_delivery_latency() {
     const ROUNDS: usize = 10;
     let _g = heavy();
     let s = setup(ROUNDS);
+    // The node has signed past every marker's height below: each is due (re-armed at once).
+    fs::write(
+        s.home.path().join("data/priv_validator_state.json"),
+        r#"{"height":"1000","round":0,"step":3}"#,
+    )
+    .unwrap();
     // The marker exists from the start (naming the running version), so every write below
     // is an in-place rewrite like the SDK's, seen as IN_CLOSE_WRITE only.
     let marker = s.home.upgrade_info_path();

@@ -288,7 +288,8 @@ fn restart_delay_longer_than_the_key_timeout_is_not_counted() {
 }
 
 /// `<new bin> pre-upgrade` exits 31 twice (retry) then 0, with
-/// `DAEMON_PREUPGRADE_MAX_RETRIES=2`: three calls, then the new node gets the key.
+/// `DAEMON_PREUPGRADE_MAX_RETRIES=2`: three calls of 700 ms each (a migration), longer
+/// together than the key timeout (1 s) and not counted; then the new node gets the key.
 #[test]
 fn pre_upgrade_retried_on_31_then_the_new_node_gets_the_key() {
     let mut s = setup(100, "1s", 1);
@@ -296,6 +297,7 @@ fn pre_upgrade_retried_on_31_then_the_new_node_gets_the_key() {
         &mut s,
         &[
             ("NODE_PREUPGRADE_EXITS", "31,31,0"),
+            ("NODE_PREUPGRADE_MS", "700"),
             ("DAEMON_PREUPGRADE_MAX_RETRIES", "2"),
         ],
     );

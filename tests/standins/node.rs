@@ -24,6 +24,7 @@
 //! - `NODE_OPEN_HOLD_MS` after opening the key path, wait this long before reading it (a
 //!   slow reader: the key then sits in the pipe, where a hidden reader can copy it).
 //! - `NODE_HOLD_FDS` open this many extra fds (`/dev/null`) before reading the key.
+//! - `NODE_PREUPGRADE_MS`: each `pre-upgrade` call takes this long (a migration).
 //! - `NODE_UPGRADE_STATE=keep`: with `NODE_UPGRADE_AFTER_MS`, leave the sign state as it is
 //!   (by default it is raised to the marker's height first: a validator halting at the upgrade
 //!   height has signed it).
@@ -658,6 +659,10 @@ fn pre_upgrade() -> ! {
             }))
         })
         .unwrap_or(1);
+    // A real pre-upgrade runs the app's migrations of its home: it takes time.
+    if let Some(ms) = env_u64("NODE_PREUPGRADE_MS") {
+        thread::sleep(Duration::from_millis(ms));
+    }
     report_event(json!({ "pre_upgrade": done + 1, "exit": code, "unix_us": unix_us() }));
     if code == 1 {
         // What a Cosmos SDK app without the command prints (cobra), on stderr.
