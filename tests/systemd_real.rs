@@ -491,8 +491,12 @@ impl<'a> Node<'a> {
         })
     }
 
+    /// The node starts' reports (not the lines on how a node stopped or pre-upgrade calls).
     fn reports(&self) -> Vec<Value> {
         read_report(&self.ns.path(&format!("{}/node-report.jsonl", self.home())))
+            .into_iter()
+            .filter(|r| r.get("outcome").is_some())
+            .collect()
     }
 
     /// Waits for a node start after `seen` reports that read `pub_key`; returns it.
@@ -642,12 +646,18 @@ const PRIVATE: [&str; 4] = ["/tmp", "/var/tmp", "/dev/shm", "/dev/mqueue"];
 
 impl Node<'_> {
     fn signer_start_upgrade_and_processes(&self) {
-        // The first node start writes an upgrade marker after 1.5 s and exits; cosmovisor
-        // (stand-in) switches to upgrades/upgrade-1 and starts it again.
+        // A governance upgrade under cosmovisor 1.7 (stand-in): the first node writes the
+        // marker at its height after 1.5 s and halts; cosmovisor sees the height, kills it,
+        // backs up data/ for 12 s (a large node: far longer than the 4 s key timeout, which
+        // must not run meanwhile), switches to upgrades/upgrade-1, runs pre-upgrade and
+        // starts the new node, which must get the key with the unit never restarted.
         self.write_env(&[
             ("NODE_UPGRADE_AFTER_MS", "1500"),
             ("NODE_UPGRADES", "1"),
-            ("STANDIN_INSTANT_UPGRADE", "1"),
+            ("NODE_UPGRADE_HALT", "1"),
+            ("STANDIN_BACKUP_EXTRA_MS", "12000"),
+            ("SSM_COSMOVISOR_KEY_TIMEOUT", "4s"),
+            ("DAEMON_POLL_INTERVAL", "200ms"),
         ]);
         let c = self.ns.cursor();
         let t = Instant::now();
@@ -667,10 +677,32 @@ impl Node<'_> {
         );
         let second = self.wait_report(1, &self.key.pub_b64, "after the upgrade");
         let rearm = self.wait_event(&c, "re_armed");
+        let read_gap = (second["read_done_unix_us"].as_i64().unwrap_or(0)
+            - first["read_done_unix_us"].as_i64().unwrap_or(0)) as f64
+            / 1e6;
+        assert!(
+            read_gap >= 12.0,
+            "{}: the new node had the key {read_gap:.1}s after the first: no backup?",
+            self.unit()
+        );
+        assert_eq!(
+            self.restarts(),
+            0,
+            "{}: the unit restarted during the upgrade: {}\n{}",
+            self.unit(),
+            self.state_line(),
+            self.journal_text(Some(&c))
+        );
+        assert!(
+            self.events(Some(&c), "fatal").is_empty(),
+            "{}\n{}",
+            self.unit(),
+            self.journal_text(Some(&c))
+        );
         self.say(
             "upgrade marker",
             format!(
-                "node exited for upgrade-1, re_armed (inode {}, reason {:?}), the restarted node pid {} read the key again; cosmovisor/current -> {}",
+                "governance upgrade with a 12 s backup and a 4 s key timeout: re_armed (inode {}, reason {:?}), the new node pid {} read the key {read_gap:.1}s after the first, unit never restarted; cosmovisor/current -> {}",
                 rearm.get("inode").map_or("?", |s| s), rearm.get("reason").map_or("?", |s| s),
                 second["pid"],
                 fs::read_link(self.ns.path(&format!("{}/cosmovisor/current", self.home())))
