@@ -1444,9 +1444,15 @@ fn every_cosmovisor_subcommand_passes_through_unchanged() {
             "version --cosmovisor-only",
             vec!["version".into(), "--cosmovisor-only".into()],
         ),
-        ("config -c FILE", vec!["config".into(), "-c".into(), "CFG".into()]),
+        (
+            "config -c FILE",
+            vec!["config".into(), "-c".into(), "CFG".into()],
+        ),
         // Ours before the command, as cosmovisor's persistent flag (see below).
-        ("-c FILE config", vec!["-c".into(), "CFG".into(), "config".into()]),
+        (
+            "-c FILE config",
+            vec!["-c".into(), "CFG".into(), "config".into()],
+        ),
         ("an unknown command", vec!["start".into()]),
     ];
     // What cosmovisor gets: a leading `-c FILE` moves after the command name (cobra takes
@@ -1487,7 +1493,8 @@ fn every_cosmovisor_subcommand_passes_through_unchanged() {
                 .collect()
         };
         let mut t = tool_cmd(&via_tool, None);
-        t.env("COSMOVISOR_DISABLE_LOGS", "true").args(args_for(&via_tool));
+        t.env("COSMOVISOR_DISABLE_LOGS", "true")
+            .args(args_for(&via_tool));
         let a = run(&mut t);
         let mut d = direct.cosmovisor_cmd(&to_cosmovisor(args_for(&direct)));
         d.env("COSMOVISOR_DISABLE_LOGS", "true");
@@ -1510,7 +1517,8 @@ fn every_cosmovisor_subcommand_passes_through_unchanged() {
         );
         let seen = serde_json::to_string(&to_cosmovisor(args_for(&via_tool))).unwrap();
         assert!(
-            String::from_utf8_lossy(&a.stdout).contains(&format!("cosmovisor-standin args: {seen}")),
+            String::from_utf8_lossy(&a.stdout)
+                .contains(&format!("cosmovisor-standin args: {seen}")),
             "{what}: arguments changed on the way\n{ta}"
         );
         println!("subcommand {what}: exit {:?} through both", a.status.code());
@@ -1544,8 +1552,14 @@ fn every_cosmovisor_subcommand_passes_through_unchanged() {
         let out = run(tool_cmd(&via_tool, None).args(args));
         let text = output_text(&out);
         assert_eq!(out.status.code(), Some(EXIT_CONFIG), "{args:?}: {text}");
-        assert!(text.contains("run --cosmovisor-config <file>"), "{args:?}: {text}");
-        assert!(!text.contains("cosmovisor-standin args"), "{args:?}: {text}");
+        assert!(
+            text.contains("run --cosmovisor-config <file>"),
+            "{args:?}: {text}"
+        );
+        assert!(
+            !text.contains("cosmovisor-standin args"),
+            "{args:?}: {text}"
+        );
     }
     via_tool.assert_idle();
 }

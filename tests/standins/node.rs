@@ -249,7 +249,7 @@ fn main() {
             // A validator halting at the upgrade height H has signed H (x/upgrade's
             // PreBlocker runs on the block the validators just committed); a node whose
             // state lags (not in the active set) keeps it with NODE_UPGRADE_STATE=keep.
-            if std::env::var_os("NODE_UPGRADE_STATE").is_none_or(|v| v != "keep") {
+            if std::env::var_os("NODE_UPGRADE_STATE").map_or(true, |v| v != "keep") {
                 raise_state(&home, 100 + start_index);
             }
             write_upgrade_info(&home, &name, 100 + start_index);
@@ -738,9 +738,10 @@ fn print_version() {
     }
     // `--output json` (the SDK's version command takes it; cosmovisor's `version -o json`
     // runs the app with `version --long --output json`): the same fields as JSON.
-    let json_out = std::env::args().collect::<Vec<_>>().windows(2).any(|w| {
-        (w[0] == "--output" || w[0] == "-o") && w[1] == "json"
-    });
+    let json_out = std::env::args()
+        .collect::<Vec<_>>()
+        .windows(2)
+        .any(|w| (w[0] == "--output" || w[0] == "-o") && w[1] == "json");
     if json_out {
         let mut deps = vec!["cosmossdk.io/api@v0.7.6".to_string()];
         if let Ok(v) = std::env::var("NODE_COMETBFT_VERSION") {
