@@ -640,19 +640,6 @@ fn always_armed_stranger_after_delivery_finds_a_fresh_fifo_and_gets_nothing() {
 // Upgrade restarts under load
 // ---------------------------------------------------------------------------------------
 
-/// Two CPU-bound processes competing for the 2 cores; killed when dropped.
-fn cpu_hogs() -> Vec<KillOnDrop> {
-    (0..2)
-        .map(|_| {
-            KillOnDrop::spawn(
-                Command::new("sh")
-                    .args(["-c", "while :; do :; done"])
-                    .stdin(Stdio::null()),
-            )
-        })
-        .collect()
-}
-
 fn restarts(always_armed: bool) {
     const RESTARTS: usize = 100;
     let _g = heavy();

@@ -25,6 +25,11 @@
 //!   slow reader: the key then sits in the pipe, where a hidden reader can copy it).
 //! - `NODE_HOLD_FDS` open this many extra fds (`/dev/null`) before reading the key.
 //! - `NODE_PREUPGRADE_MS`: each `pre-upgrade` call takes this long (a migration).
+//! - `NODE_UPGRADE_AHEAD_MS`: with `NODE_UPGRADE_AFTER_MS`, write the marker as a plan ahead
+//!   of the chain (at `100 + 10 * start`, the sign state five heights below it), then after
+//!   this long raise the state to
+//!   the plan's height (the chain reaches it; cosmovisor's `status` check then fires); logged
+//!   as `height_reached_unix_us` in `NODE_MARKER_LOG`.
 //! - `NODE_UPGRADE_STATE=keep`: with `NODE_UPGRADE_AFTER_MS`, leave the sign state as it is
 //!   (by default it is raised to the marker's height first: a validator halting at the upgrade
 //!   height has signed it).
@@ -249,11 +254,24 @@ fn main() {
             // A validator halting at the upgrade height H has signed H (x/upgrade's
             // PreBlocker runs on the block the validators just committed); a node whose
             // state lags (not in the active set) keeps it with NODE_UPGRADE_STATE=keep.
-            if std::env::var_os("NODE_UPGRADE_STATE").map_or(true, |v| v != "keep") {
-                raise_state(&home, 100 + start_index);
+            let ahead = env_u64("NODE_UPGRADE_AHEAD_MS");
+            // Plans ahead are ten heights apart, so each is ahead of the last one reached.
+            let h = 100 + start_index * if ahead.is_some() { 10 } else { 1 };
+            if ahead.is_some() {
+                // A plan written ahead (as cosmovisor's batch watcher writes it): the
+                // chain is five blocks short of it.
+                raise_state(&home, h - 5);
+            } else if std::env::var_os("NODE_UPGRADE_STATE").map_or(true, |v| v != "keep") {
+                raise_state(&home, h);
             }
-            write_upgrade_info(&home, &name, 100 + start_index);
+            write_upgrade_info(&home, &name, h);
             marker_log("marker_written_unix_us");
+            if let Some(ms) = ahead {
+                // Then the chain reaches it.
+                thread::sleep(Duration::from_millis(ms));
+                raise_state(&home, h);
+                marker_log("height_reached_unix_us");
+            }
             say_line!(
                 stdout,
                 "UPGRADE \"{name}\" NEEDED at height: {}",

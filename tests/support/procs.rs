@@ -345,3 +345,16 @@ pub fn stranger_bytes(s: &mut KillOnDrop) -> usize {
     // Never print what it read: it could be the key.
     out.len()
 }
+
+/// Two CPU-bound processes competing for the 2 cores; killed when dropped.
+pub fn cpu_hogs() -> Vec<KillOnDrop> {
+    (0..2)
+        .map(|_| {
+            KillOnDrop::spawn(
+                std::process::Command::new("sh")
+                    .args(["-c", "while :; do :; done"])
+                    .stdin(std::process::Stdio::null()),
+            )
+        })
+        .collect()
+}
