@@ -480,3 +480,46 @@ fn measure_rearm_at_node_exit_against_instant_and_1_7_restarts() {
         );
     }
 }
+
+/// `add-upgrade --upgrade-height` (through the tool) writes upgrade-info.json at once, far
+/// ahead: from its start cosmovisor runs `<bin> status` every poll (50 ms here), short-lived
+/// node-uid processes in our child's tree around the delivery. They are neither taken for
+/// the node (no key timeout for them, no refusal) nor let near the key; the stripped key
+/// stays at the key path while the plan is pending; at the height the upgrade goes through.
+#[test]
+fn status_checks_of_a_pending_plan_around_the_delivery_change_nothing() {
+    let mut s = setup(10, "2s", 0);
+    let status_log = s.home.scratch("status.log");
+    let mut add = tool_cmd(&s.home, None);
+    add.args(["add-upgrade", "upgrade-1"])
+        .arg(node_standin_bin())
+        .args(["--upgrade-height", "40"]);
+    let out = run_with_timeout(&mut add, Duration::from_secs(30));
+    assert!(out.status.success(), "{}", output_text(&out));
+    s.tool_cmd
+        .env("DAEMON_POLL_INTERVAL", "50ms")
+        .env("UNSAFE_SKIP_BACKUP", "true")
+        .env("NODE_STATUS_LOG", &status_log);
+    let mut tool = s.spawn();
+    s.wait_reports(&tool, 1, Duration::from_secs(30));
+    std::thread::sleep(Duration::from_secs(4));
+    let calls = fs::read_to_string(&status_log)
+        .unwrap_or_default()
+        .lines()
+        .count();
+    assert!(calls >= 20, "only {calls} status checks in 4 s");
+    assert!(still_running(&mut tool), "log:\n{}", tool.log_text());
+    assert!(!is_fifo(s.home.key_path()));
+    let log = tool.log_text();
+    for e in ["refused_reader", "not_read", "re_armed", "fatal"] {
+        assert!(log_events(&log, e).is_empty(), "{e}; log:\n{log}");
+    }
+    set_height(&s.home, 40);
+    s.wait_reports(&tool, 2, Duration::from_secs(30));
+    let log = tool.log_text();
+    for e in ["refused_reader", "not_read", "fatal"] {
+        assert!(log_events(&log, e).is_empty(), "{e}; log:\n{log}");
+    }
+    println!("MEASURE pending plan: {calls} status checks by cosmovisor in 4 s around the delivery; no refusal, no timeout");
+    s.stop_and_check(&mut tool);
+}
