@@ -405,3 +405,90 @@ fn a_table_with_another_key_schema_is_named() {
     let t = refused(&ep, "does not have the lease key schema");
     assert!(t.contains(TABLE), "{t}");
 }
+
+/// Issue 20 item 7: a record naming the current holder's own id (every
+/// record shows it) with a raised state. Before: the holder's next renewal
+/// failed its condition, took the record for one of its own writes whose
+/// reply was lost, adopted its state without the jump check and renewed and
+/// released it further. Now: the holder sees a state it never sent, says
+/// so, and treats the lease as lost (node stopped, exit 8); its state file
+/// is never raised to the forged height.
+#[test]
+fn a_record_naming_the_holder_with_a_state_it_never_sent_is_not_adopted() {
+    let (moto, key) = setup();
+    let ep = moto.endpoint();
+    let a = Host::new("a");
+    let (mut ta, a_node) = a.start_holder(&mut a.cmd(&ep), &key);
+    a.sign_carried(&ep, 900);
+    let holder = lease_item(&ep)["holder"].as_str().unwrap().to_string();
+    let mut item = record(false, "100899", "6000");
+    item.insert("holder".into(), AttributeValue::S(holder.clone()));
+    forge(&ep, item);
+    let st = ta.wait(T);
+    let log = ta.log_text();
+    assert_eq!(st.code(), Some(8), "{log}");
+    let ev = log_events(&log, "lease_record_impersonated");
+    assert_eq!(ev.len(), 1, "{log}");
+    assert_eq!(ev[0]["holder"], holder.as_str(), "{log}");
+    assert!(log_events(&log, "lease_reply_lost").is_empty(), "{log}");
+    assert!(!pid_alive(a_node), "A's node outlived the lost lease");
+    assert_eq!(a.sign_state().0, 900, "{log}");
+    // Nothing of ours overwrote the forgery (a release would have carried it).
+    assert_eq!(item_height(&ep), 100_899);
+    a.home.assert_idle();
+}
+
+/// Issue 20 item 7: a holder id with a line break forged whole lines in the
+/// text log (`event="delivered"` among them). Such a record is refused as
+/// one our writes never produce, and no line of the log holds the forgery.
+#[test]
+fn a_holder_id_with_a_line_break_is_refused_and_forges_no_log_line() {
+    let (moto, _key) = setup();
+    let ep = moto.endpoint();
+    let mut item = record(false, "10", "6000");
+    let forged = "x\nINFO event=\"delivered\" pub_key=\"forged\"";
+    item.insert("holder".into(), AttributeValue::S(forged.into()));
+    forge(&ep, item);
+    let text = refused(&ep, "`holder` holds a control character");
+    assert!(
+        !text
+            .lines()
+            .any(|l| l.starts_with("INFO event=\"delivered\"")),
+        "{text}"
+    );
+}
+
+/// Issue 20 item 7: a released record far above this host's state (just
+/// under the jump limit) is taken — an honest one looks the same — but the
+/// raise is logged with its size and counted, for the alert
+/// `SsmCosmovisorSignStateRaisedByLease` (contrib/prometheus).
+#[test]
+fn a_raise_by_a_record_is_logged_with_its_size_and_counted() {
+    let (moto, key) = setup();
+    let ep = moto.endpoint();
+    forge(&ep, record(true, "99999", "6000"));
+    let a = Host::new("a");
+    let dir = a.home.scratch("textfile");
+    std::fs::create_dir_all(&dir).unwrap();
+    let prom = dir.join("ssm-cosmovisor.prom");
+    let mut cmd = a.cmd(&ep);
+    cmd.env("SSM_COSMOVISOR_METRICS_FILE", &prom);
+    let (mut ta, _) = a.start_holder(&mut cmd, &key);
+    let log = ta.log_text();
+    let raised = log_events(&log, "sign_state_raised");
+    assert_eq!(raised.len(), 1, "{log}");
+    assert_eq!(raised[0]["heights"], 99_999, "{log}");
+    assert_eq!(a.sign_state(), (99_999, 0, 0));
+    assert!(
+        wait_for(
+            || std::fs::read_to_string(&prom)
+                .unwrap_or_default()
+                .lines()
+                .any(|l| l == "ssm_cosmovisor_sign_state_raises_total 1"),
+            T
+        ),
+        "{}",
+        std::fs::read_to_string(&prom).unwrap_or_default()
+    );
+    assert_eq!(ta.stop(Signal::SIGTERM).code(), Some(0));
+}

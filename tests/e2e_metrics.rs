@@ -30,6 +30,7 @@ const ALWAYS: &[&str] = &[
     "ssm_cosmovisor_lease_renewals_total",
     "ssm_cosmovisor_lease_renewal_failures_total",
     "ssm_cosmovisor_lease_losses_total",
+    "ssm_cosmovisor_lease_record_impersonations_total",
     "ssm_cosmovisor_lease_takeovers_total",
     "ssm_cosmovisor_sign_state_height",
     "ssm_cosmovisor_sign_state_round",

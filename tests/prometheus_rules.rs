@@ -40,6 +40,7 @@ const METRICS: &[(&str, Kind)] = &[
     ("lease_renewals_total", Kind::Counter),
     ("lease_renewal_failures_total", Kind::Counter),
     ("lease_losses_total", Kind::Counter),
+    ("lease_record_impersonations_total", Kind::Counter),
     ("lease_takeovers_total", Kind::Counter),
     ("sign_state_height", Kind::Gauge),
     ("sign_state_round", Kind::Gauge),

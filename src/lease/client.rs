@@ -28,6 +28,9 @@ pub(crate) struct Held {
     pub(crate) took_over: Option<Takeover>,
     /// Validator address recorded with the lease, if any.
     pub(crate) address: Option<String>,
+    /// The highest state of any write sent while holding, confirmed or not:
+    /// a record naming us with more is not ours ([`protocol::is_own_write`]).
+    sent_max: SignState,
 }
 
 impl Held {
@@ -244,6 +247,16 @@ impl LeaseClient {
         local: Option<SignState>,
     ) -> Result<Held, LeaseError> {
         let c = protocol::claim(decision, basis, &self.settings, local)?;
+        self.take_claim(decision, cur, c)
+    }
+
+    /// Writes claim `c` on the version read (`cur`).
+    fn take_claim(
+        &self,
+        decision: &Decision,
+        cur: Option<&Record>,
+        c: protocol::Claim,
+    ) -> Result<Held, LeaseError> {
         let rec = self.ours(c.state, c.address.clone(), false);
         let sent = boot_time();
         self.write(cur.map(|r| r.rvn.as_str()), &rec)?;
@@ -262,6 +275,7 @@ impl LeaseClient {
             state: c.state,
             took_over: c.took_over,
             address: c.address,
+            sent_max: c.state,
         })
     }
 
@@ -281,6 +295,7 @@ impl LeaseClient {
             state: r.state,
             took_over,
             address: r.address.clone(),
+            sent_max: r.state,
         };
         self.renew(&mut h, || None)?;
         Ok(h)
@@ -294,8 +309,13 @@ impl LeaseClient {
     ) -> Result<Option<Held>, LeaseError> {
         let cur = self.read()?;
         let mut watch = Watch::default();
-        let d = watch.decide(cur.as_ref(), &self.settings.holder, boot_time());
+        // Nothing sent yet: a record naming us is not ours.
+        let d = watch.decide(cur.as_ref(), &self.settings.holder, None, boot_time());
         let r = match d {
+            Decision::Impersonated { .. } => {
+                log_impersonated(cur.as_ref().expect("decided on it"));
+                return Ok(None);
+            }
             Decision::Wait { .. } | Decision::TakeExpired { .. } => return Ok(None),
             Decision::Reclaim => self.reclaim_own(cur.as_ref().expect("decided on it"), None),
             _ => self.take(&d, cur.as_ref(), watch.last(), local),
@@ -319,6 +339,10 @@ impl LeaseClient {
         // A takeover whose write may have landed with its reply lost: a
         // reclaim of it is still that takeover.
         let mut taking: Option<Takeover> = None;
+        // The highest state our take writes carried: a reclaim may adopt no
+        // more than that.
+        let mut sent: Option<SignState> = None;
+        let mut impersonated: Option<String> = None;
         // Reads are cheap; a planned handover should not wait long.
         let poll = self.settings.renew_every().min(Duration::from_secs(2));
         loop {
@@ -334,7 +358,7 @@ impl LeaseClient {
                 }
                 Err(e) => return Err(e),
             };
-            let d = watch.decide(cur.as_ref(), &self.settings.holder, boot_time());
+            let d = watch.decide(cur.as_ref(), &self.settings.holder, sent, boot_time());
             let mut wait = poll;
             let attempt = match &d {
                 Decision::Wait {
@@ -343,6 +367,15 @@ impl LeaseClient {
                 } => {
                     if let (true, Some(r)) = (*holder_changed, cur.as_ref().or(watch.last())) {
                         on_wait(r);
+                    }
+                    wait = (*due_in).min(poll);
+                    None
+                }
+                Decision::Impersonated { due_in } => {
+                    let r = cur.as_ref().expect("decided on it");
+                    if impersonated.as_deref() != Some(r.rvn.as_str()) {
+                        log_impersonated(r);
+                        impersonated = Some(r.rvn.clone());
                     }
                     wait = (*due_in).min(poll);
                     None
@@ -358,15 +391,10 @@ impl LeaseClient {
                         unchanged_ms = unchanged_for.as_millis() as u64,
                         "the lease expired: taking it over"
                     );
-                    // If this write lands with its reply lost, the reclaim
-                    // that follows is this takeover.
-                    taking = protocol::claim(&d, watch.last(), &self.settings, local)
-                        .ok()
-                        .and_then(|c| c.took_over);
-                    Some(self.take(&d, cur.as_ref(), watch.last(), local))
+                    Some(self.attempt(&d, &cur, &watch, local, &mut sent, &mut taking))
                 }
                 Decision::TakeFree | Decision::TakeReleased => {
-                    Some(self.take(&d, cur.as_ref(), watch.last(), local))
+                    Some(self.attempt(&d, &cur, &watch, local, &mut sent, &mut taking))
                 }
             };
             match attempt {
@@ -384,6 +412,23 @@ impl LeaseClient {
             }
             cancel.sleep(wait.max(Duration::from_millis(50)));
         }
+    }
+
+    /// One take attempt in [`Self::acquire`]: remembers what it sends, as a
+    /// landed write with its reply lost comes back as a reclaim of it.
+    fn attempt(
+        &self,
+        d: &Decision,
+        cur: &Option<Record>,
+        watch: &Watch,
+        local: Option<SignState>,
+        sent: &mut Option<SignState>,
+        taking: &mut Option<Takeover>,
+    ) -> Result<Held, LeaseError> {
+        let c = protocol::claim(d, watch.last(), &self.settings, local)?;
+        *sent = Some(sent.map_or(c.state, |s| s.max(c.state)));
+        taking.clone_from(&c.took_over);
+        self.take_claim(d, cur.as_ref(), c)
     }
 
     /// Renews a held lease, carrying the node's state as `read_state` gives
@@ -415,6 +460,7 @@ impl LeaseClient {
         let local = read_state();
         let state = protocol::carried(held.state, local);
         let rec = self.ours(state, held.address.clone(), false);
+        held.sent_max = held.sent_max.max(state);
         match self.write(Some(&held.rvn), &rec) {
             Ok(()) => {}
             Err(LeaseError::Lost { .. }) if self.adopt_own_write(held)? => {
@@ -426,6 +472,7 @@ impl LeaseClient {
                     held.address.clone(),
                     false,
                 );
+                held.sent_max = held.sent_max.max(rec.state);
                 self.write(Some(&held.rvn), &rec)?;
                 return self.confirmed(held, rec, sent);
             }
@@ -444,12 +491,14 @@ impl LeaseClient {
         Ok(())
     }
 
-    /// After a failed conditional renewal: if the record still names this
-    /// process as holder (the id is unique to it), the version in it came from
-    /// one of our own writes whose reply was lost. Adopts it.
+    /// After a failed conditional renewal: if the record names this process
+    /// as holder and carries no more than we sent, the version in it came
+    /// from one of our own writes whose reply was lost. Adopts it. A record
+    /// naming us with more is someone else's: the lease is lost.
     fn adopt_own_write(&self, held: &mut Held) -> Result<bool, LeaseError> {
+        let me = &self.settings.holder;
         match self.read()? {
-            Some(r) if protocol::is_ours(&r, &self.settings.holder) => {
+            Some(r) if protocol::is_own_write(&r, me, Some(held.sent_max)) => {
                 tracing::info!(
                     event = "lease_reply_lost",
                     "an earlier renewal succeeded although its reply was lost; continuing"
@@ -457,6 +506,10 @@ impl LeaseClient {
                 held.rvn = r.rvn;
                 held.state = held.state.max(r.state);
                 Ok(true)
+            }
+            Some(r) if r.holder == *me && !r.released => {
+                log_impersonated(&r);
+                Ok(false)
             }
             _ => Ok(false),
         }
@@ -496,4 +549,16 @@ impl LeaseClient {
         metrics::lease_held(&self.settings.name, None);
         Ok(rec.state)
     }
+}
+
+/// A record naming this process that it did not write: someone with
+/// `PutItem` on the table wrote it (issue 20, item 7).
+fn log_impersonated(r: &Record) {
+    metrics::lease_record_impersonated();
+    tracing::error!(
+        event = "lease_record_impersonated",
+        holder = %r.holder,
+        state = %r.state,
+        "the lease record names this process but carries a sign state it never sent: someone else wrote it (find out who may write to the lease table); not adopted"
+    );
 }

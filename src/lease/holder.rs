@@ -66,12 +66,19 @@ impl HeldLease {
 fn raise_sign_state(target: SignState, state: &StateFile) -> Result<(), LeaseError> {
     if let Raised::From(prev) = state.raise_to(target)? {
         crate::metrics::sign_state_raised(target.hrs());
+        // A record anyone with PutItem can write decides this raise: the
+        // heights go to the log and an alert (contrib/prometheus), so an
+        // operator can compare them with what the last signer signed.
+        let heights = target
+            .height
+            .saturating_sub(prev.map(|p| p.height).unwrap_or(0));
         tracing::info!(
             event = "sign_state_raised",
             path = %state.path.display(),
             from = %prev.map(|p| p.to_string()).unwrap_or_else(|| "none".into()),
             to = %target,
-            "raised the node's sign state: it will not sign at or below it"
+            heights,
+            "raised the node's sign state to what the lease carries: it will not sign at or below it"
         );
     }
     Ok(())

@@ -1,7 +1,7 @@
 //! A model of the failover lease, checked exhaustively by `stateright` up to a
 //! time horizon and within fault budgets. Every decision in it is made by the
 //! real pure functions of [`super::protocol`] (`Watch::decide`,
-//! `Watch::lost_race`, `claim`, `carried`, `is_ours`, `node_deadline`,
+//! `Watch::lost_race`, `claim`, `carried`, `is_own_write`, `node_deadline`,
 //! `kill_by`, and through `claim` `LeaseSettings::skip_after` and
 //! `SignState::skipped`), on the real `Record`, `SignState` and
 //! `LeaseSettings` (a 6 s lease: renew every 2 s, keep the node 4 s after
@@ -353,6 +353,8 @@ struct Held {
     /// What the file is raised to (the record's state, but for the old
     /// protocol's expiry takeover the state plus the skip).
     raise_to: SignState,
+    /// The highest state this holder sent (`client::Held::sent_max`).
+    sent_max: SignState,
 }
 
 /// The supervisor and renewal thread of a holder whose node has the key.
@@ -381,6 +383,8 @@ enum Tool {
         /// Old protocol: the raise target of an expiry takeover we attempted
         /// (its write may have landed with the reply lost).
         taking: Option<SignState>,
+        /// The highest state our take writes carried (`client::acquire`).
+        sent: Option<SignState>,
     },
     /// Took the lease; not yet raised the file (fetching the key).
     Taken(Held),
@@ -618,15 +622,20 @@ impl LeaseModel {
         }
         let me = Self::me(st, i);
         let state = protocol::carried(held.state, local);
+        held.sent_max = held.sent_max.max(state);
         let (rvn, state) = match self.put(st, i, Some(&held.rvn.clone()), state, false) {
             Some(rvn) => (rvn, state),
             None => match st.table.clone() {
-                Some(r) if protocol::is_ours(&r, &me) => {
+                Some(r) if protocol::is_own_write(&r, &me, Some(held.sent_max)) => {
                     held.rvn = r.rvn;
                     held.state = held.state.max(r.state);
                     let state = protocol::carried(held.state, local);
+                    held.sent_max = held.sent_max.max(state);
                     let rvn = self.put(st, i, Some(&held.rvn.clone()), state, false);
                     (rvn.expect("the version just read"), state)
+                }
+                Some(r) if r.holder == me && !r.released => {
+                    panic!("own write not recognised: {r:?} (sent at most {held:?})")
                 }
                 _ => return Renewed::Lost,
             },
@@ -647,6 +656,7 @@ impl LeaseModel {
             mut watch,
             local,
             mut taking,
+            mut sent,
         } = std::mem::replace(&mut st.hosts[i].tool, Tool::Down)
         else {
             unreachable!("only a standby reads")
@@ -654,9 +664,12 @@ impl LeaseModel {
         let me = Self::me(st, i);
         let clock = st.hosts[i].clock;
         let cur = st.table.clone();
-        let d = watch.decide(cur.as_ref(), &me, self.at(clock));
+        let d = watch.decide(cur.as_ref(), &me, sent, self.at(clock));
         let next = match d {
             Decision::Wait { .. } => None,
+            // Nobody forges here: a record naming us is always ours, and
+            // mistaking it for a forgery would cost a lost lease.
+            Decision::Impersonated { .. } => panic!("own write not recognised: {cur:?}"),
             Decision::Reclaim => {
                 let r = cur.expect("decided on it");
                 let raise_to = match (self.cfg.variant, taking) {
@@ -671,6 +684,7 @@ impl LeaseModel {
                     deadline: clock,
                     state: r.state,
                     raise_to,
+                    sent_max: r.state,
                 };
                 match self.renew(st, i, &mut held, None, clock, reply) {
                     Renewed::Confirmed => Some(held),
@@ -689,7 +703,7 @@ impl LeaseModel {
                     &mut watch,
                     cur.as_ref(),
                     local,
-                    &mut taking,
+                    (&mut taking, &mut sent),
                     reply,
                 ),
         };
@@ -699,6 +713,7 @@ impl LeaseModel {
                 watch,
                 local,
                 taking,
+                sent,
             },
         };
     }
@@ -713,7 +728,7 @@ impl LeaseModel {
         watch: &mut Watch,
         cur: Option<&Record>,
         local: SignState,
-        taking: &mut Option<SignState>,
+        (taking, sent): (&mut Option<SignState>, &mut Option<SignState>),
         reply: Reply,
     ) -> Option<Held> {
         let c = protocol::claim(d, watch.last(), &self.s, Some(local))
@@ -726,6 +741,7 @@ impl LeaseModel {
             _ => (c.state, c.state),
         };
         let clock = st.hosts[i].clock;
+        *sent = Some(sent.map_or(state, |s| s.max(state)));
         let Some(rvn) = self.put(st, i, cur.map(|r| r.rvn.as_str()), state, false) else {
             watch.lost_race();
             return None;
@@ -739,6 +755,7 @@ impl LeaseModel {
             deadline: self.deadline_after(clock),
             state,
             raise_to,
+            sent_max: state,
         })
     }
 
@@ -964,6 +981,7 @@ impl LeaseModel {
             watch: Watch::default(),
             local: h.file,
             taking: None,
+            sent: None,
         };
     }
 
@@ -996,7 +1014,7 @@ impl LeaseModel {
     /// the worst case of every polling schedule for the old holder.
     fn standby_due(&self, st: &State, i: usize) -> Option<bool> {
         let h = &st.hosts[i];
-        let Tool::Standby { watch, .. } = &h.tool else {
+        let Tool::Standby { watch, sent, .. } = &h.tool else {
             return None;
         };
         if h.cut {
@@ -1005,9 +1023,9 @@ impl LeaseModel {
         let fresh = watch.last() != st.table.as_ref();
         let d = watch
             .clone()
-            .decide(st.table.as_ref(), &Self::me(st, i), self.at(h.clock));
+            .decide(st.table.as_ref(), &Self::me(st, i), *sent, self.at(h.clock));
         match d {
-            Decision::Wait { .. } => fresh.then_some(false),
+            Decision::Wait { .. } | Decision::Impersonated { .. } => fresh.then_some(false),
             _ => Some(true),
         }
     }
@@ -1380,6 +1398,7 @@ impl Model for LeaseModel {
                 watch: Watch::default(),
                 local: SignState::default(),
                 taking: None,
+                sent: None,
             },
         };
         vec![State {

@@ -36,6 +36,15 @@ pub(crate) enum Decision {
     /// The record names this process: one of our own writes landed although
     /// its reply was lost. Renew it; it already carries what it must.
     Reclaim,
+    /// The record names this process but is none of its writes: it carries
+    /// more than we ever sent, or we sent nothing yet. The holder id is no
+    /// secret (every record shows it), so anyone with `PutItem` can write it;
+    /// treated as another holder's record (waited out, taken over with a
+    /// skip and the jump check), and worth an error line.
+    Impersonated {
+        /// When a takeover could be due at the earliest.
+        due_in: Duration,
+    },
     /// Held by another host (or vanished) and not expired yet.
     Wait {
         /// Another holder than at the last read: worth a log line.
@@ -62,8 +71,16 @@ pub(crate) struct Watch {
 }
 
 impl Watch {
-    /// Decides what to do about `cur`, received at `now`.
-    pub(crate) fn decide(&mut self, cur: Option<&Record>, me: &str, now: Tick) -> Decision {
+    /// Decides what to do about `cur`, received at `now`; `sent` is the
+    /// highest state of the writes this process sent to take the lease
+    /// (`None`: none yet).
+    pub(crate) fn decide(
+        &mut self,
+        cur: Option<&Record>,
+        me: &str,
+        sent: Option<SignState>,
+        now: Tick,
+    ) -> Decision {
         let Some(r) = cur else {
             return match self.last.clone() {
                 None => Decision::TakeFree,
@@ -80,14 +97,17 @@ impl Watch {
                 ),
             };
         };
-        if is_ours(r, me) {
+        if is_own_write(r, me, sent) {
             return Decision::Reclaim;
         }
         self.last = Some(r.clone());
         if r.released {
             return Decision::TakeReleased;
         }
-        self.held(r, now)
+        match self.held(r, now) {
+            Decision::Wait { due_in, .. } if names(r, me) => Decision::Impersonated { due_in },
+            d => d,
+        }
     }
 
     fn held(&mut self, r: &Record, now: Tick) -> Decision {
@@ -122,9 +142,18 @@ impl Watch {
     }
 }
 
-/// Whether the record was written by this process and not released.
-pub(crate) fn is_ours(r: &Record, me: &str) -> bool {
+/// Whether the record names this process as its unreleased holder.
+fn names(r: &Record, me: &str) -> bool {
     r.holder == me && !r.released
+}
+
+/// Whether `r` can be one of this process's own writes whose reply was
+/// lost: it names us, unreleased, and carries no more than the highest
+/// state we sent (`sent`; `None` before our first write). A record naming
+/// us with more was written by someone else: adopting it would raise our
+/// sign state past the jump check ([`claim`]).
+pub(crate) fn is_own_write(r: &Record, me: &str, sent: Option<SignState>) -> bool {
+    names(r, me) && sent.is_some_and(|s| r.state <= s)
 }
 
 /// A takeover of an expired lease, as recorded in the held lease.
@@ -240,14 +269,14 @@ mod tests {
         let mut w = Watch::default();
         let a1 = rec("a", "1", false, 10);
         assert!(matches!(
-            w.decide(Some(&a1), "me", S(100)),
+            w.decide(Some(&a1), "me", None, S(100)),
             Decision::Wait {
                 holder_changed: true,
                 ..
             }
         ));
         assert!(matches!(
-            w.decide(Some(&a1), "me", S(105)),
+            w.decide(Some(&a1), "me", None, S(105)),
             Decision::Wait {
                 holder_changed: false,
                 ..
@@ -256,18 +285,18 @@ mod tests {
         // Renewed: the clock starts again, the holder is the same.
         let a2 = rec("a", "2", false, 11);
         assert_eq!(
-            w.decide(Some(&a2), "me", S(106)),
+            w.decide(Some(&a2), "me", None, S(106)),
             Decision::Wait {
                 holder_changed: false,
                 due_in: S(6)
             }
         );
         assert!(matches!(
-            w.decide(Some(&a2), "me", S(111)),
+            w.decide(Some(&a2), "me", None, S(111)),
             Decision::Wait { .. }
         ));
         assert_eq!(
-            w.decide(Some(&a2), "me", S(112)),
+            w.decide(Some(&a2), "me", None, S(112)),
             Decision::TakeExpired {
                 unchanged_for: S(6)
             }
@@ -277,20 +306,61 @@ mod tests {
     #[test]
     fn released_free_and_own_records() {
         let mut w = Watch::default();
-        assert_eq!(w.decide(None, "me", S(0)), Decision::TakeFree);
+        assert_eq!(w.decide(None, "me", None, S(0)), Decision::TakeFree);
         assert_eq!(
-            w.decide(Some(&rec("a", "1", true, 3)), "me", S(1)),
+            w.decide(Some(&rec("a", "1", true, 3)), "me", None, S(1)),
             Decision::TakeReleased
         );
+        // Ours: one of our writes (state 3) landed with its reply lost.
+        let sent = Some(rec("me", "2", false, 3).state);
         assert_eq!(
-            w.decide(Some(&rec("me", "2", false, 3)), "me", S(2)),
+            w.decide(Some(&rec("me", "2", false, 3)), "me", sent, S(2)),
             Decision::Reclaim
         );
         // Our own record, released: another host may take it, so may we.
         assert_eq!(
-            w.decide(Some(&rec("me", "3", true, 3)), "me", S(3)),
+            w.decide(Some(&rec("me", "3", true, 3)), "me", None, S(3)),
             Decision::TakeReleased
         );
+    }
+
+    /// Issue 20 item 7: a record naming this process is no proof that we
+    /// wrote it (the holder id is in every record). Only a state we sent
+    /// makes it ours; anything else is waited out as another holder's, and
+    /// a takeover from it goes through the skip and the jump check.
+    #[test]
+    fn a_record_naming_us_with_more_than_we_sent_is_not_ours() {
+        let mut s = test_settings(6);
+        s.max_height_jump = 1000;
+        let sent = Some(rec("me", "x", false, 1000).state);
+        let forged = rec("me", "f", false, 100_999);
+        let mut w = Watch::default();
+        assert_eq!(
+            w.decide(Some(&forged), "me", sent, S(0)),
+            Decision::Impersonated { due_in: S(6) }
+        );
+        // Nothing sent yet (a standby's first look): never ours.
+        let mut w0 = Watch::default();
+        assert!(matches!(
+            w0.decide(Some(&rec("me", "g", false, 5)), "me", None, S(0)),
+            Decision::Impersonated { .. }
+        ));
+        // Unchanged for a duration: taken over, and the jump check refuses it.
+        let d = w.decide(Some(&forged), "me", sent, S(6));
+        assert!(matches!(d, Decision::TakeExpired { .. }), "{d:?}");
+        let ours = Some(SignState {
+            height: 1000,
+            round: 0,
+            step: 0,
+        });
+        let e = claim(&d, w.last(), &s, ours).unwrap_err();
+        assert!(matches!(e, LeaseError::HeightJump { .. }), "{e}");
+        // A lower or equal state is one we may have sent: ours.
+        assert!(is_own_write(&rec("me", "y", false, 999), "me", sent));
+        assert!(is_own_write(&rec("me", "y", false, 1000), "me", sent));
+        assert!(!is_own_write(&rec("me", "y", false, 1001), "me", sent));
+        assert!(!is_own_write(&rec("me", "y", true, 10), "me", sent));
+        assert!(!is_own_write(&rec("other", "y", false, 10), "me", sent));
     }
 
     #[test]
@@ -298,9 +368,12 @@ mod tests {
         let s = test_settings(6);
         let mut w = Watch::default();
         let a = rec("a", "1", false, 50);
-        w.decide(Some(&a), "me", S(0));
-        assert!(matches!(w.decide(None, "me", S(1)), Decision::Wait { .. }));
-        let d = w.decide(None, "me", S(7));
+        w.decide(Some(&a), "me", None, S(0));
+        assert!(matches!(
+            w.decide(None, "me", None, S(1)),
+            Decision::Wait { .. }
+        ));
+        let d = w.decide(None, "me", None, S(7));
         assert_eq!(
             d,
             Decision::TakeExpired {

@@ -41,6 +41,9 @@ const MAX_TEXT: usize = 256;
 fn text(item: &Item, k: &str) -> Result<String, String> {
     match item.get(k) {
         None => Err(format!("no `{k}`")),
+        Some(AttributeValue::S(s)) if s.chars().any(char::is_control) => {
+            Err(format!("`{k}` holds a control character"))
+        }
         Some(AttributeValue::S(s)) if !s.is_empty() && s.len() <= MAX_TEXT => Ok(s.clone()),
         Some(AttributeValue::S(_)) => Err(format!("`{k}` is empty or longer than {MAX_TEXT}")),
         Some(_) => Err(format!("`{k}` is not a string")),
@@ -209,6 +212,15 @@ mod tests {
             (
                 "`holder` is not a string",
                 Box::new(|i| drop(i.insert("holder".into(), AttributeValue::N("1".into())))),
+            ),
+            (
+                "`holder` holds a control character",
+                Box::new(|i| {
+                    drop(i.insert(
+                        "holder".into(),
+                        AttributeValue::S("h\nINFO event=\"delivered\"".into()),
+                    ))
+                }),
             ),
             (
                 "`address` is not",

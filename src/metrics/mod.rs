@@ -165,6 +165,7 @@ struct Families {
     renewals: Counter,
     renewal_failures: Counter,
     losses: Counter,
+    impersonations: Counter,
     takeovers: Family<KindL, Counter>,
     sign_height: Family<WhichL, Gauge>,
     sign_round: Family<WhichL, Gauge>,
@@ -239,6 +240,11 @@ fn register_run_and_lease(r: &mut Registry, f: &Families) {
         "lease_losses",
         "Times the lease was declared lost here (the node was stopped)",
         f.losses.clone(),
+    );
+    r.register(
+        "lease_record_impersonations",
+        "Lease records seen naming this process with a sign state it never sent: written by someone else with PutItem on the table",
+        f.impersonations.clone(),
     );
     r.register("lease_takeovers", "How this host got the lease (free: no record; released: by its holder; expired: after a full duration unrenewed, with the height skip)", f.takeovers.clone());
     r.register("sign_state_height", "Sign state height: carried by the lease record, or the one this host raised its state file to", f.sign_height.clone());
@@ -676,6 +682,13 @@ pub(crate) fn stopped() {
 pub(crate) fn lease_renewal_failed() {
     change(|m| {
         m.f.renewal_failures.inc();
+    });
+}
+
+/// A lease record named this process with a state it never sent.
+pub(crate) fn lease_record_impersonated() {
+    change(|m| {
+        m.f.impersonations.inc();
     });
 }
 

@@ -57,9 +57,10 @@ fn holders_text(h: &[procfs::Holder]) -> String {
                 "pid {} uid {} exe {}",
                 h.pid,
                 h.euid(),
+                // Quoted: the path is the other process's to choose.
                 h.exe
                     .as_deref()
-                    .map(|p| p.display().to_string())
+                    .map(|p| format!("{p:?}"))
                     .unwrap_or_else(|| "?".into())
             )
         })
