@@ -59,9 +59,13 @@ pub(crate) enum MetricsError {
         /// What to do.
         hint: &'static str,
     },
-    /// The textfile's writer thread could not be started.
-    #[error("{FILE_VAR}: cannot start the thread that writes the metrics file: {source}")]
+    /// A thread of the textfile's writer or of the endpoint could not be started.
+    #[error("{var}: cannot start the thread that {does}: {source}")]
     Thread {
+        /// The variable that asked for it.
+        var: &'static str,
+        /// What the thread does.
+        does: &'static str,
         /// Cause.
         source: std::io::Error,
     },
