@@ -724,3 +724,116 @@ fn slow_and_idle_clients_do_not_hold_up_a_scrape() {
     let st = tool.stop(Signal::SIGTERM);
     assert_eq!(st.code(), Some(0), "{}", tool.log_text());
 }
+
+/// Issue 20 (c): the textfile's temporary name was `.<name>.<pid>.tmp`, so
+/// whoever can write the directory could plant a directory there once the
+/// pid was known: every later rewrite failed and the file kept showing a
+/// healthy, stale state. Now the name is random and the delivery that comes
+/// after the planting is in the file, with no write error.
+#[test]
+fn a_directory_planted_at_the_predictable_temporary_name_does_not_freeze_the_textfile() {
+    let (moto, _key) = moto_with_key(PARAM);
+    let home = NodeHome::new();
+    let _reaper = StrayReaper(home.root.path().to_path_buf());
+    let v = Views::new(&home);
+    let mut cmd = signer_cmd(&home, &moto, &v);
+    // The node opens the key 4 s after it starts: time to plant first.
+    cmd.env("NODE_READ_DELAY_MS", "4000");
+    let mut tool = Tool::spawn(&mut cmd, home.scratch("tool.log"));
+    assert!(wait_for(|| v.file.exists(), T), "{}", tool.log_text());
+    let dir = v.file.parent().unwrap();
+    let planted = dir.join(format!(".ssm-cosmovisor.prom.{}.tmp", tool.child.pid()));
+    std::fs::create_dir(&planted).unwrap();
+    std::fs::write(planted.join("x"), "keeps it non-empty").unwrap();
+    assert!(
+        wait_for(
+            || http_get(&v.addr, "/metrics", None).is_ok()
+                && deliveries(&v.endpoint(), "delivered") == 1.0,
+            T
+        ),
+        "{}",
+        tool.log_text()
+    );
+    let recorded = wait_for(
+        || deliveries(&v.file(), "delivered") == 1.0 && slot_is(&v.file(), "delivered"),
+        Duration::from_secs(10),
+    );
+    let e = v.endpoint();
+    let errors = e.val("ssm_cosmovisor_metrics_write_errors_total", &[]);
+    println!("with a directory planted at the old temporary name: delivery in the file: {recorded}, write errors: {errors}");
+    assert!(
+        recorded,
+        "the file never showed the delivery:\n{}",
+        v.file().raw
+    );
+    assert_eq!(errors, 0.0, "{}", e.raw);
+    assert!(planted.is_dir(), "the planted directory was touched");
+    let st = tool.stop(Signal::SIGTERM);
+    assert_eq!(st.code(), Some(0), "{}", tool.log_text());
+    assert!(slot_is(&v.file(), "idle"));
+    // Nothing of ours is left beside the file and what was planted.
+    let mut names: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    names.sort();
+    assert_eq!(names.len(), 2, "{names:?}");
+}
+
+/// Issue 20 (c): the textfile's directory is opened as the key's is. A
+/// directory another user may write holds what the tool will write into:
+/// a symlink to a directory of their choosing, or a directory of their own.
+/// Before, root followed either and wrote the `.prom` file there; now the
+/// start is refused (exit 2, naming what is wrong) and nothing is written.
+#[test]
+fn a_textfile_directory_another_user_chose_is_refused_at_start() {
+    if !root_or_skip("the chosen directories belong to another user") {
+        return;
+    }
+    let (moto, _key) = moto_with_key(PARAM);
+    let home = NodeHome::new();
+    let _reaper = StrayReaper(home.root.path().to_path_buf());
+    let (uid, gid) = nobody();
+    // Theirs: they may create and rename what is in it.
+    let theirs = home.scratch("theirs");
+    std::fs::create_dir_all(&theirs).unwrap();
+    let chosen = home.scratch("chosen-by-them");
+    std::fs::create_dir_all(&chosen).unwrap();
+    std::os::unix::fs::symlink(&chosen, theirs.join("via-link")).unwrap();
+    std::fs::create_dir(theirs.join("own")).unwrap();
+    chown_tree(&theirs, uid, gid);
+    for (i, (what, dir, want)) in [
+        (
+            "a symlink they made",
+            theirs.join("via-link"),
+            "symbolic link",
+        ),
+        ("a directory of theirs", theirs.join("own"), "owned by uid"),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let file = dir.join("ssm-cosmovisor.prom");
+        let mut c = tool_cmd(&home, Some(&moto.endpoint()));
+        c.env("USE_SSM_KEY", "true")
+            .env("AWS_PARAMETER", PARAM)
+            .env("SSM_COSMOVISOR_METRICS_FILE", &file)
+            .args(["run", "start", "--home"])
+            .arg(home.path());
+        let mut tool = Tool::spawn(&mut c, home.scratch(&format!("tool-{i}.log")));
+        let st = tool.child.wait_timeout(Duration::from_secs(20));
+        let log = tool.log_text();
+        let written: Vec<_> = std::fs::read_dir(&dir).unwrap().collect();
+        println!(
+            "{what}: exit {st:?}, {} entries written in the chosen directory",
+            written.len()
+        );
+        assert_eq!(st.and_then(|s| s.code()), Some(2), "{what}: {log}");
+        assert!(
+            log.contains("SSM_COSMOVISOR_METRICS_FILE") && log.contains(want),
+            "{what}: {log}"
+        );
+        assert!(written.is_empty(), "{what}: written there: {written:?}");
+        home.assert_idle();
+    }
+}

@@ -532,14 +532,16 @@ impl Metrics {
 /// the key slot is touched, so a bad setting changes nothing. An address
 /// that cannot be bound is no error (any local user can take a port, and
 /// monitoring must never stop signing): the endpoint's thread retries it.
-pub(crate) fn init(s: &MetricsSettings) -> Result<(), MetricsError> {
+/// `node_uid`: the node's user, who must not own a directory above the
+/// textfile's when we are not it.
+pub(crate) fn init(s: &MetricsSettings, node_uid: u32) -> Result<(), MetricsError> {
     if s.is_off() {
         return Ok(());
     }
     let tf = s
         .file
         .as_deref()
-        .map(textfile::TextFile::open)
+        .map(|p| textfile::TextFile::open(p, node_uid))
         .transpose()?;
     let listener = s.addr.map(|a| (a, http::bind(a)));
     let up = listener.as_ref().map(|(_, l)| l.is_ok());
