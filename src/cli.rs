@@ -319,7 +319,7 @@ fn run_with_key(
     crate::source::child_aws::verify_before_start(cfg)?;
     // After the signal thread (the endpoint's thread inherits the blocked
     // signals), before the slot is touched (a bad setting changes nothing).
-    crate::metrics::init(metrics)?;
+    crate::metrics::init(metrics, cfg.node.uid())?;
     let slot = KeySlot::open(&cfg.key_path, cfg.node)?;
     // Repair runs on every start, also as a standby: a FIFO left by a crash
     // would hang the node, a stripped file would crash it.

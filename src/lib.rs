@@ -30,6 +30,7 @@ pub(crate) mod metrics;
 pub(crate) mod notify;
 pub(crate) mod perms;
 pub mod procfs;
+pub(crate) mod safe_dir;
 pub mod secret;
 pub(crate) mod slot;
 pub(crate) mod source;

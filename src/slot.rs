@@ -20,13 +20,14 @@ use std::ffi::{OsStr, OsString};
 use std::fmt;
 use std::io;
 use std::os::fd::{AsFd, OwnedFd};
-use std::path::{Component, Path, PathBuf};
+use std::path::{Path, PathBuf};
 
-use rustix::fs::{AtFlags, FileType, FlockOperation, Mode, OFlags, ResolveFlags, Stat};
+use rustix::fs::{AtFlags, FileType, FlockOperation, Mode, OFlags, Stat};
 
 use crate::identity::NodeIdentity;
 use crate::key::{KeyError, KeyFile, PublicIdentity};
-use crate::perms::{group_or_world_writable, sticky, world_writable};
+use crate::perms::{ancestor_replaceable, group_or_world_writable, owner_trusted};
+use crate::safe_dir::{same_inode, DirError};
 
 /// Suffix of the backup, as the original tool names it.
 pub(crate) const ORIG_SUFFIX: &str = ".orig";
@@ -193,11 +194,6 @@ enum Entry {
     Other(&'static str),
 }
 
-/// Trusted owners: root and the node user.
-fn owner_trusted(st: &Stat, node_uid: u32) -> bool {
-    st.st_uid == 0 || st.st_uid == node_uid
-}
-
 fn kind_of(st: &Stat) -> FileType {
     FileType::from_raw_mode(st.st_mode)
 }
@@ -215,142 +211,31 @@ fn kind_name(t: FileType) -> &'static str {
     }
 }
 
-fn same_inode(a: &Stat, b: &Stat) -> bool {
-    a.st_dev == b.st_dev && a.st_ino == b.st_ino
-}
-
 /// Opens the directory holding the key without following any symlink, and
 /// checks each ancestor on its fd: none may be writable by group/others
 /// unless sticky, and the key's own directory must belong to root or the node
 /// user and be writable by nobody else.
 fn open_dir_secure(dir: &Path, node_uid: u32) -> Result<OwnedFd, SlotError> {
-    if !dir.is_absolute() {
-        return Err(dir_io(
-            dir,
-            "resolve",
-            io::Error::other("key directory must be absolute"),
-        ));
-    }
-    let walked = walk_nofollow(dir)?;
-    let fd = open_walked(dir, &walked)?;
-    let st = rustix::fs::fstat(&fd).map_err(|e| dir_io(dir, "fstat", e.into()))?;
+    let (fd, st) = crate::safe_dir::open_nofollow(dir, |st| {
+        ancestor_replaceable(st).then(|| {
+            format!(
+                "an ancestor directory is writable by group/others (mode {:04o})",
+                st.st_mode & 0o7777
+            )
+        })
+    })?;
     check_key_dir(dir, &st, node_uid)?;
     Ok(fd)
 }
 
-fn dir_io(path: &Path, op: &'static str, source: io::Error) -> SlotError {
-    SlotError::Io {
-        op,
-        path: path.to_path_buf(),
-        source,
-    }
-}
-
-/// Walks `dir` component by component with `O_NOFOLLOW`, so every ancestor
-/// is checked on the fd we actually traverse. Returns the `O_PATH` fd of `dir`.
-fn walk_nofollow(dir: &Path) -> Result<OwnedFd, SlotError> {
-    let mut cur = rustix::fs::open(
-        "/",
-        OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
-        Mode::empty(),
-    )
-    .map_err(|e| dir_io(dir, "open /", e.into()))?;
-    let mut walked = PathBuf::from("/");
-    for comp in dir.components() {
-        let name = match comp {
-            Component::RootDir => continue,
-            Component::Normal(n) => n,
-            _ => {
-                return Err(dir_io(
-                    dir,
-                    "resolve",
-                    io::Error::other("key path must not contain . or .."),
-                ))
-            }
-        };
-        walked.push(name);
-        let next = open_component(&cur, name, &walked)?;
-        let st = rustix::fs::fstat(&next).map_err(|e| dir_io(dir, "fstat", e.into()))?;
-        if walked != dir && ancestor_replaceable(&st) {
-            return Err(SlotError::UnsafeDir {
-                path: walked,
-                why: format!(
-                    "an ancestor directory is writable by group/others (mode {:04o})",
-                    st.st_mode & 0o7777
-                ),
-            });
+impl From<DirError> for SlotError {
+    fn from(e: DirError) -> SlotError {
+        match e {
+            DirError::Symlink { path } => SlotError::Symlink { path },
+            DirError::Ancestor { path, why } => SlotError::UnsafeDir { path, why },
+            DirError::Io { op, path, source } => SlotError::Io { op, path, source },
         }
-        cur = next;
     }
-    Ok(cur)
-}
-
-/// One step of the walk: `name` under `cur`, refused if it is a symlink.
-fn open_component(cur: &OwnedFd, name: &OsStr, walked: &Path) -> Result<OwnedFd, SlotError> {
-    rustix::fs::openat(
-        cur,
-        name,
-        OFlags::PATH | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-        Mode::empty(),
-    )
-    .map_err(|e| match e {
-        rustix::io::Errno::LOOP | rustix::io::Errno::NOTDIR
-            if rustix::fs::statat(cur, name, AtFlags::SYMLINK_NOFOLLOW)
-                .map(|s| kind_of(&s) == FileType::Symlink)
-                .unwrap_or(false) =>
-        {
-            SlotError::Symlink {
-                path: walked.to_path_buf(),
-            }
-        }
-        e => SlotError::Io {
-            op: "open directory",
-            path: walked.to_path_buf(),
-            source: e.into(),
-        },
-    })
-}
-
-/// Whoever may write to an ancestor (without the sticky bit) can rename the
-/// directories below it and put their own in place, whoever owns it: a
-/// world-writable one is refused even when root owns it (only a root-owned
-/// group-writable one is tolerated, its group trusted like root).
-fn ancestor_replaceable(st: &Stat) -> bool {
-    !sticky(st) && (world_writable(st) || (group_or_world_writable(st) && st.st_uid != 0))
-}
-
-/// The authoritative open: openat2 refuses symlinks in the kernel, closing
-/// the window between the walk and this open; the result must be the
-/// directory the walk reached.
-fn open_walked(dir: &Path, walked: &OwnedFd) -> Result<OwnedFd, SlotError> {
-    let io = |op, source| dir_io(dir, op, source);
-    let fd = match rustix::fs::openat2(
-        rustix::fs::CWD,
-        dir,
-        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
-        Mode::empty(),
-        ResolveFlags::NO_SYMLINKS | ResolveFlags::NO_MAGICLINKS,
-    ) {
-        Ok(fd) => fd,
-        Err(rustix::io::Errno::LOOP) => return Err(SlotError::Symlink { path: dir.into() }),
-        Err(rustix::io::Errno::NOSYS) => rustix::fs::openat(
-            walked,
-            ".",
-            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
-            Mode::empty(),
-        )
-        .map_err(|e| io("open directory", e.into()))?,
-        Err(e) => return Err(io("open directory", e.into())),
-    };
-    let st = rustix::fs::fstat(&fd).map_err(|e| io("fstat", e.into()))?;
-    let walked_st = rustix::fs::fstat(walked).map_err(|e| io("fstat", e.into()))?;
-    if !same_inode(&st, &walked_st) {
-        return Err(io(
-            "open directory",
-            io::Error::other("directory changed while being opened"),
-        ));
-    }
-    Ok(fd)
 }
 
 /// The key's own directory: owned by root or the node user, writable by

@@ -56,6 +56,7 @@ const METRICS: &[(&str, Kind)] = &[
     ("child_exits_total", Kind::Counter),
     ("slot_state", Kind::Gauge),
     ("metrics_write_errors_total", Kind::Counter),
+    ("metrics_endpoint_up", Kind::Gauge),
 ];
 
 /// `$SSM_COSMOVISOR_TEST_PROMTOOL` (must exist), else `.cache/prometheus/bin/promtool` if it does.

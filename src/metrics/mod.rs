@@ -179,6 +179,7 @@ struct Families {
     child_exits: Family<StatusL, Counter>,
     slot: Family<StateL, Gauge>,
     write_errors: Counter,
+    endpoint_up: Gauge,
 }
 
 /// Buckets for durations of the tool's own work, 1 ms .. ~16 s.
@@ -319,6 +320,15 @@ fn register_key_and_child(
     );
 }
 
+/// Only with an endpoint configured: a 0 must mean "configured and down".
+fn register_endpoint(r: &mut Registry, f: &Families) {
+    r.register(
+        "metrics_endpoint_up",
+        "1 while the /metrics endpoint serves; 0 while its address cannot be bound (retried every 5 s; the run goes on)",
+        f.endpoint_up.clone(),
+    );
+}
+
 impl Families {
     /// Every label value exists from the start: a counter that appears
     /// only when it first counts is invisible to `increase()`.
@@ -389,13 +399,18 @@ fn unix_now() -> f64 {
 }
 
 impl Metrics {
-    fn new(textfile: Option<textfile::TextFile>) -> Metrics {
+    /// `endpoint`: whether one is configured and, if so, whether it is bound.
+    fn new(textfile: Option<textfile::TextFile>, endpoint: Option<bool>) -> Metrics {
         let f = Families::default();
         let delivery_latency = Histogram::new(duration_buckets());
         let fetch_latency = Histogram::new(duration_buckets());
         let mut r = Registry::with_prefix("ssm_cosmovisor");
         register_run_and_lease(&mut r, &f);
         register_key_and_child(&mut r, &f, &delivery_latency, &fetch_latency);
+        if let Some(up) = endpoint {
+            register_endpoint(&mut r, &f);
+            f.endpoint_up.set(i64::from(up));
+        }
         f.zeros();
         Metrics {
             registry: r,
@@ -519,19 +534,24 @@ impl Metrics {
 }
 
 /// Starts metrics as configured (nothing when off): checks the textfile can
-/// be written (writes it once) and binds the endpoint. Called once, before
-/// the key slot is touched, so a bad setting changes nothing.
-pub(crate) fn init(s: &MetricsSettings) -> Result<(), MetricsError> {
+/// be written (writes it once) and starts the endpoint. Called once, before
+/// the key slot is touched, so a bad setting changes nothing. An address
+/// that cannot be bound is no error (any local user can take a port, and
+/// monitoring must never stop signing): the endpoint's thread retries it.
+/// `node_uid`: the node's user, who must not own a directory above the
+/// textfile's when we are not it.
+pub(crate) fn init(s: &MetricsSettings, node_uid: u32) -> Result<(), MetricsError> {
     if s.is_off() {
         return Ok(());
     }
     let tf = s
         .file
         .as_deref()
-        .map(textfile::TextFile::open)
+        .map(|p| textfile::TextFile::open(p, node_uid))
         .transpose()?;
-    let listener = s.addr.map(http::bind).transpose()?;
-    if METRICS.set(Metrics::new(tf)).is_err() {
+    let listener = s.addr.map(|a| (a, http::bind(a)));
+    let up = listener.as_ref().map(|(_, l)| l.is_ok());
+    if METRICS.set(Metrics::new(tf, up)).is_err() {
         return Err(MetricsError::Twice);
     }
     let m = METRICS.get().expect("just set");
@@ -540,17 +560,28 @@ pub(crate) fn init(s: &MetricsSettings) -> Result<(), MetricsError> {
         std::thread::Builder::new()
             .name(WRITER.into())
             .spawn(|| METRICS.get().expect("set before").writer())
-            .map_err(|source| MetricsError::Thread { source })?;
+            .map_err(|source| MetricsError::Thread {
+                var: settings::FILE_VAR,
+                does: "writes the metrics file",
+                source,
+            })?;
         tracing::info!(event = "metrics_file", path = %tf.path().display(), "writing metrics for node_exporter's textfile collector");
     }
-    if let Some(l) = listener {
-        let addr = l.local_addr().map_err(|source| MetricsError::Bind {
-            addr: s.addr.expect("bound"),
+    if let Some((addr, first)) = listener {
+        if first.is_ok() {
+            tracing::info!(event = "metrics_endpoint", addr = %addr, "serving metrics at http://{addr}/metrics");
+        }
+        let up = |up: bool| {
+            change(|m| {
+                m.f.endpoint_up.set(i64::from(up));
+            })
+        };
+        let encode = || METRICS.get().map(Metrics::encode).unwrap_or_default();
+        http::start(addr, first, up, encode).map_err(|source| MetricsError::Thread {
+            var: settings::ADDR_VAR,
+            does: "serves the metrics endpoint",
             source,
         })?;
-        http::serve(l, || METRICS.get().map(Metrics::encode).unwrap_or_default())
-            .map_err(|source| MetricsError::Bind { addr, source })?;
-        tracing::info!(event = "metrics_endpoint", addr = %addr, "serving metrics at http://{addr}/metrics");
     }
     Ok(())
 }
@@ -729,7 +760,7 @@ mod tests {
 
     #[test]
     fn every_family_is_present_from_the_start_and_nothing_else_is_labelled() {
-        let m = Metrics::new(None);
+        let m = Metrics::new(None, None);
         let text = format::to_prometheus_text(&m.encode());
         for name in [
             "ssm_cosmovisor_build_info{version=\"",

@@ -49,6 +49,14 @@ pub(crate) enum MetricsError {
         /// The path.
         path: PathBuf,
     },
+    /// The textfile's directory, or one above it, is not safe to write in.
+    #[error("{FILE_VAR}={path:?}: refusing to write the metrics file there: {why}. Use a directory reached without symlinks, owned by root or this process's user, writable by others only with the sticky bit, below directories only root may replace (e.g. /var/lib/prometheus/node-exporter, root:root 0755)")]
+    UnsafeDir {
+        /// The textfile's path.
+        path: PathBuf,
+        /// What is wrong, naming the directory.
+        why: String,
+    },
     /// The textfile cannot be written.
     #[error("{FILE_VAR}={path:?}: cannot write the metrics file: {source}; {hint}")]
     Unwritable {
@@ -59,9 +67,13 @@ pub(crate) enum MetricsError {
         /// What to do.
         hint: &'static str,
     },
-    /// The textfile's writer thread could not be started.
-    #[error("{FILE_VAR}: cannot start the thread that writes the metrics file: {source}")]
+    /// A thread of the textfile's writer or of the endpoint could not be started.
+    #[error("{var}: cannot start the thread that {does}: {source}")]
     Thread {
+        /// The variable that asked for it.
+        var: &'static str,
+        /// What the thread does.
+        does: &'static str,
         /// Cause.
         source: std::io::Error,
     },

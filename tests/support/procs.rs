@@ -358,3 +358,14 @@ pub fn cpu_hogs() -> Vec<KillOnDrop> {
         })
         .collect()
 }
+
+/// How many sockets `pid` has open (its `/proc/<pid>/fd` links to `socket:[…]`).
+pub fn socket_fds(pid: i32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|d| {
+            d.filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+                .filter(|l| l.to_string_lossy().starts_with("socket:"))
+                .count()
+        })
+        .unwrap_or(0)
+}

@@ -257,3 +257,75 @@ pub fn readme_metrics() -> Vec<(String, String)> {
     }
     out
 }
+
+/// A client that sends a request's first line, then one header byte every
+/// `every`, never finishing it (the trickle of issue 20); a reader on the
+/// same connection notes when the server closed it.
+pub struct Trickler {
+    closed: std::sync::Arc<std::sync::Mutex<Option<Duration>>>,
+    sent: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl Trickler {
+    pub fn start(addr: &str, every: Duration) -> Trickler {
+        use std::sync::atomic::Ordering;
+        let mut w = TcpStream::connect(addr).expect("connect");
+        w.write_all(b"GET /metrics HTTP/1.1\r\nX-Slow: ").unwrap();
+        let mut r = w.try_clone().unwrap();
+        let t = Trickler {
+            closed: Default::default(),
+            sent: Default::default(),
+        };
+        let sent = t.sent.clone();
+        std::thread::spawn(move || {
+            while w.write_all(b"x").is_ok() {
+                sent.fetch_add(1, Ordering::SeqCst);
+                std::thread::sleep(every);
+            }
+        });
+        let closed = t.closed.clone();
+        let t0 = std::time::Instant::now();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 256];
+            // Returns at the server's close (EOF or reset), never by itself.
+            while matches!(r.read(&mut buf), Ok(n) if n > 0) {}
+            *closed.lock().unwrap() = Some(t0.elapsed());
+        });
+        t
+    }
+
+    /// After how long the server closed the connection, if it did.
+    pub fn closed_after(&self) -> Option<Duration> {
+        *self.closed.lock().unwrap()
+    }
+
+    /// Header bytes sent so far.
+    pub fn sent(&self) -> usize {
+        self.sent.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+/// `n` connections to `addr` that send nothing.
+pub fn idle_connections(addr: &str, n: usize) -> Vec<TcpStream> {
+    (0..n)
+        .map(|_| TcpStream::connect(addr).expect("connect"))
+        .collect()
+}
+
+/// `n` scrapes of `addr`, `gap` apart: each one's time to a complete 200
+/// answer, or why it failed (the read gives up after 10 s).
+pub fn timed_scrapes(addr: &str, n: usize, gap: Duration) -> Vec<Result<Duration, String>> {
+    (0..n)
+        .map(|i| {
+            if i > 0 {
+                std::thread::sleep(gap);
+            }
+            let t0 = std::time::Instant::now();
+            match http_get(addr, "/metrics", None) {
+                Ok(h) if h.status.contains("200") => Ok(t0.elapsed()),
+                Ok(h) => Err(format!("answered {h:?}")),
+                Err(e) => Err(format!("after {:?}: {e}", t0.elapsed())),
+            }
+        })
+        .collect()
+}
