@@ -51,6 +51,12 @@ pub(crate) enum ConfigError {
         /// Why.
         reason: String,
     },
+    /// The node's arguments give `--home` more than once.
+    #[error("the node arguments give --home {} times ({}): the node would use the last one, and the key slot guarded must be the node's; give --home once", homes.len(), homes.iter().map(|h| format!("{h:?}")).collect::<Vec<_>>().join(", "))]
+    HomeRepeated {
+        /// Every home given, in order.
+        homes: Vec<PathBuf>,
+    },
     /// `config/config.toml` could not be parsed.
     #[error("cannot parse {path:?}: {reason}; fix the file or set SSM_COSMOVISOR_KEY_FILE to the key path")]
     ConfigToml {
@@ -493,18 +499,27 @@ pub(crate) fn child_aws_profile(
 
 /// Finds `--home <dir>` or `--home=<dir>` in the node's arguments: the node
 /// reads its key under that home, which may differ from `DAEMON_HOME`.
-pub(crate) fn node_home_from_args(args: &[OsString]) -> Option<PathBuf> {
+/// Given twice, the node (cobra/pflag) takes the last one: guarding either
+/// would be a guess, so it is an error naming both. After `--` nothing is a
+/// flag for pflag, so nothing there is looked at.
+pub(crate) fn node_home_from_args(args: &[OsString]) -> Result<Option<PathBuf>, ConfigError> {
+    let mut homes = Vec::new();
     let mut it = args.iter();
     while let Some(a) = it.next() {
         let s = a.to_string_lossy();
-        if s == "--home" {
-            return it.next().map(PathBuf::from);
+        if s == "--" {
+            break;
         }
-        if let Some(v) = s.strip_prefix("--home=") {
-            return Some(PathBuf::from(v));
+        if s == "--home" {
+            homes.extend(it.next().map(PathBuf::from));
+        } else if let Some(v) = s.strip_prefix("--home=") {
+            homes.push(PathBuf::from(v));
         }
     }
-    None
+    match homes.len() {
+        0 | 1 => Ok(homes.pop()),
+        _ => Err(ConfigError::HomeRepeated { homes }),
+    }
 }
 
 /// `config/config.toml` under the node home.
@@ -788,7 +803,7 @@ impl Config {
                     hint: "set it to the node's home directory (cosmovisor needs it too), or pass --daemon-home",
                 })?,
         };
-        let home = node_home_from_args(node_args).unwrap_or(daemon_home);
+        let home = node_home_from_args(node_args)?.unwrap_or(daemon_home);
         match std::fs::metadata(&home) {
             Ok(m) if m.is_dir() => {}
             Ok(_) => {
@@ -1041,6 +1056,33 @@ mod tests {
         assert!(!c.use_ssm_key);
         assert_eq!(c.home, other.path());
         assert_eq!(c.key_path, other.path().join(DEFAULT_KEY_FILE));
+    }
+
+    #[test]
+    fn node_home_given_twice_is_refused_in_every_spelling() {
+        let os = |v: &[&str]| v.iter().map(OsString::from).collect::<Vec<_>>();
+        assert_eq!(node_home_from_args(&os(&["start"])).unwrap(), None);
+        for one in [&["start", "--home", "/a"][..], &["start", "--home=/a"][..]] {
+            assert_eq!(
+                node_home_from_args(&os(one)).unwrap(),
+                Some(PathBuf::from("/a"))
+            );
+        }
+        for two in [
+            &["start", "--home", "/a", "--home", "/b"][..],
+            &["start", "--home=/a", "--home", "/b"][..],
+            &["--home", "/a", "start", "--home=/b"][..],
+            &["start", "--home=/a", "--home=/a"][..],
+        ] {
+            let e = node_home_from_args(&os(two)).unwrap_err().to_string();
+            assert!(e.contains("--home 2 times") && e.contains("\"/a\""), "{e}");
+            assert!(e.contains("give --home once"), "{e}");
+        }
+        // After `--` it is an argument, not the node's flag.
+        assert_eq!(
+            node_home_from_args(&os(&["start", "--home", "/a", "--", "--home", "/b"])).unwrap(),
+            Some(PathBuf::from("/a"))
+        );
     }
 
     fn os_env(pairs: &[(&str, &[u8])]) -> HashMap<String, OsString> {

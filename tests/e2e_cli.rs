@@ -634,6 +634,34 @@ fn daemon_home_missing_directory() {
     assert!(!missing.exists(), "the missing home was created");
 }
 
+/// The node takes the last of several `--home`s (cobra/pflag), so with `--home A --home B`
+/// the tool guarded A's key slot while the node read B's. Refused in every spelling, naming
+/// both homes, before either slot is touched. Before: accepted, A's slot guarded.
+#[test]
+fn node_home_given_twice_is_refused() {
+    let (a, b) = (NodeHome::new(), NodeHome::new());
+    let (pa, pb) = (a.path().to_str().unwrap(), b.path().to_str().unwrap());
+    let (ea, eb) = (format!("--home={pa}"), format!("--home={pb}"));
+    for homes in [
+        vec!["--home", pa, "--home", pb],
+        vec![ea.as_str(), "--home", pb],
+        vec!["--home", pa, eb.as_str()],
+    ] {
+        let before_b = Snapshot::of(&b);
+        config_refused(
+            &a,
+            |c| {
+                c.env("USE_SSM_KEY", "true")
+                    .env("AWS_PARAMETER", PARAM)
+                    .args(&homes);
+            },
+            &["--home 2 times", pa, pb, "give --home once"],
+        );
+        b.assert_idle();
+        assert!(Snapshot::of(&b) == before_b, "{homes:?}: B's home changed");
+    }
+}
+
 #[test]
 fn config_toml_unparsable() {
     let home = NodeHome::new();
