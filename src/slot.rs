@@ -26,6 +26,7 @@ use rustix::fs::{AtFlags, FileType, FlockOperation, Mode, OFlags, ResolveFlags, 
 
 use crate::identity::NodeIdentity;
 use crate::key::{KeyError, KeyFile, PublicIdentity};
+use crate::node_file::kind_name;
 use crate::perms::{group_or_world_writable, sticky, world_writable};
 
 /// Suffix of the backup, as the original tool names it.
@@ -225,19 +226,6 @@ fn owner_trusted(st: &Stat, node_uid: u32) -> bool {
 
 fn kind_of(st: &Stat) -> FileType {
     FileType::from_raw_mode(st.st_mode)
-}
-
-fn kind_name(t: FileType) -> &'static str {
-    match t {
-        FileType::RegularFile => "regular file",
-        FileType::Directory => "directory",
-        FileType::Symlink => "symbolic link",
-        FileType::Fifo => "FIFO",
-        FileType::Socket => "socket",
-        FileType::CharacterDevice => "character device",
-        FileType::BlockDevice => "block device",
-        FileType::Unknown => "unknown file type",
-    }
 }
 
 fn same_inode(a: &Stat, b: &Stat) -> bool {
