@@ -242,12 +242,23 @@ fn every_stop_signal_reaches_the_node_as_a_clean_sigterm_through_cosmovisor() {
     }
 }
 
-/// SIGKILLs a pid when dropped: a child that ignores SIGTERM outlives the tool otherwise.
-struct KillPid(i32);
+/// SIGKILLs a process when dropped, through a pidfd (never a recycled pid): a child that
+/// ignores SIGTERM outlives the tool otherwise.
+struct KillPid(Option<std::os::fd::OwnedFd>);
+
+impl KillPid {
+    fn new(pid: i32) -> KillPid {
+        KillPid(rustix::process::Pid::from_raw(pid).and_then(|p| {
+            rustix::process::pidfd_open(p, rustix::process::PidfdFlags::empty()).ok()
+        }))
+    }
+}
 
 impl Drop for KillPid {
     fn drop(&mut self) {
-        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.0), Signal::SIGKILL);
+        if let Some(fd) = &self.0 {
+            let _ = rustix::process::pidfd_send_signal(fd, rustix::process::Signal::KILL);
+        }
     }
 }
 
@@ -286,7 +297,7 @@ fn child_starts_with_default_signal_dispositions_when_the_tool_was_started_ignor
         "no child; log:\n{}",
         tool.log_text()
     );
-    let _reaper = KillPid(child);
+    let _reaper = KillPid::new(child);
     let mask = |pid: i32, field: &str| {
         u64::from_str_radix(&status_fields(pid)[field], 16).expect("hex mask")
     };
