@@ -51,6 +51,12 @@ pub(crate) enum ConfigError {
         /// Why.
         reason: String,
     },
+    /// The node's arguments give `--home` more than once.
+    #[error("the node arguments give --home {} times ({}): the node would use the last one, and the key slot guarded must be the node's; give --home once", homes.len(), homes.iter().map(|h| format!("{h:?}")).collect::<Vec<_>>().join(", "))]
+    HomeRepeated {
+        /// Every home given, in order.
+        homes: Vec<PathBuf>,
+    },
     /// `config/config.toml` could not be parsed.
     #[error("cannot parse {path:?}: {reason}; fix the file or set SSM_COSMOVISOR_KEY_FILE to the key path")]
     ConfigToml {
@@ -493,18 +499,27 @@ pub(crate) fn child_aws_profile(
 
 /// Finds `--home <dir>` or `--home=<dir>` in the node's arguments: the node
 /// reads its key under that home, which may differ from `DAEMON_HOME`.
-pub(crate) fn node_home_from_args(args: &[OsString]) -> Option<PathBuf> {
+/// Given twice, the node (cobra/pflag) takes the last one: guarding either
+/// would be a guess, so it is an error naming both. After `--` nothing is a
+/// flag for pflag, so nothing there is looked at.
+pub(crate) fn node_home_from_args(args: &[OsString]) -> Result<Option<PathBuf>, ConfigError> {
+    let mut homes = Vec::new();
     let mut it = args.iter();
     while let Some(a) = it.next() {
         let s = a.to_string_lossy();
-        if s == "--home" {
-            return it.next().map(PathBuf::from);
+        if s == "--" {
+            break;
         }
-        if let Some(v) = s.strip_prefix("--home=") {
-            return Some(PathBuf::from(v));
+        if s == "--home" {
+            homes.extend(it.next().map(PathBuf::from));
+        } else if let Some(v) = s.strip_prefix("--home=") {
+            homes.push(PathBuf::from(v));
         }
     }
-    None
+    match homes.len() {
+        0 | 1 => Ok(homes.pop()),
+        _ => Err(ConfigError::HomeRepeated { homes }),
+    }
 }
 
 /// `config/config.toml` under the node home.
@@ -515,22 +530,36 @@ const MAX_CONFIG_TOML: u64 = 1 << 20;
 
 /// Reads `<home>/config/config.toml`; `Ok(None)` if it does not exist.
 ///
-/// With `no_symlinks` (whenever we are root: the file belongs to the node
-/// user, who must not steer root's reads) each component below the home is
-/// opened relative to the previous one with `O_NOFOLLOW`, so neither
-/// `config/` nor `config.toml` may be a symlink, however fast the node user
-/// swaps them; the file must be a regular file (a FIFO would hang us).
+/// Never blocks: a FIFO (or any non-regular file) there is an error, judged
+/// on the opened fd ([`crate::node_file`]). With `no_symlinks` (whenever we
+/// are root: the file belongs to the node user, who must not steer root's
+/// reads) each component below the home is opened relative to the previous
+/// one with `O_NOFOLLOW`, so neither `config/` nor `config.toml` may be a
+/// symlink, however fast the node user swaps them. Without it (the tool runs
+/// as the node user, who owns the home anyway) symlinks are followed.
 fn read_config_toml(home: &Path, no_symlinks: bool) -> std::io::Result<Option<String>> {
-    use rustix::fs::{Mode, OFlags};
-    use std::io::Read;
     let not_found = |e: &std::io::Error| e.kind() == std::io::ErrorKind::NotFound;
-    if !no_symlinks {
-        return match std::fs::read_to_string(home.join(CONFIG_TOML.join("/"))) {
-            Ok(t) => Ok(Some(t)),
-            Err(e) if not_found(&e) => Ok(None),
-            Err(e) => Err(e),
+    let res = (|| {
+        let fd = if no_symlinks {
+            open_config_toml_nofollow(home)?
+        } else {
+            crate::node_file::open_nonblocking(&home.join(CONFIG_TOML.join("/")))?
         };
+        let bytes = crate::node_file::read_regular(fd, MAX_CONFIG_TOML)?;
+        String::from_utf8(bytes)
+            .map_err(|_| std::io::Error::new(std::io::ErrorKind::InvalidData, "not UTF-8"))
+    })();
+    match res {
+        Ok(t) => Ok(Some(t)),
+        Err(e) if not_found(&e) => Ok(None),
+        Err(e) => Err(e),
     }
+}
+
+/// Opens `<home>/config/config.toml` component by component with
+/// `O_NOFOLLOW`, without blocking on a FIFO.
+fn open_config_toml_nofollow(home: &Path) -> std::io::Result<rustix::fd::OwnedFd> {
+    use rustix::fs::{Mode, OFlags};
     let symlink = || {
         std::io::Error::other(
             "it is or passes through a symbolic link below the home; as root, ssm-cosmovisor reads the node's config.toml only without following symlinks",
@@ -548,42 +577,17 @@ fn read_config_toml(home: &Path, no_symlinks: bool) -> std::io::Result<Option<St
             e => e.into(),
         })
     };
-    let res = (|| {
-        let home_fd = rustix::fs::open(
-            home,
-            OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
-            Mode::empty(),
-        )?;
-        let dir = open(&home_fd, CONFIG_TOML[0], OFlags::PATH | OFlags::DIRECTORY)?;
-        let fd = open(
-            &dir,
-            CONFIG_TOML[1],
-            OFlags::RDONLY | OFlags::NONBLOCK | OFlags::NOCTTY,
-        )?;
-        let st = rustix::fs::fstat(&fd)?;
-        if rustix::fs::FileType::from_raw_mode(st.st_mode) == rustix::fs::FileType::Symlink {
-            return Err(symlink());
-        }
-        if rustix::fs::FileType::from_raw_mode(st.st_mode) != rustix::fs::FileType::RegularFile {
-            return Err(std::io::Error::other("not a regular file"));
-        }
-        if st.st_size as u64 > MAX_CONFIG_TOML {
-            return Err(std::io::Error::other(format!(
-                "{} bytes, more than any node configuration ({MAX_CONFIG_TOML})",
-                st.st_size
-            )));
-        }
-        let mut text = String::new();
-        std::fs::File::from(fd)
-            .take(MAX_CONFIG_TOML)
-            .read_to_string(&mut text)?;
-        Ok(text)
-    })();
-    match res {
-        Ok(t) => Ok(Some(t)),
-        Err(e) if not_found(&e) => Ok(None),
-        Err(e) => Err(e),
-    }
+    let home_fd = rustix::fs::open(
+        home,
+        OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )?;
+    let dir = open(&home_fd, CONFIG_TOML[0], OFlags::PATH | OFlags::DIRECTORY)?;
+    open(
+        &dir,
+        CONFIG_TOML[1],
+        OFlags::RDONLY | OFlags::NONBLOCK | OFlags::NOCTTY,
+    )
 }
 
 /// A file the node finds through its `config/config.toml` (`setting`,
@@ -788,7 +792,7 @@ impl Config {
                     hint: "set it to the node's home directory (cosmovisor needs it too), or pass --daemon-home",
                 })?,
         };
-        let home = node_home_from_args(node_args).unwrap_or(daemon_home);
+        let home = node_home_from_args(node_args)?.unwrap_or(daemon_home);
         match std::fs::metadata(&home) {
             Ok(m) if m.is_dir() => {}
             Ok(_) => {
@@ -1043,6 +1047,33 @@ mod tests {
         assert_eq!(c.key_path, other.path().join(DEFAULT_KEY_FILE));
     }
 
+    #[test]
+    fn node_home_given_twice_is_refused_in_every_spelling() {
+        let os = |v: &[&str]| v.iter().map(OsString::from).collect::<Vec<_>>();
+        assert_eq!(node_home_from_args(&os(&["start"])).unwrap(), None);
+        for one in [&["start", "--home", "/a"][..], &["start", "--home=/a"][..]] {
+            assert_eq!(
+                node_home_from_args(&os(one)).unwrap(),
+                Some(PathBuf::from("/a"))
+            );
+        }
+        for two in [
+            &["start", "--home", "/a", "--home", "/b"][..],
+            &["start", "--home=/a", "--home", "/b"][..],
+            &["--home", "/a", "start", "--home=/b"][..],
+            &["start", "--home=/a", "--home=/a"][..],
+        ] {
+            let e = node_home_from_args(&os(two)).unwrap_err().to_string();
+            assert!(e.contains("--home 2 times") && e.contains("\"/a\""), "{e}");
+            assert!(e.contains("give --home once"), "{e}");
+        }
+        // After `--` it is an argument, not the node's flag.
+        assert_eq!(
+            node_home_from_args(&os(&["start", "--home", "/a", "--", "--home", "/b"])).unwrap(),
+            Some(PathBuf::from("/a"))
+        );
+    }
+
     fn os_env(pairs: &[(&str, &[u8])]) -> HashMap<String, OsString> {
         use std::os::unix::ffi::OsStringExt;
         pairs
@@ -1221,10 +1252,19 @@ mod tests {
             nix::sys::stat::Mode::S_IRWXU,
         )
         .unwrap();
-        let e = read_config_toml(&home, true).unwrap_err().to_string();
-        assert!(e.contains("not a regular file"), "{e}");
+        // A FIFO is refused at once, as root and as the node user alike
+        // (this used to wait for a writer when not root).
+        for no_symlinks in [true, false] {
+            let t0 = std::time::Instant::now();
+            let e = read_config_toml(&home, no_symlinks)
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("is a FIFO, not a regular file"), "{e}");
+            assert!(t0.elapsed() < Duration::from_secs(2), "{:?}", t0.elapsed());
+        }
         std::fs::remove_file(home.join("config/config.toml")).unwrap();
         assert_eq!(read_config_toml(&home, true).unwrap(), None);
+        assert_eq!(read_config_toml(&home, false).unwrap(), None);
     }
 
     /// The child's AWS profile: the flag wins, empty is an error for both,

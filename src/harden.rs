@@ -85,6 +85,7 @@ pub(crate) fn child_creds(node_user: Option<&NodeUser>) -> ChildCreds {
         clear_caps: true,
         parent_death_signal: Some(libc::SIGTERM),
         parent: std::process::id() as i32,
+        default_signals: sys::catchable_signals(),
     }
 }
 

@@ -27,6 +27,7 @@ pub(crate) mod key;
 pub(crate) mod lease;
 pub(crate) mod logging;
 pub(crate) mod metrics;
+pub(crate) mod node_file;
 pub(crate) mod notify;
 pub(crate) mod perms;
 pub mod procfs;

@@ -26,6 +26,7 @@ use rustix::fs::{AtFlags, FileType, FlockOperation, Mode, OFlags, Stat};
 
 use crate::identity::NodeIdentity;
 use crate::key::{KeyError, KeyFile, PublicIdentity};
+use crate::node_file::kind_name;
 use crate::perms::{ancestor_replaceable, group_or_world_writable, owner_trusted};
 use crate::safe_dir::{same_inode, DirError};
 
@@ -149,6 +150,19 @@ pub(crate) enum SlotError {
         /// Why.
         source: KeyError,
     },
+    /// `P.orig` is not a regular file: we only ever make it a hard link to
+    /// the safe key, so someone else put it there.
+    #[error("{path:?}.orig is a {kind}, not a key file: ssm-cosmovisor only ever makes it a hard link to the safe key, so something else put it there. Nothing was changed and nothing delivered; {path:?} is {what}. Find out who created {path:?}.orig, remove it{}, then start again", if *safe_at_path { "" } else { ", and copy the host's safe key (never the consensus key) to the key path" })]
+    BackupNotAFile {
+        /// `P`.
+        path: PathBuf,
+        /// What `P.orig` is.
+        kind: &'static str,
+        /// What `P` is.
+        what: &'static str,
+        /// Whether `P` holds a complete key (the safe key stays there).
+        safe_at_path: bool,
+    },
     /// `P` is something other than a file or FIFO.
     #[error("key path {path:?} is a {kind}, not a key file")]
     WrongType {
@@ -194,21 +208,20 @@ enum Entry {
     Other(&'static str),
 }
 
-fn kind_of(st: &Stat) -> FileType {
-    FileType::from_raw_mode(st.st_mode)
+impl Entry {
+    /// What a non-regular entry is, for messages.
+    fn kind(&self) -> &'static str {
+        match self {
+            Entry::Fifo => kind_name(FileType::Fifo),
+            Entry::Other(kind) => kind,
+            Entry::Absent => "missing file",
+            _ => kind_name(FileType::RegularFile),
+        }
+    }
 }
 
-fn kind_name(t: FileType) -> &'static str {
-    match t {
-        FileType::RegularFile => "regular file",
-        FileType::Directory => "directory",
-        FileType::Symlink => "symbolic link",
-        FileType::Fifo => "FIFO",
-        FileType::Socket => "socket",
-        FileType::CharacterDevice => "character device",
-        FileType::BlockDevice => "block device",
-        FileType::Unknown => "unknown file type",
-    }
+fn kind_of(st: &Stat) -> FileType {
+    FileType::from_raw_mode(st.st_mode)
 }
 
 /// Opens the directory holding the key without following any symlink, and
@@ -276,12 +289,7 @@ enum Move<'e> {
 /// Judges what is at `P` (`p`) and `P.orig` (`o`): the move back to idle, or
 /// why an operator must decide. Reads and changes nothing, so `repair` and
 /// `diagnose` cannot disagree.
-fn judge<'e>(
-    path: &Path,
-    orig_path: &Path,
-    p: &'e Entry,
-    o: &'e Entry,
-) -> Result<Move<'e>, SlotError> {
+fn judge<'e>(path: &Path, p: &'e Entry, o: &'e Entry) -> Result<Move<'e>, SlotError> {
     let path = path.to_path_buf();
     match (p, o) {
         (Entry::Complete(_, id, _), Entry::Absent) => Ok(Move::Stay(id)),
@@ -292,13 +300,21 @@ fn judge<'e>(
                 Err(SlotError::Conflict { path })
             }
         }
-        (Entry::Complete(..), _) => Err(SlotError::BadBackup {
+        (Entry::Complete(..), Entry::Invalid(e)) => Err(SlotError::BadBackup {
             path,
             what: "a complete key",
-            source: match o {
-                Entry::Invalid(e) => e.clone(),
-                _ => KeyError::Stripped,
-            },
+            source: e.clone(),
+        }),
+        (Entry::Complete(..), Entry::Stripped) => Err(SlotError::BadBackup {
+            path,
+            what: "a complete key",
+            source: KeyError::Stripped,
+        }),
+        (Entry::Complete(..), Entry::Fifo | Entry::Other(_)) => Err(SlotError::BackupNotAFile {
+            path,
+            kind: o.kind(),
+            what: "a complete key",
+            safe_at_path: true,
         }),
         (Entry::Fifo, Entry::Absent) => Err(SlotError::Orphaned {
             path,
@@ -314,23 +330,16 @@ fn judge<'e>(
             source: e.clone(),
         }),
         (Entry::Other(kind), _) => Err(SlotError::WrongType { path, kind }),
-        (Entry::Fifo, _) => restorable(path, orig_path, SlotState::Armed.as_str(), o),
-        (Entry::Stripped, _) => restorable(path, orig_path, SlotState::Delivered.as_str(), o),
-        (Entry::Absent, _) => restorable(path, orig_path, "missing key path with a backup", o),
-        (Entry::Invalid(..), _) => {
-            restorable(path, orig_path, "a truncated or invalid key file", o)
-        }
+        (Entry::Fifo, _) => restorable(path, SlotState::Armed.as_str(), o),
+        (Entry::Stripped, _) => restorable(path, SlotState::Delivered.as_str(), o),
+        (Entry::Absent, _) => restorable(path, "missing key path with a backup", o),
+        (Entry::Invalid(..), _) => restorable(path, "a truncated or invalid key file", o),
     }
 }
 
 /// A present `P.orig` as the safe key to restore: usable only when it is a
 /// complete key (owned by a trusted user: [`KeySlot::inspect`] checked that).
-fn restorable<'e>(
-    path: PathBuf,
-    orig_path: &Path,
-    found: &'static str,
-    o: &'e Entry,
-) -> Result<Move<'e>, SlotError> {
+fn restorable<'e>(path: PathBuf, found: &'static str, o: &'e Entry) -> Result<Move<'e>, SlotError> {
     match o {
         Entry::Complete(_, id, _) => Ok(Move::RestoreOrig(found, id)),
         Entry::Invalid(e) => Err(SlotError::BadBackup {
@@ -343,9 +352,11 @@ fn restorable<'e>(
             what: found,
             source: KeyError::Stripped,
         }),
-        Entry::Fifo | Entry::Other(_) => Err(SlotError::WrongType {
-            path: orig_path.to_path_buf(),
-            kind: "non-regular file",
+        Entry::Fifo | Entry::Other(_) => Err(SlotError::BackupNotAFile {
+            path,
+            kind: o.kind(),
+            what: found,
+            safe_at_path: false,
         }),
         Entry::Absent => unreachable!("judge handles an absent backup"),
     }
@@ -607,7 +618,7 @@ impl KeySlot {
         };
         let p = self.inspect(&self.name)?;
         let o = self.inspect(&self.orig)?;
-        let (repair, id) = match judge(&self.path, &self.orig_path(), &p, &o)? {
+        let (repair, id) = match judge(&self.path, &p, &o)? {
             Move::Stay(id) => {
                 let found = if temps {
                     "idle with leftovers"
@@ -1252,7 +1263,6 @@ pub(crate) mod tests {
                 &(|o: &Path| put(o, truncated(), 0o600)) as &dyn Fn(&Path),
             ),
             ("stripped", &|o: &Path| put(o, &stripped(SAFE), 0o600)),
-            ("fifo", &|o: &Path| mkfifo(o)),
         ] {
             let fx = Fx::new();
             put(&fx.p(), SAFE.as_bytes(), 0o600);
@@ -1264,7 +1274,6 @@ pub(crate) mod tests {
                     source,
                 }) => {
                     assert_eq!(path, fx.p(), "{what}");
-                    // A FIFO backup is reported as "stripped" too (see the report).
                     assert_eq!(source == KeyError::Stripped, what != "truncated", "{what}");
                 }
                 other => panic!("{what}: {other:?}"),
@@ -1354,15 +1363,55 @@ pub(crate) mod tests {
             }
             other => panic!("{other:?}"),
         }
+    }
 
-        let fx = Fx::new();
-        put(&fx.p(), &stripped(SAFE), 0o600);
-        mkfifo(&fx.orig());
-        match diagnose_then_repair(&fx) {
-            Err(SlotError::WrongType { path, kind }) => {
-                assert_eq!((path, kind), (fx.orig(), "non-regular file"));
+    /// A backup that is no file at all (only someone else makes one) is
+    /// reported as what it is, whatever `P` holds; nothing moves, so a safe
+    /// key at `P` stays there.
+    #[test]
+    fn repair_refuses_a_backup_that_is_not_a_regular_file() {
+        for (p_is, make_p, safe_at_path) in [
+            (
+                "a complete key",
+                &(|p: &Path| put(p, SAFE.as_bytes(), 0o600)) as &dyn Fn(&Path),
+                true,
+            ),
+            ("armed", &|p: &Path| mkfifo(p), false),
+            (
+                "delivered",
+                &|p: &Path| put(p, &stripped(SAFE), 0o600),
+                false,
+            ),
+        ] {
+            for (kind, make_orig) in [
+                ("FIFO", &(|o: &Path| mkfifo(o)) as &dyn Fn(&Path)),
+                ("directory", &|o: &Path| fs::create_dir(o).unwrap()),
+            ] {
+                let fx = Fx::new();
+                make_p(&fx.p());
+                make_orig(&fx.orig());
+                match diagnose_then_repair(&fx) {
+                    Err(e @ SlotError::BackupNotAFile { .. }) => {
+                        let msg = e.to_string();
+                        let SlotError::BackupNotAFile {
+                            path,
+                            kind: k,
+                            what,
+                            safe_at_path: s,
+                        } = e
+                        else {
+                            unreachable!()
+                        };
+                        assert_eq!((path, k, what, s), (fx.p(), kind, p_is, safe_at_path));
+                        assert!(!msg.contains("stripped"), "{msg}");
+                        assert_eq!(msg.contains("copy the host's safe key"), !safe_at_path);
+                    }
+                    other => panic!("{p_is}, {kind}: {other:?}"),
+                }
+                if safe_at_path {
+                    assert_eq!(fs::read(fx.p()).unwrap(), SAFE.as_bytes());
+                }
             }
-            other => panic!("{other:?}"),
         }
     }
 

@@ -16,7 +16,7 @@ use std::io::Write;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine as _;
@@ -634,6 +634,34 @@ fn daemon_home_missing_directory() {
     assert!(!missing.exists(), "the missing home was created");
 }
 
+/// The node takes the last of several `--home`s (cobra/pflag), so with `--home A --home B`
+/// the tool guarded A's key slot while the node read B's. Refused in every spelling, naming
+/// both homes, before either slot is touched. Before: accepted, A's slot guarded.
+#[test]
+fn node_home_given_twice_is_refused() {
+    let (a, b) = (NodeHome::new(), NodeHome::new());
+    let (pa, pb) = (a.path().to_str().unwrap(), b.path().to_str().unwrap());
+    let (ea, eb) = (format!("--home={pa}"), format!("--home={pb}"));
+    for homes in [
+        vec!["--home", pa, "--home", pb],
+        vec![ea.as_str(), "--home", pb],
+        vec!["--home", pa, eb.as_str()],
+    ] {
+        let before_b = Snapshot::of(&b);
+        config_refused(
+            &a,
+            |c| {
+                c.env("USE_SSM_KEY", "true")
+                    .env("AWS_PARAMETER", PARAM)
+                    .args(&homes);
+            },
+            &["--home 2 times", pa, pb, "give --home once"],
+        );
+        b.assert_idle();
+        assert!(Snapshot::of(&b) == before_b, "{homes:?}: B's home changed");
+    }
+}
+
 #[test]
 fn config_toml_unparsable() {
     let home = NodeHome::new();
@@ -652,6 +680,54 @@ fn config_toml_unparsable() {
             &["cannot parse", cfg.to_str().unwrap(), "line 2"],
         );
     }
+}
+
+/// A FIFO as the node's `config.toml`, with the tool running as the node user (the
+/// unprivileged unit): `run` and `restore` refuse it at once as a configuration error naming
+/// the file. Before: both opened it and waited for a writer (still waiting after 10 s).
+#[test]
+fn config_toml_a_fifo_is_refused_without_blocking() {
+    let home = NodeHome::new();
+    let cfg = home.path().join("config/config.toml");
+    fs::remove_file(&cfg).unwrap();
+    nix::unistd::mkfifo(
+        &cfg,
+        nix::sys::stat::Mode::S_IRUSR | nix::sys::stat::Mode::S_IWUSR,
+    )
+    .unwrap();
+    if is_root() {
+        give_home_to_nobody(&home);
+    }
+    let before = Snapshot::of(&home);
+    let restore = {
+        let mut c = tool_cmd(&home, None);
+        c.arg("restore");
+        c
+    };
+    let mut run_cmd = run_start(&home, Some("http://127.0.0.1:1"), &[]);
+    run_cmd
+        .env("USE_SSM_KEY", "true")
+        .env("AWS_PARAMETER", PARAM);
+    for cmd in [run_cmd, restore] {
+        let mut cmd = if is_root() {
+            let (uid, gid) = nobody();
+            as_user_in_cgroup(&cmd, None, uid, gid)
+        } else {
+            cmd
+        };
+        let t0 = Instant::now();
+        let out = run_with_timeout(&mut cmd, Duration::from_secs(10));
+        println!("MEASURE refused after {:?}", t0.elapsed());
+        assert_refused(
+            &home,
+            &before,
+            &out,
+            EXIT_CONFIG,
+            &[cfg.to_str().unwrap(), "is a FIFO, not a regular file"],
+            &[],
+        );
+    }
+    assert!(is_fifo(&cfg));
 }
 
 // ---------------------------------------------------------------------------------------

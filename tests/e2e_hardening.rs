@@ -242,6 +242,102 @@ fn every_stop_signal_reaches_the_node_as_a_clean_sigterm_through_cosmovisor() {
     }
 }
 
+/// SIGKILLs a process when dropped, through a pidfd (never a recycled pid): a child that
+/// ignores SIGTERM outlives the tool otherwise.
+struct KillPid(Option<std::os::fd::OwnedFd>);
+
+impl KillPid {
+    fn new(pid: i32) -> KillPid {
+        KillPid(rustix::process::Pid::from_raw(pid).and_then(|p| {
+            rustix::process::pidfd_open(p, rustix::process::PidfdFlags::empty()).ok()
+        }))
+    }
+}
+
+impl Drop for KillPid {
+    fn drop(&mut self) {
+        if let Some(fd) = &self.0 {
+            let _ = rustix::process::pidfd_send_signal(fd, rustix::process::Signal::KILL);
+        }
+    }
+}
+
+/// Signals ignored by whoever started the tool (`nohup`, `trap "" TERM INT` in a wrapper
+/// script) stay ignored across exec. The tool itself waits for its stop signals with them
+/// blocked, so it still forwards SIGTERM; its child must not inherit the ignoring. Before:
+/// the child (here a node relying on default dispositions, `exec -- sleep`) had SIGHUP,
+/// SIGINT and SIGTERM ignored and ran on after the forwarded SIGTERM, and the tool with it.
+#[test]
+fn child_starts_with_default_signal_dispositions_when_the_tool_was_started_ignoring_them() {
+    let home = NodeHome::new();
+    let mut cmd = tool_cmd(&home, None);
+    cmd.env("USE_SSM_KEY", "false")
+        .env("SSM_COSMOVISOR_LOG_FORMAT", "json")
+        .args(["exec", "--", "sleep", "600"]);
+    let ignored = [libc::SIGHUP, libc::SIGINT, libc::SIGTERM];
+    // SAFETY: signal(2) only, between fork and exec: what `nohup` and `trap ""` leave.
+    unsafe {
+        cmd.pre_exec(move || {
+            for s in ignored {
+                libc::signal(s, libc::SIG_IGN);
+            }
+            Ok(())
+        });
+    }
+    let mut tool = Tool::spawn(&mut cmd, home.scratch("tool.log"));
+    let mut child = 0;
+    assert!(
+        wait_for(
+            || {
+                child = children(tool.child.pid()).first().copied().unwrap_or(0);
+                child != 0 && exe_name(child) == "sleep"
+            },
+            Duration::from_secs(30)
+        ),
+        "no child; log:\n{}",
+        tool.log_text()
+    );
+    let _reaper = KillPid::new(child);
+    let mask = |pid: i32, field: &str| {
+        u64::from_str_radix(&status_fields(pid)[field], 16).expect("hex mask")
+    };
+    let tool_ign = mask(tool.child.pid(), "SigIgn");
+    for s in ignored {
+        assert_ne!(
+            tool_ign & (1 << (s - 1)),
+            0,
+            "the test's setup: {tool_ign:x}"
+        );
+    }
+    let (ign, blk) = (mask(child, "SigIgn"), mask(child, "SigBlk"));
+    println!(
+        "child pid {child}: SigIgn {ign:016x} SigBlk {blk:016x} (tool's SigIgn {tool_ign:016x})"
+    );
+    assert_eq!(ign, 0, "the child inherited ignored signals");
+    assert_eq!(blk, 0, "the child inherited blocked signals");
+    let t0 = std::time::Instant::now();
+    tool.child.signal(Signal::SIGTERM);
+    let st = tool.child.wait_timeout(Duration::from_secs(8));
+    let child_gone = wait_for(|| !pid_alive(child), Duration::from_secs(1));
+    println!(
+        "MEASURE SIGTERM to the tool -> tool exited {:?} after {:?}, child gone: {child_gone}",
+        st.map(|s| s.code()),
+        t0.elapsed()
+    );
+    assert!(
+        st.is_some(),
+        "tool still running 8 s after SIGTERM; log:\n{}",
+        tool.log_text()
+    );
+    assert!(
+        child_gone,
+        "child {child} still running after the tool's exit"
+    );
+    let fwd = log_events(&tool.log_text(), "signal_forwarded");
+    assert_eq!(fwd[0]["signal"], libc::SIGTERM as i64, "{fwd:?}");
+    home.assert_idle();
+}
+
 /// A stop while the key fetch hangs (SSM reachable but silent) ends the
 /// process at once: nothing was changed yet, so there is nothing to undo, and
 /// systemd must not wait for the fetch's own timeouts.

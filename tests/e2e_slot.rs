@@ -282,6 +282,39 @@ fn orig_different_from_a_regular_key_is_refused() {
     assert_eq!(fs::read(home.orig_path()).unwrap(), other.json.as_bytes());
 }
 
+/// A FIFO planted at `P.orig` (only someone else makes one: ours is a hard link to the safe
+/// key) is reported as what it is, by `run` and `restore`, whatever `P` holds; nothing
+/// moves and nothing opens it, so the safe key at `P` stays. Before: reported as "a
+/// stripped (public-only) key file" with `P` the safe key, and as a "non-regular file" at
+/// the "key path" `P.orig` with `P` stripped.
+#[test]
+fn fifo_planted_at_orig_is_refused_as_a_fifo() {
+    for p_stripped in [false, true] {
+        let home = NodeHome::new();
+        if p_stripped {
+            fs::remove_file(home.key_path()).unwrap();
+            write_0600(
+                home.key_path(),
+                TestKey::ed25519().stripped_json().as_bytes(),
+            );
+        }
+        mkfifo_0600(&home.orig_path());
+        let fix: &[&str] = if p_stripped {
+            &["copy the host's safe key"]
+        } else {
+            &["Nothing was changed"]
+        };
+        let needles = [&[".orig is a FIFO, not a key file", "remove it"][..], fix].concat();
+        assert_refused_untouched(&home, &[&config_dir(&home)], &needles);
+        let text = expect_slot_refusal(&mut restore_cmd(&home), &[]);
+        assert!(!text.contains("stripped (public-only)"), "{text}");
+        assert!(is_fifo(&home.orig_path()));
+        if !p_stripped {
+            assert_eq!(fs::read(home.key_path()).unwrap(), home.safe_bytes);
+        }
+    }
+}
+
 #[test]
 fn safe_key_equal_to_the_consensus_key_is_refused() {
     let moto = Moto::start();

@@ -98,6 +98,10 @@ pub(crate) fn state_path_for_home(home: &Path) -> Result<PathBuf, LeaseError> {
     })
 }
 
+/// A sign-state file larger than this is not CometBFT's (it holds one
+/// signature and the bytes signed).
+const MAX_STATE_FILE: u64 = 1 << 20;
+
 /// The node's sign-state file, read and written as the node's user.
 #[derive(Debug, Clone)]
 pub(crate) struct StateFile {
@@ -124,7 +128,11 @@ impl StateFile {
 
     /// The current state; `None` if the file does not exist yet.
     pub(crate) fn read(&self) -> Result<Option<SignState>, LeaseError> {
-        match self.as_node(|| std::fs::read(&self.path)) {
+        let read = || {
+            let fd = crate::node_file::open_nonblocking(&self.path)?;
+            crate::node_file::read_regular(fd, MAX_STATE_FILE)
+        };
+        match self.as_node(read) {
             Ok(b) => SignState::parse(&b)
                 .map(Some)
                 .map_err(|reason| LeaseError::State {
@@ -239,6 +247,28 @@ mod tests {
             );
         }
         assert_eq!(SignState::parse(c.to_json().as_bytes()).unwrap(), c);
+    }
+
+    /// A FIFO at the state file (the node user's to place) is an error naming
+    /// it, at once: reading it used to wait for a writer, with the lease.
+    #[test]
+    fn a_fifo_as_the_state_file_is_refused_without_blocking() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("priv_validator_state.json");
+        nix::unistd::mkfifo(&path, nix::sys::stat::Mode::S_IRWXU).unwrap();
+        let f = StateFile {
+            path: path.clone(),
+            node: NodeIdentity::ours(),
+        };
+        let t0 = std::time::Instant::now();
+        let e = f.read().unwrap_err();
+        assert!(t0.elapsed() < std::time::Duration::from_secs(2));
+        let LeaseError::State { path: p, reason } = &e else {
+            panic!("{e:?}")
+        };
+        assert_eq!(p, &path);
+        assert!(reason.contains("is a FIFO, not a regular file"), "{e}");
+        assert!(f.raise_to(SignState::default()).is_err());
     }
 
     #[test]

@@ -160,6 +160,16 @@ pub(super) fn runtime() -> Result<tokio::runtime::Runtime, SsmError> {
 /// envelope: anything larger is not an SSM answer, and is not read.
 pub(crate) const MAX_ANSWER: u64 = 64 * 1024;
 
+/// One attempt of a request, from connecting to the last byte of the answer.
+const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// Connecting, within an attempt.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A whole request, every attempt and back-off included: the longest a start
+/// waits for SSM before it fails (exit 3) and systemd tries again.
+const OPERATION_TIMEOUT: Duration = Duration::from_secs(90);
+
 /// Per-attempt and whole-operation timeouts.
 fn timeouts() -> (Duration, Duration) {
     // Test builds only: the slow-answer tests would otherwise wait 90 s.
@@ -170,7 +180,7 @@ fn timeouts() -> (Duration, Duration) {
     {
         return (Duration::from_millis(ms), Duration::from_millis(3 * ms));
     }
-    (Duration::from_secs(20), Duration::from_secs(90))
+    (ATTEMPT_TIMEOUT, OPERATION_TIMEOUT)
 }
 
 /// Refuses an answer larger than [`MAX_ANSWER`]: by its `Content-Length`
@@ -238,7 +248,7 @@ pub(super) async fn client_with(
         .retry_config(RetryConfig::standard().with_max_attempts(MAX_ATTEMPTS))
         .timeout_config(
             TimeoutConfig::builder()
-                .connect_timeout(Duration::from_secs(5).min(attempt))
+                .connect_timeout(CONNECT_TIMEOUT.min(attempt))
                 .operation_attempt_timeout(attempt)
                 .operation_timeout(operation)
                 .build(),
@@ -602,4 +612,28 @@ pub(crate) fn put(
             Err(e) => Err(classify("PutParameter", name, &region, e)),
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// How long a start may wait for SSM is what operators size their units
+    /// and alerts by: README and security.md say it in these words, with the
+    /// numbers the client is built with.
+    #[test]
+    fn the_timeouts_are_documented_as_built() {
+        let phrase = format!(
+            "up to {MAX_ATTEMPTS} attempts of at most {} s each (connecting: {} s), {} s in all",
+            ATTEMPT_TIMEOUT.as_secs(),
+            CONNECT_TIMEOUT.as_secs(),
+            OPERATION_TIMEOUT.as_secs()
+        );
+        for doc in ["README.md", "security.md"] {
+            let text = std::fs::read_to_string(format!("{}/{doc}", env!("CARGO_MANIFEST_DIR")))
+                .expect("doc");
+            let flat = text.split_whitespace().collect::<Vec<_>>().join(" ");
+            assert!(flat.contains(&phrase), "{doc} does not say {phrase:?}");
+        }
+    }
 }

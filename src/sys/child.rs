@@ -19,6 +19,17 @@ pub(crate) struct ChildCreds {
     pub(crate) parent_death_signal: Option<i32>,
     /// Our pid, to detect that we died before the death signal was armed.
     pub(crate) parent: i32,
+    /// Signals set back to their default action ([`catchable_signals`]).
+    pub(crate) default_signals: Vec<i32>,
+}
+
+/// Every signal whose disposition can be set: all up to the last real-time
+/// one but SIGKILL and SIGSTOP, 32 and 33 included (glibc keeps those two for
+/// itself, but an ignored one passes exec like any other).
+pub(crate) fn catchable_signals() -> Vec<i32> {
+    (1..=libc::SIGRTMAX())
+        .filter(|&s| s != libc::SIGKILL && s != libc::SIGSTOP)
+        .collect()
 }
 
 /// Hardens the freshly forked child before `exec`. Call only from `pre_exec`.
@@ -27,7 +38,8 @@ pub(crate) struct ChildCreds {
 /// allocated before `fork` and are only read), no locks, no formatting.
 /// Order matters and was measured: bounding set, ambient set, credentials,
 /// then `capset` to zero (the inheritable set survives `setuid`), then
-/// `no_new_privs`, core limit, and close-on-exec for every fd above 2.
+/// default signal dispositions and an empty mask, `no_new_privs`, the
+/// parent-death signal, core limit, and close-on-exec for every fd above 2.
 ///
 /// # Safety
 /// Must only be called in the child between `fork` and `exec`.
@@ -74,6 +86,8 @@ unsafe fn harden_child_after_fork(creds: &ChildCreds) -> io::Result<()> {
             )
         })?;
     }
+    // SAFETY: we are that child (this function's own precondition).
+    unsafe { default_signal_state(&creds.default_signals) }?;
     // SAFETY: prctl with integer arguments only.
     cvt(unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) })?;
     if let Some(sig) = creds.parent_death_signal {
@@ -85,17 +99,6 @@ unsafe fn harden_child_after_fork(creds: &ChildCreds) -> io::Result<()> {
             // SAFETY: raising a signal in our own (child) process.
             unsafe { libc::raise(sig) };
         }
-    }
-    // The supervisor blocks the signals it waits for; the child must start
-    // with an empty mask or it would ignore SIGTERM.
-    // SAFETY: `set` is a local sigset_t initialised by sigemptyset.
-    let rc = unsafe {
-        let mut set: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut set);
-        libc::pthread_sigmask(libc::SIG_SETMASK, &set, std::ptr::null_mut())
-    };
-    if rc != 0 {
-        return Err(io::Error::from_raw_os_error(rc));
     }
     let zero = libc::rlimit {
         rlim_cur: 0,
@@ -121,6 +124,54 @@ unsafe fn harden_child_after_fork(creds: &ChildCreds) -> io::Result<()> {
     };
     if r == -1 {
         return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// The kernel's `sigset_t` on the 64-bit targets we build for (`_NSIG` 64).
+const KERNEL_SIGSET_BYTES: usize = 8;
+
+/// Sets `signals` to their default action and empties the signal mask.
+///
+/// # Safety
+/// Must only be called in the child between `fork` and `exec` (it undoes the
+/// supervisor's own signal setup).
+unsafe fn default_signal_state(signals: &[i32]) -> io::Result<()> {
+    // An ignored signal stays ignored across exec: started under `nohup` or
+    // `trap "" TERM`, cosmovisor and its node would ignore the SIGTERM we
+    // forward (and the parent-death signal), and an ignored SIGCHLD would
+    // reap their children behind their back. Handled signals are reset by
+    // exec itself; setting them to default here changes nothing for them.
+    // std resets SIGPIPE alone (and the mask). Before the death signal is
+    // armed, so that its `raise` is not ignored.
+    // The raw syscall: glibc's sigaction refuses 32 and 33. All zero is
+    // SIG_DFL, no flags, no restorer and an empty mask in the kernel's
+    // layout; the buffer is larger than that struct on every architecture.
+    let dfl = [0u64; 8];
+    for &sig in signals {
+        // SAFETY: rt_sigaction is async-signal-safe; `dfl` is a live buffer
+        // the kernel only reads; no old action is asked for.
+        cvt(unsafe {
+            libc::syscall(
+                libc::SYS_rt_sigaction,
+                sig,
+                dfl.as_ptr(),
+                std::ptr::null_mut::<u64>(),
+                KERNEL_SIGSET_BYTES,
+            )
+        })?;
+    }
+    // The supervisor blocks the signals it waits for; the child must start
+    // with an empty mask or it would ignore SIGTERM. std empties it too before
+    // this hook runs; ours does not depend on that.
+    // SAFETY: `set` is a local sigset_t initialised by sigemptyset.
+    let rc = unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::pthread_sigmask(libc::SIG_SETMASK, &set, std::ptr::null_mut())
+    };
+    if rc != 0 {
+        return Err(io::Error::from_raw_os_error(rc));
     }
     Ok(())
 }
@@ -154,5 +205,64 @@ pub(crate) fn install_child_hardening(cmd: &mut std::process::Command, creds: Ch
     // before fork (`creds`, moved in, only read): no allocation, no lock.
     unsafe {
         cmd.pre_exec(move || harden_child_after_fork(&creds));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn catchable_signals_are_all_but_kill_and_stop() {
+        let s = catchable_signals();
+        for sig in [libc::SIGHUP, libc::SIGINT, libc::SIGTERM, libc::SIGCHLD] {
+            assert!(s.contains(&sig), "{sig} missing");
+        }
+        assert!(s.contains(&libc::SIGRTMIN()) && s.contains(&libc::SIGRTMAX()));
+        assert!(
+            s.contains(&32) && s.contains(&33),
+            "libc's own signals pass exec too"
+        );
+        for sig in [libc::SIGKILL, libc::SIGSTOP] {
+            assert!(!s.contains(&sig), "{sig} listed");
+        }
+    }
+
+    /// SigIgn of a `cat /proc/self/status` started with or without the hook.
+    fn child_sig_ign(hook: bool) -> u64 {
+        let mut cmd = std::process::Command::new("cat");
+        cmd.arg("/proc/self/status");
+        if hook {
+            let creds = ChildCreds {
+                bounding_to_drop: Vec::new(),
+                switch_to: None,
+                clear_caps: false,
+                parent_death_signal: None,
+                parent: std::process::id() as i32,
+                default_signals: catchable_signals(),
+            };
+            install_child_hardening(&mut cmd, creds);
+        }
+        let out = cmd.output().expect("cat");
+        let text = String::from_utf8(out.stdout).expect("utf-8");
+        let hex = text
+            .lines()
+            .find_map(|l| l.strip_prefix("SigIgn:"))
+            .expect("SigIgn line");
+        u64::from_str_radix(hex.trim(), 16).expect("hex")
+    }
+
+    #[test]
+    fn an_ignored_signal_is_not_passed_on_to_the_child() {
+        // SIGURG: its default action is to ignore, so ignoring it here for a
+        // moment changes nothing for the other tests of this process.
+        let bit = 1u64 << (libc::SIGURG - 1);
+        // SAFETY: setting a disposition to SIG_IGN, restored below.
+        let old = unsafe { libc::signal(libc::SIGURG, libc::SIG_IGN) };
+        let (without, with) = (child_sig_ign(false), child_sig_ign(true));
+        // SAFETY: restores the disposition saved above.
+        unsafe { libc::signal(libc::SIGURG, old) };
+        assert_ne!(without & bit, 0, "the test's own setup: {without:x}");
+        assert_eq!(with & bit, 0, "SigIgn {with:x}");
     }
 }

@@ -17,7 +17,7 @@ mod process;
 mod secret_mem;
 mod signals;
 
-pub(crate) use child::{install_child_hardening, ChildCreds};
+pub(crate) use child::{catchable_signals, install_child_hardening, ChildCreds};
 pub(crate) use clock::boot_time;
 pub(crate) use fs_ids::with_fs_ids;
 pub(crate) use process::{
