@@ -11,7 +11,11 @@
 //!    open returns);
 //! 4. the key is written only if every holder is the node: a descendant of
 //!    our child with the node's uid; the drain is confirmed with `FIONREAD`
-//!    and `POLLERR` reveals a reader that died;
+//!    and `POLLERR` reveals a reader that died; while the key is in the pipe
+//!    the reader must not be stopped and nobody else may hold the pipe
+//!    (scanned every [`DRAIN_SCAN_EVERY`]), and it must be drained within
+//!    [`DRAIN_BOUND`]: otherwise we take the key back out of the pipe and
+//!    treat it as exposed;
 //! 5. a final scan raises the alarm if anyone else holds the pipe;
 //! 6. the delivery is logged with the reader's pid, uid and executable.
 
@@ -34,6 +38,9 @@ pub(crate) const SETTLE_BOUND: Duration = Duration::from_millis(200);
 
 /// How long the verified reader has to drain the pipe.
 pub(crate) const DRAIN_BOUND: Duration = Duration::from_secs(10);
+
+/// How often the pipe's holders are scanned while the key sits in it.
+pub(crate) const DRAIN_SCAN_EVERY: Duration = Duration::from_millis(10);
 
 /// Who may receive the key.
 #[derive(Debug, Clone)]
@@ -101,15 +108,32 @@ pub(crate) enum Outcome {
         /// In always-armed mode, the FIFO now at `P`.
         next: Option<ArmedFifo>,
     },
-    /// A stranger held the pipe after the key was written: treat the key as exposed.
+    /// The key was written but may have reached someone else: treat it as
+    /// exposed.
     Exposed {
         /// The node.
         reader: Holder,
-        /// The others.
-        strangers: Vec<Holder>,
+        /// Why.
+        exposure: Exposure,
+        /// Key bytes we took back out of the pipe (so nobody reads them later).
+        pulled_back: usize,
     },
     /// Cancelled before any reader attached.
     Cancelled,
+}
+
+/// Why a written key may have reached someone else than the node.
+#[derive(Debug)]
+pub(crate) enum Exposure {
+    /// Others held the pipe while the key was in it, or after.
+    Strangers(Vec<Holder>),
+    /// The reader was stopped (a stop signal, a tracer) with the key in its
+    /// pipe: whoever stopped it could open the pipe through
+    /// `/proc/<pid>/fd` and copy the key, close, and let it run on.
+    ReaderStopped,
+    /// The reader held the pipe without draining it for [`DRAIN_BOUND`]:
+    /// the key sat there for anyone who can reach the node's fds.
+    NotDrained,
 }
 
 /// Delivery failed in a way that is not about the reader.
@@ -262,21 +286,42 @@ impl Pending {
                 });
             }
         };
-        // 4. One write, then the drain.
-        if let Some(reason) = write_key(&writer, key, &reader)? {
-            return Ok(Outcome::NotRead {
-                reader,
-                reason,
-                next: next_armed,
-            });
+        // 4. One write, then the drain, watched.
+        let watch = DrainWatch {
+            armed: &self.armed,
+            policy,
+            reader: &reader,
+            last_scan: Instant::now(),
+        };
+        match write_key(&writer, key, watch)? {
+            WriteEnd::Drained => {}
+            WriteEnd::NotRead(reason) => {
+                return Ok(Outcome::NotRead {
+                    reader,
+                    reason,
+                    next: next_armed,
+                })
+            }
+            WriteEnd::Exposed(exposure) => {
+                let pulled_back = pull_back(&writer, self.canceller.node);
+                return Ok(Outcome::Exposed {
+                    reader,
+                    exposure,
+                    pulled_back,
+                });
+            }
         }
         let latency = attached.elapsed();
         drop(writer);
         // 5. Anyone else on the pipe now could have read along.
         let after = procfs::holders(self.armed.dev, self.armed.ino, policy.me, policy.node)?;
-        let strangers = strangers(after, policy, descends);
+        let strangers = strangers(after, policy, |pid| pid == reader.pid || descends(pid));
         if !strangers.is_empty() {
-            return Ok(Outcome::Exposed { reader, strangers });
+            return Ok(Outcome::Exposed {
+                reader,
+                exposure: Exposure::Strangers(strangers),
+                pulled_back: 0,
+            });
         }
         Ok(Outcome::Delivered {
             reader,
@@ -374,13 +419,70 @@ fn strangers(
         .collect()
 }
 
+/// How step 4 ended.
+enum WriteEnd {
+    Drained,
+    /// The reader went away without the key (nobody else held the pipe).
+    NotRead(&'static str),
+    Exposed(Exposure),
+}
+
+/// What is watched while the key sits in the pipe.
+struct DrainWatch<'a> {
+    armed: &'a ArmedFifo,
+    policy: &'a ReaderPolicy,
+    reader: &'a Holder,
+    last_scan: Instant,
+}
+
+impl DrainWatch<'_> {
+    /// `Some` as soon as the key may be reaching someone else.
+    fn check(&mut self) -> Result<Option<Exposure>, DeliverError> {
+        if procfs::task_is_stopped(self.reader.pid, self.reader.tid)
+            || procfs::task_is_stopped(self.reader.pid, self.reader.pid)
+        {
+            return Ok(Some(Exposure::ReaderStopped));
+        }
+        if self.last_scan.elapsed() < DRAIN_SCAN_EVERY {
+            return Ok(None);
+        }
+        self.last_scan = Instant::now();
+        let p = self.policy;
+        let now = procfs::holders(self.armed.dev, self.armed.ino, p.me, p.node)?;
+        // The verified reader is known by its pid: a node that reads and
+        // exits at once may be reaped between the scan and the walk up its
+        // parents, which would make it look like a stranger.
+        let others = strangers(now, p, |pid| {
+            pid == self.reader.pid || procfs::is_descendant_of(pid, p.root)
+        });
+        Ok((!others.is_empty()).then_some(Exposure::Strangers(others)))
+    }
+}
+
+/// Takes what is left of the key back out of the pipe (through a read end
+/// of our own on the same pipe), so that nobody reads it once we have
+/// judged it exposed; the bytes are wiped. Best effort: the exposure stands
+/// whatever this finds.
+fn pull_back(writer: &OwnedFd, node: NodeIdentity) -> usize {
+    let Ok(r) = reopen_as(writer, OFlags::RDONLY | OFlags::NONBLOCK, node) else {
+        tracing::warn!("could not open the key FIFO to take the key back out of it");
+        return 0;
+    };
+    let mut buf = zeroize::Zeroizing::new([0u8; 4096]);
+    let mut total = 0;
+    while let Ok(n @ 1..) = rustix::io::read(&r, &mut buf[..]) {
+        total += n;
+    }
+    total
+}
+
 /// Step 4: one write (the key is far below PIPE_BUF, so it is atomic), then
-/// the drain. `Some(reason)` when the reader did not take the key.
+/// the drain, watched.
 fn write_key(
     writer: &OwnedFd,
     key: &ValidatorKey,
-    reader: &Holder,
-) -> Result<Option<&'static str>, DeliverError> {
+    mut watch: DrainWatch<'_>,
+) -> Result<WriteEnd, DeliverError> {
     let json = key.to_secret_json()?;
     match rustix::io::write(writer, json.expose_secret()) {
         Ok(n) if n == json.len() => {}
@@ -391,7 +493,7 @@ fn write_key(
             })
         }
         Err(rustix::io::Errno::PIPE) => {
-            return Ok(Some(
+            return Ok(WriteEnd::NotRead(
                 "the reader closed the FIFO before the key was written",
             ))
         }
@@ -399,17 +501,13 @@ fn write_key(
     }
     drop(json);
     crate::failpoint!("after-key-write");
-    Ok(match confirm_drained(writer)? {
-        Drain::Drained => None,
-        Drain::ReaderGone => Some("the reader exited or closed the FIFO before reading the key"),
-        Drain::Timeout => {
-            tracing::warn!(
-                pid = reader.pid.0,
-                "the node attached but did not read the key within {:?}; closing the pipe",
-                DRAIN_BOUND
-            );
-            Some("the reader did not read the key in time")
+    Ok(match confirm_drained(writer, || watch.check())? {
+        Drain::Drained => WriteEnd::Drained,
+        Drain::ReaderGone => {
+            WriteEnd::NotRead("the reader exited or closed the FIFO before reading the key")
         }
+        Drain::Watched(e) => WriteEnd::Exposed(e),
+        Drain::Timeout => WriteEnd::Exposed(Exposure::NotDrained),
     })
 }
 
@@ -493,10 +591,15 @@ fn holders_brief(h: &[Holder]) -> String {
 enum Drain {
     Drained,
     ReaderGone,
+    /// What `watch` found while the key was in the pipe.
+    Watched(Exposure),
     Timeout,
 }
 
-fn confirm_drained(writer: &OwnedFd) -> Result<Drain, DeliverError> {
+fn confirm_drained(
+    writer: &OwnedFd,
+    mut watch: impl FnMut() -> Result<Option<Exposure>, DeliverError>,
+) -> Result<Drain, DeliverError> {
     let deadline = Instant::now() + DRAIN_BOUND;
     let mut wait = Duration::from_micros(50);
     loop {
@@ -519,6 +622,9 @@ fn confirm_drained(writer: &OwnedFd) -> Result<Drain, DeliverError> {
             } else {
                 Drain::ReaderGone
             });
+        }
+        if let Some(e) = watch()? {
+            return Ok(Drain::Watched(e));
         }
         if Instant::now() >= deadline {
             return Ok(Drain::Timeout);
@@ -850,6 +956,48 @@ mod tests {
         assert!(
             !slot.holds_regular_file(),
             "a fresh FIFO is at the key path"
+        );
+    }
+
+    /// Issue 20 item 2: a reader stopped with the key in its pipe (so that
+    /// whoever stopped it can copy the key through `/proc/<pid>/fd`) is an
+    /// exposure, found while the key is still there; we take the key back
+    /// out, and the reader, once continued, reads nothing.
+    #[test]
+    fn a_reader_stopped_with_the_key_in_its_pipe_is_an_exposure_and_gets_nothing() {
+        let me = rustix::process::geteuid().as_raw();
+        let (_tmp, slot, armed) = armed_slot(me);
+        let key = ValidatorKey::parse(CONSENSUS.as_bytes()).unwrap();
+        // Opens the FIFO, stops itself before reading, then reads what is left.
+        let mut sh = Command::new("sh")
+            .args(["-c", r#"exec 3<"$1"; kill -STOP $$; cat <&3"#, "sh"])
+            .arg(slot.path())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let pid = Pid(sh.id() as i32);
+        let policy = our_policy(pid, me);
+        let out = Pending::new(armed, &policy).run(&slot, &key, &policy, Next::Stripped);
+        let _ = rustix::process::kill_process(
+            rustix::process::Pid::from_raw(pid.0).unwrap(),
+            rustix::process::Signal::CONT,
+        );
+        let got = read_all(&mut sh, &out);
+        match out {
+            Ok(Outcome::Exposed {
+                reader,
+                exposure: Exposure::ReaderStopped,
+                pulled_back,
+            }) => {
+                assert_eq!(reader.pid, pid);
+                assert_eq!(pulled_back, key.to_secret_json().unwrap().len());
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(
+            got.is_empty(),
+            "the stopped reader still got {} bytes",
+            got.len()
         );
     }
 

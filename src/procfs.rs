@@ -348,6 +348,22 @@ fn task_is_dead(pid: Pid, tid: Pid) -> bool {
     matches!(state, Some(b'Z' | b'X'))
 }
 
+/// Whether a task is stopped: by a stop signal (`T`, a group stop: every
+/// thread of the process) or under a tracer (`t`). `false` for a task that
+/// is gone. A reader stopped while the key sits in its pipe lets whoever
+/// stopped it open the pipe through `/proc/<pid>/fd` and copy the key
+/// before it runs again (`tee(2)` leaves the bytes for the node).
+pub(crate) fn task_is_stopped(pid: Pid, tid: Pid) -> bool {
+    let Ok(s) = fs::read(format!("/proc/{}/task/{}/stat", pid.0, tid.0)) else {
+        return false;
+    };
+    let state = s
+        .iter()
+        .rposition(|&b| b == b')')
+        .and_then(|i| s.get(i + 2).copied());
+    matches!(state, Some(b'T' | b't'))
+}
+
 /// The uids of one task (`/proc/<pid>/task/<tid>/status`: credentials are
 /// per thread).
 fn task_uids(pid: Pid, tid: Pid) -> Option<[u32; 4]> {

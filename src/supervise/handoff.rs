@@ -7,9 +7,11 @@ use std::thread;
 
 use super::{Event, KeyJob, SuperviseError};
 use crate::config::Config;
-use crate::deliver::{Canceller, DeliverError, Next, Outcome, Pending, ReaderPolicy};
+use crate::deliver::{
+    Canceller, DeliverError, Exposure, Next, Outcome, Pending, ReaderPolicy, DRAIN_BOUND,
+};
 use crate::notify::Notifier;
-use crate::procfs;
+use crate::procfs::{self, Holder};
 use crate::slot::ArmedFifo;
 
 /// A hand-off under way.
@@ -108,18 +110,35 @@ pub(super) fn log_outcome(
                 "the node did not take the key"
             )
         }
-        Outcome::Exposed { reader, strangers } => {
-            let text = format!(
-                "after the key was written to pid {}, the pipe was also held by {}",
-                reader.pid,
-                holders_text(strangers)
-            );
-            tracing::error!(event = "key_exposed", detail = %text, "KEY MAY BE EXPOSED: rotate the consensus key");
+        Outcome::Exposed {
+            reader,
+            exposure,
+            pulled_back,
+        } => {
+            let text = exposure_text(reader, exposure);
+            tracing::error!(event = "key_exposed", detail = %text, pulled_back, "KEY MAY BE EXPOSED: rotate the consensus key");
             return (None, Some(SuperviseError::Exposed(text)));
         }
         Outcome::Cancelled => {}
     }
     (Some(o), None)
+}
+
+/// What an exposure was, for the log line and the exit error.
+fn exposure_text(reader: &Holder, e: &Exposure) -> String {
+    let pid = reader.pid;
+    match e {
+        Exposure::Strangers(s) => format!(
+            "after the key was written to pid {pid}, the pipe was also held by {}",
+            holders_text(s)
+        ),
+        Exposure::ReaderStopped => format!(
+            "the node (pid {pid}) was stopped while the key was in its pipe: whoever stopped it could copy the key through /proc/{pid}/fd"
+        ),
+        Exposure::NotDrained => format!(
+            "the node (pid {pid}) held the key's pipe for {DRAIN_BOUND:?} without reading the key, which sat there for anyone who can reach its fds"
+        ),
+    }
 }
 
 /// Counts a hand-off's outcome in the metrics.

@@ -23,6 +23,10 @@
 //! - `NODE_READ_DELAY_MS` sleep before stat/open.
 //! - `NODE_OPEN_HOLD_MS` after opening the key path, wait this long before reading it (a
 //!   slow reader: the key then sits in the pipe, where a hidden reader can copy it).
+//! - `NODE_OPEN_STOP=<file>`: after opening the key path, write `<pid> <fd>` to that file
+//!   (through a temporary name) and stop itself with SIGSTOP before reading: a node stopped
+//!   by someone else the moment it attached (security round 3, item 2). Not a behaviour of
+//!   CometBFT: an attack on it.
 //! - `NODE_HOLD_FDS` open this many extra fds (`/dev/null`) before reading the key.
 //! - `NODE_PREUPGRADE_MS`: each `pre-upgrade` call takes this long (a migration).
 //! - `NODE_UPGRADE_AHEAD_MS`: with `NODE_UPGRADE_AFTER_MS`, write the marker as a plan ahead
@@ -376,6 +380,13 @@ fn load_file_pv(path: &Path) -> (Report, Option<i32>) {
     let started = Instant::now();
     let mut buf = Vec::new();
     let read = File::open(path).and_then(|mut f| {
+        if let Some(file) = std::env::var_os("NODE_OPEN_STOP") {
+            use std::os::fd::AsRawFd;
+            let tmp = format!("{}.tmp", Path::new(&file).display());
+            fs::write(&tmp, format!("{} {}", process::id(), f.as_raw_fd()))?;
+            fs::rename(&tmp, &file)?;
+            let _ = nix::sys::signal::raise(Signal::SIGSTOP);
+        }
         if let Some(ms) = env_u64("NODE_OPEN_HOLD_MS") {
             thread::sleep(Duration::from_millis(ms));
         }
