@@ -234,6 +234,9 @@ impl Fence {
 struct ProcStat {
     ppid: i32,
     pgid: i32,
+    /// Start time (clock ticks since boot): with the pid, names one process
+    /// for good, so a pid freed and reused between scan and kill is spared.
+    start: u64,
     /// A zombie whose every thread is gone holds nothing and cannot sign.
     dead: bool,
 }
@@ -248,6 +251,7 @@ fn read_stat(pid: i32) -> Option<ProcStat> {
     Some(ProcStat {
         ppid: f.get(1)?.parse().ok()?,
         pgid: f.get(2)?.parse().ok()?,
+        start: f.get(19)?.parse().ok()?,
         dead: state == "Z" && threads <= 1 || state == "X",
     })
 }
@@ -263,12 +267,12 @@ fn all_stats() -> HashMap<i32, ProcStat> {
 }
 
 /// The processes to kill: the group `pgid`, the descendants of `tool`, and
-/// all their descendants, less `me` and the tool itself.
+/// all their descendants, less `spare` and the tool itself.
 fn victims(
     stats: &HashMap<i32, ProcStat>,
     tool: Option<i32>,
     pgid: Option<i32>,
-    me: i32,
+    spare: &[i32],
 ) -> Vec<i32> {
     let mut set: HashSet<i32> = stats
         .iter()
@@ -284,35 +288,127 @@ fn victims(
         }
     }
     set.into_iter()
-        .filter(|p| *p != me && Some(*p) != tool && stats.get(p).is_some_and(|s| !s.dead))
+        .filter(|p| !spare.contains(p) && Some(*p) != tool && stats.get(p).is_some_and(|s| !s.dead))
         .collect()
 }
 
-/// SIGKILLs the node's tree until a scan finds nothing left alive (killed
-/// processes may fork until the signal lands). Returns how many it killed.
-fn kill_tree(tool: Option<i32>, pgid: Option<i32>, node: NodeIdentity) -> u64 {
-    let me = std::process::id() as i32;
-    if let Some(g) = pgid.and_then(RPid::from_raw) {
-        let _ = rustix::process::kill_process_group(g, Signal::KILL);
+/// The tool's children in a scan, zombies included: a process of the tree
+/// that dies hands its children to the tool (a child subreaper) before it
+/// shows as a zombie, so a pid new here since the last scan may have been
+/// missed by it.
+fn children_of(stats: &HashMap<i32, ProcStat>, tool: Option<i32>) -> HashSet<i32> {
+    stats
+        .iter()
+        .filter(|(_, s)| Some(s.ppid) == tool)
+        .map(|(p, _)| *p)
+        .collect()
+}
+
+/// Whose tree [`kill_tree`] kills.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Tree {
+    /// The tool, a child subreaper: every orphan of the child's tree is
+    /// reparented to it (stopped or not) and stays its descendant, whatever
+    /// session or group it made. `None` once it is gone.
+    pub(crate) tool: Option<i32>,
+    /// cosmovisor's process group (cosmovisor's pid).
+    pub(crate) pgid: Option<i32>,
+    /// Never killed: the fencer, the caller.
+    pub(crate) spare: [i32; 2],
+    /// Whose file-system ids read the node's `/proc` entries.
+    pub(crate) node: NodeIdentity,
+}
+
+/// What [`kill_tree`] did.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Killed {
+    /// Distinct processes SIGKILLed, the group's members included.
+    pub(crate) count: u64,
+    /// Scans of `/proc` it took.
+    pub(crate) scans: u32,
+    /// Still alive when the time ran out (empty when it converged).
+    pub(crate) left: Vec<i32>,
+    /// Processes the kernel would not let us signal, with the error.
+    pub(crate) denied: Vec<(i32, rustix::io::Errno)>,
+}
+
+/// How long [`kill_tree`] keeps scanning for a tree that keeps forking. A
+/// fork chain whose links live longer than a scan (milliseconds) is caught
+/// within a few scans; this bounds the pathological one.
+const KILL_BUDGET: Duration = Duration::from_secs(2);
+
+/// SIGKILLs `pid` only if it is still the process that started at `start`
+/// (through a pidfd, so not a pid reused since the scan).
+fn kill_exact(pid: i32, start: u64) -> Result<bool, rustix::io::Errno> {
+    let Some(p) = RPid::from_raw(pid) else {
+        return Ok(false);
+    };
+    let fd = match rustix::process::pidfd_open(p, rustix::process::PidfdFlags::empty()) {
+        Ok(fd) => fd,
+        Err(rustix::io::Errno::SRCH) => return Ok(false),
+        Err(e) => return Err(e),
+    };
+    if read_stat(pid).map(|s| s.start) != Some(start) {
+        return Ok(false);
     }
-    let mut killed = HashSet::new();
-    for _ in 0..500 {
+    match rustix::process::pidfd_send_signal(&fd, Signal::KILL) {
+        Ok(()) => Ok(true),
+        Err(rustix::io::Errno::SRCH) => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+/// SIGKILLs the child's whole tree (docs/design.md, "Fencing"): every
+/// process of cosmovisor's group or descending from the tool, scanned again
+/// and again until a scan finds none alive *and* no child of the tool
+/// appeared since the scan before (one that did may have been born after
+/// that scan's listing of `/proc`, from a process that died before it was
+/// read: a `setsid` fork-and-exit chain), or [`KILL_BUDGET`] has passed.
+pub(crate) fn kill_tree(t: &Tree) -> Killed {
+    let began = Instant::now();
+    let mut out = Killed::default();
+    let mut killed: HashSet<(i32, u64)> = HashSet::new();
+    let mut last_children: Option<HashSet<i32>> = None;
+    loop {
         // Root without CAP_SYS_PTRACE sees the node's /proc entries only
         // with the node's file-system ids (ProtectProc=invisible).
-        let stats = node.as_node(all_stats);
-        let v = victims(&stats, tool, pgid, me);
-        if v.is_empty() {
-            break;
-        }
-        for p in v {
-            if let Some(pid) = RPid::from_raw(p) {
-                let _ = rustix::process::kill_process(pid, Signal::KILL);
-                killed.insert(p);
+        let stats = t.node.as_node(all_stats);
+        out.scans += 1;
+        let v = victims(&stats, t.tool, t.pgid, &t.spare);
+        for &p in &v {
+            let Some(st) = stats.get(&p) else { continue };
+            match kill_exact(p, st.start) {
+                Ok(true) => {
+                    killed.insert((p, st.start));
+                }
+                Ok(false) => {}
+                Err(e) => out.denied.push((p, e)),
             }
         }
-        std::thread::sleep(Duration::from_millis(1));
+        if out.scans == 1 {
+            // Members born after the listing.
+            if let Some(g) = t.pgid.and_then(RPid::from_raw) {
+                let _ = rustix::process::kill_process_group(g, Signal::KILL);
+            }
+        }
+        let children = children_of(&stats, t.tool);
+        let settled = last_children
+            .as_ref()
+            .is_some_and(|last| children.is_subset(last));
+        if v.is_empty() && settled {
+            break;
+        }
+        if began.elapsed() >= KILL_BUDGET {
+            out.left = v;
+            break;
+        }
+        last_children = Some(children);
+        std::thread::yield_now();
     }
-    killed.len() as u64
+    out.denied.sort_unstable_by_key(|d| d.0);
+    out.denied.dedup_by_key(|d| d.0);
+    out.count = killed.len() as u64;
+    out
 }
 
 /// Why the fencer kills.
@@ -351,15 +447,38 @@ impl Fencer {
     /// Kills the node's tree if armed, and reports it to the tool.
     fn fire(&mut self, cause: Cause) {
         if let Guard::Armed { pgid, kill_at } = self.guard {
-            let n = kill_tree(self.tool, pgid, self.node);
-            tracing::error!(
-                event = "fence_fired",
-                cause = ?cause,
-                killed = n,
-                late_ms = crate::sys::boot_time().saturating_sub(kill_at).as_millis() as u64,
-                "fencer: SIGKILLed the node's process tree"
-            );
-            let _ = self.acks.write_all(&encode(MSG_FIRED, n));
+            let me = std::process::id() as i32;
+            let k = kill_tree(&Tree {
+                tool: self.tool,
+                pgid,
+                spare: [me, me],
+                node: self.node,
+            });
+            let late_ms = crate::sys::boot_time().saturating_sub(kill_at).as_millis() as u64;
+            for (pid, e) in &k.denied {
+                tracing::error!(event = "fence_kill_denied", pid, error = %e, "fencer: not allowed to SIGKILL a process of the node's tree (the unit needs CAP_KILL)");
+            }
+            if k.left.is_empty() {
+                tracing::error!(
+                    event = "fence_fired",
+                    cause = ?cause,
+                    killed = k.count,
+                    scans = k.scans,
+                    late_ms,
+                    "fencer: SIGKILLed the node's process tree"
+                );
+            } else {
+                tracing::error!(
+                    event = "fence_fired",
+                    cause = ?cause,
+                    killed = k.count,
+                    scans = k.scans,
+                    late_ms,
+                    left = ?k.left,
+                    "fencer: SIGKILLed the node's process tree, but processes of it were still forking when the time ran out"
+                );
+            }
+            let _ = self.acks.write_all(&encode(MSG_FIRED, k.count));
             self.guard = Guard::Fired;
         }
     }
@@ -502,7 +621,12 @@ mod tests {
 
     #[test]
     fn victims_are_the_group_the_tools_descendants_and_theirs() {
-        let s = |ppid, pgid, dead| ProcStat { ppid, pgid, dead };
+        let s = |ppid, pgid, dead| ProcStat {
+            ppid,
+            pgid,
+            start: 1,
+            dead,
+        };
         let stats: HashMap<i32, ProcStat> = [
             (10, s(1, 10, false)),  // the tool
             (11, s(10, 10, false)), // the fencer
@@ -517,11 +641,14 @@ mod tests {
         ]
         .into_iter()
         .collect();
-        let mut v = victims(&stats, Some(10), Some(20), 11);
+        let mut v = victims(&stats, Some(10), Some(20), &[11, 11]);
         v.sort();
         assert_eq!(v, vec![20, 21, 22, 30, 40, 41]);
+        let mut c: Vec<i32> = children_of(&stats, Some(10)).into_iter().collect();
+        c.sort();
+        assert_eq!(c, vec![11, 20, 30]);
         // The tool gone: the group and its descendants still.
-        let mut v = victims(&stats, None, Some(20), 11);
+        let mut v = victims(&stats, None, Some(20), &[11, 11]);
         v.sort();
         assert_eq!(v, vec![20, 21, 22, 40, 41]);
     }

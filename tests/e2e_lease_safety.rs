@@ -298,6 +298,117 @@ fn tool_killed_alone_the_fencer_kills_the_node_tree() {
     );
 }
 
+/// What is left of a fenced holder's tree: every live process that mentions the host's
+/// home in its command line (cosmovisor, the node, the escape chain's links) or descends
+/// from the tool, other than the tool and its fencer.
+fn left_of_tree(a: &Host, tool: i32, fencer: i32) -> Vec<(i32, String, Option<char>)> {
+    let mut pids = pids_mentioning(a.home.path());
+    pids.extend(descendants(tool));
+    pids.sort();
+    pids.dedup();
+    pids.into_iter()
+        .filter(|&p| p != tool && p != fencer && pid_alive(p))
+        .map(|p| (p, exe_name(p), pid_state(p)))
+        .collect()
+}
+
+/// Issue 20 item 4: a split-trust holder (root bounded as the split unit, node user
+/// `nobody`) whose tool is SIGSTOPped. At the fence deadline nothing of the child's tree
+/// may be left: cosmovisor, the node and, with `escape`, a node descendant that `setsid`s
+/// and forks-and-exits in a chain (`NODE_ESCAPE_CHAIN`). Returns the fencer's `killed`.
+fn split_holder_stopped_is_fenced_whole(escape: bool) -> u64 {
+    if !root_with_setpriv() {
+        return u64::MAX;
+    }
+    let (moto, key) = setup();
+    let ep = moto.endpoint();
+    let a = Host::split("a");
+    let mut ca = a.cmd(&ep);
+    if escape {
+        ca.env("NODE_ESCAPE_CHAIN", "1");
+    }
+    let (mut ta, a_node) = a.start_holder(&mut ca, &key);
+    let _reaper = StrayReaper(a.home.path().to_path_buf());
+    let fencer = fencer_of(&ta);
+    let tool = ta.child.pid();
+    let link = |p: &i32| cmdline_contains(*p, b"escape-chain");
+    if escape {
+        // A link that has already left the node's session and been reparented.
+        assert!(
+            wait_for(
+                || pids_mentioning(a.home.path())
+                    .iter()
+                    .any(|p| link(p) && parent_of(*p) == Some(tool)),
+                T
+            ),
+            "no escape-chain link outside the node's tree; log:\n{}",
+            ta.log_text()
+        );
+    }
+    let cosmovisor = parent_of(a_node).expect("the node's parent");
+    assert_eq!(parent_of(cosmovisor), Some(tool), "{}", ta.log_text());
+    ta.child.signal(Signal::SIGSTOP);
+    if !escape {
+        // As the issue found it: cosmovisor stopped with the tool.
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(cosmovisor), Signal::SIGSTOP).unwrap();
+    }
+    assert!(
+        ta.wait_log("fence_fired", Duration::from_secs(DURATION_S * 2)),
+        "the fencer never fired; log:\n{}",
+        ta.log_text()
+    );
+    let fired_us = event_us(&ta, "fence_fired");
+    // A chain that lives on starts a link every 20 ms: 1 s after the fence (50 of its
+    // periods, and ample for SIGKILLed processes to be torn down) none may have appeared
+    // since, and nothing of the tree may be alive. A scan of /proc alone could miss a
+    // chain between two links; its own record of each link cannot.
+    thread::sleep(Duration::from_secs(1));
+    let born_after: Vec<u64> = read_report(&a.home.report_path())
+        .iter()
+        .filter(|r| r["unix_us"].as_u64().is_some_and(|t| t > fired_us))
+        .filter_map(|r| r["escape_link"].as_u64())
+        .collect();
+    let left = left_of_tree(&a, tool, fencer);
+    let fired = ta.events("fence_fired");
+    let killed = fired[0]["killed"].as_u64().expect("killed");
+    println!(
+        "MEASURE split trust, tool SIGSTOPped{}: fence fired {} ms after its deadline, killed={killed}, scans={}, alive 1 s later: {left:?}, links born after the fence: {}",
+        if escape { ", escape chain" } else { "" },
+        fired[0]["late_ms"],
+        fired[0]["scans"],
+        born_after.len(),
+    );
+    if std::env::var_os("DEBUG_FENCE").is_some() {
+        println!("LOG:\n{}", ta.log_text());
+    }
+    ta.child.signal(Signal::SIGCONT);
+    assert!(
+        left.is_empty() && born_after.is_empty(),
+        "alive after the fence (pid, exe, state): {left:?}; chain links born after it: {born_after:?}; cosmovisor {cosmovisor}, node {a_node}; log:\n{}",
+        ta.log_text()
+    );
+    assert!(!pid_alive(cosmovisor) && !pid_alive(a_node));
+    let st = ta.wait(T);
+    let log = ta.log_text();
+    assert_eq!(st.code(), Some(8), "{log}");
+    a.home.assert_idle();
+    killed
+}
+
+#[test]
+fn split_trust_tool_stopped_the_fence_kills_cosmovisor_the_node_and_all_below() {
+    let killed = split_holder_stopped_is_fenced_whole(false);
+    // cosmovisor and the node at least, the group kill counted.
+    assert!(killed >= 2, "killed={killed}");
+}
+
+#[test]
+fn split_trust_tool_stopped_the_fence_kills_a_setsid_fork_chain() {
+    let killed = split_holder_stopped_is_fenced_whole(true);
+    // cosmovisor, the node and at least one link of the chain.
+    assert!(killed >= 3, "killed={killed}");
+}
+
 /// Runs a host against a forged or broken lease and expects exit 8 with
 /// `needle` in the output, no key delivered, the slot idle and the sign
 /// state untouched.

@@ -102,14 +102,28 @@ impl Child {
         self.signal(sig);
     }
 
-    /// SIGKILL to every descendant, then to the child.
-    pub(super) fn kill_tree(&self) {
-        for p in procfs::descendants_of(self.pid) {
-            let _ = rustix::process::kill_process(
-                rustix::process::Pid::from_raw(p.0).expect("positive pid"),
-                rustix::process::Signal::KILL,
-            );
+    /// SIGKILL to its whole tree for a lost lease, with the fencer's own
+    /// kill (one function, so the two cannot differ): its process group and
+    /// every descendant of ours but the fencer, until none is left; then to
+    /// the child through its pidfd, in case it was not seen.
+    pub(super) fn kill_tree(&self, fencer: Option<Pid>, node: crate::identity::NodeIdentity) {
+        let me = std::process::id() as i32;
+        let k = crate::fence::kill_tree(&crate::fence::Tree {
+            tool: Some(me),
+            pgid: Some(self.pid.0),
+            spare: [me, fencer.map_or(me, |f| f.0)],
+            node,
+        });
+        for (pid, e) in &k.denied {
+            tracing::error!(event = "kill_denied", pid, error = %e, "not allowed to SIGKILL a process of the child's tree (the unit needs CAP_KILL)");
         }
+        tracing::warn!(
+            event = "tree_killed",
+            killed = k.count,
+            scans = k.scans,
+            left = ?k.left,
+            "SIGKILLed the child's process tree"
+        );
         self.signal(libc::SIGKILL);
     }
 }

@@ -279,7 +279,8 @@ impl<'a> Supervisor<'a> {
         {
             if Instant::now() >= t {
                 if why == Why::LeaseLost {
-                    self.child.kill_tree();
+                    let fencer = self.holding.guard().map(|g| Pid(g.fence.pid() as i32));
+                    self.child.kill_tree(fencer, self.cfg.node);
                 } else {
                     self.child.signal(libc::SIGKILL);
                 }

@@ -58,6 +58,16 @@
 //! - `NODE_SIGN_LEDGER` (with `NODE_SIGN_ADDRESS`, `NODE_SIGN_EPOCH_MS`, optional
 //!   `NODE_SIGN_HOST`, `NODE_SIGN_BLOCK_MS`, `NODE_SIGN_CATCHUP_MS`) a node that read the
 //!   validator's key signs on a shared chain clock: see `node_sign.rs`.
+//! - `NODE_ESCAPE_CHAIN=1`: after an ok read, start a descendant that tries to outlive any
+//!   kill of the node's tree (issue 20): it calls `setsid` (leaving the node's session and
+//!   process group), then forever sleeps `NODE_ESCAPE_CHAIN_MS` (default 20), forks, and
+//!   exits in the parent, the child calling `setsid` again: one live link at a time, each a
+//!   new pid in a new session whose parent is gone, so neither a process-group kill nor a
+//!   one-pass walk of the node's descendants finds it. Each link runs as
+//!   `<node> escape-chain --home <home>` (tests find the links by the home in their command
+//!   line) and appends `{"escape_link":pid,"unix_us":…}` to `NODE_REPORT` as it starts, so
+//!   a test can tell a chain that lives on (new links appear) from one that was killed. It
+//!   never signs and holds no key; it is only a process that must not survive.
 //! - `NODE_COMETBFT_VERSION` (e.g. `v0.38.17`) and `NODE_VERSION_HANG`: only when the first
 //!   argument is exactly `version`, the stand-in reads no key and prints what a Cosmos SDK
 //!   app prints for `version --long` (the SDK's `version.NewVersionCommand` YAML-marshals
@@ -176,6 +186,7 @@ fn main() {
     match std::env::args_os().nth(1) {
         Some(a) if a == "status" => node_status(),
         Some(a) if a == "pre-upgrade" => pre_upgrade(),
+        Some(a) if a == "escape-chain" => escape_chain(),
         _ => {}
     }
     // Block TERM/INT/QUIT before any other thread exists so every thread inherits the mask
@@ -247,6 +258,9 @@ fn main() {
     );
     let _ = std::io::stdout().flush();
 
+    if std::env::var_os("NODE_ESCAPE_CHAIN").is_some_and(|v| v == "1") {
+        start_escape_chain(home.as_deref());
+    }
     let start_no = start_index + 1;
     if let Some(ms) = env_u64("NODE_UPGRADE_AFTER_MS") {
         if start_no <= env_u64("NODE_UPGRADES").unwrap_or(1) {
@@ -658,6 +672,46 @@ fn node_status() -> ! {
             // A node without a readable state does not run: its RPC would not answer.
             say_line!(stderr, "node-standin: status: {e}");
             rpc_down();
+        }
+    }
+}
+
+/// Starts the first link of the escape chain (see the header), as a new process rather
+/// than a fork of this multi-threaded one.
+fn start_escape_chain(home: Option<&Path>) {
+    let mut c = process::Command::new("/proc/self/exe");
+    c.arg("escape-chain");
+    if let Some(h) = home {
+        c.arg("--home").arg(h);
+    }
+    c.stdin(process::Stdio::null());
+    match c.spawn() {
+        // Never waited for: its first link exits at once, and the rest are not ours.
+        Ok(child) => say_line!(
+            stdout,
+            "node-standin: escape chain started, pid={}",
+            child.id()
+        ),
+        Err(e) => fatal_usage(&format!("cannot start the escape chain: {e}")),
+    }
+}
+
+/// `escape-chain` (see the header): setsid, then sleep, fork, exit in the parent, forever.
+/// Single-threaded from its start, so forking is sound.
+fn escape_chain() -> ! {
+    let period = Duration::from_millis(env_u64("NODE_ESCAPE_CHAIN_MS").unwrap_or(20));
+    loop {
+        // Fails only for a group leader, which no forked child is.
+        let _ = nix::unistd::setsid();
+        report_event(json!({"escape_link": process::id(), "unix_us": unix_us()}));
+        thread::sleep(period);
+        // SAFETY: this process has one thread (it was exec'd for this loop and starts
+        // none), so the child may run any code.
+        match unsafe { nix::unistd::fork() } {
+            Ok(nix::unistd::ForkResult::Parent { .. }) => process::exit(0),
+            Ok(nix::unistd::ForkResult::Child) => {}
+            // Out of processes: keep trying as this link.
+            Err(_) => {}
         }
     }
 }

@@ -47,6 +47,8 @@ pub fn item_height(endpoint: &str) -> i64 {
 pub struct Host {
     pub home: NodeHome,
     pub name: &'static str,
+    /// Split trust only: the root-owned directory of the relocated key path.
+    split: Option<tempfile::TempDir>,
 }
 
 impl Host {
@@ -54,6 +56,46 @@ impl Host {
         Host {
             home: NodeHome::new(),
             name,
+            split: None,
+        }
+    }
+
+    /// A host in split trust as `ssm-cosmovisor-split@.service` runs it: the tool is root
+    /// bounded to the unit's capabilities (no CAP_SYS_PTRACE, no CAP_DAC_*), the node runs
+    /// as `nobody`, owns its home (mode 0700) and report file, and the key path is
+    /// relocated to a root-owned directory named by `SSM_COSMOVISOR_KEY_FILE`. The caller
+    /// must be root with `setpriv` ([`root_with_setpriv`]).
+    pub fn split(name: &'static str) -> Host {
+        use std::os::unix::fs::PermissionsExt;
+        let outer = tempfile::Builder::new()
+            .prefix("ssmcv-split-")
+            .tempdir()
+            .unwrap();
+        let slot_dir = outer.path().join("run");
+        std::fs::create_dir(&slot_dir).unwrap();
+        for d in [outer.path(), slot_dir.as_path()] {
+            std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o711)).unwrap();
+        }
+        let key_file = slot_dir.join("priv_validator_key.json");
+        let home = NodeHome::with_options(NodeHomeOptions {
+            key_file: Some(key_file.display().to_string()),
+            upgrades: 0,
+        });
+        let (uid, gid) = nobody();
+        chown_tree(home.path(), uid, gid);
+        std::fs::set_permissions(home.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
+        std::fs::set_permissions(home.root.path(), std::fs::Permissions::from_mode(0o711)).unwrap();
+        std::fs::write(home.report_path(), b"").unwrap();
+        nix::unistd::chown(
+            &home.report_path(),
+            Some(nix::unistd::Uid::from_raw(uid)),
+            Some(nix::unistd::Gid::from_raw(gid)),
+        )
+        .unwrap();
+        Host {
+            home,
+            name,
+            split: Some(outer),
         }
     }
 
@@ -68,11 +110,18 @@ impl Host {
         c
     }
 
-    /// `run start --home <home>`.
+    /// `run start --home <home>` (in split trust: as bounded root, for the node user).
     pub fn cmd(&self, endpoint: &str) -> Command {
         let mut c = self.base_cmd(endpoint);
+        if self.split.is_some() {
+            c.env("SSM_COSMOVISOR_NODE_USER", "nobody")
+                .env("SSM_COSMOVISOR_KEY_FILE", self.home.key_path());
+        }
         c.args(["run", "start", "--home"]).arg(self.home.path());
-        c
+        match self.split {
+            Some(_) => as_split_unit_root(&c),
+            None => c,
+        }
     }
 
     pub fn spawn(&self, cmd: &mut Command) -> Tool {

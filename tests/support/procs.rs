@@ -56,6 +56,22 @@ pub fn children(pid: i32) -> Vec<i32> {
         .collect()
 }
 
+/// Every descendant of `pid` now (zombies included), children first.
+pub fn descendants(pid: i32) -> Vec<i32> {
+    let mut out = children(pid);
+    let mut i = 0;
+    while i < out.len() {
+        let more = children(out[i]);
+        out.extend(
+            more.into_iter()
+                .filter(|c| !out.contains(c))
+                .collect::<Vec<_>>(),
+        );
+        i += 1;
+    }
+    out
+}
+
 /// The parent of `pid`, if it still exists.
 pub fn parent_of(pid: i32) -> Option<i32> {
     procfs::parent_of(Pid(pid)).map(|p| p.0)
@@ -135,15 +151,23 @@ pub fn reap_strays(needle: &Path, grace: Duration) -> Vec<i32> {
     if wait_for(|| pids_mentioning(needle).is_empty(), grace) {
         return Vec::new();
     }
-    let left = pids_mentioning(needle);
-    for &p in &left {
-        let _ = nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(p),
-            nix::sys::signal::Signal::SIGKILL,
-        );
-    }
+    let mut left = Vec::new();
+    // Repeated: a stray that forks (a fork chain, NODE_ESCAPE_CHAIN) shows a new pid
+    // after each pass.
     wait_for(
-        || pids_mentioning(needle).is_empty(),
+        || {
+            let now = pids_mentioning(needle);
+            for &p in &now {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(p),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+                if !left.contains(&p) {
+                    left.push(p);
+                }
+            }
+            now.is_empty()
+        },
         Duration::from_secs(5),
     );
     left
@@ -235,6 +259,28 @@ pub fn as_user_in_cgroup(cmd: &Command, cg: Option<&Path>, uid: u32, gid: u32) -
     );
     c.arg(cg.map(|p| p.as_os_str().to_owned()).unwrap_or_default());
     c.arg(uid.to_string()).arg(gid.to_string());
+    c.arg(cmd.get_program());
+    c.args(cmd.get_args());
+    c.env_clear();
+    for (k, v) in cmd.get_envs() {
+        if let Some(v) = v {
+            c.env(k, v);
+        }
+    }
+    c.stdin(Stdio::null());
+    c
+}
+
+/// `cmd` (its program, arguments and environment) run by root bounded as the split unit
+/// bounds it: only CAP_SETUID, CAP_SETGID, CAP_CHOWN and CAP_KILL in the bounding set,
+/// nothing inheritable (`setpriv` execs the program, which keeps the pid).
+pub fn as_split_unit_root(cmd: &Command) -> Command {
+    let mut c = Command::new("setpriv");
+    c.args([
+        "--bounding-set=-all,+setuid,+setgid,+chown,+kill",
+        "--inh-caps=-all",
+        "--",
+    ]);
     c.arg(cmd.get_program());
     c.args(cmd.get_args());
     c.env_clear();
