@@ -567,20 +567,21 @@ fn split_trust_child_runs_as_node_user_with_no_capabilities() {
 
 /// The split-trust deployment as the systemd unit runs it: root with only
 /// CAP_SETUID/SETGID/CHOWN/KILL (no CAP_SYS_PTRACE, no CAP_DAC_*), the node
-/// user (`nobody`) owning its home, private to it, the key path relocated to a
+/// user owning its home, private to it, the key path relocated to a
 /// root-owned directory.
 struct SplitTrust {
     moto: Moto,
     key: TestKey,
     home: NodeHome,
     key_file: std::path::PathBuf,
-    nobody: nix::unistd::User,
+    /// The node user.
+    user: nix::unistd::User,
     _outer: tempfile::TempDir,
     _reaper: StrayReaper,
 }
 
 impl SplitTrust {
-    fn new() -> SplitTrust {
+    fn new(user: &str) -> SplitTrust {
         use std::os::unix::fs::PermissionsExt;
         let (moto, key) = moto_with_key(PARAM);
         // The relocated slot directory lives outside the node's home, root-owned.
@@ -598,10 +599,10 @@ impl SplitTrust {
             upgrades: 0,
         });
         let reaper = StrayReaper(home.root.path().to_path_buf());
-        let nobody = nix::unistd::User::from_name("nobody").unwrap().unwrap();
+        let user = nix::unistd::User::from_name(user).unwrap().unwrap();
         assert!(std::process::Command::new("chown")
             .arg("-R")
-            .arg(format!("{}:{}", nobody.uid, nobody.gid))
+            .arg(format!("{}:{}", user.uid, user.gid))
             .arg(home.path())
             .status()
             .unwrap()
@@ -609,13 +610,13 @@ impl SplitTrust {
         fs::set_permissions(home.path(), fs::Permissions::from_mode(0o700)).unwrap();
         fs::set_permissions(home.root.path(), fs::Permissions::from_mode(0o711)).unwrap();
         fs::write(home.report_path(), b"").unwrap();
-        nix::unistd::chown(&home.report_path(), Some(nobody.uid), Some(nobody.gid)).unwrap();
+        nix::unistd::chown(&home.report_path(), Some(user.uid), Some(user.gid)).unwrap();
         SplitTrust {
             moto,
             key,
             home,
             key_file,
-            nobody,
+            user,
             _outer: outer,
             _reaper: reaper,
         }
@@ -627,7 +628,7 @@ impl SplitTrust {
         let mut cmd = tool_cmd(&self.home, Some(&self.moto.endpoint()));
         cmd.env("USE_SSM_KEY", "true")
             .env("AWS_PARAMETER", PARAM)
-            .env("SSM_COSMOVISOR_NODE_USER", "nobody")
+            .env("SSM_COSMOVISOR_NODE_USER", &self.user.name)
             // As the split unit sets it: root's key path, which config.toml must name too.
             .env("SSM_COSMOVISOR_KEY_FILE", &self.key_file)
             .env("SSM_COSMOVISOR_LOG", "info");
@@ -659,7 +660,7 @@ fn split_trust_with_bounded_root_capabilities_delivers() {
     if !root_with_setpriv() {
         return;
     }
-    let st = SplitTrust::new();
+    let st = SplitTrust::new("nobody");
     let (home, key, key_file) = (&st.home, &st.key, &st.key_file);
     let mut tool = Tool::spawn(&mut st.command(&[]), home.scratch("tool.log"));
     assert!(
@@ -679,7 +680,7 @@ fn split_trust_with_bounded_root_capabilities_delivers() {
     let r = &home.reports()[0];
     assert_eq!(r["outcome"], "ok");
     assert_eq!(r["pub_key"], key.pub_b64.as_str());
-    assert_eq!(r["uid"], st.nobody.uid.as_raw());
+    assert_eq!(r["uid"], st.user.uid.as_raw());
     assert_eq!(
         tool.stop(Signal::SIGTERM).code(),
         Some(0),
@@ -704,7 +705,9 @@ fn split_trust_churning_node(
     restarts: usize,
     threads: usize,
 ) -> (usize, Duration, BTreeMap<String, usize>) {
-    let st = SplitTrust::new();
+    // A node user no other test runs as: a non-dumpable tool of its uid is what the
+    // reader check must fail closed on.
+    let st = SplitTrust::new(&long_test_user().0);
     let exits = restarts.to_string();
     let threads = threads.to_string();
     let mut cmd = st.command(&[
