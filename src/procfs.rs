@@ -592,7 +592,8 @@ impl Scan {
 /// may have unshared its fd table (`unshare(CLONE_FILES)`), and a process
 /// whose leader exited has an empty `/proc/<pid>/fd` while its threads
 /// live on. A task whose table we cannot read fails the scan closed if it
-/// runs with the node's uid (not as root), is alive, and is not another
+/// runs with the node's uid (not as root), is alive and not exiting (read
+/// again a few times first: `procfs/denied.rs`), and is not another
 /// instance of our own unit (`SiblingView`). When we are root without
 /// `CAP_SYS_PTRACE` (split-trust unit), node tasks are inspected with the
 /// node's filesystem ids instead (see [`NodeIdentity::as_node`]).
