@@ -12,6 +12,9 @@ use rustix::fs::{AtFlags, Mode, OFlags};
 
 use crate::identity::NodeIdentity;
 
+mod denied;
+use denied::{TaskState, Verdict};
+
 /// A process id.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Pid(pub i32);
@@ -301,8 +304,17 @@ fn scan_fd_dir(path: &str, dev: u64, ino: u64) -> Result<Option<bool>, rustix::i
     Ok(Some(false))
 }
 
-/// The task ids of a process (`/proc/<pid>/task`), or `None` if it is gone.
-/// Listing this directory needs no access to the process.
+/// The task ids of a process (`/proc/<pid>/task`), or `None` if it is gone;
+/// the thread-group leader first, then by tid. Listing this directory needs
+/// no access to the process.
+///
+/// The leader first, because the first task found holding the inode names
+/// the holder, and the delivery writes only after two scans name the same
+/// holders: a thread picked by tid order alone changes from scan to scan in
+/// a process whose threads come and go once tids have wrapped past its pid
+/// (a thread then sorts before its leader), and the delivery was refused
+/// ("the set of readers kept changing"). The leader stays for the life of
+/// the process.
 ///
 /// Most processes have one task; the link count of `/proc/<pid>/task` is
 /// 2 + the number of tasks listed in it (a zombie leader stays listed, and
@@ -327,25 +339,20 @@ fn tasks_of(pid: Pid) -> Option<Vec<Pid>> {
             out.push(t);
         }
     }
-    out.sort();
+    out.sort_by_key(|&t| (t != pid, t));
     Some(out)
 }
 
-/// Whether a task has exited: a zombie (`Z`) or dead (`X`) task has already
-/// released its fd table (`exit_files` runs before the exit state is set),
-/// so it holds nothing. Only ever asked of one task, never of a whole
-/// process: a zombie thread-group leader with live threads is a process
-/// whose `/proc/<pid>/fd` is empty while its threads hold fds.
-fn task_is_dead(pid: Pid, tid: Pid) -> bool {
-    let Ok(s) = fs::read(format!("/proc/{}/task/{}/stat", pid.0, tid.0)) else {
-        // Gone entirely: holds nothing either.
-        return true;
-    };
-    let state = s
-        .iter()
-        .rposition(|&b| b == b')')
-        .and_then(|i| s.get(i + 2).copied());
-    matches!(state, Some(b'Z' | b'X'))
+/// Whether a task has exited or is exiting ([`denied`]): a zombie (`Z`) or
+/// dead (`X`) task has already released its fd table (`exit_files` runs
+/// before the exit state is set), and one in `do_exit` never runs user code
+/// again. Only ever asked of one task, never of a whole process: a zombie
+/// thread-group leader with live threads is a process whose `/proc/<pid>/fd`
+/// is empty while its threads hold fds. Its `stat` is readable whatever our
+/// access to the task.
+fn task_state(pid: Pid, tid: Pid) -> TaskState {
+    let stat = fs::read(format!("/proc/{}/task/{}/stat", pid.0, tid.0)).ok();
+    denied::state_from_stat(stat.as_deref())
 }
 
 /// Whether a task is stopped: by a stop signal (`T`, a group stop: every
@@ -471,9 +478,43 @@ impl Scan {
             // Per task, not per process: another thread may hold other ids
             // (one that kept the node's as its effective uid, say).
             Err(_) if !self.concerns(&uids) => TaskScan::Skip,
-            // Checked after the failure: a task that died meanwhile holds nothing now.
-            Err(_) if task_is_dead(pid, tid) => TaskScan::Skip,
+            // Whether it exited, is exiting or stays closed: `denied_task`.
             Err(e) => TaskScan::Denied(e),
+        }
+    }
+
+    /// A task of the node's uid whose fd table was denied to us (`e`):
+    /// skipped if it exited or is exiting, looked at again a bounded number
+    /// of times while it lives, and denied for good after that (the rule and
+    /// why: [`denied`]). Checked after the failure: a task that died
+    /// meanwhile holds nothing now. Another instance of our unit is skipped
+    /// anyway (`sibling`): it is not read again, which would only slow
+    /// every scan down.
+    fn denied_task(&self, pid: Pid, tid: Pid, mut e: rustix::io::Errno, sibling: bool) -> TaskScan {
+        let mut rereads = if sibling { denied::REREADS } else { 0 };
+        loop {
+            match denied::classify(task_state(pid, tid), rereads) {
+                Verdict::Skip(why) => {
+                    tracing::debug!(
+                        event = "denied_task_skipped",
+                        pid = pid.0,
+                        tid = tid.0,
+                        why = why.as_str(),
+                        rereads,
+                        "a task whose fd table was denied to us has exited or is exiting"
+                    );
+                    return TaskScan::Skip;
+                }
+                Verdict::Uninspectable => return TaskScan::Denied(e),
+                Verdict::ReadAgain(pause) => {
+                    std::thread::sleep(pause);
+                    rereads += 1;
+                    match self.task(pid, tid) {
+                        TaskScan::Denied(again) => e = again,
+                        read => return read,
+                    }
+                }
+            }
         }
     }
 
@@ -498,7 +539,16 @@ impl Scan {
             {
                 continue;
             }
-            match self.task(pid, tid) {
+            let mut scan = self.task(pid, tid);
+            if let TaskScan::Denied(e) = scan {
+                let sibling = *sibling.get_or_insert_with(|| {
+                    self.siblings
+                        .get_or_init(|| SiblingView::of_self(self.any_template))
+                        .is_sibling(pid)
+                });
+                scan = self.denied_task(pid, tid, e, sibling);
+            }
+            match scan {
                 TaskScan::Holds(uids) => {
                     let exe = exe_of(pid).or_else(|| {
                         (self.node.switches() && self.concerns(&uids))
@@ -516,16 +566,12 @@ impl Scan {
                 TaskScan::Skip => {}
                 TaskScan::SkipProcess => return Ok(None),
                 TaskScan::Denied(e) => {
-                    let sibling = *sibling.get_or_insert_with(|| {
-                        self.siblings
-                            .get_or_init(|| SiblingView::of_self(self.any_template))
-                            .is_sibling(pid)
-                    });
                     let u = Uninspectable {
                         pid,
                         tid,
                         comm: comm_of(pid),
-                        sibling,
+                        // Asked above, at the denial.
+                        sibling: sibling == Some(true),
                     };
                     denied(u, e, self.node.uid())?;
                 }
@@ -562,7 +608,8 @@ impl Scan {
 /// may have unshared its fd table (`unshare(CLONE_FILES)`), and a process
 /// whose leader exited has an empty `/proc/<pid>/fd` while its threads
 /// live on. A task whose table we cannot read fails the scan closed if it
-/// runs with the node's uid (not as root), is alive, and is not another
+/// runs with the node's uid (not as root), is alive and not exiting (read
+/// again a few times first: `procfs/denied.rs`), and is not another
 /// instance of our own unit (`SiblingView`). When we are root without
 /// `CAP_SYS_PTRACE` (split-trust unit), node tasks are inspected with the
 /// node's filesystem ids instead (see [`NodeIdentity::as_node`]).
@@ -838,7 +885,7 @@ mod tests {
     }
 
     /// An exited, unreaped child is a dead task (its fd table is gone);
-    /// a live one is not.
+    /// a live one is not; one reaped is gone.
     #[test]
     fn a_zombie_task_is_dead_a_live_one_is_not() {
         let mut child = std::process::Command::new("sleep")
@@ -846,15 +893,16 @@ mod tests {
             .spawn()
             .unwrap();
         let pid = Pid(child.id() as i32);
-        assert!(!task_is_dead(pid, pid));
+        assert_eq!(task_state(pid, pid), TaskState::Live);
         child.kill().unwrap();
         // Not reaped yet: a zombie.
         let zombie = (0..500).any(|_| {
             std::thread::sleep(std::time::Duration::from_millis(5));
-            task_is_dead(pid, pid)
+            task_state(pid, pid) == TaskState::Dead
         });
         child.wait().unwrap();
         assert!(zombie, "the killed child never showed as dead");
+        assert_eq!(task_state(pid, pid), TaskState::Gone);
     }
 
     /// Our own threads share one fd table, and the kernel says so.

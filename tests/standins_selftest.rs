@@ -169,6 +169,71 @@ fn node_reports_invalid_json() {
     assert_eq!(r["outcome"], "invalid");
 }
 
+/// `NODE_THREADS`: that many threads besides the node's own, replaced all the time (the
+/// reader check's e2e test of exiting tasks relies on both), already while it waits for
+/// the key; `NODE_HOLD_FDS` beyond the soft fd limit is honoured.
+#[test]
+fn node_threads_come_and_go_while_it_waits_for_the_key() {
+    let h = NodeHome::new();
+    let fifo = h.scratch("fifo");
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+    let mut cmd = h.node_cmd();
+    cmd.env("NODE_KEY_FILE", &fifo)
+        .env("NODE_THREADS", "20")
+        .env("NODE_HOLD_FDS", "1500");
+    // A soft limit below the fds asked for: the stand-in raises it (hard limit permitting).
+    with_soft_nofile(&mut cmd, 1024);
+    let node = KillOnDrop::spawn(&mut cmd);
+    let tasks = || -> std::collections::BTreeSet<i32> {
+        fs::read_dir(format!("/proc/{}/task", node.pid()))
+            .map(|d| {
+                d.flatten()
+                    .filter_map(|e| e.file_name().to_str()?.parse().ok())
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    assert!(
+        wait_for(|| tasks().len() >= 20, T),
+        "never 20 threads: {:?}",
+        tasks()
+    );
+    let first = tasks();
+    // Each lives 2 ms by default: soon only the node's own threads are left of them.
+    assert!(
+        wait_for(|| first.intersection(&tasks()).count() <= 3, T),
+        "threads did not come and go: {first:?} then {:?}",
+        tasks()
+    );
+    assert!(tasks().len() >= 20, "{:?}", tasks());
+    let fds = fs::read_dir(format!("/proc/{}/fd", node.pid()))
+        .unwrap()
+        .count();
+    assert!(fds >= 1500, "NODE_HOLD_FDS not honoured: {fds} fds");
+}
+
+/// Runs `cmd` with a soft `RLIMIT_NOFILE` of `soft` (through the shell's `ulimit -S -n`,
+/// which needs no `unsafe` `pre_exec`), so the stand-in has to raise it itself.
+fn with_soft_nofile(cmd: &mut std::process::Command, soft: u64) {
+    let prog = cmd.get_program().to_owned();
+    let args: Vec<_> = cmd.get_args().map(|a| a.to_owned()).collect();
+    let mut sh = std::process::Command::new("sh");
+    sh.arg("-c")
+        .arg(format!("ulimit -S -n {soft} && exec \"$0\" \"$@\""))
+        .arg(prog)
+        .args(args);
+    for (k, v) in cmd.get_envs() {
+        match v {
+            Some(v) => sh.env(k, v),
+            None => sh.env_remove(k),
+        };
+    }
+    if let Some(d) = cmd.get_current_dir() {
+        sh.current_dir(d);
+    }
+    *cmd = sh;
+}
+
 /// The FIFO case: the node blocks in open() until a writer appears, then reads to EOF.
 #[test]
 fn node_blocks_on_fifo_until_writer_and_reads_to_eof() {

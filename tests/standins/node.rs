@@ -27,7 +27,15 @@
 //!   (through a temporary name) and stop itself with SIGSTOP before reading: a node stopped
 //!   by someone else the moment it attached (security round 3, item 2). Not a behaviour of
 //!   CometBFT: an attack on it.
-//! - `NODE_HOLD_FDS` open this many extra fds (`/dev/null`) before reading the key.
+//! - `NODE_HOLD_FDS` open this many extra fds (`/dev/null`) before reading the key (the
+//!   soft `RLIMIT_NOFILE` is raised to the hard one when it would not allow them).
+//! - `NODE_THREADS` keep this many extra threads alive for the whole life of the process,
+//!   each replaced without pause: every thread lives `NODE_THREAD_LIFE_US` (default 2000),
+//!   starts its successor and exits, so tasks of the node are being created and are exiting
+//!   at every instant (a busy node's runtime does this; the reader check then meets tasks
+//!   in the middle of `exit`, issue 20 item 5). Started before the key is read. Not a model
+//!   of a real node's rate: 100 threads at the default life are 50,000 thread exits a
+//!   second, far more than a Go runtime's, to make the exit window likely in a short test.
 //! - `NODE_PREUPGRADE_MS`: each `pre-upgrade` call takes this long (a migration).
 //! - `NODE_UPGRADE_AHEAD_MS`: with `NODE_UPGRADE_AFTER_MS`, write the marker as a plan ahead
 //!   of the chain (at `100 + 10 * start`, the sign state five heights below it), then after
@@ -178,6 +186,35 @@ impl Report {
     }
 }
 
+/// Lets the process open `want` fds if the hard limit allows (`NODE_HOLD_FDS`).
+fn raise_nofile(want: u64) {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) {
+        if soft < want {
+            let _ = setrlimit(Resource::RLIMIT_NOFILE, hard.min(want.max(soft)), hard);
+        }
+    }
+}
+
+/// `NODE_THREADS` (see the header): that many threads alive at every moment, each
+/// starting its successor and exiting after `NODE_THREAD_LIFE_US`.
+fn start_churning_threads() {
+    let n = env_u64("NODE_THREADS").unwrap_or(0);
+    let life = Duration::from_micros(env_u64("NODE_THREAD_LIFE_US").unwrap_or(2000));
+    fn generation(life: Duration) {
+        thread::sleep(life);
+        // Detached: the successor outlives us; a failed spawn (thread limit) ends the line.
+        let _ = thread::Builder::new()
+            .stack_size(64 * 1024)
+            .spawn(move || generation(life));
+    }
+    for _ in 0..n {
+        let _ = thread::Builder::new()
+            .stack_size(64 * 1024)
+            .spawn(move || generation(life));
+    }
+}
+
 fn main() {
     if std::env::args_os().nth(1).is_some_and(|a| a == "version") {
         print_version();
@@ -231,11 +268,15 @@ fn main() {
     }
 
     // Keep the extra fds open for the whole life of the process.
-    let _held: Vec<File> = (0..env_u64("NODE_HOLD_FDS").unwrap_or(0))
+    let hold = env_u64("NODE_HOLD_FDS").unwrap_or(0);
+    raise_nofile(hold + 64);
+    let _held: Vec<File> = (0..hold)
         .map(|_| {
             File::open("/dev/null").unwrap_or_else(|e| fatal_usage(&format!("open /dev/null: {e}")))
         })
         .collect();
+
+    start_churning_threads();
 
     let (report, exit_code) = load_file_pv(&key_path);
     let read_done_unix_us = unix_us();

@@ -226,6 +226,19 @@ pub fn attack_user() -> (String, u32, u32) {
     panic!("neither a games nor a nobody user exists");
 }
 
+/// The node user of a long-running test (name, uid, gid): `irc` where it exists, else
+/// `nobody`. As for [`attack_user`], not `nobody` by choice: for the tens of seconds it runs,
+/// every non-dumpable tool of its node's uid that another test (of this checkout or another)
+/// starts fails its deliveries closed, as it must; no other test runs as `irc`.
+pub fn long_test_user() -> (String, u32, u32) {
+    for name in ["irc", "nobody"] {
+        if let Ok(Some(u)) = nix::unistd::User::from_name(name) {
+            return (u.name, u.uid.as_raw(), u.gid.as_raw());
+        }
+    }
+    panic!("neither an irc nor a nobody user exists");
+}
+
 /// uid and gid of `nobody`, the node user of the tests that need one.
 pub fn nobody() -> (u32, u32) {
     let u = nix::unistd::User::from_name("nobody")
