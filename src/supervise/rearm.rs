@@ -152,6 +152,18 @@ pub(super) fn judge_marker(marker: &[u8], signed: Option<i64>) -> MarkerVerdict 
     }
 }
 
+/// Whether a marker event is to be passed over: the file was just created
+/// and holds no plan yet. The SDK and cosmovisor's batch watcher create it
+/// and then write it; the close that follows at once is judged. Judging
+/// the empty file would re-arm for a plan that may be days ahead (found by
+/// `e2e_upgrade`, 1 run in 5).
+fn awaits_its_write(events: rustix::fs::inotify::ReadFlags, bytes: &[u8]) -> bool {
+    use rustix::fs::inotify::ReadFlags;
+    let created_only = events.contains(ReadFlags::CREATE)
+        && !events.intersects(ReadFlags::CLOSE_WRITE | ReadFlags::MOVED_TO);
+    created_only && serde_json::from_slice::<serde_json::Value>(bytes).is_err()
+}
+
 /// The marker's bytes (empty when it cannot be read: judged due). Read as
 /// the node, without following a symlink, only from a regular file.
 fn read_marker(path: &Path, node: NodeIdentity) -> Vec<u8> {
@@ -222,11 +234,15 @@ pub(super) fn spawn_marker_thread(
                         if !is_marker {
                             continue;
                         }
+                        let bytes = read_marker(&marker, node);
+                        if awaits_its_write(ev.events(), &bytes) {
+                            continue;
+                        }
                         let signed = state
                             .as_ref()
                             .and_then(|s| s.read().ok().flatten())
                             .map(|s| s.height);
-                        match judge_marker(&read_marker(&marker, node), signed) {
+                        match judge_marker(&bytes, signed) {
                             MarkerVerdict::Due => rearm.trigger("upgrade marker written", &tx),
                             MarkerVerdict::Ahead { name, plan, signed } => tracing::info!(
                                 event = "upgrade_planned",
@@ -274,6 +290,18 @@ pub(super) fn spawn_reader_exit_thread(pid: Pid, rearm: Arc<FastRearm>, tx: Send
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_marker_just_created_waits_for_its_write_and_a_written_one_is_judged() {
+        use rustix::fs::inotify::ReadFlags as F;
+        assert!(awaits_its_write(F::CREATE, b""));
+        assert!(awaits_its_write(F::CREATE, b"{\"name\":\"v2\",\"hei"));
+        // Created and written before we read: judged at once.
+        assert!(!awaits_its_write(F::CREATE, br#"{"name":"v2","height":5}"#));
+        // A closed or moved-in marker is always judged (unreadable: due).
+        assert!(!awaits_its_write(F::CLOSE_WRITE, b""));
+        assert!(!awaits_its_write(F::MOVED_TO, b"garbage"));
+    }
 
     #[test]
     fn a_marker_re_arms_at_once_unless_its_plan_is_ahead_of_the_signed_height() {
