@@ -15,6 +15,29 @@
 //!
 //! It deliberately does not use the `ssm_cosmovisor` library: it is an independent reader.
 //!
+//! What it models, and from where (each option below says more):
+//! - the key read: CometBFT `privval/file.go` (`LoadFilePV`, `loadFilePV`), v0.38 and v1.0;
+//! - the upgrade halt: the Cosmos SDK's x/upgrade `PreBlocker` writes
+//!   `data/upgrade-info.json` (keeper `DumpUpgradeInfoToDisk`: truncate and rewrite in place)
+//!   and logs `UPGRADE "<name>" NEEDED at height: <h>`; the process then keeps running
+//!   without producing blocks until its supervisor stops it (`NODE_UPGRADE_HALT`);
+//! - stop signals: the SDK's `server.ListenForQuitSignals` handles INT and TERM; QUIT keeps
+//!   Go's default (a goroutine dump and exit 2);
+//! - `status`, `pre-upgrade`, `version --long`: the SDK commands cosmovisor 1.7 runs
+//!   (sources with each below).
+//!
+//! Simplifications against a real node, each harmless for what the tests check (how the key
+//! is read, when the process starts and ends, which files it writes):
+//! - no consensus, P2P, RPC server or block store; it signs only in `NODE_SIGN_*` mode, on
+//!   a shared clock (`node_sign.rs`), never through a remote signer;
+//! - "the chain's height" is the sign state file, which the tests rewrite; `status` reads
+//!   it even while no node runs (a real one asks the RPC and fails then);
+//! - a missing key path is reported, never generated (a real node writes a new key);
+//!   a stripped secp256k1 key is flagged `"stripped"` instead of yielding a bogus identity;
+//! - upgrades, exits, slow reads, stops, thread churn, escape chains and held fds happen
+//!   when an environment option says so, at the times it gives, not from chain events;
+//! - `version` prints fixed values besides the CometBFT version it is given.
+//!
 //! Environment (all optional):
 //! - `DAEMON_HOME` home directory unless `--home <dir>` / `--home=<dir>` is given.
 //! - `NODE_KEY_FILE` key path override (else `config.toml`'s `priv_validator_key_file`,
