@@ -86,9 +86,7 @@ pub enum ProcError {
 /// spaces and parentheses, so split after the last `)`).
 pub fn parent_of(pid: Pid) -> Option<Pid> {
     let s = fs::read(format!("/proc/{}/stat", pid.0)).ok()?;
-    let close = s.iter().rposition(|&b| b == b')')?;
-    let rest = std::str::from_utf8(&s[close + 1..]).ok()?;
-    let mut it = rest.split_ascii_whitespace();
+    let mut it = denied::fields_after_comm(&s)?;
     let _state = it.next()?;
     it.next()?.parse().ok().map(Pid)
 }
@@ -351,8 +349,12 @@ fn tasks_of(pid: Pid) -> Option<Vec<Pid>> {
 /// is empty while its threads hold fds. Its `stat` is readable whatever our
 /// access to the task.
 fn task_state(pid: Pid, tid: Pid) -> TaskState {
-    let stat = fs::read(format!("/proc/{}/task/{}/stat", pid.0, tid.0)).ok();
-    denied::state_from_stat(stat.as_deref())
+    denied::state_from_stat(task_stat(pid, tid).as_deref())
+}
+
+/// One task's `stat` text; readable whatever our access to the task.
+fn task_stat(pid: Pid, tid: Pid) -> Option<Vec<u8>> {
+    fs::read(format!("/proc/{}/task/{}/stat", pid.0, tid.0)).ok()
 }
 
 /// Whether a task is stopped: by a stop signal (`T`, a group stop: every
@@ -361,14 +363,11 @@ fn task_state(pid: Pid, tid: Pid) -> TaskState {
 /// stopped it open the pipe through `/proc/<pid>/fd` and copy the key
 /// before it runs again (`tee(2)` leaves the bytes for the node).
 pub(crate) fn task_is_stopped(pid: Pid, tid: Pid) -> bool {
-    let Ok(s) = fs::read(format!("/proc/{}/task/{}/stat", pid.0, tid.0)) else {
-        return false;
-    };
-    let state = s
-        .iter()
-        .rposition(|&b| b == b')')
-        .and_then(|i| s.get(i + 2).copied());
-    matches!(state, Some(b'T' | b't'))
+    task_stat(pid, tid)
+        .as_deref()
+        .and_then(denied::fields_after_comm)
+        .and_then(|mut f| f.next())
+        .is_some_and(|state| matches!(state, "T" | "t"))
 }
 
 /// The uids of one task (`/proc/<pid>/task/<tid>/status`: credentials are

@@ -105,19 +105,27 @@ pub(crate) fn classify(state: TaskState, rereads: u32) -> Verdict {
     }
 }
 
-/// The state in a task's `stat` text (`None`: it is gone). The command name
-/// may hold spaces and parentheses, so the fields are counted from the last
-/// `)`: state, ppid, pgrp, session, tty_nr, tpgid, flags.
+/// The fields of a `stat` text after the command name: state, ppid, pgrp,
+/// session, tty_nr, tpgid, flags, … The command name may hold spaces and
+/// parentheses, so they are counted from the last `)` (`None` without one).
+pub(crate) fn fields_after_comm(stat: &[u8]) -> Option<std::str::SplitAsciiWhitespace<'_>> {
+    let close = stat.iter().rposition(|&b| b == b')')?;
+    Some(
+        std::str::from_utf8(&stat[close + 1..])
+            .unwrap_or("")
+            .split_ascii_whitespace(),
+    )
+}
+
+/// The state in a task's `stat` text (`None`: it is gone).
 pub(crate) fn state_from_stat(stat: Option<&[u8]>) -> TaskState {
     let Some(s) = stat else {
         return TaskState::Gone;
     };
-    let Some(close) = s.iter().rposition(|&b| b == b')') else {
+    let Some(mut fields) = fields_after_comm(s) else {
         // Not a stat we understand: nothing proves it harmless.
         return TaskState::Live;
     };
-    let rest = std::str::from_utf8(&s[close + 1..]).unwrap_or("");
-    let mut fields = rest.split_ascii_whitespace();
     match fields.next() {
         Some("Z" | "X" | "x") => return TaskState::Dead,
         Some(_) => {}

@@ -272,16 +272,7 @@ pub fn as_user_in_cgroup(cmd: &Command, cg: Option<&Path>, uid: u32, gid: u32) -
     );
     c.arg(cg.map(|p| p.as_os_str().to_owned()).unwrap_or_default());
     c.arg(uid.to_string()).arg(gid.to_string());
-    c.arg(cmd.get_program());
-    c.args(cmd.get_args());
-    c.env_clear();
-    for (k, v) in cmd.get_envs() {
-        if let Some(v) = v {
-            c.env(k, v);
-        }
-    }
-    c.stdin(Stdio::null());
-    c
+    run_after(c, cmd)
 }
 
 /// `cmd` (its program, arguments and environment) run by root bounded as the split unit
@@ -294,6 +285,12 @@ pub fn as_split_unit_root(cmd: &Command) -> Command {
         "--inh-caps=-all",
         "--",
     ]);
+    run_after(c, cmd)
+}
+
+/// `c` followed by `cmd`'s program and arguments, with `cmd`'s environment only and no
+/// stdin: how the wrappers above (`setpriv`, a shell) run the command they bound.
+fn run_after(mut c: Command, cmd: &Command) -> Command {
     c.arg(cmd.get_program());
     c.args(cmd.get_args());
     c.env_clear();
