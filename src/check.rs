@@ -94,6 +94,12 @@ fn kernel_checks(r: &mut Report) {
 fn reader_check(r: &mut Report, node: crate::identity::NodeIdentity) {
     use crate::procfs::{self, Pid};
     let uid = node.uid();
+    // As this process sees /proc: run from a shell, not the unit's own view
+    // (the unit's ProtectProc= is checked at every start of `run`).
+    match procfs::verify_sees_all() {
+        Ok(_) => r.pass("/proc", "lists every process (no hidepid= hides any from this check)"),
+        Err(e) => r.fail("/proc", e),
+    }
     let me = Pid(std::process::id() as i32);
     let found = match procfs::uninspectable(me, node) {
         Ok(f) => f,

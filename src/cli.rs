@@ -320,6 +320,12 @@ fn run_with_key(
     // After the signal thread (the endpoint's thread inherits the blocked
     // signals), before the slot is touched (a bad setting changes nothing).
     crate::metrics::init(metrics, cfg.node.uid())?;
+    // The reader check must see every process that could open the FIFO,
+    // also for a standby that may take the lease later.
+    if cfg.use_ssm_key {
+        let m = crate::procfs::verify_sees_all()?;
+        tracing::debug!(hidepid = ?m.hidepid, gid = m.gid, "/proc lists every process for the reader check");
+    }
     let slot = KeySlot::open(&cfg.key_path, cfg.node)?;
     // Repair runs on every start, also as a standby: a FIFO left by a crash
     // would hang the node, a stripped file would crash it.

@@ -49,8 +49,8 @@ pub(crate) struct ReaderPolicy {
     pub(crate) root: Pid,
     /// The node's identity (its uid; its /proc entries are inspected as it).
     pub(crate) node: NodeIdentity,
-    /// Ourselves (our own fds are ignored).
-    pub(crate) me: Pid,
+    /// Ourselves and our fencer (left out of the scans).
+    pub(crate) ours: procfs::Ours,
 }
 
 impl ReaderPolicy {
@@ -134,6 +134,24 @@ pub(crate) enum Exposure {
     /// The reader held the pipe without draining it for [`DRAIN_BOUND`]:
     /// the key sat there for anyone who can reach the node's fds.
     NotDrained,
+    /// A process of the node's uid whose fd table we may not read (not
+    /// dumpable, say) was there while the key was in the pipe, or after:
+    /// it may hold the pipe. Before the write the same fails the delivery
+    /// closed; after it the key is out of our hands.
+    Uninspectable(String),
+}
+
+/// [`procfs::holders`] once the key is written: an uninspectable process
+/// is an exposure, not a failed delivery.
+fn holders_after_write(
+    armed: &ArmedFifo,
+    p: &ReaderPolicy,
+) -> Result<Result<Vec<Holder>, Exposure>, DeliverError> {
+    match procfs::holders(armed.dev, armed.ino, &p.ours, p.node) {
+        Ok(h) => Ok(Ok(h)),
+        Err(e @ ProcError::Unreadable { .. }) => Ok(Err(Exposure::Uninspectable(e.to_string()))),
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// Delivery failed in a way that is not about the reader.
@@ -314,12 +332,17 @@ impl Pending {
         let latency = attached.elapsed();
         drop(writer);
         // 5. Anyone else on the pipe now could have read along.
-        let after = procfs::holders(self.armed.dev, self.armed.ino, policy.me, policy.node)?;
-        let strangers = strangers(after, policy, |pid| pid == reader.pid || descends(pid));
-        if !strangers.is_empty() {
+        let exposure = match holders_after_write(&self.armed, policy)? {
+            Ok(after) => {
+                let strangers = strangers(after, policy, |pid| pid == reader.pid || descends(pid));
+                (!strangers.is_empty()).then_some(Exposure::Strangers(strangers))
+            }
+            Err(e) => Some(e),
+        };
+        if let Some(exposure) = exposure {
             return Ok(Outcome::Exposed {
                 reader,
-                exposure: Exposure::Strangers(strangers),
+                exposure,
                 pulled_back: 0,
             });
         }
@@ -448,7 +471,10 @@ impl DrainWatch<'_> {
         }
         self.last_scan = Instant::now();
         let p = self.policy;
-        let now = procfs::holders(self.armed.dev, self.armed.ino, p.me, p.node)?;
+        let now = match holders_after_write(self.armed, p)? {
+            Ok(now) => now,
+            Err(e) => return Ok(Some(e)),
+        };
         // The verified reader is known by its pid: a node that reads and
         // exits at once may be reaped between the scan and the walk up its
         // parents, which would make it look like a stranger.
@@ -522,7 +548,7 @@ fn settle_holders(
     let mut backoff = Duration::from_micros(100);
     let mut confirming = false;
     loop {
-        let cur = procfs::holders(armed.dev, armed.ino, policy.me, policy.node)?;
+        let cur = procfs::holders(armed.dev, armed.ino, &policy.ours, policy.node)?;
         let past_deadline = Instant::now() >= deadline;
         match settle_step(prev.as_deref(), &cur, past_deadline, confirming) {
             Settle::Stable => return Ok(Ok(cur)),
@@ -653,7 +679,10 @@ mod tests {
         ReaderPolicy {
             root: Pid(CHILD),
             node: NodeIdentity::new(NODE_UID, NODE_UID),
-            me: Pid(1),
+            ours: procfs::Ours {
+                me: Pid(1),
+                fencer: None,
+            },
         }
     }
 
@@ -782,7 +811,7 @@ mod tests {
         let p = ReaderPolicy {
             root: me,
             node: NodeIdentity::new(uid, 0),
-            me,
+            ours: procfs::Ours::me(),
         };
         assert!(p.allows(&holder(me.0, [uid; 4])));
         assert!(!p.allows(&holder(me.0, [uid.wrapping_add(1); 4])));
@@ -871,11 +900,10 @@ mod tests {
     }
 
     fn our_policy(root: Pid, uid: u32) -> ReaderPolicy {
-        let me = Pid(rustix::process::getpid().as_raw_nonzero().get());
         ReaderPolicy {
             root,
             node: NodeIdentity::new(uid, rustix::process::getegid().as_raw()),
-            me,
+            ours: procfs::Ours::me(),
         }
     }
 

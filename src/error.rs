@@ -220,6 +220,10 @@ pub(crate) enum Error {
     /// A metrics setting cannot be used (checked before anything changes).
     #[error(transparent)]
     Metrics(#[from] MetricsError),
+    /// `/proc` hides processes from the reader check (its mount options do
+    /// not change between starts).
+    #[error(transparent)]
+    ProcHidden(#[from] crate::procfs::HiddenError),
 }
 
 impl Error {
@@ -231,7 +235,8 @@ impl Error {
             | Error::Cosmovisor(_)
             | Error::NoKeySource
             | Error::ImportOpen { .. }
-            | Error::ImportRead { .. } => Exit::Config,
+            | Error::ImportRead { .. }
+            | Error::ProcHidden(_) => Exit::Config,
             Error::Metrics(MetricsError::Thread { .. } | MetricsError::Twice) => Exit::Failure,
             Error::Metrics(_) => Exit::Config,
             Error::ChildAws(e) if e.is_configuration() => Exit::Config,
@@ -362,6 +367,10 @@ mod tests {
                 3,
             ),
             (Error::Harden(io()), 1),
+            (
+                Error::ProcHidden(crate::procfs::HiddenError::Unknown("x".into())),
+                2,
+            ),
             (Error::Metrics(MetricsError::Twice), 1),
             (
                 Error::Metrics(MetricsError::NonLoopback {

@@ -8,11 +8,23 @@ use std::time::Duration;
 #[derive(Debug, Default)]
 pub(crate) struct Notifier {
     sock: Option<(UnixDatagram, SocketAddr)>,
-    watchdog: Option<Duration>,
+}
+
+/// The unit's watchdog timeout (`WATCHDOG_USEC`, when `WATCHDOG_PID` is
+/// unset or names us).
+pub(crate) fn watchdog_from_env() -> Option<Duration> {
+    let pid_ok = std::env::var("WATCHDOG_PID")
+        .map(|p| p == std::process::id().to_string())
+        .unwrap_or(true);
+    std::env::var("WATCHDOG_USEC")
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+        .filter(|&us| us > 0 && pid_ok)
+        .map(Duration::from_micros)
 }
 
 impl Notifier {
-    /// Reads `NOTIFY_SOCKET` and `WATCHDOG_USEC` (honouring `WATCHDOG_PID`).
+    /// Reads `NOTIFY_SOCKET`.
     pub(crate) fn from_env() -> Notifier {
         let sock = std::env::var_os("NOTIFY_SOCKET").and_then(|p| {
             let s = p.to_string_lossy().into_owned();
@@ -24,15 +36,7 @@ impl Notifier {
             };
             Some((UnixDatagram::unbound().ok()?, addr))
         });
-        let pid_ok = std::env::var("WATCHDOG_PID")
-            .map(|p| p == std::process::id().to_string())
-            .unwrap_or(true);
-        let watchdog = std::env::var("WATCHDOG_USEC")
-            .ok()
-            .and_then(|v| v.parse::<u64>().ok())
-            .filter(|&us| us > 0 && pid_ok)
-            .map(Duration::from_micros);
-        Notifier { sock, watchdog }
+        Notifier { sock }
     }
 
     /// Sends one notify message (`KEY=value` lines); errors are ignored, as
@@ -58,9 +62,10 @@ impl Notifier {
         self.send("STOPPING=1");
     }
 
-    /// How often to ping the watchdog (half its timeout), if one is configured.
-    pub(crate) fn watchdog_interval(&self) -> Option<Duration> {
-        self.watchdog.map(|d| d / 2)
+    /// `WATCHDOG_USEC=`: changes the unit's watchdog timeout from now on
+    /// (systemd takes it from the main process under `NotifyAccess=main`).
+    pub(crate) fn set_watchdog_timeout(&self, timeout: Duration) {
+        self.send(&format!("WATCHDOG_USEC={}", timeout.as_micros()));
     }
 
     /// `WATCHDOG=1`.

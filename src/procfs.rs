@@ -13,7 +13,10 @@ use rustix::fs::{AtFlags, Mode, OFlags};
 use crate::identity::NodeIdentity;
 
 mod denied;
+mod view;
 use denied::{TaskState, Verdict};
+pub use view::HiddenError;
+pub(crate) use view::verify_sees_all;
 
 /// A process id.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -89,6 +92,67 @@ pub fn parent_of(pid: Pid) -> Option<Pid> {
     let mut it = denied::fields_after_comm(&s)?;
     let _state = it.next()?;
     it.next()?.parse().ok().map(Pid)
+}
+
+/// A process of ours known by more than its pid: its start time (`stat`
+/// field 22, clock ticks after boot), which a process that later gets the
+/// same pid does not share.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OwnProcess {
+    pid: Pid,
+    start: u64,
+}
+
+impl OwnProcess {
+    /// `pid` as it is now (`None` if it is gone). Called for a child of ours
+    /// right after it was started: its pid stays its own until we reap it.
+    pub(crate) fn of(pid: Pid) -> Option<OwnProcess> {
+        Some(OwnProcess {
+            pid,
+            start: start_of(pid)?,
+        })
+    }
+
+    /// Whether `pid` is this process (still).
+    fn is(&self, pid: Pid) -> bool {
+        pid == self.pid && start_of(pid) == Some(self.start)
+    }
+}
+
+/// A process's start time (readable whatever our access to it).
+fn start_of(pid: Pid) -> Option<u64> {
+    let s = fs::read(format!("/proc/{}/stat", pid.0)).ok()?;
+    // Field 22; the iterator starts at field 3 (state).
+    denied::fields_after_comm(&s)?.nth(19)?.parse().ok()
+}
+
+/// The processes of ours a scan leaves out: ourselves, and our fencer. The
+/// fencer runs with the node's uid in the unprivileged mode and is not
+/// dumpable, so its fd table is closed to us; were it scanned, every
+/// delivery under a lease would fail closed on it (measured before this:
+/// exit 5 at every start, a restart loop, without `ProtectProc=invisible`,
+/// which used to hide it). It cannot hold the FIFO: it is started from our
+/// own binary before the FIFO exists, with only its two pipes and stderr,
+/// and it opens nothing. Known by its start time, so a process that gets
+/// its pid after it died is scanned like any other.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ours {
+    pub(crate) me: Pid,
+    pub(crate) fencer: Option<OwnProcess>,
+}
+
+impl Ours {
+    /// Ourselves alone.
+    pub fn me() -> Ours {
+        Ours {
+            me: Pid(std::process::id() as i32),
+            fencer: None,
+        }
+    }
+
+    fn excludes(&self, pid: Pid) -> bool {
+        pid == self.me || self.fencer.is_some_and(|f| f.is(pid))
+    }
 }
 
 /// Whether `pid` is `ancestor` or one of its descendants.
@@ -468,7 +532,14 @@ impl Scan {
         // Split trust (root without CAP_SYS_PTRACE): the node's own entries
         // open to the node's fs ids, on this thread only.
         if res.is_err() && self.node.switches() && self.concerns(&uids) {
-            res = self.node.as_node(|| scan_fd_dir(&path, self.dev, self.ino));
+            res = match self.node.as_node(|| scan_fd_dir(&path, self.dev, self.ino)) {
+                // Absent to the node's ids though root was refused it, not
+                // told it is gone: `hidepid=` hides it from the node
+                // (`view.rs`). Kept as root's refusal: `denied_task` reads
+                // its state as root and tells an exit from a hidden task.
+                Ok(None) => res,
+                seen => seen,
+            };
         }
         match res {
             Ok(Some(true)) => TaskScan::Holds(uids),
@@ -579,16 +650,16 @@ impl Scan {
         Ok(None)
     }
 
-    /// Walks every process but `exclude`; `denied` decides what an
+    /// Walks every process but ours; `denied` decides what an
     /// uninspectable task of the node's uid means.
     fn walk(
         &self,
-        exclude: Pid,
+        ours: &Ours,
         denied: &mut dyn FnMut(Uninspectable, rustix::io::Errno, u32) -> Result<(), ProcError>,
     ) -> Result<Vec<Holder>, ProcError> {
         let mut found = Vec::new();
         for pid in all_pids()? {
-            if pid == exclude {
+            if ours.excludes(pid) {
                 continue;
             }
             if let Some(h) = self.process(pid, denied)? {
@@ -600,7 +671,7 @@ impl Scan {
     }
 }
 
-/// Finds every process (other than `exclude`) that holds an fd to inode
+/// Finds every process (other than ours) that holds an fd to inode
 /// (`dev`, `ino`) in the fd table of any of its tasks.
 ///
 /// Every task's own table is read (`/proc/<pid>/task/<tid>/fd`): a thread
@@ -615,11 +686,11 @@ impl Scan {
 pub fn holders(
     dev: u64,
     ino: u64,
-    exclude: Pid,
+    ours: &Ours,
     node: NodeIdentity,
 ) -> Result<Vec<Holder>, ProcError> {
     let scan = Scan::new(dev, ino, node, false);
-    scan.walk(exclude, &mut |u, e, uid| {
+    scan.walk(ours, &mut |u, e, uid| {
         if u.sibling {
             return Ok(());
         }
@@ -645,7 +716,11 @@ pub(crate) fn uninspectable(
     // An inode no fd can refer to: only inspectability is asked.
     let scan = Scan::new(u64::MAX, u64::MAX, node, true);
     let mut out = Vec::new();
-    scan.walk(exclude, &mut |u, _, _| {
+    let ours = Ours {
+        me: exclude,
+        fencer: None,
+    };
+    scan.walk(&ours, &mut |u, _, _| {
         if !out.iter().any(|o: &Uninspectable| o.pid == u.pid) {
             out.push(u);
         }
@@ -817,7 +892,11 @@ mod tests {
                 .map(|_| std::fs::File::open("/dev/null").unwrap())
                 .collect();
             let high = at_top.then(|| std::fs::File::open(&f).unwrap());
-            let found = holders(m.dev(), m.ino(), other, NodeIdentity::ours()).unwrap();
+            let ours = Ours {
+                me: other,
+                fencer: None,
+            };
+            let found = holders(m.dev(), m.ino(), &ours, NodeIdentity::ours()).unwrap();
             let me = Pid(std::process::id() as i32);
             assert_eq!(
                 found.iter().map(|h| h.pid).collect::<Vec<_>>(),
@@ -826,6 +905,48 @@ mod tests {
             );
             drop((low, filler, high));
         }
+    }
+
+    /// The fencer is left out by pid and start time; a process that only
+    /// has its pid is not.
+    #[test]
+    fn our_fencer_is_left_out_and_only_it() {
+        use std::os::unix::fs::MetadataExt;
+        let d = tempfile::tempdir().unwrap();
+        let f = d.path().join("held");
+        std::fs::write(&f, b"x").unwrap();
+        let m = std::fs::metadata(&f).unwrap();
+        let mut child = std::process::Command::new("sh")
+            .arg("-c")
+            .arg("exec 7<\"$1\"; exec sleep 5")
+            .arg("sh")
+            .arg(&f)
+            .spawn()
+            .unwrap();
+        let pid = Pid(child.id() as i32);
+        let scan = |fencer| {
+            let ours = Ours {
+                me: Pid(std::process::id() as i32),
+                fencer,
+            };
+            holders(m.dev(), m.ino(), &ours, NodeIdentity::ours()).unwrap()
+        };
+        let holds = || (0..200).any(|_| {
+            std::thread::sleep(std::time::Duration::from_millis(10));
+            scan(None).iter().any(|h| h.pid == pid)
+        });
+        assert!(holds(), "the child never opened the file");
+        let fencer = OwnProcess::of(pid).unwrap();
+        let found = scan(Some(fencer));
+        let other_start = OwnProcess {
+            pid,
+            start: fencer.start + 1,
+        };
+        let impostor = scan(Some(other_start));
+        let _ = child.kill();
+        let _ = child.wait();
+        assert!(found.iter().all(|h| h.pid != pid), "{found:?}");
+        assert!(impostor.iter().any(|h| h.pid == pid), "{impostor:?}");
     }
 
     #[test]
@@ -845,7 +966,7 @@ mod tests {
         let me = Pid(std::process::id() as i32);
         let mut seen = Vec::new();
         for _ in 0..200 {
-            seen = holders(m.dev(), m.ino(), me, NodeIdentity::new(0, 0)).unwrap();
+            seen = holders(m.dev(), m.ino(), &Ours::me(), NodeIdentity::new(0, 0)).unwrap();
             if !seen.is_empty() {
                 break;
             }

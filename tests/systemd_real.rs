@@ -623,7 +623,9 @@ impl<'a> Node<'a> {
         self.metrics();
         self.probes();
         self.configuration_and_slot_errors();
-        self.exposure();
+        self.exposure(false);
+        self.exposure(true);
+        self.hidden_process_at_start();
         self.lease_lost();
         let all = self.journal_text(None);
         assert_no_secret(&all, &self.key);
@@ -1273,7 +1275,11 @@ impl Node<'_> {
             .iter()
             .map(|(p, c)| format!("{p}:{}", c.as_str().unwrap_or("?")))
             .collect();
-        if !is_tool || !self.mode.split {
+        if !self.mode.split {
+            // ProtectProc=default: the reader check of the tool (the node's uid) must see
+            // every process, so the child sees them too.
+            assert!(visible.contains_key("1"), "{who} does not see pid 1: {listing:?}");
+        } else if !is_tool {
             // ProtectProc=invisible, for a process that is not gid 0: only the node user's own.
             for hidden in ["systemd", "systemd-journal", "dbus-daemon"] {
                 assert!(
@@ -1360,8 +1366,12 @@ impl Node<'_> {
         self.ns.sh(&format!("mv '{gone}.aside' '{gone}'"));
     }
 
-    /// A stranger of the node's uid joins the pipe after the key was written: exit 6.
-    fn exposure(&self) {
+    /// A stranger of the node's uid joins the pipe after the key was written: exit 6. Once as
+    /// an ordinary process, once non-dumpable (`hidden`): before issue 20 `ProtectProc=invisible`
+    /// took such a process out of the unprivileged tool's `/proc`, and the split tool, which
+    /// reads the node's fds with the node's ids, took "absent to the node" for "gone": in both
+    /// units it joined the pipe unseen and the node still got the key (no alarm).
+    fn exposure(&self, hidden: bool) {
         let pidfile = format!("{}/slow-reader.pid", self.home());
         self.write_env(&[
             ("COSMOVISOR_BIN", "/usr/local/bin/sandbox-probe"),
@@ -1385,7 +1395,13 @@ impl Node<'_> {
         let host_reader = self
             .ns
             .host_pid(reader.parse().unwrap())
-            .expect("reader's host pid");
+            .unwrap_or_else(|| {
+                panic!(
+                    "the slow reader {reader} is gone: {}\n{}",
+                    self.state_line(),
+                    self.journal_text(Some(&c))
+                )
+            });
         let uid = self
             .ns
             .sh(&format!("id -u {}", self.mode.instance))
@@ -1396,7 +1412,13 @@ impl Node<'_> {
             .sh(&format!("id -g {}", self.mode.instance))
             .trim()
             .to_owned();
-        let hold = format!("exec 3</proc/{reader}/fd/{fd}; echo joined; sleep 30");
+        let hold = if hidden {
+            format!(
+                "exec python3 -c 'import ctypes, os, time\nctypes.CDLL(None).prctl(4, 0, 0, 0, 0)\nfd = os.open(\"/proc/{reader}/fd/{fd}\", os.O_RDONLY)\nprint(\"joined\", os.getpid(), flush=True)\ntime.sleep(30)\n'"
+            )
+        } else {
+            format!("exec 3</proc/{reader}/fd/{fd}; echo joined $$; exec sleep 30")
+        };
         let own_userns = fs::read_link("/proc/self/ns/user").unwrap();
         let reader_userns = fs::read_link(format!("/proc/{host_reader}/ns/user")).unwrap();
         let mut stranger = if own_userns != reader_userns {
@@ -1434,7 +1456,7 @@ impl Node<'_> {
         let stranger_log = self
             .ns
             .scratch()
-            .join(format!("stranger-{}.log", self.mode.instance));
+            .join(format!("stranger-{}-{hidden}.log", self.mode.instance));
         let log = fs::File::create(&stranger_log).unwrap();
         stranger.stdout(log.try_clone().unwrap()).stderr(log);
         let stranger = KillOnDrop::spawn(&mut stranger);
@@ -1446,6 +1468,12 @@ impl Node<'_> {
             fs::read_to_string(&stranger_log).unwrap_or_default(),
             self.journal_text(Some(&c))
         );
+        // Killed by its pid in the namespace: `stranger` is the wrapper that entered it, and
+        // a non-dumpable stranger left alive would fail every later delivery closed.
+        let said = fs::read_to_string(&stranger_log).unwrap_or_default();
+        if let Some(pid) = said.split_whitespace().nth(1) {
+            self.ns.sh(&format!("kill -9 {pid} 2>/dev/null || true"));
+        }
         drop(stranger);
         self.assert_failed_without_restart(6, "exit 6 (stranger on the pipe)");
         let alarm = self.events(Some(&c), "key_exposed");
@@ -1462,13 +1490,91 @@ impl Node<'_> {
             .map(message)
             .find(|m| m.contains("key_exposed"))
             .unwrap_or_default();
+        if hidden {
+            assert!(
+                line.contains("cannot inspect"),
+                "the alarm does not say the stranger could not be inspected: {line}"
+            );
+        }
         self.say(
-            "exit 6 alarm",
+            if hidden {
+                "exit 6 alarm, non-dumpable stranger"
+            } else {
+                "exit 6 alarm"
+            },
             format!("{line}; the slow reader got {read}"),
         );
         self.assert_safe_restored(&c, "exit 6 -> ExecStopPost restore");
         self.ns.sh(&format!("rm -f {pidfile} {pidfile}.read"));
         self.write_env(&[]);
+    }
+
+    /// A non-dumpable process of the node's uid named like us (`ssm-cosmovisor`), outside the
+    /// unit, present when it starts: every delivery fails closed (exit 5, the pid named, the
+    /// node never given the key) until it is gone; then the next restart delivers. Before
+    /// issue 20 it was invisible to both tools (see `exposure`) and the key went out.
+    fn hidden_process_at_start(&self) {
+        let pidfile = format!("/tmp/poser-{}.pid", self.mode.instance);
+        let uid = self.ns.sh(&format!("id -u {}", self.mode.instance)).trim().to_owned();
+        let gid = self.ns.sh(&format!("id -g {}", self.mode.instance)).trim().to_owned();
+        let pose = format!(
+            "import ctypes, os, time\nlibc = ctypes.CDLL(None)\nlibc.prctl(15, b'ssm-cosmovisor', 0, 0, 0)\nlibc.prctl(4, 0, 0, 0, 0)\nopen('{pidfile}.tmp', 'w').write(str(os.getpid()))\nos.rename('{pidfile}.tmp', '{pidfile}')\ntime.sleep(120)\n"
+        );
+        let mut c = self.ns.cmd("setpriv");
+        c.args([
+            &format!("--reuid={uid}"),
+            &format!("--regid={gid}"),
+            "--clear-groups",
+            "--",
+            "python3",
+            "-c",
+            &pose,
+        ]);
+        let poser = KillOnDrop::spawn(&mut c);
+        let host_pidfile = self.ns.path(&pidfile);
+        assert!(
+            wait_for(|| host_pidfile.exists(), T),
+            "the posing process did not start"
+        );
+        let pid = fs::read_to_string(&host_pidfile).unwrap().trim().to_owned();
+        let (r0, c) = (self.reports().len(), self.ns.cursor());
+        self.systemctl("start --no-block");
+        let failed = self.wait_event(&c, "delivery_failed");
+        let error = failed.get("error").cloned().unwrap_or_default();
+        assert!(
+            error.contains(&format!("/proc/{pid}/")),
+            "the failure does not name the hidden process {pid}: {error}"
+        );
+        assert!(
+            self.reports()
+                .iter()
+                .skip(r0)
+                .all(|r| r["pub_key"] != self.key.pub_b64.as_str()),
+            "a node got the key while the hidden process ran: {:?}",
+            self.reports()
+        );
+        let status = self
+            .journal_text(Some(&c))
+            .lines()
+            .find(|l| l.contains("status=5/"))
+            .map(str::to_owned);
+        // By its pid in the namespace: `poser` is the wrapper that entered it.
+        self.ns.sh(&format!("kill -9 {pid}"));
+        drop(poser);
+        let _ = fs::remove_file(&host_pidfile);
+        let after = self.wait_report(r0, &self.key.pub_b64, "after the hidden process left");
+        self.say(
+            "non-dumpable poser at start",
+            format!(
+                "delivery refused naming pid {pid} ({}), the node never got the key; once it was gone, the restarted unit's node pid {} read it",
+                status.map_or("exit status not yet in the journal".into(), |_| "exit 5".to_string()),
+                after["pid"]
+            ),
+        );
+        let c = self.ns.cursor();
+        self.systemctl("stop --no-block");
+        self.wait_state("inactive", "dead", "stop after the poser");
+        self.assert_safe_restored(&c, "stop after the poser");
     }
 
     /// The lease is taken by another host: exit 8, restart, standby, and the lease back.
@@ -1511,6 +1617,15 @@ impl Node<'_> {
             ),
         );
         let back = self.wait_report(r1, &self.key.pub_b64, "lease back after expiry");
+        // The fencer runs as the node's uid in the unprivileged unit, not dumpable: were it
+        // scanned, every delivery under a lease would fail closed on it (exit 5 at every
+        // start, measured before issue 20 without ProtectProc=invisible, which used to hide it).
+        let refused = self.events(Some(&c), "delivery_failed");
+        assert!(
+            refused.is_empty(),
+            "deliveries under the lease failed: {refused:?}\n{}",
+            self.journal_text(Some(&c))
+        );
         // The handover inside one process must leave the unit running (and stoppable).
         self.wait_state("active", "running", "after taking the lease over");
         self.say(

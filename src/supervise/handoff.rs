@@ -135,6 +135,9 @@ fn exposure_text(reader: &Holder, e: &Exposure) -> String {
         Exposure::ReaderStopped => format!(
             "the node (pid {pid}) was stopped while the key was in its pipe: whoever stopped it could copy the key through /proc/{pid}/fd"
         ),
+        Exposure::Uninspectable(e) => format!(
+            "while the key written to pid {pid} was in its pipe, or after: {e}"
+        ),
         Exposure::NotDrained => format!(
             "the node (pid {pid}) held the key's pipe for {DRAIN_BOUND:?} without reading the key, which sat there for anyone who can reach its fds"
         ),

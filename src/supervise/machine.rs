@@ -13,6 +13,7 @@ use super::holder::{finish_lease, LeaseGuard, LeaseThread};
 use super::keywait::{KeyWait, NodeMatch};
 use super::rearm::{spawn_marker_thread, spawn_reader_exit_thread, FastRearm};
 use super::signals::Attached;
+use super::watchdog::{self, Watchdog};
 use super::{Ended, Event, KeyJob, SuperviseError, ORPHAN_GRACE};
 use crate::config::Config;
 use crate::deliver::{DeliverError, Outcome, ReaderPolicy};
@@ -121,6 +122,7 @@ pub(super) struct Setup<'a> {
     pub(super) tx: Sender<Event>,
     pub(super) guard: Option<LeaseGuard>,
     pub(super) stop_grace: Duration,
+    pub(super) watchdog: Watchdog,
 }
 
 /// One run's supervision state.
@@ -144,6 +146,7 @@ pub(super) struct Supervisor<'a> {
     holding: Holding,
     /// SIGTERM to SIGKILL when the lease is lost.
     stop_grace: Duration,
+    watchdog: Watchdog,
     last_ping: Instant,
 }
 
@@ -164,12 +167,23 @@ impl<'a> Supervisor<'a> {
             keyed: None,
             holding: s.guard.map_or(Holding::None, Holding::Valid),
             stop_grace: s.stop_grace,
+            watchdog: s.watchdog,
             last_ping: Instant::now(),
         }
     }
 
     /// Starts the watchers and the first hand-off, and tells systemd we are up.
     pub(super) fn start(&mut self, armed: Option<ArmedFifo>, standby: bool) {
+        if let Some(t) = self.watchdog.start_override() {
+            self.notifier.set_watchdog_timeout(t);
+            self.notifier.ping();
+            self.last_ping = Instant::now();
+            tracing::info!(
+                event = "watchdog_fence",
+                timeout_ms = t.as_millis() as u64,
+                "systemd's watchdog fences the lease: pings stop before the node's kill deadline"
+            );
+        }
         match (armed, &self.fast) {
             (Some(a), Some(fast)) => {
                 // Without the sign state every marker counts as due (rearm.rs).
@@ -310,19 +324,32 @@ impl<'a> Supervisor<'a> {
         if let (Some(_), Some(t)) = (&self.delivering, self.wait.wake_at(self.cfg.key_timeout)) {
             at = at.min(t);
         }
-        if let Some(iv) = self.notifier.watchdog_interval() {
-            at = at.min(self.last_ping + iv);
+        if let Some(t) = watchdog::next_ping(&self.watchdog, self.last_ping) {
+            at = at.min(t);
         }
         at
     }
 
+    /// Pings when due and the lease allows it (watchdog.rs); a withheld
+    /// ping still ends the interval, so the loop does not spin on it.
     fn ping_watchdog_if_due(&mut self) {
-        if let Some(iv) = self.notifier.watchdog_interval() {
-            if self.last_ping.elapsed() >= iv {
-                self.notifier.ping();
-                self.last_ping = Instant::now();
-            }
+        if !watchdog::next_ping(&self.watchdog, self.last_ping).is_some_and(|t| Instant::now() >= t)
+        {
+            return;
         }
+        let kill_by = self
+            .holding
+            .guard()
+            .map(|g| g.until().saturating_add(g.grace));
+        if self.watchdog.may_ping(boot_time(), kill_by) {
+            self.notifier.ping();
+        } else {
+            tracing::debug!(
+                event = "watchdog_withheld",
+                "watchdog ping withheld: the node's kill deadline is too near"
+            );
+        }
+        self.last_ping = Instant::now();
     }
 
     /// Runs until the child exits; returns its status.
@@ -552,6 +579,14 @@ impl<'a> Supervisor<'a> {
         // ignore `systemctl stop` (seen under a real systemd).
         if !handover {
             self.notifier.stopping();
+        }
+        // The child is gone: the steps left are bounded by the kill deadline,
+        // and the watchdog goes back to the unit's timeout.
+        let (after, back) = self.watchdog.after_child();
+        self.watchdog = after;
+        if let Some(t) = back {
+            self.notifier.set_watchdog_timeout(t);
+            self.notifier.ping();
         }
         let lost = matches!(self.holding, Holding::Lost(_));
         // Orphans (a keyed node whose cosmovisor died) must be gone by the

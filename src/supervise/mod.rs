@@ -38,6 +38,7 @@ mod keywait;
 mod machine;
 mod rearm;
 mod signals;
+mod watchdog;
 
 pub(crate) use keywait::NodeMatch;
 pub(crate) use signals::Signals;
@@ -198,6 +199,7 @@ pub(crate) fn run(
         }
         Ok(())
     };
+    let watchdog = choose_watchdog(cfg, &lease);
     // The lease threads inherit the blocked signals (blocked since before
     // any thread existed).
     let (lease_thread, guard, stop_grace) = match lease {
@@ -256,7 +258,9 @@ pub(crate) fn run(
     if let Some(g) = &guard {
         g.fence.arm(child.pid().0 as u32);
     }
-    let policy = reader_policy(cfg, child.pid());
+    attached.guard_child(child.pid(), cfg.node);
+    let fencer = guard.as_ref().map(|g| g.fence.pid());
+    let policy = reader_policy(cfg, child.pid(), fencer);
     let standby = matches!(lease_thread, holder::LeaseThread::Waiter(_));
     let mut sup = machine::Supervisor::new(machine::Setup {
         cfg,
@@ -266,18 +270,44 @@ pub(crate) fn run(
         tx,
         guard,
         stop_grace,
+        watchdog,
     });
     sup.start(armed, standby);
     let status = sup.event_loop(&rx);
     sup.finish(status, &rx, lease_thread, attached)
 }
 
-/// Who may receive the key in this run: the node, under our child.
-fn reader_policy(cfg: &Config, root: Pid) -> ReaderPolicy {
+/// The watchdog of this run (watchdog.rs); warns where a lease has no fence
+/// the node's uid cannot stop.
+fn choose_watchdog(cfg: &Config, lease: &LeaseRole) -> watchdog::Watchdog {
+    let held = match lease {
+        LeaseRole::Holder { client, .. } => Some(&client.settings),
+        _ => None,
+    };
+    let stoppable = !cfg.node.switches();
+    let (w, unfenced) =
+        watchdog::choose(crate::notify::watchdog_from_env(), held, stoppable);
+    if let Some(why) = unfenced {
+        tracing::warn!(
+            event = "lease_fence_stoppable",
+            why = %why,
+            "the node's user can stop this tool and its fencer (SIGSTOP) and keep signing past the lease"
+        );
+    }
+    w
+}
+
+/// Who may receive the key in this run: the node, under our child; and
+/// whom the reader scans leave out: ourselves and our fencer.
+fn reader_policy(cfg: &Config, root: Pid, fencer: Option<u32>) -> ReaderPolicy {
     ReaderPolicy {
         root,
         node: cfg.node,
-        me: Pid(std::process::id() as i32),
+        ours: procfs::Ours {
+            me: Pid(std::process::id() as i32),
+            // Not yet reaped, so its pid is still its own.
+            fencer: fencer.and_then(|p| procfs::OwnProcess::of(Pid(p as i32))),
+        },
     }
 }
 

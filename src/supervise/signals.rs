@@ -1,6 +1,6 @@
 //! The process's one signal thread, as a handle.
 //!
-//! INT/TERM/HUP/QUIT and CHLD are blocked before any other thread exists, so
+//! INT/TERM/HUP/QUIT, CHLD and ABRT are blocked before any other thread exists, so
 //! every thread inherits the mask and only this thread's `sigwait` ever takes
 //! them. One thread for the whole process, across runs (a standby's run, then
 //! the holder's): a second `sigwait` thread could take a signal meant for one
@@ -11,6 +11,8 @@ use std::sync::mpsc::Sender;
 use std::sync::{Arc, Mutex};
 
 use super::{Event, SuperviseError};
+use crate::identity::NodeIdentity;
+use crate::procfs::Pid;
 
 /// The stop signals we take (each reaches the child as [`for_child`] says).
 pub(crate) const FORWARDED: [i32; 4] = [libc::SIGINT, libc::SIGTERM, libc::SIGHUP, libc::SIGQUIT];
@@ -42,6 +44,8 @@ struct Shared {
     /// While set, a stop signal with no run to take it ends the process at
     /// once: nothing has been changed yet that would need undoing.
     exit_on_stop: AtomicBool,
+    /// The current run's child, whose tree a watchdog abort kills.
+    child: Mutex<Option<(Pid, NodeIdentity)>>,
 }
 
 /// The signal thread's handle.
@@ -59,6 +63,9 @@ impl Signals {
         }
         let mut sigs = FORWARDED.to_vec();
         sigs.push(libc::SIGCHLD);
+        // systemd's watchdog abort (a process-directed kill). Our own
+        // `abort()` still works: it unblocks SIGABRT in the calling thread.
+        sigs.push(libc::SIGABRT);
         crate::sys::block_signals(&sigs).map_err(super::internal("blocking signals"))?;
         let shared = Arc::new(Shared::default());
         shared.exit_on_stop.store(true, Ordering::SeqCst);
@@ -99,6 +106,9 @@ impl Signals {
 
 impl Shared {
     fn take(&self, sig: i32) {
+        if sig == libc::SIGABRT {
+            self.watchdog_abort();
+        }
         if sig != libc::SIGCHLD {
             self.stop.store(sig, Ordering::SeqCst);
         }
@@ -123,10 +133,49 @@ impl Shared {
     }
 }
 
+impl Shared {
+    /// systemd's watchdog gave up on us: it sends SIGABRT, then SIGCONT, to
+    /// the main process only (`KillMode=mixed`), and SIGKILLs the rest of
+    /// the unit only `TimeoutAbortSec=` later. The node must not outlive us
+    /// whatever else is stuck (a stopped tool is the case that matters:
+    /// watchdog.rs), so its tree is SIGKILLed from this thread, which needs
+    /// nothing of the supervision loop, and then we abort.
+    fn watchdog_abort(&self) -> ! {
+        let child = *self.child.lock().unwrap_or_else(|e| e.into_inner());
+        tracing::error!(
+            event = "watchdog_abort",
+            child = child.map(|c| c.0 .0),
+            "SIGABRT (systemd's watchdog): killing the child's tree, then aborting"
+        );
+        if let Some((pid, node)) = child {
+            let me = std::process::id() as i32;
+            let k = crate::fence::kill_tree(&crate::fence::Tree {
+                tool: Some(me),
+                pgid: Some(pid.0),
+                spare: [me, me],
+                node,
+            });
+            tracing::error!(
+                event = "tree_killed",
+                killed = k.count,
+                scans = k.scans,
+                left = ?k.left,
+                "SIGKILLed the child's process tree"
+            );
+        }
+        std::process::abort()
+    }
+}
+
 /// A run's subscription to the signals; dropping it ends it.
 pub(crate) struct Attached(Arc<Shared>);
 
 impl Attached {
+    /// Names the run's child: a watchdog abort kills its tree.
+    pub(crate) fn guard_child(&self, pid: Pid, node: NodeIdentity) {
+        *self.0.child.lock().unwrap_or_else(|e| e.into_inner()) = Some((pid, node));
+    }
+
     /// Ends the subscription with stop signals deferred from then on: the
     /// run leaves something to undo (a standby won the lease, which must be
     /// released if a stop comes before the next run takes the signals).
@@ -138,6 +187,7 @@ impl Attached {
 impl Drop for Attached {
     fn drop(&mut self) {
         *self.0.sink.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        *self.0.child.lock().unwrap_or_else(|e| e.into_inner()) = None;
     }
 }
 
