@@ -232,6 +232,14 @@ fn message(entry: &Value) -> String {
     }
 }
 
+/// Whether a host pid is alive (neither gone nor a zombie).
+fn alive(pid: i32) -> bool {
+    fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| s.rsplit_once(") ").map(|(_, r)| !r.starts_with('Z')))
+        .unwrap_or(false)
+}
+
 /// One node (home, user, settings) and its unit in the namespace.
 struct Node<'a> {
     ns: &'a SystemdNs,
@@ -627,6 +635,7 @@ impl<'a> Node<'a> {
         self.exposure(true);
         self.hidden_process_at_start();
         self.lease_lost();
+        self.watchdog_fence();
         let all = self.journal_text(None);
         assert_no_secret(&all, &self.key);
         self.say(
@@ -1575,6 +1584,106 @@ impl Node<'_> {
         self.systemctl("stop --no-block");
         self.wait_state("inactive", "dead", "stop after the poser");
         self.assert_safe_restored(&c, "stop after the poser");
+    }
+
+    /// The node's user stops the lease holder's tool, fencer and cosmovisor (SIGSTOP) and lets
+    /// the node sign on. Unprivileged unit: the tool shortened the watchdog to fit the 6 s lease
+    /// (1 s), systemd's abort reaches the stopped tool, which SIGKILLs the node's tree before
+    /// the kill deadline. Before issue 20 the node ran until SIGCONT (20.5 s after the stop,
+    /// 14.5 s of it with the standby holding the key too). Split unit: the same stop is refused.
+    fn watchdog_fence(&self) {
+        let lease = format!("lease-fence-{}", self.mode.instance);
+        self.write_env(&[
+            ("SSM_COSMOVISOR_LEASE_TABLE", TABLE),
+            ("SSM_COSMOVISOR_LEASE_NAME", lease.as_str()),
+            ("SSM_COSMOVISOR_LEASE_DURATION", "6s"),
+        ]);
+        let (r0, c) = (self.reports().len(), self.ns.cursor());
+        self.systemctl("start");
+        self.wait_state("active", "running", "lease holder start");
+        let node = self.wait_report(r0, &self.key.pub_b64, "lease holder");
+        let main = self.show()["MainPID"].clone();
+        let fencer = self.ns.sh(&format!("pgrep -P {main} -f __fence")).trim().to_owned();
+        let cosmovisor = self.ns.sh(&format!("pgrep -P {main} -x cosmovisor")).trim().to_owned();
+        let node_pid = node["pid"].as_i64().unwrap() as i32;
+        let host_node = self.ns.host_pid(node_pid).expect("node's host pid");
+        let uid = self.ns.sh(&format!("id -u {}", self.mode.instance)).trim().to_owned();
+        let gid = self.ns.sh(&format!("id -g {}", self.mode.instance)).trim().to_owned();
+        let stop = self.ns.try_sh(&format!(
+            "setpriv --reuid={uid} --regid={gid} --clear-groups kill -STOP {main} {fencer} {cosmovisor}"
+        ));
+        let stopped = Instant::now();
+        let stderr = String::from_utf8_lossy(&stop.stderr).trim().to_owned();
+        if self.mode.split {
+            assert!(
+                !stop.status.success() && stderr.matches("Operation not permitted").count() == 2,
+                "the node's user stopped the split tool or its fencer: {stderr}"
+            );
+            std::thread::sleep(Duration::from_secs(2));
+            assert!(alive(host_node), "the node died though nothing was stopped");
+            self.ns.sh(&format!("kill -CONT {cosmovisor}"));
+            self.say(
+                "SIGSTOP by the node's user",
+                format!("refused for the tool ({main}) and its fencer ({fencer}): {stderr}; the lease holds, node pid {node_pid} runs on"),
+            );
+        } else {
+            assert!(stop.status.success(), "kill -STOP as the node's user: {stderr}");
+            let fence = self.events(Some(&c), "watchdog_fence");
+            assert!(
+                fence.first().and_then(|f| f.get("timeout_ms")).map(String::as_str) == Some("1000"),
+                "the tool did not shorten the watchdog to fit the lease: {fence:?}\n{}",
+                self.journal_text(Some(&c))
+            );
+            let died = wait_for(|| !alive(host_node), Duration::from_secs(10));
+            let after = stopped.elapsed();
+            let _ = self.ns.try_sh(&format!("kill -CONT {main} {fencer} {cosmovisor}"));
+            assert!(
+                died,
+                "the node outlived the stop of its tool by 10 s:\n{}",
+                self.journal_text(Some(&c))
+            );
+            // 1 s watchdog + 1 s TimeoutAbortSec=, before the 6 s lease's 5 s kill deadline.
+            assert!(
+                after < Duration::from_secs(3),
+                "the node died {after:?} after the stop:\n{}",
+                self.journal_text(Some(&c))
+            );
+            let killed = self
+                .events(Some(&c), "tree_killed")
+                .into_iter()
+                .last()
+                .and_then(|f| f.get("killed").cloned())
+                .unwrap_or_else(|| "no tree_killed line".into());
+            let text = self.journal_text(Some(&c));
+            let systemd = text
+                .lines()
+                .find(|l| l.contains("Watchdog timeout"))
+                .unwrap_or("no watchdog line")
+                .trim();
+            self.say(
+                "watchdog fence",
+                format!(
+                    "tool, fencer and cosmovisor SIGSTOPped by the node's user: node pid {node_pid} dead {:.2}s after (\"{systemd}\": the tool, resumed by systemd's SIGCONT, SIGKILLed {killed} processes); the 6 s lease's kill deadline is 5 s after a renewal",
+                    after.as_secs_f64(),
+                ),
+            );
+        }
+        // Stopped during the restart that follows the watchdog, the unit ends `failed`
+        // (result watchdog), or `inactive` when the stop came later.
+        let c = self.ns.cursor();
+        self.systemctl("stop --no-block");
+        assert!(
+            wait_for(
+                || matches!(self.show()["ActiveState"].as_str(), "inactive" | "failed"),
+                T
+            ),
+            "{}: not stopped after the fence: {}",
+            self.unit(),
+            self.state_line()
+        );
+        let _ = self.ns.try_sh(&format!("systemctl reset-failed {}", self.unit()));
+        self.assert_safe_restored(&c, "stop after the fence");
+        self.write_env(&[]);
     }
 
     /// The lease is taken by another host: exit 8, restart, standby, and the lease back.
