@@ -325,6 +325,22 @@ fn hidden_reader_in_a_thread_with_its_own_fd_table_gets_no_key() {
     );
 }
 
+/// Issue 20 item 2a: the node's user SIGSTOPs the node the moment it holds the FIFO, opens
+/// the pipe through `/proc/<node>/fd/N` 50 ms later (after the tool's last scan and its
+/// write, in most rounds), copies the key with `tee(2)` (the node still gets it), closes and SIGCONTs the
+/// node. The review measured 99 silent copies in 100 before the drain watch (the only trace
+/// a 302 ms latency). Now the stop is seen while the key is in the pipe: a copy never comes
+/// without `key_exposed`, and the key is taken back out of the pipe.
+#[test]
+fn a_node_stopped_and_teed_is_never_a_silent_copy() {
+    if !root_or_skip("needs root to run the unprivileged unit's user") {
+        return;
+    }
+    let v = victim(Who::Nobody);
+    let (rounds, _) = hidden_reader_rounds(&v, "stop-tee", env_usize("SSMCV_ATTACK_ROUNDS", 8));
+    assert_hidden_reader_caught("stop-and-tee (unprivileged unit)", &rounds);
+}
+
 /// Finding 2: the hidden reader's thread-group leader exits (a zombie leader's
 /// `/proc/<pid>/fd` is empty) while a thread holds the FIFO; the tool runs as root for a
 /// root node, as root sees every fd table. Before the fix: copied in every round.

@@ -7,6 +7,10 @@ out of the node's FIFO while keeping its fd where a scan of /proc/<pid>/fd does 
                  there: the fd is in that thread's table only (/proc/<pid>/task/<tid>/fd).
   zombie-leader  the main thread exits on its own (SYS_exit, not exit_group): the leader is a
                  zombie whose /proc/<pid>/fd is empty, while a thread holds the FIFO.
+  stop-tee       (issue 20 item 2a) SIGSTOPs the node the moment it holds the FIFO, waits 50 ms
+                 (for the tool's last scan and its write), opens the FIFO through
+                 /proc/<node>/fd/N, tees what arrives within 300 ms, closes at once and
+                 SIGCONTs the node, which then reads the key as if nothing happened.
 
 usage: rogue_reader.py MODE MARKER KEY_NAME OUT_DIR ROUNDS
 
@@ -21,6 +25,7 @@ next node, ROUNDS times. OUT_DIR/ready is written once it watches.
 import ctypes
 import os
 import select
+import signal
 import sys
 import threading
 import time
@@ -67,7 +72,7 @@ def fifo_fd(pid, key_name):
     return None
 
 
-def copy_from(pid, fd, out_dir):
+def copy_from(pid, fd, linger=1.0, wait=20.0):
     """Opens the node's FIFO through /proc and tees what arrives; returns the bytes."""
     try:
         f = os.open(f"/proc/{pid}/fd/{fd}", os.O_RDONLY | os.O_NONBLOCK)
@@ -75,7 +80,7 @@ def copy_from(pid, fd, out_dir):
         return None
     r, w = os.pipe()
     got = b""
-    deadline = time.monotonic() + 20
+    deadline = time.monotonic() + wait
     p = select.poll()
     p.register(f, select.POLLIN)
     while time.monotonic() < deadline and not got:
@@ -89,10 +94,26 @@ def copy_from(pid, fd, out_dir):
         elif ev[0][1] & select.POLLHUP:
             # The writer closed without writing (refused): nothing to copy.
             break
-    time.sleep(1.0)
+    time.sleep(linger)
     for x in (f, r, w):
         os.close(x)
     return got
+
+
+def stop_and_tee(pid, fd):
+    """The node stopped while its pipe is opened and copied, then let go on."""
+    try:
+        os.kill(pid, signal.SIGSTOP)
+    except OSError:
+        return None
+    try:
+        time.sleep(0.05)
+        return copy_from(pid, fd, linger=0.0, wait=0.3)
+    finally:
+        try:
+            os.kill(pid, signal.SIGCONT)
+        except OSError:
+            pass
 
 
 def rogue(mode, marker, key_name, out_dir, rounds):
@@ -109,7 +130,7 @@ def rogue(mode, marker, key_name, out_dir, rounds):
             if fd is None:
                 continue
             seen.add(pid)
-            got = copy_from(pid, fd, out_dir)
+            got = stop_and_tee(pid, fd) if mode == "stop-tee" else copy_from(pid, fd)
             tmp = os.path.join(out_dir, f".copied-{pid}")
             with open(tmp, "wb") as f:
                 f.write(got or b"")
