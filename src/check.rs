@@ -97,7 +97,10 @@ fn reader_check(r: &mut Report, node: crate::identity::NodeIdentity) {
     // As this process sees /proc: run from a shell, not the unit's own view
     // (the unit's ProtectProc= is checked at every start of `run`).
     match procfs::verify_sees_all() {
-        Ok(_) => r.pass("/proc", "lists every process (no hidepid= hides any from this check)"),
+        Ok(_) => r.pass(
+            "/proc",
+            "lists every process (no hidepid= hides any from this check)",
+        ),
         Err(e) => r.fail("/proc", e),
     }
     let me = Pid(std::process::id() as i32);

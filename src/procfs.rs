@@ -15,8 +15,8 @@ use crate::identity::NodeIdentity;
 mod denied;
 mod view;
 use denied::{TaskState, Verdict};
-pub use view::HiddenError;
 pub(crate) use view::verify_sees_all;
+pub use view::HiddenError;
 
 /// A process id.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -931,10 +931,12 @@ mod tests {
             };
             holders(m.dev(), m.ino(), &ours, NodeIdentity::ours()).unwrap()
         };
-        let holds = || (0..200).any(|_| {
-            std::thread::sleep(std::time::Duration::from_millis(10));
-            scan(None).iter().any(|h| h.pid == pid)
-        });
+        let holds = || {
+            (0..200).any(|_| {
+                std::thread::sleep(std::time::Duration::from_millis(10));
+                scan(None).iter().any(|h| h.pid == pid)
+            })
+        };
         assert!(holds(), "the child never opened the file");
         let fencer = OwnProcess::of(pid).unwrap();
         let found = scan(Some(fencer));

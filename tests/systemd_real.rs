@@ -1287,7 +1287,10 @@ impl Node<'_> {
         if !self.mode.split {
             // ProtectProc=default: the reader check of the tool (the node's uid) must see
             // every process, so the child sees them too.
-            assert!(visible.contains_key("1"), "{who} does not see pid 1: {listing:?}");
+            assert!(
+                visible.contains_key("1"),
+                "{who} does not see pid 1: {listing:?}"
+            );
         } else if !is_tool {
             // ProtectProc=invisible, for a process that is not gid 0: only the node user's own.
             for hidden in ["systemd", "systemd-journal", "dbus-daemon"] {
@@ -1524,8 +1527,16 @@ impl Node<'_> {
     /// issue 20 it was invisible to both tools (see `exposure`) and the key went out.
     fn hidden_process_at_start(&self) {
         let pidfile = format!("/tmp/poser-{}.pid", self.mode.instance);
-        let uid = self.ns.sh(&format!("id -u {}", self.mode.instance)).trim().to_owned();
-        let gid = self.ns.sh(&format!("id -g {}", self.mode.instance)).trim().to_owned();
+        let uid = self
+            .ns
+            .sh(&format!("id -u {}", self.mode.instance))
+            .trim()
+            .to_owned();
+        let gid = self
+            .ns
+            .sh(&format!("id -g {}", self.mode.instance))
+            .trim()
+            .to_owned();
         let pose = format!(
             "import ctypes, os, time\nlibc = ctypes.CDLL(None)\nlibc.prctl(15, b'ssm-cosmovisor', 0, 0, 0)\nlibc.prctl(4, 0, 0, 0, 0)\nopen('{pidfile}.tmp', 'w').write(str(os.getpid()))\nos.rename('{pidfile}.tmp', '{pidfile}')\ntime.sleep(120)\n"
         );
@@ -1603,12 +1614,28 @@ impl Node<'_> {
         self.wait_state("active", "running", "lease holder start");
         let node = self.wait_report(r0, &self.key.pub_b64, "lease holder");
         let main = self.show()["MainPID"].clone();
-        let fencer = self.ns.sh(&format!("pgrep -P {main} -f __fence")).trim().to_owned();
-        let cosmovisor = self.ns.sh(&format!("pgrep -P {main} -x cosmovisor")).trim().to_owned();
+        let fencer = self
+            .ns
+            .sh(&format!("pgrep -P {main} -f __fence"))
+            .trim()
+            .to_owned();
+        let cosmovisor = self
+            .ns
+            .sh(&format!("pgrep -P {main} -x cosmovisor"))
+            .trim()
+            .to_owned();
         let node_pid = node["pid"].as_i64().unwrap() as i32;
         let host_node = self.ns.host_pid(node_pid).expect("node's host pid");
-        let uid = self.ns.sh(&format!("id -u {}", self.mode.instance)).trim().to_owned();
-        let gid = self.ns.sh(&format!("id -g {}", self.mode.instance)).trim().to_owned();
+        let uid = self
+            .ns
+            .sh(&format!("id -u {}", self.mode.instance))
+            .trim()
+            .to_owned();
+        let gid = self
+            .ns
+            .sh(&format!("id -g {}", self.mode.instance))
+            .trim()
+            .to_owned();
         let stop = self.ns.try_sh(&format!(
             "setpriv --reuid={uid} --regid={gid} --clear-groups kill -STOP {main} {fencer} {cosmovisor}"
         ));
@@ -1627,16 +1654,25 @@ impl Node<'_> {
                 format!("refused for the tool ({main}) and its fencer ({fencer}): {stderr}; the lease holds, node pid {node_pid} runs on"),
             );
         } else {
-            assert!(stop.status.success(), "kill -STOP as the node's user: {stderr}");
+            assert!(
+                stop.status.success(),
+                "kill -STOP as the node's user: {stderr}"
+            );
             let fence = self.events(Some(&c), "watchdog_fence");
             assert!(
-                fence.first().and_then(|f| f.get("timeout_ms")).map(String::as_str) == Some("1000"),
+                fence
+                    .first()
+                    .and_then(|f| f.get("timeout_ms"))
+                    .map(String::as_str)
+                    == Some("1000"),
                 "the tool did not shorten the watchdog to fit the lease: {fence:?}\n{}",
                 self.journal_text(Some(&c))
             );
             let died = wait_for(|| !alive(host_node), Duration::from_secs(10));
             let after = stopped.elapsed();
-            let _ = self.ns.try_sh(&format!("kill -CONT {main} {fencer} {cosmovisor}"));
+            let _ = self
+                .ns
+                .try_sh(&format!("kill -CONT {main} {fencer} {cosmovisor}"));
             assert!(
                 died,
                 "the node outlived the stop of its tool by 10 s:\n{}",
@@ -1681,7 +1717,9 @@ impl Node<'_> {
             self.unit(),
             self.state_line()
         );
-        let _ = self.ns.try_sh(&format!("systemctl reset-failed {}", self.unit()));
+        let _ = self
+            .ns
+            .try_sh(&format!("systemctl reset-failed {}", self.unit()));
         self.assert_safe_restored(&c, "stop after the fence");
         self.write_env(&[]);
     }

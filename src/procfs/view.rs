@@ -163,8 +163,7 @@ pub(crate) fn verify_sees_all() -> Result<ProcMount, HiddenError> {
 /// gid, or a supplementary group.
 fn in_our_groups(gid: u32) -> bool {
     rustix::process::getegid().as_raw() == gid
-        || rustix::process::getgroups()
-            .is_ok_and(|gs| gs.iter().any(|g| g.as_raw() == gid))
+        || rustix::process::getgroups().is_ok_and(|gs| gs.iter().any(|g| g.as_raw() == gid))
 }
 
 #[cfg(test)]

@@ -285,8 +285,7 @@ fn choose_watchdog(cfg: &Config, lease: &LeaseRole) -> watchdog::Watchdog {
         _ => None,
     };
     let stoppable = !cfg.node.switches();
-    let (w, unfenced) =
-        watchdog::choose(crate::notify::watchdog_from_env(), held, stoppable);
+    let (w, unfenced) = watchdog::choose(crate::notify::watchdog_from_env(), held, stoppable);
     if let Some(why) = unfenced {
         tracing::warn!(
             event = "lease_fence_stoppable",
