@@ -26,7 +26,6 @@
 //! than the fencer (orphans reparented to the tool as subreaper, and anything
 //! that left the group), plus their descendants.
 
-use std::collections::{HashMap, HashSet};
 use std::io::{Read, Write};
 use std::os::fd::OwnedFd;
 use std::os::unix::process::CommandExt;
@@ -36,22 +35,44 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rustix::event::{poll, PollFd, PollFlags};
-use rustix::process::{Pid as RPid, Signal};
+use rustix::process::Pid as RPid;
 
 use crate::identity::NodeIdentity;
+use crate::procfs::tree::{kill_tree, Tree};
 
 /// The hidden subcommand the fencer runs as.
 pub(crate) const SUBCOMMAND: &str = "__fence";
 
-/// Message tags, tool to fencer.
-const MSG_DEADLINE: u64 = 1;
-const MSG_ARM: u64 = 2;
-const MSG_DISARM: u64 = 3;
-/// Message tags, fencer to tool.
-const MSG_ACK: u64 = 1;
-const MSG_FIRED: u64 = 2;
+/// A message from the tool to its fencer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ToFencer {
+    /// Kill the node's tree at this instant of the boot clock unless told
+    /// a later one (nanoseconds).
+    Deadline(u64),
+    /// The node's process group (cosmovisor's pid).
+    Arm(u64),
+    /// The tree is gone: nothing to kill any more.
+    Disarm,
+}
 
-/// One message: a tag and a value, 16 bytes, so a pipe write is atomic.
+/// A message from the fencer to the tool.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum FromFencer {
+    /// This deadline (ns) is enforced now.
+    Ack(u64),
+    /// The tree was killed: this many processes.
+    Fired(u64),
+}
+
+/// Each message is 16 bytes, a tag and a value, so that one pipe write is
+/// atomic. The two directions have disjoint tags: a message read from the
+/// wrong pipe is unknown, never taken for another.
+const TAG_DEADLINE: u64 = 1;
+const TAG_ARM: u64 = 2;
+const TAG_DISARM: u64 = 3;
+const TAG_ACK: u64 = 0x101;
+const TAG_FIRED: u64 = 0x102;
+
 fn encode(tag: u64, value: u64) -> [u8; 16] {
     let mut b = [0u8; 16];
     b[..8].copy_from_slice(&tag.to_le_bytes());
@@ -67,10 +88,47 @@ fn decode(b: &[u8; 16]) -> (u64, u64) {
     )
 }
 
-/// Reads one whole message; `None` at end of file or on an error.
-fn read_msg(r: &mut impl Read) -> Option<(u64, u64)> {
+impl ToFencer {
+    fn bytes(self) -> [u8; 16] {
+        match self {
+            ToFencer::Deadline(ns) => encode(TAG_DEADLINE, ns),
+            ToFencer::Arm(pgid) => encode(TAG_ARM, pgid),
+            ToFencer::Disarm => encode(TAG_DISARM, 0),
+        }
+    }
+
+    fn from_bytes(b: &[u8; 16]) -> Option<ToFencer> {
+        match decode(b) {
+            (TAG_DEADLINE, ns) => Some(ToFencer::Deadline(ns)),
+            (TAG_ARM, pgid) => Some(ToFencer::Arm(pgid)),
+            (TAG_DISARM, _) => Some(ToFencer::Disarm),
+            _ => None,
+        }
+    }
+}
+
+impl FromFencer {
+    fn bytes(self) -> [u8; 16] {
+        match self {
+            FromFencer::Ack(ns) => encode(TAG_ACK, ns),
+            FromFencer::Fired(n) => encode(TAG_FIRED, n),
+        }
+    }
+
+    fn from_bytes(b: &[u8; 16]) -> Option<FromFencer> {
+        match decode(b) {
+            (TAG_ACK, ns) => Some(FromFencer::Ack(ns)),
+            (TAG_FIRED, n) => Some(FromFencer::Fired(n)),
+            _ => None,
+        }
+    }
+}
+
+/// Reads one whole message: `None` at end of file or on an error,
+/// `Some(None)` for a message of unknown tag (skipped).
+fn read_msg<M>(r: &mut impl Read, parse: fn(&[u8; 16]) -> Option<M>) -> Option<Option<M>> {
     let mut b = [0u8; 16];
-    r.read_exact(&mut b).ok().map(|()| decode(&b))
+    r.read_exact(&mut b).ok().map(|()| parse(&b))
 }
 
 /// What the tool hears from its fencer.
@@ -147,13 +205,13 @@ impl Fence {
         std::thread::Builder::new()
             .name("fence-acks".into())
             .spawn(move || {
-                while let Some((tag, v)) = read_msg(&mut acks) {
-                    match tag {
-                        MSG_ACK => {
-                            seen.fetch_max(v, Ordering::SeqCst);
+                while let Some(msg) = read_msg(&mut acks, FromFencer::from_bytes) {
+                    match msg {
+                        Some(FromFencer::Ack(ns)) => {
+                            seen.fetch_max(ns, Ordering::SeqCst);
                         }
-                        MSG_FIRED => news(FenceNews::Fired(v)),
-                        _ => {}
+                        Some(FromFencer::Fired(n)) => news(FenceNews::Fired(n)),
+                        None => {}
                     }
                 }
                 news(FenceNews::Exited);
@@ -170,15 +228,15 @@ impl Fence {
         self.child.id()
     }
 
-    fn send(&self, tag: u64, value: u64) -> bool {
-        (&*self.to).write_all(&encode(tag, value)).is_ok()
+    fn send(&self, msg: ToFencer) -> bool {
+        (&*self.to).write_all(&msg.bytes()).is_ok()
     }
 
     /// A sender of kill deadlines, for the lease's renewal thread.
     pub(crate) fn extender(&self) -> impl Fn(Duration) + Send + 'static {
         let to = self.to.clone();
         move |kill_at: Duration| {
-            let _ = (&*to).write_all(&encode(MSG_DEADLINE, kill_at.as_nanos() as u64));
+            let _ = (&*to).write_all(&ToFencer::Deadline(kill_at.as_nanos() as u64).bytes());
         }
     }
 
@@ -190,7 +248,7 @@ impl Fence {
 
     /// Sends `kill_at` and waits until the fencer enforces it.
     pub(crate) fn extend_and_confirm(&self, kill_at: Duration, within: Duration) -> bool {
-        if !self.send(MSG_DEADLINE, kill_at.as_nanos() as u64) {
+        if !self.send(ToFencer::Deadline(kill_at.as_nanos() as u64)) {
             return false;
         }
         let end = Instant::now() + within;
@@ -205,14 +263,14 @@ impl Fence {
 
     /// Names the node's process group (cosmovisor's pid).
     pub(crate) fn arm(&self, pgid: u32) -> bool {
-        self.send(MSG_ARM, u64::from(pgid))
+        self.send(ToFencer::Arm(u64::from(pgid)))
     }
 
     /// The node's tree is gone: nothing to kill any more; then stops the
     /// fencer and reaps it. (Dropping a `Fence` instead closes the pipe
     /// without disarming: the fencer then kills whatever is left.)
     pub(crate) fn finish(self) {
-        self.send(MSG_DISARM, 0);
+        self.send(ToFencer::Disarm);
         let Fence { mut child, to, .. } = self;
         // Closing our end is the fencer's cue to exit.
         drop(to);
@@ -227,188 +285,6 @@ impl Fence {
         let _ = child.kill();
         let _ = child.wait();
     }
-}
-
-/// One `/proc/<pid>/stat` line, the fields the fencer needs.
-#[derive(Debug, Clone, Copy)]
-struct ProcStat {
-    ppid: i32,
-    pgid: i32,
-    /// Start time (clock ticks since boot): with the pid, names one process
-    /// for good, so a pid freed and reused between scan and kill is spared.
-    start: u64,
-    /// A zombie whose every thread is gone holds nothing and cannot sign.
-    dead: bool,
-}
-
-fn read_stat(pid: i32) -> Option<ProcStat> {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // The command name is in parentheses and may contain anything.
-    let rest = &text[text.rfind(')')? + 2..];
-    let f: Vec<&str> = rest.split_ascii_whitespace().collect();
-    let state = *f.first()?;
-    let threads: i64 = f.get(17)?.parse().ok()?;
-    Some(ProcStat {
-        ppid: f.get(1)?.parse().ok()?,
-        pgid: f.get(2)?.parse().ok()?,
-        start: f.get(19)?.parse().ok()?,
-        dead: state == "Z" && threads <= 1 || state == "X",
-    })
-}
-
-fn all_stats() -> HashMap<i32, ProcStat> {
-    let Ok(dir) = std::fs::read_dir("/proc") else {
-        return HashMap::new();
-    };
-    dir.flatten()
-        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
-        .filter_map(|p| Some((p, read_stat(p)?)))
-        .collect()
-}
-
-/// The processes to kill: the group `pgid`, the descendants of `tool`, and
-/// all their descendants, less `spare` and the tool itself.
-fn victims(
-    stats: &HashMap<i32, ProcStat>,
-    tool: Option<i32>,
-    pgid: Option<i32>,
-    spare: &[i32],
-) -> Vec<i32> {
-    let mut set: HashSet<i32> = stats
-        .iter()
-        .filter(|(_, s)| Some(s.pgid) == pgid)
-        .map(|(p, _)| *p)
-        .collect();
-    let mut roots: Vec<i32> = set.iter().copied().chain(tool).collect();
-    while let Some(r) = roots.pop() {
-        for (p, s) in stats {
-            if s.ppid == r && set.insert(*p) {
-                roots.push(*p);
-            }
-        }
-    }
-    set.into_iter()
-        .filter(|p| !spare.contains(p) && Some(*p) != tool && stats.get(p).is_some_and(|s| !s.dead))
-        .collect()
-}
-
-/// The tool's children in a scan, zombies included: a process of the tree
-/// that dies hands its children to the tool (a child subreaper) before it
-/// shows as a zombie, so a pid new here since the last scan may have been
-/// missed by it.
-fn children_of(stats: &HashMap<i32, ProcStat>, tool: Option<i32>) -> HashSet<i32> {
-    stats
-        .iter()
-        .filter(|(_, s)| Some(s.ppid) == tool)
-        .map(|(p, _)| *p)
-        .collect()
-}
-
-/// Whose tree [`kill_tree`] kills.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct Tree {
-    /// The tool, a child subreaper: every orphan of the child's tree is
-    /// reparented to it (stopped or not) and stays its descendant, whatever
-    /// session or group it made. `None` once it is gone.
-    pub(crate) tool: Option<i32>,
-    /// cosmovisor's process group (cosmovisor's pid).
-    pub(crate) pgid: Option<i32>,
-    /// Never killed: the fencer, the caller.
-    pub(crate) spare: [i32; 2],
-    /// Whose file-system ids read the node's `/proc` entries.
-    pub(crate) node: NodeIdentity,
-}
-
-/// What [`kill_tree`] did.
-#[derive(Debug, Clone, Default)]
-pub(crate) struct Killed {
-    /// Distinct processes SIGKILLed, the group's members included.
-    pub(crate) count: u64,
-    /// Scans of `/proc` it took.
-    pub(crate) scans: u32,
-    /// Still alive when the time ran out (empty when it converged).
-    pub(crate) left: Vec<i32>,
-    /// Processes the kernel would not let us signal, with the error.
-    pub(crate) denied: Vec<(i32, rustix::io::Errno)>,
-}
-
-/// How long [`kill_tree`] keeps scanning for a tree that keeps forking. A
-/// fork chain whose links live longer than a scan (milliseconds) is caught
-/// within a few scans; this bounds the pathological one.
-const KILL_BUDGET: Duration = Duration::from_secs(2);
-
-/// SIGKILLs `pid` only if it is still the process that started at `start`
-/// (through a pidfd, so not a pid reused since the scan).
-fn kill_exact(pid: i32, start: u64) -> Result<bool, rustix::io::Errno> {
-    let Some(p) = RPid::from_raw(pid) else {
-        return Ok(false);
-    };
-    let fd = match rustix::process::pidfd_open(p, rustix::process::PidfdFlags::empty()) {
-        Ok(fd) => fd,
-        Err(rustix::io::Errno::SRCH) => return Ok(false),
-        Err(e) => return Err(e),
-    };
-    if read_stat(pid).map(|s| s.start) != Some(start) {
-        return Ok(false);
-    }
-    match rustix::process::pidfd_send_signal(&fd, Signal::KILL) {
-        Ok(()) => Ok(true),
-        Err(rustix::io::Errno::SRCH) => Ok(false),
-        Err(e) => Err(e),
-    }
-}
-
-/// SIGKILLs the child's whole tree (docs/design.md, "Fencing"): every
-/// process of cosmovisor's group or descending from the tool, scanned again
-/// and again until a scan finds none alive *and* no child of the tool
-/// appeared since the scan before (one that did may have been born after
-/// that scan's listing of `/proc`, from a process that died before it was
-/// read: a `setsid` fork-and-exit chain), or [`KILL_BUDGET`] has passed.
-pub(crate) fn kill_tree(t: &Tree) -> Killed {
-    let began = Instant::now();
-    let mut out = Killed::default();
-    let mut killed: HashSet<(i32, u64)> = HashSet::new();
-    let mut last_children: Option<HashSet<i32>> = None;
-    loop {
-        // Root without CAP_SYS_PTRACE sees the node's /proc entries only
-        // with the node's file-system ids (ProtectProc=invisible).
-        let stats = t.node.as_node(all_stats);
-        out.scans += 1;
-        let v = victims(&stats, t.tool, t.pgid, &t.spare);
-        for &p in &v {
-            let Some(st) = stats.get(&p) else { continue };
-            match kill_exact(p, st.start) {
-                Ok(true) => {
-                    killed.insert((p, st.start));
-                }
-                Ok(false) => {}
-                Err(e) => out.denied.push((p, e)),
-            }
-        }
-        if out.scans == 1 {
-            // Members born after the listing.
-            if let Some(g) = t.pgid.and_then(RPid::from_raw) {
-                let _ = rustix::process::kill_process_group(g, Signal::KILL);
-            }
-        }
-        let children = children_of(&stats, t.tool);
-        let settled = last_children
-            .as_ref()
-            .is_some_and(|last| children.is_subset(last));
-        if v.is_empty() && settled {
-            break;
-        }
-        if began.elapsed() >= KILL_BUDGET {
-            out.left = v;
-            break;
-        }
-        last_children = Some(children);
-        std::thread::yield_now();
-    }
-    out.denied.sort_unstable_by_key(|d| d.0);
-    out.denied.dedup_by_key(|d| d.0);
-    out.count = killed.len() as u64;
-    out
 }
 
 /// Why the fencer kills.
@@ -478,7 +354,7 @@ impl Fencer {
                     "fencer: SIGKILLed the node's process tree, but processes of it were still forking when the time ran out"
                 );
             }
-            let _ = self.acks.write_all(&encode(MSG_FIRED, k.count));
+            let _ = self.acks.write_all(&FromFencer::Fired(k.count).bytes());
             self.guard = Guard::Fired;
         }
     }
@@ -510,15 +386,15 @@ impl Fencer {
         );
         // Unacknowledged, the tool stops the node by this deadline itself.
         if set.is_ok() {
-            let _ = self.acks.write_all(&encode(MSG_ACK, ns));
+            let _ = self.acks.write_all(&FromFencer::Ack(ns).bytes());
         }
     }
 
     /// One message from the tool; `false` at the end of its pipe.
-    fn on_message(&mut self, msg: Option<(u64, u64)>) -> bool {
+    fn on_message(&mut self, msg: Option<Option<ToFencer>>) -> bool {
         match msg {
-            Some((MSG_DEADLINE, ns)) => self.extend(ns),
-            Some((MSG_ARM, pgid)) => {
+            Some(Some(ToFencer::Deadline(ns))) => self.extend(ns),
+            Some(Some(ToFencer::Arm(pgid))) => {
                 if let Guard::Armed { kill_at, .. } = self.guard {
                     self.guard = Guard::Armed {
                         kill_at,
@@ -527,12 +403,12 @@ impl Fencer {
                 }
                 tracing::debug!(pgid, "fencer: guarding the node's process group");
             }
-            Some((MSG_DISARM, _)) => {
+            Some(Some(ToFencer::Disarm)) => {
                 if !matches!(self.guard, Guard::Fired) {
                     self.guard = Guard::Idle;
                 }
             }
-            Some(_) => {}
+            Some(None) => {}
             None => return false,
         }
         true
@@ -597,7 +473,7 @@ pub(crate) fn fencer_main(node: Option<(u32, u32)>) -> u8 {
             let _ = rustix::io::read(&f.timer, &mut b);
         }
         // The tool closed the pipe or exited: a disarmed fencer just exits.
-        if (msg && !f.on_message(read_msg(&mut input))) || tool_gone {
+        if (msg && !f.on_message(read_msg(&mut input, ToFencer::from_bytes))) || tool_gone {
             f.fire(Cause::ToolGone);
             return 0;
         }
@@ -612,55 +488,18 @@ mod tests {
     use super::*;
 
     #[test]
-    fn messages_round_trip() {
-        assert_eq!(
-            decode(&encode(MSG_DEADLINE, 123_456_789_012)),
-            (1, 123_456_789_012)
-        );
-    }
-
-    #[test]
-    fn victims_are_the_group_the_tools_descendants_and_theirs() {
-        let s = |ppid, pgid, dead| ProcStat {
-            ppid,
-            pgid,
-            start: 1,
-            dead,
-        };
-        let stats: HashMap<i32, ProcStat> = [
-            (10, s(1, 10, false)),  // the tool
-            (11, s(10, 10, false)), // the fencer
-            (20, s(10, 20, false)), // cosmovisor, group leader
-            (21, s(20, 20, false)), // the node
-            (22, s(21, 22, false)), // a child of the node in a group of its own
-            (30, s(10, 30, false)), // an orphan reparented to the tool
-            (40, s(1, 20, false)),  // in the group, reparented to init
-            (41, s(40, 41, false)), // its child
-            (50, s(1, 50, false)),  // unrelated
-            (23, s(20, 20, true)),  // a dead zombie
-        ]
-        .into_iter()
-        .collect();
-        let mut v = victims(&stats, Some(10), Some(20), &[11, 11]);
-        v.sort();
-        assert_eq!(v, vec![20, 21, 22, 30, 40, 41]);
-        let mut c: Vec<i32> = children_of(&stats, Some(10)).into_iter().collect();
-        c.sort();
-        assert_eq!(c, vec![11, 20, 30]);
-        // The tool gone: the group and its descendants still.
-        let mut v = victims(&stats, None, Some(20), &[11, 11]);
-        v.sort();
-        assert_eq!(v, vec![20, 21, 22, 40, 41]);
-    }
-
-    #[test]
-    fn stat_parsing_survives_odd_command_names() {
-        let me = std::process::id() as i32;
-        let st = read_stat(me).expect("own stat");
-        assert_eq!(
-            st.ppid,
-            rustix::process::getppid().unwrap().as_raw_nonzero().get()
-        );
-        assert!(!st.dead);
+    fn messages_round_trip_and_never_cross() {
+        for m in [
+            ToFencer::Deadline(123_456_789_012),
+            ToFencer::Arm(4242),
+            ToFencer::Disarm,
+        ] {
+            assert_eq!(ToFencer::from_bytes(&m.bytes()), Some(m));
+            assert_eq!(FromFencer::from_bytes(&m.bytes()), None, "{m:?}");
+        }
+        for m in [FromFencer::Ack(99), FromFencer::Fired(3)] {
+            assert_eq!(FromFencer::from_bytes(&m.bytes()), Some(m));
+            assert_eq!(ToFencer::from_bytes(&m.bytes()), None, "{m:?}");
+        }
     }
 }

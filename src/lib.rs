@@ -11,6 +11,10 @@
 //! lives in `sys/`.
 
 #![deny(unsafe_op_in_unsafe_fn)]
+// All `unsafe` in `sys/`, each block with its `// SAFETY:` comment: a
+// compiler fact, not a convention (`sys` alone allows it).
+#![deny(unsafe_code)]
+#![deny(clippy::undocumented_unsafe_blocks)]
 #![warn(missing_docs)]
 
 pub(crate) mod check;
@@ -36,6 +40,7 @@ pub mod secret;
 pub(crate) mod slot;
 pub(crate) mod source;
 pub(crate) mod supervise;
+#[allow(unsafe_code)]
 pub(crate) mod sys;
 
 /// Test-only crash injection: with the `failpoints` feature, a process whose
@@ -54,6 +59,20 @@ macro_rules! failpoint {
             }
         }
     };
+}
+
+/// Test-only error injection: with the `failpoints` feature, `true` when
+/// `SSM_COSMOVISOR_FAILPOINT` equals the name, so the caller takes its error
+/// path there (a step that fails, not a crash); `false` without the feature.
+#[macro_export]
+macro_rules! failpoint_hit {
+    ($name:literal) => {{
+        #[cfg(feature = "failpoints")]
+        let hit = std::env::var("SSM_COSMOVISOR_FAILPOINT").as_deref() == Ok($name);
+        #[cfg(not(feature = "failpoints"))]
+        let hit = false;
+        hit
+    }};
 }
 
 /// Test-only hang injection: with the `failpoints` feature, the calling

@@ -13,8 +13,11 @@ use rustix::fs::{AtFlags, Mode, OFlags};
 use crate::identity::NodeIdentity;
 
 mod denied;
+pub(crate) mod tree;
 mod view;
 use denied::{TaskState, Verdict};
+pub use tree::{children_of, parent_of, OwnProcess};
+pub(crate) use tree::{is_descendant_of, tree_of};
 pub(crate) use view::verify_sees_all;
 pub use view::HiddenError;
 
@@ -85,47 +88,6 @@ pub enum ProcError {
     Proc(#[source] io::Error),
 }
 
-/// Parses `/proc/<pid>/stat` for the parent pid (the comm field may contain
-/// spaces and parentheses, so split after the last `)`).
-pub fn parent_of(pid: Pid) -> Option<Pid> {
-    let s = fs::read(format!("/proc/{}/stat", pid.0)).ok()?;
-    let mut it = denied::fields_after_comm(&s)?;
-    let _state = it.next()?;
-    it.next()?.parse().ok().map(Pid)
-}
-
-/// A process of ours known by more than its pid: its start time (`stat`
-/// field 22, clock ticks after boot), which a process that later gets the
-/// same pid does not share.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct OwnProcess {
-    pid: Pid,
-    start: u64,
-}
-
-impl OwnProcess {
-    /// `pid` as it is now (`None` if it is gone). Called for a child of ours
-    /// right after it was started: its pid stays its own until we reap it.
-    pub(crate) fn of(pid: Pid) -> Option<OwnProcess> {
-        Some(OwnProcess {
-            pid,
-            start: start_of(pid)?,
-        })
-    }
-
-    /// Whether `pid` is this process (still).
-    fn is(&self, pid: Pid) -> bool {
-        pid == self.pid && start_of(pid) == Some(self.start)
-    }
-}
-
-/// A process's start time (readable whatever our access to it).
-fn start_of(pid: Pid) -> Option<u64> {
-    let s = fs::read(format!("/proc/{}/stat", pid.0)).ok()?;
-    // Field 22; the iterator starts at field 3 (state).
-    denied::fields_after_comm(&s)?.nth(19)?.parse().ok()
-}
-
 /// The processes of ours a scan leaves out: ourselves, and our fencer. The
 /// fencer runs with the node's uid in the unprivileged mode and is not
 /// dumpable, so its fd table is closed to us; were it scanned, every
@@ -153,23 +115,6 @@ impl Ours {
     fn excludes(&self, pid: Pid) -> bool {
         pid == self.me || self.fencer.is_some_and(|f| f.is(pid))
     }
-}
-
-/// Whether `pid` is `ancestor` or one of its descendants.
-pub(crate) fn is_descendant_of(pid: Pid, ancestor: Pid) -> bool {
-    let mut cur = pid;
-    // Bounded walk: pid chains are short; a cycle is impossible but a bound
-    // costs nothing.
-    for _ in 0..4096 {
-        if cur == ancestor {
-            return true;
-        }
-        match parent_of(cur) {
-            Some(p) if p.0 > 0 && p != cur => cur = p,
-            _ => return false,
-        }
-    }
-    false
 }
 
 /// Reads a small `/proc` text file. `fs::read_to_string` sizes its buffer
@@ -213,15 +158,6 @@ fn parse_pid(name: &OsStr) -> Option<Pid> {
     std::str::from_utf8(b).ok()?.parse().ok().map(Pid)
 }
 
-/// Direct children of `parent`.
-pub fn children_of(parent: Pid) -> Vec<Pid> {
-    all_pids()
-        .unwrap_or_default()
-        .into_iter()
-        .filter(|&p| parent_of(p) == Some(parent))
-        .collect()
-}
-
 /// The argument vector of a process (`/proc/<pid>/cmdline`); empty for a
 /// zombie or a kernel thread, `None` when it is gone or hidden.
 pub(crate) fn cmdline_of(pid: Pid) -> Option<Vec<std::ffi::OsString>> {
@@ -232,59 +168,6 @@ pub(crate) fn cmdline_of(pid: Pid) -> Option<Vec<std::ffi::OsString>> {
             .map(|a| OsStr::from_bytes(a).to_os_string())
             .collect(),
     )
-}
-
-/// `root` and its descendants, through each task's `children` file (no walk
-/// of all of `/proc`; cheap enough to repeat every few hundred
-/// milliseconds); from a full snapshot where the kernel has no such file.
-pub(crate) fn tree_of(root: Pid) -> Vec<Pid> {
-    let mut out = vec![root];
-    let mut i = 0;
-    while i < out.len() && out.len() < 65_536 {
-        let Ok(tasks) = fs::read_dir(format!("/proc/{}/task", out[i].0)) else {
-            i += 1;
-            continue;
-        };
-        for t in tasks.flatten() {
-            let path = t.path().join("children");
-            let Ok(text) = fs::read_to_string(&path) else {
-                if i == 0 && !path.exists() {
-                    // No CONFIG_PROC_CHILDREN.
-                    let mut all = descendants_of(root);
-                    all.insert(0, root);
-                    return all;
-                }
-                continue;
-            };
-            for p in text.split_ascii_whitespace().filter_map(|p| p.parse().ok()) {
-                if !out.contains(&Pid(p)) {
-                    out.push(Pid(p));
-                }
-            }
-        }
-        i += 1;
-    }
-    out
-}
-
-/// All descendants of `root` (children first), from one snapshot of `/proc`.
-pub(crate) fn descendants_of(root: Pid) -> Vec<Pid> {
-    let all: Vec<(Pid, Option<Pid>)> = all_pids()
-        .unwrap_or_default()
-        .into_iter()
-        .map(|p| (p, parent_of(p)))
-        .collect();
-    let mut out = Vec::new();
-    let mut frontier = vec![root];
-    while let Some(parent) = frontier.pop() {
-        for (p, pp) in &all {
-            if *pp == Some(parent) && !out.contains(p) {
-                out.push(*p);
-                frontier.push(*p);
-            }
-        }
-    }
-    out
 }
 
 /// How many of a large fd table's newest fds [`scan_fd_dir`] looks at first.
@@ -940,10 +823,7 @@ mod tests {
         assert!(holds(), "the child never opened the file");
         let fencer = OwnProcess::of(pid).unwrap();
         let found = scan(Some(fencer));
-        let other_start = OwnProcess {
-            pid,
-            start: fencer.start + 1,
-        };
+        let other_start = OwnProcess::started_at(pid, fencer.start() + 1);
         let impostor = scan(Some(other_start));
         let _ = child.kill();
         let _ = child.wait();

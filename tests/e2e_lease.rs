@@ -331,6 +331,46 @@ fn stop_during_the_handover_delivers_nothing_and_releases_the_lease() {
     b.home.assert_idle();
 }
 
+/// Issue 21 step 1: every way a run can fail after taking the lease and backing up the slot
+/// but before its child exists (the fencer does not start, the renewal thread does not
+/// start, `PR_SET_CHILD_SUBREAPER` fails, the first arm fails) leaves through one cleanup:
+/// the safe key is back at the key path and the lease is released, so a standby takes it at
+/// once instead of waiting a full duration. Before, the last three returned with `?`: no
+/// restore, no release (and the renewal thread went on renewing until the process ended);
+/// the first dropped the lease unreleased.
+#[test]
+fn every_early_exit_restores_the_slot_and_releases_the_lease() {
+    let (moto, key) = setup();
+    let ep = moto.endpoint();
+    for (point, code) in [
+        ("fence-start", 8),
+        ("keeper-start", 1),
+        ("subreaper", 1),
+        ("first-arm", 4),
+    ] {
+        let a = Host::new("a");
+        let mut c = a.cmd(&ep);
+        c.env("SSM_COSMOVISOR_FAILPOINT", point);
+        let mut t = a.spawn(&mut c);
+        let st = t.wait(T);
+        let log = t.log_text();
+        assert_eq!(st.code(), Some(code), "{point}: {log}");
+        assert_eq!(t.events("lease_acquired").len(), 1, "{point}: {log}");
+        assert_eq!(
+            t.events("lease_released").len(),
+            1,
+            "{point}: the lease was not released: {log}"
+        );
+        assert_eq!(lease_item(&ep)["released"], true, "{point}: {log}");
+        a.home.assert_idle();
+        assert!(
+            a.key_reports(&key).is_empty(),
+            "{point}: a node got the key"
+        );
+        println!("early exit at {point}: exit {code}, slot idle, lease released");
+    }
+}
+
 /// Configuration faults are named, exit with the lease's code or the config
 /// code, and leave the key path as it was.
 #[test]

@@ -55,6 +55,14 @@ pub(crate) enum LeaseNews {
     Failed(String),
 }
 
+/// A renewal thread that could not be started; the lease is handed back so
+/// that it can still be released.
+pub(crate) struct NotStarted {
+    pub(crate) error: std::io::Error,
+    pub(crate) client: LeaseClient,
+    pub(crate) held: Held,
+}
+
 /// The renewal thread of a held lease.
 pub(crate) struct Keeper {
     stop: Stop,
@@ -69,17 +77,26 @@ impl Keeper {
     /// may be stuck in a request when it passes.
     pub(crate) fn start(
         client: LeaseClient,
-        mut held: Held,
+        held: Held,
         state: StateFile,
         news: Box<dyn Fn(LeaseNews) + Send>,
-    ) -> std::io::Result<Keeper> {
+    ) -> Result<Keeper, Box<NotStarted>> {
         let stop = Stop::default();
         let flag = stop.clone();
         let patience = client.settings.renew_every() + Duration::from_secs(1);
         let (tx, done) = std::sync::mpsc::channel();
-        std::thread::Builder::new()
-            .name("lease".into())
-            .spawn(move || {
+        // The lease goes to the thread once it runs: if it cannot be
+        // started, the caller still has it to release.
+        let (give, take) = std::sync::mpsc::channel::<(LeaseClient, Held)>();
+        let spawned = if crate::failpoint_hit!("keeper-start") {
+            Err(std::io::Error::other("failpoint keeper-start"))
+        } else {
+            std::thread::Builder::new()
+                .name("lease".into())
+                .spawn(move || {
+                let Ok((client, mut held)) = take.recv() else {
+                    return;
+                };
                 let every = client.settings.renew_every();
                 let retry = (every / 4).max(Duration::from_millis(200));
                 // Due one period after the last confirmed write, which may be
@@ -133,7 +150,18 @@ impl Keeper {
                     }
                 }
                 let _ = tx.send((client, held, lost));
-            })?;
+            })
+            .map(drop)
+        };
+        if let Err(error) = spawned {
+            return Err(Box::new(NotStarted {
+                error,
+                client,
+                held,
+            }));
+        }
+        // The thread waits for this; its receiver lives as long as it does.
+        let _ = give.send((client, held));
         Ok(Keeper {
             stop,
             done,

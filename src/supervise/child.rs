@@ -108,7 +108,7 @@ impl Child {
     /// the child through its pidfd, in case it was not seen.
     pub(super) fn kill_tree(&self, fencer: Option<Pid>, node: crate::identity::NodeIdentity) {
         let me = std::process::id() as i32;
-        let k = crate::fence::kill_tree(&crate::fence::Tree {
+        let k = crate::procfs::tree::kill_tree(&crate::procfs::tree::Tree {
             tool: Some(me),
             pgid: Some(self.pid.0),
             spare: [me, fencer.map_or(me, |f| f.0)],
@@ -140,7 +140,12 @@ pub(crate) fn status_code(st: &ExitStatus) -> u8 {
 
 /// Stops every process we adopted (orphans of the child): TERM, then KILL
 /// after the grace period. Returns once none is left.
-pub(super) fn stop_orphans(me: Pid, fencer: Option<Pid>, deadline: Instant) {
+pub(super) fn stop_orphans(
+    me: Pid,
+    fencer: Option<Pid>,
+    deadline: Instant,
+    node: crate::identity::NodeIdentity,
+) {
     let left = || -> Vec<Pid> {
         procfs::children_of(me)
             .into_iter()
@@ -162,12 +167,14 @@ pub(super) fn stop_orphans(me: Pid, fencer: Option<Pid>, deadline: Instant) {
         reap_others(fencer);
         orphans = left();
         if Instant::now() >= deadline {
-            for p in &orphans {
-                let _ = rustix::process::kill_process(
-                    rustix::process::Pid::from_raw(p.0).unwrap(),
-                    rustix::process::Signal::KILL,
-                );
-            }
+            // The same kill as the fencer's: every descendant, until none is left.
+            let k = crate::procfs::tree::kill_tree(&crate::procfs::tree::Tree {
+                tool: Some(me.0),
+                pgid: None,
+                spare: [me.0, fencer.map_or(me.0, |f| f.0)],
+                node,
+            });
+            tracing::warn!(event = "tree_killed", killed = k.count, scans = k.scans, left = ?k.left, "SIGKILLed what the child left behind");
             thread::sleep(Duration::from_millis(20));
             reap_others(fencer);
             orphans = left();

@@ -23,9 +23,11 @@ pub(super) fn lease_news(tx: &Sender<Event>) -> Box<dyn Fn(LeaseNews) + Send> {
     })
 }
 
-/// The lease thread of a run.
+/// The lease's part of a run.
 pub(super) enum LeaseThread {
     None,
+    /// Held, and no renewal thread yet: a step before it failed.
+    Unstarted(Box<(LeaseClient, Held)>, StateFile),
     Keeper(Keeper, StateFile),
     Waiter(Waiter),
 }
@@ -65,6 +67,9 @@ pub(super) fn start_fence(
         node: cfg.node,
         json: matches!(cfg.log_format, crate::config::LogFormat::Json),
     };
+    if crate::failpoint_hit!("fence-start") {
+        return Err("cannot start the fencer process: failpoint fence-start".into());
+    }
     let tx = Mutex::new(tx.clone());
     let fence = Fence::start(opts, move |n| {
         let _ = tx
@@ -94,6 +99,27 @@ pub(super) fn start_fence(
     })
 }
 
+/// Releases a holder's lease with the node's final sign state, if it may.
+fn release_held(c: &LeaseClient, h: &Held, state: &StateFile, may_release: bool) {
+    if !may_release {
+        tracing::warn!(
+            event = "lease_kept",
+            "not releasing the lease early (declared lost, or a process of the child outlived the stop); it expires by itself"
+        );
+        return;
+    }
+    match state.read() {
+        Ok(Some(final_state)) => release_logged(c, h, Some(final_state)),
+        // Released with a stale state, the next host would take
+        // it without skipping ahead: let it expire instead.
+        other => tracing::warn!(
+            event = "lease_kept",
+            state = ?other.map_err(|e| e.to_string()),
+            "cannot read the node's final sign state: not releasing the lease; it expires by itself"
+        ),
+    }
+}
+
 /// Stops the lease thread. A holder's lease is released with the node's
 /// final sign state, but only if `may_release` (no process of ours is left,
 /// and we did not declare it lost): otherwise it expires, and the standby
@@ -106,25 +132,17 @@ pub(super) fn finish_lease(
 ) -> Option<(LeaseClient, Held)> {
     match t {
         LeaseThread::None => None,
+        LeaseThread::Unstarted(lease, state) => {
+            let (c, h) = *lease;
+            // As the keeper's stop would hand it back: only while still ours.
+            if boot_time() < h.deadline.get() {
+                release_held(&c, &h, &state, may_release);
+            }
+            None
+        }
         LeaseThread::Keeper(k, state) => {
             if let Some((c, h)) = k.stop() {
-                if may_release {
-                    match state.read() {
-                        Ok(Some(final_state)) => release_logged(&c, &h, Some(final_state)),
-                        // Released with a stale state, the next host would take
-                        // it without skipping ahead: let it expire instead.
-                        other => tracing::warn!(
-                            event = "lease_kept",
-                            state = ?other.map_err(|e| e.to_string()),
-                            "cannot read the node's final sign state: not releasing the lease; it expires by itself"
-                        ),
-                    }
-                } else {
-                    tracing::warn!(
-                        event = "lease_kept",
-                        "not releasing the lease early (declared lost, or a process of the child outlived the stop); it expires by itself"
-                    );
-                }
+                release_held(&c, &h, &state, may_release);
             }
             None
         }

@@ -602,7 +602,7 @@ impl<'a> Supervisor<'a> {
         self.settle_delivery(rx, orphans_by);
         let fencer = self.holding.guard().map(|g| Pid(g.fence.pid() as i32));
         let me = Pid(std::process::id() as i32);
-        stop_orphans(me, fencer, orphans_by);
+        stop_orphans(me, fencer, orphans_by, self.cfg.node);
         let code = match &status {
             Ok(st) => {
                 tracing::info!(event = "child_exited", status = %st, "child exited");

@@ -193,68 +193,91 @@ pub(crate) fn run(
         }
         return Ok(Ended::Exit(0));
     }
-    let restore = |job: &Option<KeyJob>| -> Result<(), SuperviseError> {
-        if let Some(j) = job {
-            j.slot.restore()?;
-        }
-        Ok(())
-    };
     let watchdog = choose_watchdog(cfg, &lease);
+    let mut taken = Taken {
+        job,
+        lease: holder::LeaseThread::None,
+        guard: None,
+    };
     // The lease threads inherit the blocked signals (blocked since before
     // any thread existed).
-    let (lease_thread, guard, stop_grace) = match lease {
-        LeaseRole::None => (holder::LeaseThread::None, None, ORPHAN_GRACE),
+    let stop_grace = match lease {
+        LeaseRole::None => ORPHAN_GRACE,
         LeaseRole::Holder {
             client,
             held,
             state,
         } => {
             let grace = client.settings.stop_grace();
-            let g = match holder::start_fence(cfg, &held, &client.settings, &tx) {
-                Ok(g) if boot_time() < g.until() => g,
+            match holder::start_fence(cfg, &held, &client.settings, &tx) {
+                Ok(g) if boot_time() < g.until() => taken.guard = Some(g),
                 r => {
                     // Renewals failed until now, or no fencer: the key must
                     // not go out.
-                    drop(attached);
-                    restore(&job)?;
-                    return Err(SuperviseError::Lease(match r {
+                    let why = match &r {
                         Err(e) => format!("{e}; nothing was delivered"),
                         Ok(_) => "no renewal of the lease was confirmed before the node could start; nothing was delivered".into(),
-                    }));
+                    };
+                    taken.guard = r.ok();
+                    taken.lease = holder::LeaseThread::Unstarted(Box::new((client, held)), state);
+                    return abandon(taken, attached, SuperviseError::Lease(why));
                 }
-            };
-            let k = Keeper::start(client, held, state.clone(), holder::lease_news(&tx))
-                .map_err(internal("lease thread"))?;
-            (holder::LeaseThread::Keeper(k, state), Some(g), grace)
+            }
+            match Keeper::start(client, held, state.clone(), holder::lease_news(&tx)) {
+                Ok(k) => taken.lease = holder::LeaseThread::Keeper(k, state),
+                Err(n) => {
+                    let n = *n;
+                    taken.lease =
+                        holder::LeaseThread::Unstarted(Box::new((n.client, n.held)), state);
+                    return abandon(taken, attached, internal("lease thread")(n.error));
+                }
+            }
+            grace
         }
         LeaseRole::Standby { client, state } => {
-            let w = Waiter::start(client, state, holder::lease_news(&tx))
-                .map_err(internal("lease thread"))?;
-            (holder::LeaseThread::Waiter(w), None, ORPHAN_GRACE)
+            match Waiter::start(client, state, holder::lease_news(&tx)) {
+                Ok(w) => taken.lease = holder::LeaseThread::Waiter(w),
+                Err(e) => return abandon(taken, attached, internal("lease thread")(e)),
+            }
+            ORPHAN_GRACE
         }
     };
     // Orphaned descendants (a node whose cosmovisor died) are reparented to
     // us instead of init, so we can stop them.
-    rustix::process::set_child_subreaper(Some(rustix::process::getpid()))
-        .map_err(internal("PR_SET_CHILD_SUBREAPER"))?;
+    let subreaper = if crate::failpoint_hit!("subreaper") {
+        Err(rustix::io::Errno::PERM)
+    } else {
+        rustix::process::set_child_subreaper(Some(rustix::process::getpid()))
+    };
+    if let Err(e) = subreaper {
+        return abandon(taken, attached, internal("PR_SET_CHILD_SUBREAPER")(e));
+    }
     // Arm before the child exists: the node may look for its key at once.
-    let armed = match &job {
-        Some(j) => {
-            let a = j.slot.arm()?;
+    let armed = match &taken.job {
+        Some(j) if crate::failpoint_hit!("first-arm") => Err(SlotError::Io {
+            op: "arm (failpoint first-arm)",
+            path: j.slot.path().to_path_buf(),
+            source: std::io::Error::other("failpoint"),
+        }),
+        Some(j) => j.slot.arm().map(|a| {
             tracing::info!(event = "armed", path = %j.slot.path().display(), inode = a.ino, "key FIFO armed");
             Some(a)
-        }
-        None => None,
+        }),
+        None => Ok(None),
     };
-    let child = match child::Child::spawn(cfg, program, args, guard.is_some(), &tx) {
+    let armed = match armed {
+        Ok(a) => a,
+        Err(e) => return abandon(taken, attached, e.into()),
+    };
+    let child = match child::Child::spawn(cfg, program, args, taken.guard.is_some(), &tx) {
         Ok(c) => c,
-        Err(e) => {
-            let _ = restore(&job);
-            drop(attached);
-            holder::finish_lease(lease_thread, false, true);
-            return Err(e);
-        }
+        Err(e) => return abandon(taken, attached, e),
     };
+    let Taken {
+        job,
+        lease: lease_thread,
+        guard,
+    } = taken;
     if let Some(g) = &guard {
         g.fence.arm(child.pid().0 as u32);
     }
@@ -275,6 +298,39 @@ pub(crate) fn run(
     sup.start(armed, standby);
     let status = sup.event_loop(&rx);
     sup.finish(status, &rx, lease_thread, attached)
+}
+
+/// What a run holds before its child exists: given back by [`abandon`] when
+/// a step before the child fails.
+struct Taken {
+    job: Option<KeyJob>,
+    lease: holder::LeaseThread,
+    guard: Option<holder::LeaseGuard>,
+}
+
+/// A step before the child failed: the slot goes back to the safe key, the
+/// fencer is disarmed and a held lease released (no node ran in this run, so
+/// nothing was signed under it), then `e` ends the run. The one way out of
+/// a run before its child exists.
+fn abandon(
+    taken: Taken,
+    attached: signals::Attached,
+    e: SuperviseError,
+) -> Result<Ended, SuperviseError> {
+    drop(attached);
+    let restored = match &taken.job {
+        Some(j) => j.slot.restore().map(drop),
+        None => Ok(()),
+    };
+    if let Some(g) = taken.guard {
+        g.deadline.unsubscribe();
+        g.fence.finish();
+    }
+    holder::finish_lease(taken.lease, false, true);
+    if let Err(r) = restored {
+        tracing::error!(event = "restore_failed", error = %r, "could not put the safe key back after the run failed");
+    }
+    Err(e)
 }
 
 /// The watchdog of this run (watchdog.rs); warns where a lease has no fence

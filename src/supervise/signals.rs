@@ -149,7 +149,7 @@ impl Shared {
         );
         if let Some((pid, node)) = child {
             let me = std::process::id() as i32;
-            let k = crate::fence::kill_tree(&crate::fence::Tree {
+            let k = crate::procfs::tree::kill_tree(&crate::procfs::tree::Tree {
                 tool: Some(me),
                 pgid: Some(pid.0),
                 spare: [me, me],
