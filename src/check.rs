@@ -145,6 +145,26 @@ fn reader_check(r: &mut Report, node: crate::identity::NodeIdentity) {
     }
 }
 
+/// The node's sign state where the node keeps it (`priv_validator_state_file`
+/// of `config.toml`, as the lease reads it), not at a fixed path.
+fn sign_state_check(r: &mut Report, cfg: &Config) {
+    const ITEM: &str = "sign state";
+    match crate::lease::StateFile::of_home(&cfg.home, cfg.node) {
+        Err(e) => r.fail(ITEM, e),
+        Ok(f) => match f.read() {
+            Ok(Some(s)) => r.pass(ITEM, format!("{} at {}", s, f.path().display())),
+            Ok(None) => r.warn(
+                ITEM,
+                format!(
+                    "{} missing: CometBFT needs it to start (and to avoid double-signing)",
+                    f.path().display()
+                ),
+            ),
+            Err(e) => r.fail(ITEM, e),
+        },
+    }
+}
+
 /// The metrics settings as `run` reads them (nothing is written or bound).
 fn metrics_check(r: &mut Report) {
     match crate::metrics::MetricsSettings::from_env(&ProcessEnv) {
@@ -495,18 +515,7 @@ pub(crate) fn run(ov: &Overrides) -> u8 {
     }
     kernel_checks(&mut r);
     metrics_check(&mut r);
-    let state_file = cfg.home.join("data/priv_validator_state.json");
-    if state_file.is_file() {
-        r.pass("priv_validator_state.json", state_file.display());
-    } else {
-        r.warn(
-            "priv_validator_state.json",
-            format!(
-                "{} missing: CometBFT needs it to start (and to avoid double-signing)",
-                state_file.display()
-            ),
-        );
-    }
+    sign_state_check(&mut r, &cfg);
 
     reader_check(&mut r, cfg.node);
     let safe = match KeySlot::open(&cfg.key_path, cfg.node).and_then(|s| s.diagnose()) {

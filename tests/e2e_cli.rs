@@ -1068,6 +1068,46 @@ fn check_prints_identity_and_version_never_the_secret() {
     assert!(home.reports().is_empty());
 }
 
+/// Issue 21: `check` reads the sign state where `config.toml` puts it
+/// (`priv_validator_state_file`), as the lease does. Before, it looked at
+/// `data/priv_validator_state.json` whatever the node used: here it warned that the file was
+/// missing while the node's real one was elsewhere.
+#[test]
+fn check_reads_the_sign_state_where_config_toml_puts_it() {
+    let moto = Moto::start();
+    put_key(&moto.endpoint(), PARAM, &TestKey::ed25519());
+    let home = NodeHome::new();
+    let config = home.path().join("config/config.toml");
+    let text = fs::read_to_string(&config).unwrap().replace(
+        "priv_validator_state_file = \"data/priv_validator_state.json\"",
+        "priv_validator_state_file = \"state/signed.json\"",
+    );
+    fs::write(&config, text).unwrap();
+    fs::create_dir(home.path().join("state")).unwrap();
+    fs::rename(
+        home.path().join("data/priv_validator_state.json"),
+        home.path().join("state/signed.json"),
+    )
+    .unwrap();
+    let out = run(&mut check_cmd(&home, &moto.endpoint()));
+    let text = output_text(&out);
+    let line = text
+        .lines()
+        .find(|l| l.contains("sign state"))
+        .unwrap_or_else(|| panic!("no sign state line:\n{text}"));
+    assert!(
+        line.starts_with("PASS") && line.contains("state/signed.json"),
+        "{line}\n{text}"
+    );
+    fs::remove_file(home.path().join("state/signed.json")).unwrap();
+    let text = output_text(&run(&mut check_cmd(&home, &moto.endpoint())));
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("WARN") && l.contains("state/signed.json missing")),
+        "{text}"
+    );
+}
+
 #[test]
 fn check_fails_on_bad_parameter() {
     let moto = Moto::start();

@@ -122,6 +122,11 @@ impl StateFile {
         Ok(StateFile { path, node })
     }
 
+    /// Where the file is (`priv_validator_state_file` of `config.toml`).
+    pub(crate) fn path(&self) -> &Path {
+        &self.path
+    }
+
     fn as_node<T>(&self, f: impl FnOnce() -> T) -> T {
         self.node.as_node(f)
     }

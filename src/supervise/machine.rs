@@ -210,6 +210,15 @@ impl<'a> Supervisor<'a> {
     }
 
     fn deliver(&mut self, a: ArmedFifo) {
+        // Never past the lease deadline, checked where a hand-off is decided:
+        // a tool that resumes after a stall may find a re-arm event queued
+        // before the loop's own check of the deadline has run. The FIFO
+        // stays at the key path for the restore.
+        self.enforce_lease();
+        if matches!(self.holding, Holding::Lost(_)) {
+            drop(a);
+            return;
+        }
         let job = self.job.as_ref().expect("a hand-off needs a key job");
         let exec_child = (job.node == NodeMatch::Child).then(|| self.child.pid());
         self.wait = self.wait.armed(self.keyed, exec_child, Instant::now());

@@ -191,6 +191,7 @@ impl NodeHome {
     pub fn cosmovisor_cmd<S: AsRef<std::ffi::OsStr>>(&self, args: &[S]) -> Command {
         let mut c = Command::new(cosmovisor_standin_bin());
         c.args(args).envs(self.env()).stdin(Stdio::null());
+        default_stop_signals(&mut c);
         c
     }
 
@@ -201,6 +202,7 @@ impl NodeHome {
             .arg(&self.home)
             .envs(self.env())
             .stdin(Stdio::null());
+        default_stop_signals(&mut c);
         c
     }
 
@@ -403,4 +405,23 @@ pub fn stop_reports(home: &NodeHome) -> Vec<Value> {
         .into_iter()
         .filter(|v| v.get("stopped_by").is_some())
         .collect()
+}
+
+/// Starts `c` with the stop signals at their default action, as systemd or ssm-cosmovisor
+/// start cosmovisor and the node. An ignored disposition survives `exec`, and a test run
+/// from a non-interactive shell's background job has SIGINT and SIGQUIT ignored; cosmovisor
+/// 1.7 (like any Go program) and its stand-in leave an inherited SIG_IGN as it is, so
+/// without this a stand-in tested for dying of SIGINT would not.
+pub fn default_stop_signals(c: &mut Command) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: between fork and exec only `signal(2)`, which is async-signal-safe, and no
+    // allocation.
+    unsafe {
+        c.pre_exec(|| {
+            for s in [libc::SIGINT, libc::SIGQUIT, libc::SIGHUP, libc::SIGTERM] {
+                libc::signal(s, libc::SIG_DFL);
+            }
+            Ok(())
+        });
+    }
 }
