@@ -809,7 +809,7 @@ fn check_reports_memlock_memfd_secret_and_ptrace_scope() {
         "RLIMIT_MEMLOCK:",
         "memfd_secret:",
         "Yama ptrace_scope:",
-        "priv_validator_state.json:",
+        "sign state:",
         "key slot:",
     ] {
         assert!(
