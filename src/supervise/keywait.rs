@@ -45,6 +45,16 @@ impl NodeMatch {
             NodeMatch::Child => false,
         }
     }
+
+    /// [`NodeMatch::matches`], for a process under our child, whose own
+    /// argument vector is `child`: a process with exactly cosmovisor's is
+    /// one cosmovisor forked and has not yet exec'd (its `pre-upgrade`, a
+    /// backup helper), and `cosmovisor run start --home H` ends with the
+    /// node's arguments. Seen in that window under load, it started the key
+    /// timeout for a node that never was (e2e_upgrade under CI load).
+    pub(super) fn is_node(&self, argv: &[OsString], child: Option<&[OsString]>) -> bool {
+        child != Some(argv) && self.matches(argv)
+    }
 }
 
 /// How often the child's processes are searched for a new node while
@@ -205,6 +215,13 @@ mod tests {
         // A shell or Python script as the node binary, before it execs.
         assert!(m.matches(&os(&["/bin/sh", "/h/noded", "start", "--home", "/h"])));
         assert!(m.matches(&os(&["python3", "-c", "...", "start", "--home", "/h"])));
+        // A fork of cosmovisor before its exec carries cosmovisor's arguments,
+        // which end with the node's.
+        let cv = os(&["/usr/bin/cosmovisor", "run", "start", "--home", "/h"]);
+        assert!(m.matches(&cv));
+        assert!(!m.is_node(&cv, Some(&cv)));
+        assert!(m.is_node(&os(&["noded", "start", "--home", "/h"]), Some(&cv)));
+        assert!(m.is_node(&cv, None));
         // No node arguments at all: the bare binary.
         let bare = NodeMatch::Args(vec![]);
         assert!(bare.matches(&os(&["noded"])));

@@ -699,10 +699,11 @@ impl<'a> Supervisor<'a> {
 /// node's `/proc` entries may be hidden from root without `CAP_SYS_PTRACE`).
 fn find_node(m: &NodeMatch, child: Pid, node: crate::identity::NodeIdentity) -> Option<Pid> {
     node.as_node(|| {
+        let own = procfs::cmdline_of(child);
         procfs::tree_of(child)
             .into_iter()
             .skip(1)
-            .find(|&p| procfs::cmdline_of(p).is_some_and(|argv| m.matches(&argv)))
+            .find(|&p| procfs::cmdline_of(p).is_some_and(|argv| m.is_node(&argv, own.as_deref())))
     })
 }
 
