@@ -790,22 +790,29 @@ mod tests {
         }
     }
 
-    /// The fencer is left out by pid and start time; a process that only
-    /// has its pid is not.
-    #[test]
-    fn our_fencer_is_left_out_and_only_it() {
-        use std::os::unix::fs::MetadataExt;
+    /// A child (`sh` become `sleep 5`) holding a temporary file open as fd 7;
+    /// the directory, the file's metadata, the child.
+    fn child_holding_a_file() -> (tempfile::TempDir, std::fs::Metadata, std::process::Child) {
         let d = tempfile::tempdir().unwrap();
         let f = d.path().join("held");
         std::fs::write(&f, b"x").unwrap();
         let m = std::fs::metadata(&f).unwrap();
-        let mut child = std::process::Command::new("sh")
+        let child = std::process::Command::new("sh")
             .arg("-c")
             .arg("exec 7<\"$1\"; exec sleep 5")
             .arg("sh")
             .arg(&f)
             .spawn()
             .unwrap();
+        (d, m, child)
+    }
+
+    /// The fencer is left out by pid and start time; a process that only
+    /// has its pid is not.
+    #[test]
+    fn our_fencer_is_left_out_and_only_it() {
+        use std::os::unix::fs::MetadataExt;
+        let (_d, m, mut child) = child_holding_a_file();
         let pid = Pid(child.id() as i32);
         let scan = |fencer| {
             let ours = Ours {
@@ -834,17 +841,7 @@ mod tests {
     #[test]
     fn finds_holders_of_an_inode_in_a_child() {
         use std::os::unix::fs::MetadataExt;
-        let d = tempfile::tempdir().unwrap();
-        let f = d.path().join("held");
-        std::fs::write(&f, b"x").unwrap();
-        let m = std::fs::metadata(&f).unwrap();
-        let mut child = std::process::Command::new("sh")
-            .arg("-c")
-            .arg("exec 7<\"$1\"; exec sleep 5")
-            .arg("sh")
-            .arg(&f)
-            .spawn()
-            .unwrap();
+        let (_d, m, mut child) = child_holding_a_file();
         let me = Pid(std::process::id() as i32);
         let mut seen = Vec::new();
         for _ in 0..200 {

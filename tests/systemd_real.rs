@@ -295,6 +295,17 @@ impl<'a> Node<'a> {
             .to_string()
     }
 
+    /// The node user's uid and gid inside the namespace, as text for `setpriv`/`nsenter`.
+    fn node_ids(&self) -> (String, String) {
+        let id = |flag: &str| {
+            self.ns
+                .sh(&format!("id {flag} {}", self.mode.instance))
+                .trim()
+                .to_owned()
+        };
+        (id("-u"), id("-g"))
+    }
+
     fn param(&self) -> String {
         format!("/validators/{}/key", self.mode.instance)
     }
@@ -735,11 +746,7 @@ impl Node<'_> {
             pids.contains(&tool),
             "MainPID {tool} not in the unit's cgroup {pids:?}"
         );
-        let node_uid = self
-            .ns
-            .sh(&format!("id -u {}", self.mode.instance))
-            .trim()
-            .to_owned();
+        let (node_uid, _) = self.node_ids();
         let mut children = Vec::new();
         for pid in pids {
             let st = status_fields(pid);
@@ -1414,16 +1421,7 @@ impl Node<'_> {
                     self.journal_text(Some(&c))
                 )
             });
-        let uid = self
-            .ns
-            .sh(&format!("id -u {}", self.mode.instance))
-            .trim()
-            .to_owned();
-        let gid = self
-            .ns
-            .sh(&format!("id -g {}", self.mode.instance))
-            .trim()
-            .to_owned();
+        let (uid, gid) = self.node_ids();
         let hold = if hidden {
             format!(
                 "exec python3 -c 'import ctypes, os, time\nctypes.CDLL(None).prctl(4, 0, 0, 0, 0)\nfd = os.open(\"/proc/{reader}/fd/{fd}\", os.O_RDONLY)\nprint(\"joined\", os.getpid(), flush=True)\ntime.sleep(30)\n'"
@@ -1527,16 +1525,7 @@ impl Node<'_> {
     /// issue 20 it was invisible to both tools (see `exposure`) and the key went out.
     fn hidden_process_at_start(&self) {
         let pidfile = format!("/tmp/poser-{}.pid", self.mode.instance);
-        let uid = self
-            .ns
-            .sh(&format!("id -u {}", self.mode.instance))
-            .trim()
-            .to_owned();
-        let gid = self
-            .ns
-            .sh(&format!("id -g {}", self.mode.instance))
-            .trim()
-            .to_owned();
+        let (uid, gid) = self.node_ids();
         let pose = format!(
             "import ctypes, os, time\nlibc = ctypes.CDLL(None)\nlibc.prctl(15, b'ssm-cosmovisor', 0, 0, 0)\nlibc.prctl(4, 0, 0, 0, 0)\nopen('{pidfile}.tmp', 'w').write(str(os.getpid()))\nos.rename('{pidfile}.tmp', '{pidfile}')\ntime.sleep(120)\n"
         );
@@ -1626,16 +1615,7 @@ impl Node<'_> {
             .to_owned();
         let node_pid = node["pid"].as_i64().unwrap() as i32;
         let host_node = self.ns.host_pid(node_pid).expect("node's host pid");
-        let uid = self
-            .ns
-            .sh(&format!("id -u {}", self.mode.instance))
-            .trim()
-            .to_owned();
-        let gid = self
-            .ns
-            .sh(&format!("id -g {}", self.mode.instance))
-            .trim()
-            .to_owned();
+        let (uid, gid) = self.node_ids();
         let stop = self.ns.try_sh(&format!(
             "setpriv --reuid={uid} --regid={gid} --clear-groups kill -STOP {main} {fencer} {cosmovisor}"
         ));

@@ -107,25 +107,37 @@ impl Child {
     /// every descendant of ours but the fencer, until none is left; then to
     /// the child through its pidfd, in case it was not seen.
     pub(super) fn kill_tree(&self, fencer: Option<Pid>, node: crate::identity::NodeIdentity) {
-        let me = std::process::id() as i32;
-        let k = crate::procfs::tree::kill_tree(&crate::procfs::tree::Tree {
-            tool: Some(me),
-            pgid: Some(self.pid.0),
-            spare: [me, fencer.map_or(me, |f| f.0)],
-            node,
-        });
-        for (pid, e) in &k.denied {
-            tracing::error!(event = "kill_denied", pid, error = %e, "not allowed to SIGKILL a process of the child's tree (the unit needs CAP_KILL)");
-        }
-        tracing::warn!(
-            event = "tree_killed",
-            killed = k.count,
-            scans = k.scans,
-            left = ?k.left,
-            "SIGKILLed the child's process tree"
-        );
+        kill_descendants(Some(self.pid), fencer, node);
         self.signal(libc::SIGKILL);
     }
+}
+
+/// SIGKILLs the process group `pgid` (cosmovisor's) and every descendant of
+/// ours but the fencer, until none is left (`procfs::tree::kill_tree`, the
+/// fencer's own kill), and logs what it did. The one kill of the lost
+/// lease, the watchdog abort and the orphan reaper.
+pub(super) fn kill_descendants(
+    pgid: Option<Pid>,
+    fencer: Option<Pid>,
+    node: crate::identity::NodeIdentity,
+) {
+    let me = std::process::id() as i32;
+    let k = crate::procfs::tree::kill_tree(&crate::procfs::tree::Tree {
+        tool: Some(me),
+        pgid: pgid.map(|p| p.0),
+        spare: [me, fencer.map_or(me, |f| f.0)],
+        node,
+    });
+    for (pid, e) in &k.denied {
+        tracing::error!(event = "kill_denied", pid, error = %e, "not allowed to SIGKILL a process of the child's tree (the unit needs CAP_KILL)");
+    }
+    tracing::warn!(
+        event = "tree_killed",
+        killed = k.count,
+        scans = k.scans,
+        left = ?k.left,
+        "SIGKILLed the child's process tree"
+    );
 }
 
 /// Maps a child's status to our exit code (128+N for a signal death).
@@ -167,14 +179,7 @@ pub(super) fn stop_orphans(
         reap_others(fencer);
         orphans = left();
         if Instant::now() >= deadline {
-            // The same kill as the fencer's: every descendant, until none is left.
-            let k = crate::procfs::tree::kill_tree(&crate::procfs::tree::Tree {
-                tool: Some(me.0),
-                pgid: None,
-                spare: [me.0, fencer.map_or(me.0, |f| f.0)],
-                node,
-            });
-            tracing::warn!(event = "tree_killed", killed = k.count, scans = k.scans, left = ?k.left, "SIGKILLed what the child left behind");
+            kill_descendants(None, fencer, node);
             thread::sleep(Duration::from_millis(20));
             reap_others(fencer);
             orphans = left();

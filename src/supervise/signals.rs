@@ -148,20 +148,8 @@ impl Shared {
             "SIGABRT (systemd's watchdog): killing the child's tree, then aborting"
         );
         if let Some((pid, node)) = child {
-            let me = std::process::id() as i32;
-            let k = crate::procfs::tree::kill_tree(&crate::procfs::tree::Tree {
-                tool: Some(me),
-                pgid: Some(pid.0),
-                spare: [me, me],
-                node,
-            });
-            tracing::error!(
-                event = "tree_killed",
-                killed = k.count,
-                scans = k.scans,
-                left = ?k.left,
-                "SIGKILLed the child's process tree"
-            );
+            // The fencer too: it is stopped or as stuck as we are.
+            super::child::kill_descendants(Some(pid), None, node);
         }
         std::process::abort()
     }
