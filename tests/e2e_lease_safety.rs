@@ -192,19 +192,27 @@ fn tool_stopped_alone_its_fencer_kills_the_node_before_the_lease_expires() {
     let remaining = Duration::from_secs(3 * DURATION_S).saturating_sub(stopped_at.elapsed());
     thread::sleep(remaining);
     ta.child.signal(Signal::SIGCONT);
+    let resumed = Instant::now();
     let st = ta.wait(T);
+    let exit_after = resumed.elapsed();
     let log = ta.log_text();
     assert_eq!(st.code(), Some(8), "{log}");
+    // Its own fired fencer is no orphan of the child: no orphan grace.
+    assert!(
+        exit_after < Duration::from_secs(3),
+        "A exited {exit_after:?} after it was resumed: {log}"
+    );
     let fired = log_events(&log, "fence_fired");
     assert_eq!(fired.len(), 1, "{log}");
     assert_eq!(fired[0]["cause"], "Deadline", "{log}");
     assert!(log_events(&log, "lease_released").is_empty(), "{log}");
     a.home.assert_idle();
     println!(
-        "MEASURE tool SIGSTOPped: A's node killed {} ms after A's last renewal could have landed ({} ms before the lease expired, {} ms before B began its takeover)",
+        "MEASURE tool SIGSTOPped: A's node killed {} ms after A's last renewal could have landed ({} ms before the lease expired, {} ms before B began its takeover); A exited {} ms after it was resumed",
         a_dead.saturating_sub(last_a.after_us) / 1000,
         (expiry - a_dead) / 1000,
-        (b_taking - a_dead) / 1000
+        (b_taking - a_dead) / 1000,
+        exit_after.as_millis()
     );
     drop(tb);
 }
@@ -388,9 +396,20 @@ fn split_holder_stopped_is_fenced_whole(escape: bool) -> u64 {
         ta.log_text()
     );
     assert!(!pid_alive(cosmovisor) && !pid_alive(a_node));
+    let resumed = Instant::now();
     let st = ta.wait(T);
+    let exit_after = resumed.elapsed();
     let log = ta.log_text();
     assert_eq!(st.code(), Some(8), "{log}");
+    // Its fired fencer is no orphan of the child: no orphan grace.
+    assert!(
+        exit_after < Duration::from_secs(3),
+        "A exited {exit_after:?} after it was resumed: {log}"
+    );
+    println!(
+        "MEASURE split trust: exit 8 {} ms after the tool was resumed",
+        exit_after.as_millis()
+    );
     a.home.assert_idle();
     killed
 }
