@@ -3,8 +3,9 @@
 
 use std::sync::mpsc::Sender;
 use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use super::core::LeaseDeadlines;
 use super::Event;
 use crate::config::Config;
 use crate::fence::{Fence, FenceOptions};
@@ -41,17 +42,17 @@ pub(super) struct LeaseGuard {
     pub(super) fence: Fence,
 }
 
-impl LeaseGuard {
-    /// Until when the node may run (boot clock).
-    pub(super) fn until(&self) -> Duration {
+impl LeaseDeadlines for LeaseGuard {
+    fn until(&self) -> Duration {
         self.deadline
             .get()
             .min(self.fence.enforced().saturating_sub(self.grace))
     }
-
-    /// `until()` as an instant of the monotonic clock, for waits.
-    pub(super) fn until_instant(&self) -> Instant {
-        Instant::now() + self.until().saturating_sub(boot_time())
+    fn renewed_until(&self) -> Duration {
+        self.deadline.get()
+    }
+    fn grace(&self) -> Duration {
+        self.grace
     }
 }
 

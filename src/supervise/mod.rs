@@ -23,6 +23,7 @@ use std::sync::mpsc;
 use std::sync::Arc;
 use std::time::Duration;
 
+use self::core::LeaseDeadlines;
 use crate::config::Config;
 use crate::deliver::{DeliverError, Outcome, ReaderPolicy};
 use crate::fence::FenceNews;
@@ -32,10 +33,11 @@ use crate::procfs::{self, Pid};
 use crate::slot::{KeySlot, SlotError};
 
 mod child;
+mod core;
+mod driver;
 mod handoff;
 mod holder;
 mod keywait;
-mod machine;
 mod rearm;
 mod signals;
 mod watchdog;
@@ -201,14 +203,13 @@ pub(crate) fn run(
     };
     // The lease threads inherit the blocked signals (blocked since before
     // any thread existed).
-    let stop_grace = match lease {
-        LeaseRole::None => ORPHAN_GRACE,
+    match lease {
+        LeaseRole::None => {}
         LeaseRole::Holder {
             client,
             held,
             state,
         } => {
-            let grace = client.settings.stop_grace();
             match holder::start_fence(cfg, &held, &client.settings, &tx) {
                 Ok(g) if boot_time() < g.until() => taken.guard = Some(g),
                 r => {
@@ -232,16 +233,14 @@ pub(crate) fn run(
                     return abandon(taken, attached, internal("lease thread")(n.error));
                 }
             }
-            grace
         }
         LeaseRole::Standby { client, state } => {
             match Waiter::start(client, state, holder::lease_news(&tx)) {
                 Ok(w) => taken.lease = holder::LeaseThread::Waiter(w),
                 Err(e) => return abandon(taken, attached, internal("lease thread")(e)),
             }
-            ORPHAN_GRACE
         }
-    };
+    }
     // Orphaned descendants (a node whose cosmovisor died) are reparented to
     // us instead of init, so we can stop them.
     let subreaper = if crate::failpoint_hit!("subreaper") {
@@ -282,22 +281,45 @@ pub(crate) fn run(
         g.fence.arm(child.pid().0 as u32);
     }
     attached.guard_child(child.pid(), cfg.node);
-    let fencer = guard.as_ref().map(|g| g.fence.pid());
+    let fencer = guard.as_ref().map(|g| Pid(g.fence.pid() as i32));
     let policy = reader_policy(cfg, child.pid(), fencer);
     let standby = matches!(lease_thread, holder::LeaseThread::Waiter(_));
-    let mut sup = machine::Supervisor::new(machine::Setup {
+    let fast = job.as_ref().map(|j| rearm::FastRearm::new(j.slot.clone()));
+    if let (Some(_), Some(fast)) = (&armed, &fast) {
+        // Without the sign state every marker counts as due (rearm.rs).
+        let state = StateFile::of_home(&cfg.home, cfg.node)
+            .map_err(|e| tracing::warn!(error = %e, "cannot find the node's sign state: every upgrade marker re-arms at once"))
+            .ok();
+        rearm::spawn_marker_thread(
+            &cfg.home.join("data"),
+            cfg.node,
+            state,
+            fast.clone(),
+            tx.clone(),
+        );
+    }
+    let rules = core::Rules {
+        key_timeout: cfg.key_timeout,
+        child_is_node: job.as_ref().is_some_and(|j| j.node == NodeMatch::Child),
+        key_path: job
+            .as_ref()
+            .map_or_else(|| cfg.key_path.clone(), |j| j.slot.path().to_path_buf()),
+    };
+    let live = driver::Live {
         cfg,
         job,
+        fast,
         child,
         policy,
         tx,
-        guard,
-        stop_grace,
-        watchdog,
-    });
+        notifier: crate::notify::Notifier::from_env(),
+        delivering: None,
+        fencer,
+    };
+    let mut sup = core::Supervisor::new(live, rules, guard, watchdog);
     sup.start(armed, standby);
-    let status = sup.event_loop(&rx);
-    sup.finish(status, &rx, lease_thread, attached)
+    let status = driver::event_loop(&mut sup, &rx);
+    driver::finish(sup, status, &rx, lease_thread, attached)
 }
 
 /// What a run holds before its child exists: given back by [`abandon`] when
@@ -354,14 +376,14 @@ fn choose_watchdog(cfg: &Config, lease: &LeaseRole) -> watchdog::Watchdog {
 
 /// Who may receive the key in this run: the node, under our child; and
 /// whom the reader scans leave out: ourselves and our fencer.
-fn reader_policy(cfg: &Config, root: Pid, fencer: Option<u32>) -> ReaderPolicy {
+fn reader_policy(cfg: &Config, root: Pid, fencer: Option<Pid>) -> ReaderPolicy {
     ReaderPolicy {
         root,
         node: cfg.node,
         ours: procfs::Ours {
             me: Pid(std::process::id() as i32),
             // Not yet reaped, so its pid is still its own.
-            fencer: fencer.and_then(|p| procfs::OwnProcess::of(Pid(p as i32))),
+            fencer: fencer.and_then(procfs::OwnProcess::of),
         },
     }
 }
