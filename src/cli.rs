@@ -3,7 +3,6 @@
 use std::ffi::OsString;
 use std::io::Read;
 use std::path::PathBuf;
-use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
 
@@ -11,11 +10,10 @@ use crate::config::{Config, ConfigError, Env, LogFormat, Overrides, ProcessEnv};
 use crate::error::{Error, ImportInput};
 use crate::key::ValidatorKey;
 use crate::lease::{self, LeaseError, LeaseSettings, Raised, StateFile};
-use crate::metrics::{self, MetricsSettings};
+use crate::metrics::MetricsSettings;
 use crate::secret::{SecretBuf, MAX_SECRET_LEN};
 use crate::slot::KeySlot;
-use crate::source::{self, Origin};
-use crate::supervise::{self, Ended, KeyJob, LeaseRole, NodeMatch};
+use crate::supervise::NodeMatch;
 
 /// Runs cosmovisor with the validator key fetched from AWS SSM and handed to
 /// the node once, through a verified FIFO, never written to disk.
@@ -23,63 +21,9 @@ use crate::supervise::{self, Ended, KeyJob, LeaseRole, NodeMatch};
 #[command(name = "ssm-cosmovisor", version, about, long_about = None, allow_external_subcommands = true)]
 #[command(after_help = after_help())]
 pub struct Cli {
-    /// Whether this host is the active signer [env: USE_SSM_KEY] (true/false, 1/0, yes/no).
-    #[arg(long, global = true, value_name = "BOOL")]
-    pub(crate) use_ssm_key: Option<String>,
-    /// SSM parameter holding the key [env: AWS_PARAMETER].
-    #[arg(long, global = true, value_name = "NAME")]
-    pub(crate) parameter: Option<String>,
-    /// Key source: `ssm` or `credential:NAME` [env: KEY_SOURCE].
-    #[arg(long, global = true, value_name = "SOURCE")]
-    pub(crate) key_source: Option<String>,
-    /// Node home [env: DAEMON_HOME].
-    #[arg(long, global = true, value_name = "DIR")]
-    pub(crate) daemon_home: Option<PathBuf>,
-    /// Key path, overriding config.toml's priv_validator_key_file [env: SSM_COSMOVISOR_KEY_FILE].
-    #[arg(long, global = true, value_name = "PATH")]
-    pub(crate) key_file: Option<PathBuf>,
-    /// How long the node may take to read the key, e.g. 15m [env: SSM_COSMOVISOR_KEY_TIMEOUT].
-    #[arg(long, global = true, value_name = "DURATION")]
-    pub(crate) key_timeout: Option<String>,
-    /// Run the child as this user (split-trust mode, needs root) [env: SSM_COSMOVISOR_NODE_USER].
-    #[arg(long, global = true, value_name = "USER")]
-    pub(crate) node_user: Option<String>,
-    /// Log format: text or json [env: SSM_COSMOVISOR_LOG_FORMAT].
-    #[arg(long, global = true, value_name = "FORMAT")]
-    pub(crate) log_format: Option<String>,
-    /// Refuse a key with any other address [env: SSM_COSMOVISOR_EXPECTED_ADDRESS].
-    #[arg(long, global = true, value_name = "HEX")]
-    pub(crate) expected_address: Option<String>,
-    /// Keep a fresh FIFO at the key path after every delivery instead of the stripped file [env: SSM_COSMOVISOR_ALWAYS_ARMED].
-    #[arg(long, global = true)]
-    pub(crate) always_armed: bool,
-    /// Accept a plain String parameter (unencrypted in SSM) [env: SSM_COSMOVISOR_ALLOW_PLAIN_STRING].
-    #[arg(long, global = true)]
-    pub(crate) allow_plain_string: bool,
-    /// cosmovisor binary [env: COSMOVISOR_BIN; default: cosmovisor on PATH].
-    #[arg(long, global = true, value_name = "PATH")]
-    pub(crate) cosmovisor_bin: Option<PathBuf>,
-    /// DynamoDB table for the failover lease; unset: no lease [env: SSM_COSMOVISOR_LEASE_TABLE].
-    #[arg(long, global = true, value_name = "TABLE")]
-    pub(crate) lease_table: Option<String>,
-    /// Lease name, the same on every host of this validator [env: SSM_COSMOVISOR_LEASE_NAME; default: the parameter name].
-    #[arg(long, global = true, value_name = "NAME")]
-    pub(crate) lease_name: Option<String>,
-    /// Lease duration, e.g. 30s [env: SSM_COSMOVISOR_LEASE_DURATION; default 30s, 3s to 10m].
-    #[arg(long, global = true, value_name = "DURATION")]
-    pub(crate) lease_duration: Option<String>,
-    /// Region of the lease table [env: SSM_COSMOVISOR_LEASE_REGION; default: AWS_REGION].
-    #[arg(long, global = true, value_name = "REGION")]
-    pub(crate) lease_region: Option<String>,
-    /// Heights skipped after taking over an expired lease [env: SSM_COSMOVISOR_LEASE_TAKEOVER_HEIGHTS; default: duration in seconds + 1].
-    #[arg(long, global = true, value_name = "N")]
-    pub(crate) lease_takeover_heights: Option<String>,
-    /// Largest rise of this host's sign state a lease may cause unconfirmed [env: SSM_COSMOVISOR_LEASE_MAX_HEIGHT_JUMP; default 100000].
-    #[arg(long, global = true, value_name = "N")]
-    pub(crate) lease_max_height_jump: Option<String>,
-    /// AWS profile for cosmovisor (AWS_PROFILE in its environment); refused if it can read the key [env: SSM_COSMOVISOR_CHILD_AWS_PROFILE; default: no AWS variable for the child].
-    #[arg(long, global = true, value_name = "PROFILE")]
-    pub(crate) child_aws_profile: Option<String>,
+    /// Settings that override the environment.
+    #[command(flatten)]
+    pub(crate) overrides: Overrides,
     /// cosmovisor's config file, for the subcommands passed to cosmovisor (as
     /// cosmovisor's own `-c`); `run` takes it as `run --cosmovisor-config FILE ARGS`.
     #[arg(short = 'c', long = "cosmovisor-config", value_name = "FILE")]
@@ -147,32 +91,6 @@ pub(crate) enum Cmd {
     External(Vec<OsString>),
 }
 
-impl Cli {
-    fn overrides(&self) -> Overrides {
-        Overrides {
-            use_ssm_key: self.use_ssm_key.clone(),
-            parameter: self.parameter.clone(),
-            daemon_home: self.daemon_home.clone(),
-            key_file: self.key_file.clone(),
-            key_timeout: self.key_timeout.clone(),
-            node_user: self.node_user.clone(),
-            log_format: self.log_format.clone(),
-            expected_address: self.expected_address.clone(),
-            always_armed: self.always_armed,
-            allow_plain_string: self.allow_plain_string,
-            key_source: self.key_source.clone(),
-            cosmovisor_bin: self.cosmovisor_bin.clone(),
-            lease_table: self.lease_table.clone(),
-            lease_name: self.lease_name.clone(),
-            lease_duration: self.lease_duration.clone(),
-            lease_region: self.lease_region.clone(),
-            lease_takeover_heights: self.lease_takeover_heights.clone(),
-            lease_max_height_jump: self.lease_max_height_jump.clone(),
-            child_aws_profile: self.child_aws_profile.clone(),
-        }
-    }
-}
-
 fn after_help() -> String {
     format!(
         "Any other subcommand (version, add-upgrade, config, ...) is passed to cosmovisor unchanged.\n\n{}",
@@ -202,7 +120,7 @@ pub fn main(cli: Cli) -> std::process::ExitCode {
 
 /// The command, up to its exit status or the error that ends it.
 fn dispatch(cli: Cli) -> Result<u8, Error> {
-    let ov = cli.overrides();
+    let ov = cli.overrides;
     let fmt = match ov
         .log_format
         .as_deref()
@@ -229,12 +147,15 @@ fn dispatch(cli: Cli) -> Result<u8, Error> {
             child_args.extend(args);
             let program = cfg.cosmovisor_bin.clone();
             let node = NodeMatch::Args(run.node);
-            run_with_key(
+            crate::run::run(
                 &cfg,
                 lease.as_ref(),
                 &metrics,
-                (&program, &child_args),
-                node,
+                crate::run::Child {
+                    program: &program,
+                    args: &child_args,
+                    node,
+                },
             )
         }
         Cmd::Exec { command } => {
@@ -242,12 +163,15 @@ fn dispatch(cli: Cli) -> Result<u8, Error> {
             let lease = LeaseSettings::resolve(&ov, &ProcessEnv, cfg.source.as_ref())?;
             let metrics = MetricsSettings::from_env(&ProcessEnv)?;
             cfg.check_before_run(&ProcessEnv)?;
-            run_with_key(
+            crate::run::run(
                 &cfg,
                 lease.as_ref(),
                 &metrics,
-                (&command[0], &command[1..]),
-                NodeMatch::Child,
+                crate::run::Child {
+                    program: &command[0],
+                    args: &command[1..],
+                    node: NodeMatch::Child,
+                },
             )
         }
         Cmd::Check => Ok(crate::check::run(&ov)),
@@ -297,151 +221,6 @@ fn with_cosmovisor_home(
             Ok(ov)
         }
     }
-}
-
-/// Opens and repairs the slot, fetches the key (when active), and supervises.
-fn run_with_key(
-    cfg: &Config,
-    lease: Option<&LeaseSettings>,
-    metrics: &MetricsSettings,
-    (program, args): (&OsString, &[OsString]),
-    node: NodeMatch,
-) -> Result<u8, Error> {
-    // Before any other thread exists (runtimes, lease threads): they all
-    // inherit the blocked signals, so only our sigwait thread ever takes one.
-    // Until the slot is first changed, a stop signal ends the process at once.
-    let signals = supervise::Signals::start()?;
-    // Before any secret exists in this process (a child profile that can
-    // read the key brings it in with the check below).
-    crate::harden::harden_self().map_err(Error::Harden)?;
-    // Before anything changes: the child must not get an AWS identity that
-    // can read the key (cosmovisor hands its environment to the node).
-    crate::source::child_aws::verify_before_start(cfg)?;
-    // After the signal thread (the endpoint's thread inherits the blocked
-    // signals), before the slot is touched (a bad setting changes nothing).
-    crate::metrics::init(metrics, cfg.node.uid())?;
-    // The reader check must see every process that could open the FIFO,
-    // also for a standby that may take the lease later.
-    if cfg.use_ssm_key {
-        let m = crate::procfs::verify_sees_all()?;
-        tracing::debug!(hidepid = ?m.hidepid, gid = m.gid, "/proc lists every process for the reader check");
-    }
-    let slot = KeySlot::open(&cfg.key_path, cfg.node)?;
-    // Repair runs on every start, also as a standby: a FIFO left by a crash
-    // would hang the node, a stripped file would crash it.
-    let (repair, safe) = slot.repair()?;
-    tracing::info!(event = "slot_checked", path = %slot.path().display(), found = repair.found, action = repair.action.unwrap_or("none"), safe_address = %safe.address_hex(), "key slot ready");
-    if !cfg.use_ssm_key {
-        metrics::role(metrics::Role::Off);
-        if lease.is_some() {
-            tracing::info!("USE_SSM_KEY is false: the failover lease is not used");
-        }
-        tracing::info!(
-            event = "standby",
-            "USE_SSM_KEY is false: running without the consensus key"
-        );
-        drop(slot);
-        return ended(supervise::run(
-            &signals,
-            cfg,
-            program,
-            args,
-            None,
-            LeaseRole::None,
-        )?);
-    }
-    let spec = cfg.source.as_ref().ok_or(Error::NoKeySource)?;
-    // With a lease, nothing below happens before this host holds it; every
-    // error from here on releases it (HeldLease is released on drop).
-    let mut lease = match lease {
-        Some(settings) => match take_lease(&signals, cfg, settings, program, args)? {
-            lease::Acquired::Held(l) => Some(l),
-            lease::Acquired::Ended(0) => return Ok(0),
-            lease::Acquired::Ended(status) => return Err(Error::StandbyExited { status }),
-        },
-        None => None,
-    };
-    tracing::info!(event = "fetching", source = %spec.describe(), "attempting to fetch consensus key");
-    let began = std::time::Instant::now();
-    let fetched = source::fetch(spec, cfg.expected_address.as_deref());
-    metrics::fetched(
-        began.elapsed(),
-        fetched.as_ref().map(drop).map_err(|e| e.metrics_class()),
-    );
-    let fetched = fetched?;
-    log_fetched(&fetched.origin, fetched.key.identity());
-    slot.ensure_safe_differs(&safe, fetched.key.identity())?;
-    if let Some(l) = &mut lease {
-        l.prepare(&fetched.key.identity().address_hex())
-            .map_err(Error::LeasePrepare)?;
-    }
-    // From here on the slot changes: a stop must restore it, not just exit.
-    signals.defer_stop();
-    if let Some(sig) = signals.stop_requested() {
-        tracing::info!(
-            event = "stopped_before_start",
-            signal = sig,
-            "stop requested before the key was delivered"
-        );
-        return Ok(0);
-    }
-    slot.backup()?;
-    // The SDK is done: give its code pages back (most of our RSS otherwise).
-    if let Err(e) = crate::sys::page_out_own_executable() {
-        tracing::debug!(error = %e, "MADV_PAGEOUT of the executable failed");
-    }
-    let job = KeyJob {
-        slot: Arc::new(slot),
-        key: Arc::new(fetched.key),
-        node,
-    };
-    let role = match lease.map(|l| l.into_parts()) {
-        Some((client, held, state)) => LeaseRole::Holder {
-            client,
-            held,
-            state,
-        },
-        None => LeaseRole::None,
-    };
-    ended(supervise::run(
-        &signals,
-        cfg,
-        program,
-        args,
-        Some(job),
-        role,
-    )?)
-}
-
-fn ended(e: Ended) -> Result<u8, Error> {
-    match e {
-        Ended::Exit(code) => Ok(code),
-        Ended::Acquired(..) => Err(Error::AcquiredTwice),
-    }
-}
-
-/// Takes the failover lease, as a standby running the child without the
-/// key until the lease is ours if another host holds it.
-fn take_lease(
-    signals: &supervise::Signals,
-    cfg: &Config,
-    settings: &lease::LeaseSettings,
-    program: &OsString,
-    args: &[OsString],
-) -> Result<lease::Acquired, Error> {
-    let state = state_file(cfg)?;
-    lease::acquire(
-        settings,
-        state,
-        || signals.stop_requested(),
-        |client, state| {
-            let role = LeaseRole::Standby { client, state };
-            match supervise::run(signals, cfg, program, args, None, role)? {
-                Ended::Exit(code) => Ok(lease::StandbyEnd::Exited(code)),
-                Ended::Acquired(l) => Ok(lease::StandbyEnd::Won(l)),
-            }
-        },
-    )
 }
 
 /// The node's sign-state file, found through its `config.toml`.
@@ -499,29 +278,6 @@ fn accept_lease_state(ov: &Overrides, height: i64) -> Result<u8, Error> {
         rec.state
     );
     Ok(0)
-}
-
-fn log_fetched(origin: &Origin, id: &crate::key::PublicIdentity) {
-    match origin {
-        Origin::Ssm(p) => tracing::info!(
-            event = "fetched",
-            parameter = %p.name,
-            version = p.version,
-            kind = %p.kind,
-            key_type = %id.key_type(),
-            address = %id.address_hex(),
-            pub_key = %id.pub_key_b64(),
-            "retrieved consensus key from parameter store"
-        ),
-        Origin::Credential { name } => tracing::info!(
-            event = "fetched",
-            credential = %name,
-            key_type = %id.key_type(),
-            address = %id.address_hex(),
-            pub_key = %id.pub_key_b64(),
-            "read consensus key from systemd credential"
-        ),
-    }
 }
 
 fn restore(ov: &Overrides) -> Result<u8, Error> {
@@ -628,6 +384,22 @@ fn passthrough(ov: &Overrides, args: Vec<OsString>) -> Result<u8, Error> {
 #[cfg(test)]
 mod tests {
     use clap::CommandFactory;
+
+    #[test]
+    fn a_bare_boolean_flag_means_true_and_never_takes_the_command_as_its_value() {
+        use clap::Parser;
+        let parse = |v: &[&str]| super::Cli::try_parse_from(v).unwrap();
+        let c = parse(&["t", "--always-armed", "run", "start"]);
+        assert_eq!(c.overrides.always_armed.as_deref(), Some("true"));
+        assert!(matches!(c.command, super::Cmd::Run { ref args } if args == &["start"]));
+        let c = parse(&["t", "--always-armed=false", "--allow-plain-string", "check"]);
+        assert_eq!(c.overrides.always_armed.as_deref(), Some("false"));
+        assert_eq!(c.overrides.allow_plain_string.as_deref(), Some("true"));
+        // --use-ssm-key takes its value as the Go tool's did, also after a space.
+        let c = parse(&["t", "--use-ssm-key", "false", "check"]);
+        assert_eq!(c.overrides.use_ssm_key.as_deref(), Some("false"));
+        assert!(matches!(c.command, super::Cmd::Check));
+    }
 
     #[test]
     fn a_leading_config_flag_goes_after_the_cosmovisor_command() {

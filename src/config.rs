@@ -241,46 +241,68 @@ impl NodeUser {
     }
 }
 
-/// Settings given on the command line; `None` falls back to the environment.
-#[derive(Debug, Default, Clone)]
+/// Settings given on the command line (global flags of every command);
+/// `None` falls back to the environment. A boolean flag is parsed as its
+/// variable is (`parse_bool`) and wins over it either way; `--always-armed`
+/// and `--allow-plain-string` alone mean `=true`.
+#[derive(Debug, Default, Clone, clap::Args)]
 pub(crate) struct Overrides {
-    /// `--use-ssm-key`.
+    /// Whether this host is the active signer [env: USE_SSM_KEY] (true/false, 1/0, yes/no).
+    #[arg(long, global = true, value_name = "BOOL")]
     pub(crate) use_ssm_key: Option<String>,
-    /// `--parameter`.
+    /// SSM parameter holding the key [env: AWS_PARAMETER].
+    #[arg(long, global = true, value_name = "NAME")]
     pub(crate) parameter: Option<String>,
-    /// `--daemon-home`.
-    pub(crate) daemon_home: Option<PathBuf>,
-    /// `--key-file`.
-    pub(crate) key_file: Option<PathBuf>,
-    /// `--key-timeout`.
-    pub(crate) key_timeout: Option<String>,
-    /// `--node-user`.
-    pub(crate) node_user: Option<String>,
-    /// `--log-format`.
-    pub(crate) log_format: Option<String>,
-    /// `--expected-address`.
-    pub(crate) expected_address: Option<String>,
-    /// `--always-armed`.
-    pub(crate) always_armed: bool,
-    /// `--allow-plain-string`.
-    pub(crate) allow_plain_string: bool,
-    /// `--key-source`.
+    /// Key source: `ssm` or `credential:NAME` [env: KEY_SOURCE].
+    #[arg(long, global = true, value_name = "SOURCE")]
     pub(crate) key_source: Option<String>,
-    /// `--cosmovisor-bin`.
+    /// Node home [env: DAEMON_HOME].
+    #[arg(long, global = true, value_name = "DIR")]
+    pub(crate) daemon_home: Option<PathBuf>,
+    /// Key path, overriding config.toml's priv_validator_key_file [env: SSM_COSMOVISOR_KEY_FILE].
+    #[arg(long, global = true, value_name = "PATH")]
+    pub(crate) key_file: Option<PathBuf>,
+    /// How long the node may take to read the key, e.g. 15m [env: SSM_COSMOVISOR_KEY_TIMEOUT].
+    #[arg(long, global = true, value_name = "DURATION")]
+    pub(crate) key_timeout: Option<String>,
+    /// Run the child as this user (split-trust mode, needs root) [env: SSM_COSMOVISOR_NODE_USER].
+    #[arg(long, global = true, value_name = "USER")]
+    pub(crate) node_user: Option<String>,
+    /// Log format: text or json [env: SSM_COSMOVISOR_LOG_FORMAT].
+    #[arg(long, global = true, value_name = "FORMAT")]
+    pub(crate) log_format: Option<String>,
+    /// Refuse a key with any other address [env: SSM_COSMOVISOR_EXPECTED_ADDRESS].
+    #[arg(long, global = true, value_name = "HEX")]
+    pub(crate) expected_address: Option<String>,
+    /// Keep a fresh FIFO at the key path after every delivery instead of the stripped file [env: SSM_COSMOVISOR_ALWAYS_ARMED].
+    #[arg(long, global = true, value_name = "BOOL", num_args = 0..=1, require_equals = true, default_missing_value = "true")]
+    pub(crate) always_armed: Option<String>,
+    /// Accept a plain String parameter (unencrypted in SSM) [env: SSM_COSMOVISOR_ALLOW_PLAIN_STRING].
+    #[arg(long, global = true, value_name = "BOOL", num_args = 0..=1, require_equals = true, default_missing_value = "true")]
+    pub(crate) allow_plain_string: Option<String>,
+    /// cosmovisor binary [env: COSMOVISOR_BIN; default: cosmovisor on PATH].
+    #[arg(long, global = true, value_name = "PATH")]
     pub(crate) cosmovisor_bin: Option<PathBuf>,
-    /// `--lease-table`.
+    /// DynamoDB table for the failover lease; unset: no lease [env: SSM_COSMOVISOR_LEASE_TABLE].
+    #[arg(long, global = true, value_name = "TABLE")]
     pub(crate) lease_table: Option<String>,
-    /// `--lease-name`.
+    /// Lease name, the same on every host of this validator [env: SSM_COSMOVISOR_LEASE_NAME; default: the parameter name].
+    #[arg(long, global = true, value_name = "NAME")]
     pub(crate) lease_name: Option<String>,
-    /// `--lease-duration`.
+    /// Lease duration, e.g. 30s [env: SSM_COSMOVISOR_LEASE_DURATION; default 30s, 3s to 10m].
+    #[arg(long, global = true, value_name = "DURATION")]
     pub(crate) lease_duration: Option<String>,
-    /// `--lease-region`.
+    /// Region of the lease table [env: SSM_COSMOVISOR_LEASE_REGION; default: AWS_REGION].
+    #[arg(long, global = true, value_name = "REGION")]
     pub(crate) lease_region: Option<String>,
-    /// `--lease-takeover-heights`.
+    /// Heights skipped after taking over an expired lease [env: SSM_COSMOVISOR_LEASE_TAKEOVER_HEIGHTS; default: duration in seconds + 1].
+    #[arg(long, global = true, value_name = "N")]
     pub(crate) lease_takeover_heights: Option<String>,
-    /// `--lease-max-height-jump`.
+    /// Largest rise of this host's sign state a lease may cause unconfirmed [env: SSM_COSMOVISOR_LEASE_MAX_HEIGHT_JUMP; default 100000].
+    #[arg(long, global = true, value_name = "N")]
     pub(crate) lease_max_height_jump: Option<String>,
-    /// `--child-aws-profile`.
+    /// AWS profile for cosmovisor (AWS_PROFILE in its environment); refused if it can read the key [env: SSM_COSMOVISOR_CHILD_AWS_PROFILE; default: no AWS variable for the child].
+    #[arg(long, global = true, value_name = "PROFILE")]
     pub(crate) child_aws_profile: Option<String>,
 }
 
@@ -368,6 +390,9 @@ fn empty_means(name: &str) -> &'static str {
         "SSM_COSMOVISOR_CHILD_AWS_PROFILE" | "--child-aws-profile" => {
             "an empty profile name would leave cosmovisor's AWS identity to the SDKs' defaults, which the check that it cannot read the key does not cover"
         }
+        "--always-armed" | "--allow-plain-string" => {
+            "give the flag alone for true, or =true / =false"
+        }
         _ => "this setting has no safe meaning when empty",
     }
 }
@@ -452,6 +477,30 @@ pub(crate) fn pick_strict(
         None => env.security_setting(var),
     }
 }
+
+/// A boolean setting, one rule for all: the flag wins over the variable
+/// either way, both are read by [`parse_bool`], an empty flag is an error,
+/// and the error names whichever was given. `var` is the variable's value as
+/// its class reads it ([`Env::security_setting`] refuses an empty one,
+/// [`Env::setting`] takes it as unset).
+pub(crate) fn boolean(
+    flag: Option<String>,
+    flag_name: &'static str,
+    var: (&'static str, Option<String>),
+) -> Result<Option<bool>, ConfigError> {
+    match (flag, var) {
+        (Some(f), _) if f.is_empty() => Err(ConfigError::Empty {
+            name: flag_name,
+            hint: empty_means(flag_name),
+        }),
+        (Some(f), _) => parse_bool(flag_name, &f).map(Some),
+        (None, (name, Some(v))) => parse_bool(name, &v).map(Some),
+        (None, (_, None)) => Ok(None),
+    }
+}
+
+const ALWAYS_ARMED: &str = "SSM_COSMOVISOR_ALWAYS_ARMED";
+const PLAIN: &str = "SSM_COSMOVISOR_ALLOW_PLAIN_STRING";
 
 /// The cosmovisor program: `--cosmovisor-bin`, else `COSMOVISOR_BIN`, else
 /// `cosmovisor` looked up on `PATH`.
@@ -775,12 +824,12 @@ impl Config {
         env: &dyn Env,
         node_args: &[OsString],
     ) -> Result<Config, ConfigError> {
-        let use_ssm_key =
-            match pick_strict(ov.use_ssm_key.clone(), "--use-ssm-key", env, "USE_SSM_KEY")? {
-                Some(v) if ov.use_ssm_key.is_some() => parse_bool("--use-ssm-key", &v)?,
-                Some(v) => parse_bool("USE_SSM_KEY", &v)?,
-                None => false,
-            };
+        let use_ssm_key = boolean(
+            ov.use_ssm_key.clone(),
+            "--use-ssm-key",
+            ("USE_SSM_KEY", env.security_setting("USE_SSM_KEY")?),
+        )?
+        .unwrap_or(false);
         let source = resolve_source(ov, env, use_ssm_key)?;
         let daemon_home = match ov.daemon_home.clone().filter(|p| !p.as_os_str().is_empty()) {
             Some(h) => h,
@@ -852,11 +901,12 @@ impl Config {
             }
         })
         .transpose()?;
-        let always_armed = ov.always_armed
-            || match env.setting("SSM_COSMOVISOR_ALWAYS_ARMED")? {
-                Some(v) => parse_bool("SSM_COSMOVISOR_ALWAYS_ARMED", &v)?,
-                None => false,
-            };
+        let always_armed = boolean(
+            ov.always_armed.clone(),
+            "--always-armed",
+            (ALWAYS_ARMED, env.setting(ALWAYS_ARMED)?),
+        )?
+        .unwrap_or(false);
         let cosmovisor_bin = cosmovisor_bin(ov, env)?;
         let child_aws_profile = child_aws_profile(ov, env)?;
 
@@ -888,11 +938,12 @@ fn resolve_source(
         None | Some("ssm") => match pick(ov.parameter.clone(), env, "AWS_PARAMETER")? {
             Some(parameter) => Ok(Some(SourceSpec::Ssm {
                 parameter,
-                allow_plain_string: ov.allow_plain_string
-                    || match env.setting("SSM_COSMOVISOR_ALLOW_PLAIN_STRING")? {
-                        Some(v) => parse_bool("SSM_COSMOVISOR_ALLOW_PLAIN_STRING", &v)?,
-                        None => false,
-                    },
+                allow_plain_string: boolean(
+                    ov.allow_plain_string.clone(),
+                    "--allow-plain-string",
+                    (PLAIN, env.setting(PLAIN)?),
+                )?
+                .unwrap_or(false),
             })),
             None if use_ssm_key => Err(ConfigError::Missing {
                 name: "AWS_PARAMETER",
@@ -998,6 +1049,45 @@ mod tests {
         std::fs::write(d.path().join("config/config.toml"), "this is [not toml").unwrap();
         let e = key_path_for_home(d.path()).unwrap_err().to_string();
         assert!(e.contains("config.toml"), "{e}");
+    }
+
+    #[test]
+    fn every_boolean_flag_wins_over_its_variable_either_way_and_errors_name_the_one_given() {
+        let var = "SSM_COSMOVISOR_ALWAYS_ARMED";
+        let b = |flag: Option<&str>, v: Option<&str>| {
+            boolean(
+                flag.map(String::from),
+                "--always-armed",
+                (var, v.map(String::from)),
+            )
+        };
+        assert_eq!(b(None, None).unwrap(), None);
+        assert_eq!(b(None, Some("yes")).unwrap(), Some(true));
+        assert_eq!(b(Some("false"), Some("true")).unwrap(), Some(false));
+        assert_eq!(b(Some("true"), Some("0")).unwrap(), Some(true));
+        let e = b(Some("ja"), Some("true")).unwrap_err().to_string();
+        assert!(e.contains("--always-armed") && !e.contains(var), "{e}");
+        let e = b(None, Some("ja")).unwrap_err().to_string();
+        assert!(e.contains(var), "{e}");
+        // An empty flag is an error, not false.
+        let e = b(Some(""), Some("true")).unwrap_err().to_string();
+        assert!(e.contains("--always-armed") && e.contains("=false"), "{e}");
+        // Through resolve: --always-armed=false over the variable's true.
+        let d = tempfile::tempdir().unwrap();
+        let home = d.path().to_str().unwrap();
+        let ov = Overrides {
+            always_armed: Some("false".into()),
+            ..Default::default()
+        };
+        let c = Config::resolve(&ov, &env(&[("DAEMON_HOME", home), (var, "true")]), &[]).unwrap();
+        assert!(!c.always_armed);
+        let c = Config::resolve(
+            &Overrides::default(),
+            &env(&[("DAEMON_HOME", home), (var, "true")]),
+            &[],
+        )
+        .unwrap();
+        assert!(c.always_armed);
     }
 
     #[test]

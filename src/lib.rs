@@ -17,6 +17,7 @@
 #![deny(clippy::undocumented_unsafe_blocks)]
 #![warn(missing_docs)]
 
+pub(crate) mod aws;
 pub(crate) mod check;
 pub mod cli;
 pub(crate) mod config;
@@ -35,6 +36,7 @@ pub(crate) mod node_file;
 pub(crate) mod notify;
 pub(crate) mod perms;
 pub mod procfs;
+pub(crate) mod run;
 pub(crate) mod safe_dir;
 pub mod secret;
 pub(crate) mod slot;

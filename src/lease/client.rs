@@ -77,10 +77,7 @@ impl LeaseClient {
     /// or `AWS_ENDPOINT_URL_DYNAMODB`). Requests time out well inside one
     /// renewal period, so a hung connection cannot eat the lease.
     pub(crate) fn new(settings: LeaseSettings) -> Result<LeaseClient, LeaseError> {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .map_err(LeaseError::Runtime)?;
+        let rt = crate::aws::runtime().map_err(LeaseError::Runtime)?;
         let attempt = (settings.renew_every() / 2).max(Duration::from_millis(500));
         let mut loader = aws_config::defaults(BehaviorVersion::latest());
         if let Some(r) = &settings.region {
@@ -130,23 +127,19 @@ impl LeaseClient {
         {
             // The class, HTTP status and request id only: an SDK error's own
             // forms end with the raw answer.
-            return unreachable(format!(
-                "{op}: {}",
-                crate::source::ssm::sdk_failure_summary(&e)
-            ));
+            return unreachable(format!("{op}: {}", crate::aws::sdk_failure_summary(&e)));
         }
-        let code = e.code().unwrap_or("unknown").to_string();
-        let message = e.message().unwrap_or_default().to_string();
+        let code = crate::aws::error_code(e.code());
+        // AWS's text, cleaned and capped as for SSM.
+        let message = crate::aws::clean(e.message().unwrap_or_default(), 300);
         match code.as_str() {
             "ResourceNotFoundException" => LeaseError::NoTable { table },
             "AccessDeniedException" => LeaseError::AccessDenied { table, message },
-            "UnrecognizedClientException" | "InvalidSignatureException" => {
-                LeaseError::Credentials {
-                    table,
-                    code,
-                    message,
-                }
-            }
+            c if crate::aws::is_credential_code(c) => LeaseError::Credentials {
+                table,
+                code,
+                message,
+            },
             "ValidationException" if message.to_ascii_lowercase().contains("key") => {
                 LeaseError::KeySchema { table, message }
             }

@@ -1,7 +1,6 @@
-//! The holder's side before the supervisor takes over: take the lease (as
-//! a standby first if another host holds it, through a callback that runs
-//! the keyless node), prepare it for a delivery, and release it on every
-//! path that ends before the delivery.
+//! The holder's side before the supervisor takes over: take the lease (or
+//! find that the caller must stand by until it is ours), prepare it for a
+//! delivery, and release it on every path that ends before the delivery.
 
 use super::{
     boot_time, Held, LeaseClient, LeaseError, LeaseSettings, Raised, Record, SignState, StateFile,
@@ -103,88 +102,68 @@ pub(crate) fn release_logged(c: &LeaseClient, h: &Held, last: Option<SignState>)
     }
 }
 
-/// How a standby's run (the keyless node, started by the caller) ended.
-pub(crate) enum StandbyEnd {
-    /// The child ended first, with this exit code.
-    Exited(u8),
-    /// The lease is ours; the keyless child has stopped.
-    Won(Box<(LeaseClient, Held)>),
-}
-
-/// What [`acquire`] came to.
-pub(crate) enum Acquired {
+/// What the first look at the lease found.
+pub(crate) enum FirstLook {
     /// The lease is ours.
-    Held(Box<HeldLease>),
-    /// The standby's child ended first (its exit code), or a stop came
-    /// during the handover (0).
-    Ended(u8),
+    Held(HeldLease),
+    /// Another host holds it (or the table cannot be reached): stand by
+    /// with this client until it is ours.
+    Standby(LeaseClient, StateFile),
 }
 
-/// Takes the lease: at once if it is free or released, else by running
-/// `standby` (the keyless node, waiting for the lease) until it is ours.
-/// `stop_requested` is asked after a handover: a stop then delivers nothing.
-pub(crate) fn acquire<E: From<LeaseError>>(
+/// Takes the lease at once if it is free, released or ours; otherwise the
+/// caller stands by (runs the keyless node) with the returned client.
+pub(crate) fn take_or_stand_by(
     settings: &LeaseSettings,
     state: StateFile,
-    stop_requested: impl Fn() -> Option<i32>,
-    standby: impl FnOnce(LeaseClient, StateFile) -> Result<StandbyEnd, E>,
-) -> Result<Acquired, E> {
+) -> Result<FirstLook, LeaseError> {
     // Refuse a sign state we cannot read before taking anything.
     let local = state.read()?.unwrap_or_default();
     tracing::info!(event = "lease_config", table = %settings.table, lease = %settings.name, holder = %settings.holder, duration_ms = settings.duration.as_millis() as u64, sign_state = %local, "using the failover lease");
     let client = LeaseClient::new(settings.clone())?;
-    let now = match client.try_acquire_now(Some(local)) {
-        Ok(h) => h,
-        Err(e) if e.is_transient() => {
-            tracing::warn!(event = "lease_unreachable", error = %e, "cannot reach the lease table; standing by");
-            None
-        }
-        Err(e) => return Err(e.into()),
-    };
-    let (client, held) = match now {
-        Some(h) => (client, h),
-        None => {
+    match client.try_acquire_now(Some(local)) {
+        Ok(Some(held)) => Ok(FirstLook::Held(HeldLease::new(client, held, state))),
+        Ok(None) => {
             tracing::info!(
                 event = "standby",
                 "another host holds the failover lease: running without the consensus key until it is ours"
             );
-            match standby(client, state.clone())? {
-                StandbyEnd::Exited(code) => return Ok(Acquired::Ended(code)),
-                StandbyEnd::Won(won) => {
-                    let (client, mut held) = *won;
-                    if let Some(sig) = stop_requested() {
-                        release_logged(&client, &held, None);
-                        tracing::info!(
-                            event = "stopped_before_start",
-                            signal = sig,
-                            "stop requested during the handover"
-                        );
-                        return Ok(Acquired::Ended(0));
-                    }
-                    // Stopping the keyless node took time: confirm the lease.
-                    if let Err(e) = client.renew(&mut held, || None) {
-                        if !e.is_transient() || boot_time() >= held.deadline.get() {
-                            return Err(e.into());
-                        }
-                    }
-                    (client, held)
-                }
-            }
+            Ok(FirstLook::Standby(client, state))
         }
-    };
-    let t = held.took_over.as_ref();
-    tracing::info!(
-        event = "lease_acquired",
-        lease = %settings.name,
-        took_over_from = t.map(|t| t.from.as_str()).unwrap_or("-"),
-        carried_state = %t.map(|t| t.carried).unwrap_or(held.state),
-        takeover_skip = t.map(|t| t.skip).unwrap_or(0),
-        state = %held.state,
-        "holding the failover lease"
-    );
-    Ok(Acquired::Held(Box::new(HeldLease(Some((
-        client, held, state,
-    ))))))
+        Err(e) if e.is_transient() => {
+            tracing::warn!(event = "lease_unreachable", error = %e, "cannot reach the lease table; standing by");
+            Ok(FirstLook::Standby(client, state))
+        }
+        Err(e) => Err(e),
+    }
+}
+
+impl HeldLease {
+    /// A lease taken (at once, or won as a standby); released when dropped.
+    pub(crate) fn new(client: LeaseClient, held: Held, state: StateFile) -> HeldLease {
+        let t = held.took_over.as_ref();
+        tracing::info!(
+            event = "lease_acquired",
+            lease = %client.settings.name,
+            took_over_from = t.map(|t| t.from.as_str()).unwrap_or("-"),
+            carried_state = %t.map(|t| t.carried).unwrap_or(held.state),
+            takeover_skip = t.map(|t| t.skip).unwrap_or(0),
+            state = %held.state,
+            "holding the failover lease"
+        );
+        HeldLease(Some((client, held, state)))
+    }
+
+    /// Confirms a lease won as a standby: stopping the keyless node took
+    /// time. A renewal that cannot reach DynamoDB is tolerated while the
+    /// deadline holds.
+    pub(crate) fn confirm(&mut self) -> Result<(), LeaseError> {
+        let (client, held, _) = self.parts();
+        match client.renew(held, || None) {
+            Err(e) if !e.is_transient() || boot_time() >= held.deadline.get() => Err(e),
+            _ => Ok(()),
+        }
+    }
 }
 
 /// What `accept-lease-state` found, and did.

@@ -48,7 +48,9 @@ mod threads;
 
 pub(crate) use client::{Held, LeaseClient};
 pub(crate) use error::LeaseError;
-pub(crate) use holder::{accept_state, acquire, release_logged, Acceptance, Acquired, StandbyEnd};
+pub(crate) use holder::{
+    accept_state, release_logged, take_or_stand_by, Acceptance, FirstLook, HeldLease,
+};
 pub(crate) use record::Record;
 pub(crate) use settings::LeaseSettings;
 pub(crate) use state::{Raised, SignState, StateFile};

@@ -131,7 +131,8 @@ pub(crate) fn verify(profile: &str, parameter: &str) -> Result<Refusal, ChildAws
         parameter: parameter.into(),
         cause: Box::new(cause),
     };
-    let rt = ssm::runtime().map_err(|e| incomplete(Incomplete::Ssm(e)))?;
+    let rt = crate::aws::runtime()
+        .map_err(|e| incomplete(Incomplete::Ssm(ssm::SsmError::Runtime(e))))?;
     rt.block_on(async {
         let provider = ProfileFileCredentialsProvider::builder()
             .configure(&ProviderConfig::with_default_region().await)
@@ -183,7 +184,7 @@ fn credentials_error(profile: &str, e: CredentialsError) -> Result<ChildAwsError
                 profile: profile.into(),
                 // "not loaded" says nothing; its cause names the profile.
                 detail: match std::error::Error::source(&e) {
-                    Some(cause) => ssm::clean(&chain(cause), 300),
+                    Some(cause) => crate::aws::clean(&chain(cause), 300),
                     None => "no such profile with credentials, or no profile files".into(),
                 },
                 files: profile_files(),

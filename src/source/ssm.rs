@@ -21,6 +21,9 @@ use aws_sdk_ssm::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_ssm::types::ParameterType;
 use zeroize::Zeroize;
 
+use crate::aws::{
+    self, clean, error_code, sdk_failure_summary, status_and_request_id, AnswerTooLarge,
+};
 use crate::secret::SecretBuf;
 
 /// Attempts per request (the SDK backs off exponentially with jitter between
@@ -148,13 +151,6 @@ pub(crate) enum SsmError {
     Runtime(#[source] std::io::Error),
 }
 
-pub(super) fn runtime() -> Result<tokio::runtime::Runtime, SsmError> {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(SsmError::Runtime)
-}
-
 /// The largest answer accepted from SSM. A parameter value is at most
 /// 8 KiB (advanced tier), JSON-escaped at most 6 times that, plus the
 /// envelope: anything larger is not an SSM answer, and is not read.
@@ -188,11 +184,6 @@ fn timeouts() -> (Duration, Duration) {
 #[derive(Debug)]
 struct AnswerSizeLimit;
 
-/// An answer over [`MAX_ANSWER`] bytes (found in the SDK error's source chain).
-#[derive(Debug, thiserror::Error)]
-#[error("an answer of {0} bytes, more than the {MAX_ANSWER} any parameter needs")]
-struct AnswerTooLarge(u64);
-
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 impl aws_sdk_ssm::config::Intercept for AnswerSizeLimit {
@@ -212,7 +203,10 @@ impl aws_sdk_ssm::config::Intercept for AnswerSizeLimit {
             .get("content-length")
             .and_then(|v| v.trim().parse::<u64>().ok());
         match len {
-            Some(n) if n > MAX_ANSWER => Err(Box::new(AnswerTooLarge(n))),
+            Some(n) if n > MAX_ANSWER => Err(Box::new(AnswerTooLarge {
+                size: n,
+                limit: MAX_ANSWER,
+            })),
             _ => Ok(()),
         }
     }
@@ -224,7 +218,10 @@ impl aws_sdk_ssm::config::Intercept for AnswerSizeLimit {
         _: &mut aws_sdk_ssm::config::ConfigBag,
     ) -> Result<(), BoxError> {
         match ctx.response().body().bytes().map(|b| b.len() as u64) {
-            Some(n) if n > MAX_ANSWER => Err(Box::new(AnswerTooLarge(n))),
+            Some(n) if n > MAX_ANSWER => Err(Box::new(AnswerTooLarge {
+                size: n,
+                limit: MAX_ANSWER,
+            })),
             _ => Ok(()),
         }
     }
@@ -262,102 +259,6 @@ pub(super) async fn client_with(
         .interceptor(AnswerSizeLimit)
         .build();
     Ok((aws_sdk_ssm::Client::from_conf(conf), region))
-}
-
-/// Printable ASCII only, at most `max` characters: what may go into our
-/// message from text we did not write.
-pub(super) fn clean(s: &str, max: usize) -> String {
-    let mut out: String = s
-        .chars()
-        .map(|c| {
-            if c.is_ascii_graphic() || c == ' ' {
-                c
-            } else {
-                '?'
-            }
-        })
-        .take(max)
-        .collect();
-    if s.chars().count() > max {
-        out.push_str("...");
-    }
-    out
-}
-
-/// The HTTP status and request id of a failed call, as `HTTP 400, request
-/// id 1234-...` (whichever is known).
-fn status_and_request_id<E>(e: &SdkError<E, HttpResponse>) -> String {
-    use aws_sdk_ssm::operation::RequestId;
-    let mut parts = Vec::new();
-    if let Some(r) = e.raw_response() {
-        parts.push(format!("HTTP {}", r.status().as_u16()));
-    }
-    // A request id is a UUID-like token; anything else is not shown.
-    if let Some(id) = e.request_id().filter(|id| {
-        !id.is_empty()
-            && id.len() <= 64
-            && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
-    }) {
-        parts.push(format!("request id {id}"));
-    }
-    if parts.is_empty() {
-        "no answer".into()
-    } else {
-        parts.join(", ")
-    }
-}
-
-/// Names a failure by its class from the error's type and source chain,
-/// never from its text: the kind of an I/O error, a timeout, our own size
-/// limit. The SDK's messages are not used (a parse error's can quote input).
-fn failure_class<E>(e: &SdkError<E, HttpResponse>) -> String
-where
-    E: std::error::Error + 'static,
-{
-    let mut src: Option<&(dyn std::error::Error + 'static)> = Some(e);
-    while let Some(s) = src {
-        if let Some(big) = s.downcast_ref::<AnswerTooLarge>() {
-            return big.to_string();
-        }
-        if let Some(io) = s.downcast_ref::<std::io::Error>() {
-            return format!("I/O error: {}", io.kind());
-        }
-        src = s.source();
-    }
-    match e {
-        SdkError::ConstructionFailure(_) => "the request could not be built".into(),
-        SdkError::TimeoutError(_) => "timed out".into(),
-        SdkError::DispatchFailure(d) if d.is_timeout() => "connection timed out".into(),
-        SdkError::DispatchFailure(d) if d.is_io() => "connection failed (I/O error)".into(),
-        SdkError::DispatchFailure(_) => "connection failed".into(),
-        SdkError::ResponseError(_) => "the answer could not be parsed".into(),
-        SdkError::ServiceError(_) => "AWS error".into(),
-        _ => "unknown SDK failure".into(),
-    }
-}
-
-/// What an SDK call failed with, safe to print and log: its class, the HTTP
-/// status and the request id, nothing of the answer. For every AWS client
-/// (the DynamoDB lease's too: the response types are the same).
-pub(crate) fn sdk_failure_summary<E>(e: &SdkError<E, HttpResponse>) -> String
-where
-    E: std::error::Error + 'static,
-{
-    format!("{}; {}", failure_class(e), status_and_request_id(e))
-}
-
-/// An AWS error code as AWS writes them (`AccessDeniedException`), else `Unknown`.
-fn error_code(code: Option<&str>) -> String {
-    match code {
-        Some(c)
-            if !c.is_empty()
-                && c.len() <= 64
-                && c.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'.') =>
-        {
-            c.to_string()
-        }
-        _ => "Unknown".into(),
-    }
 }
 
 pub(super) fn classify<E>(
@@ -445,12 +346,7 @@ where
             message: said(e.message()),
             code,
         },
-        "UnrecognizedClientException"
-        | "InvalidClientTokenId"
-        | "InvalidSignatureException"
-        | "SignatureDoesNotMatch"
-        | "ExpiredTokenException"
-        | "MissingAuthenticationToken" => SsmError::Credentials {
+        c if aws::is_credential_code(c) => SsmError::Credentials {
             name: name.into(),
             message: said(e.message()),
             code,
@@ -476,7 +372,7 @@ pub(crate) fn fetch(
     name: &str,
     allow_plain_string: bool,
 ) -> Result<(ParameterInfo, SecretBuf), SsmError> {
-    runtime()?.block_on(async {
+    aws::runtime().map_err(SsmError::Runtime)?.block_on(async {
         let (client, region) = client().await?;
         let out = client
             .get_parameter()
@@ -536,7 +432,7 @@ pub(crate) struct ParameterMeta {
 /// `ssm:DescribeParameters`; `check` reports a denial as a warning).
 pub(crate) fn describe(name: &str) -> Result<ParameterMeta, SsmError> {
     use aws_sdk_ssm::types::ParameterStringFilter;
-    runtime()?.block_on(async {
+    aws::runtime().map_err(SsmError::Runtime)?.block_on(async {
         let (client, region) = client().await?;
         let filter = ParameterStringFilter::builder()
             .key("Name")
@@ -578,7 +474,7 @@ pub(crate) fn put(
     overwrite: bool,
 ) -> Result<i64, SsmError> {
     use secrecy::ExposeSecret;
-    runtime()?.block_on(async {
+    aws::runtime().map_err(SsmError::Runtime)?.block_on(async {
         let (client, region) = client().await?;
         // The SDK needs an owned String. It is moved in (no copy of ours
         // remains) and wiped on free by the binary's zeroizing allocator,

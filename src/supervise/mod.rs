@@ -6,8 +6,10 @@
 //! Threads, not an async runtime: one waits for signals ([`Signals`]), one
 //! waits for the child, one blocks in the FIFO's writer open, one reads
 //! inotify for the upgrade marker, one waits on the node's pidfd, and the
-//! lease has its own. All report to one [`Supervisor`](machine::Supervisor)
-//! over one channel; it owns the run's state as one [`Phase`](machine::Phase).
+//! lease has its own. All report over one channel to the driver
+//! (`driver.rs`), which passes each event to the run's decisions
+//! ([`Supervisor`](core::Supervisor), without I/O: `core.rs`) and performs
+//! the effects they ask for.
 //!
 //! Who moves the key slot: the supervisor (first arm, restore at the end),
 //! the delivery thread (the file that follows a hand-off, while the FIFO is
