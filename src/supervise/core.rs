@@ -100,28 +100,39 @@ pub(super) trait LeaseDeadlines {
     fn grace(&self) -> Duration;
 }
 
-/// A holder's lease in this run.
-pub(super) enum Holding<G> {
-    /// No lease held (none configured, or a standby).
+/// The lease's part in this run: `G` a holder's (its deadlines), `W` a
+/// standby's wait.
+pub(super) enum LeasePart<G, W> {
+    /// No lease configured.
     None,
+    /// Another host holds it: the child runs without the key until the
+    /// lease is ours.
+    Standby(W),
     /// Held: the node may run until the guard's deadline.
-    Valid(G),
+    Held(G),
     /// Declared lost: never released, the node is being stopped.
     Lost(G),
 }
 
-impl<G> Holding<G> {
-    fn guard(&self) -> Option<&G> {
-        match self {
-            Holding::None => None,
-            Holding::Valid(g) | Holding::Lost(g) => Some(g),
+impl<G, W> LeasePart<G, W> {
+    /// Held becomes lost; any other part stays as it is. Whether it was held.
+    fn mark_lost(&mut self) -> bool {
+        match std::mem::replace(self, LeasePart::None) {
+            LeasePart::Held(g) => {
+                *self = LeasePart::Lost(g);
+                true
+            }
+            other => {
+                *self = other;
+                false
+            }
         }
     }
 
-    fn into_guard(self) -> Option<G> {
+    fn guard(&self) -> Option<&G> {
         match self {
-            Holding::None => None,
-            Holding::Valid(g) | Holding::Lost(g) => Some(g),
+            LeasePart::Held(g) | LeasePart::Lost(g) => Some(g),
+            LeasePart::None | LeasePart::Standby(_) => None,
         }
     }
 }
@@ -167,6 +178,8 @@ pub(super) trait Effects {
     type Fifo;
     /// A held lease's deadlines.
     type Guard: LeaseDeadlines;
+    /// A standby's wait for the lease.
+    type Waiter;
     fn now(&self) -> Instant;
     /// The clock of lease deadlines (`CLOCK_BOOTTIME`).
     fn boot_time(&self) -> Duration;
@@ -208,9 +221,9 @@ pub(super) struct Rules {
 }
 
 /// How the run ends, once the child has exited and the slot is restored.
-pub(super) struct End<G> {
-    /// The lease's guard, to be disarmed.
-    pub(super) guard: Option<G>,
+pub(super) struct End<G, W> {
+    /// The lease's part, to be settled.
+    pub(super) lease: LeasePart<G, W>,
     /// A standby's newly won lease is kept for the keyed run.
     pub(super) keep_lease: bool,
     /// A holder's lease may be released early.
@@ -230,13 +243,18 @@ pub(super) struct Supervisor<E: Effects> {
     wait: KeyWait,
     /// The node that read the last key, while it runs.
     keyed: Option<Pid>,
-    holding: Holding<E::Guard>,
+    lease: LeasePart<E::Guard, E::Waiter>,
     watchdog: Watchdog,
     last_ping: Instant,
 }
 
 impl<E: Effects> Supervisor<E> {
-    pub(super) fn new(io: E, rules: Rules, guard: Option<E::Guard>, watchdog: Watchdog) -> Self {
+    pub(super) fn new(
+        io: E,
+        rules: Rules,
+        lease: LeasePart<E::Guard, E::Waiter>,
+        watchdog: Watchdog,
+    ) -> Self {
         let last_ping = io.now();
         Supervisor {
             io,
@@ -246,14 +264,15 @@ impl<E: Effects> Supervisor<E> {
             handoff: Handoff::Idle,
             wait: KeyWait::Idle,
             keyed: None,
-            holding: guard.map_or(Holding::None, Holding::Valid),
+            lease,
             watchdog,
             last_ping,
         }
     }
 
     /// Starts the first hand-off (with `armed`) and tells systemd we are up.
-    pub(super) fn start(&mut self, armed: Option<E::Fifo>, standby: bool) {
+    pub(super) fn start(&mut self, armed: Option<E::Fifo>) {
+        let standby = matches!(self.lease, LeasePart::Standby(_));
         if let Some(t) = self.watchdog.start_override() {
             self.io.notify(Notice::WatchdogTimeout(t));
             self.io.notify(Notice::Ping);
@@ -281,7 +300,7 @@ impl<E: Effects> Supervisor<E> {
     /// A FIFO not used stays at the key path for the restore.
     fn deliver(&mut self, a: E::Fifo) {
         self.enforce_lease();
-        if matches!(self.holding, Holding::Lost(_)) {
+        if matches!(self.lease, LeasePart::Lost(_)) {
             return;
         }
         let now = self.io.now();
@@ -296,7 +315,7 @@ impl<E: Effects> Supervisor<E> {
     }
 
     fn stop_grace(&self) -> Duration {
-        self.holding.guard().map_or(ORPHAN_GRACE, |g| g.grace())
+        self.lease.guard().map_or(ORPHAN_GRACE, |g| g.grace())
     }
 
     /// Enters (or strengthens) the stopping phase. The caller has signalled
@@ -315,10 +334,9 @@ impl<E: Effects> Supervisor<E> {
     /// The lease is lost (renewals failed, the fencer fired or died): stop
     /// the node before the lease can expire for others.
     fn lose_lease(&mut self, reason: String) {
-        let Holding::Valid(g) = std::mem::replace(&mut self.holding, Holding::None) else {
+        if !self.lease.mark_lost() {
             return;
-        };
-        self.holding = Holding::Lost(g);
+        }
         metrics::lease_lost();
         tracing::error!(event = "lease_lost", reason = %reason, "LEASE LOST: stopping the node");
         self.io.notify(Notice::Status(
@@ -337,7 +355,7 @@ impl<E: Effects> Supervisor<E> {
 
     /// Loses the lease if its deadline (or the fencer's) has passed.
     fn enforce_lease(&mut self) {
-        let Holding::Valid(g) = &self.holding else {
+        let LeasePart::Held(g) = &self.lease else {
             return;
         };
         let now = self.io.boot_time();
@@ -382,7 +400,7 @@ impl<E: Effects> Supervisor<E> {
     /// The next instant something is due without an event.
     pub(super) fn next_deadline(&self) -> Instant {
         let mut at = self.io.now() + Duration::from_secs(3600);
-        if let Holding::Valid(g) = &self.holding {
+        if let LeasePart::Held(g) = &self.lease {
             at = at.min(self.instant_of(g.until()));
         }
         if let Phase::Stopping {
@@ -421,7 +439,7 @@ impl<E: Effects> Supervisor<E> {
             return;
         }
         let kill_by = self
-            .holding
+            .lease
             .guard()
             .map(|g| g.until().saturating_add(g.grace()));
         if self.watchdog.may_ping(self.io.boot_time(), kill_by) {
@@ -603,7 +621,7 @@ impl<E: Effects> Supervisor<E> {
     /// by when orphans of the child must be gone.
     pub(super) fn child_exited(&mut self) -> Instant {
         self.io.disable_rearm();
-        if let Holding::Valid(g) = &self.holding {
+        if let LeasePart::Held(g) = &self.lease {
             if self.io.boot_time() >= g.until() {
                 let reason = "the lease deadline passed before the node exited";
                 metrics::lease_lost();
@@ -611,9 +629,7 @@ impl<E: Effects> Supervisor<E> {
                 self.fatal.get_or_insert(SuperviseError::Lease(format!(
                     "{reason}. The safe key is restored; restart the service to stand by for the lease again"
                 )));
-                if let Holding::Valid(g) = std::mem::replace(&mut self.holding, Holding::None) {
-                    self.holding = Holding::Lost(g);
-                }
+                self.lease.mark_lost();
             }
         }
         // A standby's handover keeps the service running: STOPPING=1 would
@@ -631,9 +647,9 @@ impl<E: Effects> Supervisor<E> {
         }
         // Orphans (a keyed node whose cosmovisor died) must be gone by the
         // lease deadline plus the stop grace, whatever else we wait for.
-        let lost = matches!(self.holding, Holding::Lost(_));
+        let lost = matches!(self.lease, LeasePart::Lost(_));
         let by = self.io.now() + if lost { Duration::ZERO } else { ORPHAN_GRACE };
-        match self.holding.guard() {
+        match self.lease.guard() {
             Some(g) => by.min(self.instant_of(g.until()) + g.grace()),
             None => by,
         }
@@ -653,14 +669,15 @@ impl<E: Effects> Supervisor<E> {
     /// error; a held one is released only if no process of the child is
     /// left (`no_orphans`) and we never declared it lost, even if a renewal
     /// confirmed late moved its deadline again: it expires by itself.
-    pub(super) fn end(self, no_orphans: bool) -> End<E::Guard> {
-        let lost = matches!(self.holding, Holding::Lost(_));
-        End {
+    pub(super) fn end(self, no_orphans: bool) -> (E, End<E::Guard, E::Waiter>) {
+        let lost = matches!(self.lease, LeasePart::Lost(_));
+        let end = End {
             keep_lease: self.handing_over() && self.fatal.is_none(),
             may_release: no_orphans && !lost,
-            guard: self.holding.into_guard(),
+            lease: self.lease,
             fatal: self.fatal,
-        }
+        };
+        (self.io, end)
     }
 }
 

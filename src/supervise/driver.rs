@@ -9,39 +9,51 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::child::{reap_others, status_code, stop_orphans, Child};
-use super::core::{Effects, End, Handed, Notice, Supervisor};
+use super::core::{Effects, Handed, LeasePart, Notice, Supervisor};
 use super::handoff::{log_outcome, next_mode, start_delivery, Delivering};
-use super::holder::{finish_lease, LeaseGuard, LeaseThread};
+use super::holder::{finish_standby, HolderPart};
 use super::keywait::NodeMatch;
 use super::rearm::{spawn_reader_exit_thread, FastRearm};
 use super::signals::Attached;
 use super::{Ended, Event, KeyJob, SuperviseError};
 use crate::config::Config;
 use crate::deliver::{DeliverError, Outcome, ReaderPolicy};
-use crate::lease::boot_time;
+use crate::lease::{boot_time, Waiter};
 use crate::metrics;
 use crate::notify::Notifier;
 use crate::procfs::{self, Pid};
 use crate::slot::{ArmedFifo, SlotError};
 
-/// The effects of a run, on the real child, slot and systemd.
+/// The key's part in a run.
+pub(super) enum KeyPart {
+    /// No key in this run (`USE_SSM_KEY=false`, or a standby).
+    Keyless,
+    Keyed {
+        job: KeyJob,
+        /// The slot's re-arm lock, shared with the watchers.
+        fast: Arc<FastRearm>,
+        delivering: Option<Delivering>,
+    },
+}
+
+/// The effects of a run, on the real child, slot and systemd; with the
+/// run's signal subscription, held until its end.
 pub(super) struct Live<'a> {
     pub(super) cfg: &'a Config,
-    pub(super) job: Option<KeyJob>,
-    /// The slot's re-arm lock (with a key job only).
-    pub(super) fast: Option<Arc<FastRearm>>,
+    pub(super) key: KeyPart,
     pub(super) child: Child,
     pub(super) policy: ReaderPolicy,
     pub(super) tx: Sender<Event>,
     pub(super) notifier: Notifier,
-    pub(super) delivering: Option<Delivering>,
     /// Our fencer, spared by every kill and reap of the child's tree.
     pub(super) fencer: Option<Pid>,
+    pub(super) attached: Attached,
 }
 
 impl Effects for Live<'_> {
     type Fifo = ArmedFifo;
-    type Guard = LeaseGuard;
+    type Guard = HolderPart;
+    type Waiter = Waiter;
 
     fn now(&self) -> Instant {
         Instant::now()
@@ -65,19 +77,30 @@ impl Effects for Live<'_> {
         reap_others(Some(self.child.pid()));
     }
     fn find_node(&mut self) -> Option<Pid> {
-        let m = self.job.as_ref().map(|j| &j.node)?;
-        find_node(m, self.child.pid(), self.cfg.node)
+        let KeyPart::Keyed { job, .. } = &self.key else {
+            return None;
+        };
+        find_node(&job.node, self.child.pid(), self.cfg.node)
     }
     fn disable_rearm(&mut self) {
-        if let Some(fast) = &self.fast {
+        if let KeyPart::Keyed { fast, .. } = &self.key {
             fast.disable();
         }
     }
     fn take_armed(&mut self) -> Option<ArmedFifo> {
-        self.fast.as_ref()?.take()
+        match &self.key {
+            KeyPart::Keyed { fast, .. } => fast.take(),
+            KeyPart::Keyless => None,
+        }
     }
     fn take_or_arm(&mut self) -> Result<ArmedFifo, SlotError> {
-        let fast = self.fast.as_ref().expect("a re-arm needs a key job");
+        let KeyPart::Keyed { fast, .. } = &self.key else {
+            return Err(SlotError::Io {
+                op: "arm",
+                path: self.cfg.key_path.clone(),
+                source: std::io::Error::other("no key in this run"),
+            });
+        };
         let (a, fresh) = fast.take_or_arm()?;
         if fresh {
             tracing::info!(
@@ -90,23 +113,31 @@ impl Effects for Live<'_> {
         Ok(a)
     }
     fn start_delivery(&mut self, fifo: ArmedFifo) {
-        let job = self.job.as_ref().expect("a hand-off needs a key job");
-        self.delivering = Some(start_delivery(
-            job,
-            fifo,
-            &self.policy,
-            next_mode(self.cfg),
-            &self.tx,
-            &self.notifier,
-        ));
+        if let KeyPart::Keyed {
+            job, delivering, ..
+        } = &mut self.key
+        {
+            *delivering = Some(start_delivery(
+                job,
+                fifo,
+                &self.policy,
+                next_mode(self.cfg),
+                &self.tx,
+                &self.notifier,
+            ));
+        }
     }
     fn cancel_delivery(&mut self) {
-        if let Some(d) = &self.delivering {
+        if let KeyPart::Keyed {
+            delivering: Some(d),
+            ..
+        } = &self.key
+        {
             d.canceller.cancel();
         }
     }
     fn watch_reader(&mut self, pid: Pid) {
-        if let Some(fast) = &self.fast {
+        if let KeyPart::Keyed { fast, .. } = &self.key {
             spawn_reader_exit_thread(pid, fast.clone(), self.tx.clone());
         }
     }
@@ -117,6 +148,16 @@ impl Effects for Live<'_> {
             Notice::Stopping => self.notifier.stopping(),
             Notice::Ping => self.notifier.ping(),
             Notice::WatchdogTimeout(t) => self.notifier.set_watchdog_timeout(t),
+        }
+    }
+}
+
+impl KeyPart {
+    /// The hand-off under way, taken (its outcome arrived, or we settle it).
+    fn take_delivering(&mut self) -> Option<Delivering> {
+        match self {
+            KeyPart::Keyed { delivering, .. } => delivering.take(),
+            KeyPart::Keyless => None,
         }
     }
 }
@@ -175,7 +216,7 @@ fn on_event(sup: &mut Supervisor<Live<'_>>, ev: Event) {
         Event::Signal(sig) => sup.on_signal(sig),
         Event::ChildExited(_) => {}
         Event::Delivery(r) => {
-            sup.io.delivering = None;
+            sup.io.key.take_delivering();
             sup.on_delivery(handed(r));
         }
         // The watcher thread re-armed before sending it (see Rearmed).
@@ -194,49 +235,49 @@ pub(super) fn finish(
     mut sup: Supervisor<Live<'_>>,
     status: std::io::Result<ExitStatus>,
     rx: &Receiver<Event>,
-    lease_thread: LeaseThread,
-    attached: Attached,
 ) -> Result<Ended, SuperviseError> {
     let orphans_by = sup.child_exited();
     settle_delivery(&mut sup, rx, orphans_by);
-    let live = &sup.io;
+    let fencer = sup.io.fencer;
     let me = Pid(std::process::id() as i32);
-    stop_orphans(me, live.fencer, orphans_by, live.cfg.node);
+    stop_orphans(me, fencer, orphans_by, sup.io.cfg.node);
     let code = exit_code(&status);
-    if let Some(j) = &live.job {
-        let r = j.slot.restore()?;
-        tracing::info!(
-            event = "restore_done",
-            found = r.found,
-            "key slot back to idle"
-        );
-        live.notifier.status("safe key restored");
-    }
-    let no_orphans = super::children_except(live.fencer).is_empty();
-    let End {
-        guard,
-        keep_lease,
-        may_release,
-        fatal,
-    } = sup.end(no_orphans);
-    if keep_lease {
+    // A failed restore is reported, and the lease still settled: the node
+    // is gone either way.
+    let restored = match &sup.io.key {
+        KeyPart::Keyed { job, .. } => job.slot.restore().map(|r| {
+            tracing::info!(
+                event = "restore_done",
+                found = r.found,
+                "key slot back to idle"
+            );
+            sup.io.notifier.status("safe key restored");
+        }),
+        KeyPart::Keyless => Ok(()),
+    };
+    let no_orphans = super::children_except(fencer).is_empty();
+    let (live, end) = sup.end(no_orphans);
+    if end.keep_lease {
         // A stop from now on must release the lease we just won, not end
         // the process with it held.
-        attached.detach_deferring_stops();
+        live.attached.detach_deferring_stops();
     } else {
-        drop(attached);
+        drop(live.attached);
     }
-    // The node is gone and the safe key back: the fencer has nothing left
-    // to guard, and the lease may go.
-    if let Some(g) = guard {
-        g.deadline.unsubscribe();
-        g.fence.finish();
-    }
-    let acquired = finish_lease(lease_thread, keep_lease, may_release);
-    match (fatal, acquired) {
-        (Some(e), _) => Err(e),
-        (None, Some(l)) => Ok(Ended::Acquired(Box::new(l))),
-        (None, None) => Ok(Ended::Exit(code)),
+    // The node is gone and the safe key back: now the lease may go.
+    let acquired = match end.lease {
+        LeasePart::Held(h) | LeasePart::Lost(h) => {
+            h.finish(end.may_release);
+            None
+        }
+        LeasePart::Standby(w) => finish_standby(w, end.keep_lease),
+        LeasePart::None => None,
+    };
+    match (restored, end.fatal, acquired) {
+        (Err(e), _, _) => Err(e.into()),
+        (Ok(()), Some(e), _) => Err(e),
+        (Ok(()), None, Some(l)) => Ok(Ended::Acquired(Box::new(l))),
+        (Ok(()), None, None) => Ok(Ended::Exit(code)),
     }
 }
 
@@ -263,7 +304,7 @@ fn exit_code(status: &std::io::Result<ExitStatus>) -> u8 {
 /// it must still reach the log, and an exposure must still fail the run,
 /// even when the child exited first.
 fn settle_delivery(sup: &mut Supervisor<Live<'_>>, rx: &Receiver<Event>, by: Instant) {
-    let Some(d) = sup.io.delivering.take() else {
+    let Some(d) = sup.io.key.take_delivering() else {
         return;
     };
     d.canceller.cancel();

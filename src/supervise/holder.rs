@@ -1,5 +1,6 @@
-//! The lease's part in a run: the fencer and the deadline the supervisor
-//! enforces, the renewal or wait thread, and the release at the end.
+//! The lease's part in a run: a holder's ([`HolderPart`]: the fencer and
+//! the deadline the supervisor enforces, the renewal thread, the release at
+//! the end) or a standby's (its wait thread).
 
 use std::sync::mpsc::Sender;
 use std::sync::Mutex;
@@ -24,13 +25,76 @@ pub(super) fn lease_news(tx: &Sender<Event>) -> Box<dyn Fn(LeaseNews) + Send> {
     })
 }
 
-/// The lease's part of a run.
-pub(super) enum LeaseThread {
-    None,
-    /// Held, and no renewal thread yet: a step before it failed.
-    Unstarted(Box<(LeaseClient, Held)>, StateFile),
-    Keeper(Keeper, StateFile),
-    Waiter(Waiter),
+/// How a held lease is renewed in this run.
+pub(super) enum Renewal {
+    /// No renewal thread (yet): a step before it failed.
+    Unstarted(Box<(LeaseClient, Held)>),
+    Keeper(Keeper),
+}
+
+/// A holder's part in a run: the deadline it may run to (with the fencer
+/// that enforces it), how the lease is renewed, and the node's sign-state
+/// file, read for the release.
+pub(super) struct HolderPart {
+    pub(super) guard: LeaseGuard,
+    pub(super) renewal: Renewal,
+    pub(super) state: StateFile,
+}
+
+impl LeaseDeadlines for HolderPart {
+    fn until(&self) -> Duration {
+        self.guard.until()
+    }
+    fn renewed_until(&self) -> Duration {
+        self.guard.renewed_until()
+    }
+    fn grace(&self) -> Duration {
+        self.guard.grace()
+    }
+}
+
+impl HolderPart {
+    /// Our fencer's pid.
+    pub(super) fn fencer(&self) -> crate::procfs::Pid {
+        crate::procfs::Pid(self.guard.fence.pid() as i32)
+    }
+
+    /// The node is gone: the fencer has nothing left to guard, renewals
+    /// stop, and the lease is released with the node's final sign state,
+    /// but only if `may_release` (no process of the child is left, and we
+    /// did not declare it lost): otherwise it expires, and the standby
+    /// waits the full duration.
+    pub(super) fn finish(self, may_release: bool) {
+        self.guard.deadline.unsubscribe();
+        self.guard.fence.finish();
+        match self.renewal {
+            Renewal::Unstarted(lease) => {
+                let (c, h) = *lease;
+                // As the keeper's stop would hand it back: only while still ours.
+                if boot_time() < h.deadline.get() {
+                    release_held(&c, &h, &self.state, may_release);
+                }
+            }
+            Renewal::Keeper(k) => {
+                if let Some((c, h)) = k.stop() {
+                    release_held(&c, &h, &self.state, may_release);
+                }
+            }
+        }
+    }
+}
+
+/// Stops a standby's wait: its newly won lease is returned if `keep`, else
+/// released (we are stopping).
+pub(super) fn finish_standby(w: Waiter, keep: bool) -> Option<(LeaseClient, Held)> {
+    match w.finish() {
+        Ok((c, h)) if keep => Some((c, h)),
+        Ok((c, h)) => {
+            release_logged(&c, &h, None);
+            None
+        }
+        Err(_) => None,
+    }
 }
 
 /// A holder's lease deadline as the supervisor enforces it: the earlier of
@@ -118,42 +182,5 @@ fn release_held(c: &LeaseClient, h: &Held, state: &StateFile, may_release: bool)
             state = ?other.map_err(|e| e.to_string()),
             "cannot read the node's final sign state: not releasing the lease; it expires by itself"
         ),
-    }
-}
-
-/// Stops the lease thread. A holder's lease is released with the node's
-/// final sign state, but only if `may_release` (no process of ours is left,
-/// and we did not declare it lost): otherwise it expires, and the standby
-/// waits the full duration. A standby's
-/// newly won lease is returned if `keep`, else released (we are stopping).
-pub(super) fn finish_lease(
-    t: LeaseThread,
-    keep: bool,
-    may_release: bool,
-) -> Option<(LeaseClient, Held)> {
-    match t {
-        LeaseThread::None => None,
-        LeaseThread::Unstarted(lease, state) => {
-            let (c, h) = *lease;
-            // As the keeper's stop would hand it back: only while still ours.
-            if boot_time() < h.deadline.get() {
-                release_held(&c, &h, &state, may_release);
-            }
-            None
-        }
-        LeaseThread::Keeper(k, state) => {
-            if let Some((c, h)) = k.stop() {
-                release_held(&c, &h, &state, may_release);
-            }
-            None
-        }
-        LeaseThread::Waiter(w) => match w.finish() {
-            Ok((c, h)) if keep => Some((c, h)),
-            Ok((c, h)) => {
-                release_logged(&c, &h, None);
-                None
-            }
-            Err(_) => None,
-        },
     }
 }

@@ -25,14 +25,14 @@ use std::sync::mpsc;
 use std::sync::Arc;
 use std::time::Duration;
 
-use self::core::LeaseDeadlines;
+use self::core::{LeaseDeadlines, LeasePart};
 use crate::config::Config;
 use crate::deliver::{DeliverError, Outcome, ReaderPolicy};
 use crate::fence::FenceNews;
 use crate::key::ValidatorKey;
 use crate::lease::{boot_time, Held, Keeper, LeaseClient, LeaseNews, StateFile, Waiter};
 use crate::procfs::{self, Pid};
-use crate::slot::{KeySlot, SlotError};
+use crate::slot::{ArmedFifo, KeySlot, SlotError};
 
 mod child;
 mod core;
@@ -198,51 +198,15 @@ pub(crate) fn run(
         return Ok(Ended::Exit(0));
     }
     let watchdog = choose_watchdog(cfg, &lease);
-    let mut taken = Taken {
-        job,
-        lease: holder::LeaseThread::None,
-        guard: None,
-    };
     // The lease threads inherit the blocked signals (blocked since before
     // any thread existed).
-    match lease {
-        LeaseRole::None => {}
-        LeaseRole::Holder {
-            client,
-            held,
-            state,
-        } => {
-            match holder::start_fence(cfg, &held, &client.settings, &tx) {
-                Ok(g) if boot_time() < g.until() => taken.guard = Some(g),
-                r => {
-                    // Renewals failed until now, or no fencer: the key must
-                    // not go out.
-                    let why = match &r {
-                        Err(e) => format!("{e}; nothing was delivered"),
-                        Ok(_) => "no renewal of the lease was confirmed before the node could start; nothing was delivered".into(),
-                    };
-                    taken.guard = r.ok();
-                    taken.lease = holder::LeaseThread::Unstarted(Box::new((client, held)), state);
-                    return abandon(taken, attached, SuperviseError::Lease(why));
-                }
-            }
-            match Keeper::start(client, held, state.clone(), holder::lease_news(&tx)) {
-                Ok(k) => taken.lease = holder::LeaseThread::Keeper(k, state),
-                Err(n) => {
-                    let n = *n;
-                    taken.lease =
-                        holder::LeaseThread::Unstarted(Box::new((n.client, n.held)), state);
-                    return abandon(taken, attached, internal("lease thread")(n.error));
-                }
-            }
+    let lease = match start_lease(cfg, lease, &tx) {
+        Ok(l) => l,
+        Err(failed) => {
+            let (lease, e) = *failed;
+            return abandon(job, lease, attached, e);
         }
-        LeaseRole::Standby { client, state } => {
-            match Waiter::start(client, state, holder::lease_news(&tx)) {
-                Ok(w) => taken.lease = holder::LeaseThread::Waiter(w),
-                Err(e) => return abandon(taken, attached, internal("lease thread")(e)),
-            }
-        }
-    }
+    };
     // Orphaned descendants (a node whose cosmovisor died) are reparented to
     // us instead of init, so we can stop them.
     let subreaper = if crate::failpoint_hit!("subreaper") {
@@ -251,55 +215,29 @@ pub(crate) fn run(
         rustix::process::set_child_subreaper(Some(rustix::process::getpid()))
     };
     if let Err(e) = subreaper {
-        return abandon(taken, attached, internal("PR_SET_CHILD_SUBREAPER")(e));
+        return abandon(job, lease, attached, internal("PR_SET_CHILD_SUBREAPER")(e));
     }
     // Arm before the child exists: the node may look for its key at once.
-    let armed = match &taken.job {
-        Some(j) if crate::failpoint_hit!("first-arm") => Err(SlotError::Io {
-            op: "arm (failpoint first-arm)",
-            path: j.slot.path().to_path_buf(),
-            source: std::io::Error::other("failpoint"),
-        }),
-        Some(j) => j.slot.arm().map(|a| {
-            tracing::info!(event = "armed", path = %j.slot.path().display(), inode = a.ino, "key FIFO armed");
-            Some(a)
-        }),
-        None => Ok(None),
+    let armed = match &job {
+        Some(j) => match first_arm(j) {
+            Ok(a) => Some(a),
+            Err(e) => return abandon(job, lease, attached, e.into()),
+        },
+        None => None,
     };
-    let armed = match armed {
-        Ok(a) => a,
-        Err(e) => return abandon(taken, attached, e.into()),
+    let holder = match &lease {
+        LeasePart::Held(h) => Some(h),
+        _ => None,
     };
-    let child = match child::Child::spawn(cfg, program, args, taken.guard.is_some(), &tx) {
+    let child = match child::Child::spawn(cfg, program, args, holder.is_some(), &tx) {
         Ok(c) => c,
-        Err(e) => return abandon(taken, attached, e),
+        Err(e) => return abandon(job, lease, attached, e),
     };
-    let Taken {
-        job,
-        lease: lease_thread,
-        guard,
-    } = taken;
-    if let Some(g) = &guard {
-        g.fence.arm(child.pid().0 as u32);
-    }
+    let fencer = holder.map(|h| {
+        h.guard.fence.arm(child.pid().0 as u32);
+        h.fencer()
+    });
     attached.guard_child(child.pid(), cfg.node);
-    let fencer = guard.as_ref().map(|g| Pid(g.fence.pid() as i32));
-    let policy = reader_policy(cfg, child.pid(), fencer);
-    let standby = matches!(lease_thread, holder::LeaseThread::Waiter(_));
-    let fast = job.as_ref().map(|j| rearm::FastRearm::new(j.slot.clone()));
-    if let (Some(_), Some(fast)) = (&armed, &fast) {
-        // Without the sign state every marker counts as due (rearm.rs).
-        let state = StateFile::of_home(&cfg.home, cfg.node)
-            .map_err(|e| tracing::warn!(error = %e, "cannot find the node's sign state: every upgrade marker re-arms at once"))
-            .ok();
-        rearm::spawn_marker_thread(
-            &cfg.home.join("data"),
-            cfg.node,
-            state,
-            fast.clone(),
-            tx.clone(),
-        );
-    }
     let rules = core::Rules {
         key_timeout: cfg.key_timeout,
         child_is_node: job.as_ref().is_some_and(|j| j.node == NodeMatch::Child),
@@ -309,27 +247,124 @@ pub(crate) fn run(
     };
     let live = driver::Live {
         cfg,
-        job,
-        fast,
+        key: key_part(cfg, job, &tx),
+        policy: reader_policy(cfg, child.pid(), fencer),
         child,
-        policy,
         tx,
         notifier: crate::notify::Notifier::from_env(),
-        delivering: None,
         fencer,
+        attached,
     };
-    let mut sup = core::Supervisor::new(live, rules, guard, watchdog);
-    sup.start(armed, standby);
+    let mut sup = core::Supervisor::new(live, rules, lease, watchdog);
+    sup.start(armed);
     let status = driver::event_loop(&mut sup, &rx);
-    driver::finish(sup, status, &rx, lease_thread, attached)
+    driver::finish(sup, status, &rx)
 }
 
-/// What a run holds before its child exists: given back by [`abandon`] when
-/// a step before the child fails.
-struct Taken {
-    job: Option<KeyJob>,
-    lease: holder::LeaseThread,
-    guard: Option<holder::LeaseGuard>,
+/// The first arm of the key path, before the child exists.
+fn first_arm(j: &KeyJob) -> Result<ArmedFifo, SlotError> {
+    if crate::failpoint_hit!("first-arm") {
+        return Err(SlotError::Io {
+            op: "arm (failpoint first-arm)",
+            path: j.slot.path().to_path_buf(),
+            source: std::io::Error::other("failpoint"),
+        });
+    }
+    let a = j.slot.arm()?;
+    tracing::info!(event = "armed", path = %j.slot.path().display(), inode = a.ino, "key FIFO armed");
+    Ok(a)
+}
+
+/// The key's part of a run: with a key job, the re-arm lock and the upgrade
+/// marker's watcher (started here: the FIFO is armed).
+fn key_part(cfg: &Config, job: Option<KeyJob>, tx: &mpsc::Sender<Event>) -> driver::KeyPart {
+    let Some(job) = job else {
+        return driver::KeyPart::Keyless;
+    };
+    let fast = rearm::FastRearm::new(job.slot.clone());
+    // Without the sign state every marker counts as due (rearm.rs).
+    let state = StateFile::of_home(&cfg.home, cfg.node)
+        .map_err(|e| tracing::warn!(error = %e, "cannot find the node's sign state: every upgrade marker re-arms at once"))
+        .ok();
+    rearm::spawn_marker_thread(
+        &cfg.home.join("data"),
+        cfg.node,
+        state,
+        fast.clone(),
+        tx.clone(),
+    );
+    driver::KeyPart::Keyed {
+        job,
+        fast,
+        delivering: None,
+    }
+}
+
+/// The lease's part of a run, as the supervisor holds it.
+type RunLease = LeasePart<holder::HolderPart, Waiter>;
+
+/// Starts the lease's part of a run: a holder's fencer (confirmed before
+/// the node may exist) and renewal thread, or a standby's wait. On failure,
+/// what was started is handed back with the error, for [`abandon`].
+fn start_lease(
+    cfg: &Config,
+    role: LeaseRole,
+    tx: &mpsc::Sender<Event>,
+) -> Result<RunLease, Box<(RunLease, SuperviseError)>> {
+    let (client, held, state) = match role {
+        LeaseRole::None => return Ok(LeasePart::None),
+        LeaseRole::Standby { client, state } => {
+            return Waiter::start(client, state, holder::lease_news(tx))
+                .map(LeasePart::Standby)
+                .map_err(|e| Box::new((LeasePart::None, internal("lease thread")(e))));
+        }
+        LeaseRole::Holder {
+            client,
+            held,
+            state,
+        } => (client, held, state),
+    };
+    let guard = match holder::start_fence(cfg, &held, &client.settings, tx) {
+        Ok(g) => g,
+        Err(e) => {
+            // No node ran under it: released as it stands, while still ours.
+            if boot_time() < held.deadline.get() {
+                crate::lease::release_logged(&client, &held, None);
+            }
+            let e = SuperviseError::Lease(format!("{e}; nothing was delivered"));
+            return Err(Box::new((LeasePart::None, e)));
+        }
+    };
+    let part = |guard, renewal, state| holder::HolderPart {
+        guard,
+        renewal,
+        state,
+    };
+    if boot_time() >= guard.until() {
+        // Renewals failed until now: the key must not go out.
+        let e = SuperviseError::Lease("no renewal of the lease was confirmed before the node could start; nothing was delivered".into());
+        let unstarted = holder::Renewal::Unstarted(Box::new((client, held)));
+        return Err(Box::new((
+            LeasePart::Held(part(guard, unstarted, state)),
+            e,
+        )));
+    }
+    match Keeper::start(client, held, state.clone(), holder::lease_news(tx)) {
+        Ok(k) => Ok(LeasePart::Held(part(
+            guard,
+            holder::Renewal::Keeper(k),
+            state,
+        ))),
+        Err(n) => {
+            let n = *n;
+            let unstarted = holder::Renewal::Unstarted(Box::new((n.client, n.held)));
+            let e = internal("lease thread")(n.error);
+            Err(Box::new((
+                LeasePart::Held(part(guard, unstarted, state)),
+                e,
+            )))
+        }
+    }
 }
 
 /// A step before the child failed: the slot goes back to the safe key, the
@@ -337,20 +372,21 @@ struct Taken {
 /// nothing was signed under it), then `e` ends the run. The one way out of
 /// a run before its child exists.
 fn abandon(
-    taken: Taken,
+    job: Option<KeyJob>,
+    lease: RunLease,
     attached: signals::Attached,
     e: SuperviseError,
 ) -> Result<Ended, SuperviseError> {
     drop(attached);
-    let restored = match &taken.job {
+    let restored = match &job {
         Some(j) => j.slot.restore().map(drop),
         None => Ok(()),
     };
-    if let Some(g) = taken.guard {
-        g.deadline.unsubscribe();
-        g.fence.finish();
+    match lease {
+        LeasePart::Held(h) | LeasePart::Lost(h) => h.finish(true),
+        LeasePart::Standby(w) => drop(holder::finish_standby(w, false)),
+        LeasePart::None => {}
     }
-    holder::finish_lease(taken.lease, false, true);
     if let Err(r) = restored {
         tracing::error!(event = "restore_failed", error = %r, "could not put the safe key back after the run failed");
     }

@@ -65,6 +65,7 @@ impl LeaseDeadlines for Guard {
 impl Effects for Fake {
     type Fifo = u32;
     type Guard = Guard;
+    type Waiter = ();
     fn now(&self) -> Instant {
         self.clock.start + self.clock.elapsed.get()
     }
@@ -152,14 +153,23 @@ impl Run {
             child_is_node: exec_node,
             key_path: "/k".into(),
         };
-        let guard = lease.map(|_| Guard {
-            until: until.clone(),
-        });
+        let part = match lease {
+            Some(_) => LeasePart::Held(Guard {
+                until: until.clone(),
+            }),
+            None => LeasePart::None,
+        };
         Run {
-            sup: Supervisor::new(fake, rules, guard, watchdog),
+            sup: Supervisor::new(fake, rules, part, watchdog),
             clock,
             until,
         }
+    }
+
+    fn standby() -> Run {
+        let mut r = Run::new(None, false, Watchdog::Off);
+        r.sup.lease = LeasePart::Standby(());
+        r
     }
 
     fn holder(lease: Duration) -> Run {
@@ -177,7 +187,7 @@ impl Run {
 
     /// A first hand-off through FIFO 1, read by the node.
     fn delivered_once(&mut self) {
-        self.sup.start(Some(1), false);
+        self.sup.start(Some(1));
         self.sup.on_delivery(Handed::Delivered {
             reader: NODE,
             next: None,
@@ -202,7 +212,7 @@ fn lease_error(e: &Option<SuperviseError>) -> bool {
 #[test]
 fn a_lost_lease_during_a_hand_off_cancels_it_and_never_re_arms() {
     let mut r = Run::holder(Duration::from_secs(30));
-    r.sup.start(Some(1), false);
+    r.sup.start(Some(1));
     assert_eq!(delivers(&r.did()), [1]);
     r.sup.on_lease(LeaseNews::Lost("renewals failed".into()));
     let did = r.did();
@@ -233,7 +243,7 @@ fn a_lost_lease_during_a_hand_off_cancels_it_and_never_re_arms() {
     let did = r.did();
     assert!(delivers(&did).is_empty(), "{did:?}");
     assert!(!did.iter().any(|d| matches!(d, Did::Arm(_))), "{did:?}");
-    let end = r.sup.end(true);
+    let end = r.sup.end(true).1;
     assert!(!end.may_release && lease_error(&end.fatal));
 }
 
@@ -252,7 +262,7 @@ fn no_hand_off_starts_after_the_deadline_even_from_an_event_queued_before_the_lo
     // And a refusal's FIFO after it.
     r.sup.on_delivery(Handed::Declined { next: Some(3) });
     assert!(delivers(&r.did()).is_empty());
-    assert!(lease_error(&r.sup.end(true).fatal));
+    assert!(lease_error(&r.sup.end(true).1.fatal));
 }
 
 #[test]
@@ -270,14 +280,14 @@ fn a_renewed_lease_goes_on_delivering() {
         next: None,
     });
     r.sup.child_exited();
-    let end = r.sup.end(true);
+    let end = r.sup.end(true).1;
     assert!(end.may_release && end.fatal.is_none() && !end.keep_lease);
 }
 
 #[test]
 fn a_handover_never_sends_stopping_and_keeps_the_lease() {
-    let mut r = Run::new(None, false, Watchdog::Off);
-    r.sup.start(None, true);
+    let mut r = Run::standby();
+    r.sup.start(None);
     assert_eq!(
         r.did(),
         [Did::Notice(Notice::Ready(
@@ -297,13 +307,13 @@ fn a_handover_never_sends_stopping_and_keeps_the_lease() {
         1,
         "{did:?}"
     );
-    assert!(r.sup.end(true).keep_lease);
+    assert!(r.sup.end(true).1.keep_lease);
 }
 
 #[test]
 fn a_handover_that_failed_releases_and_an_operators_stop_wins_over_a_late_win() {
-    let mut r = Run::new(None, false, Watchdog::Off);
-    r.sup.start(None, true);
+    let mut r = Run::standby();
+    r.sup.start(None);
     r.sup.on_lease(LeaseNews::Acquired);
     r.sup.on_rearm_failed(SlotError::Io {
         op: "arm",
@@ -311,23 +321,23 @@ fn a_handover_that_failed_releases_and_an_operators_stop_wins_over_a_late_win() 
         source: std::io::Error::other("test"),
     });
     r.sup.child_exited();
-    assert!(!r.sup.end(true).keep_lease);
+    assert!(!r.sup.end(true).1.keep_lease);
     // Stopped by the operator, then the lease comes: no handover.
-    let mut r = Run::new(None, false, Watchdog::Off);
-    r.sup.start(None, true);
+    let mut r = Run::standby();
+    r.sup.start(None);
     r.sup.on_signal(libc::SIGTERM);
     r.sup.on_lease(LeaseNews::Acquired);
     r.sup.child_exited();
     let did = r.did();
     assert!(did.contains(&Did::Notice(Notice::Stopping)), "{did:?}");
     assert!(!did.contains(&Did::Signal(libc::SIGTERM)), "{did:?}");
-    assert!(!r.sup.end(true).keep_lease);
+    assert!(!r.sup.end(true).1.keep_lease);
 }
 
 #[test]
 fn a_refusal_while_stopping_does_not_re_arm() {
     let mut r = Run::new(None, false, Watchdog::Off);
-    r.sup.start(Some(1), false);
+    r.sup.start(Some(1));
     r.did();
     r.sup.on_signal(libc::SIGTERM);
     let did = r.did();
@@ -351,7 +361,7 @@ fn a_refusal_while_stopping_does_not_re_arm() {
 #[test]
 fn a_refusal_while_running_re_arms_and_a_failed_arm_ends_the_run() {
     let mut r = Run::new(None, false, Watchdog::Off);
-    r.sup.start(Some(1), false);
+    r.sup.start(Some(1));
     r.did();
     r.sup.on_delivery(Handed::Declined { next: None });
     assert_eq!(r.did(), [Did::Arm(101), Did::Deliver(101)]);
@@ -361,7 +371,7 @@ fn a_refusal_while_running_re_arms_and_a_failed_arm_ends_the_run() {
     r.sup.on_delivery(Handed::Declined { next: None });
     assert_eq!(r.did(), [Did::Signal(libc::SIGTERM)]);
     assert!(matches!(
-        r.sup.end(true).fatal,
+        r.sup.end(true).1.fatal,
         Some(SuperviseError::Slot(_))
     ));
 }
@@ -376,7 +386,7 @@ fn a_late_loss_is_never_released() {
     let by = r.sup.child_exited();
     // Orphans get no grace past the lost lease.
     assert!(by <= r.sup.io.now());
-    let end = r.sup.end(true);
+    let end = r.sup.end(true).1;
     assert!(!end.may_release && lease_error(&end.fatal));
     // Declared lost, then a late renewal moved the deadline: still never released.
     let mut r = Run::holder(Duration::from_secs(5));
@@ -384,12 +394,27 @@ fn a_late_loss_is_never_released() {
     r.sup.on_fence(FenceNews::Exited);
     r.until.set(r.until.get() + Duration::from_secs(60));
     r.sup.child_exited();
-    assert!(!r.sup.end(true).may_release);
+    assert!(!r.sup.end(true).1.may_release);
     // Before the deadline, released unless a process of the child is left.
     let mut r = Run::holder(Duration::from_secs(5));
     r.delivered_once();
     r.sup.child_exited();
-    assert!(!r.sup.end(false).may_release);
+    assert!(!r.sup.end(false).1.may_release);
+}
+
+#[test]
+fn a_lease_lost_twice_stays_lost() {
+    // The fencer fired, then the renewal thread gave up too: the second
+    // loss must not forget the first (a lease lost is never released).
+    let mut r = Run::holder(Duration::from_secs(30));
+    r.delivered_once();
+    r.sup.on_fence(FenceNews::Fired(2));
+    r.sup.on_lease(LeaseNews::Lost("renewals failed".into()));
+    r.sup.on_fence(FenceNews::Exited);
+    r.sup.child_exited();
+    let end = r.sup.end(true).1;
+    assert!(matches!(end.lease, LeasePart::Lost(_)));
+    assert!(!end.may_release && lease_error(&end.fatal));
 }
 
 #[test]
@@ -447,7 +472,7 @@ fn the_lease_deadline_is_enforced_at_a_tick_and_wakes_the_loop() {
 #[test]
 fn a_started_node_that_never_reads_times_out_one_that_reads_does_not() {
     let mut r = Run::new(None, false, Watchdog::Off);
-    r.sup.start(Some(1), false);
+    r.sup.start(Some(1));
     r.did();
     // Cosmovisor between nodes: no clock until a node is seen.
     r.advance(KEY_TIMEOUT * 2);
@@ -466,12 +491,12 @@ fn a_started_node_that_never_reads_times_out_one_that_reads_does_not() {
     r.sup.tick();
     assert_eq!(r.did(), [Did::Cancel, Did::Signal(libc::SIGTERM)]);
     assert!(matches!(
-        r.sup.end(true).fatal,
+        r.sup.end(true).1.fatal,
         Some(SuperviseError::Timeout { pid: 200, .. })
     ));
 
     let mut r = Run::new(None, false, Watchdog::Off);
-    r.sup.start(Some(1), false);
+    r.sup.start(Some(1));
     r.sup.io.node = Some(NODE);
     r.sup.tick();
     r.sup.on_delivery(Handed::Delivered {
@@ -481,17 +506,17 @@ fn a_started_node_that_never_reads_times_out_one_that_reads_does_not() {
     r.advance(KEY_TIMEOUT * 2);
     r.sup.tick();
     assert!(!r.did().contains(&Did::Cancel));
-    assert!(r.sup.end(true).fatal.is_none());
+    assert!(r.sup.end(true).1.fatal.is_none());
 }
 
 #[test]
 fn an_exec_node_has_its_clock_from_the_first_hand_off() {
     let mut r = Run::new(None, true, Watchdog::Off);
-    r.sup.start(Some(1), false);
+    r.sup.start(Some(1));
     r.advance(KEY_TIMEOUT);
     r.sup.tick();
     assert!(matches!(
-        r.sup.end(true).fatal,
+        r.sup.end(true).1.fatal,
         Some(SuperviseError::Timeout { pid: 100, .. })
     ));
 }
@@ -499,7 +524,7 @@ fn an_exec_node_has_its_clock_from_the_first_hand_off() {
 #[test]
 fn a_delivery_watches_its_reader_and_continues_through_the_fifo_left_for_the_next() {
     let mut r = Run::new(None, false, Watchdog::Off);
-    r.sup.start(Some(1), false);
+    r.sup.start(Some(1));
     r.did();
     r.sup.on_delivery(Handed::Delivered {
         reader: NODE,
@@ -522,13 +547,13 @@ fn a_delivery_watches_its_reader_and_continues_through_the_fifo_left_for_the_nex
 #[test]
 fn an_exposure_while_settling_still_fails_the_run() {
     let mut r = Run::new(None, false, Watchdog::Off);
-    r.sup.start(Some(1), false);
+    r.sup.start(Some(1));
     r.sup.child_exited();
     assert_eq!(r.sup.handoff, Handoff::Underway);
     r.sup
         .settled(Handed::Failed(SuperviseError::Exposed("test".into())));
     assert!(matches!(
-        r.sup.end(true).fatal,
+        r.sup.end(true).1.fatal,
         Some(SuperviseError::Exposed(_))
     ));
 }
@@ -540,7 +565,7 @@ fn the_watchdog_fence_withholds_pings_near_the_kill_deadline() {
         unit: Duration::from_secs(30),
     };
     let mut r = Run::new(Some(Duration::from_secs(20)), false, wd);
-    r.sup.start(None, false);
+    r.sup.start(None);
     let did = r.did();
     assert!(did.starts_with(&[
         Did::Notice(Notice::WatchdogTimeout(Duration::from_secs(9))),
