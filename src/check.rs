@@ -342,7 +342,7 @@ fn lease_checks(r: &mut Report, cfg: &Config, lease: Option<&LeaseSettings>) {
                 format!(
                     "reachable; lease {} by {} (carries {}, duration {:?})",
                     if rec.released { "released" } else { "held" },
-                    rec.holder,
+                    rec.holder_id,
                     rec.state,
                     rec.duration
                 ),

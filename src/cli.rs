@@ -255,7 +255,7 @@ fn accept_lease_state(ov: &Overrides, height: i64) -> Result<u8, Error> {
             return Err(Error::LeaseMoved {
                 name: settings.name,
                 carried: rec.state,
-                holder: rec.holder,
+                holder: rec.holder_id,
                 height,
             })
         }
@@ -274,7 +274,7 @@ fn accept_lease_state(ov: &Overrides, height: i64) -> Result<u8, Error> {
             Raised::From(_) => format!("raised to {}", rec.state),
         },
         settings.name,
-        rec.holder,
+        rec.holder_id,
         rec.state
     );
     Ok(0)

@@ -45,12 +45,7 @@ pub(crate) enum ConfigError {
     },
     /// The node home does not exist or is not a directory.
     #[error("DAEMON_HOME {path:?} is not a directory ({reason}); set DAEMON_HOME (or --daemon-home) to the node's home, e.g. /var/lib/gaia/.gaia")]
-    Home {
-        /// The path.
-        path: PathBuf,
-        /// Why.
-        reason: String,
-    },
+    Home { path: PathBuf, reason: String },
     /// The node's arguments give `--home` more than once.
     #[error("the node arguments give --home {} times ({}): the node would use the last one, and the key slot guarded must be the node's; give --home once", homes.len(), homes.iter().map(|h| format!("{h:?}")).collect::<Vec<_>>().join(", "))]
     HomeRepeated {
@@ -60,7 +55,6 @@ pub(crate) enum ConfigError {
     /// `config/config.toml` could not be parsed.
     #[error("cannot parse {path:?}: {reason}; fix the file or set SSM_COSMOVISOR_KEY_FILE to the key path")]
     ConfigToml {
-        /// The file.
         path: PathBuf,
         /// Parser message (line and column).
         reason: String,
@@ -91,10 +85,7 @@ pub(crate) enum ConfigError {
     SdkBodyLogging,
     /// Split trust without a key path from root's configuration.
     #[error("split-trust mode (root running the node as {user:?}): the key path must come from root's configuration, never from the node-owned config.toml. Set SSM_COSMOVISOR_KEY_FILE (or --key-file) to the key path, e.g. /run/ssm-cosmovisor/<node>/priv_validator_key.json, and priv_validator_key_file in the node's config.toml to the same path")]
-    SplitKeyFile {
-        /// The node user.
-        user: String,
-    },
+    SplitKeyFile { user: String },
     /// Split trust: the node's config.toml names another key path than root's.
     #[error("the node reads its key from {node_reads:?} ({why} {config_toml:?}) but SSM_COSMOVISOR_KEY_FILE / --key-file is {key_file:?}: the node would never read the key FIFO. Set priv_validator_key_file = {key_file:?} in config.toml (root's setting decides the key path; config.toml is only checked against it)")]
     KeyPathMismatch {
@@ -184,7 +175,6 @@ pub(crate) enum SourceSpec {
     },
     /// A systemd credential file in `$CREDENTIALS_DIRECTORY`.
     Credential {
-        /// Credential name.
         name: String,
         /// `$CREDENTIALS_DIRECTORY`.
         dir: PathBuf,
@@ -436,7 +426,6 @@ pub(crate) struct Config {
     pub(crate) node_user: Option<NodeUser>,
     /// The node's uid/gid (the node user's, else ours), for what we do as the node.
     pub(crate) node: NodeIdentity,
-    /// Log format.
     pub(crate) log_format: LogFormat,
     /// Refuse a key with another address.
     pub(crate) expected_address: Option<String>,

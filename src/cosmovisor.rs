@@ -45,18 +45,10 @@ pub(crate) enum CosmovisorError {
     NoPath,
     /// The file cannot be read or parsed.
     #[error("cosmovisor config file {path:?}: {reason}")]
-    File {
-        /// The file.
-        path: PathBuf,
-        /// What went wrong.
-        reason: String,
-    },
+    File { path: PathBuf, reason: String },
     /// The file does not name the home.
     #[error("cosmovisor config file {path:?} has no daemon_home: with --cosmovisor-config, cosmovisor 1.7 takes DAEMON_HOME only from a key present in the file (the environment can only override it); add daemon_home = \"/var/lib/<node>\" to the file")]
-    NoHome {
-        /// The file.
-        path: PathBuf,
-    },
+    NoHome { path: PathBuf },
 }
 
 /// `run`'s arguments split as cosmovisor 1.7 splits them.

@@ -30,7 +30,7 @@ use secrecy::ExposeSecret;
 
 use crate::identity::NodeIdentity;
 use crate::key::ValidatorKey;
-use crate::procfs::{self, Holder, Pid, ProcError};
+use crate::procfs::{self, Pid, PipeHolder, ProcError};
 use crate::slot::{ArmedFifo, KeySlot, SlotError};
 
 /// How long to wait for the holder set to settle after the writer open returns.
@@ -57,13 +57,13 @@ impl ReaderPolicy {
     /// The node: our child or one of its descendants, running as the node's uid.
     /// (In `exec` mode the child itself is the node.)
     #[cfg(test)]
-    pub(crate) fn allows(&self, h: &Holder) -> bool {
+    pub(crate) fn allows(&self, h: &PipeHolder) -> bool {
         self.admits(h, |pid| procfs::is_descendant_of(pid, self.root))
     }
 
     /// [`ReaderPolicy::allows`], told by `descends` whether a pid is our
     /// child or one of its descendants (asked only for the node's uid).
-    fn admits(&self, h: &Holder, descends: impl Fn(Pid) -> bool) -> bool {
+    fn admits(&self, h: &PipeHolder, descends: impl Fn(Pid) -> bool) -> bool {
         h.euid() == self.node.uid() && descends(h.pid)
     }
 }
@@ -82,8 +82,7 @@ pub(crate) enum Next {
 pub(crate) enum Outcome {
     /// The node read the whole key.
     Delivered {
-        /// The reader.
-        reader: Holder,
+        reader: PipeHolder,
         /// Writer open returned → drain confirmed.
         latency: Duration,
         /// In always-armed mode, the FIFO now at `P`.
@@ -93,16 +92,14 @@ pub(crate) enum Outcome {
     /// nothing was written.
     Refused {
         /// Everyone holding the pipe.
-        holders: Vec<Holder>,
-        /// Why.
+        holders: Vec<PipeHolder>,
         reason: String,
         /// In always-armed mode, the FIFO now at `P`.
         next: Option<ArmedFifo>,
     },
     /// The verified reader went away before draining the pipe.
     NotRead {
-        /// The reader.
-        reader: Holder,
+        reader: PipeHolder,
         /// What happened.
         reason: &'static str,
         /// In always-armed mode, the FIFO now at `P`.
@@ -112,8 +109,7 @@ pub(crate) enum Outcome {
     /// exposed.
     Exposed {
         /// The node.
-        reader: Holder,
-        /// Why.
+        reader: PipeHolder,
         exposure: Exposure,
         /// Key bytes we took back out of the pipe (so nobody reads them later).
         pulled_back: usize,
@@ -126,7 +122,7 @@ pub(crate) enum Outcome {
 #[derive(Debug)]
 pub(crate) enum Exposure {
     /// Others held the pipe while the key was in it, or after.
-    Strangers(Vec<Holder>),
+    Strangers(Vec<PipeHolder>),
     /// The reader was stopped (a stop signal, a tracer) with the key in its
     /// pipe: whoever stopped it could open the pipe through
     /// `/proc/<pid>/fd` and copy the key, close, and let it run on.
@@ -146,7 +142,7 @@ pub(crate) enum Exposure {
 fn holders_after_write(
     armed: &ArmedFifo,
     p: &ReaderPolicy,
-) -> Result<Result<Vec<Holder>, Exposure>, DeliverError> {
+) -> Result<Result<Vec<PipeHolder>, Exposure>, DeliverError> {
     match procfs::holders(armed.dev, armed.ino, &p.ours, p.node) {
         Ok(h) => Ok(Ok(h)),
         Err(e @ ProcError::Unreadable { .. }) => Ok(Err(Exposure::Uninspectable(e.to_string()))),
@@ -166,9 +162,7 @@ pub(crate) enum DeliverError {
     /// A syscall on the FIFO failed.
     #[error("{op} on the key FIFO: {source}")]
     Io {
-        /// What.
         op: &'static str,
-        /// Cause.
         source: std::io::Error,
     },
     /// The inode at the writer end is not the one armed.
@@ -415,7 +409,7 @@ fn move_off(
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) enum Decision {
     /// The node alone holds the pipe: write the key to it.
-    Write(Holder),
+    Write(PipeHolder),
     /// Write nothing, for this reason (logged with the holders).
     Refuse(String),
 }
@@ -425,11 +419,11 @@ pub(crate) enum Decision {
 /// `descends(pid)` says whether `pid` is our child or one of its descendants
 /// (the caller reads that from `/proc`); everything else is decided here.
 pub(crate) fn decide(
-    holders: &[Holder],
+    holders: &[PipeHolder],
     policy: &ReaderPolicy,
     descends: impl Fn(Pid) -> bool,
 ) -> Decision {
-    let (ok, strangers): (Vec<&Holder>, Vec<&Holder>) =
+    let (ok, strangers): (Vec<&PipeHolder>, Vec<&PipeHolder>) =
         holders.iter().partition(|h| policy.admits(h, &descends));
     if strangers.is_empty() && ok.len() == 1 {
         return Decision::Write(ok[0].clone());
@@ -445,10 +439,10 @@ pub(crate) fn decide(
 
 /// Step 5: the holders after the write that are not the node.
 fn strangers(
-    after: Vec<Holder>,
+    after: Vec<PipeHolder>,
     policy: &ReaderPolicy,
     descends: impl Fn(Pid) -> bool,
-) -> Vec<Holder> {
+) -> Vec<PipeHolder> {
     after
         .into_iter()
         .filter(|h| !policy.admits(h, &descends))
@@ -467,12 +461,12 @@ enum WriteEnd {
 struct DrainWatch<'a> {
     armed: &'a ArmedFifo,
     policy: &'a ReaderPolicy,
-    reader: &'a Holder,
+    reader: &'a PipeHolder,
     last_scan: Instant,
 }
 
 /// Whether the reader's task, or its process (a group stop), is stopped.
-fn reader_stopped(reader: &Holder) -> bool {
+fn reader_stopped(reader: &PipeHolder) -> bool {
     procfs::task_is_stopped(reader.pid, reader.tid)
         || procfs::task_is_stopped(reader.pid, reader.pid)
 }
@@ -559,9 +553,9 @@ fn write_key(
 fn settle_holders(
     armed: &ArmedFifo,
     policy: &ReaderPolicy,
-) -> Result<Result<Vec<Holder>, String>, ProcError> {
+) -> Result<Result<Vec<PipeHolder>, String>, ProcError> {
     let deadline = Instant::now() + SETTLE_BOUND;
-    let mut prev: Option<Vec<Holder>> = None;
+    let mut prev: Option<Vec<PipeHolder>> = None;
     let mut backoff = Duration::from_micros(100);
     let mut confirming = false;
     loop {
@@ -594,8 +588,8 @@ enum Settle {
 /// first scan), whether the bound has passed, and whether the scan before
 /// already ran into it.
 fn settle_step(
-    prev: Option<&[Holder]>,
-    cur: &[Holder],
+    prev: Option<&[PipeHolder]>,
+    cur: &[PipeHolder],
     past_deadline: bool,
     confirming: bool,
 ) -> Settle {
@@ -607,7 +601,7 @@ fn settle_step(
     // every task can take a good part of the bound, and refusing the node
     // for that would restart it for nothing. Nothing is written unless two
     // scans in a row agree, however long they take.
-    let just_appeared = !cur.is_empty() && prev.map_or(true, <[Holder]>::is_empty);
+    let just_appeared = !cur.is_empty() && prev.map_or(true, <[PipeHolder]>::is_empty);
     if !past_deadline || (just_appeared && !confirming) {
         return Settle::Again;
     }
@@ -623,7 +617,7 @@ fn settle_step(
 }
 
 /// `[pid 12 task 12, pid 40 task 41]`, for a refusal's reason.
-fn holders_brief(h: &[Holder]) -> String {
+fn holders_brief(h: &[PipeHolder]) -> String {
     let items: Vec<String> = h
         .iter()
         .map(|h| format!("pid {} task {} uid {}", h.pid, h.tid, h.euid()))
@@ -708,8 +702,8 @@ mod tests {
         BTreeSet::from([CHILD, NODE, NODE + 1, NODE + 2]).contains(&pid.0)
     }
 
-    fn holder(pid: i32, uids: [u32; 4]) -> Holder {
-        Holder {
+    fn holder(pid: i32, uids: [u32; 4]) -> PipeHolder {
+        PipeHolder {
             pid: Pid(pid),
             tid: Pid(pid),
             uids,
@@ -717,11 +711,11 @@ mod tests {
         }
     }
 
-    fn node(pid: i32) -> Holder {
+    fn node(pid: i32) -> PipeHolder {
         holder(pid, [NODE_UID; 4])
     }
 
-    fn refused(holders: &[Holder]) -> String {
+    fn refused(holders: &[PipeHolder]) -> String {
         match decide(holders, &policy(), family) {
             Decision::Refuse(reason) => reason,
             Decision::Write(h) => panic!("wrote to {h:?} for {holders:?}"),
@@ -745,7 +739,7 @@ mod tests {
             Decision::Write(child)
         );
         // Through one of its threads.
-        let thread = Holder {
+        let thread = PipeHolder {
             tid: Pid(NODE + 50),
             ..node(NODE)
         };
@@ -870,7 +864,7 @@ mod tests {
     #[test]
     fn gives_up_when_the_readers_keep_changing() {
         let a = [holder(NODE, [NODE_UID; 4])];
-        let b = [Holder {
+        let b = [PipeHolder {
             tid: Pid(NODE + 7),
             ..node(NODE)
         }];

@@ -134,18 +134,12 @@ pub(crate) enum Error {
     Store(#[from] SsmError),
     /// `import`: the key file cannot be opened.
     #[error("cannot read {}: {source}", path.display())]
-    ImportOpen {
-        /// The file.
-        path: PathBuf,
-        /// Cause.
-        source: io::Error,
-    },
+    ImportOpen { path: PathBuf, source: io::Error },
     /// `import`: reading the key failed.
     #[error("reading {input}: {source}")]
     ImportRead {
         /// File or standard input.
         input: ImportInput,
-        /// Cause.
         source: io::Error,
     },
     /// `import`: what was read is not a valid key.
@@ -174,15 +168,11 @@ pub(crate) enum Error {
     LeasePrepare(#[source] LeaseError),
     /// `accept-lease-state`: there is no lease record.
     #[error("lease {name} does not exist: nothing to accept")]
-    NoLeaseToAccept {
-        /// Lease name.
-        name: String,
-    },
+    NoLeaseToAccept { name: String },
     /// `accept-lease-state`: the lease no longer carries the height the
     /// operator confirmed.
     #[error("lease {name} now carries {carried} (holder {holder}), not height {height}: nothing changed; check again and confirm the height it carries")]
     LeaseMoved {
-        /// Lease name.
         name: String,
         /// What the lease carries now.
         carried: SignState,
@@ -202,7 +192,6 @@ pub(crate) enum Error {
     Exec {
         /// The cosmovisor binary.
         program: PathBuf,
-        /// Cause.
         source: io::Error,
     },
     /// The process could not be made non-dumpable or core-less.

@@ -29,27 +29,15 @@ pub(crate) enum InstallError {
     /// The source file cannot be opened or read.
     #[error("cannot read the safe key {path:?}: {source}. Put the host's safe (throwaway) key there, owned by root, mode 0600 (never the consensus key)")]
     Read {
-        /// The source.
         path: PathBuf,
-        /// Cause.
         source: std::io::Error,
     },
     /// The source is not a file root alone controls.
     #[error("refusing the safe key {path:?}: {why}. Fix with: chown root:root {path:?} && chmod 0600 {path:?}")]
-    Unsafe {
-        /// The source.
-        path: PathBuf,
-        /// What is wrong.
-        why: String,
-    },
+    Unsafe { path: PathBuf, why: String },
     /// The source is not a complete key.
     #[error("{path:?} is not a complete key file ({source}): put the host's safe (throwaway) key there, e.g. from `<node> init` in a scratch home")]
-    NotAKey {
-        /// The source.
-        path: PathBuf,
-        /// Why.
-        source: KeyError,
-    },
+    NotAKey { path: PathBuf, source: KeyError },
     /// The key slot refused it.
     #[error(transparent)]
     Slot(#[from] SlotError),

@@ -129,7 +129,6 @@ pub(crate) enum KeyError {
     /// Wrong number of private key bytes.
     #[error("priv_key.value decodes to {found} bytes; a {key_type} private key has {expected}")]
     PrivLength {
-        /// Algorithm.
         key_type: KeyType,
         /// Decoded length.
         found: usize,
@@ -139,7 +138,6 @@ pub(crate) enum KeyError {
     /// Wrong number of public key bytes.
     #[error("pub_key.value decodes to {found} bytes; a {key_type} public key has {expected}")]
     PubLength {
-        /// Algorithm.
         key_type: KeyType,
         /// Decoded length.
         found: usize,

@@ -34,7 +34,7 @@ impl std::fmt::Display for Pid {
 /// A process holding the FIFO open, and the task (thread) through whose
 /// fd table it does.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
-pub struct Holder {
+pub struct PipeHolder {
     /// Its pid (thread group).
     pub(crate) pid: Pid,
     /// The task whose fd table holds the FIFO (the pid itself, or a thread).
@@ -45,7 +45,7 @@ pub struct Holder {
     pub(crate) exe: Option<PathBuf>,
 }
 
-impl Holder {
+impl PipeHolder {
     /// Effective uid.
     pub(crate) fn euid(&self) -> u32 {
         self.uids[1]
@@ -57,7 +57,6 @@ impl Holder {
 pub(crate) struct Uninspectable {
     /// Its pid (thread group).
     pub(crate) pid: Pid,
-    /// The task.
     pub(crate) tid: Pid,
     /// Its name (`/proc/<pid>/comm`), for the operator.
     pub(crate) comm: String,
@@ -478,7 +477,7 @@ impl Scan {
         &self,
         pid: Pid,
         denied: &mut dyn FnMut(Uninspectable, rustix::io::Errno, u32) -> Result<(), ProcError>,
-    ) -> Result<Option<Holder>, ProcError> {
+    ) -> Result<Option<PipeHolder>, ProcError> {
         let Some(tasks) = tasks_of(pid) else {
             return Ok(None);
         };
@@ -508,7 +507,7 @@ impl Scan {
                             .then(|| self.node.as_node(|| exe_of(pid)))
                             .flatten()
                     });
-                    return Ok(Some(Holder {
+                    return Ok(Some(PipeHolder {
                         pid,
                         tid,
                         uids,
@@ -539,7 +538,7 @@ impl Scan {
         &self,
         ours: &Ours,
         denied: &mut dyn FnMut(Uninspectable, rustix::io::Errno, u32) -> Result<(), ProcError>,
-    ) -> Result<Vec<Holder>, ProcError> {
+    ) -> Result<Vec<PipeHolder>, ProcError> {
         let mut found = Vec::new();
         for pid in all_pids()? {
             if ours.excludes(pid) {
@@ -571,7 +570,7 @@ pub fn holders(
     ino: u64,
     ours: &Ours,
     node: NodeIdentity,
-) -> Result<Vec<Holder>, ProcError> {
+) -> Result<Vec<PipeHolder>, ProcError> {
     let scan = Scan::new(dev, ino, node, false);
     scan.walk(ours, &mut |u, e, uid| {
         if u.sibling {

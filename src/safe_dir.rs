@@ -33,9 +33,7 @@ pub(crate) enum DirError {
     Io {
         /// What we were doing.
         op: &'static str,
-        /// On which path.
         path: PathBuf,
-        /// Cause.
         source: io::Error,
     },
 }

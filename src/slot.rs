@@ -83,33 +83,21 @@ pub(crate) enum SlotError {
     Io {
         /// What we were doing.
         op: &'static str,
-        /// On which path.
         path: PathBuf,
-        /// Cause.
         source: io::Error,
     },
     /// A symlink where none may be.
     #[error("{path:?} is or passes through a symbolic link; the key slot must be reached without symlinks (a symlink lets whoever controls its target redirect the key). Use the real path (e.g. in priv_validator_key_file or DAEMON_HOME)")]
-    Symlink {
-        /// The path.
-        path: PathBuf,
-    },
+    Symlink { path: PathBuf },
     /// A directory others can write to or that belongs to someone else.
     #[error("directory {path:?} is unsafe: {why}. Fix with: chown <node user> {path:?} && chmod go-w {path:?}")]
-    UnsafeDir {
-        /// The directory.
-        path: PathBuf,
-        /// What is wrong.
-        why: String,
-    },
+    UnsafeDir { path: PathBuf, why: String },
     /// The key file belongs to another user.
     #[error("{path:?} is owned by uid {uid}, not by root or the node user (uid {expected}); someone else controls the key path. Fix ownership: chown <node user> {path:?}")]
     ForeignOwner {
-        /// The file.
         path: PathBuf,
         /// Its owner.
         uid: u32,
-        /// The node user.
         expected: u32,
     },
     /// `P` is missing and there is no backup.
@@ -147,7 +135,6 @@ pub(crate) enum SlotError {
     Invalid {
         /// `P`.
         path: PathBuf,
-        /// Why.
         source: KeyError,
     },
     /// `P.orig` is not a regular file: we only ever make it a hard link to
@@ -168,7 +155,6 @@ pub(crate) enum SlotError {
     WrongType {
         /// `P`.
         path: PathBuf,
-        /// What it is.
         kind: &'static str,
     },
     /// The safe key is the consensus key.
@@ -191,10 +177,7 @@ pub(crate) enum SlotError {
     #[error(
         "another ssm-cosmovisor is managing {path:?} (lock held on its directory); stop it first"
     )]
-    Locked {
-        /// The directory.
-        path: PathBuf,
-    },
+    Locked { path: PathBuf },
 }
 
 /// What was found at a name.

@@ -44,7 +44,6 @@ impl Held {
 pub(crate) struct LeaseClient {
     rt: Option<tokio::runtime::Runtime>,
     client: aws_sdk_dynamodb::Client,
-    /// The settings.
     pub(crate) settings: LeaseSettings,
 }
 
@@ -187,7 +186,7 @@ impl LeaseClient {
     /// (`None`: the item must not exist).
     fn write(&self, expect_rvn: Option<&str>, rec: &Record) -> Result<(), LeaseError> {
         let s = &self.settings;
-        debug_assert_eq!(rec.holder, s.holder);
+        debug_assert_eq!(rec.holder_id, s.holder_id);
         let mut req = self
             .client
             .put_item()
@@ -220,7 +219,7 @@ impl LeaseClient {
     /// A new record of ours carrying `state`.
     fn ours(&self, state: SignState, address: Option<String>, released: bool) -> Record {
         Record {
-            holder: self.settings.holder.clone(),
+            holder_id: self.settings.holder_id.clone(),
             rvn: random_hex(),
             duration: self.settings.duration,
             released,
@@ -303,7 +302,7 @@ impl LeaseClient {
         let cur = self.read()?;
         let mut watch = Watch::default();
         // Nothing sent yet: a record naming us is not ours.
-        let d = watch.decide(cur.as_ref(), &self.settings.holder, None, boot_time());
+        let d = watch.decide(cur.as_ref(), &self.settings.holder_id, None, boot_time());
         let r = match d {
             Decision::Impersonated { .. } => {
                 log_impersonated(cur.as_ref().expect("decided on it"));
@@ -351,7 +350,7 @@ impl LeaseClient {
                 }
                 Err(e) => return Err(e),
             };
-            let d = watch.decide(cur.as_ref(), &self.settings.holder, sent, boot_time());
+            let d = watch.decide(cur.as_ref(), &self.settings.holder_id, sent, boot_time());
             let mut wait = poll;
             let attempt = match &d {
                 Decision::Wait {
@@ -377,7 +376,7 @@ impl LeaseClient {
                     Some(self.reclaim_own(cur.as_ref().expect("decided on it"), taking.clone()))
                 }
                 Decision::TakeExpired { unchanged_for } => {
-                    let from = watch.last().map(|r| r.holder.as_str()).unwrap_or("-");
+                    let from = watch.last().map(|r| r.holder_id.as_str()).unwrap_or("-");
                     tracing::info!(
                         event = "lease_taking_over",
                         from = %from,
@@ -489,7 +488,7 @@ impl LeaseClient {
     /// from one of our own writes whose reply was lost. Adopts it. A record
     /// naming us with more is someone else's: the lease is lost.
     fn adopt_own_write(&self, held: &mut Held) -> Result<bool, LeaseError> {
-        let me = &self.settings.holder;
+        let me = &self.settings.holder_id;
         match self.read()? {
             Some(r) if protocol::is_own_write(&r, me, Some(held.sent_max)) => {
                 tracing::info!(
@@ -500,7 +499,7 @@ impl LeaseClient {
                 held.state = held.state.max(r.state);
                 Ok(true)
             }
-            Some(r) if r.holder == *me && !r.released => {
+            Some(r) if r.holder_id == *me && !r.released => {
                 log_impersonated(&r);
                 Ok(false)
             }
@@ -550,7 +549,7 @@ fn log_impersonated(r: &Record) {
     metrics::lease_record_impersonated();
     tracing::error!(
         event = "lease_record_impersonated",
-        holder = %r.holder,
+        holder = %r.holder_id,
         state = %r.state,
         "the lease record names this process but carries a sign state it never sent: someone else wrote it (find out who may write to the lease table); not adopted"
     );

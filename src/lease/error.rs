@@ -7,14 +7,10 @@ use std::path::PathBuf;
 pub(crate) enum LeaseError {
     /// The table does not exist.
     #[error("DynamoDB table {table} not found: create it (partition key `lease`, type S; see README \"Failover lease\") or fix SSM_COSMOVISOR_LEASE_TABLE")]
-    NoTable {
-        /// Table.
-        table: String,
-    },
+    NoTable { table: String },
     /// IAM refused.
     #[error("access denied on DynamoDB table {table}: the role needs dynamodb:GetItem and dynamodb:PutItem on it; AWS said: {message}")]
     AccessDenied {
-        /// Table.
         table: String,
         /// AWS's message.
         message: String,
@@ -22,11 +18,8 @@ pub(crate) enum LeaseError {
     /// The credentials were rejected.
     #[error("AWS rejected the credentials for DynamoDB table {table} ({code}): {message}; check the instance role, AWS_PROFILE or AWS_ACCESS_KEY_ID")]
     Credentials {
-        /// Table.
         table: String,
-        /// Code.
         code: String,
-        /// Message.
         message: String,
     },
     /// No region configured.
@@ -35,7 +28,6 @@ pub(crate) enum LeaseError {
     /// Network, timeout or throttling; worth retrying.
     #[error("cannot reach DynamoDB table {table}: {detail}")]
     Unreachable {
-        /// Table.
         table: String,
         /// Transport error.
         detail: String,
@@ -44,16 +36,10 @@ pub(crate) enum LeaseError {
     #[error(
         "lease {name} in table {table} was written by another host since this host last saw it"
     )]
-    Lost {
-        /// Table.
-        table: String,
-        /// Lease name.
-        name: String,
-    },
+    Lost { table: String, name: String },
     /// The lease is bound to another validator's key.
     #[error("lease {name} belongs to validator {theirs}, but this host's key is {ours}: each validator needs its own lease (SSM_COSMOVISOR_LEASE_NAME)")]
     OtherValidator {
-        /// Lease name.
         name: String,
         /// Address in the lease.
         theirs: String,
@@ -65,17 +51,13 @@ pub(crate) enum LeaseError {
     /// table can put anything there).
     #[error("lease item {name} in table {table} is malformed or out of bounds ({reason}); the key was not delivered. Find out who wrote it; delete the item only once no host of this validator is running")]
     Malformed {
-        /// Table.
         table: String,
-        /// Lease name.
         name: String,
-        /// What is wrong.
         reason: String,
     },
     /// The table's partition key is not ours.
     #[error("DynamoDB table {table} does not have the lease key schema ({message}): its partition key must be `lease`, type S (see README \"Failover lease\")")]
     KeySchema {
-        /// Table.
         table: String,
         /// AWS's message.
         message: String,
@@ -84,7 +66,6 @@ pub(crate) enum LeaseError {
     /// without the operator's confirmation.
     #[error("lease {name} carries sign state {carried}, which would raise this host's state from {ours} to {target}: a jump of {jump} heights, more than SSM_COSMOVISOR_LEASE_MAX_HEIGHT_JUMP ({max}). The key was not delivered and the lease not taken. If this host simply has not signed for that long, confirm with `ssm-cosmovisor accept-lease-state --height {carried_height}` (or copy the signer's priv_validator_state.json); if nobody signed that height, the record was forged: find out who can write to the table")]
     HeightJump {
-        /// Lease name.
         name: String,
         /// State in the record.
         carried: super::SignState,
@@ -101,22 +82,13 @@ pub(crate) enum LeaseError {
     },
     /// The node's sign-state file.
     #[error("node sign state {path:?}: {reason}")]
-    State {
-        /// The file.
-        path: PathBuf,
-        /// What is wrong.
-        reason: String,
-    },
+    State { path: PathBuf, reason: String },
     /// Anything else AWS returned.
     #[error("DynamoDB {op} on {table} failed ({code}): {message}")]
     Other {
-        /// Operation.
         op: &'static str,
-        /// Table.
         table: String,
-        /// Code.
         code: String,
-        /// Message.
         message: String,
     },
     /// Waiting was cancelled (we are stopping).

@@ -37,23 +37,23 @@ use std::time::Duration;
 
 mod client;
 mod error;
-mod holder;
 #[cfg(test)]
 mod model;
 pub(crate) mod protocol;
 mod record;
 mod settings;
 mod state;
+mod take;
 mod threads;
 
 pub(crate) use client::{Held, LeaseClient};
 pub(crate) use error::LeaseError;
-pub(crate) use holder::{
-    accept_state, release_logged, take_or_stand_by, Acceptance, FirstLook, HeldLease,
-};
 pub(crate) use record::Record;
 pub(crate) use settings::LeaseSettings;
 pub(crate) use state::{Raised, SignState, StateFile};
+pub(crate) use take::{
+    accept_state, release_logged, take_or_stand_by, Acceptance, FirstLook, HeldLease,
+};
 pub(crate) use threads::{Keeper, LeaseNews, Stop, Waiter};
 
 /// Now on `CLOCK_BOOTTIME`, the clock every lease time is measured on.

@@ -596,7 +596,7 @@ impl LeaseModel {
         }
         let rvn = Self::new_rvn(st, i);
         st.table = Some(Record {
-            holder: Self::me(st, i),
+            holder_id: Self::me(st, i),
             rvn: rvn.clone(),
             duration: self.s.duration,
             released,
@@ -634,7 +634,7 @@ impl LeaseModel {
                     let rvn = self.put(st, i, Some(&held.rvn.clone()), state, false);
                     (rvn.expect("the version just read"), state)
                 }
-                Some(r) if r.holder == me && !r.released => {
+                Some(r) if r.holder_id == me && !r.released => {
                     panic!("own write not recognised: {r:?} (sent at most {held:?})")
                 }
                 _ => return Renewed::Lost,

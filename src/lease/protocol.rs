@@ -90,7 +90,7 @@ impl Watch {
                 Some(last) => self.held(
                     &Record {
                         rvn: String::new(),
-                        holder: "(vanished)".into(),
+                        holder_id: "(vanished)".into(),
                         ..last
                     },
                     now,
@@ -111,8 +111,8 @@ impl Watch {
     }
 
     fn held(&mut self, r: &Record, now: Tick) -> Decision {
-        let holder_changed = self.holder.as_deref() != Some(r.holder.as_str());
-        self.holder = Some(r.holder.clone());
+        let holder_changed = self.holder.as_deref() != Some(r.holder_id.as_str());
+        self.holder = Some(r.holder_id.clone());
         let since = match &self.seen {
             Some((rvn, since)) if *rvn == r.rvn => *since,
             _ => {
@@ -144,7 +144,7 @@ impl Watch {
 
 /// Whether the record names this process as its unreleased holder.
 fn names(r: &Record, me: &str) -> bool {
-    r.holder == me && !r.released
+    r.holder_id == me && !r.released
 }
 
 /// Whether `r` can be one of this process's own writes whose reply was
@@ -197,7 +197,7 @@ pub(crate) fn claim(
             (
                 carried.skipped(skip),
                 Some(Takeover {
-                    from: r.holder.clone(),
+                    from: r.holder_id.clone(),
                     carried,
                     skip,
                 }),
@@ -249,7 +249,7 @@ mod tests {
 
     fn rec(holder: &str, rvn: &str, released: bool, h: i64) -> Record {
         Record {
-            holder: holder.into(),
+            holder_id: holder.into(),
             rvn: rvn.into(),
             duration: Duration::from_secs(6),
             released,

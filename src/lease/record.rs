@@ -19,7 +19,7 @@ use super::SignState;
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub(crate) struct Record {
     /// Who wrote it.
-    pub(crate) holder: String,
+    pub(crate) holder_id: String,
     /// Record version: random, replaced by every write.
     pub(crate) rvn: String,
     /// The writer's lease duration.
@@ -100,7 +100,7 @@ impl Record {
             Some(_) => return Err("`address` is not a 40-digit upper-case hex address".into()),
         };
         Ok(Record {
-            holder: text(item, "holder")?,
+            holder_id: text(item, "holder")?,
             rvn: text(item, "rvn")?,
             duration: Duration::from_millis(ms),
             released,
@@ -116,7 +116,7 @@ impl Record {
             item.insert(k.to_string(), v);
         };
         put(KEY_ATTR, AttributeValue::S(name.to_string()));
-        put("holder", AttributeValue::S(self.holder.clone()));
+        put("holder", AttributeValue::S(self.holder_id.clone()));
         put("rvn", AttributeValue::S(self.rvn.clone()));
         put(
             "duration_ms",
@@ -145,7 +145,7 @@ mod tests {
 
     fn sample() -> Record {
         Record {
-            holder: "h/1/ab".into(),
+            holder_id: "h/1/ab".into(),
             rvn: "00ff".into(),
             duration: Duration::from_secs(30),
             released: false,

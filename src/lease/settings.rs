@@ -31,7 +31,7 @@ pub(crate) struct LeaseSettings {
     /// The item's key: one lease per validator key.
     pub(crate) name: String,
     /// This process's holder id (host, pid, random suffix).
-    pub(crate) holder: String,
+    pub(crate) holder_id: String,
     /// Lease duration.
     pub(crate) duration: Duration,
     /// Region of the table (`None`: the standard chain's region).
@@ -95,7 +95,7 @@ impl LeaseSettings {
         Ok(Some(LeaseSettings {
             table,
             name,
-            holder: holder_id(),
+            holder_id: holder_id(),
             duration,
             region: pick_strict(
                 ov.lease_region.clone(),
@@ -245,7 +245,7 @@ pub(crate) fn test_settings(duration_s: u64) -> LeaseSettings {
     LeaseSettings {
         table: "t".into(),
         name: "n".into(),
-        holder: holder_id(),
+        holder_id: holder_id(),
         duration,
         region: None,
         takeover_heights: default_takeover_heights(duration),

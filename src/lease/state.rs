@@ -12,7 +12,6 @@ use crate::identity::NodeIdentity;
 pub(crate) struct SignState {
     /// Block height.
     pub(crate) height: i64,
-    /// Round.
     pub(crate) round: i32,
     /// Step (1 propose, 2 prevote, 3 precommit).
     pub(crate) step: i8,
@@ -105,7 +104,6 @@ const MAX_STATE_FILE: u64 = 1 << 20;
 /// The node's sign-state file, read and written as the node's user.
 #[derive(Debug, Clone)]
 pub(crate) struct StateFile {
-    /// The file.
     pub(crate) path: PathBuf,
     /// The node, as whom it is read and written.
     pub(crate) node: NodeIdentity,

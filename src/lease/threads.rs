@@ -248,7 +248,7 @@ impl Waiter {
 pub(crate) fn log_waiting(r: &Record) {
     tracing::info!(
         event = "lease_waiting",
-        holder = %r.holder,
+        holder = %r.holder_id,
         duration_ms = r.duration.as_millis() as u64,
         state = %r.state,
         "the lease is held by another host; standing by"

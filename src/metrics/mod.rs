@@ -144,11 +144,8 @@ struct NoLabels {}
 /// A sign state (height, round, step), as the lease carries it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Hrs {
-    /// Height.
     pub(crate) height: i64,
-    /// Round.
     pub(crate) round: i32,
-    /// Step.
     pub(crate) step: i8,
 }
 

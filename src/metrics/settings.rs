@@ -31,24 +31,16 @@ pub(crate) enum MetricsError {
     Config(#[from] ConfigError),
     /// The endpoint would listen beyond this host.
     #[error("{ADDR_VAR}={addr} is not a loopback address: the endpoint has no authentication and anyone who reaches it learns this validator's role, lease and delivery history. Use 127.0.0.1:PORT (and let a local Prometheus agent or node_exporter forward), or set {REMOTE_VAR}=true to serve it on {addr} knowingly")]
-    NonLoopback {
-        /// The address.
-        addr: SocketAddr,
-    },
+    NonLoopback { addr: SocketAddr },
     /// The endpoint cannot listen.
     #[error("{ADDR_VAR}={addr}: cannot listen there: {source}{}", if source.kind() == std::io::ErrorKind::AddrInUse { "; another process already uses that port: pick a free one" } else { "" })]
     Bind {
-        /// The address.
         addr: SocketAddr,
-        /// Cause.
         source: std::io::Error,
     },
     /// The textfile names a directory.
     #[error("{FILE_VAR}={path:?} is a directory; name a file in it, e.g. {}", path.join("ssm-cosmovisor.prom").display())]
-    IsDirectory {
-        /// The path.
-        path: PathBuf,
-    },
+    IsDirectory { path: PathBuf },
     /// The textfile's directory, or one above it, is not safe to write in.
     #[error("{FILE_VAR}={path:?}: refusing to write the metrics file there: {why}. Use a directory reached without symlinks, owned by root or this process's user, writable by others only with the sticky bit, below directories only root may replace (e.g. /var/lib/prometheus/node-exporter, root:root 0755)")]
     UnsafeDir {
@@ -60,9 +52,7 @@ pub(crate) enum MetricsError {
     /// The textfile cannot be written.
     #[error("{FILE_VAR}={path:?}: cannot write the metrics file: {source}; {hint}")]
     Unwritable {
-        /// The path.
         path: PathBuf,
-        /// Cause.
         source: std::io::Error,
         /// What to do.
         hint: &'static str,
@@ -74,7 +64,6 @@ pub(crate) enum MetricsError {
         var: &'static str,
         /// What the thread does.
         does: &'static str,
-        /// Cause.
         source: std::io::Error,
     },
     /// `init` ran twice (a bug).

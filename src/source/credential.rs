@@ -16,9 +16,7 @@ pub(crate) enum CredentialError {
         "cannot read credential {path:?}: {source}; check LoadCredentialEncrypted= in the unit"
     )]
     Io {
-        /// The file.
         path: PathBuf,
-        /// Cause.
         source: std::io::Error,
     },
     /// Permissions let others read it.
@@ -26,21 +24,14 @@ pub(crate) enum CredentialError {
     Permissive {
         /// The file or directory.
         path: PathBuf,
-        /// Its mode.
         mode: u32,
     },
     /// Not a regular file (or a symlink).
     #[error("credential {path:?} is not a regular file")]
-    NotRegular {
-        /// The file.
-        path: PathBuf,
-    },
+    NotRegular { path: PathBuf },
     /// Larger than any key.
     #[error("credential {path:?} is larger than {MAX_SECRET_LEN} bytes; it cannot be a priv_validator_key.json")]
-    TooLarge {
-        /// The file.
-        path: PathBuf,
-    },
+    TooLarge { path: PathBuf },
     /// Secret memory failure.
     #[error(transparent)]
     Secret(#[from] crate::secret::SecretError),

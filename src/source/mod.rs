@@ -18,18 +18,13 @@ pub(crate) enum Origin {
     /// An SSM parameter.
     Ssm(ssm::ParameterInfo),
     /// A systemd credential.
-    Credential {
-        /// Credential name.
-        name: String,
-    },
+    Credential { name: String },
 }
 
 /// A validated key and where it came from.
 #[derive(Debug)]
 pub(crate) struct Fetched {
-    /// The key.
     pub(crate) key: ValidatorKey,
-    /// Its origin.
     pub(crate) origin: Origin,
 }
 
@@ -47,7 +42,6 @@ pub(crate) enum SourceError {
     Invalid {
         /// Which parameter or credential.
         origin: String,
-        /// What is wrong.
         source: KeyError,
     },
     /// The key is valid but not the one the operator expects.

@@ -70,7 +70,6 @@ pub(crate) enum SsmError {
     Kms {
         /// Parameter.
         name: String,
-        /// Error code.
         code: String,
         /// AWS's message.
         message: String,
@@ -80,7 +79,6 @@ pub(crate) enum SsmError {
     Credentials {
         /// Parameter.
         name: String,
-        /// Error code.
         code: String,
         /// AWS's message.
         message: String,
@@ -106,7 +104,6 @@ pub(crate) enum SsmError {
     /// The answer could not be parsed (or is far larger than any parameter).
     #[error("SSM answered {op} of {name} with something that is not a valid answer ({detail}); nothing of it is shown, since it may hold the key. Check AWS_ENDPOINT_URL and any proxy between this host and SSM")]
     Malformed {
-        /// Operation.
         op: &'static str,
         /// Parameter.
         name: String,
@@ -128,11 +125,9 @@ pub(crate) enum SsmError {
     /// errors echo request values, and `PutParameter`'s value is the key).
     #[error("SSM {op} of {name} failed ({code}; {message})")]
     Other {
-        /// Operation.
         op: &'static str,
         /// Parameter.
         name: String,
-        /// Error code.
         code: String,
         /// AWS's message.
         message: String,

@@ -11,7 +11,7 @@ use crate::deliver::{
     Canceller, DeliverError, Exposure, Next, Outcome, Pending, ReaderPolicy, DRAIN_BOUND,
 };
 use crate::notify::Notifier;
-use crate::procfs::{self, Holder};
+use crate::procfs::{self, PipeHolder};
 use crate::slot::ArmedFifo;
 
 /// A hand-off under way.
@@ -52,7 +52,7 @@ pub(super) fn start_delivery(
     d
 }
 
-fn holders_text(h: &[procfs::Holder]) -> String {
+fn holders_text(h: &[procfs::PipeHolder]) -> String {
     h.iter()
         .map(|h| {
             format!(
@@ -125,7 +125,7 @@ pub(super) fn log_outcome(
 }
 
 /// What an exposure was, for the log line and the exit error.
-fn exposure_text(reader: &Holder, e: &Exposure) -> String {
+fn exposure_text(reader: &PipeHolder, e: &Exposure) -> String {
     let pid = reader.pid;
     match e {
         Exposure::Strangers(s) => format!(

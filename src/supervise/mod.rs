@@ -38,8 +38,8 @@ mod child;
 mod core;
 mod driver;
 mod handoff;
-mod holder;
 mod keywait;
+mod lease_part;
 mod rearm;
 mod signals;
 mod watchdog;
@@ -59,9 +59,7 @@ pub(crate) enum SuperviseError {
     /// The child could not be started.
     #[error("cannot start {program:?}: {source}; set COSMOVISOR_BIN or put cosmovisor on PATH")]
     Spawn {
-        /// The program.
         program: OsString,
-        /// Cause.
         source: std::io::Error,
     },
     /// Delivery failed.
@@ -90,7 +88,6 @@ pub(crate) enum SuperviseError {
     Internal {
         /// What was being set up.
         what: &'static str,
-        /// Cause.
         source: std::io::Error,
     },
     /// [`Signals::start`] was called a second time (a bug).
@@ -140,7 +137,6 @@ pub(crate) enum LeaseRole {
     /// We hold the lease: renew it while the child runs, stop the node if it
     /// is lost, release it (with the final sign state) after the restore.
     Holder {
-        /// The client.
         client: LeaseClient,
         /// The lease.
         held: Held,
@@ -150,7 +146,6 @@ pub(crate) enum LeaseRole {
     /// Another host holds it: run the child without the key and wait; once
     /// the lease is ours, stop the child and return [`Ended::Acquired`].
     Standby {
-        /// The client.
         client: LeaseClient,
         /// The node's sign-state file (a lease may raise it only so far).
         state: StateFile,
@@ -301,7 +296,7 @@ fn key_part(cfg: &Config, job: Option<KeyJob>, tx: &mpsc::Sender<Event>) -> driv
 }
 
 /// The lease's part of a run, as the supervisor holds it.
-type RunLease = LeasePart<holder::HolderPart, Waiter>;
+type RunLease = LeasePart<lease_part::HolderPart, Waiter>;
 
 /// Starts the lease's part of a run: a holder's fencer (confirmed before
 /// the node may exist) and renewal thread, or a standby's wait. On failure,
@@ -314,7 +309,7 @@ fn start_lease(
     let (client, held, state) = match role {
         LeaseRole::None => return Ok(LeasePart::None),
         LeaseRole::Standby { client, state } => {
-            return Waiter::start(client, state, holder::lease_news(tx))
+            return Waiter::start(client, state, lease_part::lease_news(tx))
                 .map(LeasePart::Standby)
                 .map_err(|e| Box::new((LeasePart::None, internal("lease thread")(e))));
         }
@@ -324,7 +319,7 @@ fn start_lease(
             state,
         } => (client, held, state),
     };
-    let guard = match holder::start_fence(cfg, &held, &client.settings, tx) {
+    let guard = match lease_part::start_fence(cfg, &held, &client.settings, tx) {
         Ok(g) => g,
         Err(e) => {
             // No node ran under it: released as it stands, while still ours.
@@ -335,7 +330,7 @@ fn start_lease(
             return Err(Box::new((LeasePart::None, e)));
         }
     };
-    let part = |guard, renewal, state| holder::HolderPart {
+    let part = |guard, renewal, state| lease_part::HolderPart {
         guard,
         renewal,
         state,
@@ -343,21 +338,21 @@ fn start_lease(
     if boot_time() >= guard.until() {
         // Renewals failed until now: the key must not go out.
         let e = SuperviseError::Lease("no renewal of the lease was confirmed before the node could start; nothing was delivered".into());
-        let unstarted = holder::Renewal::Unstarted(Box::new((client, held)));
+        let unstarted = lease_part::Renewal::Unstarted(Box::new((client, held)));
         return Err(Box::new((
             LeasePart::Held(part(guard, unstarted, state)),
             e,
         )));
     }
-    match Keeper::start(client, held, state.clone(), holder::lease_news(tx)) {
+    match Keeper::start(client, held, state.clone(), lease_part::lease_news(tx)) {
         Ok(k) => Ok(LeasePart::Held(part(
             guard,
-            holder::Renewal::Keeper(k),
+            lease_part::Renewal::Keeper(k),
             state,
         ))),
         Err(n) => {
             let n = *n;
-            let unstarted = holder::Renewal::Unstarted(Box::new((n.client, n.held)));
+            let unstarted = lease_part::Renewal::Unstarted(Box::new((n.client, n.held)));
             let e = internal("lease thread")(n.error);
             Err(Box::new((
                 LeasePart::Held(part(guard, unstarted, state)),
@@ -384,7 +379,7 @@ fn abandon(
     };
     match lease {
         LeasePart::Held(h) | LeasePart::Lost(h) => h.finish(true),
-        LeasePart::Standby(w) => drop(holder::finish_standby(w, false)),
+        LeasePart::Standby(w) => drop(lease_part::finish_standby(w, false)),
         LeasePart::None => {}
     }
     if let Err(r) = restored {

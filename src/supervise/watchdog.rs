@@ -170,7 +170,7 @@ mod tests {
         LeaseSettings {
             table: "t".into(),
             name: "n".into(),
-            holder: "h".into(),
+            holder_id: "h".into(),
             duration: Duration::from_secs(secs),
             region: None,
             takeover_heights: 0,

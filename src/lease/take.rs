@@ -119,7 +119,7 @@ pub(crate) fn take_or_stand_by(
 ) -> Result<FirstLook, LeaseError> {
     // Refuse a sign state we cannot read before taking anything.
     let local = state.read()?.unwrap_or_default();
-    tracing::info!(event = "lease_config", table = %settings.table, lease = %settings.name, holder = %settings.holder, duration_ms = settings.duration.as_millis() as u64, sign_state = %local, "using the failover lease");
+    tracing::info!(event = "lease_config", table = %settings.table, lease = %settings.name, holder = %settings.holder_id, duration_ms = settings.duration.as_millis() as u64, sign_state = %local, "using the failover lease");
     let client = LeaseClient::new(settings.clone())?;
     match client.try_acquire_now(Some(local)) {
         Ok(Some(held)) => Ok(FirstLook::Held(HeldLease::new(client, held, state))),
