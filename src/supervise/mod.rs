@@ -176,22 +176,6 @@ pub(crate) fn run(
         (None, _) => crate::metrics::Role::Off,
     });
     let attached = signals.attach(tx.clone());
-    // Stopped between runs (a standby's handover): no new child.
-    if let Some(sig) = signals.stop_requested() {
-        drop(attached);
-        tracing::info!(
-            event = "stopped_before_start",
-            signal = sig,
-            "stop requested before the child started"
-        );
-        if let Some(j) = &job {
-            j.slot.restore()?;
-        }
-        if let LeaseRole::Holder { client, held, .. } = lease {
-            crate::lease::release_logged(&client, &held, None);
-        }
-        return Ok(Ended::Exit(0));
-    }
     let watchdog = choose_watchdog(cfg, &lease);
     // The lease threads inherit the blocked signals (blocked since before
     // any thread existed).
@@ -199,7 +183,7 @@ pub(crate) fn run(
         Ok(l) => l,
         Err(failed) => {
             let (lease, e) = *failed;
-            return abandon(job, lease, attached, e);
+            return abandon(job, lease, attached, Err(e));
         }
     };
     // Orphaned descendants (a node whose cosmovisor died) are reparented to
@@ -210,23 +194,34 @@ pub(crate) fn run(
         rustix::process::set_child_subreaper(Some(rustix::process::getpid()))
     };
     if let Err(e) = subreaper {
-        return abandon(job, lease, attached, internal("PR_SET_CHILD_SUBREAPER")(e));
+        let e = internal("PR_SET_CHILD_SUBREAPER")(e);
+        return abandon(job, lease, attached, Err(e));
     }
     // Arm before the child exists: the node may look for its key at once.
     let armed = match &job {
         Some(j) => match first_arm(j) {
             Ok(a) => Some(a),
-            Err(e) => return abandon(job, lease, attached, e.into()),
+            Err(e) => return abandon(job, lease, attached, Err(e.into())),
         },
         None => None,
     };
+    // Stopped between runs (a standby's handover) or while setting up: no
+    // new child.
+    if let Some(sig) = signals.stop_requested() {
+        tracing::info!(
+            event = "stopped_before_start",
+            signal = sig,
+            "stop requested before the child started"
+        );
+        return abandon(job, lease, attached, Ok(Ended::Exit(0)));
+    }
     let holder = match &lease {
         LeasePart::Held(h) => Some(h),
         _ => None,
     };
     let child = match child::Child::spawn(cfg, program, args, holder.is_some(), &tx) {
         Ok(c) => c,
-        Err(e) => return abandon(job, lease, attached, e),
+        Err(e) => return abandon(job, lease, attached, Err(e)),
     };
     let fencer = holder.map(|h| {
         h.guard.fence.arm(child.pid().0 as u32);
@@ -362,15 +357,16 @@ fn start_lease(
     }
 }
 
-/// A step before the child failed: the slot goes back to the safe key, the
-/// fencer is disarmed and a held lease released (no node ran in this run, so
-/// nothing was signed under it), then `e` ends the run. The one way out of
-/// a run before its child exists.
+/// The run ends before its child exists (a step failed, or a stop came):
+/// the slot goes back to the safe key, the fencer is disarmed and a held
+/// lease released (no node ran in this run, so nothing was signed under
+/// it), a standby's wait ended, then `outcome`. The one way out of a run
+/// before its child exists; after, it is the driver's `finish`.
 fn abandon(
     job: Option<KeyJob>,
     lease: RunLease,
     attached: signals::Attached,
-    e: SuperviseError,
+    outcome: Result<Ended, SuperviseError>,
 ) -> Result<Ended, SuperviseError> {
     drop(attached);
     let restored = match &job {
@@ -382,10 +378,14 @@ fn abandon(
         LeasePart::Standby(w) => drop(lease_part::finish_standby(w, false)),
         LeasePart::None => {}
     }
-    if let Err(r) = restored {
-        tracing::error!(event = "restore_failed", error = %r, "could not put the safe key back after the run failed");
+    match (restored, outcome) {
+        (Err(r), Err(e)) => {
+            tracing::error!(event = "restore_failed", error = %r, "could not put the safe key back after the run failed");
+            Err(e)
+        }
+        (Err(r), Ok(_)) => Err(r.into()),
+        (Ok(()), outcome) => outcome,
     }
-    Err(e)
 }
 
 /// The watchdog of this run (watchdog.rs); warns where a lease has no fence
