@@ -25,6 +25,7 @@ pub(crate) mod cosmovisor;
 pub(crate) mod deliver;
 pub(crate) mod error;
 pub(crate) mod fence;
+pub(crate) mod guard;
 pub(crate) mod harden;
 pub mod identity;
 pub(crate) mod install;
