@@ -55,7 +55,7 @@ pub(crate) enum Cmd {
     Restore,
     /// Copy the host's safe key to an empty key directory, e.g. the split-trust unit's RuntimeDirectory= (ExecStartPre=).
     InstallSafeKey {
-        /// The safe key kept by root, e.g. /etc/ssm-cosmovisor/<node>.safe.json.
+        /// The safe key kept by root, e.g. `/etc/ssm-cosmovisor/<node>.safe.json`.
         #[arg(value_name = "FILE")]
         source: PathBuf,
     },

@@ -61,8 +61,9 @@ impl ReaderPolicy {
         self.admits(h, |pid| procfs::is_descendant_of(pid, self.root))
     }
 
-    /// [`ReaderPolicy::allows`], told by `descends` whether a pid is our
-    /// child or one of its descendants (asked only for the node's uid).
+    /// Whether `h` is the node: running as the node's uid and, as `descends`
+    /// tells (asked only for the node's uid), our child or one of its
+    /// descendants.
     fn admits(&self, h: &PipeHolder, descends: impl Fn(Pid) -> bool) -> bool {
         h.euid() == self.node.uid() && descends(h.pid)
     }

@@ -12,7 +12,7 @@ use crate::sys::{SecretMapping, SecretMemFallback};
 /// Largest value we accept: SSM's advanced tier stores at most 8 KiB.
 pub(crate) const MAX_SECRET_LEN: usize = 8192;
 
-/// A fixed-capacity byte buffer in secret memory (see [`SecretMemKind`]).
+/// A fixed-capacity byte buffer in secret memory (see `sys::SecretMemKind`).
 ///
 /// It cannot be printed (`Debug` is redacted, no `Display`), cannot be cloned,
 /// and is zeroed before its pages are unmapped. Reading it takes an explicit

@@ -28,7 +28,8 @@
 //! Files: [`settings`] (configuration and ids), [`state`] (the node's sign
 //! state file), [`record`] (the item and its strict codec), [`protocol`]
 //! (pure decisions, shared with the model checker), [`client`] (DynamoDB),
-//! [`holder`] (taking the lease, preparing it, releasing it on drop),
+//! [`take`] (taking the lease or standing by, preparing it, releasing it
+//! on drop),
 //! [`threads`] (renewal and wait threads).
 
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -72,13 +72,28 @@
 //!   file; rounds are abstracted to one per height, so "two hosts signed
 //!   height h" is a double sign.
 //!
+//! - **A rogue signer** (issue 22, [`Budget::rogue`]): the same key outside
+//!   the lease, signing the chain's next height at any instant. With
+//!   [`Guard::Rule`] each delivery first runs `guard::rule` over every
+//!   signature made so far, as one honest synced endpoint shows them (vote
+//!   timestamps from the global clock; the fence time after a takeover
+//!   converted through the taker's own clock, as the tool does through its
+//!   boot clock); a foreign signature makes the new holder give up. The
+//!   window is the whole chain; endpoints that lie, lag or are pruned are
+//!   the rule's unit tests', not the model's.
+//!
 //! # Properties
 //!
 //! - `always`: at most one host's node holds the key at any instant (a frozen
 //!   node still holds it);
 //! - `always`: no height is signed by two hosts;
-//! - `sometimes`: an expired lease is taken over; two hosts sign (the checks
-//!   are not vacuous).
+//! - `always`: no host's node signs a height the rogue had signed before
+//!   that node got the key (what the guard is for; without the guard the
+//!   checker finds it broken);
+//! - `always`: the guard vetoes only when the rogue signed (the lease's own
+//!   signatures, the old holder's before its fence included, never count);
+//! - `sometimes`: an expired lease is taken over; two hosts sign; the guard
+//!   stops a delivery (the checks are not vacuous).
 //!
 //! # What is abstracted away, and why that loses no violation
 //!
@@ -223,6 +238,21 @@ pub(crate) struct Budget {
     pub(crate) cuts: u8,
     /// Clock slips (at most one per `drift_window`).
     pub(crate) slips: u8,
+    /// Signatures by a rogue signer: the same key, outside the lease
+    /// (a copy on another machine), signing the chain's next height.
+    pub(crate) rogue: u8,
+}
+
+/// Whether a holder asks the chain before its node gets the key.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Guard {
+    /// It does not (as before issue 22).
+    Off,
+    /// `guard::rule` judges every signature of the key on the chain, as one
+    /// honest, synced endpoint shows them, before the delivery; a foreign
+    /// one makes the new holder give up (release, as every path that ends
+    /// before the delivery does).
+    Rule,
 }
 
 /// One configuration of the model.
@@ -254,6 +284,8 @@ pub(crate) struct Config {
     /// halts for good (a narrower search for a witness), instead of
     /// advancing or not at every chance.
     pub(crate) chain_runs_then_halts: bool,
+    /// The guard before each delivery.
+    pub(crate) guard: Guard,
 }
 
 impl Config {
@@ -278,6 +310,7 @@ impl Config {
             ("restart", b.restarts),
             ("cut", b.cuts),
             ("slip", b.slips),
+            ("rogue signature", b.rogue),
         ] {
             if v > 0 {
                 let _ = write!(s, ", {v} {n}");
@@ -294,6 +327,9 @@ impl Config {
         }
         if let Some(h) = self.fault_host {
             let _ = write!(s, ", faults on h{h} only");
+        }
+        if self.guard == Guard::Rule {
+            s.push_str(", guarded");
         }
         s
     }
@@ -313,6 +349,7 @@ impl Config {
             budget: Budget::default(),
             fault_host: None,
             chain_runs_then_halts: false,
+            guard: Guard::Off,
         }
     }
 }
@@ -355,6 +392,10 @@ struct Held {
     raise_to: SignState,
     /// The highest state this holder sent (`client::Held::sent_max`).
     sent_max: SignState,
+    /// An expiry takeover by this holder: the carried height and our clock
+    /// at the take (a reclaim of a takeover whose reply was lost does not
+    /// know it: the guard is then only less strict).
+    took_over: Option<(i64, u8)>,
 }
 
 /// The supervisor and renewal thread of a holder whose node has the key.
@@ -419,6 +460,9 @@ struct Host {
     keyed: bool,
     fencer: Fencer,
     tool: Tool,
+    /// Ghost: the heights the rogue had signed when this host's node last
+    /// got the key.
+    rogue_at_check: u128,
 }
 
 /// The state of the world.
@@ -437,6 +481,14 @@ pub(crate) struct State {
     left: Budget,
     /// Ghost: an expiry takeover landed.
     took_over: bool,
+    /// Heights the rogue signed (bit h).
+    rogue_signed: u128,
+    /// Every signature, as (height, global tick): the vote timestamps the
+    /// guard reads (kept only with a guard or a rogue, so the other
+    /// configurations explore the same states as before).
+    stamps: Vec<(i64, u8)>,
+    /// Ghost: a guard found a foreign signature and stopped a delivery.
+    vetoed: bool,
 }
 
 /// How a write's reply comes back.
@@ -496,6 +548,8 @@ pub(crate) enum Action {
     Restart(u8),
     Cut(u8),
     Heal(u8),
+    /// The rogue signs the chain's next height.
+    RogueSign,
 }
 
 /// What a renewal came to (`client::renew`).
@@ -685,6 +739,7 @@ impl LeaseModel {
                     state: r.state,
                     raise_to,
                     sent_max: r.state,
+                    took_over: None,
                 };
                 match self.renew(st, i, &mut held, None, clock, reply) {
                     Renewed::Confirmed => Some(held),
@@ -756,6 +811,7 @@ impl LeaseModel {
             state,
             raise_to,
             sent_max: state,
+            took_over: c.took_over.as_ref().map(|t| (t.carried.height, clock)),
         })
     }
 
@@ -791,11 +847,18 @@ impl LeaseModel {
         let Tool::Confirmed(held) = st.hosts[i].tool.clone() else {
             unreachable!()
         };
-        let h = &mut st.hosts[i];
-        if h.clock >= held.deadline {
-            h.tool = Tool::Down;
+        if st.hosts[i].clock >= held.deadline {
+            st.hosts[i].tool = Tool::Down;
             return;
         }
+        if self.cfg.guard == Guard::Rule && self.guard_vetoes(st, i, &held) {
+            st.vetoed = true;
+            self.release(st, i, &held, None);
+            return;
+        }
+        let rogue = st.rogue_signed;
+        let h = &mut st.hosts[i];
+        h.rogue_at_check |= rogue;
         let k = self.kill_by(held.deadline);
         if self.cfg.fencer {
             h.fencer = Fencer::Armed {
@@ -944,6 +1007,7 @@ impl LeaseModel {
     fn sign(&self, st: &mut State, i: usize) {
         let chain = st.chain;
         let height = self.signable(&st.hosts[i], chain).expect("enabled");
+        self.stamp(st, height);
         let h = &mut st.hosts[i];
         h.signed |= bit(height);
         h.file = SignState {
@@ -954,6 +1018,101 @@ impl LeaseModel {
         if self.cfg.signing == Signing::NextHeight {
             h.cooldown = self.cfg.ticks_per_s;
         }
+    }
+
+    fn stamp(&self, st: &mut State, height: i64) {
+        if self.cfg.guard == Guard::Rule || self.cfg.budget.rogue > 0 {
+            st.stamps.push((height, st.now));
+            st.stamps.sort_unstable();
+        }
+    }
+
+    /// The rogue signs the chain's next height: the current one with
+    /// [`Signing::ChainHeight`], else the one above every signed height.
+    fn rogue_sign(&self, st: &mut State) {
+        let top = st
+            .hosts
+            .iter()
+            .map(|h| h.signed)
+            .fold(st.rogue_signed, |a, b| a | b);
+        let height = match self.cfg.signing {
+            Signing::ChainHeight => st.chain,
+            // One above the highest height signed (bit h set: 127 - h
+            // leading zeros).
+            Signing::NextHeight => i64::from(128 - top.leading_zeros()).max(1),
+        };
+        st.rogue_signed |= bit(height);
+        self.stamp(st, height);
+    }
+
+    /// `guard::rule` at the delivery of host `i`: one honest, synced
+    /// endpoint shows every signature made so far (ours, a previous
+    /// holder's, the rogue's: the same key). The fence time after a
+    /// takeover is converted to wall time through this host's clock, as the
+    /// tool does through its boot clock (a slip in between is the error the
+    /// margin covers).
+    fn guard_vetoes(&self, st: &State, i: usize, held: &Held) -> bool {
+        use crate::guard::rule::{self, Address, Allowance, Commit, Flag, Observation, Signature};
+        let h = &st.hosts[i];
+        let ms = |t: u8| self.at(t).as_millis() as i64;
+        let allowance = match held.took_over {
+            Some((carried, taken_at)) => Allowance::TakenOver {
+                carried,
+                raised: h.file.height,
+                fenced_by_ms: ms(st.now) - (ms(h.clock) - ms(taken_at)),
+            },
+            None => Allowance::UpTo {
+                height: h.file.height,
+            },
+        };
+        let me = Address([7; 20]);
+        let tip = st
+            .stamps
+            .iter()
+            .map(|s| s.0)
+            .max()
+            .unwrap_or(0)
+            .max(st.chain)
+            + 1;
+        let commits = (1..tip)
+            .map(|height| Commit {
+                height,
+                signatures: st
+                    .stamps
+                    .iter()
+                    .filter(|s| s.0 == height)
+                    .map(|s| Signature {
+                        flag: Flag::Commit,
+                        address: Some(me),
+                        unix_ms: ms(s.1),
+                    })
+                    .collect(),
+            })
+            .collect();
+        let settings = rule::Settings {
+            chain_id: "model".into(),
+            lookback: 127,
+            max_tip_age: Duration::from_secs(3600),
+            max_spread: 0,
+            fence_margin: self.at(1),
+        };
+        let o = Observation {
+            endpoint: "model".into(),
+            status: Ok(rule::Status {
+                network: "model".into(),
+                catching_up: false,
+                latest_height: tip,
+                latest_unix_ms: ms(st.now),
+                earliest_height: 1,
+            }),
+            commits: Ok(commits),
+            in_set: Some(true),
+        };
+        let seen = rule::judge_endpoint(&o, me, &allowance, &settings, ms(st.now));
+        matches!(
+            rule::judge(&[("model".into(), seen)], &settings),
+            rule::Verdict::Foreign(_)
+        )
     }
 
     fn resume(&self, h: &mut Host) {
@@ -1213,6 +1372,7 @@ impl LeaseModel {
             Action::Restart(_) => spend(&mut st.left.restarts),
             Action::Cut(_) => spend(&mut st.left.cuts),
             Action::Tick { slip: Some(_), .. } => spend(&mut st.left.slips),
+            Action::RogueSign => spend(&mut st.left.rogue),
             _ => {}
         }
         match a {
@@ -1239,6 +1399,7 @@ impl LeaseModel {
             Action::RenewRead(i) => self.renew_read(st, i.into()),
             Action::RenewSend(i, r) => self.renew_send(st, i.into(), r),
             Action::Sign(i) => self.sign(st, i.into()),
+            Action::RogueSign => self.rogue_sign(st),
             _ => self.apply_host(st, a),
         }
     }
@@ -1400,6 +1561,7 @@ impl Model for LeaseModel {
                 taking: None,
                 sent: None,
             },
+            rogue_at_check: 0,
         };
         vec![State {
             now: 0,
@@ -1411,6 +1573,9 @@ impl Model for LeaseModel {
             hosts: vec![host; usize::from(self.cfg.hosts)],
             left: self.cfg.budget,
             took_over: false,
+            rogue_signed: 0,
+            stamps: Vec::new(),
+            vetoed: false,
         }]
     }
 
@@ -1427,6 +1592,9 @@ impl Model for LeaseModel {
                 self.tool_actions(st, i, out);
             }
             self.fault_actions(st, i, out);
+        }
+        if st.left.rogue > 0 {
+            out.push(Action::RogueSign);
         }
         self.tick_actions(st, out);
     }
@@ -1448,6 +1616,13 @@ impl Model for LeaseModel {
                     .enumerate()
                     .all(|(i, a)| s.hosts[i + 1..].iter().all(|b| a.signed & b.signed == 0))
             }),
+            Property::always(ROGUE_CAUGHT, |_, s: &State| {
+                s.hosts.iter().all(|h| h.signed & h.rogue_at_check == 0)
+            }),
+            Property::always(NO_FALSE_VETO, |_, s: &State| {
+                !s.vetoed || s.rogue_signed != 0
+            }),
+            Property::sometimes(GUARD_VETO, |_, s: &State| s.vetoed),
             Property::sometimes(TAKEOVER, |_, s: &State| s.took_over),
             Property::sometimes(TWO_SIGNERS, |_, s: &State| {
                 s.hosts.iter().filter(|h| h.signed != 0).count() >= 2
@@ -1460,6 +1635,14 @@ impl Model for LeaseModel {
 pub(crate) const ONE_KEY: &str = "at most one node holds the key";
 /// No height is signed by two hosts.
 pub(crate) const NO_DOUBLE_SIGN: &str = "no height signed by two hosts";
+/// No host's node signs a height the rogue had signed before that node got
+/// the key: what the guard is for.
+pub(crate) const ROGUE_CAUGHT: &str = "no host signs a height the rogue signed before its check";
+/// The guard never stops a delivery while nobody outside the lease signed:
+/// our own and the lease's earlier holders' signatures never count.
+pub(crate) const NO_FALSE_VETO: &str = "the guard vetoes only a rogue";
+/// The guard stops a delivery (not vacuous).
+pub(crate) const GUARD_VETO: &str = "the guard stops a delivery";
 /// An expired lease is taken over (not vacuous).
 pub(crate) const TAKEOVER: &str = "an expired lease is taken over";
 /// Two hosts sign (not vacuous).
@@ -1489,10 +1672,18 @@ pub(crate) fn check(cfg: Config, stop_at: Option<&'static str>) -> Outcome {
         b = b.finish_when(HasDiscoveries::AnyOf([name].into()));
     }
     let c = b.spawn_bfs().join();
-    let found = [ONE_KEY, NO_DOUBLE_SIGN, TAKEOVER, TWO_SIGNERS]
-        .into_iter()
-        .filter_map(|n| c.discovery(n).map(|p| (n, p)))
-        .collect();
+    let found = [
+        ONE_KEY,
+        NO_DOUBLE_SIGN,
+        ROGUE_CAUGHT,
+        NO_FALSE_VETO,
+        GUARD_VETO,
+        TAKEOVER,
+        TWO_SIGNERS,
+    ]
+    .into_iter()
+    .filter_map(|n| c.discovery(n).map(|p| (n, p)))
+    .collect();
     let o = Outcome {
         model,
         unique: c.unique_state_count(),
@@ -1629,6 +1820,68 @@ mod tests {
             ..Budget::default()
         };
         holds(&check(cfg(12, budget), None));
+    }
+
+    /// Issue 22: the guard, with the real rule, never stops a delivery for
+    /// the lease's own signatures: a takeover of an expired lease after the
+    /// old holder signed past its last renewal (cut off, or its tool
+    /// stalled), with clocks drifting by a sixth, and restarts.
+    #[test]
+    fn the_guard_never_vetoes_the_leases_own_signatures() {
+        for budget in [
+            Budget {
+                cuts: 1,
+                slips: 1,
+                ..Budget::default()
+            },
+            Budget {
+                stalls: 1,
+                crashes: 1,
+                ..Budget::default()
+            },
+        ] {
+            let mut c = cfg(12, budget);
+            c.guard = Guard::Rule;
+            c.drift_window = Some(6);
+            let o = check(c, None);
+            holds(&o);
+            assert!(
+                o.path(NO_FALSE_VETO).is_none(),
+                "{}",
+                o.model.narrate(o.path(NO_FALSE_VETO).unwrap().clone())
+            );
+            assert!(o.path(GUARD_VETO).is_none());
+        }
+    }
+
+    /// Issue 22: with a rogue signer (the same key outside the lease), the
+    /// guard stops every delivery after which the node could sign a height
+    /// the rogue signed before it, and still vetoes only the rogue; without
+    /// the guard the checker finds a host signing the rogue's height again.
+    #[test]
+    fn the_guard_stops_a_rogue_seen_before_the_delivery() {
+        let budget = Budget {
+            rogue: 1,
+            crashes: 1,
+            ..Budget::default()
+        };
+        let mut c = cfg(10, budget);
+        c.guard = Guard::Rule;
+        let o = check(c.clone(), None);
+        holds(&o);
+        for name in [ROGUE_CAUGHT, NO_FALSE_VETO] {
+            if let Some(p) = o.path(name) {
+                panic!(
+                    "counterexample to \"{name}\":\n{}",
+                    o.model.narrate(p.clone())
+                );
+            }
+        }
+        assert!(o.path(GUARD_VETO).is_some(), "never: {GUARD_VETO}");
+        c.guard = Guard::Off;
+        let o = check(c, Some(ROGUE_CAUGHT));
+        let a = finds(&o, ROGUE_CAUGHT);
+        assert!(a.contains(&Action::RogueSign));
     }
 
     /// One clock slip per lease period, across all hosts: a relative rate
@@ -1786,6 +2039,7 @@ mod tests {
             restarts,
             cuts,
             slips,
+            rogue: 0,
         }
     }
 

@@ -1,5 +1,5 @@
 //! The supervisor's decisions without I/O, as `lease/protocol.rs` is for the
-//! lease: the run's state (one [`Phase`], the lease's [`Holding`], the key
+//! lease: the run's state (one [`Phase`], the lease's [`LeasePart`], the key
 //! wait, whether a hand-off is under way) and what each event leads to.
 //! Every effect goes through the narrow [`Effects`]: the driver
 //! (`driver.rs`) implements it over the child, the slot, the hand-off
