@@ -141,6 +141,7 @@ fn dispatch(cli: Cli) -> Result<u8, Error> {
             let ov = with_cosmovisor_home(ov, run.config.as_deref())?;
             let cfg = Config::resolve(&ov, &ProcessEnv, &run.node)?;
             let lease = LeaseSettings::resolve(&ov, &ProcessEnv, cfg.source.as_ref())?;
+            let guard = crate::guard::GuardSettings::resolve(&ov, &ProcessEnv)?;
             let metrics = MetricsSettings::from_env(&ProcessEnv)?;
             cfg.check_before_run(&ProcessEnv)?;
             let mut child_args = vec![OsString::from("run")];
@@ -150,6 +151,7 @@ fn dispatch(cli: Cli) -> Result<u8, Error> {
             crate::run::run(
                 &cfg,
                 lease.as_ref(),
+                guard.as_ref(),
                 &metrics,
                 crate::run::Child {
                     program: &program,
@@ -161,11 +163,13 @@ fn dispatch(cli: Cli) -> Result<u8, Error> {
         Cmd::Exec { command } => {
             let cfg = Config::resolve(&ov, &ProcessEnv, &command[1..])?;
             let lease = LeaseSettings::resolve(&ov, &ProcessEnv, cfg.source.as_ref())?;
+            let guard = crate::guard::GuardSettings::resolve(&ov, &ProcessEnv)?;
             let metrics = MetricsSettings::from_env(&ProcessEnv)?;
             cfg.check_before_run(&ProcessEnv)?;
             crate::run::run(
                 &cfg,
                 lease.as_ref(),
+                guard.as_ref(),
                 &metrics,
                 crate::run::Child {
                     program: &command[0],

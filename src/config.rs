@@ -294,6 +294,9 @@ pub(crate) struct Overrides {
     /// AWS profile for cosmovisor (AWS_PROFILE in its environment); refused if it can read the key [env: SSM_COSMOVISOR_CHILD_AWS_PROFILE; default: no AWS variable for the child].
     #[arg(long, global = true, value_name = "PROFILE")]
     pub(crate) child_aws_profile: Option<String>,
+    /// CometBFT RPC base URLs the guard asks before the key goes out, comma-separated; unset: no guard [env: SSM_COSMOVISOR_GUARD_RPC].
+    #[arg(long, global = true, value_name = "URLS")]
+    pub(crate) guard_rpc: Option<String>,
 }
 
 /// The AWS SDK's switch that puts request and response bodies into its trace log.

@@ -14,6 +14,7 @@ use std::io;
 use std::path::PathBuf;
 
 use crate::config::ConfigError;
+use crate::guard::GuardError;
 use crate::install::InstallError;
 use crate::key::KeyError;
 use crate::lease::{LeaseError, SignState};
@@ -44,11 +45,13 @@ pub(crate) enum Exit {
     Spawn = 7,
     /// The failover lease was lost (node stopped) or cannot be used.
     Lease = 8,
+    /// The guard refused: the key signs elsewhere, or the chain could not be asked.
+    Guard = 9,
 }
 
 impl Exit {
     /// Every status, in order.
-    pub(crate) const ALL: [Exit; 8] = [
+    pub(crate) const ALL: [Exit; 9] = [
         Exit::Failure,
         Exit::Config,
         Exit::Source,
@@ -57,6 +60,7 @@ impl Exit {
         Exit::Exposed,
         Exit::Spawn,
         Exit::Lease,
+        Exit::Guard,
     ];
 
     /// The process exit status.
@@ -75,6 +79,9 @@ impl Exit {
             Exit::Exposed => "key may be exposed (rotate it)",
             Exit::Spawn => "cannot start the child",
             Exit::Lease => "failover lease lost (node stopped) or unusable",
+            Exit::Guard => {
+                "the guard refused: the key signs elsewhere or the chain could not be asked"
+            }
         }
     }
 }
@@ -166,6 +173,9 @@ pub(crate) enum Error {
     /// address, raising the sign state, renewing) failed.
     #[error("failover lease: {0}; the key was not delivered")]
     LeasePrepare(#[source] LeaseError),
+    /// The guard did not let the key out.
+    #[error(transparent)]
+    Guard(#[from] GuardError),
     /// `accept-lease-state`: there is no lease record.
     #[error("lease {name} does not exist: nothing to accept")]
     NoLeaseToAccept { name: String },
@@ -240,6 +250,9 @@ impl Error {
             | Error::NoLeaseToAccept { .. }
             | Error::LeaseMoved { .. } => Exit::Lease,
             Error::Exec { .. } => Exit::Spawn,
+            Error::Guard(GuardError::ChainId { .. }) => Exit::Config,
+            Error::Guard(GuardError::Setup(_)) => Exit::Failure,
+            Error::Guard(_) => Exit::Guard,
             Error::Harden(_) | Error::Secret(_) | Error::Encode(_) | Error::AcquiredTwice => {
                 Exit::Failure
             }
@@ -279,6 +292,7 @@ mod tests {
                 (Exit::Exposed, 6),
                 (Exit::Spawn, 7),
                 (Exit::Lease, 8),
+                (Exit::Guard, 9),
             ]
         );
     }
@@ -303,6 +317,14 @@ mod tests {
                 3,
             ),
             (Error::LeasePrepare(LeaseError::NoRegion), 8),
+            (Error::Guard(GuardError::Unknown("down".into())), 9),
+            (
+                Error::Guard(GuardError::ChainId {
+                    path: "/g.json".into(),
+                    reason: "missing".into(),
+                }),
+                2,
+            ),
             (Error::Lease(LeaseError::NoRegion), 8),
             (Error::Supervise(SuperviseError::Exposed("held".into())), 6),
             (

@@ -8,6 +8,8 @@ use std::sync::Arc;
 
 use crate::config::Config;
 use crate::error::Error;
+use crate::guard::rule::Address;
+use crate::guard::GuardSettings;
 use crate::key::PublicIdentity;
 use crate::lease::{self, FirstLook, HeldLease, LeaseSettings, StateFile};
 use crate::metrics::{self, MetricsSettings};
@@ -27,6 +29,7 @@ pub(crate) struct Child<'a> {
 pub(crate) fn run(
     cfg: &Config,
     lease: Option<&LeaseSettings>,
+    guard: Option<&GuardSettings>,
     metrics: &MetricsSettings,
     child: Child<'_>,
 ) -> Result<u8, Error> {
@@ -62,6 +65,11 @@ pub(crate) fn run(
     if let Some(l) = &mut lease {
         l.prepare(&fetched.key.identity().address_hex())
             .map_err(Error::LeasePrepare)?;
+    }
+    // The sign state is final now (raised to the lease's): ask the chain
+    // whether the key signs above it elsewhere.
+    if let Some(g) = guard {
+        ask_the_chain(cfg, g, fetched.key.identity(), lease.as_deref())?;
     }
     // From here on the slot changes: a stop must restore it, not just exit.
     signals.defer_stop();
@@ -99,6 +107,30 @@ pub(crate) fn run(
         Some(job),
         role,
     )?)
+}
+
+/// The guard (guard/): a signature of the key above what this host's sign
+/// state allows, on the operator's endpoints, keeps the key in.
+fn ask_the_chain(
+    cfg: &Config,
+    g: &GuardSettings,
+    id: &PublicIdentity,
+    lease: Option<&HeldLease>,
+) -> Result<(), Error> {
+    let chain_id = crate::guard::chain_id(&cfg.home, cfg.node)?;
+    let me = Address::from_hex(&id.address_hex()).ok_or(Error::Guard(
+        crate::guard::GuardError::Setup("the key's address is not 20 bytes".into()),
+    ))?;
+    let state = StateFile::of_home(&cfg.home, cfg.node)?;
+    let height = state.read()?.map_or(0, |s| s.height);
+    let takeover = lease
+        .and_then(HeldLease::expiry_takeover)
+        .map(|(carried, at)| crate::guard::Takeover {
+            carried,
+            fenced_by_ms: at,
+        });
+    crate::guard::check(g, &chain_id, me, crate::guard::allowance(height, takeover))?;
+    Ok(())
 }
 
 /// What a run does before anything else: the signal thread, hardening,

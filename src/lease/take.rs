@@ -9,19 +9,23 @@ use super::{
 /// A lease this process holds, with its client and the node's state file.
 /// Dropped, it is released (carrying the record's state, takeover skip
 /// included); [`HeldLease::into_parts`] hands it on instead.
-pub(crate) struct HeldLease(Option<(LeaseClient, Held, StateFile)>);
+pub(crate) struct HeldLease {
+    parts: Option<(LeaseClient, Held, StateFile)>,
+    /// When the lease became ours, on the wall clock (Unix ms).
+    taken_unix_ms: i64,
+}
 
 impl std::fmt::Debug for HeldLease {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_tuple("HeldLease")
-            .field(&self.0.as_ref().map(|(_, h, _)| h))
+            .field(&self.parts.as_ref().map(|(_, h, _)| h))
             .finish()
     }
 }
 
 impl Drop for HeldLease {
     fn drop(&mut self) {
-        if let Some((c, h, _)) = self.0.take() {
+        if let Some((c, h, _)) = self.parts.take() {
             release_logged(&c, &h, None);
         }
     }
@@ -29,7 +33,16 @@ impl Drop for HeldLease {
 
 impl HeldLease {
     fn parts(&mut self) -> &mut (LeaseClient, Held, StateFile) {
-        self.0.as_mut().expect("held until handed on")
+        self.parts.as_mut().expect("held until handed on")
+    }
+
+    /// If we took the lease over after it expired: the height the old
+    /// holder's record carried, and when the lease became ours (Unix ms),
+    /// by which the old holder's node was fenced.
+    pub(crate) fn expiry_takeover(&self) -> Option<(i64, i64)> {
+        let (_, held, _) = self.parts.as_ref()?;
+        let t = held.took_over.as_ref()?;
+        Some((t.carried.height, self.taken_unix_ms))
     }
 
     /// Readies the lease for delivering the key of `address`: binds the
@@ -54,7 +67,7 @@ impl HeldLease {
 
     /// Hands the lease on (to the supervisor), without releasing it.
     pub(crate) fn into_parts(mut self) -> (LeaseClient, Held, StateFile) {
-        self.0.take().expect("held until handed on")
+        self.parts.take().expect("held until handed on")
     }
 }
 
@@ -151,7 +164,16 @@ impl HeldLease {
             state = %held.state,
             "holding the failover lease"
         );
-        HeldLease(Some((client, held, state)))
+        // The take's write was sent at `held.sent()` (boot clock): that
+        // instant on the wall clock.
+        let since = boot_time().saturating_sub(held.sent());
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as i64);
+        HeldLease {
+            taken_unix_ms: now - since.as_millis() as i64,
+            parts: Some((client, held, state)),
+        }
     }
 
     /// Confirms a lease won as a standby: stopping the keyless node took

@@ -82,6 +82,16 @@ label_values! {
 }
 
 label_values! {
+    /// What the guard decided before a delivery.
+    GuardVerdict {
+        Clean => "clean",
+        Foreign => "foreign",
+        Unknown => "unknown",
+        UnknownDelivered => "unknown_delivered",
+    }
+}
+
+label_values! {
     /// How this host got the lease.
     Takeover { Free => "free", Released => "released", Expired => "expired" }
 }
@@ -139,6 +149,10 @@ struct StateL {
     state: SlotLabel,
 }
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct VerdictL {
+    verdict: GuardVerdict,
+}
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct NoLabels {}
 
 /// A sign state (height, round, step), as the lease carries it.
@@ -177,6 +191,9 @@ struct Families {
     slot: Family<StateL, Gauge>,
     write_errors: Counter,
     endpoint_up: Gauge,
+    guard_checks: Family<VerdictL, Counter>,
+    guard_unusable: Gauge,
+    guard_last: FGauge,
 }
 
 /// Buckets for durations of the tool's own work, 1 ms .. ~16 s.
@@ -261,6 +278,18 @@ fn register_run_and_lease(r: &mut Registry, f: &Families) {
         "Times the node's sign state file was raised to the lease's",
         f.raises.clone(),
     );
+    r.register("guard_checks", "Guard checks before a delivery, by verdict (foreign: the key signs elsewhere, no key went out; unknown: no endpoint could be believed, no key; unknown_delivered: the same, delivered as SSM_COSMOVISOR_GUARD_ON_UNKNOWN=deliver allows)", f.guard_checks.clone());
+    r.register(
+        "guard_endpoints_unusable",
+        "Endpoints the last guard check could not believe (down, another chain, catching up, stale, pruned)",
+        f.guard_unusable.clone(),
+    );
+    r.register_with_unit(
+        "guard_last_check_timestamp",
+        "When the guard last decided (unix time; 0: never)",
+        Unit::Seconds,
+        f.guard_last.clone(),
+    );
 }
 
 /// The key's, the fetch's, the child's and the slot's families.
@@ -342,6 +371,9 @@ impl Families {
         }
         for &kind in Takeover::ALL {
             let _ = f.takeovers.get_or_create(&KindL { kind });
+        }
+        for &verdict in GuardVerdict::ALL {
+            let _ = f.guard_checks.get_or_create(&VerdictL { verdict });
         }
         for &status in ChildExit::ALL {
             let _ = f.child_exits.get_or_create(&StatusL { status });
@@ -612,6 +644,17 @@ pub(crate) fn slot(now: SlotLabel) {
                 .get_or_create(&StateL { state })
                 .set(i64::from(state == now));
         }
+    });
+}
+
+/// The guard decided `v`, with `unusable` endpoints it could not believe.
+pub(crate) fn guard_checked(v: GuardVerdict, unusable: usize) {
+    change(|m| {
+        m.f.guard_checks
+            .get_or_create(&VerdictL { verdict: v })
+            .inc();
+        m.f.guard_unusable.set(unusable as i64);
+        m.f.guard_last.set(unix_now());
     });
 }
 

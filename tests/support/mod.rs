@@ -13,6 +13,7 @@
 //! - `prom`: the metrics textfile and endpoint, parsed by the Python client's parsers
 //! - `watch`: watcher threads (the key path missing for an instant, a directory changed)
 //! - `fake_ssm`: one crafted SSM answer to every request
+//! - `cometbft`: the CometBFT RPC stand-in and a scripted chain, for the guard
 //! - `lease`, `cluster`, `nemesis`, `checker`, `proxy`: the failover lease and chaos tests
 //! - `systemd`: a real systemd in namespaces
 
@@ -21,6 +22,7 @@
 #![allow(dead_code)]
 
 mod aws;
+mod cometbft;
 mod fake_ssm;
 mod home;
 mod keys;
@@ -40,5 +42,6 @@ pub mod systemd;
 // dead_code above: a test crate that uses nothing of a module leaves its re-export unused.
 #[allow(unused_imports)]
 pub use self::{
-    aws::*, fake_ssm::*, home::*, keys::*, procs::*, prom::*, proxy::*, tool::*, watch::*,
+    aws::*, cometbft::*, fake_ssm::*, home::*, keys::*, procs::*, prom::*, proxy::*, tool::*,
+    watch::*,
 };

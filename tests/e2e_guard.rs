@@ -1,0 +1,256 @@
+//! End to end: the guard (issue 22) against the CometBFT RPC stand-in, with the real
+//! binary, moto as SSM and the node/cosmovisor stand-ins.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::Signal;
+use support::*;
+
+const PARAM: &str = "/validators/test/priv_validator_key";
+const T: Duration = Duration::from_secs(60);
+
+/// A signer run of `home` asking `endpoints`; `extra` environment on top.
+fn guarded(home: &NodeHome, moto: &Moto, endpoints: &[&str], extra: &[(&str, &str)]) -> Tool {
+    let mut cmd = tool_cmd(home, Some(&moto.endpoint()));
+    cmd.env("USE_SSM_KEY", "true")
+        .env("AWS_PARAMETER", PARAM)
+        .env("SSM_COSMOVISOR_GUARD_RPC", endpoints.join(","))
+        .env("SSM_COSMOVISOR_GUARD_REQUEST_TIMEOUT", "2s")
+        .env("SSM_COSMOVISOR_GUARD_TIMEOUT", "6s")
+        .env("SSM_COSMOVISOR_LOG_FORMAT", "json");
+    for (k, v) in extra {
+        cmd.env(k, v);
+    }
+    cmd.args(["run", "start", "--home"]).arg(home.path());
+    Tool::spawn(&mut cmd, home.scratch("tool.log"))
+}
+
+/// The tool exits with `code` before any node got a key; the slot is as it was.
+fn refused(home: &NodeHome, tool: &mut Tool, code: i32, event: &str) -> serde_json::Value {
+    let st = tool.wait(T);
+    let log = tool.log_text();
+    assert_eq!(st.code(), Some(code), "{log}");
+    let ev = log_events(&log, event);
+    assert_eq!(ev.len(), 1, "no {event} in:\n{log}");
+    assert!(log_events(&log, "fetched").len() == 1, "{log}");
+    assert!(
+        log_events(&log, "armed").is_empty(),
+        "the slot was armed:\n{log}"
+    );
+    assert!(
+        home.reports().is_empty(),
+        "a node ran: {:?}",
+        home.reports()
+    );
+    home.assert_idle();
+    ev[0].clone()
+}
+
+#[test]
+fn a_signature_of_the_key_above_the_state_keeps_the_key_in_nil_included() {
+    let (moto, key) = moto_with_key(PARAM);
+    for nil in [false, true] {
+        let home = NodeHome::new();
+        guard_home(home.path(), 100);
+        let mut c = chain(130);
+        // Our own signatures up to the state, then a rogue's at 117.
+        signed(&mut c, &key.address, 90..=100, false, unix_ms() - 60_000);
+        signed(&mut c, &key.address, [117], nil, unix_ms() - 20_000);
+        let rpc = RpcStandin::start(&c);
+        let mut tool = guarded(&home, &moto, &[&rpc.url], &[]);
+        let ev = refused(&home, &mut tool, 9, "guard_foreign");
+        let err = ev["error"].as_str().unwrap_or_default().to_string();
+        assert!(
+            err.contains("height 117")
+                && err.contains(&key.address)
+                && err.contains(if nil { "NIL" } else { "COMMIT" }),
+            "{err}"
+        );
+        let log = tool.log_text();
+        assert!(log.contains("THE KEY SIGNS ELSEWHERE"), "{log}");
+        assert_no_secret(&log, &key);
+    }
+}
+
+#[test]
+fn only_our_own_signatures_at_or_below_the_state_deliver_at_once() {
+    let (moto, key) = moto_with_key(PARAM);
+    let home = NodeHome::new();
+    guard_home(home.path(), 100);
+    let mut c = chain(104);
+    signed(&mut c, &key.address, 70..=100, false, unix_ms() - 10_000);
+    let rpc = RpcStandin::start(&c);
+    let began = Instant::now();
+    let mut tool = guarded(&home, &moto, &[&rpc.url], &[]);
+    assert!(
+        wait_for(|| !home.reports().is_empty(), T),
+        "no node start; log:\n{}",
+        tool.log_text()
+    );
+    let took = began.elapsed();
+    assert_eq!(home.reports()[0]["address"], key.address.as_str());
+    let clean = tool.events("guard_clean");
+    assert_eq!(clean.len(), 1, "{}", tool.log_text());
+    assert_eq!(clean[0]["tip"], 104);
+    assert_eq!(clean[0]["outside_set"], true);
+    println!(
+        "MEASURE guard clean on a restart: key read {} ms after the start, the check {} ms",
+        took.as_millis(),
+        clean[0]["took_ms"]
+    );
+    assert_eq!(tool.stop(Signal::SIGTERM).code(), Some(0));
+    home.assert_idle();
+}
+
+#[test]
+fn no_endpoint_to_believe_refuses_by_default_and_delivers_with_the_opt_out() {
+    let (moto, _key) = moto_with_key(PARAM);
+    // A port nothing listens on, and an endpoint that never answers.
+    let closed = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        format!("http://{}", l.local_addr().unwrap())
+    };
+    let mut hang = chain(50);
+    hang["hang"] = serde_json::json!(true);
+    let hanging = RpcStandin::start(&hang);
+    let home = NodeHome::new();
+    guard_home(home.path(), 10);
+    let began = Instant::now();
+    let mut tool = guarded(&home, &moto, &[&closed, &hanging.url], &[]);
+    let ev = refused(&home, &mut tool, 9, "guard_unknown");
+    let why = ev["why"].as_str().unwrap_or_default();
+    assert!(why.contains(&closed) && why.contains(&hanging.url), "{why}");
+    // Bounded by the guard's total timeout (6 s), not the hanging endpoint.
+    assert!(
+        began.elapsed() < Duration::from_secs(30),
+        "{:?}",
+        began.elapsed()
+    );
+
+    let home = NodeHome::new();
+    guard_home(home.path(), 10);
+    let mut tool = guarded(
+        &home,
+        &moto,
+        &[&closed],
+        &[("SSM_COSMOVISOR_GUARD_ON_UNKNOWN", "deliver")],
+    );
+    assert!(
+        wait_for(|| !home.reports().is_empty(), T),
+        "{}",
+        tool.log_text()
+    );
+    assert_eq!(
+        tool.events("guard_unknown_delivered").len(),
+        1,
+        "{}",
+        tool.log_text()
+    );
+    assert_eq!(tool.stop(Signal::SIGTERM).code(), Some(0));
+}
+
+#[test]
+fn an_endpoint_of_another_chain_stale_or_pruned_is_not_believed_and_a_lone_liar_vetoes() {
+    let (moto, key) = moto_with_key(PARAM);
+    let good = RpcStandin::start(&chain(60));
+    let mut other = chain(60);
+    other["chain_id"] = serde_json::json!("otherchain-9");
+    let other = RpcStandin::start(&other);
+    let mut stale = chain(60);
+    stale["tip_time_ms"] = serde_json::json!(unix_ms() - 600_000);
+    let stale = RpcStandin::start(&stale);
+    let mut pruned = chain(60);
+    pruned["earliest"] = serde_json::json!(58);
+    let pruned = RpcStandin::start(&pruned);
+    // v1 only (the unprefixed paths gone): believed.
+    let mut v1 = chain(61);
+    v1["v1_only"] = serde_json::json!(true);
+    let v1 = RpcStandin::start(&v1);
+    let home = NodeHome::new();
+    guard_home(home.path(), 40);
+    let mut tool = guarded(
+        &home,
+        &moto,
+        &[&other.url, &stale.url, &pruned.url, &v1.url, &good.url],
+        &[],
+    );
+    assert!(
+        wait_for(|| !home.reports().is_empty(), T),
+        "{}",
+        tool.log_text()
+    );
+    let log = tool.log_text();
+    let unusable: Vec<String> = log_events(&log, "guard_endpoint")
+        .iter()
+        .map(|e| e["why"].as_str().unwrap_or_default().to_string())
+        .collect();
+    assert_eq!(unusable.len(), 3, "{log}");
+    assert!(
+        unusable.iter().any(|w| w.contains("otherchain-9")),
+        "{unusable:?}"
+    );
+    assert!(unusable.iter().any(|w| w.contains("old")), "{unusable:?}");
+    assert!(
+        unusable.iter().any(|w| w.contains("pruned")),
+        "{unusable:?}"
+    );
+    assert_eq!(log_events(&log, "guard_clean")[0]["unusable"], 3);
+    assert_eq!(tool.stop(Signal::SIGTERM).code(), Some(0));
+
+    // One endpoint alone shows a signature of ours above the state: veto.
+    let mut liar = chain(60);
+    signed(&mut liar, &key.address, [55], false, unix_ms() - 5_000);
+    let liar = RpcStandin::start(&liar);
+    let home = NodeHome::new();
+    guard_home(home.path(), 40);
+    let mut tool = guarded(&home, &moto, &[&good.url, &liar.url], &[]);
+    let ev = refused(&home, &mut tool, 9, "guard_foreign");
+    assert!(
+        ev["error"].as_str().unwrap_or_default().contains(&liar.url),
+        "{ev}"
+    );
+}
+
+#[test]
+fn bad_guard_settings_stop_before_anything_changes() {
+    let (moto, _key) = moto_with_key(PARAM);
+    let home = NodeHome::new();
+    guard_home(home.path(), 10);
+    for (k, v, needle) in [
+        ("SSM_COSMOVISOR_GUARD_RPC", "", "SSM_COSMOVISOR_GUARD_RPC"),
+        (
+            "SSM_COSMOVISOR_GUARD_RPC",
+            "sentry:26657",
+            "SSM_COSMOVISOR_GUARD_RPC",
+        ),
+        (
+            "SSM_COSMOVISOR_GUARD_ON_UNKNOWN",
+            "perhaps",
+            "SSM_COSMOVISOR_GUARD_ON_UNKNOWN",
+        ),
+    ] {
+        let mut cmd = tool_cmd(&home, Some(&moto.endpoint()));
+        cmd.env("USE_SSM_KEY", "true")
+            .env("AWS_PARAMETER", PARAM)
+            .env("SSM_COSMOVISOR_GUARD_RPC", "http://127.0.0.1:9")
+            .env(k, v)
+            .args(["run", "start", "--home"])
+            .arg(home.path());
+        let out = run_with_timeout(&mut cmd, T);
+        let text = output_text(&out);
+        assert_eq!(out.status.code(), Some(2), "{k}={v:?}: {text}");
+        assert!(text.contains(needle), "{k}={v:?}: {text}");
+        home.assert_idle();
+    }
+    // A node without a genesis file: the chain id cannot be known.
+    std::fs::remove_file(home.path().join("config/genesis.json")).unwrap();
+    let rpc = RpcStandin::start(&chain(20));
+    let mut tool = guarded(&home, &moto, &[&rpc.url], &[]);
+    let st = tool.wait(T);
+    let log = tool.log_text();
+    assert_eq!(st.code(), Some(2), "{log}");
+    assert!(log.contains("genesis.json"), "{log}");
+    home.assert_idle();
+}
