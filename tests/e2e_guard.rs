@@ -254,3 +254,100 @@ fn bad_guard_settings_stop_before_anything_changes() {
     assert!(log.contains("genesis.json"), "{log}");
     home.assert_idle();
 }
+
+/// What a takeover test keeps alive: moto, the endpoint, host B and its tool.
+struct Takeover {
+    _moto: Moto,
+    _rpc: RpcStandin,
+    b: support::lease::Host,
+    tb: Tool,
+    key: TestKey,
+}
+
+/// After a takeover of an expired lease: host A held it (no guard), its renewal carried
+/// height 1000, and it was killed; B (guarded) takes over with the skip (raised to 1007).
+/// A's signatures above 1000 timestamped before it died are the old holder's; with
+/// `rogue`, one above the carried state timestamped 30 s after A died (later than B's
+/// check can be, so after the fence whenever B takes over) is someone else's.
+fn takeover(rogue: bool) -> Takeover {
+    use support::lease::{setup, Host};
+    let (moto, key) = setup();
+    let ep = moto.endpoint();
+    let (a, b) = (Host::new("a"), Host::new("b"));
+    let (mut ta, _a_node) = a.start_holder(&mut a.cmd(&ep), &key);
+    a.sign_carried(&ep, 1000);
+    guard_home(b.home.path(), 900);
+    let killed_at = unix_ms();
+    let mut c = chain(1010);
+    signed(&mut c, &key.address, 995..=1004, false, killed_at - 500);
+    if rogue {
+        signed(&mut c, &key.address, [1006], false, killed_at + 30_000);
+    }
+    let rpc = RpcStandin::start(&c);
+    let mut cb = b.cmd(&ep);
+    cb.env("SSM_COSMOVISOR_GUARD_RPC", &rpc.url);
+    let tb = b.spawn(&mut cb);
+    assert!(
+        wait_for(
+            || tb.log_text().contains("lease_waiting"),
+            support::lease::T
+        ),
+        "{}",
+        tb.log_text()
+    );
+    ta.child.signal(Signal::SIGKILL);
+    let _ = ta.wait(T);
+    Takeover {
+        _moto: moto,
+        _rpc: rpc,
+        b,
+        tb,
+        key,
+    }
+}
+
+#[test]
+fn after_a_takeover_the_old_holders_signatures_before_its_fence_do_not_count() {
+    let mut t = takeover(false);
+    assert!(
+        wait_for(|| !t.b.key_reports(&t.key).is_empty(), T),
+        "B never got the key; log:\n{}",
+        t.tb.log_text()
+    );
+    let taking = t.tb.events("lease_taking_over");
+    assert_eq!(taking.len(), 1, "{}", t.tb.log_text());
+    let clean = t.tb.events("guard_clean");
+    assert_eq!(clean.len(), 1, "{}", t.tb.log_text());
+    assert!(
+        clean[0]["allowance"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("before the old holder's fence"),
+        "{}",
+        clean[0]
+    );
+    assert_eq!(t.tb.stop(Signal::SIGTERM).code(), Some(0));
+    t.b.home.assert_idle();
+}
+
+#[test]
+fn after_a_takeover_a_rogue_signing_above_the_carried_state_keeps_the_key_in() {
+    let mut t = takeover(true);
+    let st = t.tb.wait(Duration::from_secs(90));
+    let log = t.tb.log_text();
+    assert_eq!(st.code(), Some(9), "{log}");
+    let f = log_events(&log, "guard_foreign");
+    assert_eq!(f.len(), 1, "{log}");
+    assert!(
+        f[0]["error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("height 1006"),
+        "{}",
+        f[0]
+    );
+    assert!(t.b.key_reports(&t.key).is_empty(), "B's node got the key");
+    // Nothing ran under the lease: released.
+    assert_eq!(log_events(&log, "lease_released").len(), 1, "{log}");
+    t.b.home.assert_idle();
+}
