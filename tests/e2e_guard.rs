@@ -59,8 +59,21 @@ fn a_signature_of_the_key_above_the_state_keeps_the_key_in_nil_included() {
         signed(&mut c, &key.address, 90..=100, false, unix_ms() - 60_000);
         signed(&mut c, &key.address, [117], nil, unix_ms() - 20_000);
         let rpc = RpcStandin::start(&c);
-        let mut tool = guarded(&home, &moto, &[&rpc.url], &[]);
+        let prom = home.scratch("metrics.prom");
+        let mut tool = guarded(
+            &home,
+            &moto,
+            &[&rpc.url],
+            &[("SSM_COSMOVISOR_METRICS_FILE", prom.to_str().unwrap())],
+        );
         let ev = refused(&home, &mut tool, 9, "guard_foreign");
+        // The textfile outlives the run: the alert reads the foreign verdict from it.
+        let text = std::fs::read_to_string(&prom).unwrap_or_default();
+        assert!(
+            text.lines()
+                .any(|l| l == "ssm_cosmovisor_guard_checks_total{verdict=\"foreign\"} 1"),
+            "{text}"
+        );
         let err = ev["error"].as_str().unwrap_or_default().to_string();
         assert!(
             err.contains("height 117")
