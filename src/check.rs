@@ -395,7 +395,13 @@ fn child_aws_check(r: &mut Report, cfg: &Config) {
 }
 
 /// The key source: fetch, validate, compare with the safe key.
-fn source_checks(r: &mut Report, cfg: &Config, safe: Option<&crate::key::PublicIdentity>) {
+/// The key source's checks; the validator's address when the key was read.
+fn source_checks(
+    r: &mut Report,
+    cfg: &Config,
+    safe: Option<&crate::key::PublicIdentity>,
+) -> Option<String> {
+    let mut address = None;
     match &cfg.source {
         None => r.info("key source", "none configured (AWS_PARAMETER unset)"),
         Some(spec) => {
@@ -446,6 +452,7 @@ fn source_checks(r: &mut Report, cfg: &Config, safe: Option<&crate::key::PublicI
                         ),
                     );
                     r.pass("address", id.address_hex());
+                    address = Some(id.address_hex());
                     r.pass("pub_key", id.pub_key_b64());
                     if let Some(safe) = safe {
                         if safe.pub_key() == id.pub_key() {
@@ -458,6 +465,91 @@ fn source_checks(r: &mut Report, cfg: &Config, safe: Option<&crate::key::PublicI
                 Err(e) => r.fail("key source", e),
             }
         }
+    }
+    address
+}
+
+/// The guard, run once as `run` would before a delivery (without a lease
+/// takeover: against this host's sign state), each endpoint's verdict shown.
+fn guard_check(r: &mut Report, cfg: &Config, ov: &Overrides, address: Option<&str>) {
+    use crate::guard::rule::{Seen, Verdict};
+    let settings = match crate::guard::GuardSettings::resolve(ov, &ProcessEnv) {
+        Ok(Some(s)) => s,
+        Ok(None) => {
+            r.info("guard", "off (SSM_COSMOVISOR_GUARD_RPC unset): nothing asks the chain whether the key signs elsewhere");
+            return;
+        }
+        Err(e) => return r.fail("guard", e),
+    };
+    let Some(me) = address.and_then(crate::guard::rule::Address::from_hex) else {
+        return r.warn(
+            "guard",
+            "not run: the key's address is unknown (the key could not be read)",
+        );
+    };
+    let chain_id = match crate::guard::chain_id(&cfg.home, cfg.node) {
+        Ok(c) => c,
+        Err(e) => return r.fail("guard", e),
+    };
+    let height = crate::lease::StateFile::of_home(&cfg.home, cfg.node)
+        .and_then(|s| s.read())
+        .map(|s| s.map_or(0, |s| s.height));
+    let height = match height {
+        Ok(h) => h,
+        Err(e) => return r.fail("guard", e),
+    };
+    let allowance = crate::guard::allowance(height, None);
+    let (seen, verdict) = match crate::guard::ask(&settings, &chain_id, me, allowance) {
+        Ok(v) => v,
+        Err(e) => return r.fail("guard", e),
+    };
+    for (ep, v) in &seen {
+        match v {
+            Seen::Clean {
+                tip,
+                checked,
+                in_set,
+            } => r.pass(
+                "guard endpoint",
+                format!(
+                    "{ep}: clean (tip {tip}, heights {}..={} read{})",
+                    checked.start(),
+                    checked.end(),
+                    match in_set {
+                        Some(false) => ", the validator is not in its validator set",
+                        _ => "",
+                    }
+                ),
+            ),
+            Seen::Unusable(u) => r.warn("guard endpoint", format!("{ep}: not believed: {u}")),
+            Seen::Foreign(f) => r.fail(
+                "guard endpoint",
+                format!(
+                    "{ep}: THE KEY SIGNS ELSEWHERE: a signature at height {}",
+                    f.height
+                ),
+            ),
+        }
+    }
+    let of = crate::guard::describe(&allowance);
+    match verdict {
+        Verdict::Clean { tip, .. } => r.pass(
+            "guard",
+            format!("clean on chain {chain_id} at tip {tip}: no signature of {me} above this host's sign state ({of})"),
+        ),
+        Verdict::Foreign(f) => r.fail(
+            "guard",
+            format!("{} shows {me} signing at height {}, above this host's sign state ({of}): run would refuse (exit 9)", f.endpoint, f.height),
+        ),
+        Verdict::Unknown(why) => match settings.on_unknown {
+            crate::guard::OnUnknown::Refuse => {
+                r.fail("guard", format!("{why}: run would refuse (exit 9)"))
+            }
+            crate::guard::OnUnknown::Deliver => r.warn(
+                "guard",
+                format!("{why}: run would deliver anyway (SSM_COSMOVISOR_GUARD_ON_UNKNOWN=deliver)"),
+            ),
+        },
     }
 }
 
@@ -540,8 +632,9 @@ pub(crate) fn run(ov: &Overrides) -> u8 {
 
     // The SDK is not used at all while its body logging is on (reported above).
     if crate::config::refuse_sdk_body_logging(&ProcessEnv).is_ok() {
-        source_checks(&mut r, &cfg, safe.as_ref());
+        let address = source_checks(&mut r, &cfg, safe.as_ref());
         lease_checks(&mut r, &cfg, lease.as_ref());
+        guard_check(&mut r, &cfg, ov, address.as_deref());
         child_aws_check(&mut r, &cfg);
         double_sign_check(&mut r, &cfg);
     }

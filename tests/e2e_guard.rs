@@ -364,3 +364,51 @@ fn after_a_takeover_a_rogue_signing_above_the_carried_state_keeps_the_key_in() {
     assert_eq!(log_events(&log, "lease_released").len(), 1, "{log}");
     t.b.home.assert_idle();
 }
+
+#[test]
+fn check_runs_the_guard_once_and_prints_each_endpoints_verdict() {
+    let (moto, key) = moto_with_key(PARAM);
+    let home = NodeHome::new();
+    guard_home(home.path(), 100);
+    let clean = RpcStandin::start(&chain(104));
+    let mut other = chain(104);
+    other["chain_id"] = serde_json::json!("otherchain-9");
+    let other = RpcStandin::start(&other);
+    let check = |urls: &[&str]| {
+        let mut cmd = tool_cmd(&home, Some(&moto.endpoint()));
+        cmd.env("USE_SSM_KEY", "true")
+            .env("AWS_PARAMETER", PARAM)
+            .env("SSM_COSMOVISOR_GUARD_RPC", urls.join(","))
+            .arg("check");
+        let out = run_with_timeout(&mut cmd, T);
+        (out.status.code(), output_text(&out))
+    };
+    let (code, text) = check(&[&clean.url, &other.url]);
+    assert!(
+        text.contains(&format!(
+            "{}: clean (tip 104, heights 101..=103 read",
+            clean.url
+        )),
+        "{text}"
+    );
+    assert!(text.contains("otherchain-9"), "{text}");
+    assert!(
+        text.contains(&format!("clean on chain {CHAIN_ID} at tip 104")),
+        "{text}"
+    );
+    assert!(
+        !text.contains("guard endpoint") || code == Some(0) || text.contains("FAIL  key"),
+        "{text}"
+    );
+    let mut c = chain(104);
+    signed(&mut c, &key.address, [102], true, unix_ms());
+    clean.set(&c);
+    let (code, text) = check(&[&clean.url]);
+    assert_eq!(code, Some(1), "{text}");
+    assert!(
+        text.contains("THE KEY SIGNS ELSEWHERE: a signature at height 102"),
+        "{text}"
+    );
+    assert!(text.contains("run would refuse (exit 9)"), "{text}");
+    home.assert_idle();
+}

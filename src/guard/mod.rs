@@ -83,8 +83,7 @@ pub(crate) fn check(
     allowance: Allowance,
 ) -> Result<(), GuardError> {
     let began = Instant::now();
-    let seen = observe_all(s, chain_id, me, allowance)?;
-    let rs = rule_settings(s, chain_id);
+    let (seen, verdict) = ask(s, chain_id, me, allowance)?;
     let unusable = seen
         .iter()
         .filter(|(_, v)| matches!(v, Seen::Unusable(_)))
@@ -105,7 +104,7 @@ pub(crate) fn check(
         }
     }
     let took_ms = began.elapsed().as_millis() as u64;
-    match rule::judge(&seen, &rs) {
+    match verdict {
         Verdict::Clean { tip, outside_set } => {
             metrics::guard_checked(GuardVerdict::Clean, unusable);
             tracing::info!(event = "guard_clean", tip, lookback = s.lookback, endpoints = seen.len(), unusable, outside_set, took_ms, allowance = %describe(&allowance), "guard: no signature of the key elsewhere");
@@ -143,7 +142,20 @@ pub(crate) fn check(
     }
 }
 
-fn describe(a: &Allowance) -> String {
+/// Every endpoint's verdict and the verdict over them, nothing logged or
+/// counted (`check` prints them).
+pub(crate) fn ask(
+    s: &GuardSettings,
+    chain_id: &str,
+    me: Address,
+    allowance: Allowance,
+) -> Result<(Vec<(String, Seen)>, Verdict), GuardError> {
+    let seen = observe_all(s, chain_id, me, allowance)?;
+    let verdict = rule::judge(&seen, &rule_settings(s, chain_id));
+    Ok((seen, verdict))
+}
+
+pub(crate) fn describe(a: &Allowance) -> String {
     match *a {
         Allowance::UpTo { height } => format!("up to height {height}"),
         Allowance::TakenOver {
