@@ -383,7 +383,7 @@ fn check_runs_the_guard_once_and_prints_each_endpoints_verdict() {
         let out = run_with_timeout(&mut cmd, T);
         (out.status.code(), output_text(&out))
     };
-    let (code, text) = check(&[&clean.url, &other.url]);
+    let (_, text) = check(&[&clean.url, &other.url]);
     assert!(
         text.contains(&format!(
             "{}: clean (tip 104, heights 101..=103 read",
@@ -394,10 +394,6 @@ fn check_runs_the_guard_once_and_prints_each_endpoints_verdict() {
     assert!(text.contains("otherchain-9"), "{text}");
     assert!(
         text.contains(&format!("clean on chain {CHAIN_ID} at tip 104")),
-        "{text}"
-    );
-    assert!(
-        !text.contains("guard endpoint") || code == Some(0) || text.contains("FAIL  key"),
         "{text}"
     );
     let mut c = chain(104);
