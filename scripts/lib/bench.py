@@ -324,14 +324,42 @@ EXTRACT = {
 STAGES = ["slot_checked", "fetching", "fetched", "backup", "armed", "child_started", "stripped", "delivered"]
 
 
+GUARD_TIP = 1000
+GUARD_STATE = GUARD_TIP - 5
+
+
+def guard_endpoint(home):
+    """The CometBFT RPC stand-in for variant (g): a chain at GUARD_TIP whose last signature
+    of the key is the home's sign state (a restart after a short stop: 4 heights to read),
+    and the home's genesis naming the chain. Returns (url, chain file, process)."""
+    chain_file = WORK / "guard-chain.json"
+    port_file = WORK / "guard-port"
+    (home / "config/genesis.json").write_text(json.dumps({"chain_id": "bench-1", "app_state": {}}))
+    (home / "data/priv_validator_state.json").write_text(json.dumps({"height": str(GUARD_STATE), "round": 0, "step": 3}))
+    refresh_guard_chain(chain_file)
+    p = spawn([str(VENV / "bin/python"), str(REPO / "tests/standins/cometbft_rpc.py"), str(chain_file), str(port_file)], base_env())
+    wait_for(lambda: port_file.exists(), 20, "the CometBFT RPC stand-in's port", p)
+    return f"http://127.0.0.1:{port_file.read_text().strip()}", chain_file, p
+
+
+def refresh_guard_chain(chain_file):
+    """The chain as the guard must see it: a fresh tip (rewritten before each run)."""
+    now_ms = int(time.time() * 1000)
+    sigs = {str(h): [{"flag": 2, "address": CONSENSUS_ADDR, "time_ms": now_ms - 10_000}] for h in range(GUARD_TIP - 40, GUARD_STATE + 1)}
+    tmp = chain_file.with_suffix(".tmp")
+    tmp.write_text(json.dumps({"chain_id": "bench-1", "tip": GUARD_TIP, "tip_time_ms": now_ms - 1000, "earliest": 1, "signatures": sigs}))
+    os.replace(tmp, chain_file)
+
+
 def time_to_key():
-    homes = {"a": make_home("ttk-exec"), "a2": make_home("ttk-run"), "bc": make_home("ttk-scripts")}
+    homes = {"a": make_home("ttk-exec"), "a2": make_home("ttk-run"), "bc": make_home("ttk-scripts"), "g": make_home("ttk-guard")}
+    guard_url, guard_chain, guard_proc = guard_endpoint(homes["g"])
     sb = WORK / "operator-awscli.sh"
     sb.write_text(SCRIPT_B)
     sc = WORK / "operator-curl.sh"
     sc.write_text(SCRIPT_C.replace("__EXTRACT__", EXTRACT[JSON_TOOL]))
     node = homes["bc"] / "cosmovisor/genesis/bin/noded"
-    variants = ["a", "a2", "b"] + (["c"] if HAVE_SIGV4 else [])
+    variants = ["a", "g", "a2", "b"] + (["c"] if HAVE_SIGV4 else [])
     res = {v: [] for v in variants}
     stage_deltas = {}  # (from,to) -> [µs]
     failures = []
@@ -339,10 +367,13 @@ def time_to_key():
         for v in variants:
             rep = WORK / f"ttk-{v}-{i}.report.jsonl"
             logf = WORK / f"ttk-{v}-{i}.log"
-            if v == "a":
-                h = homes["a"]
+            if v in ("a", "g"):
+                h = homes[v]
                 cmd = [str(BIN), "--log-format", "json", "exec", "--", str(h / "cosmovisor/genesis/bin/noded"), "start", "--home", str(h)]
                 env = tool_env(h, NODE_REPORT=rep, NODE_EXIT_AFTER_MS=0)
+                if v == "g":
+                    refresh_guard_chain(guard_chain)
+                    env["SSM_COSMOVISOR_GUARD_RPC"] = guard_url
             elif v == "a2":
                 h = homes["a2"]
                 cmd = [str(BIN), "--log-format", "json", "run", "start", "--home", str(h)]
@@ -371,6 +402,7 @@ def time_to_key():
                     stage_deltas.setdefault((x, y), []).append((evs[y] - evs[x]) / 1000.0)
         if i == 0 or (i + 1) % 5 == 0:
             log(f"time to key: round {i + 1}/{N}: " + ", ".join(f"{v} {res[v][-1]:.1f} ms" for v in variants if res[v]))
+    kill_group(guard_proc)
     return res, stage_deltas, failures
 
 
@@ -1222,11 +1254,12 @@ def main():
 
     names = {
         "a": "time to key (a) `ssm-cosmovisor exec -- node`",
+        "g": "time to key (g) as (a), with the guard: one CometBFT RPC stand-in, 4 heights above the sign state",
         "a2": "time to key (a') `ssm-cosmovisor run` via cosmovisor stand-in",
         "b": "time to key (b) AWS CLI script (`aws ssm get-parameter` → FIFO)",
         "c": f"time to key (c) floor: `curl --aws-sigv4` \\| {JSON_TOOL} → FIFO",
     }
-    for v in ("a", "a2", "b", "c"):
+    for v in ("a", "g", "a2", "b", "c"):
         if v in m:
             add(names[v], m[v])
     ratios = []
@@ -1236,6 +1269,9 @@ def main():
     if "a" in m and "c" in m:
         r = m["a"]["median"] / m["c"]["median"]
         ratios.append(("ratio (a)/(c) of medians", r, "≤ 1.5", r <= 1.5))
+    if "g" in m and "a" in m:
+        r = m["g"]["median"] / m["a"]["median"]
+        ratios.append(("ratio (g)/(a) of medians: the guard's cost on a start", r, "", None))
     if "a2" in m and "c" in m:
         r = m["a2"]["median"] / m["c"]["median"]
         ratios.append(("ratio (a')/(c) of medians", r, "", None))
