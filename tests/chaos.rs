@@ -107,6 +107,112 @@ fn chaos_long() {
     chaos(seed, Duration::from_secs(secs), hosts, (3000, 10000));
 }
 
+/// Issue 22: a rogue signer (the validator's key on another machine, outside the lease and
+/// the tool) joins while host A holds the lease; A is then stopped (SIGTERM: its node stops
+/// and the lease is released with its final state) while B is cut off from AWS, so the next
+/// start is A's own, restarted 3 s later as systemd would. The guard reads the ledger through
+/// the CometBFT RPC stand-in. What must hold, as in the lease model: no node signs a height
+/// the rogue signed before that node got the key (1.5 s allowed for the stand-in to show it
+/// and the check to run), the lease's hosts never sign a height twice between them, and the
+/// restarts meet the rogue and refuse (exit 9). Heights A's node signed alongside the rogue
+/// before it stopped are the limit the guard cannot close: it is asked before a delivery only.
+#[test]
+fn a_rogue_signer_is_refused_by_every_guarded_start() {
+    let c = Cluster::start(ClusterConfig {
+        hosts: 2,
+        guard_lookback: Some(200),
+        restart_delay: Duration::from_secs(3),
+        ..ClusterConfig::default()
+    });
+    let t = Duration::from_secs(60);
+    assert!(
+        wait_for(|| c.holder().is_some() && c.progress().0 >= 5, t),
+        "no holder signed"
+    );
+    let a = c.holder().expect("a holder");
+    c.hosts[1 - a].proxy.set_fault(Fault::Refuse);
+    let (_rogue_home, rogue) = c.start_rogue();
+    let rogue_sigs = |ledger: &std::path::Path| -> Vec<Signature> {
+        std::fs::read_to_string(ledger)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(Signature::parse)
+            .filter(|s| s.host == "rogue")
+            .collect()
+    };
+    assert!(
+        wait_for(|| !rogue_sigs(&c.ledger).is_empty(), t),
+        "the rogue never signed"
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    c.hosts[a].signal_tool(nix::sys::signal::Signal::SIGTERM);
+    std::thread::sleep(Duration::from_secs(15));
+    drop(rogue);
+    let (obs, artifacts) = c.shutdown(0);
+    let logs: String = artifacts
+        .files
+        .iter()
+        .filter(|p| p.extension().is_some_and(|e| e == "log"))
+        .map(|p| std::fs::read_to_string(p).unwrap_or_default())
+        .collect();
+    let refusals = logs.matches("\"event\":\"guard_foreign\"").count();
+    let rogue: Vec<&Signature> = obs
+        .signatures
+        .iter()
+        .filter(|s| s.host == "rogue")
+        .collect();
+    // Every signature of a host's node against the rogue's of the same height made before
+    // that node got the key.
+    let misses: Vec<String> = obs
+        .holds
+        .iter()
+        .flat_map(|h| {
+            let rogue = &rogue;
+            obs.signatures
+                .iter()
+                .filter(move |s| s.pid as i32 == h.pid && s.host == h.host)
+                .filter_map(move |s| {
+                    rogue
+                        .iter()
+                        .find(|r| r.height == s.height && r.unix_us + 1_500_000 < h.read_us)
+                        .map(|r| {
+                            format!(
+                                "{} (node {}, key at {}) signed {} the rogue signed at {}",
+                                s.host, h.pid, h.read_us, s.height, r.unix_us
+                            )
+                        })
+                })
+        })
+        .collect();
+    let doubles = double_signs(&obs.signatures);
+    let between_hosts: Vec<_> = doubles
+        .iter()
+        .filter(|d| d.signers.iter().filter(|s| s.host != "rogue").count() > 1)
+        .collect();
+    let with_rogue = doubles.len() - between_hosts.len();
+    println!(
+        "MEASURE rogue signer: {} rogue signatures; {refusals} guarded starts refused (guard_foreign); {} key holds; {with_rogue} heights signed by the rogue and a node whose key was out before the rogue signed them; {} guard misses; {} double signs between the lease's hosts",
+        rogue.len(),
+        obs.holds.len(),
+        misses.len(),
+        between_hosts.len()
+    );
+    assert!(
+        misses.is_empty(),
+        "the guard let the key out after the rogue signed: {misses:?}"
+    );
+    assert!(
+        between_hosts.is_empty(),
+        "double signs between hosts: {between_hosts:?}"
+    );
+    assert!(refusals >= 1, "no guarded start met the rogue:\n{logs}");
+    assert!(
+        obs.restores.iter().all(|r| r.problem.is_none()),
+        "{:?}",
+        obs.restores
+    );
+}
+
 /// The same seed gives the same schedule; another seed another one.
 #[test]
 fn the_schedule_is_a_function_of_the_seed() {

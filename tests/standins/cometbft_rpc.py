@@ -30,6 +30,12 @@ Behaviours modelled, each with its source (cometbft/cometbft, read with `fetch`)
 - `/validators?height=H&page=P&per_page=N`: `{block_height, validators:[{address, ...}],
   count, total}`, at most 100 per page (rpc/core/consensus.go `Validators`).
 
+Ledger mode (the chaos test): with `"ledger": {"path", "address", "epoch_ms", "block_ms"}`
+the chain is the chaos harness's: the tip is the chain clock's current height (height h
+begins at epoch + (h-1)*block, as tests/standins/node_sign.rs counts), the tip's time is
+when it began, and the commit for h holds one COMMIT of `address` for each ledger line of
+height h (every signer there signs with the validator's one key), timestamped as the line.
+
 Scripted faults (the chain file): `"hang": true` accepts and never answers; `"catching_up"`,
 a stale `"tip_time_ms"`, another `"chain_id"`, a higher `"earliest"` (pruned), a
 `"validators"` list without our address, explicit `"signatures"` per height (ours, NIL,
@@ -69,7 +75,27 @@ class Handler(BaseHTTPRequestHandler):
 
     def chain(self):
         with open(self.chain_file) as f:
-            return json.load(f)
+            c = json.load(f)
+        led = c.get("ledger")
+        if led:
+            now = int(time.time() * 1000)
+            tip = max(1, (now - led["epoch_ms"]) // led["block_ms"] + 1)
+            c["tip"] = tip
+            c["tip_time_ms"] = led["epoch_ms"] + (tip - 1) * led["block_ms"]
+            sigs = {}
+            try:
+                with open(led["path"]) as f:
+                    for line in f:
+                        try:
+                            e = json.loads(line)
+                        except ValueError:
+                            continue
+                        sigs.setdefault(str(e["height"]), []).append(
+                            {"flag": 2, "address": led["address"], "time_ms": e["unix_us"] // 1000})
+            except FileNotFoundError:
+                pass
+            c["signatures"] = {h: v + [{"flag": 1}] for h, v in sigs.items()}
+        return c
 
     def reply(self, code, body):
         data = json.dumps(body).encode()

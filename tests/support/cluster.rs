@@ -31,8 +31,9 @@ use serde_json::Value;
 
 use super::checker::{Entry, FaultRec, KeyHold, Observations, RestoreRec, Signature};
 use super::{
-    children, cmdline_contains, group_members, pid_alive, pids_mentioning, put_key,
-    run_with_timeout, secret_in, slot_leftovers, tool_cmd, Fault, Moto, NodeHome, Relay, TestKey,
+    children, cmdline_contains, group_members, ledger_chain, pid_alive, pids_mentioning, put_key,
+    run_with_timeout, secret_in, slot_leftovers, tool_cmd, write_file_0600, write_genesis, Fault,
+    KillOnDrop, Moto, NodeHome, Relay, RpcStandin, TestKey,
 };
 
 /// The validator key's SSM parameter.
@@ -51,6 +52,9 @@ pub struct ClusterConfig {
     pub catchup: Duration,
     /// systemd's RestartSec (the units say 15 s; shortened so faults come back quickly).
     pub restart_delay: Duration,
+    /// The guard (issue 22) with this look-back, against a CometBFT RPC stand-in serving
+    /// the ledger; `None`: no guard.
+    pub guard_lookback: Option<u64>,
 }
 
 impl Default for ClusterConfig {
@@ -61,6 +65,7 @@ impl Default for ClusterConfig {
             block: Duration::from_secs(1),
             catchup: Duration::from_millis(50),
             restart_delay: Duration::from_secs(1),
+            guard_lookback: None,
         }
     }
 }
@@ -152,6 +157,8 @@ pub struct Cluster {
     pub ledger: PathBuf,
     pub epoch_ms: u64,
     pub start_us: u64,
+    /// The CometBFT RPC stand-in the guard asks, with a guard.
+    pub rpc: Option<RpcStandin>,
     dir: Option<tempfile::TempDir>,
     systemd: Vec<JoinHandle<()>>,
     deaths: Arc<Mutex<Vec<JoinHandle<()>>>>,
@@ -279,6 +286,17 @@ impl Cluster {
             .collect();
         let journal: Arc<Journal> = Arc::default();
         journal.progress_us.store(start_us, Ordering::SeqCst);
+        let rpc = cfg.guard_lookback.map(|_| {
+            for h in &hosts {
+                write_genesis(h.home.path());
+            }
+            RpcStandin::start(&ledger_chain(
+                &ledger,
+                &key.address,
+                epoch_ms,
+                cfg.block.as_millis() as u64,
+            ))
+        });
         let mut c = Cluster {
             cfg,
             moto,
@@ -288,6 +306,7 @@ impl Cluster {
             ledger,
             epoch_ms,
             start_us,
+            rpc,
             dir: Some(dir),
             systemd: Vec::new(),
             deaths: Arc::default(),
@@ -334,6 +353,51 @@ impl Cluster {
                 self.cfg.catchup.as_millis().to_string(),
             ),
         ]
+        .into_iter()
+        .chain(self.rpc.iter().flat_map(|rpc| {
+            [
+                (s("SSM_COSMOVISOR_GUARD_RPC"), rpc.url.clone()),
+                (
+                    s("SSM_COSMOVISOR_GUARD_LOOKBACK"),
+                    self.cfg.guard_lookback.unwrap_or(30).to_string(),
+                ),
+                (s("SSM_COSMOVISOR_GUARD_REQUEST_TIMEOUT"), s("2s")),
+                (s("SSM_COSMOVISOR_GUARD_TIMEOUT"), s("5s")),
+            ]
+        }))
+        .collect()
+    }
+
+    /// A rogue signer (issue 22): a node stand-in holding the consensus key in a plain file
+    /// of its own home, outside the lease and the tool, signing into the ledger as host
+    /// `rogue` from the chain's current height on (it joins at the tip, as a copy of the
+    /// validator started on another machine would).
+    pub fn start_rogue(&self) -> (NodeHome, KillOnDrop) {
+        let home = NodeHome::new();
+        let key_file = home.scratch("consensus-key.json");
+        write_file_0600(&key_file, self.key.json.as_bytes());
+        let tip = (unix_us() / 1000).saturating_sub(self.epoch_ms)
+            / self.cfg.block.as_millis() as u64
+            + 1;
+        std::fs::write(
+            home.path().join("data/priv_validator_state.json"),
+            format!("{{\"height\":\"{tip}\",\"round\":0,\"step\":3}}"),
+        )
+        .expect("rogue state");
+        let mut cmd = home.node_cmd();
+        cmd.env("NODE_KEY_FILE", &key_file)
+            .env("NODE_SIGN_LEDGER", &self.ledger)
+            .env("NODE_SIGN_ADDRESS", &self.key.address)
+            .env("NODE_SIGN_HOST", "rogue")
+            .env("NODE_SIGN_EPOCH_MS", self.epoch_ms.to_string())
+            .env("NODE_SIGN_BLOCK_MS", self.cfg.block.as_millis().to_string())
+            .env(
+                "NODE_SIGN_CATCHUP_MS",
+                self.cfg.catchup.as_millis().to_string(),
+            )
+            .stdout(Stdio::null());
+        let p = KillOnDrop::spawn(&mut cmd);
+        (home, p)
     }
 
     /// Watches node reports (new key-holding nodes) and the ledger (progress).

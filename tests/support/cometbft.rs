@@ -87,16 +87,39 @@ impl RpcStandin {
     }
 }
 
-/// Writes the node's genesis (its chain id, as the guard reads it) and its sign state.
-pub fn guard_home(home: &std::path::Path, state_height: i64) {
+/// Writes the node's genesis: its chain id, where the guard reads it.
+pub fn write_genesis(home: &std::path::Path) {
     std::fs::write(
         home.join("config/genesis.json"),
         json!({"genesis_time": "2024-01-01T00:00:00Z", "chain_id": CHAIN_ID, "app_state": {"big": [1, 2, 3]}}).to_string(),
     )
     .expect("genesis");
+}
+
+/// Writes the node's genesis and its sign state (`state_height`, step 3).
+pub fn guard_home(home: &std::path::Path, state_height: i64) {
+    write_genesis(home);
     std::fs::write(
         home.join("data/priv_validator_state.json"),
         format!("{{\n  \"height\": \"{state_height}\",\n  \"round\": 0,\n  \"step\": 3\n}}"),
     )
     .expect("state");
+}
+
+/// The chain of the chaos harness's ledger (the stand-in's ledger mode): signatures of
+/// `address` as the node stand-ins append them, the tip from the chain clock.
+pub fn ledger_chain(
+    ledger: &std::path::Path,
+    address: &str,
+    epoch_ms: u64,
+    block_ms: u64,
+) -> Value {
+    json!({
+        "chain_id": CHAIN_ID,
+        "tip": 0,
+        "tip_time_ms": 0,
+        "earliest": 1,
+        "signatures": {},
+        "ledger": {"path": ledger, "address": address, "epoch_ms": epoch_ms, "block_ms": block_ms},
+    })
 }
