@@ -51,6 +51,7 @@ Simplifications, none of which the guard can tell apart from a real node:
 """
 
 import json
+import socket
 import socketserver
 import sys
 import time
@@ -72,6 +73,13 @@ class Handler(BaseHTTPRequestHandler):
 
     def log_message(self, *args):
         pass
+
+    def setup(self):
+        super().setup()
+        # http.server writes the headers and the body in two sends; with Nagle's algorithm
+        # and the client's delayed ACK each answer would wait tens of ms, a cost of this
+        # stand-in that Go's net/http (CometBFT's server) does not have.
+        self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
     def chain(self):
         with open(self.chain_file) as f:
