@@ -6,7 +6,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::Instant;
 
 use crate::identity::NodeIdentity;
 use crate::metrics::{self, GuardVerdict};
@@ -66,12 +66,6 @@ pub(crate) struct Takeover {
     pub(crate) carried: i64,
     /// By when its node was fenced (Unix ms): the moment of our take.
     pub(crate) fenced_by_ms: i64,
-}
-
-fn unix_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
 }
 
 /// Asks every endpoint (at once, within the total timeout) and judges.
@@ -150,8 +144,9 @@ pub(crate) fn ask(
     me: Address,
     allowance: Allowance,
 ) -> Result<(Vec<(String, Seen)>, Verdict), GuardError> {
-    let seen = observe_all(s, chain_id, me, allowance)?;
-    let verdict = rule::judge(&seen, &rule_settings(s, chain_id));
+    let rs = Arc::new(rule_settings(s, chain_id));
+    let seen = observe_all(s, &rs, me, allowance)?;
+    let verdict = rule::judge(&seen, &rs);
     Ok((seen, verdict))
 }
 
@@ -182,13 +177,12 @@ fn rule_settings(s: &GuardSettings, chain_id: &str) -> rule::Settings {
 /// Every endpoint's verdict, each read on its own task of one runtime.
 fn observe_all(
     s: &GuardSettings,
-    chain_id: &str,
+    rs: &Arc<rule::Settings>,
     me: Address,
     allowance: Allowance,
 ) -> Result<Vec<(String, Seen)>, GuardError> {
     let rt = crate::aws::runtime().map_err(|e| GuardError::Setup(e.to_string()))?;
     let rpc = Arc::new(rpc::Rpc::new(s.request_timeout).map_err(GuardError::Setup)?);
-    let rs = Arc::new(rule_settings(s, chain_id));
     let by = Instant::now() + s.timeout;
     let seen = rt.block_on(async {
         let mut tasks = tokio::task::JoinSet::new();
@@ -198,7 +192,10 @@ fn observe_all(
                 let o = rpc
                     .observe(&ep, me, |tip| rs.window(tip, &allowance), by)
                     .await;
-                (i, rule::judge_endpoint(&o, me, &allowance, &rs, unix_ms()))
+                (
+                    i,
+                    rule::judge_endpoint(&o, me, &allowance, &rs, crate::sys::unix_ms()),
+                )
             });
         }
         let mut seen: Vec<Option<Seen>> = vec![None; s.endpoints.len()];

@@ -270,14 +270,8 @@ pub(crate) fn rfc3339_unix_ms(s: &str) -> Option<i64> {
     if b.len() < 20 || b[4] != b'-' || b[7] != b'-' || !matches!(b[10], b'T' | b't') {
         return None;
     }
-    let num = |r: std::ops::Range<usize>| -> Option<i64> {
-        let t = s.get(r)?;
-        t.bytes()
-            .all(|c| c.is_ascii_digit())
-            .then(|| t.parse().ok())?
-    };
-    let (y, mo, d) = (num(0..4)?, num(5..7)?, num(8..10)?);
-    let (h, mi, se) = (num(11..13)?, num(14..16)?, num(17..19)?);
+    let (y, mo, d) = (num_in(s, 0..4)?, num_in(s, 5..7)?, num_in(s, 8..10)?);
+    let (h, mi, se) = (num_in(s, 11..13)?, num_in(s, 14..16)?, num_in(s, 17..19)?);
     if b[13] != b':'
         || b[16] != b':'
         || !(1..=12).contains(&mo)

@@ -167,11 +167,8 @@ impl HeldLease {
         // The take's write was sent at `held.sent()` (boot clock): that
         // instant on the wall clock.
         let since = boot_time().saturating_sub(held.sent());
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as i64);
         HeldLease {
-            taken_unix_ms: now - since.as_millis() as i64,
+            taken_unix_ms: crate::sys::unix_ms() - since.as_millis() as i64,
             parts: Some((client, held, state)),
         }
     }

@@ -18,7 +18,7 @@ mod secret_mem;
 mod signals;
 
 pub(crate) use child::{catchable_signals, install_child_hardening, ChildCreds};
-pub(crate) use clock::boot_time;
+pub(crate) use clock::{boot_time, unix_ms};
 pub(crate) use fs_ids::with_fs_ids;
 pub(crate) use process::{
     harden_self, make_thread_realtime, page_out_own_executable, same_fd_table,

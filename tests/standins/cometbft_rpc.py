@@ -51,6 +51,7 @@ Simplifications, none of which the guard can tell apart from a real node:
 """
 
 import json
+import os
 import socket
 import socketserver
 import sys
@@ -209,7 +210,6 @@ def main():
     srv = Server(("127.0.0.1", 0), Handler)
     with open(port_file + ".tmp", "w") as f:
         f.write(str(srv.server_address[1]))
-    import os
     os.rename(port_file + ".tmp", port_file)
     srv.serve_forever()
 
